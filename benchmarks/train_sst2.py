@@ -1,0 +1,53 @@
+"""Fine-tune the default model (all-MiniLM-L6-v2, last 2 layers + head) on SST-2; record accuracy and time.
+
+python benchmarks/train_sst2.py [--out artifacts/model] [--epochs 1] [--max-examples N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_result
+from interpret.data import load_examples
+from interpret.models import DEFAULT_MODEL, TrackedModel, load_classifier
+from interpret.training import TrainConfig, fine_tune, save_classifier
+from service.pipeline import sst2_spec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="artifacts/model")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-examples", type=int, default=None)
+    args = parser.parse_args()
+    train_spec = sst2_spec("train")
+    train, dev = load_examples(train_spec), load_examples(sst2_spec("dev"))
+    model, tokenizer = load_classifier(DEFAULT_MODEL, num_labels=2)
+    tracked = TrackedModel(model, tokenizer, tracked_layers=2)
+    config = TrainConfig(epochs=args.epochs, max_examples=args.max_examples)
+    report = fine_tune(tracked, train, dev, config)
+    card = save_classifier(args.out, tracked, DEFAULT_MODEL, train, config, report, train_spec)
+    write_result(
+        "train_sst2",
+        {
+            "command": "python benchmarks/train_sst2.py " + " ".join(sys.argv[1:]),
+            "model": DEFAULT_MODEL,
+            "tracked_layers": 2,
+            "tracked_parameters": tracked.num_parameters,
+            "train_config": asdict(config),
+            "dev_accuracy": report.eval_accuracy,
+            "train_examples": report.train_examples,
+            "dev_examples": report.eval_examples,
+            "wall_seconds": report.seconds,
+            "model_fingerprint": card["model_fingerprint"],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

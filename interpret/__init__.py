@@ -1,0 +1,1 @@
+"""The math and the model adapter: torch and transformers only (no ray, faiss or fastapi)."""

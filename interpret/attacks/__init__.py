@@ -1,0 +1,1 @@
+"""Attacks (HotFlip, Input Reduction, universal triggers): not built yet."""

@@ -1,0 +1,175 @@
+"""Training and evaluation examples from local files or a hub dataset, with stable ids and a fingerprint.
+
+A *source* is either a local file (``.tsv``, ``.csv``, ``.jsonl``/``.json``, ``.parquet``) or
+``hub:NAME[/CONFIG]:SPLIT`` (for example ``hub:glue/sst2:train``), loaded with the ``datasets`` library.
+An example's id is the value of ``id_column`` when given, else its row number in the source: stable for
+as long as the source is unchanged, which the data fingerprint (stored in every index manifest) checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class DataFileError(ValueError):
+    """A data source that cannot be used; the message names the file and the column."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a split lives and which columns hold the text, the optional second text, and the label."""
+
+    source: str
+    text_column: str = "text"
+    pair_column: str | None = None
+    label_column: str = "label"
+    id_column: str | None = None
+
+    @property
+    def is_hub(self) -> bool:
+        return self.source.startswith("hub:")
+
+
+@dataclass
+class ExampleSet:
+    """Examples of one split: texts, optional pair texts, integer labels, string ids."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray
+    ids: list[str]
+    fingerprint: str
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    def subset(self, rows: np.ndarray | list[int]) -> ExampleSet:
+        """A slice of this set; the fingerprint changes because the data does."""
+        rows = list(map(int, rows))
+        fingerprint = hashlib.sha256(f"{self.fingerprint}|{rows}".encode()).hexdigest()
+        pairs = [self.pairs[i] for i in rows] if self.pairs is not None else None
+        return ExampleSet(
+            [self.texts[i] for i in rows],
+            pairs,
+            self.labels[rows],
+            [self.ids[i] for i in rows],
+            fingerprint,
+            self.source,
+        )
+
+    def example(self, row: int) -> dict:
+        return {
+            "id": self.ids[row],
+            "text": self.texts[row],
+            "text_pair": self.pairs[row] if self.pairs is not None else None,
+            "label": int(self.labels[row]),
+        }
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_local(path: Path):
+    from datasets import load_dataset
+
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file")
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataFileError(f"{path}: unsupported extension {path.suffix!r}; use one of {sorted(_FORMATS)}")
+    if path.stat().st_size == 0:
+        raise DataFileError(f"{path}: the file is empty")
+    kwargs: dict = {}
+    if path.suffix.lower() == ".tsv":
+        # GLUE's TSVs contain bare quotes: read them literally, and keep "null"/"NA" as text.
+        kwargs = {"delimiter": "\t", "quoting": 3, "keep_default_na": False}
+    elif fmt == "csv":
+        kwargs = {"keep_default_na": False}
+    try:
+        return load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    except Exception as error:  # datasets wraps parser errors in several types
+        if "corresponds to no data" in str(error):  # a header and nothing else
+            raise DataFileError(f"{path}: no rows") from error
+        raise DataFileError(f"{path}: could not be parsed as {fmt}: {error}") from error
+
+
+def _load_hub(source: str):
+    from datasets import load_dataset
+
+    try:
+        name_config, split = source[len("hub:") :].rsplit(":", 1)
+    except ValueError:
+        raise DataFileError(f"{source}: hub sources look like 'hub:NAME[/CONFIG]:SPLIT'") from None
+    name, _, config = name_config.partition("/")
+    return load_dataset(name, config or None, split=split)
+
+
+def _column(dataset, origin: str, column: str, role: str) -> list:
+    if column not in dataset.column_names:
+        raise DataFileError(
+            f"{origin}: {role} column {column!r} not found; columns are {dataset.column_names} "
+            f"(set --{role}-column)"
+        )
+    return dataset[column]
+
+
+def _labels(values: list, origin: str, column: str) -> np.ndarray:
+    for row, value in enumerate(values):
+        is_integer = isinstance(value, int | np.integer) and not isinstance(value, bool)
+        if not is_integer and isinstance(value, str):
+            is_integer = value.strip().lstrip("-").isdigit()
+        if not is_integer:
+            raise DataFileError(
+                f"{origin}: label column {column!r} must hold integers 0..C-1; row {row} has {value!r}"
+            )
+    labels = np.asarray([int(v) for v in values], dtype=np.int64)
+    if len(labels) and labels.min() < 0:
+        raise DataFileError(f"{origin}: label column {column!r} has negative label {labels.min()}")
+    return labels
+
+
+def _texts(values: list, origin: str, column: str) -> list[str]:
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            raise DataFileError(f"{origin}: text column {column!r} row {row} is {value!r}, not a string")
+    return [v.strip() for v in values]
+
+
+def load_examples(spec: DataSpec) -> ExampleSet:
+    """Load one split; every problem raises :class:`DataFileError` naming the file and column."""
+    dataset = _load_hub(spec.source) if spec.is_hub else _load_local(Path(spec.source))
+    origin = spec.source
+    if len(dataset) == 0:
+        raise DataFileError(f"{origin}: no rows")
+    texts = _texts(_column(dataset, origin, spec.text_column, "text"), origin, spec.text_column)
+    pairs = None
+    if spec.pair_column is not None:
+        pairs = _texts(_column(dataset, origin, spec.pair_column, "pair"), origin, spec.pair_column)
+    labels = _labels(_column(dataset, origin, spec.label_column, "label"), origin, spec.label_column)
+    if spec.id_column is not None:
+        ids = [str(v) for v in _column(dataset, origin, spec.id_column, "id")]
+        if len(set(ids)) != len(ids):
+            raise DataFileError(f"{origin}: id column {spec.id_column!r} has duplicate values")
+    else:
+        ids = [str(i) for i in range(len(texts))]
+    content = dataset._fingerprint if spec.is_hub else _file_sha256(Path(spec.source))
+    columns = json.dumps([spec.text_column, spec.pair_column, spec.label_column, spec.id_column])
+    fingerprint = hashlib.sha256(f"{content}|{columns}".encode()).hexdigest()
+    return ExampleSet(texts, pairs, labels, ids, fingerprint, origin)

@@ -1,0 +1,71 @@
+"""Frozen states of training examples, computed in length-sorted blocks and handed out by row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from interpret.data import ExampleSet
+from interpret.models import FrozenState, TrackedModel, length_sorted_batches
+
+
+class ExampleStates:
+    """Gives ``(FrozenState, labels)`` for any rows of an :class:`ExampleSet`."""
+
+    def __init__(self, tracked: TrackedModel, examples: ExampleSet, block_size: int = 128):
+        self.tracked = tracked
+        self.examples = examples
+        self.block_size = block_size
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def _frozen(self, rows: Sequence[int]) -> FrozenState:
+        texts = [self.examples.texts[i] for i in rows]
+        pairs = [self.examples.pairs[i] for i in rows] if self.examples.pairs is not None else None
+        return self.tracked.frozen(self.tracked.encode(texts, pairs))
+
+    def labels(self, rows: Sequence[int]) -> torch.Tensor:
+        return torch.as_tensor(
+            self.examples.labels[np.asarray(rows, dtype=np.int64)], device=self.tracked.device
+        )
+
+    def load(self, rows: Sequence[int]) -> tuple[FrozenState, torch.Tensor]:
+        """States of ``rows`` in the order given (repeats allowed), built from length-sorted blocks."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pairs = [self.examples.pairs[i] for i in rows] if self.examples.pairs is not None else None
+        blocks = []
+        for positions in length_sorted_batches(
+            [self.examples.texts[i] for i in rows], self.block_size, pairs
+        ):
+            blocks.append((positions, self._frozen(rows[positions])))
+        return _assemble(blocks, len(rows)), self.labels(rows)
+
+    def iter_blocks(
+        self, rows: Sequence[int], block_size: int
+    ) -> Iterator[tuple[np.ndarray, FrozenState, torch.Tensor]]:
+        """``(positions into rows, states, labels)`` in length-sorted blocks: the fast way to scan rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pairs = [self.examples.pairs[i] for i in rows] if self.examples.pairs is not None else None
+        for positions in length_sorted_batches([self.examples.texts[i] for i in rows], block_size, pairs):
+            yield positions, self._frozen(rows[positions]), self.labels(rows[positions])
+
+
+def _assemble(blocks: list[tuple[np.ndarray, FrozenState]], total: int) -> FrozenState:
+    """Scatter blocks of different padded lengths into one batch in the original order."""
+    first = blocks[0][1]
+    if first.mask is None:
+        hidden = first.hidden.new_empty((total, *first.hidden.shape[1:]))
+        for positions, state in blocks:
+            hidden[torch.as_tensor(positions)] = state.hidden
+        return FrozenState(hidden, None)
+    width = max(state.hidden.shape[1] for _, state in blocks)
+    hidden = first.hidden.new_zeros((total, width, first.hidden.shape[2]))
+    mask = first.mask.new_zeros((total, width))
+    for positions, state in blocks:
+        index = torch.as_tensor(positions)
+        hidden[index, : state.hidden.shape[1]] = state.hidden
+        mask[index, : state.mask.shape[1]] = state.mask
+    return FrozenState(hidden, mask)

@@ -1,0 +1,47 @@
+"""The training loss as a pure function of the flat tracked parameters, and its derivatives.
+
+Everything here is ``torch.func``: gradients, Hessian-vector products (forward-over-reverse) and
+per-example gradients (``vmap`` over the tracked top only, see ``interpret.models``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import grad, jvp, vmap
+
+from interpret.models import FrozenState, TrackedModel
+
+
+def per_example_losses(tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
+    """Cross-entropy of each example, ``[B]``."""
+    return F.cross_entropy(tracked.logits(theta, state), labels, reduction="none")
+
+
+def mean_loss(tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
+    return per_example_losses(tracked, theta, state, labels).mean()
+
+
+def loss_gradient(tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
+    """Gradient of the mean loss of a batch with respect to ``theta`` (``v`` for a test batch)."""
+    return grad(lambda t: mean_loss(tracked, t, state, labels))(theta)
+
+
+def hessian_vector_product(
+    tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor, vector: torch.Tensor
+) -> torch.Tensor:
+    """``H vector`` with ``H`` the Hessian of the batch's mean loss: one jvp of the gradient."""
+    return jvp(lambda t: loss_gradient(tracked, t, state, labels), (theta,), (vector,))[1]
+
+
+def per_example_gradients(
+    tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor
+) -> torch.Tensor:
+    """``[B, P]`` gradients of each example's loss; rows never mix (vmap over single examples)."""
+
+    def one(hidden: torch.Tensor, mask: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
+        single = FrozenState(hidden[None], None if mask is None else mask[None])
+        return grad(lambda t: mean_loss(tracked, t, single, label[None]))(theta)
+
+    mask_dim = None if state.mask is None else 0
+    return vmap(one, in_dims=(0, mask_dim, 0))(state.hidden, state.mask, labels)

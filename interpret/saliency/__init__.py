@@ -1,0 +1,1 @@
+"""Saliency maps (vanilla gradient, integrated gradients, SmoothGrad, leave-one-out, LIME): not built yet."""

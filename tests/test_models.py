@@ -1,0 +1,66 @@
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+from interpret.models import TrackedModel, UnsupportedModelError, load_classifier, model_fingerprint
+
+SENTENCES = ["the movie was good", "awful", "a very boring and dull plot is the story"]
+
+
+@pytest.mark.parametrize("scope", [0, 1, 3, "classifier"])
+def test_split_forward_equals_the_hugging_face_forward(tiny64, scope):
+    model, tokenizer = tiny64
+    tracked = TrackedModel(model, tokenizer, scope)
+    encoded = tracked.encode(SENTENCES)
+    expected = model(**encoded).logits
+    got = tracked.logits(tracked.parameters(), tracked.frozen(encoded))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_sentence_pairs_use_token_types_and_match(tiny64):
+    model, tokenizer = tiny64
+    tracked = TrackedModel(model, tokenizer, 1)
+    encoded = tracked.encode(["the plot was good", "dull"], ["the cast was bad", "fun"])
+    assert encoded["token_type_ids"].max() == 1
+    torch.testing.assert_close(tracked.predict_logits(encoded), model(**encoded).logits, rtol=0, atol=1e-12)
+
+
+def test_features_feed_the_final_linear_layer(tiny64):
+    model, tokenizer = tiny64
+    tracked = TrackedModel(model, tokenizer, 2)
+    encoded = tracked.encode(SENTENCES)
+    torch.testing.assert_close(model.classifier(tracked.features(encoded)), model(**encoded).logits)
+
+
+def test_tracked_parameter_sets(tiny64):
+    model, tokenizer = tiny64
+    head_only = TrackedModel(model, tokenizer, 0)
+    assert set(head_only.parameter_names) == {
+        n for n, _ in model.named_parameters() if "pooler" in n or "classifier" in n
+    }
+    classifier = TrackedModel(model, tokenizer, "classifier")
+    assert classifier.parameter_names == ["classifier.weight", "classifier.bias"]
+    two = TrackedModel(model, tokenizer, 2)
+    assert any(n.startswith("bert.encoder.layer.1.") for n in two.parameter_names)
+    assert not any(n.startswith("bert.encoder.layer.0.") for n in two.parameter_names)
+    theta = two.parameters()
+    assert theta.shape == (two.num_parameters,)
+    torch.testing.assert_close(two.unflatten(theta)["classifier.bias"], model.classifier.bias)
+    with pytest.raises(ValueError, match="tracked_layers"):
+        TrackedModel(model, tokenizer, 4)
+
+
+def test_unsupported_architecture_is_named():
+    model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10))
+    with pytest.raises(UnsupportedModelError, match="gpt2"):
+        TrackedModel(model, None, 1)
+
+
+def test_fingerprint_tracks_weights_and_survives_save_load(tiny_dir, tmp_path):
+    model, _ = load_classifier(str(tiny_dir))
+    before = model_fingerprint(model)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    assert model_fingerprint(load_classifier(str(tmp_path))[0]) == before
+    with torch.no_grad():
+        model.classifier.bias[0] += 1e-3
+    assert model_fingerprint(model) != before
