@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from interpret.influence.config import FASTIF_PRESET
+
 app = typer.Typer(
     help="FastIF-style influence functions for Hugging Face text classifiers.", no_args_is_help=True
 )
@@ -119,7 +121,8 @@ def index_build(
         )
     classifier, tokenizer = load_classifier(str(model))
     examples = load_examples(spec)
-    tracked = TrackedModel(classifier, tokenizer, tracked_layers=0)
+    max_length = read_card(model).get("max_length", 128)  # the query side truncates the same way
+    tracked = TrackedModel(classifier, tokenizer, tracked_layers=0, max_length=max_length)
     features = encode_features(tracked, examples.texts, examples.pairs, batch_size)
     manifest = build_index(
         features, out, model_fingerprint(classifier), examples.fingerprint, factory, metric
@@ -160,12 +163,12 @@ def query(
     exact: Annotated[bool, typer.Option(help="Exact s_test (small tracked sets only).")] = False,
     model: Path = ARTIFACTS / "model",
     index: Path = ARTIFACTS / "index",
-    recursion_depth: int = 1000,
-    lissa_batch_size: int = 1,
-    repetitions: int = 1,
-    damping: float = 0.01,
-    scale: float = 100.0,
-    seed: int = 0,
+    recursion_depth: int = FASTIF_PRESET.recursion_depth,
+    lissa_batch_size: int = FASTIF_PRESET.batch_size,
+    repetitions: int = FASTIF_PRESET.num_repetitions,
+    damping: float = FASTIF_PRESET.damping,
+    scale: float = FASTIF_PRESET.scale,
+    seed: int = FASTIF_PRESET.seed,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which training examples made this prediction (FastIF: kNN candidates + LiSSA s_test)."""
@@ -209,3 +212,12 @@ def demo(
     else:
         console.print(f"using the cached index in {index_dir}")
     query(text=text, model=model_dir, index=index_dir)
+
+
+def main() -> None:
+    """Console entry point: user errors (bad data, stale index, diverging LiSSA) print one line, exit 2."""
+    try:
+        app()
+    except (ValueError, ArithmeticError, OSError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise SystemExit(2) from None

@@ -100,6 +100,18 @@ def test_query_config_validation():
         LissaConfig(damping=0)
 
 
+def test_cli_errors_are_one_line_and_exit_2(engine_dirs, tmp_path, monkeypatch, capsys):
+    from service.cli import main
+
+    argv = ["influence", "query", "--text", QUERY, "--model", str(engine_dirs[0]), "--index", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    output = capsys.readouterr().out
+    assert "no index manifest" in output and "Traceback" not in output
+
+
 def test_cli_query_prints_json(engine_dirs):
     result = CliRunner().invoke(
         app,

