@@ -219,5 +219,5 @@ def main() -> None:
     try:
         app()
     except (ValueError, ArithmeticError, OSError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        typer.echo(f"error: {error}", err=True)
         raise SystemExit(2) from None

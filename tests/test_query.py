@@ -108,8 +108,10 @@ def test_cli_errors_are_one_line_and_exit_2(engine_dirs, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
-    output = capsys.readouterr().out
-    assert "no index manifest" in output and "Traceback" not in output
+    errors = capsys.readouterr().err  # also holds the loaders' progress bars
+    last_line = errors.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "no index manifest" in last_line
+    assert "Traceback" not in errors
 
 
 def test_cli_query_prints_json(engine_dirs):
