@@ -82,8 +82,13 @@ def prepare_test_point(
 def rank(
     train: ExampleStates, rows: np.ndarray, scores: np.ndarray, distances: np.ndarray | None, top: int
 ) -> tuple[list[InfluentialExample], list[InfluentialExample]]:
-    """Most helpful (most negative score first) and most harmful (most positive first)."""
+    """Most helpful (negative scores, most negative first) and most harmful (positive, largest first).
+
+    A side can hold fewer than ``top`` entries, or none: near neighbours of a confident prediction are
+    often all helpful, and listing the least helpful of them as "harmful" would mislead.
+    """
     order = np.argsort(scores, kind="stable")
+    negative, positive = order[scores[order] < 0], order[scores[order] > 0][::-1]
 
     def pick(positions: np.ndarray) -> list[InfluentialExample]:
         out = []
@@ -93,7 +98,7 @@ def rank(
             out.append(InfluentialExample(int(rows[p]), score=float(scores[p]), distance=distance, **example))
         return out
 
-    return pick(order[:top]), pick(order[::-1][:top])
+    return pick(negative[:top]), pick(positive[:top])
 
 
 def influence_query(
