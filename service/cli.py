@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -106,9 +107,9 @@ def index_build(
 ) -> None:
     """Encode the training set with the model's kNN features and store a FAISS index + manifest."""
     from index import build_index
+    from interpret.checkpoint import card_data_spec, read_card
     from interpret.data import load_examples
     from interpret.models import TrackedModel, encode_features, load_classifier, model_fingerprint
-    from service.pipeline import card_data_spec, read_card
 
     spec = (
         _data_spec(train_data, "train", text_column, pair_column, label_column)
@@ -169,15 +170,32 @@ def query(
     damping: float = FASTIF_PRESET.damping,
     scale: float = FASTIF_PRESET.scale,
     seed: int = FASTIF_PRESET.seed,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Run s_test repetitions and scoring on N Ray workers (RAY_ADDRESS joins a cluster, "
+            "else a local one starts); 0: as many as fit. Default: in this process."
+        ),
+    ] = None,
+    deadline: Annotated[float, typer.Option(help="Seconds a worker query may take.")] = 900.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which training examples made this prediction (FastIF: kNN candidates + LiSSA s_test)."""
     from interpret.influence import LissaConfig, QueryConfig
-    from service.pipeline import LocalEngine, answer_to_dict
+    from service.pipeline import LocalEngine, PooledEngine, answer_to_dict
 
     lissa = LissaConfig(recursion_depth, lissa_batch_size, repetitions, damping, scale, seed)
     config = QueryConfig(None if full_scan else k, top, lissa, exact)
-    engine = LocalEngine(model, index_dir=None if full_scan else index)
+    index_dir = None if full_scan else index
+    if workers is None:
+        engine = LocalEngine(model, index_dir=index_dir)
+    else:
+        from workers import PoolSettings
+
+        if workers < 0:
+            raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
+        settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
+        engine = PooledEngine(model, index_dir=index_dir, settings=settings)
     answer = engine.query(text, pair, label, config, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(answer_to_dict(answer), indent=2))
@@ -194,7 +212,8 @@ def demo(
 ) -> None:
     """Quickstart: fine-tune MiniLM on SST-2 and build the index (each once, then cached), then answer."""
     from index.store import IndexMismatchError, read_manifest
-    from service.pipeline import read_card, sst2_spec
+    from interpret.checkpoint import read_card
+    from service.pipeline import sst2_spec
 
     model_dir, index_dir = ARTIFACTS / "model", ARTIFACTS / "index"
     if read_card(model_dir).get("data_spec") != asdict(sst2_spec("train")):
@@ -214,10 +233,20 @@ def demo(
     query(text=text, model=model_dir, index=index_dir)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors the user can act on (TimeoutError is an OSError); the pool's, once workers were used."""
+    errors: tuple[type[Exception], ...] = (ValueError, ArithmeticError, OSError)
+    if "workers" in sys.modules:
+        errors += (sys.modules["workers"].WorkerPoolError,)
+    return errors
+
+
 def main() -> None:
     """Console entry point: user errors (bad data, stale index, diverging LiSSA) print one line, exit 2."""
     try:
         app()
-    except (ValueError, ArithmeticError, OSError) as error:
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
         typer.echo(f"error: {error}", err=True)
         raise SystemExit(2) from None

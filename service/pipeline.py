@@ -1,26 +1,42 @@
-"""The request path in one place: a local, in-process engine over a trained model, its data and index.
+"""The request path in one place (:func:`answer_query`), over an in-process or a Ray-pool backend.
 
-1. prepare the test point (prediction, ``v``, features); 2. ``s_test`` by LiSSA (or exact);
-3. kNN search for k candidates; 4. score only the candidates; 5. top helpful / harmful.
-The Ray pool (``workers/``) will take steps 2 and 4; this engine is the single-process reference.
+1. start ``s_test`` (on workers this is not awaited: it does not depend on the kNN search);
+2. encode the query (prediction, label explained, features) and search the index for k candidates;
+3. score the candidates with the one averaged ``s_test``;
+4. rank: top helpful / harmful, with timings and the LiSSA report.
 """
 
 from __future__ import annotations
 
-import json
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from index import FeatureIndex, load_index
+from interpret.checkpoint import card_data_spec, load_checkpoint, read_card
 from interpret.data import DataSpec, ExampleSet, load_examples
-from interpret.influence import ExampleStates, InfluenceAnswer, QueryConfig, influence_query, training_hessian
-from interpret.models import TrackedModel, load_classifier, model_fingerprint
-from interpret.training import CARD_FILE
+from interpret.influence import (
+    InfluenceAnswer,
+    LissaReport,
+    QueryConfig,
+    TestPoint,
+    exact_s_test,
+    lissa_s_test,
+    prepare_test_point,
+    rank,
+    score_rows,
+    training_hessian,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SST2 = REPO_ROOT.parent / "shared" / "data" / "sst2"
+
+SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 def sst2_spec(split: str) -> DataSpec:
@@ -31,46 +47,116 @@ def sst2_spec(split: str) -> DataSpec:
     return DataSpec(f"hub:glue/sst2:{'train' if split == 'train' else 'validation'}", text_column="sentence")
 
 
-def read_card(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / CARD_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+class InfluenceBackend(Protocol):
+    """Where the model compute of a query runs: in this process, or on a Ray worker pool."""
+
+    def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint: ...
+
+    def start_s_test(self, text: str, pair: str | None, label: int | None, config: QueryConfig): ...
+
+    def finish_s_test(self, pending, progress: bool = False) -> tuple[object, LissaReport | None]: ...
+
+    def score(self, s_test, rows: np.ndarray, block_size: int, progress: bool = False) -> np.ndarray: ...
 
 
-def card_data_spec(card: dict) -> DataSpec | None:
-    return DataSpec(**card["data_spec"]) if card.get("data_spec") else None
+class LocalBackend:
+    """Everything in this process, one repetition after another: the single-process reference."""
 
-
-class LocalEngine:
-    """Holds the model, the training examples and the index; answers influence queries in-process."""
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        train_spec: DataSpec | None = None,
-        index_dir: str | Path | None = None,
-        tracked_layers: int | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ):
-        self.card = read_card(model_dir)
-        train_spec = train_spec or card_data_spec(self.card)
-        if train_spec is None:
-            raise ValueError(f"{model_dir}: no card.json naming the training data; pass the training data")
-        model, tokenizer = load_classifier(str(model_dir), dtype=dtype)
-        scope = tracked_layers if tracked_layers is not None else self.card.get("tracked_layers", 2)
-        self.tracked = TrackedModel(model, tokenizer, scope, self.card.get("max_length", 128))
-        self.examples: ExampleSet = load_examples(train_spec)
-        self.train = ExampleStates(self.tracked, self.examples)
-        self.fingerprint = model_fingerprint(model)
-        self.index: FeatureIndex | None = None
-        if index_dir is not None:
-            self.index = load_index(index_dir, self.fingerprint, self.examples.fingerprint)
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+        self.theta = checkpoint.tracked.parameters()
         self._hessian: torch.Tensor | None = None
+        self.progress = False
 
     def hessian(self) -> torch.Tensor:
         """The explicit training Hessian, computed once (only for small tracked sets)."""
         if self._hessian is None:
-            self._hessian = training_hessian(self.tracked, self.tracked.parameters(), self.train)
+            self._hessian = training_hessian(self.checkpoint.tracked, self.theta, self.checkpoint.train)
         return self._hessian
+
+    def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint:
+        return prepare_test_point(self.checkpoint.tracked, self.theta, text, pair, label)
+
+    def start_s_test(self, text: str, pair: str | None, label: int | None, config: QueryConfig):
+        v = self.prepare(text, pair, label).v
+        if config.exact:
+            return exact_s_test(self.hessian(), v, config.lissa.damping), None
+        result = lissa_s_test(
+            self.checkpoint.tracked, self.theta, v, self.checkpoint.train, config.lissa, self.progress
+        )
+        return result.s_test, result.report()
+
+    def finish_s_test(self, pending, progress: bool = False):
+        return pending
+
+    def score(self, s_test, rows: np.ndarray, block_size: int, progress: bool = False) -> np.ndarray:
+        checkpoint = self.checkpoint
+        return score_rows(
+            checkpoint.tracked, self.theta, s_test, checkpoint.train, rows, block_size, progress=progress
+        )
+
+
+def answer_query(
+    backend: InfluenceBackend,
+    examples: ExampleSet,
+    search: SearchFn | None,
+    text: str,
+    pair: str | None = None,
+    label: int | None = None,
+    config: QueryConfig | None = None,
+    progress: bool = False,
+) -> InfluenceAnswer:
+    """Which training examples made this prediction, the FastIF way.
+
+    With ``config.k`` and a ``search``, only the k nearest training examples in feature space are scored;
+    with ``config.k=None`` every one is (the full-scan reference). ``timings["s_test"]`` is the wall time
+    from starting ``s_test`` until it was ready; on workers it overlaps the encode and the search.
+    """
+    config = config or QueryConfig()
+    if config.k is not None and search is None:
+        raise ValueError("k was given but no index is loaded; build one or use a full scan (k=None)")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    pending = backend.start_s_test(text, pair, label, config)
+    clock = time.perf_counter()
+    point = backend.prepare(text, pair, label)
+    timings["encode"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    distances = None
+    if config.k is not None:
+        rows, distances = search(point.features, min(config.k, len(examples)))
+    else:
+        rows = np.arange(len(examples))
+    timings["search"] = time.perf_counter() - clock
+
+    s_test, report = backend.finish_s_test(pending, progress)
+    timings["s_test"] = time.perf_counter() - start
+    clock = time.perf_counter()
+    scores = backend.score(s_test, rows, config.score_batch_size, progress)
+    timings["score"] = time.perf_counter() - clock
+    timings["total"] = time.perf_counter() - start
+    helpful, harmful = rank(examples, rows, scores, distances, config.top)
+    return InfluenceAnswer(
+        point.predicted_label,
+        point.probabilities,
+        point.label,
+        helpful,
+        harmful,
+        rows,
+        scores,
+        distances,
+        report,
+        timings,
+    )
+
+
+class Engine:
+    """A backend, the training examples (for texts) and the kNN index: answers influence queries."""
+
+    backend: InfluenceBackend
+    examples: ExampleSet
+    index: FeatureIndex | None
 
     def query(
         self,
@@ -80,20 +166,67 @@ class LocalEngine:
         config: QueryConfig | None = None,
         progress: bool = False,
     ) -> InfluenceAnswer:
-        config = config or QueryConfig()
-        if config.k is not None and self.index is None:
-            raise ValueError("k was given but no index is loaded; build one or use a full scan (k=None)")
-        return influence_query(
-            self.tracked,
-            self.train,
-            text,
-            pair,
-            label,
-            config,
-            search=self.index.search if self.index is not None else None,
-            hessian=self.hessian() if config.exact else None,
-            progress=progress,
-        )
+        search = self.index.search if self.index is not None else None
+        return answer_query(self.backend, self.examples, search, text, pair, label, config, progress)
+
+
+class LocalEngine(Engine):
+    """The model, the training examples and the index, all in this process."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        train_spec: DataSpec | None = None,
+        index_dir: str | Path | None = None,
+        tracked_layers: int | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        checkpoint = load_checkpoint(model_dir, train_spec, tracked_layers, dtype)
+        self.card, self.tracked, self.train = checkpoint.card, checkpoint.tracked, checkpoint.train
+        self.examples, self.fingerprint = checkpoint.examples, checkpoint.fingerprint
+        self.backend = LocalBackend(checkpoint)
+        self.index = None
+        if index_dir is not None:
+            self.index = load_index(index_dir, self.fingerprint, self.examples.fingerprint)
+
+    def hessian(self) -> torch.Tensor:
+        return self.backend.hessian()
+
+    def query(self, *args, progress: bool = False, **kwargs) -> InfluenceAnswer:
+        self.backend.progress = progress
+        return super().query(*args, progress=progress, **kwargs)
+
+
+class PooledEngine(Engine):
+    """Model compute on a Ray worker pool; this process holds only the texts and the index."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        train_spec: DataSpec | None = None,
+        index_dir: str | Path | None = None,
+        tracked_layers: int | str | None = None,
+        dtype: str = "float32",
+        settings=None,
+    ):
+        from workers import PoolSettings, WorkerPool, WorkerSpec
+
+        self.card = read_card(model_dir)
+        train_spec = train_spec or card_data_spec(self.card)
+        if train_spec is None:
+            raise ValueError(f"{model_dir}: no card.json naming the training data; pass the training data")
+        self.examples = load_examples(train_spec)
+        spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype)
+        expected = {"data_fingerprint": self.examples.fingerprint}
+        self.pool = WorkerPool(spec, settings or PoolSettings(), expected)
+        self.backend = self.pool
+        self.fingerprint = self.pool.identity["model_fingerprint"]
+        self.index = None
+        if index_dir is not None:
+            self.index = load_index(index_dir, self.fingerprint, self.examples.fingerprint)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
 
 
 def answer_to_dict(answer: InfluenceAnswer) -> dict:
@@ -106,10 +239,13 @@ def answer_to_dict(answer: InfluenceAnswer) -> dict:
         "candidates": len(answer.candidate_rows),
         "timings_s": answer.timings,
     }
-    if answer.s_test is not None:
+    if answer.lissa is not None:
         out["lissa"] = {
-            "config": asdict(answer.s_test.config),
-            "final_norm": [float(t[-1]) for t in answer.s_test.norm_traces],
-            "relative_spread": answer.s_test.relative_spread,
+            "config": asdict(answer.lissa.config),
+            "final_norm": [float(t[-1]) for t in answer.lissa.norm_traces],
+            "relative_spread": answer.lissa.relative_spread,
+            "s_test_norm": answer.lissa.s_test_norm,
+            "seconds": answer.lissa.seconds,
+            "workers": answer.lissa.workers,
         }
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+RAY_TEST_CPUS = 6  # logical: more actors than the 2 cores, so pools of several workers fit
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "warm", "smart"]
@@ -94,3 +97,34 @@ def train_set(data_dir):
     from interpret.data import DataSpec, load_examples
 
     return load_examples(DataSpec(str(data_dir / "train.tsv")))
+
+
+@pytest.fixture(scope="session")
+def engine_dirs(tiny_dir, data_dir, tmp_path_factory):
+    """The tiny model with a card naming its data (last layer tracked), and a Flat index over its data."""
+    import json
+
+    from index import build_index
+    from interpret.data import DataSpec, load_examples
+    from interpret.models import TrackedModel, encode_features, load_classifier, model_fingerprint
+    from interpret.training import CARD_FILE
+
+    model, tokenizer = load_classifier(str(tiny_dir))
+    spec = DataSpec(str(data_dir / "train.tsv"))
+    card = {"tracked_layers": 1, "max_length": 32, "data_spec": asdict(spec)}
+    (tiny_dir / CARD_FILE).write_text(json.dumps(card))
+    examples = load_examples(spec)
+    features = encode_features(TrackedModel(model, tokenizer, 0), examples.texts, progress=False)
+    index_dir = tmp_path_factory.mktemp("index")
+    build_index(features, index_dir, model_fingerprint(model), examples.fingerprint)
+    return tiny_dir, index_dir
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the whole test run, with a fixed CPU count and no dashboard."""
+    import ray
+
+    ray.init(address="local", num_cpus=RAY_TEST_CPUS, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -72,4 +72,4 @@ def test_influence_query_on_minilm(minilm):
         5, (scores > 0).sum()
     )
     assert np.isfinite(answer.candidate_scores).all() and np.ptp(answer.candidate_scores) > 0
-    assert np.isfinite(answer.s_test.norm_traces).all()
+    assert np.isfinite(answer.lissa.norm_traces).all()

@@ -4,45 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from index import build_index
-from interpret.data import DataSpec
-from interpret.influence import ExampleStates, LissaConfig, QueryConfig, influence_query
-from interpret.models import TrackedModel, encode_features, load_classifier, model_fingerprint
+from interpret.influence import LissaConfig, QueryConfig, prepare_test_point, score_rows
 from service.cli import app
 from service.pipeline import LocalEngine
 
 LISSA = LissaConfig(recursion_depth=50, batch_size=4, damping=0.1, scale=20.0)
 QUERY = "the plot was good and fun"
-
-
-@pytest.fixture(scope="module")
-def engine_dirs(tiny_dir, data_dir, tmp_path_factory):
-    """The tiny model with a card naming its data, and a Flat index over its training set."""
-    from interpret.training import CARD_FILE
-
-    model, tokenizer = load_classifier(str(tiny_dir))
-    spec = DataSpec(str(data_dir / "train.tsv"))
-    card = {
-        "tracked_layers": 1,
-        "max_length": 32,
-        "data_spec": {
-            "source": spec.source,
-            "text_column": "text",
-            "pair_column": None,
-            "label_column": "label",
-            "id_column": None,
-        },
-    }
-    (tiny_dir / CARD_FILE).write_text(json.dumps(card))
-    from interpret.data import load_examples
-
-    examples = load_examples(spec)
-    features = encode_features(TrackedModel(model, tokenizer, 0), examples.texts, progress=False)
-    index_dir = tmp_path_factory.mktemp("index")
-    build_index(features, index_dir, model_fingerprint(model), examples.fingerprint)
-    return tiny_dir, index_dir
 
 
 def test_knn_with_k_equal_n_reproduces_the_full_scan(engine_dirs):
@@ -71,7 +41,7 @@ def test_knn_candidates_are_the_nearest_and_ranking_is_signed(engine_dirs):
     if harmful:
         assert harmful[0] == scores.max()
     assert answer.label_used == answer.predicted_label
-    assert set(answer.timings) == {"encode", "s_test", "search", "score"}
+    assert set(answer.timings) == {"encode", "s_test", "search", "score", "total"}
 
 
 def test_explaining_another_label_flips_nothing_silently(engine_dirs):
@@ -82,17 +52,18 @@ def test_explaining_another_label_flips_nothing_silently(engine_dirs):
         engine.query(QUERY, label=7, config=QueryConfig(k=10, lissa=LISSA))
 
 
-def test_exact_query_on_the_classifier(tiny_dir, train_set):
-    tracked = TrackedModel(*load_classifier(str(tiny_dir)), tracked_layers="classifier")
-    train = ExampleStates(tracked, train_set)
-    from interpret.influence import training_hessian
-
-    hessian = training_hessian(tracked, tracked.parameters(), train)
+def test_exact_query_on_the_classifier(engine_dirs, train_set):
+    engine = LocalEngine(engine_dirs[0], tracked_layers="classifier")
     config = QueryConfig(k=None, top=3, lissa=LissaConfig(damping=0.01), exact=True)
-    answer = influence_query(tracked, train, QUERY, config=config, hessian=hessian)
-    assert answer.s_test is None and len(answer.candidate_scores) == len(train_set)
-    with pytest.raises(ValueError, match="Hessian"):
-        influence_query(tracked, train, QUERY, config=config)
+    answer = engine.query(QUERY, config=config)
+    assert answer.lissa is None and len(answer.candidate_scores) == len(train_set)
+    theta = engine.tracked.parameters()
+    point = prepare_test_point(engine.tracked, theta, QUERY, None, None)
+    s_test = torch.linalg.solve(engine.hessian() + 0.01 * torch.eye(len(theta)), point.v)
+    expected = score_rows(engine.tracked, theta, s_test, engine.train, range(len(train_set)))
+    np.testing.assert_allclose(answer.candidate_scores, expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="no index"):
+        engine.query(QUERY, config=QueryConfig(k=5, lissa=LISSA))
 
 
 def test_query_config_validation():

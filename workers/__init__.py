@@ -1,4 +1,27 @@
-"""Ray actors and the pool that runs LiSSA repetitions and candidate scoring in parallel (the only ray user).
+"""Ray workers: actors that hold the model and call ``interpret``, and the pool that fans work out.
 
-Not built yet: ``service.pipeline.LocalEngine`` is the single-process reference the pool must reproduce.
+The only package that imports ray.
 """
+
+from workers.actor import InfluenceWorker, WorkerSpec
+from workers.pool import (
+    PoolSettings,
+    STestRefs,
+    WorkerMismatchError,
+    WorkerPool,
+    WorkerPoolError,
+    WorkerTimeoutError,
+    connect,
+)
+
+__all__ = [
+    "InfluenceWorker",
+    "PoolSettings",
+    "STestRefs",
+    "WorkerMismatchError",
+    "WorkerPool",
+    "WorkerPoolError",
+    "WorkerSpec",
+    "WorkerTimeoutError",
+    "connect",
+]

@@ -3,8 +3,8 @@
 from interpret.influence.batches import ExampleStates
 from interpret.influence.config import FASTIF_PRESET, LissaConfig, QueryConfig
 from interpret.influence.exact import exact_s_test, training_hessian
-from interpret.influence.lissa import LissaDivergenceError, STestResult, lissa_s_test
-from interpret.influence.query import InfluenceAnswer, InfluentialExample, influence_query
+from interpret.influence.lissa import LissaDivergenceError, LissaReport, STestResult, lissa_s_test
+from interpret.influence.query import InfluenceAnswer, InfluentialExample, TestPoint, prepare_test_point, rank
 from interpret.influence.scoring import influence_scores, score_rows
 
 __all__ = [
@@ -14,12 +14,15 @@ __all__ = [
     "InfluentialExample",
     "LissaConfig",
     "LissaDivergenceError",
+    "LissaReport",
     "QueryConfig",
     "STestResult",
+    "TestPoint",
     "exact_s_test",
-    "influence_query",
     "influence_scores",
     "lissa_s_test",
+    "prepare_test_point",
+    "rank",
     "score_rows",
     "training_hessian",
 ]

@@ -35,6 +35,29 @@ class LissaDivergenceError(ArithmeticError):
     """The recursion blew up; the message names the knob to turn."""
 
 
+def relative_spread(repetitions: list[torch.Tensor], mean: torch.Tensor) -> float:
+    """Mean ``||s_r - s_test|| / ||s_test||`` over repetitions (0 for T=1): the LiSSA noise level."""
+    norm = float(mean.norm())
+    if len(repetitions) < 2 or norm == 0:
+        return 0.0
+    return float(np.mean([float((r - mean).norm()) / norm for r in repetitions]))
+
+
+@dataclass
+class LissaReport:
+    """What a caller sees of one ``s_test`` run (no vectors): convergence, noise, time, where it ran."""
+
+    config: LissaConfig
+    norm_traces: np.ndarray
+    """``[T, J]``: ``||h_j|| / scale`` per repetition; a flat tail means the depth was enough."""
+    relative_spread: float
+    s_test_norm: float
+    seconds: list[float]
+    """Per repetition, as measured where it ran."""
+    workers: list[str] | None = None
+    """Per repetition, the worker that ran it (``None`` in-process)."""
+
+
 @dataclass
 class STestResult:
     """The averaged ``s_test``, each repetition's vector and norm trace, and the settings used."""
@@ -43,15 +66,16 @@ class STestResult:
     repetitions: list[torch.Tensor]
     norm_traces: np.ndarray
     config: LissaConfig
-    seconds: float
+    seconds: list[float]
 
     @property
     def relative_spread(self) -> float:
-        """Mean ``||s_r - s_test|| / ||s_test||`` over repetitions (0 for T=1): the LiSSA noise level."""
-        norm = float(self.s_test.norm())
-        if len(self.repetitions) < 2 or norm == 0:
-            return 0.0
-        return float(np.mean([float((r - self.s_test).norm()) / norm for r in self.repetitions]))
+        return relative_spread(self.repetitions, self.s_test)
+
+    def report(self) -> LissaReport:
+        return LissaReport(
+            self.config, self.norm_traces, self.relative_spread, float(self.s_test.norm()), self.seconds
+        )
 
 
 def sample_batches(num_examples: int, config: LissaConfig, repetition: int) -> np.ndarray:
@@ -122,15 +146,11 @@ def lissa_s_test(
     progress: bool = False,
 ) -> STestResult:
     """All T repetitions in this process, one after another (``workers/`` runs them in parallel)."""
-    start = time.perf_counter()
-    parts = [
-        lissa_repetition(tracked, theta, v, train, config, r, progress) for r in range(config.num_repetitions)
-    ]
-    vectors = [p[0] for p in parts]
-    return STestResult(
-        average_repetitions(vectors),
-        vectors,
-        np.stack([p[1] for p in parts]),
-        config,
-        time.perf_counter() - start,
-    )
+    vectors, traces, seconds = [], [], []
+    for r in range(config.num_repetitions):
+        start = time.perf_counter()
+        vector, trace = lissa_repetition(tracked, theta, v, train, config, r, progress)
+        vectors.append(vector)
+        traces.append(trace)
+        seconds.append(time.perf_counter() - start)
+    return STestResult(average_repetitions(vectors), vectors, np.stack(traces), config, seconds)

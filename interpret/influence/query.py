@@ -1,27 +1,20 @@
-"""The FastIF query: kNN candidates, one ``s_test``, scores of the candidates only, top helpful/harmful.
+"""The pieces of a FastIF query that are not LiSSA or scoring: the test point, the ranking, the answer.
 
-``interpret`` knows nothing of FAISS: the caller passes ``search(features, k) -> (rows, distances)``
-(``index.FeatureIndex.search``), or no search for the full-scan reference.
+The request path that strings them together (kNN search, ``s_test`` in-process or on Ray workers, scoring,
+ranking) is ``service.pipeline.answer_query``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from interpret.influence.batches import ExampleStates
-from interpret.influence.config import QueryConfig
-from interpret.influence.exact import exact_s_test
-from interpret.influence.lissa import STestResult, lissa_s_test
+from interpret.data import ExampleSet
+from interpret.influence.lissa import LissaReport
 from interpret.influence.objective import loss_gradient
-from interpret.influence.scoring import score_rows
 from interpret.models import TrackedModel
-
-SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -47,19 +40,20 @@ class InfluenceAnswer:
     candidate_rows: np.ndarray
     candidate_scores: np.ndarray
     candidate_distances: np.ndarray | None
-    s_test: STestResult | None
+    lissa: LissaReport | None
+    """``None`` for the exact solve."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class TestPoint:
-    """A query encoded once: its prediction, the label explained, ``v = grad L(z_test)`` and its features."""
+    """A query encoded once: its prediction, the label explained, its kNN features and ``v = grad L``."""
 
     predicted_label: int
     probabilities: list[float]
     label: int
-    v: torch.Tensor
     features: np.ndarray
+    v: torch.Tensor | None = None
 
 
 def prepare_test_point(
@@ -76,11 +70,11 @@ def prepare_test_point(
     used = predicted if label is None else int(label)
     v = loss_gradient(tracked, theta, state, torch.tensor([used], device=tracked.device))
     features = tracked.features(encoded).float().cpu().numpy()
-    return TestPoint(predicted, probabilities.tolist(), used, v, features)
+    return TestPoint(predicted, probabilities.tolist(), used, features, v)
 
 
 def rank(
-    train: ExampleStates, rows: np.ndarray, scores: np.ndarray, distances: np.ndarray | None, top: int
+    examples: ExampleSet, rows: np.ndarray, scores: np.ndarray, distances: np.ndarray | None, top: int
 ) -> tuple[list[InfluentialExample], list[InfluentialExample]]:
     """Most helpful (negative scores, most negative first) and most harmful (positive, largest first).
 
@@ -93,72 +87,9 @@ def rank(
     def pick(positions: np.ndarray) -> list[InfluentialExample]:
         out = []
         for p in positions:
-            example = train.examples.example(int(rows[p]))
+            example = examples.example(int(rows[p]))
             distance = None if distances is None else float(distances[p])
             out.append(InfluentialExample(int(rows[p]), score=float(scores[p]), distance=distance, **example))
         return out
 
     return pick(negative[:top]), pick(positive[:top])
-
-
-def influence_query(
-    tracked: TrackedModel,
-    train: ExampleStates,
-    text: str,
-    pair: str | None = None,
-    label: int | None = None,
-    config: QueryConfig | None = None,
-    search: SearchFn | None = None,
-    hessian: torch.Tensor | None = None,
-    progress: bool = False,
-) -> InfluenceAnswer:
-    """Answer "which training examples made this prediction?" the FastIF way.
-
-    With ``config.k`` and a ``search``, only the k nearest training examples in feature space are scored;
-    with ``config.k=None`` (or no search) every training example is (the full-scan reference).
-    ``config.exact`` solves with the explicit ``hessian`` (see ``interpret.influence.exact``).
-    """
-    config = config or QueryConfig()
-    timings: dict[str, float] = {}
-    theta = tracked.parameters()
-    clock = time.perf_counter()
-    point = prepare_test_point(tracked, theta, text, pair, label)
-    timings["encode"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    result = None
-    if config.exact:
-        if hessian is None:
-            raise ValueError(
-                "exact=True needs the training Hessian (interpret.influence.exact.training_hessian)"
-            )
-        s_test = exact_s_test(hessian, point.v, config.lissa.damping)
-    else:
-        result = lissa_s_test(tracked, theta, point.v, train, config.lissa, progress)
-        s_test = result.s_test
-    timings["s_test"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    distances = None
-    if config.k is not None and search is not None:
-        rows, distances = search(point.features, min(config.k, len(train)))
-    else:
-        rows = np.arange(len(train))
-    timings["search"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    scores = score_rows(tracked, theta, s_test, train, rows, config.score_batch_size, progress=progress)
-    timings["score"] = time.perf_counter() - clock
-    helpful, harmful = rank(train, rows, scores, distances, config.top)
-    return InfluenceAnswer(
-        point.predicted_label,
-        point.probabilities,
-        point.label,
-        helpful,
-        harmful,
-        rows,
-        scores,
-        distances,
-        result,
-        timings,
-    )

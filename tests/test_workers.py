@@ -1,0 +1,169 @@
+"""The Ray pool: same s_test and scores as one process, whatever the split; faults; identity checks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from interpret.checkpoint import load_checkpoint
+from interpret.influence import LissaConfig, QueryConfig, lissa_s_test, prepare_test_point, score_rows
+from interpret.models import encode_features
+from service.pipeline import LocalBackend, answer_query
+from workers import (
+    PoolSettings,
+    WorkerMismatchError,
+    WorkerPool,
+    WorkerPoolError,
+    WorkerSpec,
+    WorkerTimeoutError,
+)
+
+QUERY = "the plot was good and fun"
+LISSA = LissaConfig(recursion_depth=40, batch_size=4, damping=0.1, scale=20.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference(engine_dirs):
+    """The single-process checkpoint in float64."""
+    return load_checkpoint(engine_dirs[0], dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, engine_dirs):
+    pool = WorkerPool(WorkerSpec(str(engine_dirs[0]), dtype="float64"), PoolSettings(num_workers=3))
+    yield pool
+    pool.shutdown()
+
+
+def local_s_test(reference, config: LissaConfig, text: str = QUERY) -> torch.Tensor:
+    theta = reference.tracked.parameters()
+    v = prepare_test_point(reference.tracked, theta, text, None, None).v
+    return lissa_s_test(reference.tracked, theta, v, reference.train, config).s_test
+
+
+def pool_s_test(pool: WorkerPool, config: LissaConfig, text: str = QUERY):
+    pending = pool.start_s_test(text, None, None, QueryConfig(lissa=config))
+    return pool.finish_s_test(pending)
+
+
+@pytest.mark.parametrize("repetitions", [1, 2, 4])
+def test_pool_s_test_and_scores_equal_one_process(pool, reference, repetitions):
+    config = replace(LISSA, num_repetitions=repetitions)
+    expected = local_s_test(reference, config)
+    refs, report = pool_s_test(pool, config)
+    np.testing.assert_allclose(pool.s_test_vector(refs), expected.numpy(), rtol=1e-12, atol=1e-15)
+    assert report.norm_traces.shape == (repetitions, LISSA.recursion_depth)
+    assert len(set(report.workers)) == min(repetitions, pool.num_workers)  # really spread out
+    assert (report.relative_spread > 0) == (repetitions > 1)
+
+    rows = np.random.default_rng(0).permutation(len(reference.examples))[:70]
+    theta = reference.tracked.parameters()
+    expected_scores = score_rows(reference.tracked, theta, expected, reference.train, rows)
+    for shards in (1, 2, 3, 7, 70):
+        scores = pool.score(refs, rows, block_size=16, num_shards=shards)
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-10, atol=1e-14)
+
+
+def test_pooled_query_answers_like_the_local_engine(pool, reference):
+    config = QueryConfig(k=None, top=4, lissa=replace(LISSA, num_repetitions=2))
+    local = answer_query(LocalBackend(reference), reference.examples, None, QUERY, config=config)
+    pooled = answer_query(pool, reference.examples, None, QUERY, config=config)
+    assert [e.id for e in pooled.helpful] == [e.id for e in local.helpful]
+    assert [e.id for e in pooled.harmful] == [e.id for e in local.harmful]
+    np.testing.assert_allclose(pooled.candidate_scores, local.candidate_scores, rtol=1e-10)
+    assert pooled.predicted_label == local.predicted_label
+    np.testing.assert_allclose(pooled.lissa.norm_traces, local.lissa.norm_traces, rtol=1e-12)
+    assert pooled.lissa.workers is not None and local.lissa.workers is None
+
+
+def test_encode_and_predict_split_over_workers(pool, reference):
+    texts = reference.examples.texts[:11]
+    expected = encode_features(reference.tracked, texts, progress=False)
+    np.testing.assert_allclose(pool.encode(texts), expected, rtol=1e-5, atol=1e-6)
+    probabilities = pool.predict(texts)
+    assert probabilities.shape == (11, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_exact_s_test_on_the_pool(ray_local, engine_dirs):
+    spec = WorkerSpec(str(engine_dirs[0]), tracked_layers="classifier", dtype="float64")
+    reference = load_checkpoint(engine_dirs[0], tracked_layers="classifier", dtype=torch.float64)
+    small_pool = WorkerPool(spec, PoolSettings(num_workers=1))
+    try:
+        config = QueryConfig(k=None, lissa=LissaConfig(damping=0.01), exact=True)
+        local = answer_query(LocalBackend(reference), reference.examples, None, QUERY, config=config)
+        pooled = answer_query(small_pool, reference.examples, None, QUERY, config=config)
+        np.testing.assert_allclose(pooled.candidate_scores, local.candidate_scores, rtol=1e-10)
+        assert pooled.lissa is None
+    finally:
+        small_pool.shutdown()
+
+
+def test_killing_a_worker_mid_query_gives_the_same_answer(pool, reference):
+    config = replace(LISSA, num_repetitions=3, recursion_depth=400)
+    expected = local_s_test(reference, config)
+    before = {ray.get(a.identity.remote())["worker"] for a in pool.actors}
+    pending = pool.start_s_test(QUERY, None, None, QueryConfig(lissa=config))
+    victim = pending.parts[0].actor
+    ray.kill(victim)  # whether its repetition had started or not, it must be re-run elsewhere
+    refs, report = pool.finish_s_test(pending)
+    np.testing.assert_allclose(pool.s_test_vector(refs), expected.numpy(), rtol=1e-12, atol=1e-15)
+    assert pending.parts[0].attempts == 1 and report.workers[0] not in before
+    assert all(a is not victim for a in pool.actors) and len(pool.actors) == 3
+
+    # a worker lost between s_test and scoring: its shard is re-run, the vectors are still there
+    rows = np.arange(len(reference.examples))
+    theta = reference.tracked.parameters()
+    ray.kill(pool.actors[1])
+    scores = pool.score(refs, rows, num_shards=3)
+    expected_scores = score_rows(reference.tracked, theta, expected, reference.train, rows)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-10, atol=1e-14)
+
+
+def test_exhausted_retries_name_the_part_and_the_next_query_works(ray_local, engine_dirs):
+    fragile = WorkerPool(WorkerSpec(str(engine_dirs[0])), PoolSettings(num_workers=1, max_retries=0))
+    try:
+        pending = fragile.start_s_test(QUERY, None, None, QueryConfig(lissa=LISSA))
+        ray.kill(pending.parts[0].actor)
+        failure = r"LiSSA repetition 0 failed on worker \S+/pid\d+/cpu 1 time.*max_retries=0"
+        with pytest.raises(WorkerPoolError, match=failure):
+            fragile.finish_s_test(pending)
+        _, report = pool_s_test(fragile, LISSA)  # the dead worker was replaced
+        assert np.isfinite(report.norm_traces).all()
+
+        slow = LissaConfig(recursion_depth=1_000_000, batch_size=4, damping=0.1, scale=20.0)
+        pending = fragile.start_s_test(QUERY, None, None, QueryConfig(lissa=slow), time.monotonic() + 1.0)
+        with pytest.raises(WorkerTimeoutError, match="deadline"):
+            fragile.finish_s_test(pending)
+        _, report = pool_s_test(fragile, LISSA)  # the busy worker was replaced, not waited for
+        assert report.norm_traces.shape == (1, LISSA.recursion_depth)
+    finally:
+        fragile.shutdown()
+
+
+def test_user_errors_come_back_as_themselves(pool):
+    with pytest.raises(ValueError, match="label must be in"):
+        pool.prepare(QUERY, label=5)
+    diverging = LissaConfig(recursion_depth=500, damping=0.01, scale=1e-3)
+    with pytest.raises(ArithmeticError, match="increase scale"):
+        pool_s_test(pool, diverging)
+
+
+def test_workers_must_match_the_index(ray_local, engine_dirs):
+    spec = WorkerSpec(str(engine_dirs[0]))
+    with pytest.raises(WorkerMismatchError, match="model_fingerprint"):
+        WorkerPool(spec, PoolSettings(num_workers=1), expected={"model_fingerprint": "0" * 64})
+
+
+def test_pool_settings_are_validated():
+    with pytest.raises(ValueError, match="num_workers"):
+        PoolSettings(num_workers=0)
+    with pytest.raises(ValueError, match="max_retries"):
+        PoolSettings(max_retries=-1)
+    with pytest.raises(ValueError, match="dtype"):
+        WorkerSpec("model", dtype="int8")
