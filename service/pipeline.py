@@ -1,7 +1,8 @@
 """The request path in one place (:func:`answer_query`), over an in-process or a Ray-pool backend.
 
-1. start ``s_test`` (on workers this is not awaited: it does not depend on the kNN search);
-2. encode the query (prediction, label explained, features) and search the index for k candidates;
+1. encode the query: prediction, the label explained (the predicted one unless given), kNN features;
+2. start ``s_test`` (on workers this is not awaited: it does not depend on the kNN search), and search
+   the index for k candidates meanwhile;
 3. score the candidates with the one averaged ``s_test``;
 4. rank: top helpful / harmful, with timings and the LiSSA report.
 """
@@ -17,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from index import FeatureIndex, load_index
+from index import FeatureIndex, load_index, read_manifest
 from interpret.checkpoint import card_data_spec, load_checkpoint, read_card
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.influence import (
@@ -110,28 +111,29 @@ def answer_query(
 
     With ``config.k`` and a ``search``, only the k nearest training examples in feature space are scored;
     with ``config.k=None`` every one is (the full-scan reference). ``timings["s_test"]`` is the wall time
-    from starting ``s_test`` until it was ready; on workers it overlaps the encode and the search.
+    from starting ``s_test`` until it was ready; on workers it overlaps the kNN search.
     """
     config = config or QueryConfig()
     if config.k is not None and search is None:
         raise ValueError("k was given but no index is loaded; build one or use a full scan (k=None)")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    pending = backend.start_s_test(text, pair, label, config)
-    clock = time.perf_counter()
+    # Encode first: a few milliseconds, and on a busy pool it would otherwise queue behind a repetition.
     point = backend.prepare(text, pair, label)
-    timings["encode"] = time.perf_counter() - clock
-
+    timings["encode"] = time.perf_counter() - start
     clock = time.perf_counter()
+    pending = backend.start_s_test(text, pair, point.label, config)
+
+    search_clock = time.perf_counter()
     distances = None
     if config.k is not None:
         rows, distances = search(point.features, min(config.k, len(examples)))
     else:
         rows = np.arange(len(examples))
-    timings["search"] = time.perf_counter() - clock
+    timings["search"] = time.perf_counter() - search_clock
 
     s_test, report = backend.finish_s_test(pending, progress)
-    timings["s_test"] = time.perf_counter() - start
+    timings["s_test"] = time.perf_counter() - clock
     clock = time.perf_counter()
     scores = backend.score(s_test, rows, config.score_batch_size, progress)
     timings["score"] = time.perf_counter() - clock
@@ -216,14 +218,20 @@ class PooledEngine(Engine):
         if train_spec is None:
             raise ValueError(f"{model_dir}: no card.json naming the training data; pass the training data")
         self.examples = load_examples(train_spec)
-        spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype)
         expected = {"data_fingerprint": self.examples.fingerprint}
+        if index_dir is not None:  # every worker must hold the weights the index was built with
+            expected["model_fingerprint"] = read_manifest(index_dir).model_fingerprint
+        spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype)
         self.pool = WorkerPool(spec, settings or PoolSettings(), expected)
         self.backend = self.pool
         self.fingerprint = self.pool.identity["model_fingerprint"]
         self.index = None
         if index_dir is not None:
-            self.index = load_index(index_dir, self.fingerprint, self.examples.fingerprint)
+            try:
+                self.index = load_index(index_dir, self.fingerprint, self.examples.fingerprint)
+            except BaseException:
+                self.pool.shutdown()
+                raise
 
     def shutdown(self) -> None:
         self.pool.shutdown()

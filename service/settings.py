@@ -1,0 +1,50 @@
+"""Deployment settings, read from ``INFLUENCE_*`` environment variables (or a ``.env`` file).
+
+Algorithm settings (LiSSA, k, top) arrive per request and are frozen dataclasses in ``interpret``; these
+are the operator's: where the model, data and index live, how many workers, and the request limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFLUENCE_", env_file=".env", extra="ignore")
+
+    model_dir: Path = Path("artifacts/model")
+    """Fine-tuned model folder with ``card.json`` (``influence train``)."""
+    index_dir: Path | None = Path("artifacts/index")
+    """kNN index folder (``influence index build``); ``None``: full scans only."""
+    train_data: str | None = None
+    """Training data source; default: the one named in the model's card."""
+    tracked_layers: str | None = None
+
+    workers: int | None = None
+    """Ray actors; ``None``: one per GPU, else min(4, CPUs). ``RAY_ADDRESS`` joins a cluster."""
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None
+    max_retries: int = 2
+    deadline_s: float = Field(900.0, gt=0)
+
+    api_key: SecretStr | None = None
+    """When set, every ``/v1`` request needs the ``X-API-Key`` header."""
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    max_input_tokens: int = Field(128, gt=0)
+    max_batch: int = Field(32, gt=0)
+    max_k: int = Field(10_000, gt=0)
+    max_top: int = Field(100, gt=0)
+    max_recursion_depth: int = Field(5_000, gt=0)
+    max_repetitions: int = Field(8, gt=0)
+    max_in_flight: int = Field(8, gt=0)
+    """Requests computing at once; one more gets 429 with Retry-After instead of a queue."""
+    retry_after_s: int = Field(5, gt=0)
+    s_test_cache_entries: int = Field(64, ge=0)
+    s_test_cache_bytes: int = Field(2_000_000_000, ge=0)
+    job_ttl_s: float = Field(3600.0, gt=0)
+    max_jobs: int = Field(100, gt=0)
+    allow_index_build_jobs: bool = True
+    trust_remote_code: bool = False
