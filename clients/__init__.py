@@ -1,1 +1,29 @@
-"""httpx-based Python clients of the REST service: not built yet (the service issue)."""
+"""HTTP clients of the influence service (httpx, sync and async), with typed errors."""
+
+from clients.client import (
+    AsyncInfluenceClient,
+    AuthenticationError,
+    BadRequestError,
+    InfluenceAPIError,
+    InfluenceClient,
+    JobFailedError,
+    MethodNotImplementedError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    influence_request,
+)
+
+__all__ = [
+    "AsyncInfluenceClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "InfluenceAPIError",
+    "InfluenceClient",
+    "JobFailedError",
+    "MethodNotImplementedError",
+    "NotFoundError",
+    "RateLimitedError",
+    "ServerError",
+    "influence_request",
+]

@@ -133,24 +133,26 @@ def index_build(
     )
 
 
-def _print_answer(answer, text: str) -> None:
-    probability = answer.probabilities[answer.predicted_label]
+def _print_answer(result: dict, text: str) -> None:
+    """A human view of one ``InfluenceResult`` (``answer_to_dict``'s shape, local or from a server)."""
+    prediction, quality = result["prediction"], result["quality"]
+    probability = prediction["probabilities"][prediction["label"]]
     console.print(
-        f"[bold]{text}[/bold]\npredicted label {answer.predicted_label} (p={probability:.3f}); "
-        f"explaining label {answer.label_used}; {len(answer.candidate_rows):,} candidates scored"
+        f"[bold]{text}[/bold]\npredicted label {prediction['label']} (p={probability:.3f}); "
+        f"explaining label {result['label_used']}; {quality['candidates']:,} candidates scored"
     )
     for title, examples in (
-        ("most helpful (negative score)", answer.helpful),
-        ("most harmful (positive score)", answer.harmful),
+        ("most helpful (negative score)", result["helpful"]),
+        ("most harmful (positive score)", result["harmful"]),
     ):
         table = Table(title=title)
         for column in ("id", "label", "score", "distance", "text"):
             table.add_column(column)
         for e in examples:
-            distance = "" if e.distance is None else f"{e.distance:.3f}"
-            table.add_row(e.id, str(e.label), f"{e.score:.4g}", distance, e.text)
+            distance = "" if e["distance"] is None else f"{e['distance']:.3f}"
+            table.add_row(e["id"], str(e["label"]), f"{e['score']:.4g}", distance, e["text"])
         console.print(table)
-    console.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in answer.timings.items()))
+    console.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in quality["timings_s"].items()))
 
 
 @app.command()
@@ -178,14 +180,49 @@ def query(
         ),
     ] = None,
     deadline: Annotated[float, typer.Option(help="Seconds a worker query may take.")] = 900.0,
+    url: Annotated[
+        str | None, typer.Option(help="Ask a running service instead (e.g. http://127.0.0.1:8000).")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="INFLUENCE_API_KEY", help="The service's API key, if it has one.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which training examples made this prediction (FastIF: kNN candidates + LiSSA s_test)."""
     from interpret.influence import LissaConfig, QueryConfig
-    from service.pipeline import LocalEngine, PooledEngine, answer_to_dict
+    from service.pipeline import answer_to_dict
 
     lissa = LissaConfig(recursion_depth, lissa_batch_size, repetitions, damping, scale, seed)
     config = QueryConfig(None if full_scan else k, top, lissa, exact)
+    if url is not None:
+        result = _remote_query(url, api_key, text, pair, label, config)
+    else:
+        result = answer_to_dict(
+            _engine(model, index, full_scan, workers, deadline).query(
+                text, pair, label, config, progress=not as_json
+            ),
+            config,
+        )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        _print_answer(result, text)
+
+
+def _remote_query(url: str, api_key: str | None, text, pair, label, config) -> dict:
+    from clients import InfluenceClient
+    from service.schemas import TextInput
+
+    lissa = {k: v for k, v in asdict(config.lissa).items() if k != "divergence_bound"}
+    with InfluenceClient(url, api_key=api_key) as client:
+        item = TextInput(text=text, text_pair=pair, label=label)
+        response = client.influence(item, config.k, config.top, config.exact, lissa)
+    return response.results[0].model_dump()
+
+
+def _engine(model: Path, index: Path, full_scan: bool, workers: int | None, deadline: float):
+    from service.pipeline import LocalEngine, PooledEngine
+
     index_dir = None if full_scan else index
     if workers is None:
         engine = LocalEngine(model, index_dir=index_dir)
@@ -196,11 +233,32 @@ def query(
             raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
         settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
         engine = PooledEngine(model, index_dir=index_dir, settings=settings)
-    answer = engine.query(text, pair, label, config, progress=not as_json)
-    if as_json:
-        typer.echo(json.dumps(answer_to_dict(answer), indent=2))
-    else:
-        _print_answer(answer, text)
+    return engine
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = ARTIFACTS / "model",
+    index: Annotated[Path, typer.Option(help="Index folder.")] = ARTIFACTS / "index",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[
+        int | None, typer.Option(help="Ray actors (default: one per GPU, else min(4, CPUs)).")
+    ] = None,
+) -> None:
+    """Serve the REST API (OpenAPI at /docs, a page at /); other settings from INFLUENCE_* variables."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(model_dir=model, index_dir=index, workers=workers)
+    console.print(
+        f"serving {model} on http://{host}:{port} (docs: /docs). Try:\n"
+        f"  curl -s http://{host}:{port}/v1/influence -H 'content-type: application/json' "
+        f"""-d '{{"inputs": [{{"text": "{DEMO_SENTENCE}"}}], "k": 1000, "top": 5}}'"""
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
 @app.command()
@@ -209,8 +267,10 @@ def demo(
         int | None, typer.Option(help="Fine-tune on a subset (default: all of SST-2).")
     ] = None,
     text: str = DEMO_SENTENCE,
+    port: int = 8000,
 ) -> None:
-    """Quickstart: fine-tune MiniLM on SST-2 and build the index (each once, then cached), then answer."""
+    """Quickstart: fine-tune MiniLM on SST-2 and build the index (each once, then cached), answer one
+    query, then serve the API on localhost."""
     from index.store import IndexMismatchError, read_manifest
     from interpret.checkpoint import read_card
     from service.pipeline import sst2_spec
@@ -231,13 +291,16 @@ def demo(
     else:
         console.print(f"using the cached index in {index_dir}")
     query(text=text, model=model_dir, index=index_dir)
+    serve(model=model_dir, index=index_dir, port=port)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors the user can act on (TimeoutError is an OSError); the pool's, once workers were used."""
+    """Errors the user can act on (TimeoutError is an OSError), plus the pool's and the client's once used."""
     errors: tuple[type[Exception], ...] = (ValueError, ArithmeticError, OSError)
     if "workers" in sys.modules:
         errors += (sys.modules["workers"].WorkerPoolError,)
+    if "clients" in sys.modules:  # the server's answer (4xx/5xx), or no server at --url
+        errors += (sys.modules["clients"].InfluenceAPIError, sys.modules["httpx"].TransportError)
     return errors
 
 

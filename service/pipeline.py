@@ -33,6 +33,8 @@ from interpret.influence import (
     score_rows,
     training_hessian,
 )
+from interpret.models import encode_features
+from service.cache import STestCache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SST2 = REPO_ROOT.parent / "shared" / "data" / "sst2"
@@ -58,6 +60,12 @@ class InfluenceBackend(Protocol):
     def finish_s_test(self, pending, progress: bool = False) -> tuple[object, LissaReport | None]: ...
 
     def score(self, s_test, rows: np.ndarray, block_size: int, progress: bool = False) -> np.ndarray: ...
+
+    def s_test_nbytes(self, config: QueryConfig) -> int: ...
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
+
+    def encode(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
 
 
 class LocalBackend:
@@ -90,6 +98,18 @@ class LocalBackend:
     def finish_s_test(self, pending, progress: bool = False):
         return pending
 
+    def s_test_nbytes(self, config: QueryConfig) -> int:
+        return self.theta.numel() * self.theta.element_size()
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        tracked = self.checkpoint.tracked
+        with torch.no_grad():
+            logits = tracked.predict_logits(tracked.encode(texts, pairs))
+        return torch.softmax(logits.double(), dim=-1).cpu().numpy()
+
+    def encode(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        return encode_features(self.checkpoint.tracked, texts, pairs, progress=False)
+
     def score(self, s_test, rows: np.ndarray, block_size: int, progress: bool = False) -> np.ndarray:
         checkpoint = self.checkpoint
         return score_rows(
@@ -106,12 +126,16 @@ def answer_query(
     label: int | None = None,
     config: QueryConfig | None = None,
     progress: bool = False,
+    cache: STestCache | None = None,
+    cache_scope: str = "",
 ) -> InfluenceAnswer:
     """Which training examples made this prediction, the FastIF way.
 
     With ``config.k`` and a ``search``, only the k nearest training examples in feature space are scored;
     with ``config.k=None`` every one is (the full-scan reference). ``timings["s_test"]`` is the wall time
-    from starting ``s_test`` until it was ready; on workers it overlaps the kNN search.
+    from starting ``s_test`` until it was ready; on workers it overlaps the kNN search. With a ``cache``,
+    an ``s_test`` already computed for the same input, label and LiSSA config (under ``cache_scope``, the
+    model fingerprint) is reused.
     """
     config = config or QueryConfig()
     if config.k is not None and search is None:
@@ -122,7 +146,9 @@ def answer_query(
     point = backend.prepare(text, pair, label)
     timings["encode"] = time.perf_counter() - start
     clock = time.perf_counter()
-    pending = backend.start_s_test(text, pair, point.label, config)
+    key = (cache_scope, text, pair, point.label, config.exact, config.lissa)
+    cached = cache.get(key) if cache is not None else None
+    pending = None if cached is not None else backend.start_s_test(text, pair, point.label, config)
 
     search_clock = time.perf_counter()
     distances = None
@@ -132,7 +158,9 @@ def answer_query(
         rows = np.arange(len(examples))
     timings["search"] = time.perf_counter() - search_clock
 
-    s_test, report = backend.finish_s_test(pending, progress)
+    s_test, report = cached if cached is not None else backend.finish_s_test(pending, progress)
+    if cached is None and cache is not None:
+        cache.put(key, (s_test, report), backend.s_test_nbytes(config))
     timings["s_test"] = time.perf_counter() - clock
     clock = time.perf_counter()
     scores = backend.score(s_test, rows, config.score_batch_size, progress)
@@ -150,6 +178,7 @@ def answer_query(
         distances,
         report,
         timings,
+        s_test_cached=cached is not None,
     )
 
 
@@ -159,6 +188,15 @@ class Engine:
     backend: InfluenceBackend
     examples: ExampleSet
     index: FeatureIndex | None
+    fingerprint: str
+    num_labels: int
+    num_parameters: int
+    tracked_layers: int | str
+    num_workers: int = 1
+
+    def ping(self) -> list[str | None]:
+        """Names of the compute workers that answer (``None`` for one that does not)."""
+        return ["in-process"]
 
     def query(
         self,
@@ -167,9 +205,12 @@ class Engine:
         label: int | None = None,
         config: QueryConfig | None = None,
         progress: bool = False,
+        cache: STestCache | None = None,
     ) -> InfluenceAnswer:
         search = self.index.search if self.index is not None else None
-        return answer_query(self.backend, self.examples, search, text, pair, label, config, progress)
+        return answer_query(
+            self.backend, self.examples, search, text, pair, label, config, progress, cache, self.fingerprint
+        )
 
 
 class LocalEngine(Engine):
@@ -187,6 +228,8 @@ class LocalEngine(Engine):
         self.card, self.tracked, self.train = checkpoint.card, checkpoint.tracked, checkpoint.train
         self.examples, self.fingerprint = checkpoint.examples, checkpoint.fingerprint
         self.backend = LocalBackend(checkpoint)
+        self.num_labels = int(self.tracked.model.config.num_labels)
+        self.num_parameters, self.tracked_layers = self.tracked.num_parameters, self.tracked.tracked_layers
         self.index = None
         if index_dir is not None:
             self.index = load_index(index_dir, self.fingerprint, self.examples.fingerprint)
@@ -224,7 +267,10 @@ class PooledEngine(Engine):
         spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype)
         self.pool = WorkerPool(spec, settings or PoolSettings(), expected)
         self.backend = self.pool
-        self.fingerprint = self.pool.identity["model_fingerprint"]
+        self.num_workers = self.pool.num_workers
+        identity = self.pool.identity
+        self.fingerprint, self.num_labels = identity["model_fingerprint"], identity["num_labels"]
+        self.num_parameters, self.tracked_layers = identity["num_parameters"], identity["tracked_layers"]
         self.index = None
         if index_dir is not None:
             try:
@@ -233,27 +279,42 @@ class PooledEngine(Engine):
                 self.pool.shutdown()
                 raise
 
+    def ping(self) -> list[str | None]:
+        return self.pool.ping()
+
     def shutdown(self) -> None:
         self.pool.shutdown()
 
 
-def answer_to_dict(answer: InfluenceAnswer) -> dict:
-    """JSON-ready view of an answer (what ``influence query --json`` prints)."""
-    out = {
-        "prediction": {"label": answer.predicted_label, "probabilities": answer.probabilities},
-        "label_used": answer.label_used,
-        "helpful": [asdict(e) for e in answer.helpful],
-        "harmful": [asdict(e) for e in answer.harmful],
-        "candidates": len(answer.candidate_rows),
-        "timings_s": answer.timings,
-    }
+TRACE_POINTS = 50
+
+
+def answer_to_dict(answer: InfluenceAnswer, config: QueryConfig) -> dict:
+    """JSON view of an answer: the ``InfluenceResult`` schema of the API and ``influence query --json``."""
+    lissa = None
     if answer.lissa is not None:
-        out["lissa"] = {
-            "config": asdict(answer.lissa.config),
-            "final_norm": [float(t[-1]) for t in answer.lissa.norm_traces],
+        traces = answer.lissa.norm_traces
+        step = max(1, traces.shape[1] // TRACE_POINTS)
+        lissa = {
+            "config": {k: v for k, v in asdict(answer.lissa.config).items() if k != "divergence_bound"},
+            "final_norm": [float(t[-1]) for t in traces],
+            "norm_trace": [[float(x) for x in t[step - 1 :: step]] for t in traces],
             "relative_spread": answer.lissa.relative_spread,
             "s_test_norm": answer.lissa.s_test_norm,
             "seconds": answer.lissa.seconds,
             "workers": answer.lissa.workers,
         }
-    return out
+    return {
+        "prediction": {"label": answer.predicted_label, "probabilities": answer.probabilities},
+        "label_used": answer.label_used,
+        "helpful": [asdict(e) for e in answer.helpful],
+        "harmful": [asdict(e) for e in answer.harmful],
+        "quality": {
+            "timings_s": answer.timings,
+            "candidates": len(answer.candidate_rows),
+            "k": config.k,
+            "exact": config.exact,
+            "cached_s_test": answer.s_test_cached,
+            "lissa": lissa,
+        },
+    }

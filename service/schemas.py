@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SaliencyMethod = Literal["simple_gradient", "integrated_gradients", "smooth_gradient", "leave_one_out", "lime"]
+SaliencyMethod = Literal[
+    "simple_gradient", "integrated_gradients", "smooth_gradient", "leave_one_out", "lime"
+]
 AttackMethod = Literal["hotflip", "input_reduction", "triggers"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
 

@@ -119,5 +119,5 @@ def test_cli_query_prints_json(engine_dirs):
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout[result.stdout.index("{") :])
-    assert payload["candidates"] == 15 and len(payload["helpful"]) == 3
-    assert payload["lissa"]["config"]["recursion_depth"] == 20
+    assert payload["quality"]["candidates"] == 15 and len(payload["helpful"]) == 3
+    assert payload["quality"]["lissa"]["config"]["recursion_depth"] == 20

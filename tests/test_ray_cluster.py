@@ -110,7 +110,7 @@ def test_query_runs_on_an_existing_cluster_through_ray_address(two_node_cluster,
     payload = json.loads(result.stdout)
     assert "Connecting to existing Ray cluster" in result.stderr
 
-    workers = payload["lissa"]["workers"]
+    workers = payload["quality"]["lissa"]["workers"]
     nodes = {worker.split("/")[0] for worker in workers}
     assert len(workers) == 2 and len(nodes) == 2  # one repetition on each node (one CPU each)
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import ray
@@ -30,6 +31,7 @@ IDENTITY_FIELDS = (
     "parameters_digest",
     "num_parameters",
     "tracked_layers",
+    "num_labels",
     "dtype",
     "data_fingerprint",
     "num_examples",
@@ -65,7 +67,10 @@ def _as_tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 
 class InfluenceWorker:
-    """Loads the checkpoint once (on the GPU Ray assigned, else the CPU) and serves one call at a time."""
+    """Loads the checkpoint once (on the GPU Ray assigned, else the CPU) and serves one call at a time
+    (plus ``ping`` in the ``health`` concurrency group)."""
+
+    CONCURRENCY_GROUPS: ClassVar[dict[str, int]] = {"health": 1}
 
     def __init__(self, spec: WorkerSpec):
         threads = spec.threads or max(
@@ -92,12 +97,18 @@ class InfluenceWorker:
             "parameters_digest": parameters_digest(self.theta),
             "num_parameters": self.tracked.num_parameters,
             "tracked_layers": self.tracked.tracked_layers,
+            "num_labels": int(self.tracked.model.config.num_labels),
             "dtype": str(self.tracked.dtype).removeprefix("torch."),
             "data_fingerprint": self.checkpoint.examples.fingerprint,
             "num_examples": len(self.checkpoint.examples),
             "worker": self.name,
             "device": str(self.tracked.device),
         }
+
+    @ray.method(concurrency_group="health")
+    def ping(self) -> str:
+        """Answered on its own thread, so a worker busy with a long repetition still shows alive."""
+        return self.name
 
     def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint:
         point = prepare_test_point(self.tracked, self.theta, text, pair, label)

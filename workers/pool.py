@@ -161,7 +161,8 @@ class WorkerPool:
         resources = ray.cluster_resources()
         gpus = self.settings.gpus_per_worker
         self._gpus = gpus if gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
-        self._remote = ray.remote(InfluenceWorker).options(
+        actor_class = ray.remote(concurrency_groups=InfluenceWorker.CONCURRENCY_GROUPS)(InfluenceWorker)
+        self._remote = actor_class.options(
             num_cpus=self.settings.cpus_per_worker, num_gpus=self._gpus, max_restarts=0
         )
         count = self.settings.num_workers or self._default_size(resources)
@@ -208,6 +209,18 @@ class WorkerPool:
         for actor in getattr(self, "_actors", []):
             ray.kill(actor)
         self._actors = []
+
+    def ping(self, timeout: float = 5.0) -> list[str | None]:
+        """Each slot's worker name if it answered within ``timeout`` (even while busy), else ``None``."""
+        refs = [actor.ping.remote() for actor in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        names = []
+        for ref in refs:
+            try:
+                names.append(ray.get(ref) if ref in ready else None)
+            except _WORKER_FAILURES:
+                names.append(None)
+        return names
 
     # ----------------------------------------------------------------- running parts with retries
 
@@ -374,6 +387,12 @@ class WorkerPool:
             [r["worker"] for r in reports],
         )
         return refs, report
+
+    def s_test_nbytes(self, config: QueryConfig) -> int:
+        """Object-store bytes one finished ``s_test`` holds (T vectors, or one for the exact solve)."""
+        itemsize = np.dtype(self.identity["dtype"]).itemsize if self.identity["dtype"] != "bfloat16" else 2
+        vectors = 1 if config.exact else config.lissa.num_repetitions
+        return vectors * int(self.identity["num_parameters"]) * itemsize
 
     def s_test_vector(self, s_test: STestRefs, deadline: float | None = None) -> np.ndarray:
         """The averaged ``s_test`` brought to the driver (for tests and caches; queries never need it)."""

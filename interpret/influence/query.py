@@ -43,6 +43,7 @@ class InfluenceAnswer:
     lissa: LissaReport | None
     """``None`` for the exact solve."""
     timings: dict[str, float] = field(default_factory=dict)
+    s_test_cached: bool = False
 
 
 @dataclass

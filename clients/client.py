@@ -1,0 +1,318 @@
+"""Python clients of the REST service: :class:`InfluenceClient` and its async mirror.
+
+    with InfluenceClient("http://127.0.0.1:8000", api_key="...") as client:
+        answer = client.influence("a gorgeous, witty, seductive movie.", k=1000, top=10)
+        print(answer.results[0].helpful[0].text)
+
+Both speak the service's own pydantic schemas (``service.schemas``), retry 429/503 answers (honouring
+``Retry-After``) up to ``max_retries`` times, and raise :class:`InfluenceAPIError` subclasses that carry
+the server's ``code``, ``message`` and ``detail``. Pass ``transport=`` (e.g. ``httpx.ASGITransport``) or a
+ready ``http=`` client to talk to an app in the same process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import httpx
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+
+from service.schemas import (
+    AttackRequest,
+    AttackResponse,
+    InfluenceRequest,
+    InfluenceResponse,
+    JobRequest,
+    JobStatus,
+    LissaParams,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    SaliencyRequest,
+    SaliencyResponse,
+    TextInput,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRY_STATUSES = (429, 503)
+Inputs = str | TextInput | dict | Sequence[str | TextInput | dict]
+
+
+class InfluenceAPIError(Exception):
+    """An error answer of the service: ``status``, ``code``, ``message``, ``detail``."""
+
+    def __init__(self, status: int, code: str, message: str, detail=None):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.detail = status, code, message, detail
+
+
+class BadRequestError(InfluenceAPIError):
+    """4xx: the request was wrong (a field out of range, over a limit, ...); the message names it."""
+
+
+class AuthenticationError(InfluenceAPIError):
+    """401: missing or wrong API key."""
+
+
+class NotFoundError(InfluenceAPIError):
+    """404: no such job (or route)."""
+
+
+class RateLimitedError(InfluenceAPIError):
+    """429 after all retries: the server is at its in-flight limit."""
+
+
+class MethodNotImplementedError(InfluenceAPIError):
+    """501: the server does not implement this saliency or attack method (yet)."""
+
+
+class ServerError(InfluenceAPIError):
+    """5xx: workers failed, a deadline passed, or a bug."""
+
+
+class JobFailedError(InfluenceAPIError):
+    """A job ended in state ``failed``; its error is in ``code``/``message``."""
+
+
+_ERROR_BY_STATUS = {401: AuthenticationError, 404: NotFoundError, 429: RateLimitedError}
+_ERROR_BY_STATUS[501] = MethodNotImplementedError
+
+
+def _error(response: httpx.Response) -> InfluenceAPIError:
+    try:
+        body = response.json()
+        code, message, detail = (
+            body.get("code", "error"),
+            body.get("message", response.text),
+            body.get("detail"),
+        )
+    except ValueError:
+        code, message, detail = "error", response.text or response.reason_phrase, None
+    default = ServerError if response.status_code >= 500 else BadRequestError
+    kind = _ERROR_BY_STATUS.get(response.status_code, default)
+    return kind(response.status_code, code, message, detail)
+
+
+def _as_inputs(inputs: Inputs) -> list[TextInput]:
+    items = [inputs] if isinstance(inputs, str | TextInput | dict) else list(inputs)
+    return [
+        item
+        if isinstance(item, TextInput)
+        else TextInput(text=item)
+        if isinstance(item, str)
+        else TextInput(**item)
+        for item in items
+    ]
+
+
+def influence_request(
+    inputs: Inputs,
+    k: int | None = 1000,
+    top: int = 10,
+    exact: bool = False,
+    lissa: LissaParams | dict | None = None,
+) -> InfluenceRequest:
+    lissa = lissa if isinstance(lissa, LissaParams) else LissaParams(**(lissa or {}))
+    return InfluenceRequest(inputs=_as_inputs(inputs), k=k, top=top, exact=exact, lissa=lissa)
+
+
+class _Common:
+    """What the sync and async clients share: headers, retry policy, error mapping, parsing."""
+
+    def __init__(self, api_key: str | None, max_retries: int, backoff_s: float):
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.headers = {"X-API-Key": api_key} if api_key else {}
+
+    def _delay(self, response: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before retrying, or ``None`` to stop and return/raise."""
+        if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+            return None
+        retry_after = response.headers.get("Retry-After", "")
+        return float(retry_after) if retry_after.isdigit() else self.backoff_s * 2**attempt
+
+    @staticmethod
+    def _parse(response: httpx.Response, model: type[BaseModel]):
+        if response.is_error:
+            raise _error(response)
+        return model.model_validate(response.json())
+
+    @staticmethod
+    def _body(request: BaseModel) -> dict:
+        return request.model_dump(mode="json", exclude_none=False)
+
+    @staticmethod
+    def _finished(status: JobStatus) -> JobStatus | None:
+        if status.state == "failed":
+            error = status.error
+            raise JobFailedError(
+                200, error.code if error else "failed", error.message if error else "", status.id
+            )
+        return status if status.state == "succeeded" else None
+
+
+class InfluenceClient(_Common):
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 900.0,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+    ):
+        super().__init__(api_key, max_retries, backoff_s)
+        self.http = http or httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self.http.headers.update(self.headers)
+
+    def __enter__(self) -> InfluenceClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, model: type[BaseModel], body: dict | None = None):
+        for attempt in range(self.max_retries + 1):
+            response = self.http.request(method, path, json=body)
+            delay = self._delay(response, attempt)
+            if delay is None:
+                return self._parse(response, model)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def influence(self, inputs: Inputs, k: int | None = 1000, top: int = 10, exact: bool = False, lissa=None):
+        """Most helpful and harmful training examples for each input (``InfluenceResponse``)."""
+        body = self._body(influence_request(inputs, k, top, exact, lissa))
+        return self._call("POST", "/v1/influence", InfluenceResponse, body)
+
+    def saliency(self, text: str, method: str, text_pair=None, label=None, **parameters) -> SaliencyResponse:
+        request = SaliencyRequest(
+            text=text, text_pair=text_pair, label=label, method=method, parameters=parameters
+        )
+        return self._call("POST", "/v1/saliency", SaliencyResponse, self._body(request))
+
+    def attack(self, text: str, method: str, text_pair=None, label=None, target=None, **parameters):
+        request = AttackRequest(
+            text=text, text_pair=text_pair, label=label, target=target, method=method, parameters=parameters
+        )
+        return self._call("POST", "/v1/attack", AttackResponse, self._body(request))
+
+    def predict(self, inputs: Inputs) -> PredictResponse:
+        body = self._body(PredictRequest(inputs=_as_inputs(inputs)))
+        return self._call("POST", "/v1/predict", PredictResponse, body)
+
+    def models(self) -> ModelsResponse:
+        return self._call("GET", "/v1/models", ModelsResponse)
+
+    def submit_job(
+        self, request: InfluenceRequest | None = None, kind: str = "influence", factory: str = "Flat"
+    ):
+        """Start a job (an ``InfluenceRequest`` over many inputs, or ``kind="index_build"``)."""
+        body = self._body(JobRequest(kind=kind, influence=request, factory=factory))
+        return self._call("POST", "/v1/jobs", JobStatus, body)
+
+    def job(self, job_id: str) -> JobStatus:
+        return self._call("GET", f"/v1/jobs/{job_id}", JobStatus)
+
+    def wait_job(self, job_id: str, poll_s: float = 1.0, timeout: float | None = None, progress: bool = True):
+        """Poll until the job succeeds (its status, with the result) or fails (``JobFailedError``)."""
+        limit = None if timeout is None else time.monotonic() + timeout
+        with tqdm(total=1.0, desc=f"job {job_id[:8]}", disable=not progress, unit="") as bar:
+            while True:
+                status = self.job(job_id)
+                bar.update(status.progress - bar.n)
+                if self._finished(status) is not None:
+                    return status
+                if limit is not None and time.monotonic() > limit:
+                    raise TimeoutError(f"job {job_id} still {status.state} after {timeout:g} s")
+                time.sleep(poll_s)
+
+
+class AsyncInfluenceClient(_Common):
+    """The async mirror of :class:`InfluenceClient` (same methods, awaited)."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 900.0,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http: httpx.AsyncClient | None = None,
+    ):
+        super().__init__(api_key, max_retries, backoff_s)
+        self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        self.http.headers.update(self.headers)
+
+    async def __aenter__(self) -> AsyncInfluenceClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, model: type[BaseModel], body: dict | None = None):
+        for attempt in range(self.max_retries + 1):
+            response = await self.http.request(method, path, json=body)
+            delay = self._delay(response, attempt)
+            if delay is None:
+                return self._parse(response, model)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def influence(
+        self, inputs: Inputs, k: int | None = 1000, top: int = 10, exact: bool = False, lissa=None
+    ):
+        body = self._body(influence_request(inputs, k, top, exact, lissa))
+        return await self._call("POST", "/v1/influence", InfluenceResponse, body)
+
+    async def saliency(self, text: str, method: str, text_pair=None, label=None, **parameters):
+        request = SaliencyRequest(
+            text=text, text_pair=text_pair, label=label, method=method, parameters=parameters
+        )
+        return await self._call("POST", "/v1/saliency", SaliencyResponse, self._body(request))
+
+    async def attack(self, text: str, method: str, text_pair=None, label=None, target=None, **parameters):
+        request = AttackRequest(
+            text=text, text_pair=text_pair, label=label, target=target, method=method, parameters=parameters
+        )
+        return await self._call("POST", "/v1/attack", AttackResponse, self._body(request))
+
+    async def predict(self, inputs: Inputs) -> PredictResponse:
+        body = self._body(PredictRequest(inputs=_as_inputs(inputs)))
+        return await self._call("POST", "/v1/predict", PredictResponse, body)
+
+    async def models(self) -> ModelsResponse:
+        return await self._call("GET", "/v1/models", ModelsResponse)
+
+    async def submit_job(
+        self, request: InfluenceRequest | None = None, kind: str = "influence", factory: str = "Flat"
+    ):
+        body = self._body(JobRequest(kind=kind, influence=request, factory=factory))
+        return await self._call("POST", "/v1/jobs", JobStatus, body)
+
+    async def job(self, job_id: str) -> JobStatus:
+        return await self._call("GET", f"/v1/jobs/{job_id}", JobStatus)
+
+    async def wait_job(
+        self, job_id: str, poll_s: float = 1.0, timeout: float | None = None, progress: bool = True
+    ):
+        limit = None if timeout is None else time.monotonic() + timeout
+        with tqdm(total=1.0, desc=f"job {job_id[:8]}", disable=not progress, unit="") as bar:
+            while True:
+                status = await self.job(job_id)
+                bar.update(status.progress - bar.n)
+                if self._finished(status) is not None:
+                    return status
+                if limit is not None and time.monotonic() > limit:
+                    raise TimeoutError(f"job {job_id} still {status.state} after {timeout:g} s")
+                await asyncio.sleep(poll_s)

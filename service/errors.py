@@ -1,0 +1,125 @@
+"""Every error leaves the service in one JSON shape, ``{"code", "message", "detail"}``, made here.
+
+Domain errors subclass builtins (``ValueError`` for bad input, ``ArithmeticError`` for a diverging LiSSA,
+``TimeoutError`` for deadlines) and map to HTTP codes in :data:`STATUS_BY_ERROR`, most specific first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from interpret.influence import LissaDivergenceError
+
+logger = logging.getLogger("influence.service")
+
+
+class ServiceError(Exception):
+    """An error with its own status and code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, detail: dict | list | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message, self.detail, self.headers = message, detail, headers
+
+
+class LimitExceededError(ServiceError, ValueError):
+    status, code = 422, "limit_exceeded"
+
+
+class PayloadTooLargeError(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class UnauthorizedError(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class BusyError(ServiceError):
+    status, code = 429, "busy"
+
+
+class NotImplementedMethodError(ServiceError, NotImplementedError):
+    status, code = 501, "not_implemented"
+
+
+class NotFoundError(ServiceError, LookupError):
+    status, code = 404, "not_found"
+
+
+class NotReadyError(ServiceError):
+    status, code = 503, "not_ready"
+
+
+def _pool_errors() -> list[tuple[type[BaseException], int, str]]:
+    try:
+        from workers import WorkerMismatchError, WorkerPoolError, WorkerTimeoutError
+    except ImportError:  # ray not installed: no pool errors can happen
+        return []
+    return [
+        (WorkerTimeoutError, 504, "deadline_exceeded"),
+        (WorkerPoolError, 503, "workers_failed"),
+        (WorkerMismatchError, 409, "workers_mismatch"),
+    ]
+
+
+STATUS_BY_ERROR: list[tuple[type[BaseException], int, str]] = [
+    *_pool_errors(),
+    (LissaDivergenceError, 422, "lissa_diverged"),
+    (ArithmeticError, 422, "numerical_error"),
+    (TimeoutError, 504, "deadline_exceeded"),
+    (ValueError, 422, "invalid_input"),
+]
+
+
+def error_response(status: int, code: str, message: str, detail=None, headers=None) -> JSONResponse:
+    body = {"code": code, "message": message, "detail": detail}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(errors: list[dict]) -> str:
+    first = errors[0]
+    field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{field}: {first.get('msg', 'invalid')}{more}"
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: the only place where exceptions become HTTP responses."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return error_response(error.status, error.code, error.message, error.detail, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        errors = [
+            {key: value for key, value in e.items() if key in ("loc", "msg", "type")} for e in error.errors()
+        ]
+        return error_response(422, "invalid_request", _validation_message(errors), errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+
+    def domain_handler(status: int, code: str):
+        async def handler(request: Request, error: Exception) -> JSONResponse:
+            return error_response(status, code, str(error))
+
+        return handler
+
+    # Starlette picks the handler of the most specific class in the error's MRO.
+    for kind, status, code in STATUS_BY_ERROR:
+        app.add_exception_handler(kind, domain_handler(status, code))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(500, "internal_error", f"{type(error).__name__}: {error}")

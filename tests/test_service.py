@@ -1,0 +1,263 @@
+"""The REST service on real Ray workers (tiny model): answers, limits, errors, cache, jobs, clients."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+
+from clients import (
+    AsyncInfluenceClient,
+    AuthenticationError,
+    BadRequestError,
+    InfluenceClient,
+    MethodNotImplementedError,
+    NotFoundError,
+    RateLimitedError,
+    influence_request,
+)
+from interpret.influence import LissaConfig, QueryConfig
+from service.app import create_app
+from service.core import InfluenceService
+from service.pipeline import LocalEngine
+from service.settings import Settings
+
+QUERY = "the plot was good and fun"
+LISSA = {"recursion_depth": 20, "batch_size": 4, "damping": 0.1, "scale": 20.0, "num_repetitions": 2}
+BODY = {"inputs": [{"text": QUERY}], "k": 30, "top": 3, "lissa": LISSA}
+
+
+@pytest.fixture(scope="module")
+def settings(engine_dirs, tmp_path_factory) -> Settings:
+    index_dir = tmp_path_factory.mktemp("service") / "index"
+    shutil.copytree(engine_dirs[1], index_dir)  # index-build jobs rewrite it
+    return Settings(
+        _env_file=None,
+        model_dir=engine_dirs[0],
+        index_dir=index_dir,
+        workers=2,
+        max_k=60,
+        max_top=20,
+        max_batch=4,
+        max_input_tokens=16,
+        max_recursion_depth=60,
+        max_repetitions=2,
+        max_body_bytes=4000,
+        max_in_flight=2,
+        deadline_s=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, settings):
+    service = InfluenceService(settings)
+    yield service
+    service.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http(settings, service):
+    with TestClient(create_app(settings, service)) as client:
+        yield client
+
+
+def test_influence_answers_like_the_local_engine(http, settings):
+    response = http.post("/v1/influence", json=BODY)
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    quality = result["quality"]
+    assert quality["candidates"] == 30 and quality["k"] == 30 and not quality["cached_s_test"]
+    assert len(quality["lissa"]["workers"]) == 2 and len(quality["lissa"]["norm_trace"]) == 2
+    assert set(quality["timings_s"]) >= {"encode", "search", "s_test", "score", "total"}
+
+    config = QueryConfig(30, 3, LissaConfig(**LISSA))
+    local = LocalEngine(settings.model_dir, index_dir=settings.index_dir).query(QUERY, config=config)
+    assert [e["id"] for e in result["helpful"]] == [e.id for e in local.helpful]
+    assert [e["id"] for e in result["harmful"]] == [e.id for e in local.harmful]
+    np.testing.assert_allclose(
+        [e["score"] for e in result["helpful"]], [e.score for e in local.helpful], rtol=1e-4
+    )
+    assert result["prediction"]["label"] == local.predicted_label == result["label_used"]
+
+
+def test_a_refined_query_reuses_s_test(http):
+    first = http.post("/v1/influence", json={**BODY, "inputs": [{"text": "a dull and boring film"}]}).json()
+    refined = http.post(
+        "/v1/influence", json={**BODY, "inputs": [{"text": "a dull and boring film"}], "top": 5}
+    )
+    refined = refined.json()
+    assert refined["results"][0]["quality"]["cached_s_test"]
+    assert refined["results"][0]["helpful"][:3] == first["results"][0]["helpful"]
+    other_seed = {**BODY, "inputs": [{"text": "a dull and boring film"}], "lissa": {**LISSA, "seed": 9}}
+    assert not http.post("/v1/influence", json=other_seed).json()["results"][0]["quality"]["cached_s_test"]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"inputs": [{"text": QUERY}] * 5}, "INFLUENCE_MAX_BATCH"),
+        ({"k": 61}, "INFLUENCE_MAX_K"),
+        ({"k": None}, "k=null scores all 96"),
+        ({"top": 21}, "INFLUENCE_MAX_TOP"),
+        ({"lissa": {**LISSA, "recursion_depth": 61}}, "lissa.recursion_depth=61"),
+        ({"lissa": {**LISSA, "num_repetitions": 3}}, "lissa.num_repetitions=3"),
+        ({"inputs": [{"text": "good " * 20}]}, "inputs[0].text tokens=22 exceeds"),
+        (
+            {"inputs": [{"text": QUERY, "label": 2}]},
+            "inputs[0].label=2 is not a label of this model: use 0..1",
+        ),
+    ],
+)
+def test_each_limit_is_a_4xx_naming_the_field(http, change, named):
+    response = http.post("/v1/influence", json={**BODY, **change})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["code"] == "limit_exceeded" and named in body["message"], body
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"inputs": []}, "inputs: List should have at least 1 item"),
+        ({"inputs": [{"txt": QUERY}]}, "inputs.0.text: Field required"),
+        ({**BODY, "lissa": {**LISSA, "damping": -1}}, "lissa.damping: Input should be greater than 0"),
+        ({**BODY, "colour": "red"}, "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_malformed_requests_name_the_field(http, body, named):
+    response = http.post("/v1/influence", json=body)
+    assert response.status_code == 422 and response.json()["code"] == "invalid_request"
+    assert response.json()["message"].startswith(named), response.json()
+
+
+def test_body_size_busy_and_unimplemented_methods(http, service):
+    huge = http.post(
+        "/v1/predict", content=b"{" + b" " * 5000 + b"}", headers={"content-type": "application/json"}
+    )
+    assert huge.status_code == 413 and "INFLUENCE_MAX_BODY_BYTES" in huge.json()["message"]
+
+    service.in_flight.count = service.in_flight.limit  # as if two requests were computing
+    try:
+        busy = http.post("/v1/predict", json={"inputs": [{"text": QUERY}]})
+    finally:
+        service.in_flight.count = 0
+    assert busy.status_code == 429 and busy.headers["Retry-After"] == "5" and busy.json()["code"] == "busy"
+
+    saliency = http.post("/v1/saliency", json={"text": QUERY, "method": "integrated_gradients"})
+    assert (
+        saliency.status_code == 501
+        and "'integrated_gradients' is not implemented" in saliency.json()["message"]
+    )
+    attack = http.post("/v1/attack", json={"text": QUERY, "method": "hotflip"})
+    assert attack.status_code == 501 and "'hotflip'" in attack.json()["message"]
+
+
+def test_predict_models_health_and_metrics(http):
+    predictions = http.post(
+        "/v1/predict", json={"inputs": [{"text": QUERY}, {"text": "dull and boring"}]}
+    ).json()
+    assert [p["label"] for p in predictions["predictions"]] == [1, 0]
+    model = http.get("/v1/models").json()["models"][0]
+    assert model["tracked_layers"] == 1 and model["workers"] == 2 and model["num_training_examples"] == 96
+    assert model["index_manifest"]["count"] == 96 and model["tracked_parameters"] > 0
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["index_loaded"] and len(ready.json()["workers"]) == 2
+    metrics = http.get("/metrics").text
+    assert 'influence_requests_total{route="/v1/predict",status="200"}' in metrics
+    assert "/docs" in http.get("/").text and http.get("/openapi.json").status_code == 200
+
+
+def test_jobs_through_the_sync_client(http):
+    client = InfluenceClient(http=http, backoff_s=0.01)
+    request = influence_request([QUERY, "dull and boring"], k=20, top=2, lissa=LISSA)
+    submitted = client.submit_job(request)
+    assert submitted.state in ("queued", "running", "succeeded")
+    done = client.wait_job(submitted.id, poll_s=0.05, timeout=120, progress=False)
+    assert done.progress == 1.0 and len(done.result.results) == 2
+    with pytest.raises(NotFoundError, match="already fetched"):
+        client.job(submitted.id)  # a finished job is handed out once
+
+    build = client.wait_job(
+        client.submit_job(kind="index_build").id, poll_s=0.05, timeout=120, progress=False
+    )
+    assert build.result["index_manifest"]["count"] == 96
+    with pytest.raises(BadRequestError, match="INFLUENCE_MAX_K"):
+        client.submit_job(influence_request(QUERY, k=1000))
+
+
+def test_async_client_over_asgi_transport(settings, service):
+    async def scenario():
+        transport = httpx.ASGITransport(app=create_app(settings, service))
+        async with AsyncInfluenceClient("http://service", transport=transport) as client:
+            answer = await client.influence(QUERY, k=25, top=2, lissa=LISSA)
+            predictions = await client.predict([QUERY])
+            models = await client.models()
+            with pytest.raises(MethodNotImplementedError) as unimplemented:
+                await client.saliency(QUERY, "lime")
+            with pytest.raises(BadRequestError) as too_many:
+                await client.influence(QUERY, k=1000)
+            return answer, predictions, models, unimplemented.value, too_many.value
+
+    answer, predictions, models, unimplemented, too_many = asyncio.run(scenario())
+    assert answer.results[0].quality.candidates == 25 and len(answer.results[0].helpful) <= 2
+    assert predictions.predictions[0].label == answer.results[0].prediction.label
+    assert models.models[0].workers == 2
+    assert unimplemented.status == 501 and unimplemented.code == "not_implemented"
+    assert too_many.code == "limit_exceeded" and too_many.detail["field"] == "k"
+
+
+def test_api_key_is_required_when_set(settings, service):
+    keyed = Settings(_env_file=None, **{**settings.model_dump(), "api_key": "s3cret"})
+    with TestClient(create_app(keyed, service)) as http:
+        assert http.get("/v1/models").status_code == 401
+        assert http.get("/v1/models", headers={"X-API-Key": "wrong"}).json()["code"] == "unauthorized"
+        assert http.get("/healthz").status_code == 200  # probes stay open
+        client = InfluenceClient(http=http)
+        with pytest.raises(AuthenticationError, match="X-API-Key"):
+            client.models()
+        assert InfluenceClient(api_key="s3cret", http=http).models().models[0].workers == 2
+
+
+def test_client_retries_429_then_gives_up():
+    calls = []
+
+    def busy_twice(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) <= 2:
+            return httpx.Response(429, headers={"Retry-After": "0"}, json={"code": "busy", "message": "full"})
+        return httpx.Response(200, json={"models": []})
+
+    client = InfluenceClient(transport=httpx.MockTransport(busy_twice), max_retries=2)
+    assert client.models().models == [] and len(calls) == 3
+    calls.clear()
+    stubborn = InfluenceClient(transport=httpx.MockTransport(busy_twice), max_retries=1)
+    with pytest.raises(RateLimitedError, match="429 busy: full"):
+        stubborn.models()
+
+
+def test_no_request_the_schema_allows_causes_a_5xx(settings, service):
+    """Schemathesis cases for every operation (bounded); only the named 501s of unwired methods pass."""
+    api = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings, service))
+    operations = [result.ok() for result in api.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/influence", "/v1/jobs", "/v1/jobs/{job_id}", "/readyz"}
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @hypothesis_settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+        def no_server_error(case):
+            response = case.call()
+            unwired = response.status_code == 501 and case.path in ("/v1/saliency", "/v1/attack")
+            assert response.status_code < 500 or unwired, (case.path, case.body, response.text)
+            if response.status_code >= 400:
+                assert set(response.json()) == {"code", "message", "detail"}
+
+        no_server_error()

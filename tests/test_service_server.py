@@ -1,0 +1,100 @@
+"""The real service: ``influence serve`` (uvicorn + its own local Ray workers) queried by the client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from clients import InfluenceClient
+from interpret.influence import LissaConfig, QueryConfig
+from service.pipeline import LocalEngine
+from tests.test_ray_cluster import free_port, stop
+
+QUERY = "the plot was good and fun"
+LISSA = {"recursion_depth": 20, "batch_size": 4, "damping": 0.1, "scale": 20.0, "num_repetitions": 2}
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    """Poll /readyz until the index is loaded and the workers answer (a condition, not a fixed sleep)."""
+    limit = time.monotonic() + timeout
+    while time.monotonic() < limit:
+        if process.poll() is not None:
+            raise AssertionError(f"the service exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready after {timeout:g} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(engine_dirs, tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "INFLUENCE_API_KEY": "test-key"}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [str(Path(sys.executable).with_name("influence")), "serve", "--model", str(engine_dirs[0])]
+    command += ["--index", str(engine_dirs[1]), "--port", str(port), "--workers", "2"]
+    process = subprocess.Popen(
+        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+        yield url
+    finally:
+        stop(process)
+
+
+def test_the_client_queries_a_running_service(server, engine_dirs):
+    with InfluenceClient(server, api_key="test-key") as client:
+        answer = client.influence(QUERY, k=20, top=3, lissa=LISSA).results[0]
+        model = client.models().models[0]
+    local = LocalEngine(engine_dirs[0], index_dir=engine_dirs[1]).query(
+        QUERY, config=QueryConfig(20, 3, LissaConfig(**LISSA))
+    )
+    assert [e.id for e in answer.helpful] == [e.id for e in local.helpful]
+    np.testing.assert_allclose([e.score for e in answer.harmful], [e.score for e in local.harmful], rtol=1e-4)
+    pids = {worker.split("/")[1] for worker in answer.quality.lissa.workers}
+    assert len(pids) == 2 and f"pid{os.getpid()}" not in pids  # ran on the service's Ray workers
+    assert model.workers == 2 and model.index_manifest["count"] == 96
+
+
+def test_the_cli_asks_a_running_service_with_url(server):
+    lissa = ["--recursion-depth", "20", "--lissa-batch-size", "4", "--scale", "20", "--damping", "0.1"]
+    command = [str(Path(sys.executable).with_name("influence")), "query", "--url", server, "--text", QUERY]
+    env = {**os.environ, "INFLUENCE_API_KEY": "test-key"}
+    result = subprocess.run(
+        [*command, "--k", "15", "--top", "2", *lissa, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert (
+        payload["quality"]["candidates"] == 15
+        and payload["quality"]["lissa"]["config"]["recursion_depth"] == 20
+    )
+
+    denied = subprocess.run(
+        [*command, "--json"],
+        env={**env, "INFLUENCE_API_KEY": "wrong"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert denied.returncode == 2 and denied.stderr.strip().splitlines()[-1].startswith(
+        "error: 401 unauthorized"
+    )
