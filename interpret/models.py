@@ -17,6 +17,7 @@ because running the frozen bottom once is what makes scoring cheap.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -191,6 +192,7 @@ class TrackedModel:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._tokenizer_lock = threading.Lock()
         self.arch = _architecture(model)
         num_layers = len(self.arch.layers)
         if tracked_layers != "classifier" and not (
@@ -251,14 +253,15 @@ class TrackedModel:
     # --------------------------------------------------------------------------------------- inputs
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Tokenise a batch (single sentences, or premise/hypothesis pairs), padded to its longest."""
-        encoded = self.tokenizer(
-            list(texts),
-            list(pairs) if pairs is not None else None,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        with self._tokenizer_lock:  # a fast tokenizer raises "Already borrowed" if two threads share it
+            encoded = self.tokenizer(
+                list(texts),
+                list(pairs) if pairs is not None else None,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
         return {k: v.to(self.device) for k, v in encoded.items()}
 
     # -------------------------------------------------------------------------------------- forward

@@ -7,6 +7,7 @@ event loop stays free for health checks and 429s while workers compute.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,6 +90,7 @@ class InfluenceService:
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_s)
         self.jobs = JobManager(settings.max_jobs, settings.job_ttl_s, retry_after_s=settings.retry_after_s)
         self._index_lock = threading.Lock()
+        self._progress_lock = threading.Lock()
 
     # ---------------------------------------------------------------- influence
 
@@ -107,14 +109,24 @@ class InfluenceService:
             )
 
     def influence(self, request: InfluenceRequest, progress: Progress | None = None) -> dict:
+        """Answer every input; several inputs run at once (up to one per worker), answered in order."""
         config = self._query_config(request)
-        results = []
-        for position, item in enumerate(request.inputs):
-            answer = self.engine.query(item.text, item.text_pair, item.label, config, cache=self.cache)
-            results.append(answer_to_dict(answer, config))
-            if progress is not None:
-                progress(position + 1, len(request.inputs))
-        return {"results": results}
+        done = 0
+
+        def answer(item) -> dict:
+            nonlocal done
+            result = answer_to_dict(
+                self.engine.query(item.text, item.text_pair, item.label, config, cache=self.cache), config
+            )
+            with self._progress_lock:
+                done += 1
+                if progress is not None:
+                    progress(done, len(request.inputs))
+            return result
+
+        threads = max(1, min(len(request.inputs), self.engine.num_workers))
+        with ThreadPoolExecutor(threads, thread_name_prefix="influence-query") as executor:
+            return {"results": list(executor.map(answer, request.inputs))}
 
     # ---------------------------------------------------------------- the rest
 

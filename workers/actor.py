@@ -67,10 +67,12 @@ def _as_tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 
 class InfluenceWorker:
-    """Loads the checkpoint once (on the GPU Ray assigned, else the CPU) and serves one call at a time
-    (plus ``ping`` in the ``health`` concurrency group)."""
+    """Loads the checkpoint once (on the GPU Ray assigned, else the CPU) and serves one heavy call at a
+    time (LiSSA, scoring, encoding); one-sentence calls (``prepare``, ``predict``) run in the ``light``
+    concurrency group beside it, so they do not wait behind a minute-long repetition, and ``ping`` in
+    ``health``. The model is only read, never written, by these calls."""
 
-    CONCURRENCY_GROUPS: ClassVar[dict[str, int]] = {"health": 1}
+    CONCURRENCY_GROUPS: ClassVar[dict[str, int]] = {"health": 1, "light": 1}
 
     def __init__(self, spec: WorkerSpec):
         threads = spec.threads or max(
@@ -110,6 +112,7 @@ class InfluenceWorker:
         """Answered on its own thread, so a worker busy with a long repetition still shows alive."""
         return self.name
 
+    @ray.method(concurrency_group="light")
     def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint:
         point = prepare_test_point(self.tracked, self.theta, text, pair, label)
         point.v = None  # the driver needs the prediction and features only; each worker rebuilds v
@@ -118,6 +121,7 @@ class InfluenceWorker:
     def encode(self, texts: list[str], pairs: list[str] | None, batch_size: int = 256) -> np.ndarray:
         return encode_features(self.tracked, texts, pairs, batch_size, progress=False)
 
+    @ray.method(concurrency_group="light")
     def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         with torch.no_grad():
             logits = self.tracked.predict_logits(self.tracked.encode(texts, pairs))
