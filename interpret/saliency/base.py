@@ -1,0 +1,220 @@
+"""What every saliency method shares: the encoded input, the forward from embeddings, the output type.
+
+The explained function is ``f(x) = log p(label | x)`` (the negative loss AllenNLP differentiates), so a
+positive raw score supports the label; normalised scores (absolute values summing to 1) are the same
+whichever of the two is used. Gradients are taken with respect to the word-piece embeddings (the output
+of the word embedding table, before position and segment embeddings are added), as AllenNLP does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class TextClassifier:
+    """Any Hugging Face sequence classifier and its tokenizer (no frozen/tracked split needed)."""
+
+    model: nn.Module
+    tokenizer: object
+    max_length: int = 128
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+
+@dataclass
+class EncodedText:
+    """One input as word-pieces: ids, masks, the tokens, each token's word and the words themselves."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    tokens: list[str]
+    word_ids: list[int | None]
+    words: list[str]
+    special: list[bool]
+    word_spans: list[tuple[int, int, int]]
+    """Per word: (sequence 0 or 1, start, end) character offsets in ``text`` or ``pair``."""
+    text: str
+    pair: str | None
+
+    def without_words(self, removed: set[int]) -> tuple[str, str | None]:
+        """The input with those words deleted (whitespace collapsed), as LIME's text sampler does."""
+        sources = [list(self.text), list(self.pair) if self.pair is not None else []]
+        for word in removed:
+            sequence, start, end = self.word_spans[word]
+            sources[sequence][start:end] = [""] * (end - start)
+        text, pair = ("".join(chars) for chars in sources)
+        return " ".join(text.split()), (" ".join(pair.split()) if self.pair is not None else None)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class SaliencyMap:
+    """Scores per word-piece: ``raw_scores`` signed (positive supports ``label``), ``scores`` normalised."""
+
+    method: str
+    tokens: list[str]
+    word_ids: list[int | None]
+    raw_scores: list[float]
+    scores: list[float]
+    label: int
+    probabilities: list[float]
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def encode_text(classifier: TextClassifier, text: str, pair: str | None = None) -> EncodedText:
+    """Tokenise one input; words of the second sentence are numbered after those of the first."""
+    encoding = classifier.tokenizer(
+        text, pair, truncation=True, max_length=classifier.max_length, return_tensors="pt"
+    )
+    sequence_ids = encoding.sequence_ids(0)
+    raw_words = encoding.word_ids(0)
+    first_words = 1 + max(
+        (w for w, s in zip(raw_words, sequence_ids, strict=True) if s == 0 and w is not None), default=-1
+    )
+    word_ids: list[int | None] = [
+        None if w is None else (w if s == 0 else w + first_words)
+        for w, s in zip(raw_words, sequence_ids, strict=True)
+    ]
+    input_ids = encoding["input_ids"].to(classifier.device)
+    tokens = classifier.tokenizer.convert_ids_to_tokens(encoding["input_ids"][0].tolist())
+    words, spans = _words(encoding, word_ids, text, pair)
+    return EncodedText(
+        input_ids,
+        encoding["attention_mask"].to(classifier.device),
+        encoding["token_type_ids"].to(classifier.device) if "token_type_ids" in encoding else None,
+        tokens,
+        word_ids,
+        words,
+        [w is None for w in word_ids],
+        spans,
+        text,
+        pair,
+    )
+
+
+def _words(encoding, word_ids: list[int | None], text: str, pair: str | None):
+    """Each word's surface text and span, from the character offsets of its first and last pieces."""
+    count = 1 + max((w for w in word_ids if w is not None), default=-1)
+    spans: dict[int, list[int]] = {}
+    for position, word in enumerate(word_ids):
+        if word is not None:
+            spans.setdefault(word, []).append(position)
+    words, word_spans = [], []
+    for word in range(count):
+        positions = spans[word]
+        sequence = encoding.sequence_ids(0)[positions[0]]
+        source = text if sequence == 0 else pair
+        start = encoding.token_to_chars(0, positions[0]).start
+        end = encoding.token_to_chars(0, positions[-1]).end
+        words.append(source[start:end])
+        word_spans.append((sequence, start, end))
+    return words, word_spans
+
+
+def embed_tokens(classifier: TextClassifier, input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return classifier.embeddings(input_ids)
+
+
+def log_probabilities(
+    classifier: TextClassifier,
+    embeddings: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[B, C]`` log-probabilities from word-piece embeddings (the function every method explains).
+
+    Masks and segment ids of batch 1 are broadcast to the batch (Captum expands inputs by steps/samples).
+    """
+    batch = embeddings.shape[0]
+    kwargs = {"inputs_embeds": embeddings, "attention_mask": attention_mask.expand(batch, -1)}
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids.expand(batch, -1)
+    return torch.log_softmax(classifier.model(**kwargs).logits, dim=-1)
+
+
+def predict_probabilities(classifier: TextClassifier, encoded: EncodedText) -> np.ndarray:
+    embeddings = embed_tokens(classifier, encoded.input_ids)
+    with torch.no_grad():
+        return (
+            log_probabilities(classifier, embeddings, encoded.attention_mask, encoded.token_type_ids)
+            .exp()[0]
+            .double()
+            .cpu()
+            .numpy()
+        )
+
+
+def explained_label(classifier: TextClassifier, probabilities: np.ndarray, label: int | None) -> int:
+    if label is None:
+        return int(probabilities.argmax())
+    if not 0 <= label < classifier.num_labels:
+        raise ValueError(f"label must be in [0, {classifier.num_labels - 1}], got {label}")
+    return int(label)
+
+
+def token_map(
+    method: str,
+    encoded: EncodedText,
+    attributions: torch.Tensor,
+    label: int,
+    probabilities: np.ndarray,
+    extra: dict[str, float] | None = None,
+) -> SaliencyMap:
+    """From per-dimension attributions ``[S, D]``: raw = their sum per token (signed), normalised =
+    ``||a_t||_1 / sum_t ||a_t||_1`` (the issue's definition; AllenNLP normalises ``|sum_d a_td|``)."""
+    attributions = attributions.detach()
+    raw = attributions.sum(dim=-1).double().cpu().numpy()
+    magnitude = attributions.abs().sum(dim=-1).double().cpu().numpy()
+    total = magnitude.sum()
+    scores = magnitude / total if total > 0 else magnitude
+    return SaliencyMap(
+        method,
+        encoded.tokens,
+        encoded.word_ids,
+        raw.tolist(),
+        scores.tolist(),
+        label,
+        probabilities.tolist(),
+        extra or {},
+    )
+
+
+def word_map(
+    method: str,
+    encoded: EncodedText,
+    word_scores: np.ndarray,
+    label: int,
+    probabilities: np.ndarray,
+    extra: dict[str, float] | None = None,
+) -> SaliencyMap:
+    """From per-word scores: each word's score is shared equally by its word-pieces (specials get 0), so
+    token scores sum to word scores; normalised = ``|s_w| / sum_w |s_w|``, shared the same way."""
+    total = np.abs(word_scores).sum()
+    normalised = np.abs(word_scores) / total if total > 0 else np.zeros_like(word_scores)
+    pieces = np.bincount([w for w in encoded.word_ids if w is not None], minlength=len(word_scores))
+    raw, scores = [], []
+    for word in encoded.word_ids:
+        raw.append(0.0 if word is None else float(word_scores[word] / pieces[word]))
+        scores.append(0.0 if word is None else float(normalised[word] / pieces[word]))
+    return SaliencyMap(
+        method, encoded.tokens, encoded.word_ids, raw, scores, label, probabilities.tolist(), extra or {}
+    )
