@@ -65,10 +65,6 @@ class RateLimitedError(InfluenceAPIError):
     """429 after all retries: the server is at its in-flight limit."""
 
 
-class MethodNotImplementedError(InfluenceAPIError):
-    """501: the server does not implement this saliency or attack method (yet)."""
-
-
 class ServerError(InfluenceAPIError):
     """5xx: workers failed, a deadline passed, or a bug."""
 
@@ -78,7 +74,6 @@ class JobFailedError(InfluenceAPIError):
 
 
 _ERROR_BY_STATUS = {401: AuthenticationError, 404: NotFoundError, 429: RateLimitedError}
-_ERROR_BY_STATUS[501] = MethodNotImplementedError
 
 
 def _error(response: httpx.Response) -> InfluenceAPIError:

@@ -44,7 +44,7 @@ from service.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 PAGE = Path(__file__).with_name("page.html")
-ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 501, 503, 504)}
+ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503, 504)}
 
 
 class BodyLimit:

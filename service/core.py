@@ -15,14 +15,16 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from index import build_index, load_index, read_manifest
+from interpret.attacks import ATTACK_METHODS
 from interpret.checkpoint import read_card
 from interpret.data import DataSpec
 from interpret.influence import LissaConfig, QueryConfig
+from interpret.saliency import SALIENCY_METHODS
 from service.cache import STestCache
-from service.errors import BusyError, LimitExceededError, NotImplementedMethodError, NotReadyError
+from service.errors import BusyError, LimitExceededError, NotReadyError
 from service.jobs import JobManager, Progress
-from service.limits import check_influence, check_inputs
-from service.pipeline import Engine, answer_to_dict
+from service.limits import check_influence, check_inputs, check_method_parameters, check_text
+from service.pipeline import Engine, answer_to_dict, attack_to_dict, saliency_to_dict
 from service.schemas import (
     AttackRequest,
     InfluenceRequest,
@@ -144,16 +146,33 @@ class InfluenceService:
         }
 
     def saliency(self, request: SaliencyRequest) -> dict:
-        raise NotImplementedMethodError(
-            f"saliency method {request.method!r} is not implemented on this server yet",
-            {"field": "method", "value": request.method},
+        check_text(request, self.settings, self.tokenizer, self.engine.num_labels)
+        function = SALIENCY_METHODS[request.method]
+        check_method_parameters(
+            "saliency method", request.method, function, request.parameters, self.settings
         )
+        result = self.engine.backend.saliency(
+            request.text, request.text_pair, request.method, request.label, dict(request.parameters)
+        )
+        return saliency_to_dict(result)
 
     def attack(self, request: AttackRequest) -> dict:
-        raise NotImplementedMethodError(
-            f"attack method {request.method!r} is not implemented on this server yet",
-            {"field": "method", "value": request.method},
+        check_text(request, self.settings, self.tokenizer, self.engine.num_labels)
+        if request.target is not None and request.target >= self.engine.num_labels:
+            raise LimitExceededError(
+                f"target={request.target} is not a label of this model: use 0..{self.engine.num_labels - 1}",
+                {"field": "target", "value": request.target},
+            )
+        function = ATTACK_METHODS[request.method]
+        parameters = dict(request.parameters)
+        if request.target is not None:
+            parameters["target"] = request.target  # checked like the rest: input_reduction takes none
+        check_method_parameters("attack", request.method, function, parameters, self.settings)
+        parameters.pop("target", None)
+        result = self.engine.backend.attack(
+            request.text, request.text_pair, request.method, request.label, request.target, parameters
         )
+        return attack_to_dict(result)
 
     def models(self) -> dict:
         engine = self.engine

@@ -45,10 +45,6 @@ class BusyError(ServiceError):
     status, code = 429, "busy"
 
 
-class NotImplementedMethodError(ServiceError, NotImplementedError):
-    status, code = 501, "not_implemented"
-
-
 class NotFoundError(ServiceError, LookupError):
     status, code = 404, "not_found"
 

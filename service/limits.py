@@ -53,3 +53,45 @@ def check_influence(
     _at_most("lissa.recursion_depth", lissa.recursion_depth, depth, "INFLUENCE_MAX_RECURSION_DEPTH")
     repetitions = settings.max_repetitions
     _at_most("lissa.num_repetitions", lissa.num_repetitions, repetitions, "INFLUENCE_MAX_REPETITIONS")
+
+
+SAMPLE_PARAMETERS = ("steps", "num_samples")
+SEARCH_PARAMETERS = ("candidates", "max_flips", "beam_size", "num_tokens", "iterations")
+EXAMPLE_PARAMETERS = ("num_examples", "held_out")
+
+
+def check_method_parameters(kind: str, method: str, function, parameters: dict, settings: Settings) -> None:
+    """Known names, the defaults' types, and the operator's size limits; each error names the field."""
+    from interpret.saliency import check_parameters, method_parameters
+
+    try:
+        check_parameters(kind, method, function, parameters)
+    except ValueError as error:
+        raise LimitExceededError(str(error), {"field": "parameters"}) from None
+    defaults = method_parameters(function)
+    for name, value in parameters.items():
+        field = f"parameters.{name}"
+        expected = type(defaults[name]) if defaults[name] is not None else int
+        if expected in (tuple, list, str):
+            raise LimitExceededError(f"{field} cannot be set over HTTP", {"field": field})
+        if (expected is int and (isinstance(value, bool) or not isinstance(value, int))) or (
+            expected is float and isinstance(value, bool)
+        ):
+            raise LimitExceededError(f"{field} must be {expected.__name__}, got {value!r}", {"field": field})
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise LimitExceededError(f"{field} must be >= 0, got {value}", {"field": field})
+        _bounded(field, name, value, settings)
+    examples = sum(int(parameters.get(n, defaults.get(n) or 0)) for n in EXAMPLE_PARAMETERS if n in defaults)
+    _at_most(
+        "parameters.num_examples+held_out",
+        examples,
+        settings.max_trigger_examples,
+        "INFLUENCE_MAX_TRIGGER_EXAMPLES",
+    )
+
+
+def _bounded(field: str, name: str, value, settings: Settings) -> None:
+    if name in SAMPLE_PARAMETERS:
+        _at_most(field, value, settings.max_samples, "INFLUENCE_MAX_SAMPLES")
+    elif name in SEARCH_PARAMETERS:
+        _at_most(field, value, settings.max_attack_search, "INFLUENCE_MAX_ATTACK_SEARCH")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from index import FeatureIndex, load_index, read_manifest
+from interpret.attacks import AttackResult, attack
 from interpret.checkpoint import card_data_spec, load_checkpoint, read_card
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.influence import (
@@ -34,6 +35,7 @@ from interpret.influence import (
     training_hessian,
 )
 from interpret.models import encode_features
+from interpret.saliency import SaliencyMap, TextClassifier, saliency
 from service.cache import STestCache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +68,10 @@ class InfluenceBackend(Protocol):
     def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
 
     def encode(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
+
+    def saliency(self, text: str, pair: str | None, method: str, label: int | None, parameters: dict): ...
+
+    def attack(self, text: str, pair: str | None, method: str, label, target, parameters: dict): ...
 
 
 class LocalBackend:
@@ -109,6 +115,17 @@ class LocalBackend:
 
     def encode(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         return encode_features(self.checkpoint.tracked, texts, pairs, progress=False)
+
+    def _classifier(self) -> TextClassifier:
+        tracked = self.checkpoint.tracked
+        return TextClassifier(tracked.model, tracked.tokenizer, tracked.max_length)
+
+    def saliency(self, text: str, pair: str | None, method: str, label: int | None, parameters: dict):
+        return saliency(self._classifier(), text, method, pair, label, **parameters)
+
+    def attack(self, text: str, pair: str | None, method: str, label, target, parameters: dict):
+        examples = self.checkpoint.examples
+        return attack(self._classifier(), text, method, pair, label, target, examples, **parameters)
 
     def score(self, s_test, rows: np.ndarray, block_size: int, progress: bool = False) -> np.ndarray:
         checkpoint = self.checkpoint
@@ -317,4 +334,37 @@ def answer_to_dict(answer: InfluenceAnswer, config: QueryConfig) -> dict:
             "cached_s_test": answer.s_test_cached,
             "lissa": lissa,
         },
+    }
+
+
+def saliency_to_dict(result: SaliencyMap) -> dict:
+    """The ``SaliencyResponse`` view of a saliency map."""
+    predicted = int(np.argmax(result.probabilities))
+    return {
+        "method": result.method,
+        "tokens": result.tokens,
+        "word_ids": result.word_ids,
+        "scores": result.scores,
+        "raw_scores": result.raw_scores,
+        "label_explained": result.label,
+        "prediction": {"label": predicted, "probabilities": result.probabilities},
+        "extra": result.extra,
+    }
+
+
+def attack_to_dict(result: AttackResult) -> dict:
+    """The ``AttackResponse`` view of an attack."""
+
+    def prediction(probabilities: list[float]) -> dict:
+        return {"label": int(np.argmax(probabilities)), "probabilities": probabilities}
+
+    return {
+        "method": result.method,
+        "original": result.original,
+        "final": result.final,
+        "outputs_before": prediction(result.outputs_before),
+        "outputs_after": [prediction(p) for p in result.outputs_after],
+        "edits": [asdict(edit) for edit in result.edits],
+        "success": result.success,
+        "extra": result.extra,
     }

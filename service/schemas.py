@@ -103,8 +103,10 @@ class PredictResponse(BaseModel):
 
 class SaliencyRequest(TextInput):
     method: SaliencyMethod
-    parameters: dict[str, float | int | str | bool] = Field(
-        default_factory=dict, description="Method parameters, e.g. steps, num_samples, stdev, seed."
+    parameters: dict[str, float | int | bool] = Field(
+        default_factory=dict,
+        description="integrated_gradients: steps; smooth_gradient: num_samples, stdev, seed; "
+        "lime: num_samples, kernel_width, ridge, seed.",
     )
 
 
@@ -123,14 +125,20 @@ class SaliencyResponse(BaseModel):
 
 class AttackRequest(TextInput):
     method: AttackMethod
-    target: int | None = Field(None, ge=0, description="Label to flip to (HotFlip); default: any other.")
-    parameters: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    target: int | None = Field(
+        None, ge=0, description="Label to flip to (HotFlip, triggers); default: any other."
+    )
+    parameters: dict[str, float | int | bool] = Field(
+        default_factory=dict,
+        description="hotflip: max_flips, candidates; input_reduction: beam_size; triggers: num_tokens, "
+        "iterations, candidates, num_examples, held_out, seed.",
+    )
 
 
 class WordEdit(BaseModel):
-    position: int
-    before: str | None
-    after: str | None
+    position: int = Field(description="Word-piece index (in ``final`` for insertions).")
+    before: str | None = Field(description="The piece replaced or removed; null for an insertion.")
+    after: str | None = Field(description="The new piece; null for a removal.")
 
 
 class AttackResponse(BaseModel):
@@ -143,6 +151,9 @@ class AttackResponse(BaseModel):
     outputs_after: list[Prediction]
     edits: list[WordEdit]
     success: bool
+    extra: dict[str, float | str] = Field(
+        default_factory=dict, description="e.g. the trigger and its held-out error rates (triggers)."
+    )
 
 
 class ModelInfo(BaseModel):

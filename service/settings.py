@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_top: int = Field(100, gt=0)
     max_recursion_depth: int = Field(5_000, gt=0)
     max_repetitions: int = Field(8, gt=0)
+    max_samples: int = Field(256, gt=0)
+    """Saliency steps / samples per request (integrated gradients, SmoothGrad, LIME)."""
+    max_attack_search: int = Field(100, gt=0)
+    """Attack search sizes: HotFlip candidates and flips, beam size, trigger tokens/iterations/candidates."""
+    max_trigger_examples: int = Field(512, gt=0)
+    """Training examples a trigger search may use (num_examples + held_out)."""
     max_in_flight: int = Field(8, gt=0)
     """Requests computing at once; one more gets 429 with Retry-After instead of a queue."""
     retry_after_s: int = Field(5, gt=0)

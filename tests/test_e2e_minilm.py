@@ -73,3 +73,23 @@ def test_influence_query_on_minilm(minilm):
     )
     assert np.isfinite(answer.candidate_scores).all() and np.ptp(answer.candidate_scores) > 0
     assert np.isfinite(answer.lissa.norm_traces).all()
+
+
+def test_saliency_and_attacks_on_minilm_word_pieces(minilm):
+    from interpret.attacks import hotflip, input_reduction
+    from interpret.models import load_classifier
+    from interpret.saliency import SALIENCY_METHODS, TextClassifier, saliency
+
+    classifier = TextClassifier(*load_classifier(str(minilm / "model")))
+    text = "an unflinchingly bleak and desperate movie with a gorgeous score"
+    for method in SALIENCY_METHODS:
+        result = saliency(classifier, text, method)
+        assert abs(sum(result.scores) - 1) < 1e-6 and result.tokens[0] == "[CLS]"
+        assert "##" in "".join(result.tokens)  # real word-pieces ("unflinchingly" is split)
+    gradients = saliency(classifier, text, "integrated_gradients", steps=50)
+    assert gradients.extra["completeness_gap"] < 0.05
+    flipped = hotflip(classifier, text)
+    assert all(not edit.after.startswith("##") for edit in flipped.edits)
+    reduced = input_reduction(classifier, text)
+    assert np.argmax(reduced.outputs_after[0]) == np.argmax(reduced.outputs_before)
+    assert len(reduced.final[0]) < len(reduced.original)

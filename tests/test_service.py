@@ -18,7 +18,6 @@ from clients import (
     AuthenticationError,
     BadRequestError,
     InfluenceClient,
-    MethodNotImplementedError,
     NotFoundError,
     RateLimitedError,
     influence_request,
@@ -137,7 +136,7 @@ def test_malformed_requests_name_the_field(http, body, named):
     assert response.json()["message"].startswith(named), response.json()
 
 
-def test_body_size_busy_and_unimplemented_methods(http, service):
+def test_body_size_and_busy(http, service):
     huge = http.post(
         "/v1/predict", content=b"{" + b" " * 5000 + b"}", headers={"content-type": "application/json"}
     )
@@ -150,13 +149,50 @@ def test_body_size_busy_and_unimplemented_methods(http, service):
         service.in_flight.count = 0
     assert busy.status_code == 429 and busy.headers["Retry-After"] == "5" and busy.json()["code"] == "busy"
 
-    saliency = http.post("/v1/saliency", json={"text": QUERY, "method": "integrated_gradients"})
-    assert (
-        saliency.status_code == 501
-        and "'integrated_gradients' is not implemented" in saliency.json()["message"]
-    )
-    attack = http.post("/v1/attack", json={"text": QUERY, "method": "hotflip"})
-    assert attack.status_code == 501 and "'hotflip'" in attack.json()["message"]
+
+def test_saliency_and_attacks_are_served_with_limits(http):
+    for method in ("simple_gradient", "integrated_gradients", "smooth_gradient", "leave_one_out", "lime"):
+        response = http.post("/v1/saliency", json={"text": QUERY, "method": method})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert abs(sum(body["scores"]) - 1) < 1e-6 and len(body["tokens"]) == len(body["word_ids"])
+        assert body["label_explained"] == body["prediction"]["label"]
+    gradients = http.post(
+        "/v1/saliency", json={"text": QUERY, "method": "integrated_gradients", "parameters": {"steps": 50}}
+    ).json()
+    assert gradients["extra"]["completeness_gap"] < 0.05
+
+    flipped = http.post("/v1/attack", json={"text": QUERY, "method": "hotflip"}).json()
+    assert flipped["original"][0] == "[CLS]" and len(flipped["final"]) == 1
+    assert flipped["success"] == (flipped["outputs_after"][0]["label"] != flipped["outputs_before"]["label"])
+    reduced = http.post("/v1/attack", json={"text": QUERY, "method": "input_reduction"}).json()
+    assert reduced["outputs_after"][0]["label"] == reduced["outputs_before"]["label"]
+    assert len(reduced["final"][0]) <= len(reduced["original"])
+    trigger = http.post(
+        "/v1/attack",
+        json={"text": QUERY, "method": "triggers", "parameters": {"num_tokens": 2, "iterations": 2}},
+    ).json()
+    assert trigger["extra"]["trigger"] and "held_out_error_rate_after" in trigger["extra"]
+
+    for body, named in [
+        ({"text": QUERY, "method": "lime", "parameters": {"num_samples": 257}}, "INFLUENCE_MAX_SAMPLES"),
+        ({"text": QUERY, "method": "lime", "parameters": {"stepz": 3}}, "['stepz'] are not parameters"),
+        ({"text": QUERY, "method": "integrated_gradients", "parameters": {"steps": 2.5}}, "must be int"),
+    ]:
+        response = http.post("/v1/saliency", json=body)
+        assert response.status_code == 422 and named in response.json()["message"], response.json()
+    for body, named in [
+        ({"text": QUERY, "method": "input_reduction", "target": 0}, "['target'] are not parameters"),
+        ({"text": QUERY, "method": "hotflip", "target": 2}, "target=2 is not a label"),
+        (
+            {"text": QUERY, "method": "hotflip", "parameters": {"candidates": 101}},
+            "INFLUENCE_MAX_ATTACK_SEARCH",
+        ),
+        ({"text": QUERY, "method": "triggers", "parameters": {"held_out": 600}}, "INFLUENCE_MAX_TRIGGER_EX"),
+        ({"text": QUERY, "text_pair": "fun", "method": "triggers"}, "text_pair is not supported"),
+    ]:
+        response = http.post("/v1/attack", json=body)
+        assert response.status_code == 422 and named in response.json()["message"], response.json()
 
 
 def test_predict_models_health_and_metrics(http):
@@ -200,17 +236,18 @@ def test_async_client_over_asgi_transport(settings, service):
             answer = await client.influence(QUERY, k=25, top=2, lissa=LISSA)
             predictions = await client.predict([QUERY])
             models = await client.models()
-            with pytest.raises(MethodNotImplementedError) as unimplemented:
-                await client.saliency(QUERY, "lime")
+            salient = await client.saliency(QUERY, "leave_one_out")
+            flipped = await client.attack(QUERY, "hotflip", max_flips=2)
             with pytest.raises(BadRequestError) as too_many:
                 await client.influence(QUERY, k=1000)
-            return answer, predictions, models, unimplemented.value, too_many.value
+            return answer, predictions, models, (salient, flipped), too_many.value
 
-    answer, predictions, models, unimplemented, too_many = asyncio.run(scenario())
+    answer, predictions, models, (salient, flipped), too_many = asyncio.run(scenario())
     assert answer.results[0].quality.candidates == 25 and len(answer.results[0].helpful) <= 2
     assert predictions.predictions[0].label == answer.results[0].prediction.label
     assert models.models[0].workers == 2
-    assert unimplemented.status == 501 and unimplemented.code == "not_implemented"
+    assert salient.method == "leave_one_out" and abs(sum(salient.scores) - 1) < 1e-6
+    assert flipped.method == "hotflip" and len(flipped.edits) <= 2
     assert too_many.code == "limit_exceeded" and too_many.detail["field"] == "k"
 
 
@@ -244,7 +281,7 @@ def test_client_retries_429_then_gives_up():
 
 
 def test_no_request_the_schema_allows_causes_a_5xx(settings, service):
-    """Schemathesis cases for every operation (bounded); only the named 501s of unwired methods pass."""
+    """Schemathesis cases for every operation (bounded): every answer is a success or a named 4xx."""
     api = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings, service))
     operations = [result.ok() for result in api.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/influence", "/v1/jobs", "/v1/jobs/{job_id}", "/readyz"}
@@ -255,8 +292,7 @@ def test_no_request_the_schema_allows_causes_a_5xx(settings, service):
         @hypothesis_settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
         def no_server_error(case):
             response = case.call()
-            unwired = response.status_code == 501 and case.path in ("/v1/saliency", "/v1/attack")
-            assert response.status_code < 500 or unwired, (case.path, case.body, response.text)
+            assert response.status_code < 500, (case.path, case.body, response.text)
             if response.status_code >= 400:
                 assert set(response.json()) == {"code", "message", "detail"}
 

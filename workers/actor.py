@@ -17,6 +17,7 @@ import numpy as np
 import ray
 import torch
 
+from interpret.attacks import AttackResult, attack
 from interpret.checkpoint import load_checkpoint
 from interpret.data import DataSpec
 from interpret.influence.config import LissaConfig
@@ -25,6 +26,7 @@ from interpret.influence.lissa import average_repetitions, lissa_repetition, rel
 from interpret.influence.query import TestPoint, prepare_test_point
 from interpret.influence.scoring import score_rows
 from interpret.models import TrackedScope, encode_features
+from interpret.saliency import SaliencyMap, TextClassifier, saliency
 
 IDENTITY_FIELDS = (
     "model_fingerprint",
@@ -89,6 +91,7 @@ class InfluenceWorker:
             spec.trust_remote_code,
         )
         self.tracked = self.checkpoint.tracked
+        self.classifier = TextClassifier(self.tracked.model, self.tracked.tokenizer, self.tracked.max_length)
         self.theta = self.tracked.parameters()
         self.name = f"{ray.get_runtime_context().get_node_id()[:12]}/pid{os.getpid()}/{device}"
         self._hessian: torch.Tensor | None = None
@@ -165,3 +168,38 @@ class InfluenceWorker:
     def averaged(self, *repetitions: np.ndarray) -> np.ndarray:
         """The averaged ``s_test`` itself, for callers that want it (tests, the s_test cache)."""
         return self._average(repetitions)[0].cpu().numpy()
+
+    @ray.method(concurrency_group="light")
+    def saliency(
+        self, text: str, pair: str | None, method: str, label: int | None, parameters: dict
+    ) -> SaliencyMap:
+        return saliency(self.classifier, text, method, pair, label, **parameters)
+
+    @ray.method(concurrency_group="light")
+    def attack(
+        self,
+        text: str,
+        pair: str | None,
+        method: str,
+        label: int | None,
+        target: int | None,
+        parameters: dict,
+    ) -> AttackResult:
+        """HotFlip / Input Reduction: one sentence, well under a second on MiniLM."""
+        return attack(
+            self.classifier, text, method, pair, label, target, self.checkpoint.examples, **parameters
+        )
+
+    def search_attack(
+        self,
+        text: str,
+        pair: str | None,
+        method: str,
+        label: int | None,
+        target: int | None,
+        parameters: dict,
+    ) -> AttackResult:
+        """Universal triggers: a search over many training examples, so it runs with the heavy calls."""
+        return attack(
+            self.classifier, text, method, pair, label, target, self.checkpoint.examples, **parameters
+        )

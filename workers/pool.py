@@ -449,3 +449,25 @@ class WorkerPool:
     ) -> np.ndarray:
         """Class probabilities ``[N, C]``, split over the workers."""
         return np.concatenate(self._sharded("predict", texts, pairs, deadline))
+
+    def saliency(
+        self, text: str, pair: str | None, method: str, label: int | None, parameters: dict, deadline=None
+    ):
+        """A :class:`~interpret.saliency.SaliencyMap` computed on one worker."""
+        call = lambda a: [a.saliency.remote(text, pair, method, label, parameters)]  # noqa: E731
+        return self._run([_Part(f"saliency {method}", call, self._slots(1)[0])], deadline)[0]
+
+    def attack(
+        self,
+        text: str,
+        pair: str | None,
+        method: str,
+        label: int | None,
+        target: int | None,
+        parameters: dict,
+        deadline=None,
+    ):
+        """An :class:`~interpret.attacks.AttackResult` computed on one worker."""
+        name = "search_attack" if method == "triggers" else "attack"
+        call = lambda a: [getattr(a, name).remote(text, pair, method, label, target, parameters)]  # noqa: E731
+        return self._run([_Part(f"attack {method}", call, self._slots(1)[0])], deadline)[0]

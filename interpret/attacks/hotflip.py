@@ -6,9 +6,9 @@ the loss (largest increase of the loss of the original label, or, with a ``targe
 the loss of the target); re-predict; stop when the label changes (or reaches the target) or positions run
 out. AllenNLP takes the first-order best alone (``candidates=1`` here); by default we re-rank the
 ``candidates=10`` first-order best by their real loss in one batched forward pass: on the tiny test
-model's 36 correctly classified dev inputs, the first-order choice alone flipped 31%, re-ranking 81%. AllenNLP's own
-implementation only works on its own models; this one runs on any Hugging Face classifier and is a few
-lines over ``interpret.attacks.base``, so no library is wrapped.
+model's 36 correctly classified dev inputs, the first-order choice alone flipped 31%, re-ranking 81%.
+AllenNLP's own implementation only works on its own models; this one runs on any Hugging Face
+classifier and is a few lines over ``interpret.attacks.base``, so no library is wrapped.
 """
 
 from __future__ import annotations

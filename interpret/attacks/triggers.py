@@ -18,11 +18,14 @@ import torch
 
 from interpret.attacks.base import (
     DEFAULT_IGNORE_TOKENS,
+    AttackResult,
+    WordEdit,
     candidate_vocabulary,
     encode_ids,
     loss_gradients,
     losses,
     probabilities,
+    tokens_of,
 )
 from interpret.saliency.base import TextClassifier
 
@@ -113,3 +116,63 @@ def flip_rate(
         rows = [with_trigger(r, trigger) for r in rows]
     predicted = probabilities(classifier, rows).argmax(axis=1)
     return float(np.mean(predicted != np.asarray(labels)))
+
+
+def trigger_attack(
+    classifier: TextClassifier,
+    text: str,
+    pair: str | None,
+    label: int | None,
+    examples,
+    target: int | None = None,
+    num_tokens: int = 3,
+    iterations: int = 10,
+    candidates: int = 20,
+    num_examples: int = 64,
+    held_out: int = 128,
+    seed: int = 0,
+) -> AttackResult:
+    """Search a trigger on training ``examples`` of the attacked class (``label``, default: the prediction
+    for ``text``), report its error rate on other, held-out examples of that class, apply it to ``text``."""
+    if pair is not None:
+        raise ValueError("triggers are searched over single sentences; text_pair is not supported")
+    row = encode_ids(classifier, text)
+    before = probabilities(classifier, [row])[0]
+    label = int(before.argmax()) if label is None else label
+    same_class = np.flatnonzero(np.asarray(examples.labels) == label)
+    if len(same_class) < 2:
+        raise ValueError(
+            f"the training data has {len(same_class)} examples of label {label}; need at least 2"
+        )
+    order = np.random.default_rng(seed).permutation(same_class)
+    search_rows = order[: min(num_examples, len(order) // 2)]
+    held_rows = order[len(search_rows) : len(search_rows) + held_out]
+    search_texts = [examples.texts[i] for i in search_rows]
+    found = search_trigger(
+        classifier,
+        search_texts,
+        [label] * len(search_texts),
+        target,
+        num_tokens,
+        iterations,
+        candidates,
+        seed=seed,
+    )
+    held_texts = [examples.texts[i] for i in held_rows]
+    trigger = torch.tensor(found.trigger_ids, device=classifier.device)
+    attacked = with_trigger(row, trigger)
+    after = probabilities(classifier, [attacked])[0]
+    original, final = tokens_of(classifier, row["input_ids"]), tokens_of(classifier, attacked["input_ids"])
+    edits = [WordEdit(1 + i, None, token) for i, token in enumerate(found.trigger)]
+    reached = int(after.argmax()) == target if target is not None else int(after.argmax()) != label
+    extra = {
+        "trigger": " ".join(found.trigger),
+        "held_out_examples": float(len(held_texts)),
+        "held_out_error_rate_before": flip_rate(classifier, held_texts, [label] * len(held_texts), None),
+        "held_out_error_rate_after": flip_rate(
+            classifier, held_texts, [label] * len(held_texts), found.trigger_ids
+        ),
+    }
+    return AttackResult(
+        "triggers", original, [final], before.tolist(), [after.tolist()], edits, reached, extra
+    )

@@ -23,7 +23,7 @@ SALIENCY_METHODS = {
 
 def method_parameters(function) -> dict[str, object]:
     """The tunable keyword parameters of a method and their defaults."""
-    fixed = {"classifier", "text", "pair", "label"}
+    fixed = {"classifier", "text", "pair", "label", "examples"}
     return {
         name: p.default for name, p in inspect.signature(function).parameters.items() if name not in fixed
     }
