@@ -121,3 +121,20 @@ def test_cli_query_prints_json(engine_dirs):
     payload = json.loads(result.stdout[result.stdout.index("{") :])
     assert payload["quality"]["candidates"] == 15 and len(payload["helpful"]) == 3
     assert payload["quality"]["lissa"]["config"]["recursion_depth"] == 20
+
+
+def test_cli_saliency_and_attack_print_json(engine_dirs):
+    runner = CliRunner()
+    base = ["--text", QUERY, "--model", str(engine_dirs[0]), "--json"]
+    salient = runner.invoke(
+        app, ["saliency", *base, "--method", "integrated_gradients", "--param", "steps=40"]
+    )
+    assert salient.exit_code == 0, salient.output
+    payload = json.loads(salient.stdout[salient.stdout.index("{") :])
+    assert payload["method"] == "integrated_gradients" and abs(sum(payload["scores"]) - 1) < 1e-6
+    attacked = runner.invoke(app, ["attack", *base, "--method", "input_reduction", "--param", "beam_size=2"])
+    assert attacked.exit_code == 0, attacked.output
+    payload = json.loads(attacked.stdout[attacked.stdout.index("{") :])
+    assert payload["outputs_after"][0]["label"] == payload["outputs_before"]["label"]
+    wrong = runner.invoke(app, ["saliency", *base, "--param", "steps"])
+    assert wrong.exit_code != 0 and "expected name=value" in wrong.output
