@@ -351,23 +351,28 @@ def attack_command(
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = ARTIFACTS / "model",
-    index: Annotated[Path, typer.Option(help="Index folder.")] = ARTIFACTS / "index",
+    model: Annotated[
+        Path | None, typer.Option(help="Fine-tuned model folder [env INFLUENCE_MODEL_DIR; artifacts/model].")
+    ] = None,
+    index: Annotated[
+        Path | None, typer.Option(help="Index folder [env INFLUENCE_INDEX_DIR; artifacts/index].")
+    ] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: Annotated[
-        int | None, typer.Option(help="Ray actors (default: one per GPU, else min(4, CPUs)).")
+        int | None, typer.Option(help="Ray actors [env INFLUENCE_WORKERS; one per GPU, else min(4, CPUs)].")
     ] = None,
 ) -> None:
-    """Serve the REST API (OpenAPI at /docs, a page at /); other settings from INFLUENCE_* variables."""
+    """Serve the REST API (OpenAPI at /docs, a page at /); every other setting from INFLUENCE_* variables."""
     import uvicorn
 
     from service.app import create_app
     from service.settings import Settings
 
-    settings = Settings(model_dir=model, index_dir=index, workers=workers)
+    given = {"model_dir": model, "index_dir": index, "workers": workers}
+    settings = Settings(**{name: value for name, value in given.items() if value is not None})
     console.print(
-        f"serving {model} on http://{host}:{port} (docs: /docs). Try:\n"
+        f"serving {settings.model_dir} on http://{host}:{port} (docs: /docs). Try:\n"
         f"  curl -s http://{host}:{port}/v1/influence -H 'content-type: application/json' "
         f"""-d '{{"inputs": [{{"text": "{DEMO_SENTENCE}"}}], "k": 1000, "top": 5}}'"""
     )

@@ -13,7 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INFLUENCE_", env_file=".env", extra="ignore")
+    # Empty variables count as unset (compose passes ``INFLUENCE_WORKERS=`` when .env leaves it blank).
+    model_config = SettingsConfigDict(
+        env_prefix="INFLUENCE_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     model_dir: Path = Path("artifacts/model")
     """Fine-tuned model folder with ``card.json`` (``influence train``)."""

@@ -3,90 +3,37 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from interpret.influence import LissaConfig, QueryConfig
 from service.pipeline import LocalEngine
+from tests.cluster import BIN, free_port, ray_node, stop, token_env
 
-BIN = Path(sys.executable).parent
 QUERY = "the plot was good and fun"
-STARTED = "Ray runtime started"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    """Poll the process's log until ``text`` appears (a condition, not a fixed sleep)."""
-    limit = time.monotonic() + timeout
-    while time.monotonic() < limit:
-        if text in log.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[:3]} exited early:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"no {text!r} in {log} after {timeout:g} s:\n{log.read_text()[-2000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """``ray start --block`` and everything it started share one process group: end them all."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(grace)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture
 def two_node_cluster(tmp_path):
     """Head and worker node, one CPU each, with token authentication as a real deployment has."""
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
+    env = token_env()
     address = f"127.0.0.1:{free_port()}"
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1"]
-    commands = {
-        "head": ["start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false"],
-        "worker": ["start", f"--address={address}"],
-    }
     processes = []
     try:
-        for name, command in commands.items():
-            log = tmp_path / f"{name}.log"
-            extra = [f"--temp-dir={temp_dir}"] if name == "head" else []
-            process = subprocess.Popen(
-                [str(BIN / "ray"), *command, *common, *extra],
-                env=env,
-                stdout=log.open("w"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            processes.append(process)
-            wait_for_line(log, STARTED, process)
+        port = address.split(":")[1]
+        head_arguments = [
+            f"--port={port}",
+            "--include-dashboard=false",
+            "--num-cpus=1",
+            f"--temp-dir={temp_dir}",
+        ]
+        processes.append(ray_node(env, tmp_path / "head.log", "--head", *head_arguments))
+        processes.append(ray_node(env, tmp_path / "worker.log", f"--address={address}", "--num-cpus=1"))
         yield {**env, "RAY_ADDRESS": address}
     finally:
         for process in reversed(processes):

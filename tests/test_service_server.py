@@ -6,35 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from clients import InfluenceClient
 from interpret.influence import LissaConfig, QueryConfig
 from service.pipeline import LocalEngine
-from tests.test_ray_cluster import free_port, stop
+from tests.cluster import free_port, start, stop, wait_ready
 
 QUERY = "the plot was good and fun"
 LISSA = {"recursion_depth": 20, "batch_size": 4, "damping": 0.1, "scale": 20.0, "num_repetitions": 2}
-
-
-def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
-    """Poll /readyz until the index is loaded and the workers answer (a condition, not a fixed sleep)."""
-    limit = time.monotonic() + timeout
-    while time.monotonic() < limit:
-        if process.poll() is not None:
-            raise AssertionError(f"the service exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not ready after {timeout:g} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +28,7 @@ def server(engine_dirs, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [str(Path(sys.executable).with_name("influence")), "serve", "--model", str(engine_dirs[0])]
     command += ["--index", str(engine_dirs[1]), "--port", str(port), "--workers", "2"]
-    process = subprocess.Popen(
-        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
+    process = start(command, env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, log)
