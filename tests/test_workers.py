@@ -160,6 +160,14 @@ def test_workers_must_match_the_index(ray_local, engine_dirs):
         WorkerPool(spec, PoolSettings(num_workers=1), expected={"model_fingerprint": "0" * 64})
 
 
+def test_workers_that_cannot_start_say_why(ray_local, tmp_path):
+    with pytest.raises(WorkerPoolError, match=r"failed to load .*no card\.json naming the training data"):
+        WorkerPool(WorkerSpec(str(tmp_path)), PoolSettings(num_workers=1))
+    too_big = PoolSettings(num_workers=1, cpus_per_worker=1000, deadline_s=2)
+    with pytest.raises(WorkerTimeoutError, match="did not start within 2 s; the cluster offers"):
+        WorkerPool(WorkerSpec(str(tmp_path)), too_big)
+
+
 def test_pool_settings_are_validated():
     with pytest.raises(ValueError, match="num_workers"):
         PoolSettings(num_workers=0)

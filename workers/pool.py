@@ -169,9 +169,7 @@ class WorkerPool:
         self._actors = [self._remote.remote(self.spec) for _ in range(count)]
         self._unverified: dict[int, ray.ObjectRef] = {}
         try:
-            identities = ray.get(
-                [a.identity.remote() for a in self._actors], timeout=self.settings.deadline_s
-            )
+            identities = self._start_identities(resources)
             self.identity = {name: identities[0][name] for name in IDENTITY_FIELDS}
             for identity in identities:
                 self._check_identity(identity)
@@ -179,6 +177,23 @@ class WorkerPool:
         except BaseException:
             self.shutdown()
             raise
+
+    def _start_identities(self, resources: Mapping[str, float]) -> list[dict]:
+        """Wait for every actor to load the checkpoint; say why when they cannot."""
+        try:
+            return ray.get([a.identity.remote() for a in self._actors], timeout=self.settings.deadline_s)
+        except GetTimeoutError:
+            raise WorkerTimeoutError(
+                f"{len(self._actors)} workers (each {self.settings.cpus_per_worker:g} CPU, "
+                f"{self._gpus:g} GPU) did not start within {self.settings.deadline_s:g} s; "
+                f"the cluster offers {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs: "
+                "lower the worker count or add nodes"
+            ) from None
+        except RayActorError as error:  # __init__ raised: e.g. the model folder is missing on a node
+            cause = str(error).strip().splitlines()
+            raise WorkerPoolError(
+                f"a worker failed to load {self.spec.model_dir}: {cause[-1] if cause else error}"
+            ) from error
 
     def _default_size(self, resources: Mapping[str, float]) -> int:
         if self._gpus > 0:
