@@ -188,6 +188,10 @@ def create_app(settings: Settings | None = None, service: InfluenceService | Non
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         owned = service is None
+        if owned:
+            from workers import connect
+
+            connect()  # on the main thread, where Ray can install its signal handlers
         app.state.service = service or await run_in_threadpool(InfluenceService, settings)
         yield
         if owned:

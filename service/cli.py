@@ -371,7 +371,7 @@ def serve(
 
     given = {"model_dir": model, "index_dir": index, "workers": workers}
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
-    console.print(
+    typer.echo(  # plain echo, not rich: the example must stay on one line to be pasted
         f"serving {settings.model_dir} on http://{host}:{port} (docs: /docs). Try:\n"
         f"  curl -s http://{host}:{port}/v1/influence -H 'content-type: application/json' "
         f"""-d '{{"inputs": [{{"text": "{DEMO_SENTENCE}"}}], "k": 1000, "top": 5}}'"""
