@@ -4,15 +4,8 @@ The only package that imports ray.
 """
 
 from workers.actor import InfluenceWorker, WorkerSpec
-from workers.pool import (
-    PoolSettings,
-    STestRefs,
-    WorkerMismatchError,
-    WorkerPool,
-    WorkerPoolError,
-    WorkerTimeoutError,
-    connect,
-)
+from workers.cluster import PoolSettings, WorkerMismatchError, WorkerPoolError, WorkerTimeoutError, connect
+from workers.pool import STestRefs, WorkerPool
 
 __all__ = [
     "InfluenceWorker",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -56,6 +57,17 @@ class WorkerSpec:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float64", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, float64, bfloat16 or float16, got {self.dtype!r}")
+
+    def with_absolute_paths(self) -> WorkerSpec:
+        """Local relative paths made absolute: actors may run in another working directory."""
+        spec = self
+        if Path(spec.model_dir).exists():
+            spec = replace(spec, model_dir=str(Path(spec.model_dir).resolve()))
+        if spec.train_spec is not None and Path(spec.train_spec.source).exists():
+            spec = replace(
+                spec, train_spec=replace(spec.train_spec, source=str(Path(spec.train_spec.source).resolve()))
+            )
+        return spec
 
 
 def parameters_digest(theta: torch.Tensor) -> str:

@@ -17,12 +17,10 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -40,75 +38,10 @@ from interpret.influence.config import QueryConfig
 from interpret.influence.lissa import LissaReport
 from interpret.influence.query import TestPoint
 from workers.actor import IDENTITY_FIELDS, InfluenceWorker, WorkerSpec
+from workers.cluster import PoolSettings, WorkerMismatchError, WorkerPoolError, WorkerTimeoutError, connect
 
 _WORKER_FAILURES = (RayActorError, ObjectLostError, WorkerCrashedError, NodeDiedError)
 _MAX_DEFAULT_CPU_WORKERS = 4  # FastIF uses up to 4 repetitions; more CPU actors only add memory
-
-
-class WorkerPoolError(RuntimeError):
-    """A part of a query could not be finished by any worker (retries exhausted)."""
-
-
-class WorkerTimeoutError(TimeoutError):
-    """A call ran past its deadline; the busy workers were replaced."""
-
-
-class WorkerMismatchError(ValueError):
-    """Workers disagree on the model, tracked parameters or data, or differ from the index."""
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    """How many actors, what each one gets, and how hard to try."""
-
-    num_workers: int | None = None
-    """``None``: one per GPU when the cluster has GPUs, else ``min(4, CPUs // cpus_per_worker)``."""
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float | None = None
-    """``None``: 1 when the cluster has GPUs, else 0."""
-    max_retries: int = 2
-    deadline_s: float = 900.0
-    num_shards: int | None = None
-    """Candidate shards per scoring call; ``None``: one per worker."""
-
-    def __post_init__(self) -> None:
-        if self.num_workers is not None and self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
-            raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.deadline_s <= 0:
-            raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
-        if self.num_shards is not None and self.num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
-
-
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``); otherwise start a local one, no dashboard.
-
-    Worker logs stay in Ray's session logs (not this process's console, which may be printing JSON);
-    a worker's exception still reaches the caller as itself.
-    """
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-
-
-def _resolved(spec: WorkerSpec) -> WorkerSpec:
-    """Local relative paths made absolute: actors may run with another working directory."""
-    model_dir = Path(spec.model_dir)
-    spec = replace(spec, model_dir=str(model_dir.resolve()) if model_dir.exists() else spec.model_dir)
-    if spec.train_spec is not None and Path(spec.train_spec.source).exists():
-        train_spec = replace(spec.train_spec, source=str(Path(spec.train_spec.source).resolve()))
-        spec = replace(spec, train_spec=train_spec)
-    return spec
 
 
 @dataclass
@@ -154,7 +87,7 @@ class WorkerPool:
     ):
         connect()
         self.settings = settings or PoolSettings()
-        self.spec = _resolved(spec)
+        self.spec = spec.with_absolute_paths()
         self._expected = dict(expected or {})
         self._lock = threading.Lock()
         self._turn = itertools.count()
