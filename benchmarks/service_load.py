@@ -1,12 +1,14 @@
 """A bounded concurrent load on the real service over loopback: latency, errors, peak memory.
 
     python benchmarks/service_load.py [--model artifacts/model] [--light 32] [--heavy 4] [--depth 200]
+                                      [--light-method simple_gradient]
 
 Starts ``influence serve`` (uvicorn + its own local Ray workers) on the demo's artifacts, waits until
 ``/readyz`` answers, then sends ``--light`` one-sentence requests and ``--heavy`` influence requests all at
 once, twice: with client retries off (what the server answers under the burst: 200 or 429, never an error)
-and with retries on (honouring Retry-After: everything completes). Light requests are ``/v1/predict``:
-the same size as a saliency request (one sentence, one worker call). Memory is the peak resident size
+and with retries on (honouring Retry-After: everything completes). Light requests are ``/v1/saliency``
+with ``--light-method`` (vanilla gradient by default: one sentence, one forward and backward pass on a
+worker); ``--light-method predict`` sends ``/v1/predict`` instead. Memory is the peak resident size
 summed over the server's process tree (the API process and the Ray processes it started), sampled every
 0.2 s.
 """
@@ -91,23 +93,27 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600.0) -> f
     raise SystemExit("the service did not become ready")
 
 
-async def timed(call) -> tuple[float, str]:
+async def timed(call) -> tuple[float, str, str | None]:
+    """(seconds, outcome, message): the message of any answer that is neither a success nor a 429."""
     start = time.perf_counter()
+    message = None
     try:
         await call
         outcome = "200"
     except InfluenceAPIError as error:
         outcome = str(error.status)
+        message = None if error.status == 429 else str(error)
     except httpx.HTTPError as error:
-        outcome = type(error).__name__
-    return time.perf_counter() - start, outcome
+        outcome, message = type(error).__name__, str(error)
+    return time.perf_counter() - start, outcome, message
 
 
 async def burst(url: str, texts: list[str], args, retries: int) -> dict:
     lissa = {"recursion_depth": args.depth}
     async with AsyncInfluenceClient(url, max_retries=retries, timeout=1800) as client:
         heavy = [timed(client.influence(texts[i], k=1000, top=10, lissa=lissa)) for i in range(args.heavy)]
-        light = [timed(client.predict(texts[i % len(texts)])) for i in range(args.light)]
+        light_texts = [texts[i % len(texts)] for i in range(args.light)]
+        light = [timed(light_call(client, text, args.light_method)) for text in light_texts]
         start = time.perf_counter()
         results = await asyncio.gather(*heavy, *light)  # influence first: they take the in-flight slots
         wall = time.perf_counter() - start
@@ -118,13 +124,18 @@ async def burst(url: str, texts: list[str], args, retries: int) -> dict:
     }
 
 
-def summarize(results: list[tuple[float, str]]) -> dict:
-    outcomes = Counter(outcome for _, outcome in results)
-    ok = [seconds for seconds, outcome in results if outcome == "200"]
+def light_call(client: AsyncInfluenceClient, text: str, method: str):
+    return client.predict(text) if method == "predict" else client.saliency(text, method=method)
+
+
+def summarize(results: list[tuple[float, str, str | None]]) -> dict:
+    outcomes = Counter(outcome for _, outcome, _ in results)
+    ok = [seconds for seconds, outcome, _ in results if outcome == "200"]
     return {
         "count": len(results),
         "outcomes": dict(outcomes),
         "errors_other_than_429": sum(n for outcome, n in outcomes.items() if outcome not in ("200", "429")),
+        "error_messages": sorted({message for _, _, message in results if message}),
         "p50_seconds": float(np.percentile(ok, 50)) if ok else None,
         "p95_seconds": float(np.percentile(ok, 95)) if ok else None,
     }
@@ -138,6 +149,9 @@ def main() -> None:
     parser.add_argument("--heavy", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--depth", type=int, default=200, help="LiSSA recursion depth of heavy requests")
+    parser.add_argument(
+        "--light-method", default="simple_gradient", help="saliency method of light requests, or 'predict'"
+    )
     parser.add_argument("--max-in-flight", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
@@ -157,7 +171,15 @@ def main() -> None:
         memory.running = False
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(60)
-    log.unlink(missing_ok=True)
+    errors = sum(
+        burst[kind]["errors_other_than_429"]
+        for burst in (no_retries, with_retries)
+        for kind in ("heavy", "light")
+    )
+    if errors:
+        print(f"{errors} request(s) failed; the server's log is kept in {log}", file=sys.stderr)
+    else:
+        log.unlink(missing_ok=True)
     write_result(
         "service_load",
         {
@@ -165,7 +187,11 @@ def main() -> None:
             "workers": args.workers,
             "max_in_flight": args.max_in_flight,
             "heavy_request": {"k": 1000, "top": 10, "lissa_recursion_depth": args.depth},
-            "light_request": "POST /v1/predict, one sentence (saliency-sized)",
+            "light_request": (
+                "POST /v1/predict, one sentence"
+                if args.light_method == "predict"
+                else f"POST /v1/saliency method={args.light_method}, one sentence"
+            ),
             "startup_seconds": startup,
             "burst_without_client_retries": no_retries,
             "burst_with_client_retries": with_retries,

