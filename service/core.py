@@ -17,10 +17,10 @@ from transformers import AutoTokenizer
 from index import build_index, load_index, read_manifest
 from interpret.attacks import ATTACK_METHODS
 from interpret.checkpoint import read_card
+from interpret.concurrency import serialized
 from interpret.data import DataSpec
 from interpret.influence import LissaConfig, QueryConfig
 from interpret.saliency import SALIENCY_METHODS
-from interpret.tokenization import serialized
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
 from service.jobs import JobManager, Progress

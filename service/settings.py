@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(8, gt=0)
     """Requests computing at once; one more gets 429 with Retry-After instead of a queue."""
     retry_after_s: int = Field(5, gt=0)
+    keep_alive_s: int = Field(75, gt=0)
+    """Seconds ``influence serve`` keeps an idle HTTP connection open. Longer than clients keep theirs
+    (httpx: 5 s), so the client drops an idle connection first: with uvicorn's own default of 5 s, a
+    client retrying after ``Retry-After: 5`` sent its request down a connection the server was closing
+    and got a ReadError (seen once in 36 requests of benchmarks/service_load.py)."""
     s_test_cache_entries: int = Field(64, ge=0)
     s_test_cache_bytes: int = Field(2_000_000_000, ge=0)
     job_ttl_s: float = Field(3600.0, gt=0)

@@ -280,6 +280,51 @@ def test_client_retries_429_then_gives_up():
         stubborn.models()
 
 
+def failing_then_ok(failure: Exception, calls: list):
+    """A transport whose first request fails with ``failure`` and whose later ones answer a queued job."""
+    job = {"id": "j1", "kind": "influence", "state": "queued", "progress": 0, "done": 0, "total": 1}
+    job["created_at"] = 0.0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            raise failure
+        return httpx.Response(200, json={"models": []} if request.method == "GET" else job)
+
+    return handler
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_client_resends_only_what_is_safe_after_a_dropped_connection(asynchronous):
+    """A keep-alive connection the server was closing (ReadError) is resent for repeatable calls; a job
+    submission is resent only when the request never left (ConnectError), never after a ReadError, and a
+    timeout is never resent."""
+
+    def run(failure: Exception, call: str) -> int:
+        calls: list = []
+        handler = failing_then_ok(failure, calls)
+        if asynchronous:
+
+            async def go():
+                transport = httpx.MockTransport(handler)
+                async with AsyncInfluenceClient(transport=transport, max_retries=2, backoff_s=0) as client:
+                    await (client.models() if call == "models" else client.submit_job(influence_request("x")))
+
+            asyncio.run(go())
+        else:
+            client = InfluenceClient(transport=httpx.MockTransport(handler), max_retries=2, backoff_s=0)
+            client.models() if call == "models" else client.submit_job(influence_request("x"))
+        return len(calls)
+
+    assert run(httpx.ReadError("closed"), "models") == 2
+    assert run(httpx.RemoteProtocolError("disconnected"), "models") == 2
+    assert run(httpx.ConnectError("refused"), "submit_job") == 2
+    with pytest.raises(httpx.ReadError):
+        run(httpx.ReadError("closed"), "submit_job")
+    with pytest.raises(httpx.ReadTimeout):
+        run(httpx.ReadTimeout("slow"), "models")
+
+
 def test_no_request_the_schema_allows_causes_a_5xx(settings, service):
     """Schemathesis cases for every operation (bounded): every answer is a success or a named 4xx."""
     api = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings, service))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -18,6 +23,13 @@ from tests.cluster import free_port, start, stop, wait_ready
 
 QUERY = "the plot was good and fun"
 LISSA = {"recursion_depth": 20, "batch_size": 4, "damping": 0.1, "scale": 20.0, "num_repetitions": 2}
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +44,13 @@ def server(engine_dirs, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, log)
-        yield url
+        yield Server(url, process, log)
     finally:
         stop(process)
 
 
 def test_the_client_queries_a_running_service(server, engine_dirs):
-    with InfluenceClient(server, api_key="test-key") as client:
+    with InfluenceClient(server.url, api_key="test-key") as client:
         answer = client.influence(QUERY, k=20, top=3, lissa=LISSA).results[0]
         model = client.models().models[0]
     local = LocalEngine(engine_dirs[0], index_dir=engine_dirs[1]).query(
@@ -53,7 +65,8 @@ def test_the_client_queries_a_running_service(server, engine_dirs):
 
 def test_the_cli_asks_a_running_service_with_url(server):
     lissa = ["--recursion-depth", "20", "--lissa-batch-size", "4", "--scale", "20", "--damping", "0.1"]
-    command = [str(Path(sys.executable).with_name("influence")), "query", "--url", server, "--text", QUERY]
+    influence = str(Path(sys.executable).with_name("influence"))
+    command = [influence, "query", "--url", server.url, "--text", QUERY]
     env = {**os.environ, "INFLUENCE_API_KEY": "test-key"}
     result = subprocess.run(
         [*command, "--k", "15", "--top", "2", *lissa, "--json"],
@@ -79,3 +92,27 @@ def test_the_cli_asks_a_running_service_with_url(server):
     assert denied.returncode == 2 and denied.stderr.strip().splitlines()[-1].startswith(
         "error: 401 unauthorized"
     )
+
+
+def test_sigterm_lets_the_request_in_flight_finish_and_closes_the_service(server):
+    """``docker stop`` sends SIGTERM: uvicorn's graceful shutdown (not Ray's driver handler, which exits
+    at once) finishes the request in flight, runs the app's shutdown and exits. Runs last: it ends the
+    module's server."""
+    answers = []
+
+    def ask() -> None:
+        with InfluenceClient(server.url, api_key="test-key", max_retries=0) as client:
+            answers.append(client.influence(QUERY, k=20, top=3, lissa={**LISSA, "recursion_depth": 400}))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    limit = time.monotonic() + 60
+    while "influence_in_flight 1.0" not in httpx.get(f"{server.url}/metrics").text:
+        assert time.monotonic() < limit and asking.is_alive(), "the request never started computing"
+        time.sleep(0.05)
+    server.process.send_signal(signal.SIGTERM)
+    asking.join(120)
+    assert server.process.wait(60) is not None
+    log = server.log.read_text()
+    assert len(answers) == 1 and answers[0].results[0].helpful
+    assert "Application shutdown complete" in log and "SystemExit" not in log

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import ray
@@ -57,8 +59,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     if ray.is_initialized():
         return
+    # Ray's driver takes SIGTERM over with a handler that exits at once, which under ``influence serve``
+    # cut uvicorn's graceful shutdown short (in-flight requests dropped, lifespan never closed): give
+    # SIGTERM back to whoever held it. Ray is still shut down at exit.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    if sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)

@@ -77,7 +77,7 @@ def probabilities(
     out = []
     for start in range(0, len(rows), batch_size):
         with torch.no_grad():
-            logits = classifier.model(**_batch(classifier, rows[start : start + batch_size])).logits
+            logits = classifier.logits(**_batch(classifier, rows[start : start + batch_size]))
         out.append(torch.softmax(logits.double(), dim=-1).cpu().numpy())
     return np.concatenate(out)
 
@@ -89,7 +89,7 @@ def losses(
     out = []
     for start in range(0, len(rows), batch_size):
         with torch.no_grad():
-            logits = classifier.model(**_batch(classifier, rows[start : start + batch_size])).logits
+            logits = classifier.logits(**_batch(classifier, rows[start : start + batch_size]))
         goal = torch.tensor(labels[start : start + batch_size], device=classifier.device)
         out.append(F.cross_entropy(logits, goal, reduction="none").double().cpu().numpy())
     return np.concatenate(out)
@@ -102,7 +102,7 @@ def loss_gradients(
     embeddings [N, S, D])``; rows are independent, so each gradient is that row's own."""
     batch = _batch(classifier, rows)
     embeddings = classifier.embeddings(batch.pop("input_ids")).detach().requires_grad_()
-    logits = classifier.model(inputs_embeds=embeddings, **batch).logits
+    logits = classifier.logits(inputs_embeds=embeddings, **batch)
     losses = F.cross_entropy(logits, torch.tensor(labels, device=classifier.device), reduction="none")
     (gradient,) = torch.autograd.grad(losses.sum(), embeddings)
     return losses.detach(), gradient, embeddings.detach()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from interpret.tokenization import serialized
+from interpret.concurrency import lock_of, serialized
 
 
 @dataclass
@@ -39,6 +39,12 @@ class TextClassifier:
     @property
     def num_labels(self) -> int:
         return int(self.model.config.num_labels)
+
+    def logits(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """The model's logits, holding the model's lock: a ``TrackedModel`` on another thread may be
+        swapping tensors into the same modules (see ``interpret.concurrency``)."""
+        with lock_of(self.model):
+            return self.model(**inputs).logits
 
 
 @dataclass
@@ -153,7 +159,7 @@ def log_probabilities(
     kwargs = {"inputs_embeds": embeddings, "attention_mask": attention_mask.expand(batch, -1)}
     if token_type_ids is not None:
         kwargs["token_type_ids"] = token_type_ids.expand(batch, -1)
-    return torch.log_softmax(classifier.model(**kwargs).logits, dim=-1)
+    return torch.log_softmax(classifier.logits(**kwargs), dim=-1)
 
 
 def predict_probabilities(classifier: TextClassifier, encoded: EncodedText) -> np.ndarray:

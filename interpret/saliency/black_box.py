@@ -45,7 +45,7 @@ def batch_probabilities(
             return_tensors="pt",
         ).to(classifier.device)
         with torch.no_grad():
-            out.append(torch.softmax(classifier.model(**encoded).logits.double(), dim=-1).cpu().numpy())
+            out.append(torch.softmax(classifier.logits(**encoded).double(), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.empty((0, classifier.num_labels))
 
 
