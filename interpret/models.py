@@ -316,6 +316,11 @@ class TrackedModel:
     def predict_logits(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.logits(None, self.frozen(encoded))
 
+    def probabilities(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Class probabilities ``[N, C]`` (float64) of a batch of texts."""
+        logits = self.predict_logits(self.encode(texts, pairs))
+        return torch.softmax(logits.double(), dim=-1).cpu().numpy()
+
 
 def length_sorted_batches(
     texts: Sequence[str], batch_size: int, pairs: Sequence[str] | None = None

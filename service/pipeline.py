@@ -80,6 +80,7 @@ class LocalBackend:
     def __init__(self, checkpoint):
         self.checkpoint = checkpoint
         self.theta = checkpoint.tracked.parameters()
+        self.classifier = TextClassifier.of(checkpoint.tracked)
         self._hessian: torch.Tensor | None = None
         self.progress = False
 
@@ -108,24 +109,17 @@ class LocalBackend:
         return self.theta.numel() * self.theta.element_size()
 
     def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
-        tracked = self.checkpoint.tracked
-        with torch.no_grad():
-            logits = tracked.predict_logits(tracked.encode(texts, pairs))
-        return torch.softmax(logits.double(), dim=-1).cpu().numpy()
+        return self.checkpoint.tracked.probabilities(texts, pairs)
 
     def encode(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         return encode_features(self.checkpoint.tracked, texts, pairs, progress=False)
 
-    def _classifier(self) -> TextClassifier:
-        tracked = self.checkpoint.tracked
-        return TextClassifier(tracked.model, tracked.tokenizer, tracked.max_length)
-
     def saliency(self, text: str, pair: str | None, method: str, label: int | None, parameters: dict):
-        return saliency(self._classifier(), text, method, pair, label, **parameters)
+        return saliency(self.classifier, text, method, pair, label, **parameters)
 
     def attack(self, text: str, pair: str | None, method: str, label, target, parameters: dict):
         examples = self.checkpoint.examples
-        return attack(self._classifier(), text, method, pair, label, target, examples, **parameters)
+        return attack(self.classifier, text, method, pair, label, target, examples, **parameters)
 
     def score(self, s_test, rows: np.ndarray, block_size: int, progress: bool = False) -> np.ndarray:
         checkpoint = self.checkpoint

@@ -90,6 +90,23 @@ def test_encode_and_predict_split_over_workers(pool, reference):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
 
 
+def test_predict_saliency_and_attacks_on_the_pool_equal_the_local_ones(pool, reference):
+    """The light calls, and a trigger search (sent to the heavy group through ``search_attack``), answer on
+    the workers exactly as in this process."""
+    local = LocalBackend(reference)
+    np.testing.assert_allclose(pool.predict([QUERY]), local.predict([QUERY], None), rtol=1e-10)
+    expected = local.saliency(QUERY, None, "integrated_gradients", None, {"steps": 10})
+    got = pool.saliency(QUERY, None, "integrated_gradients", None, {"steps": 10})
+    assert got.tokens == expected.tokens and got.label == expected.label
+    np.testing.assert_allclose(got.raw_scores, expected.raw_scores, rtol=1e-8, atol=1e-12)
+    trigger = {"num_tokens": 1, "iterations": 2, "num_examples": 16, "held_out": 16}
+    for method, parameters in (("hotflip", {}), ("triggers", trigger)):
+        expected = local.attack(QUERY, None, method, None, None, parameters)
+        got = pool.attack(QUERY, None, method, None, None, parameters)
+        assert (got.method, got.final, got.success) == (method, expected.final, expected.success)
+        np.testing.assert_allclose(got.outputs_after, expected.outputs_after, rtol=1e-8)
+
+
 def test_exact_s_test_on_the_pool(ray_local, engine_dirs):
     spec = WorkerSpec(str(engine_dirs[0]), tracked_layers="classifier", dtype="float64")
     reference = load_checkpoint(engine_dirs[0], tracked_layers="classifier", dtype=torch.float64)

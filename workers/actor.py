@@ -103,7 +103,7 @@ class InfluenceWorker:
             spec.trust_remote_code,
         )
         self.tracked = self.checkpoint.tracked
-        self.classifier = TextClassifier(self.tracked.model, self.tracked.tokenizer, self.tracked.max_length)
+        self.classifier = TextClassifier.of(self.tracked)
         self.theta = self.tracked.parameters()
         self.name = f"{ray.get_runtime_context().get_node_id()[:12]}/pid{os.getpid()}/{device}"
         self._hessian: torch.Tensor | None = None
@@ -138,9 +138,7 @@ class InfluenceWorker:
 
     @ray.method(concurrency_group="light")
     def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
-        with torch.no_grad():
-            logits = self.tracked.predict_logits(self.tracked.encode(texts, pairs))
-        return torch.softmax(logits.double(), dim=-1).cpu().numpy()
+        return self.tracked.probabilities(texts, pairs)
 
     def _v(self, text: str, pair: str | None, label: int | None) -> torch.Tensor:
         return prepare_test_point(self.tracked, self.theta, text, pair, label).v
@@ -202,16 +200,7 @@ class InfluenceWorker:
             self.classifier, text, method, pair, label, target, self.checkpoint.examples, **parameters
         )
 
-    def search_attack(
-        self,
-        text: str,
-        pair: str | None,
-        method: str,
-        label: int | None,
-        target: int | None,
-        parameters: dict,
-    ) -> AttackResult:
-        """Universal triggers: a search over many training examples, so it runs with the heavy calls."""
-        return attack(
-            self.classifier, text, method, pair, label, target, self.checkpoint.examples, **parameters
-        )
+    def search_attack(self, *arguments) -> AttackResult:
+        """``attack`` (same arguments) in the default group: a universal-trigger search runs over many
+        training examples, so it queues with the heavy calls instead of holding up the light ones."""
+        return self.attack(*arguments)

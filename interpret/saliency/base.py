@@ -28,6 +28,11 @@ class TextClassifier:
     def __post_init__(self) -> None:
         self.tokenizer = serialized(self.tokenizer)  # shared with other threads (service, workers)
 
+    @classmethod
+    def of(cls, tracked) -> TextClassifier:
+        """The whole model behind a ``TrackedModel`` (same modules, same tokenizer and lock)."""
+        return cls(tracked.model, tracked.tokenizer, tracked.max_length)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
