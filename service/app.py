@@ -160,7 +160,7 @@ def _routes(service_of) -> APIRouter:
     @router.post("/jobs", response_model=JobStatus, status_code=202, responses=ERRORS)
     async def submit_job(body: JobRequest, request: Request):
         """Start an influence query over many inputs, or an index build; poll GET /v1/jobs/{id}."""
-        return service_of(request).submit_job(body, describe_error)
+        return service_of(request).submit_job(body)
 
     @router.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
     async def job(job_id: str, request: Request):
@@ -168,16 +168,6 @@ def _routes(service_of) -> APIRouter:
         return service_of(request).jobs.fetch(job_id)
 
     return router
-
-
-def describe_error(error: Exception) -> dict:
-    """A job's failure in the API's error shape."""
-    if isinstance(error, errors.ServiceError):
-        return {"code": error.code, "message": error.message, "detail": error.detail}
-    for kind, _, code in errors.STATUS_BY_ERROR:
-        if isinstance(error, kind):
-            return {"code": code, "message": str(error), "detail": None}
-    return {"code": "internal_error", "message": f"{type(error).__name__}: {error}", "detail": None}
 
 
 def create_app(settings: Settings | None = None, service: InfluenceService | None = None) -> FastAPI:

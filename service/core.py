@@ -205,7 +205,7 @@ class InfluenceService:
 
     # ---------------------------------------------------------------- jobs
 
-    def submit_job(self, request: JobRequest, describe_error) -> dict:
+    def submit_job(self, request: JobRequest) -> dict:
         if request.kind == "influence":
             query = request.influence
             if query is None:
@@ -213,9 +213,7 @@ class InfluenceService:
                     "kind=influence needs the query in the 'influence' field", {"field": "influence"}
                 )
             self.check_influence(query)
-            job = self.jobs.submit(
-                "influence", lambda progress: self.influence(query, progress), describe_error
-            )
+            job = self.jobs.submit("influence", lambda progress: self.influence(query, progress))
             return job.status()
         if not self.settings.allow_index_build_jobs or self.settings.index_dir is None:
             raise LimitExceededError(
@@ -224,9 +222,7 @@ class InfluenceService:
                 {"field": "kind", "value": "index_build"},
             )
         factory = request.factory
-        job = self.jobs.submit(
-            "index_build", lambda progress: self.build_index(factory, progress), describe_error
-        )
+        job = self.jobs.submit("index_build", lambda progress: self.build_index(factory, progress))
         return job.status()
 
     def build_index(self, factory: str, progress: Progress) -> dict:

@@ -74,6 +74,16 @@ STATUS_BY_ERROR: list[tuple[type[BaseException], int, str]] = [
 ]
 
 
+def describe_error(error: Exception) -> dict:
+    """A failed job's error, in the API's error shape: the same codes the handlers below answer with."""
+    if isinstance(error, ServiceError):
+        return {"code": error.code, "message": error.message, "detail": error.detail}
+    for kind, _, code in STATUS_BY_ERROR:
+        if isinstance(error, kind):
+            return {"code": code, "message": str(error), "detail": None}
+    return {"code": "internal_error", "message": f"{type(error).__name__}: {error}", "detail": None}
+
+
 def error_response(status: int, code: str, message: str, detail=None, headers=None) -> JSONResponse:
     body = {"code": code, "message": message, "detail": detail}
     return JSONResponse(body, status_code=status, headers=headers)

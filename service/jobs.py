@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from service.errors import BusyError, NotFoundError
+from service.errors import BusyError, NotFoundError, describe_error
 
 Progress = Callable[[int, int], None]
 
@@ -63,8 +63,8 @@ class JobManager:
             if job.finished_at is not None and now - job.finished_at > self.ttl_s:
                 del self._jobs[job_id]
 
-    def submit(self, kind: str, work: Callable[[Progress], object], describe_error: Callable) -> Job:
-        """Queue ``work(progress)``; ``describe_error(exception)`` gives the job's error body."""
+    def submit(self, kind: str, work: Callable[[Progress], object]) -> Job:
+        """Queue ``work(progress)``; a failure becomes the job's error body (``describe_error``)."""
         with self._lock:
             self._expire()
             if len(self._jobs) >= self.max_jobs:
@@ -75,10 +75,10 @@ class JobManager:
                 )
             job = Job(uuid.uuid4().hex, kind)
             self._jobs[job.id] = job
-        self._executor.submit(self._run, job, work, describe_error)
+        self._executor.submit(self._run, job, work)
         return job
 
-    def _run(self, job: Job, work: Callable[[Progress], object], describe_error: Callable) -> None:
+    def _run(self, job: Job, work: Callable[[Progress], object]) -> None:
         job.state = "running"
 
         def progress(done: int, total: int) -> None:

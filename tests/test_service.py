@@ -18,6 +18,7 @@ from clients import (
     AuthenticationError,
     BadRequestError,
     InfluenceClient,
+    JobFailedError,
     NotFoundError,
     RateLimitedError,
     influence_request,
@@ -227,6 +228,12 @@ def test_jobs_through_the_sync_client(http):
     assert build.result["index_manifest"]["count"] == 96
     with pytest.raises(BadRequestError, match="INFLUENCE_MAX_K"):
         client.submit_job(influence_request(QUERY, k=1000))
+
+    diverging = {**LISSA, "recursion_depth": 60, "damping": 0.01, "scale": 1e-3}
+    failing = client.submit_job(influence_request(QUERY, k=20, lissa=diverging))
+    with pytest.raises(JobFailedError, match="increase scale") as failure:
+        client.wait_job(failing.id, poll_s=0.05, timeout=120, progress=False)
+    assert failure.value.code == "lissa_diverged"  # the code the endpoint itself would answer with
 
 
 def test_async_client_over_asgi_transport(settings, service):
