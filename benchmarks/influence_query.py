@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +23,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
-from interpret.data import load_examples
+from interpret.data import load_examples, sst2_spec
 from interpret.influence import FASTIF_PRESET, LissaConfig, lissa_s_test, score_rows
+from interpret.influence.cg import cg_s_test
 from interpret.influence.metrics import correlations, recall_at_m
 from interpret.influence.query import prepare_test_point
 from interpret.models import length_sorted_batches
-from service.pipeline import LocalEngine, sst2_spec
+from service.pipeline import local_engine
 
 KS = (100, 1000, 10000)
+CG_ROWS, CG_TOLERANCE = 2000, 1e-4
+
+
+@dataclass
+class Bench:
+    """What the measurements read: the tracked model, training states and texts, the index, the card."""
+
+    tracked: object
+    train: object
+    examples: object
+    index: object
+    card: dict
+
+    @classmethod
+    def load(cls, model: str, index: str) -> Bench:
+        engine = local_engine(model, index_dir=index)
+        checkpoint = engine.backend.explainer.checkpoint
+        return cls(checkpoint.tracked, checkpoint.train, engine.examples, engine.index, engine.card)
+
+
 MS = (10, 100)
 
 
@@ -40,7 +61,7 @@ def timed(function, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def forward_seconds(engine: LocalEngine, rows: np.ndarray, block_size: int = 128) -> float:
+def forward_seconds(engine: Bench, rows: np.ndarray, block_size: int = 128) -> float:
     """Plain inference (tokenise + full forward) over the same rows, length-sorted like scoring."""
     texts = [engine.examples.texts[i] for i in rows]
     start = time.perf_counter()
@@ -49,7 +70,7 @@ def forward_seconds(engine: LocalEngine, rows: np.ndarray, block_size: int = 128
     return time.perf_counter() - start
 
 
-def speed(engine: LocalEngine, point, theta, lissa: LissaConfig) -> dict:
+def speed(engine: Bench, point, theta, lissa: LissaConfig) -> dict:
     result, s_test_seconds = timed(lissa_s_test, engine.tracked, theta, point.v, engine.train, lissa)
     out = {"s_test_seconds": s_test_seconds, "lissa_final_norm": float(result.norm_traces[0, -1])}
     trace = result.norm_traces[0]
@@ -70,11 +91,15 @@ def speed(engine: LocalEngine, point, theta, lissa: LissaConfig) -> dict:
     return out | {"s_test": result.s_test, "full_scores": scores}
 
 
-def tradeoff(engine: LocalEngine, point, theta) -> list[dict]:
-    """Depth/batch settings against a long, large-batch, multi-repetition reference s_test."""
-    reference_config = replace(FASTIF_PRESET, recursion_depth=2000, batch_size=4, seed=100)
-    reference = lissa_s_test(engine.tracked, theta, point.v, engine.train, reference_config).s_test
-    settings = [(250, 1, 1), (1000, 1, 1), (250, 4, 1), (500, 4, 1)]
+def tradeoff(engine: Bench, point, theta) -> dict:
+    """Depth/batch settings against a converged solve of the same damped system: conjugate gradient with
+    exact Hessian-vector products over a seeded subset of training rows (relative residual reported)."""
+    damping = FASTIF_PRESET.damping
+    solved, cg_seconds = timed(
+        cg_s_test, engine.tracked, theta, point.v, engine.train, damping, CG_ROWS, CG_TOLERANCE
+    )
+    reference = solved.s_test
+    settings = [(250, 1, 1), (1000, 1, 1), (1000, 1, 4), (250, 4, 1), (500, 4, 1)]
     out = []
     for depth, batch, repetitions in settings:
         config = replace(FASTIF_PRESET, recursion_depth=depth, batch_size=batch, num_repetitions=repetitions)
@@ -92,10 +117,22 @@ def tradeoff(engine: LocalEngine, point, theta) -> list[dict]:
                 "seconds_if_T_parallel": seconds / repetitions,
             }
         )
-    return out
+    plain = float((point.v - reference).norm() / reference.norm())  # no curvature at all: s_test = v
+    return {
+        "reference": {
+            "solver": "cg",
+            "damping": damping,
+            "hessian_rows": len(solved.rows),
+            "relative_residual": solved.relative_residual,
+            "iterations": solved.iterations,
+            "seconds": cg_seconds,
+        },
+        "plain_gradient_relative_error": plain,
+        "settings": out,
+    }
 
 
-def quality(engine: LocalEngine, theta, queries: list, lissa: LissaConfig, rng) -> dict:
+def quality(engine: Bench, theta, queries: list, lissa: LissaConfig, rng) -> dict:
     """kNN recall@m against the full scan for many dev sentences; full scans share per-example gradients."""
     points = [prepare_test_point(engine.tracked, theta, q, None, None) for q in queries]
     s_tests = torch.stack(
@@ -139,7 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    engine = LocalEngine(args.model, index_dir=args.index)
+    engine = Bench.load(args.model, args.index)
     theta = engine.tracked.parameters()
     dev = load_examples(sst2_spec("dev"))
     queries = [dev.texts[i] for i in rng.choice(len(dev), args.queries, replace=False)]

@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
 from interpret.checkpoint import load_checkpoint
-from interpret.data import load_examples
+from interpret.data import load_examples, sst2_spec
 from interpret.influence import FASTIF_PRESET, QueryConfig, lissa_s_test, prepare_test_point, score_rows
-from service.pipeline import sst2_spec
 from workers import PoolSettings, WorkerPool, WorkerSpec
 
 
@@ -83,11 +82,12 @@ def main() -> None:
     settings = PoolSettings(num_workers=args.workers, gpus_per_worker=args.gpus_per_worker)
     pool, startup = timed(WorkerPool, WorkerSpec(str(args.model)), settings)
     start = time.perf_counter()
-    refs, report = pool.finish_s_test(pool.start_s_test(text, None, None, config))
+    s_test = pool.finish_s_test(pool.start_s_test(text, None, None, config))
+    report = s_test.report
     pooled_s_test_seconds = time.perf_counter() - start
-    pooled_s_test = pool.s_test_vector(refs)
-    one_shard, one_shard_seconds = timed(pool.score, refs, rows, num_shards=1)
-    sharded, sharded_seconds = timed(pool.score, refs, rows, num_shards=args.workers)
+    pooled_s_test = pool.average(s_test)
+    one_shard, one_shard_seconds = timed(pool.score, s_test, rows, num_shards=1)
+    sharded, sharded_seconds = timed(pool.score, s_test, rows, num_shards=args.workers)
     pool.shutdown()
 
     write_result(

@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
 from clients import AsyncInfluenceClient, InfluenceAPIError
-from interpret.data import load_examples
-from service.pipeline import sst2_spec
+from interpret.data import load_examples, sst2_spec
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 

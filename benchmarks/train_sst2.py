@@ -13,10 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
-from interpret.data import load_examples
+from interpret.data import load_examples, sst2_spec
 from interpret.models import DEFAULT_MODEL, TrackedModel, load_classifier
 from interpret.training import TrainConfig, fine_tune, save_classifier
-from service.pipeline import sst2_spec
 
 
 def main() -> None:
@@ -25,11 +24,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-examples", type=int, default=None)
     args = parser.parse_args()
-    train_spec = sst2_spec("train")
+    train_spec = sst2_spec("train", args.max_examples)
     train, dev = load_examples(train_spec), load_examples(sst2_spec("dev"))
     model, tokenizer = load_classifier(DEFAULT_MODEL, num_labels=2)
     tracked = TrackedModel(model, tokenizer, tracked_layers=2)
-    config = TrainConfig(epochs=args.epochs, max_examples=args.max_examples)
+    config = TrainConfig(epochs=args.epochs)
     report = fine_tune(tracked, train, dev, config)
     card = save_classifier(args.out, tracked, DEFAULT_MODEL, train, config, report, train_spec)
     write_result(

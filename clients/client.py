@@ -21,8 +21,10 @@ import httpx
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from interpret.config import QueryConfig
 from service.schemas import (
-    AttackRequest,
+    ATTACK_REQUEST,
+    SALIENCY_REQUEST,
     AttackResponse,
     InfluenceRequest,
     InfluenceResponse,
@@ -32,7 +34,6 @@ from service.schemas import (
     ModelsResponse,
     PredictRequest,
     PredictResponse,
-    SaliencyRequest,
     SaliencyResponse,
     TextInput,
 )
@@ -113,13 +114,26 @@ def _as_inputs(inputs: Inputs) -> list[TextInput]:
 
 def influence_request(
     inputs: Inputs,
-    k: int | None = 1000,
-    top: int = 10,
+    k: int | None = QueryConfig.k,
+    top: int = QueryConfig.top,
     exact: bool = False,
     lissa: LissaParams | dict | None = None,
 ) -> InfluenceRequest:
     lissa = lissa if isinstance(lissa, LissaParams) else LissaParams(**(lissa or {}))
     return InfluenceRequest(inputs=_as_inputs(inputs), k=k, top=top, exact=exact, lissa=lissa)
+
+
+def saliency_request(text: str, method: str, text_pair=None, label=None, **parameters):
+    """The method's own request model (its parameters typed and checked here, before sending)."""
+    fields = {"text": text, "text_pair": text_pair, "label": label, "method": method}
+    return SALIENCY_REQUEST.validate_python({**fields, "parameters": parameters})
+
+
+def attack_request(text: str, method: str, text_pair=None, label=None, target=None, **parameters):
+    fields = {"text": text, "text_pair": text_pair, "label": label, "method": method}
+    if target is not None:  # only targeted attacks have the field
+        fields["target"] = target
+    return ATTACK_REQUEST.validate_python({**fields, "parameters": parameters})
 
 
 class _Common:
@@ -212,21 +226,24 @@ class InfluenceClient(_Common):
             time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def influence(self, inputs: Inputs, k: int | None = 1000, top: int = 10, exact: bool = False, lissa=None):
+    def influence(
+        self,
+        inputs: Inputs,
+        k: int | None = QueryConfig.k,
+        top: int = QueryConfig.top,
+        exact: bool = False,
+        lissa=None,
+    ):
         """Most helpful and harmful training examples for each input (``InfluenceResponse``)."""
         body = self._body(influence_request(inputs, k, top, exact, lissa))
         return self._call("POST", "/v1/influence", InfluenceResponse, body)
 
     def saliency(self, text: str, method: str, text_pair=None, label=None, **parameters) -> SaliencyResponse:
-        request = SaliencyRequest(
-            text=text, text_pair=text_pair, label=label, method=method, parameters=parameters
-        )
+        request = saliency_request(text, method, text_pair, label, **parameters)
         return self._call("POST", "/v1/saliency", SaliencyResponse, self._body(request))
 
     def attack(self, text: str, method: str, text_pair=None, label=None, target=None, **parameters):
-        request = AttackRequest(
-            text=text, text_pair=text_pair, label=label, target=target, method=method, parameters=parameters
-        )
+        request = attack_request(text, method, text_pair, label, target, **parameters)
         return self._call("POST", "/v1/attack", AttackResponse, self._body(request))
 
     def predict(self, inputs: Inputs) -> PredictResponse:
@@ -301,21 +318,22 @@ class AsyncInfluenceClient(_Common):
         raise AssertionError("unreachable")
 
     async def influence(
-        self, inputs: Inputs, k: int | None = 1000, top: int = 10, exact: bool = False, lissa=None
+        self,
+        inputs: Inputs,
+        k: int | None = QueryConfig.k,
+        top: int = QueryConfig.top,
+        exact: bool = False,
+        lissa=None,
     ):
         body = self._body(influence_request(inputs, k, top, exact, lissa))
         return await self._call("POST", "/v1/influence", InfluenceResponse, body)
 
     async def saliency(self, text: str, method: str, text_pair=None, label=None, **parameters):
-        request = SaliencyRequest(
-            text=text, text_pair=text_pair, label=label, method=method, parameters=parameters
-        )
+        request = saliency_request(text, method, text_pair, label, **parameters)
         return await self._call("POST", "/v1/saliency", SaliencyResponse, self._body(request))
 
     async def attack(self, text: str, method: str, text_pair=None, label=None, target=None, **parameters):
-        request = AttackRequest(
-            text=text, text_pair=text_pair, label=label, target=target, method=method, parameters=parameters
-        )
+        request = attack_request(text, method, text_pair, label, target, **parameters)
         return await self._call("POST", "/v1/attack", AttackResponse, self._body(request))
 
     async def predict(self, inputs: Inputs) -> PredictResponse:

@@ -55,15 +55,23 @@ def _to_search_device(index: faiss.Index) -> faiss.Index:
         return index
 
 
-def _new_index(dim: int, factory: str, metric: Metric, features: np.ndarray) -> faiss.Index:
+def empty_index(dim: int, factory: str, metric: Metric = "l2") -> faiss.Index:
+    """An untrained index of this shape; raises ``ValueError`` naming a bad factory string or metric.
+
+    Cheap: call it before encoding a training set, so a typo fails in milliseconds, not after the encode."""
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
     try:
-        index = faiss.index_factory(dim, factory, _METRICS[metric])
+        return faiss.index_factory(dim, factory, _METRICS[metric])
     except RuntimeError as error:
         raise ValueError(
-            f"invalid FAISS factory string {factory!r} (try 'Flat', 'IVF1024,Flat', 'HNSW32')"
+            f"factory={factory!r} is not a FAISS factory string for {dim}-dimensional vectors "
+            "(try 'Flat', 'IVF1024,Flat', 'HNSW32')"
         ) from error
+
+
+def _new_index(dim: int, factory: str, metric: Metric, features: np.ndarray) -> faiss.Index:
+    index = empty_index(dim, factory, metric)
     if not index.is_trained:
         index.train(features)
     return index

@@ -49,8 +49,13 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
 ) -> Checkpoint:
-    """Load the model and its training data; the card supplies whatever is not given."""
+    """Load the model and its training data; the card supplies whatever is not given.
+
+    When the data is the card's own, it must be exactly the rows the model was trained on (the card's
+    data fingerprint): influence over rows the model never saw would be silently wrong.
+    """
     card = read_card(model_dir)
+    from_card = train_spec is None
     train_spec = train_spec or card_data_spec(card)
     if train_spec is None:
         raise ValueError(f"{model_dir}: no card.json naming the training data; pass the training data")
@@ -60,4 +65,9 @@ def load_checkpoint(
     )
     tracked = TrackedModel(model, tokenizer, scope, card.get("max_length", DEFAULT_MAX_LENGTH))
     examples = load_examples(train_spec)
+    if from_card and card.get("data_fingerprint") not in (None, examples.fingerprint):
+        raise ValueError(
+            f"{model_dir}: card.json names {train_spec.source}, but those {len(examples)} rows are not the "
+            "rows the model was trained on (data fingerprint differs): retrain, or pass the training data"
+        )
     return Checkpoint(card, tracked, examples, ExampleStates(tracked, examples), model_fingerprint(model))

@@ -31,6 +31,13 @@ class DataSpec:
     pair_column: str | None = None
     label_column: str = "label"
     id_column: str | None = None
+    max_examples: int | None = None
+    """A seeded random subset of this many rows (ids stay the source's row numbers); ``None``: all."""
+    sample_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1, got {self.max_examples}")
 
     @property
     def is_hub(self) -> bool:
@@ -172,4 +179,21 @@ def load_examples(spec: DataSpec) -> ExampleSet:
     content = dataset._fingerprint if spec.is_hub else _file_sha256(Path(spec.source))
     columns = json.dumps([spec.text_column, spec.pair_column, spec.label_column, spec.id_column])
     fingerprint = hashlib.sha256(f"{content}|{columns}".encode()).hexdigest()
-    return ExampleSet(texts, pairs, labels, ids, fingerprint, origin)
+    examples = ExampleSet(texts, pairs, labels, ids, fingerprint, origin)
+    if spec.max_examples is None or spec.max_examples >= len(examples):
+        return examples
+    rng = np.random.default_rng(spec.sample_seed)
+    return examples.subset(np.sort(rng.choice(len(examples), spec.max_examples, replace=False)))
+
+
+LOCAL_SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+"""Where SST-2 lies on our machines and in CI (``../shared`` beside the checkout)."""
+
+
+def sst2_spec(split: str, max_examples: int | None = None) -> DataSpec:
+    """SST-2 from ``../shared/data/sst2`` when present, else GLUE's copy on the hub."""
+    local = LOCAL_SST2 / ("train.tsv" if split == "train" else "dev.tsv")
+    if local.is_file():
+        return DataSpec(str(local), max_examples=max_examples)
+    source = f"hub:glue/sst2:{'train' if split == 'train' else 'validation'}"
+    return DataSpec(source, text_column="sentence", max_examples=max_examples)

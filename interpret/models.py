@@ -220,6 +220,11 @@ class TrackedModel:
         return sum(self._sizes)
 
     @property
+    def feature_dim(self) -> int:
+        """Width of ``features``: the input of the final linear layer."""
+        return int(self.model.get_submodule(self.arch.final_prefix.rstrip(".")).in_features)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

@@ -2,8 +2,14 @@
 
 Only the tracked parameters (last N layers + head, see ``interpret.models.TrackedModel``) are trained, so
 influence is taken over exactly the parameters that learned from the data. The frozen bottom runs under
-``no_grad``; AdamW with weight decay 0.005 as in FastIF; batches are drawn from length buckets (seeded),
-which keeps padding low on CPU without changing what an epoch sees.
+``no_grad``; batches are drawn from length buckets (seeded), which keeps padding low on CPU without
+changing what an epoch sees. Every example of the set given is trained on: a subset is chosen where the
+data is named (``DataSpec.max_examples``), so the model card names exactly the rows the model saw.
+
+Weight decay is FastIF's (the Hugging Face Trainer's rule): AdamW's decoupled decay of 0.005 on weight
+matrices only, never on biases or LayerNorm weights. It is an optimiser setting, not a term of the loss:
+the influence objective (``interpret.influence.objective``) is the plain mean cross-entropy, and the
+``damping`` of ``(H + damping I)^-1`` is what stands in for an L2 term there.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ class TrainConfig:
     weight_decay: float = 0.005
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
-    max_examples: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -41,8 +46,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"max_examples must be >= 1, got {self.max_examples}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -86,6 +91,21 @@ def accuracy(tracked: TrackedModel, examples: ExampleSet) -> float:
     return float((predict_labels(tracked, examples) == examples.labels).mean())
 
 
+def decays(name: str) -> bool:
+    """Whether a parameter gets weight decay: weight matrices yes; biases and LayerNorm weights no."""
+    return not (name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name)
+
+
+def parameter_groups(tracked: TrackedModel, weight_decay: float) -> list[dict]:
+    """AdamW groups of the tracked parameters: decayed weights, and the rest without decay."""
+    named = dict(tracked.model.named_parameters())
+    names = tracked.parameter_names
+    return [
+        {"params": [named[n] for n in names if decays(n)], "weight_decay": weight_decay},
+        {"params": [named[n] for n in names if not decays(n)], "weight_decay": 0.0},
+    ]
+
+
 def fine_tune(
     tracked: TrackedModel,
     train: ExampleSet,
@@ -99,12 +119,12 @@ def fine_tune(
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    if config.max_examples is not None and config.max_examples < len(train):
-        train = train.subset(np.sort(rng.choice(len(train), config.max_examples, replace=False)))
     lengths = np.array([len(t) for t in train.texts])
     batches = [b for _ in range(config.epochs) for b in bucketed_batches(lengths, config.batch_size, rng)]
     params = tracked.freeze_untracked()
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(tracked, config.weight_decay), lr=config.learning_rate, weight_decay=0.0
+    )
     schedule = get_linear_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * len(batches)), len(batches)
     )

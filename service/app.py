@@ -9,8 +9,9 @@ import hmac
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from fastapi.security import APIKeyHeader
@@ -37,6 +38,7 @@ from service.schemas import (
     ModelsResponse,
     PredictRequest,
     PredictResponse,
+    Readiness,
     SaliencyRequest,
     SaliencyResponse,
 )
@@ -134,36 +136,35 @@ def _routes(service_of) -> APIRouter:
             return await run_in_threadpool(function, body)
 
     @router.post("/influence", response_model=InfluenceResponse, responses=ERRORS)
-    async def influence(body: InfluenceRequest, request: Request):
+    async def influence(body: InfluenceRequest, request: Request) -> InfluenceResponse:
         """Which training examples made each prediction (FastIF: kNN candidates + LiSSA s_test)."""
-        service_of(request).check_influence(body)
         return await computing(request, service_of(request).influence, body)
 
     @router.post("/predict", response_model=PredictResponse, responses=ERRORS)
-    async def predict(body: PredictRequest, request: Request):
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         return await computing(request, service_of(request).predict, body)
 
     @router.post("/saliency", response_model=SaliencyResponse, responses=ERRORS)
-    async def saliency(body: SaliencyRequest, request: Request):
-        """Which input words mattered (AllenNLP Interpret semantics)."""
+    async def saliency(body: Annotated[SaliencyRequest, Body()], request: Request) -> SaliencyResponse:
+        """Which input words mattered (AllenNLP Interpret semantics); parameters depend on the method."""
         return await computing(request, service_of(request).saliency, body)
 
     @router.post("/attack", response_model=AttackResponse, responses=ERRORS)
-    async def attack(body: AttackRequest, request: Request):
+    async def attack(body: Annotated[AttackRequest, Body()], request: Request) -> AttackResponse:
         """HotFlip, Input Reduction or universal triggers (AllenNLP Interpret semantics)."""
         return await computing(request, service_of(request).attack, body)
 
     @router.get("/models", response_model=ModelsResponse, responses=ERRORS)
-    async def models(request: Request):
+    async def models(request: Request) -> ModelsResponse:
         return await run_in_threadpool(service_of(request).models)
 
     @router.post("/jobs", response_model=JobStatus, status_code=202, responses=ERRORS)
-    async def submit_job(body: JobRequest, request: Request):
+    async def submit_job(body: JobRequest, request: Request) -> JobStatus:
         """Start an influence query over many inputs, or an index build; poll GET /v1/jobs/{id}."""
-        return service_of(request).submit_job(body)
+        return await run_in_threadpool(service_of(request).submit_job, body)
 
     @router.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
-    async def job(job_id: str, request: Request):
+    async def job(job_id: str, request: Request) -> JobStatus:
         """State and progress; a finished job's result is returned once, then forgotten."""
         return service_of(request).jobs.fetch(job_id)
 
@@ -206,8 +207,8 @@ def create_app(settings: Settings | None = None, service: InfluenceService | Non
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", responses=ERRORS)
-    async def readyz(request: Request):
+    @app.get("/readyz", response_model=Readiness, responses=ERRORS)
+    async def readyz(request: Request) -> Readiness:
         return await run_in_threadpool(service_of(request).readiness)
 
     @app.get("/metrics", include_in_schema=False)

@@ -1,47 +1,46 @@
-"""What the routes call: the engine (Ray pool), the s_test cache, the in-flight bound, the jobs.
+"""What the routes call: one method per route, over the engine, the s_test cache, the in-flight bound, jobs.
 
-Every method here is blocking and runs on a worker thread (routes use ``run_in_threadpool``), so the
-event loop stays free for health checks and 429s while workers compute.
+Every method here is blocking and runs on a worker thread (routes use ``run_in_threadpool``), limit
+checks included (they tokenise), so the event loop stays free for health checks and 429s. Each method
+takes the route's request model and returns its response model.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-from transformers import AutoTokenizer
-
-from index import build_index, load_index, read_manifest
-from interpret.attacks import ATTACK_METHODS
-from interpret.checkpoint import read_card
-from interpret.concurrency import serialized
+from index import empty_index, load_index, read_manifest
+from interpret.config import ATTACK_PARAMETERS, SALIENCY_PARAMETERS, LissaConfig, QueryConfig
 from interpret.data import DataSpec
-from interpret.influence import LissaConfig, QueryConfig
-from interpret.saliency import SALIENCY_METHODS
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
 from service.jobs import JobManager, Progress
 from service.limits import check_influence, check_inputs, check_method_parameters, check_text
-from service.pipeline import Engine, answer_to_dict, attack_to_dict, saliency_to_dict
+from service.pipeline import Engine, answer_query, build_knn_index, pooled_engine
+from service.responses import attack_response, influence_result, prediction, saliency_response
 from service.schemas import (
-    AttackRequest,
-    InfluenceRequest,
+    AttackResponse,
+    IndexBuildResult,
+    InfluenceResponse,
     JobRequest,
+    JobStatus,
     ModelInfo,
+    ModelsResponse,
     PredictRequest,
-    SaliencyRequest,
+    PredictResponse,
+    Readiness,
+    SaliencyResponse,
 )
 from service.settings import Settings
-
-ENCODE_CHUNK = 2048  # training texts per encode call of an index-build job (its progress granularity)
 
 
 def build_engine(settings: Settings) -> Engine:
     """The Ray-pool engine the deployment runs: every model computation happens on the workers."""
-    from service.pipeline import PooledEngine
     from workers import PoolSettings
 
     pool_settings = PoolSettings(
@@ -55,7 +54,14 @@ def build_engine(settings: Settings) -> Engine:
     index_dir = settings.index_dir if settings.index_dir and Path(settings.index_dir).exists() else None
     tracked = settings.tracked_layers
     scope = int(tracked) if tracked is not None and tracked.isdigit() else tracked
-    return PooledEngine(settings.model_dir, train_spec, index_dir, scope, settings=pool_settings)
+    return pooled_engine(
+        settings.model_dir,
+        train_spec,
+        index_dir,
+        scope,
+        settings=pool_settings,
+        trust_remote_code=settings.trust_remote_code,
+    )
 
 
 class InFlight:
@@ -82,8 +88,18 @@ class InFlight:
                 self.count -= 1
 
 
+def query_config(request) -> QueryConfig:
+    """An ``InfluenceRequest`` as the library's config (same field names, same defaults)."""
+    lissa = LissaConfig(**request.lissa.model_dump())
+    return QueryConfig(request.k, request.top, lissa, request.exact)
+
+
 class InfluenceService:
     def __init__(self, settings: Settings, engine: Engine | None = None):
+        from transformers import AutoTokenizer
+
+        from interpret.concurrency import serialized
+
         self.settings = settings
         self.engine = engine if engine is not None else build_engine(settings)
         # For the limit checks, which every request thread runs at once.
@@ -95,17 +111,17 @@ class InfluenceService:
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_s)
         self.jobs = JobManager(settings.max_jobs, settings.job_ttl_s, retry_after_s=settings.retry_after_s)
         self._index_lock = threading.Lock()
-        self._progress_lock = threading.Lock()
+
+    def _deadline(self) -> float:
+        """This request's deadline: every call it makes, and nothing it caches, is bound by it."""
+        return time.monotonic() + self.settings.deadline_s
 
     # ---------------------------------------------------------------- influence
 
-    def _query_config(self, request: InfluenceRequest) -> QueryConfig:
-        lissa = LissaConfig(**request.lissa.model_dump())
-        return QueryConfig(request.k, request.top, lissa, request.exact)
-
-    def check_influence(self, request: InfluenceRequest) -> None:
+    def check_influence(self, request) -> None:
         engine = self.engine
-        check_influence(request, self.settings, self.tokenizer, engine.num_labels, len(engine.examples))
+        identity = engine.identity
+        check_influence(request, self.settings, self.tokenizer, identity, len(engine.examples))
         if request.k is not None and engine.index is None:
             raise LimitExceededError(
                 "k was given but this server has no kNN index: give k=null (full scan) or build one "
@@ -113,99 +129,100 @@ class InfluenceService:
                 {"field": "k", "value": request.k},
             )
 
-    def influence(self, request: InfluenceRequest, progress: Progress | None = None) -> dict:
+    def influence(self, request, progress: Progress | None = None) -> InfluenceResponse:
         """Answer every input; several inputs run at once (up to one per worker), answered in order."""
-        config = self._query_config(request)
-        done = 0
+        self.check_influence(request)
+        config, deadline = query_config(request), self._deadline()
+        done, lock = 0, threading.Lock()
 
-        def answer(item) -> dict:
+        def answer(item):
             nonlocal done
-            result = answer_to_dict(
-                self.engine.query(item.text, item.text_pair, item.label, config, cache=self.cache), config
+            found = answer_query(
+                self.engine,
+                item.text,
+                item.text_pair,
+                item.label,
+                config,
+                cache=self.cache,
+                deadline=deadline,
             )
-            with self._progress_lock:
+            with lock:
                 done += 1
                 if progress is not None:
                     progress(done, len(request.inputs))
-            return result
+            return influence_result(found, config)
 
-        threads = max(1, min(len(request.inputs), self.engine.num_workers))
+        threads = max(1, min(len(request.inputs), self.engine.backend.num_workers))
         with ThreadPoolExecutor(threads, thread_name_prefix="influence-query") as executor:
-            return {"results": list(executor.map(answer, request.inputs))}
+            return InfluenceResponse(results=list(executor.map(answer, request.inputs)))
 
     # ---------------------------------------------------------------- the rest
 
-    def predict(self, request: PredictRequest) -> dict:
-        check_inputs(request.inputs, self.settings, self.tokenizer, self.engine.num_labels)
+    def predict(self, request: PredictRequest) -> PredictResponse:
+        check_inputs(request.inputs, self.settings, self.tokenizer, self.engine.identity)
         texts = [item.text for item in request.inputs]
         pairs = [item.text_pair or "" for item in request.inputs]
         has_pairs = any(item.text_pair is not None for item in request.inputs)
-        probabilities = self.engine.backend.predict(texts, pairs if has_pairs else None)
-        return {
-            "predictions": [
-                {"label": int(row.argmax()), "probabilities": [float(p) for p in row]}
-                for row in probabilities
-            ]
-        }
+        rows = self.engine.backend.predict(texts, pairs if has_pairs else None, self._deadline())
+        return PredictResponse(predictions=[prediction(row) for row in rows])
 
-    def saliency(self, request: SaliencyRequest) -> dict:
-        check_text(request, self.settings, self.tokenizer, self.engine.num_labels)
-        function = SALIENCY_METHODS[request.method]
-        check_method_parameters(
-            "saliency method", request.method, function, request.parameters, self.settings
-        )
+    def saliency(self, request) -> SaliencyResponse:
+        check_text(request, self.settings, self.tokenizer, self.engine.identity)
+        params = SALIENCY_PARAMETERS[request.method](**request.parameters.model_dump())
+        check_method_parameters(params, self.settings)
         result = self.engine.backend.saliency(
-            request.text, request.text_pair, request.method, request.label, dict(request.parameters)
+            request.text, request.text_pair, request.method, request.label, params, self._deadline()
         )
-        return saliency_to_dict(result)
+        return saliency_response(result)
 
-    def attack(self, request: AttackRequest) -> dict:
-        check_text(request, self.settings, self.tokenizer, self.engine.num_labels)
-        if request.target is not None and request.target >= self.engine.num_labels:
+    def attack(self, request) -> AttackResponse:
+        identity = self.engine.identity
+        check_text(request, self.settings, self.tokenizer, identity)
+        target = getattr(request, "target", None)
+        if target is not None and target >= identity.num_labels:
             raise LimitExceededError(
-                f"target={request.target} is not a label of this model: use 0..{self.engine.num_labels - 1}",
-                {"field": "target", "value": request.target},
+                f"target={target} is not a label of this model: use 0..{identity.num_labels - 1}",
+                {"field": "target", "value": target},
             )
-        function = ATTACK_METHODS[request.method]
-        parameters = dict(request.parameters)
-        if request.target is not None:
-            parameters["target"] = request.target  # checked like the rest: input_reduction takes none
-        check_method_parameters("attack", request.method, function, parameters, self.settings)
-        parameters.pop("target", None)
+        params = ATTACK_PARAMETERS[request.method](**request.parameters.model_dump())
+        check_method_parameters(params, self.settings)
         result = self.engine.backend.attack(
-            request.text, request.text_pair, request.method, request.label, request.target, parameters
+            request.text, request.text_pair, request.method, request.label, target, params, self._deadline()
         )
-        return attack_to_dict(result)
+        return attack_response(result)
 
-    def models(self) -> dict:
+    def models(self) -> ModelsResponse:
         engine = self.engine
         manifest = read_manifest(self.settings.index_dir).__dict__ if engine.index is not None else None
         info = ModelInfo(
             model_dir=str(self.settings.model_dir),
-            card=read_card(self.settings.model_dir),
+            card=engine.card,
             index_manifest=manifest,
-            tracked_parameters=engine.num_parameters,
-            tracked_layers=engine.tracked_layers,
-            workers=engine.num_workers,
+            tracked_parameters=engine.identity.num_parameters,
+            tracked_layers=engine.identity.tracked_layers,
+            workers=engine.backend.num_workers,
             num_training_examples=len(engine.examples),
         )
-        return {"models": [info.model_dump()]}
+        return ModelsResponse(models=[info])
 
-    def readiness(self) -> dict:
-        workers = self.engine.ping()
-        index_expected = self.settings.index_dir is not None
-        status = {"index_loaded": self.engine.index is not None, "workers": workers}
-        if None in workers or (index_expected and self.engine.index is None):
-            raise NotReadyError(
-                "not ready: "
-                + ("a worker does not answer" if None in workers else "no index loaded (build one)"),
-                status,
-            )
+    def readiness(self) -> Readiness:
+        answering = sum(name is not None for name in self.engine.backend.ping())
+        workers = self.engine.backend.num_workers
+        index_missing = self.settings.index_dir is not None and self.engine.index is None
+        status = Readiness(
+            ready=answering == workers and not index_missing,
+            index_loaded=self.engine.index is not None,
+            workers=workers,
+            workers_answering=answering,
+        )
+        if not status.ready:
+            reason = "a worker does not answer" if answering < workers else "no index loaded (build one)"
+            raise NotReadyError(f"not ready: {reason}", status.model_dump())
         return status
 
     # ---------------------------------------------------------------- jobs
 
-    def submit_job(self, request: JobRequest) -> dict:
+    def submit_job(self, request: JobRequest) -> JobStatus:
         if request.kind == "influence":
             query = request.influence
             if query is None:
@@ -213,8 +230,7 @@ class InfluenceService:
                     "kind=influence needs the query in the 'influence' field", {"field": "influence"}
                 )
             self.check_influence(query)
-            job = self.jobs.submit("influence", lambda progress: self.influence(query, progress))
-            return job.status()
+            return self.jobs.submit("influence", lambda progress: self.influence(query, progress))
         if not self.settings.allow_index_build_jobs or self.settings.index_dir is None:
             raise LimitExceededError(
                 "index builds are disabled on this server (INFLUENCE_ALLOW_INDEX_BUILD_JOBS, "
@@ -222,28 +238,21 @@ class InfluenceService:
                 {"field": "kind", "value": "index_build"},
             )
         factory = request.factory
-        job = self.jobs.submit("index_build", lambda progress: self.build_index(factory, progress))
-        return job.status()
+        try:  # before any work: a typo must not cost a full encode of the training set
+            empty_index(self.engine.identity.feature_dim, factory)
+        except ValueError as error:
+            raise LimitExceededError(str(error), {"field": "factory", "value": factory}) from None
+        return self.jobs.submit("index_build", lambda progress: self.build_index(factory, progress))
 
-    def build_index(self, factory: str, progress: Progress) -> dict:
+    def build_index(self, factory: str, progress: Progress) -> IndexBuildResult:
         """Encode the training set on the workers, write the index atomically, then swap it in."""
-        examples, engine = self.engine.examples, self.engine
-        chunks = range(0, len(examples), ENCODE_CHUNK)
-        parts = []
-        for done, start in enumerate(chunks):
-            texts = examples.texts[start : start + ENCODE_CHUNK]
-            pairs = examples.pairs[start : start + ENCODE_CHUNK] if examples.pairs is not None else None
-            parts.append(engine.backend.encode(texts, pairs))
-            progress(done + 1, len(chunks) + 1)
-        with self._index_lock:
-            index_dir = self.settings.index_dir
-            manifest = build_index(
-                np.concatenate(parts), index_dir, engine.fingerprint, examples.fingerprint, factory
-            )
-            engine.index = load_index(index_dir, engine.fingerprint, examples.fingerprint)
-        return {"index_manifest": manifest.__dict__}
+        engine, index_dir = self.engine, self.settings.index_dir
+        with self._index_lock:  # one build at a time writes the folder
+            manifest = build_knn_index(engine, index_dir, factory, progress=progress)
+            identity = engine.identity
+            engine.index = load_index(index_dir, identity.model_fingerprint, identity.data_fingerprint)
+        return IndexBuildResult(index_manifest=asdict(manifest))
 
     def shutdown(self) -> None:
         self.jobs.shutdown()
-        if hasattr(self.engine, "shutdown"):
-            self.engine.shutdown()
+        self.engine.shutdown()

@@ -13,7 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from interpret.influence import LissaDivergenceError
+from interpret.influence.lissa import LissaDivergenceError
+from workers.cluster import WorkerMismatchError, WorkerPoolError, WorkerTimeoutError
 
 logger = logging.getLogger("influence.service")
 
@@ -53,20 +54,10 @@ class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
 
-def _pool_errors() -> list[tuple[type[BaseException], int, str]]:
-    try:
-        from workers import WorkerMismatchError, WorkerPoolError, WorkerTimeoutError
-    except ImportError:  # ray not installed: no pool errors can happen
-        return []
-    return [
-        (WorkerTimeoutError, 504, "deadline_exceeded"),
-        (WorkerPoolError, 503, "workers_failed"),
-        (WorkerMismatchError, 409, "workers_mismatch"),
-    ]
-
-
 STATUS_BY_ERROR: list[tuple[type[BaseException], int, str]] = [
-    *_pool_errors(),
+    (WorkerTimeoutError, 504, "deadline_exceeded"),
+    (WorkerPoolError, 503, "workers_failed"),
+    (WorkerMismatchError, 409, "workers_mismatch"),
     (LissaDivergenceError, 422, "lissa_diverged"),
     (ArithmeticError, 422, "numerical_error"),
     (TimeoutError, 504, "deadline_exceeded"),

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from service.errors import BusyError, NotFoundError, describe_error
+from service.schemas import ErrorBody, JobStatus
 
 Progress = Callable[[int, int], None]
 
@@ -27,7 +28,7 @@ class Job:
     done: int = 0
     total: int = 1
     result: object = None
-    error: dict | None = None
+    error: ErrorBody | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -35,19 +36,19 @@ class Job:
     def progress(self) -> float:
         return 1.0 if self.state == "succeeded" else (self.done / self.total if self.total else 0.0)
 
-    def status(self) -> dict:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "state": self.state,
-            "progress": self.progress,
-            "done": self.done,
-            "total": self.total,
-            "result": self.result,
-            "error": self.error,
-            "created_at": self.created_at,
-            "finished_at": self.finished_at,
-        }
+    def status(self) -> JobStatus:
+        return JobStatus(
+            id=self.id,
+            kind=self.kind,
+            state=self.state,
+            progress=self.progress,
+            done=self.done,
+            total=self.total,
+            result=self.result,
+            error=self.error,
+            created_at=self.created_at,
+            finished_at=self.finished_at,
+        )
 
 
 class JobManager:
@@ -63,7 +64,7 @@ class JobManager:
             if job.finished_at is not None and now - job.finished_at > self.ttl_s:
                 del self._jobs[job_id]
 
-    def submit(self, kind: str, work: Callable[[Progress], object]) -> Job:
+    def submit(self, kind: str, work: Callable[[Progress], object]) -> JobStatus:
         """Queue ``work(progress)``; a failure becomes the job's error body (``describe_error``)."""
         with self._lock:
             self._expire()
@@ -76,7 +77,7 @@ class JobManager:
             job = Job(uuid.uuid4().hex, kind)
             self._jobs[job.id] = job
         self._executor.submit(self._run, job, work)
-        return job
+        return job.status()
 
     def _run(self, job: Job, work: Callable[[Progress], object]) -> None:
         job.state = "running"
@@ -88,11 +89,11 @@ class JobManager:
             job.result = work(progress)
             job.state = "succeeded"
         except Exception as error:  # any failure is the job's outcome, reported to whoever polls
-            job.error = describe_error(error)
+            job.error = ErrorBody(**describe_error(error))
             job.state = "failed"
         job.finished_at = time.time()
 
-    def fetch(self, job_id: str) -> dict:
+    def fetch(self, job_id: str) -> JobStatus:
         """The job's status; a finished job is removed by the fetch that returns it."""
         with self._lock:
             self._expire()

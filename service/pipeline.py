@@ -5,176 +5,299 @@
    the index for k candidates meanwhile;
 3. score the candidates with the one averaged ``s_test``;
 4. rank: top helpful / harmful, with timings and the LiSSA report.
+
+Both backends present :class:`Backend`; both run the same :class:`~interpret.explainer.Explainer`
+methods (in this process, or on Ray actors that are that class), so they give the same answers.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from index import FeatureIndex, load_index, read_manifest
-from interpret.attacks import AttackResult, attack
-from interpret.checkpoint import card_data_spec, load_checkpoint, read_card
+from index import FeatureIndex, Manifest, build_index, empty_index, load_index, read_manifest
+from interpret.attacks import AttackResult
+from interpret.checkpoint import card_data_spec, read_card
+from interpret.config import Checked, QueryConfig
 from interpret.data import DataSpec, ExampleSet, load_examples
-from interpret.influence import (
-    InfluenceAnswer,
-    LissaReport,
-    QueryConfig,
-    TestPoint,
-    exact_s_test,
-    lissa_s_test,
-    prepare_test_point,
-    rank,
-    score_rows,
-    training_hessian,
-)
-from interpret.models import encode_features
-from interpret.saliency import SaliencyMap, TextClassifier, saliency
+from interpret.explainer import Explainer, Identity, STest, lissa_report
+from interpret.influence import InfluenceAnswer, TestPoint, rank
+from interpret.saliency import SaliencyMap
 from service.cache import STestCache
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCAL_SST2 = REPO_ROOT.parent / "shared" / "data" / "sst2"
 
-SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+class Backend(Protocol):
+    """Where the model compute of a request runs: in this process, or on a Ray worker pool.
 
+    ``deadline`` is an absolute ``time.monotonic()`` value belonging to the request (never to a cached
+    value); ``None`` gives the backend's own default."""
 
-def sst2_spec(split: str) -> DataSpec:
-    """SST-2 from ``../shared/data/sst2`` when present, else GLUE's copy on the hub."""
-    local = LOCAL_SST2 / ("train.tsv" if split == "train" else "dev.tsv")
-    if local.is_file():
-        return DataSpec(str(local))
-    return DataSpec(f"hub:glue/sst2:{'train' if split == 'train' else 'validation'}", text_column="sentence")
+    identity: Identity
+    num_workers: int
 
+    def ping(self) -> list[str | None]: ...
 
-class InfluenceBackend(Protocol):
-    """Where the model compute of a query runs: in this process, or on a Ray worker pool."""
+    def prepare(
+        self, text: str, pair: str | None, label: int | None, deadline: float | None = None
+    ) -> TestPoint: ...
 
-    def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint: ...
+    def start_s_test(
+        self,
+        text: str,
+        pair: str | None,
+        label: int | None,
+        config: QueryConfig,
+        deadline: float | None = None,
+    ) -> object: ...
 
-    def start_s_test(self, text: str, pair: str | None, label: int | None, config: QueryConfig): ...
+    def finish_s_test(self, pending: object, progress: bool = False) -> STest: ...
 
-    def finish_s_test(self, pending, progress: bool = False) -> tuple[object, LissaReport | None]: ...
-
-    def score(self, s_test, rows: np.ndarray, block_size: int, progress: bool = False) -> np.ndarray: ...
+    def score(
+        self,
+        s_test: STest,
+        rows: np.ndarray,
+        block_size: int,
+        progress: bool = False,
+        deadline: float | None = None,
+    ) -> np.ndarray: ...
 
     def s_test_nbytes(self, config: QueryConfig) -> int: ...
 
-    def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
+    def predict(
+        self, texts: list[str], pairs: list[str] | None, deadline: float | None = None
+    ) -> np.ndarray: ...
 
-    def encode(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
+    def encode(
+        self, texts: list[str], pairs: list[str] | None, deadline: float | None = None
+    ) -> np.ndarray: ...
 
-    def saliency(self, text: str, pair: str | None, method: str, label: int | None, parameters: dict): ...
+    def saliency(
+        self, text: str, pair: str | None, method: str, label: int | None, params: Checked, deadline=None
+    ) -> SaliencyMap: ...
 
-    def attack(self, text: str, pair: str | None, method: str, label, target, parameters: dict): ...
+    def attack(
+        self, text: str, pair: str | None, method: str, label, target, params: Checked, deadline=None
+    ) -> AttackResult: ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclass
+class _LocalPending:
+    text: str
+    pair: str | None
+    label: int | None
+    config: QueryConfig
 
 
 class LocalBackend:
-    """Everything in this process, one repetition after another: the single-process reference."""
+    """One :class:`Explainer` in this process, one repetition after another: the single-process reference.
+    It ignores deadlines (nothing here can be killed and replaced)."""
 
-    def __init__(self, checkpoint):
-        self.checkpoint = checkpoint
-        self.theta = checkpoint.tracked.parameters()
-        self.classifier = TextClassifier.of(checkpoint.tracked)
-        self._hessian: torch.Tensor | None = None
-        self.progress = False
+    num_workers = 1
 
-    def hessian(self) -> torch.Tensor:
-        """The explicit training Hessian, computed once (only for small tracked sets)."""
-        if self._hessian is None:
-            self._hessian = training_hessian(self.checkpoint.tracked, self.theta, self.checkpoint.train)
-        return self._hessian
+    def __init__(self, explainer: Explainer):
+        self.explainer = explainer
+        self.identity = explainer.identity()
 
-    def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint:
-        return prepare_test_point(self.checkpoint.tracked, self.theta, text, pair, label)
+    def ping(self) -> list[str | None]:
+        return [self.explainer.ping()]
 
-    def start_s_test(self, text: str, pair: str | None, label: int | None, config: QueryConfig):
-        v = self.prepare(text, pair, label).v
+    def prepare(
+        self, text: str, pair: str | None, label: int | None, deadline: float | None = None
+    ) -> TestPoint:
+        return self.explainer.prepare(text, pair, label)
+
+    def start_s_test(
+        self, text, pair, label, config: QueryConfig, deadline: float | None = None
+    ) -> _LocalPending:
+        return _LocalPending(text, pair, label, config)  # computed in finish_s_test, with its progress bar
+
+    def finish_s_test(self, pending: _LocalPending, progress: bool = False) -> STest:
+        explainer, config = self.explainer, pending.config
+        arguments = (pending.text, pending.pair, pending.label)
         if config.exact:
-            return exact_s_test(self.hessian(), v, config.lissa.damping), None
-        result = lissa_s_test(
-            self.checkpoint.tracked, self.theta, v, self.checkpoint.train, config.lissa, self.progress
-        )
-        return result.s_test, result.report()
+            return STest([explainer.solve(*arguments, config.lissa.damping)], None)
+        runs = [
+            explainer.lissa_repetition(*arguments, config.lissa, r, progress)
+            for r in range(config.lissa.num_repetitions)
+        ]
+        vectors = [vector for vector, _ in runs]
+        summary = explainer.summarize(*vectors)
+        return STest(vectors, lissa_report(config.lissa, [report for _, report in runs], summary))
 
-    def finish_s_test(self, pending, progress: bool = False):
-        return pending
+    def score(
+        self, s_test: STest, rows, block_size: int, progress: bool = False, deadline=None
+    ) -> np.ndarray:
+        return self.explainer.score_shard(np.asarray(rows), block_size, *s_test.vectors, progress=progress)
 
     def s_test_nbytes(self, config: QueryConfig) -> int:
-        return self.theta.numel() * self.theta.element_size()
+        vectors = 1 if config.exact else config.lissa.num_repetitions
+        return vectors * self.explainer.theta.numel() * self.explainer.theta.element_size()
 
-    def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
-        return self.checkpoint.tracked.probabilities(texts, pairs)
+    def predict(self, texts, pairs, deadline=None) -> np.ndarray:
+        return self.explainer.predict(texts, pairs)
 
-    def encode(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
-        return encode_features(self.checkpoint.tracked, texts, pairs, progress=False)
+    def encode(self, texts, pairs, deadline=None) -> np.ndarray:
+        return self.explainer.encode(texts, pairs)
 
-    def saliency(self, text: str, pair: str | None, method: str, label: int | None, parameters: dict):
-        return saliency(self.classifier, text, method, pair, label, **parameters)
+    def saliency(self, text, pair, method, label, params: Checked, deadline=None) -> SaliencyMap:
+        return self.explainer.saliency(text, pair, method, label, params)
 
-    def attack(self, text: str, pair: str | None, method: str, label, target, parameters: dict):
-        examples = self.checkpoint.examples
-        return attack(self.classifier, text, method, pair, label, target, examples, **parameters)
+    def attack(self, text, pair, method, label, target, params: Checked, deadline=None) -> AttackResult:
+        return self.explainer.attack(text, pair, method, label, target, params)
 
-    def score(self, s_test, rows: np.ndarray, block_size: int, progress: bool = False) -> np.ndarray:
-        checkpoint = self.checkpoint
-        return score_rows(
-            checkpoint.tracked, self.theta, s_test, checkpoint.train, rows, block_size, progress=progress
-        )
+    def shutdown(self) -> None:
+        pass
+
+
+@dataclass
+class Engine:
+    """A backend, the training examples (for texts), the kNN index and the model card."""
+
+    backend: Backend
+    examples: ExampleSet
+    index: FeatureIndex | None
+    card: dict
+
+    @property
+    def identity(self) -> Identity:
+        return self.backend.identity
+
+    def shutdown(self) -> None:
+        self.backend.shutdown()
+
+
+def _index(index_dir: str | Path | None, identity: Identity) -> FeatureIndex | None:
+    return (
+        None
+        if index_dir is None
+        else load_index(index_dir, identity.model_fingerprint, identity.data_fingerprint)
+    )
+
+
+def local_engine(
+    model_dir: str | Path,
+    train_spec: DataSpec | None = None,
+    index_dir: str | Path | None = None,
+    tracked_layers: int | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Engine:
+    """The model, the training examples and the index, all in this process."""
+    explainer = Explainer.load(model_dir, train_spec, tracked_layers, dtype)
+    backend = LocalBackend(explainer)
+    checkpoint = explainer.checkpoint
+    return Engine(backend, checkpoint.examples, _index(index_dir, backend.identity), checkpoint.card)
+
+
+def pooled_engine(
+    model_dir: str | Path,
+    train_spec: DataSpec | None = None,
+    index_dir: str | Path | None = None,
+    tracked_layers: int | str | None = None,
+    dtype: str = "float32",
+    settings=None,
+    trust_remote_code: bool = False,
+) -> Engine:
+    """Model compute on a Ray worker pool; this process holds only the texts and the index."""
+    from workers import PoolSettings, WorkerPool, WorkerSpec
+
+    card = read_card(model_dir)
+    train_spec = train_spec or card_data_spec(card)
+    if train_spec is None:
+        raise ValueError(f"{model_dir}: no card.json naming the training data; pass the training data")
+    examples = load_examples(train_spec)
+    expected = {"data_fingerprint": examples.fingerprint}
+    if index_dir is not None:  # every worker must hold the weights the index was built with
+        expected["model_fingerprint"] = read_manifest(index_dir).model_fingerprint
+    spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype, trust_remote_code)
+    pool = WorkerPool(spec, settings or PoolSettings(), expected)
+    try:
+        return Engine(pool, examples, _index(index_dir, pool.identity), card)
+    except BaseException:
+        pool.shutdown()
+        raise
+
+
+ENCODE_CHUNK = 2048
+"""Training texts per encode call of an index build: its progress (and on a pool, its sharding) grain."""
+
+
+def build_knn_index(
+    engine: Engine,
+    directory: str | Path,
+    factory: str = "Flat",
+    metric: str = "l2",
+    progress: Callable[[int, int], None] | None = None,
+) -> Manifest:
+    """Encode the training set through the engine's backend (the same ``features`` queries use) and write
+    the FAISS index atomically. The factory string is checked before any encoding."""
+    examples, identity = engine.examples, engine.identity
+    empty_index(identity.feature_dim, factory, metric)
+    starts = range(0, len(examples), ENCODE_CHUNK)
+    parts = []
+    for done, start in enumerate(starts):
+        texts = examples.texts[start : start + ENCODE_CHUNK]
+        pairs = examples.pairs[start : start + ENCODE_CHUNK] if examples.pairs is not None else None
+        parts.append(engine.backend.encode(texts, pairs))
+        if progress is not None:
+            progress(done + 1, len(starts))
+    fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
+    return build_index(np.concatenate(parts), directory, *fingerprints, factory, metric)
 
 
 def answer_query(
-    backend: InfluenceBackend,
-    examples: ExampleSet,
-    search: SearchFn | None,
+    engine: Engine,
     text: str,
     pair: str | None = None,
     label: int | None = None,
     config: QueryConfig | None = None,
     progress: bool = False,
     cache: STestCache | None = None,
-    cache_scope: str = "",
+    deadline: float | None = None,
 ) -> InfluenceAnswer:
     """Which training examples made this prediction, the FastIF way.
 
-    With ``config.k`` and a ``search``, only the k nearest training examples in feature space are scored;
+    With ``config.k`` and an index, only the k nearest training examples in feature space are scored;
     with ``config.k=None`` every one is (the full-scan reference). ``timings["s_test"]`` is the wall time
     from starting ``s_test`` until it was ready; on workers it overlaps the kNN search. With a ``cache``,
-    an ``s_test`` already computed for the same input, label and LiSSA config (under ``cache_scope``, the
-    model fingerprint) is reused.
+    an ``s_test`` already computed for the same model, input, label and LiSSA config is reused. The
+    ``deadline`` is this request's: a cached ``s_test`` carries none.
     """
     config = config or QueryConfig()
-    if config.k is not None and search is None:
+    backend, examples = engine.backend, engine.examples
+    if config.k is not None and engine.index is None:
         raise ValueError("k was given but no index is loaded; build one or use a full scan (k=None)")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     # Encode first: a few milliseconds, and on a busy pool it would otherwise queue behind a repetition.
-    point = backend.prepare(text, pair, label)
+    point = backend.prepare(text, pair, label, deadline)
     timings["encode"] = time.perf_counter() - start
     clock = time.perf_counter()
-    key = (cache_scope, text, pair, point.label, config.exact, config.lissa)
+    key = (engine.identity.model_fingerprint, text, pair, point.label, config.exact, config.lissa)
     cached = cache.get(key) if cache is not None else None
-    pending = None if cached is not None else backend.start_s_test(text, pair, point.label, config)
+    pending = None if cached is not None else backend.start_s_test(text, pair, point.label, config, deadline)
 
     search_clock = time.perf_counter()
     distances = None
     if config.k is not None:
-        rows, distances = search(point.features, min(config.k, len(examples)))
+        rows, distances = engine.index.search(point.features, min(config.k, len(examples)))
     else:
         rows = np.arange(len(examples))
     timings["search"] = time.perf_counter() - search_clock
 
-    s_test, report = cached if cached is not None else backend.finish_s_test(pending, progress)
+    s_test = cached if cached is not None else backend.finish_s_test(pending, progress)
     if cached is None and cache is not None:
-        cache.put(key, (s_test, report), backend.s_test_nbytes(config))
+        cache.put(key, s_test, backend.s_test_nbytes(config))
     timings["s_test"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    scores = backend.score(s_test, rows, config.score_batch_size, progress)
+    scores = backend.score(s_test, rows, config.score_batch_size, progress, deadline)
     timings["score"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - start
     helpful, harmful = rank(examples, rows, scores, distances, config.top)
@@ -187,178 +310,7 @@ def answer_query(
         rows,
         scores,
         distances,
-        report,
+        s_test.report,
         timings,
         s_test_cached=cached is not None,
     )
-
-
-class Engine:
-    """A backend, the training examples (for texts) and the kNN index: answers influence queries."""
-
-    backend: InfluenceBackend
-    examples: ExampleSet
-    index: FeatureIndex | None
-    fingerprint: str
-    num_labels: int
-    num_parameters: int
-    tracked_layers: int | str
-    num_workers: int = 1
-
-    def ping(self) -> list[str | None]:
-        """Names of the compute workers that answer (``None`` for one that does not)."""
-        return ["in-process"]
-
-    def query(
-        self,
-        text: str,
-        pair: str | None = None,
-        label: int | None = None,
-        config: QueryConfig | None = None,
-        progress: bool = False,
-        cache: STestCache | None = None,
-    ) -> InfluenceAnswer:
-        search = self.index.search if self.index is not None else None
-        return answer_query(
-            self.backend, self.examples, search, text, pair, label, config, progress, cache, self.fingerprint
-        )
-
-
-class LocalEngine(Engine):
-    """The model, the training examples and the index, all in this process."""
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        train_spec: DataSpec | None = None,
-        index_dir: str | Path | None = None,
-        tracked_layers: int | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ):
-        checkpoint = load_checkpoint(model_dir, train_spec, tracked_layers, dtype)
-        self.card, self.tracked, self.train = checkpoint.card, checkpoint.tracked, checkpoint.train
-        self.examples, self.fingerprint = checkpoint.examples, checkpoint.fingerprint
-        self.backend = LocalBackend(checkpoint)
-        self.num_labels = int(self.tracked.model.config.num_labels)
-        self.num_parameters, self.tracked_layers = self.tracked.num_parameters, self.tracked.tracked_layers
-        self.index = None
-        if index_dir is not None:
-            self.index = load_index(index_dir, self.fingerprint, self.examples.fingerprint)
-
-    def hessian(self) -> torch.Tensor:
-        return self.backend.hessian()
-
-    def query(self, *args, progress: bool = False, **kwargs) -> InfluenceAnswer:
-        self.backend.progress = progress
-        return super().query(*args, progress=progress, **kwargs)
-
-
-class PooledEngine(Engine):
-    """Model compute on a Ray worker pool; this process holds only the texts and the index."""
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        train_spec: DataSpec | None = None,
-        index_dir: str | Path | None = None,
-        tracked_layers: int | str | None = None,
-        dtype: str = "float32",
-        settings=None,
-    ):
-        from workers import PoolSettings, WorkerPool, WorkerSpec
-
-        self.card = read_card(model_dir)
-        train_spec = train_spec or card_data_spec(self.card)
-        if train_spec is None:
-            raise ValueError(f"{model_dir}: no card.json naming the training data; pass the training data")
-        self.examples = load_examples(train_spec)
-        expected = {"data_fingerprint": self.examples.fingerprint}
-        if index_dir is not None:  # every worker must hold the weights the index was built with
-            expected["model_fingerprint"] = read_manifest(index_dir).model_fingerprint
-        spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype)
-        self.pool = WorkerPool(spec, settings or PoolSettings(), expected)
-        self.backend = self.pool
-        self.num_workers = self.pool.num_workers
-        identity = self.pool.identity
-        self.fingerprint, self.num_labels = identity["model_fingerprint"], identity["num_labels"]
-        self.num_parameters, self.tracked_layers = identity["num_parameters"], identity["tracked_layers"]
-        self.index = None
-        if index_dir is not None:
-            try:
-                self.index = load_index(index_dir, self.fingerprint, self.examples.fingerprint)
-            except BaseException:
-                self.pool.shutdown()
-                raise
-
-    def ping(self) -> list[str | None]:
-        return self.pool.ping()
-
-    def shutdown(self) -> None:
-        self.pool.shutdown()
-
-
-TRACE_POINTS = 50
-
-
-def answer_to_dict(answer: InfluenceAnswer, config: QueryConfig) -> dict:
-    """JSON view of an answer: the ``InfluenceResult`` schema of the API and ``influence query --json``."""
-    lissa = None
-    if answer.lissa is not None:
-        traces = answer.lissa.norm_traces
-        step = max(1, traces.shape[1] // TRACE_POINTS)
-        lissa = {
-            "config": {k: v for k, v in asdict(answer.lissa.config).items() if k != "divergence_bound"},
-            "final_norm": [float(t[-1]) for t in traces],
-            "norm_trace": [[float(x) for x in t[step - 1 :: step]] for t in traces],
-            "relative_spread": answer.lissa.relative_spread,
-            "s_test_norm": answer.lissa.s_test_norm,
-            "seconds": answer.lissa.seconds,
-            "workers": answer.lissa.workers,
-        }
-    return {
-        "prediction": {"label": answer.predicted_label, "probabilities": answer.probabilities},
-        "label_used": answer.label_used,
-        "helpful": [asdict(e) for e in answer.helpful],
-        "harmful": [asdict(e) for e in answer.harmful],
-        "quality": {
-            "timings_s": answer.timings,
-            "candidates": len(answer.candidate_rows),
-            "k": config.k,
-            "exact": config.exact,
-            "cached_s_test": answer.s_test_cached,
-            "lissa": lissa,
-        },
-    }
-
-
-def saliency_to_dict(result: SaliencyMap) -> dict:
-    """The ``SaliencyResponse`` view of a saliency map."""
-    predicted = int(np.argmax(result.probabilities))
-    return {
-        "method": result.method,
-        "tokens": result.tokens,
-        "word_ids": result.word_ids,
-        "scores": result.scores,
-        "raw_scores": result.raw_scores,
-        "label_explained": result.label,
-        "prediction": {"label": predicted, "probabilities": result.probabilities},
-        "extra": result.extra,
-    }
-
-
-def attack_to_dict(result: AttackResult) -> dict:
-    """The ``AttackResponse`` view of an attack."""
-
-    def prediction(probabilities: list[float]) -> dict:
-        return {"label": int(np.argmax(probabilities)), "probabilities": probabilities}
-
-    return {
-        "method": result.method,
-        "original": result.original,
-        "final": result.final,
-        "outputs_before": prediction(result.outputs_before),
-        "outputs_after": [prediction(p) for p in result.outputs_after],
-        "edits": [asdict(edit) for edit in result.edits],
-        "success": result.success,
-        "extra": result.extra,
-    }

@@ -1,50 +1,115 @@
-"""Request and response bodies: one pydantic model per role. Pydantic only, so clients can import it.
+"""Request and response bodies: one pydantic model per role. Pydantic and ``interpret.config`` only (no
+torch), so clients can import it.
 
-Static bounds here are what every deployment shares (types, ranges that are always wrong); the
-operator's limits (max k, max batch, max tokens, ...) are checked by ``service.limits`` against
-``Settings``, so each violation names the field and the configured limit.
+Request defaults and bounds are not written here: they are read from the ``interpret.config`` dataclasses
+the library itself uses (LiSSA, k/top, each saliency method's and attack's parameters), so the API, the
+CLI and the library cannot disagree. Requests are strict (no coercion, unknown fields refused, finite
+floats). The operator's limits (max k, max batch, max tokens, ...) are checked by ``service.limits``
+against ``Settings``, so each violation names the field and the configured limit.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
-SaliencyMethod = Literal[
-    "simple_gradient", "integrated_gradients", "smooth_gradient", "leave_one_out", "lime"
-]
-AttackMethod = Literal["hotflip", "input_reduction", "triggers"]
-JobState = Literal["queued", "running", "succeeded", "failed"]
+from interpret.config import (
+    ATTACK_PARAMETERS,
+    SALIENCY_PARAMETERS,
+    TARGETED_ATTACKS,
+    LissaConfig,
+    QueryConfig,
+    type_hints,
+)
+
+SaliencyMethod = Literal[tuple(SALIENCY_PARAMETERS)]
+AttackMethod = Literal[tuple(ATTACK_PARAMETERS)]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Requests: unknown fields refused, no coercion (``"1"`` and ``true`` are not the integer 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _fields_of(config_class: type) -> dict[str, tuple]:
+    """Pydantic fields from an ``interpret.config`` dataclass: its defaults, bounds and descriptions."""
+    out = {}
+    hints = type_hints(config_class)
+    for spec in dataclasses.fields(config_class):
+        meta = spec.metadata
+        if "api" not in meta or not meta["api"]:
+            continue  # an internal knob, or a nested config the caller lays out itself
+        bounds = {key: meta[key] for key in ("ge", "gt", "le") if meta.get(key) is not None}
+        if "float" in str(hints[spec.name]):
+            bounds["allow_inf_nan"] = False
+        out[spec.name] = (hints[spec.name], Field(spec.default, description=meta["doc"] or None, **bounds))
+    return out
+
+
+def _model_of(config_class: type, name: str, doc: str) -> type[_Strict]:
+    return create_model(name, __base__=_Strict, __doc__=doc, **_fields_of(config_class))
 
 
 class TextInput(_Strict):
     text: str = Field(min_length=1, description="The sentence (or premise) to explain.")
-    text_pair: str | None = Field(None, min_length=1, description="Second sentence of a pair (hypothesis).")
+    text_pair: str | None = Field(
+        None, min_length=1, description="Second sentence of a pair (hypothesis); only for pair models."
+    )
     label: int | None = Field(None, ge=0, description="Label to explain; default: the predicted one.")
 
 
-class LissaParams(_Strict):
-    """LiSSA knobs (FastIF names); defaults are the FastIF preset. See the README's conventions."""
+LissaParams = _model_of(
+    LissaConfig,
+    "LissaParams",
+    "LiSSA knobs (FastIF names); defaults are the FastIF preset (README conventions).",
+)
 
-    recursion_depth: int = Field(1000, ge=1)
-    batch_size: int = Field(1, ge=1, le=4096)
-    num_repetitions: int = Field(1, ge=1)
-    damping: float = Field(5.0, gt=0, allow_inf_nan=False)
-    scale: float = Field(1000.0, gt=0, allow_inf_nan=False)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+InfluenceRequest = create_model(
+    "InfluenceRequest",
+    __base__=_Strict,
+    inputs=(list[TextInput], Field(min_length=1, description="One or more inputs, answered in order.")),
+    **_fields_of(QueryConfig),
+    lissa=(LissaParams, Field(default_factory=LissaParams)),
+)
 
 
-class InfluenceRequest(_Strict):
-    inputs: list[TextInput] = Field(min_length=1, description="One or more inputs, answered in order.")
-    k: int | None = Field(1000, ge=1, description="kNN candidates to score; null: every training example.")
-    top: int = Field(10, ge=1, description="Helpful and harmful examples to return.")
-    exact: bool = Field(False, description="Exact s_test by an explicit Hessian (small tracked sets).")
-    lissa: LissaParams = Field(default_factory=LissaParams)
+def _camel(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
+
+
+def _method_requests(kind: str, registry: dict[str, type], extra) -> dict[str, type[_Strict]]:
+    """One request model per method: ``method`` is its tag, ``parameters`` its own typed model."""
+    requests = {}
+    for method, params_class in registry.items():
+        params = _model_of(params_class, f"{_camel(method)}Parameters", f"Parameters of {kind} {method}.")
+        requests[method] = create_model(
+            f"{_camel(method)}Request",
+            __base__=TextInput,
+            method=(Literal[method], ...),
+            parameters=(params, Field(default_factory=params)),
+            **extra(method),
+        )
+    return requests
+
+
+def _target(method: str) -> dict:
+    if method not in TARGETED_ATTACKS:
+        return {}
+    description = "Label to flip to; default: any other."
+    return {"target": (int | None, Field(None, ge=0, description=description))}
+
+
+SALIENCY_REQUESTS = _method_requests("saliency method", SALIENCY_PARAMETERS, lambda method: {})
+ATTACK_REQUESTS = _method_requests("attack", ATTACK_PARAMETERS, _target)
+SaliencyRequest = Annotated[Union[tuple(SALIENCY_REQUESTS.values())], Field(discriminator="method")]  # noqa: UP007
+AttackRequest = Annotated[Union[tuple(ATTACK_REQUESTS.values())], Field(discriminator="method")]  # noqa: UP007
+SALIENCY_REQUEST = TypeAdapter(SaliencyRequest)
+"""``SALIENCY_REQUEST.validate_python({...})`` builds the right method's request (clients use it)."""
+ATTACK_REQUEST = TypeAdapter(AttackRequest)
 
 
 class Prediction(BaseModel):
@@ -63,7 +128,7 @@ class InfluentialExampleOut(BaseModel):
 
 
 class LissaQuality(BaseModel):
-    config: LissaParams
+    config: LissaParams  # type: ignore[valid-type]
     final_norm: list[float] = Field(description="Last ||h_J|| / scale of each repetition.")
     norm_trace: list[list[float]] = Field(description="||h_j|| / scale per repetition, every 1/50 of J.")
     relative_spread: float = Field(description="Mean ||s_r - s_test|| / ||s_test|| over repetitions.")
@@ -77,7 +142,9 @@ class Quality(BaseModel):
     candidates: int
     k: int | None
     exact: bool
-    cached_s_test: bool
+    cached_s_test: bool | None = Field(
+        description="Whether s_test came from the cache; null when not disclosed."
+    )
     lissa: LissaQuality | None
 
 
@@ -101,15 +168,6 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class SaliencyRequest(TextInput):
-    method: SaliencyMethod
-    parameters: dict[str, float | int | bool] = Field(
-        default_factory=dict,
-        description="integrated_gradients: steps; smooth_gradient: num_samples, stdev, seed; "
-        "lime: num_samples, kernel_width, ridge, seed.",
-    )
-
-
 class SaliencyResponse(BaseModel):
     """AllenNLP semantics: one score per word-piece, normalised to sum to 1 in absolute value."""
 
@@ -121,18 +179,6 @@ class SaliencyResponse(BaseModel):
     label_explained: int
     prediction: Prediction
     extra: dict[str, float] = Field(default_factory=dict)
-
-
-class AttackRequest(TextInput):
-    method: AttackMethod
-    target: int | None = Field(
-        None, ge=0, description="Label to flip to (HotFlip, triggers); default: any other."
-    )
-    parameters: dict[str, float | int | bool] = Field(
-        default_factory=dict,
-        description="hotflip: max_flips, candidates; input_reduction: beam_size; triggers: num_tokens, "
-        "iterations, candidates, num_examples, held_out, seed.",
-    )
 
 
 class WordEdit(BaseModel):
@@ -172,8 +218,21 @@ class ModelsResponse(BaseModel):
 
 class JobRequest(_Strict):
     kind: Literal["influence", "index_build"]
-    influence: InfluenceRequest | None = Field(None, description="The query, for kind=influence.")
+    influence: InfluenceRequest | None = Field(None, description="The query, for kind=influence.")  # type: ignore[valid-type]
     factory: str = Field("Flat", description="FAISS factory string, for kind=index_build.")
+
+
+class IndexBuildResult(BaseModel):
+    index_manifest: dict
+
+
+class Readiness(BaseModel):
+    """Ready when the index (if configured) is loaded and every worker answers; counts, not names."""
+
+    ready: bool
+    index_loaded: bool
+    workers: int
+    workers_answering: int
 
 
 class JobStatus(BaseModel):
@@ -183,7 +242,7 @@ class JobStatus(BaseModel):
     progress: float = Field(ge=0, le=1)
     done: int
     total: int
-    result: InfluenceResponse | dict | None = None
+    result: InfluenceResponse | IndexBuildResult | None = None
     error: ErrorBody | None = None
     created_at: float
     finished_at: float | None = None

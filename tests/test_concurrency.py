@@ -42,6 +42,7 @@ def test_batch_and_single_encodes_in_two_threads_match_the_sequential_ones(tiny6
     assert failures == []
 
 
+@pytest.mark.slow  # thousands of threaded calls
 def test_lissa_beside_prepare_and_saliency_gives_the_sequential_answers(tiny64, train_set):
     """Unlocked, ``functional_call`` in two threads restores each other's swapped tensors: ``v`` comes out
     wrong and the module can keep a foreign tensor as its parameter."""

@@ -13,6 +13,9 @@ import pytest
 from clients import InfluenceClient
 from tests.cluster import BIN, free_port, is_descendant, ray_node, start, stop, token_env, wait_ready
 
+# The deployment topology as real processes: not in the fast tier (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 QUERY = "the plot was good and fun"
 LISSA = {"recursion_depth": 20, "batch_size": 4, "damping": 0.1, "scale": 20.0, "num_repetitions": 2}
 

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from interpret.influence import LissaConfig, QueryConfig
-from service.cli import app
-from service.pipeline import LocalEngine
+from service.pipeline import answer_query, local_engine
 
 from .conftest import SHARED_SST2
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.slow,
     pytest.mark.skipif(not (SHARED_SST2 / "train.tsv").is_file(), reason=f"SST-2 is not at {SHARED_SST2}"),
 ]
 
@@ -59,11 +60,11 @@ def test_the_model_card_and_index_manifest(minilm):
 
 
 def test_influence_query_on_minilm(minilm):
-    engine = LocalEngine(minilm / "model", index_dir=minilm / "index")
-    assert engine.tracked.num_parameters > 3_000_000  # last 2 layers + pooler + head of MiniLM
+    engine = local_engine(minilm / "model", index_dir=minilm / "index")
+    assert engine.identity.num_parameters > 3_000_000  # last 2 layers + pooler + head of MiniLM
     own_text = engine.examples.texts[7]
     lissa = LissaConfig(recursion_depth=30, damping=0.01, scale=100.0)
-    answer = engine.query(own_text, config=QueryConfig(k=40, top=5, lissa=lissa))
+    answer = answer_query(engine, own_text, config=QueryConfig(k=40, top=5, lissa=lissa))
     assert (
         answer.candidate_rows[0] == 7 and answer.candidate_distances[0] < 1e-3
     )  # same features offline/online

@@ -60,6 +60,7 @@ def _well_conditioned(hessian_matrix):
     return damping, float(eigenvalues[-1]) + damping
 
 
+@pytest.mark.slow  # long LiSSA runs against the exact solve
 @pytest.mark.parametrize("scope", ["classifier", 0])
 def test_full_batch_lissa_converges_to_the_exact_solve(tiny64, train_set, scope):
     tracked = TrackedModel(*tiny64, tracked_layers=scope)
@@ -75,6 +76,7 @@ def test_full_batch_lissa_converges_to_the_exact_solve(tiny64, train_set, scope)
     assert abs(result.norm_traces[0, -1] - float(exact.norm())) < 1e-8
 
 
+@pytest.mark.slow  # long LiSSA runs against the exact solve
 def test_stochastic_lissa_is_close_to_the_exact_solve(head):
     tracked, theta, train = head
     v = loss_gradient(tracked, theta, *train.load([3]))
@@ -172,3 +174,20 @@ def test_influence_predicts_leave_one_out_retraining_on_a_convex_head(tiny64, tr
     predicted = -scores[removed] / n
     assert np.corrcoef(actual, predicted)[0, 1] > 0.99
     np.testing.assert_allclose(predicted, actual, rtol=0.1, atol=1e-6)
+
+
+@pytest.mark.parametrize("scope", ["classifier", 0])
+def test_conjugate_gradient_reaches_the_exact_solve_and_reports_its_residual(tiny64, train_set, scope):
+    from interpret.influence.cg import cg_rows, cg_s_test
+
+    tracked = TrackedModel(*tiny64, tracked_layers=scope)
+    theta, train = tracked.parameters(), ExampleStates(tracked, train_set)
+    v = loss_gradient(tracked, theta, *train.load([3]))
+    rows = cg_rows(len(train), 60, seed=1)  # a seeded subset: the Hessian is over these rows only
+    subset_hessian = training_hessian(tracked, theta, ExampleStates(tracked, train_set.subset(rows)))
+    exact = exact_s_test(subset_hessian, v, 0.05)
+    result = cg_s_test(tracked, theta, v, train, damping=0.05, num_rows=60, tolerance=1e-10, seed=1)
+    assert np.array_equal(result.rows, rows) and result.relative_residual < 1e-9
+    torch.testing.assert_close(result.s_test, exact, rtol=1e-7, atol=1e-10)
+    coarse = cg_s_test(tracked, theta, v, train, damping=0.05, num_rows=60, tolerance=1e-2, seed=1)
+    assert coarse.iterations < result.iterations and 0 < coarse.relative_residual < 1e-2

@@ -7,19 +7,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from interpret.influence import LissaConfig, QueryConfig, prepare_test_point, score_rows
-from service.cli import app
-from service.pipeline import LocalEngine
+from cli import app
+from interpret.influence import LissaConfig, QueryConfig, prepare_test_point, score_rows, training_hessian
+from service.pipeline import answer_query, local_engine
 
 LISSA = LissaConfig(recursion_depth=50, batch_size=4, damping=0.1, scale=20.0)
 QUERY = "the plot was good and fun"
 
 
 def test_knn_with_k_equal_n_reproduces_the_full_scan(engine_dirs):
-    engine = LocalEngine(engine_dirs[0], index_dir=engine_dirs[1])
+    engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1])
     n = len(engine.examples)
-    knn = engine.query(QUERY, config=QueryConfig(k=n, top=5, lissa=LISSA))
-    full = engine.query(QUERY, config=QueryConfig(k=None, top=5, lissa=LISSA))
+    knn = answer_query(engine, QUERY, config=QueryConfig(k=n, top=5, lissa=LISSA))
+    full = answer_query(engine, QUERY, config=QueryConfig(k=None, top=5, lissa=LISSA))
     order = np.argsort(knn.candidate_rows)
     np.testing.assert_allclose(knn.candidate_scores[order], full.candidate_scores, rtol=1e-5, atol=1e-7)
     assert [e.id for e in knn.harmful] == [e.id for e in full.harmful]
@@ -27,8 +27,8 @@ def test_knn_with_k_equal_n_reproduces_the_full_scan(engine_dirs):
 
 
 def test_knn_candidates_are_the_nearest_and_ranking_is_signed(engine_dirs):
-    engine = LocalEngine(engine_dirs[0], index_dir=engine_dirs[1])
-    answer = engine.query(QUERY, config=QueryConfig(k=20, top=4, lissa=LISSA))
+    engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1])
+    answer = answer_query(engine, QUERY, config=QueryConfig(k=20, top=4, lissa=LISSA))
     assert len(answer.candidate_rows) == 20
     helpful = [e.score for e in answer.helpful]
     harmful = [e.score for e in answer.harmful]
@@ -45,25 +45,28 @@ def test_knn_candidates_are_the_nearest_and_ranking_is_signed(engine_dirs):
 
 
 def test_explaining_another_label_flips_nothing_silently(engine_dirs):
-    engine = LocalEngine(engine_dirs[0], index_dir=engine_dirs[1])
-    answer = engine.query(QUERY, label=0, config=QueryConfig(k=10, lissa=LISSA))
+    engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1])
+    answer = answer_query(engine, QUERY, label=0, config=QueryConfig(k=10, lissa=LISSA))
     assert answer.label_used == 0
-    with pytest.raises(ValueError, match="label must be in"):
-        engine.query(QUERY, label=7, config=QueryConfig(k=10, lissa=LISSA))
+    with pytest.raises(ValueError, match="label=7 is not a label of this model"):
+        answer_query(engine, QUERY, label=7, config=QueryConfig(k=10, lissa=LISSA))
 
 
 def test_exact_query_on_the_classifier(engine_dirs, train_set):
-    engine = LocalEngine(engine_dirs[0], tracked_layers="classifier")
+    engine = local_engine(engine_dirs[0], tracked_layers="classifier")
     config = QueryConfig(k=None, top=3, lissa=LissaConfig(damping=0.01), exact=True)
-    answer = engine.query(QUERY, config=config)
+    answer = answer_query(engine, QUERY, config=config)
     assert answer.lissa is None and len(answer.candidate_scores) == len(train_set)
-    theta = engine.tracked.parameters()
-    point = prepare_test_point(engine.tracked, theta, QUERY, None, None)
-    s_test = torch.linalg.solve(engine.hessian() + 0.01 * torch.eye(len(theta)), point.v)
-    expected = score_rows(engine.tracked, theta, s_test, engine.train, range(len(train_set)))
+    checkpoint = engine.backend.explainer.checkpoint
+    tracked, train = checkpoint.tracked, checkpoint.train
+    theta = tracked.parameters()
+    point = prepare_test_point(tracked, theta, QUERY, None, None)
+    hessian = training_hessian(tracked, theta, train)
+    s_test = torch.linalg.solve(hessian + 0.01 * torch.eye(len(theta)), point.v)
+    expected = score_rows(tracked, theta, s_test, train, range(len(train_set)))
     np.testing.assert_allclose(answer.candidate_scores, expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="no index"):
-        engine.query(QUERY, config=QueryConfig(k=5, lissa=LISSA))
+        answer_query(engine, QUERY, config=QueryConfig(k=5, lissa=LISSA))
 
 
 def test_query_config_validation():
@@ -78,7 +81,7 @@ def test_query_config_validation():
 
 
 def test_cli_errors_are_one_line_and_exit_2(engine_dirs, tmp_path, monkeypatch, capsys):
-    from service.cli import main
+    from cli import main
 
     argv = ["influence", "query", "--text", QUERY, "--model", str(engine_dirs[0]), "--index", str(tmp_path)]
     monkeypatch.setattr("sys.argv", argv)

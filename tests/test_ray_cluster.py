@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from interpret.influence import LissaConfig, QueryConfig
-from service.pipeline import LocalEngine
+from service.pipeline import answer_query, local_engine
 from tests.cluster import BIN, free_port, ray_node, stop, token_env
+
+pytestmark = pytest.mark.slow  # a real two-node Ray cluster: not in the fast tier (pytest -m 'not slow')
 
 QUERY = "the plot was good and fun"
 
@@ -62,7 +64,7 @@ def test_query_runs_on_an_existing_cluster_through_ray_address(two_node_cluster,
     assert len(workers) == 2 and len(nodes) == 2  # one repetition on each node (one CPU each)
 
     config = QueryConfig(25, 3, LissaConfig(30, 4, 2, 0.1, 20.0))
-    local = LocalEngine(model_dir, index_dir=index_dir).query(QUERY, config=config)
+    local = answer_query(local_engine(model_dir, index_dir=index_dir), QUERY, config=config)
     assert [e["id"] for e in payload["helpful"]] == [e.id for e in local.helpful]
     assert [e["id"] for e in payload["harmful"]] == [e.id for e in local.harmful]
     np.testing.assert_allclose(

@@ -99,5 +99,5 @@ def test_bad_requests_name_the_problem(classifier):
         ValueError, match=r"\['stepz'\] are not parameters of saliency method 'integrated_gradients'"
     ):
         saliency(classifier, SENTENCE, "integrated_gradients", stepz=5)
-    with pytest.raises(ValueError, match="label must be in"):
+    with pytest.raises(ValueError, match="label=5 is not a label of this model"):
         saliency(classifier, SENTENCE, "simple_gradient", label=5)

@@ -1,4 +1,5 @@
-"""The REST service on real Ray workers (tiny model): answers, limits, errors, cache, jobs, clients."""
+"""The REST service on the in-process backend (tiny model, no Ray): answers, limits, errors, cache, jobs,
+clients. The same service over a Ray pool is tested in test_service_server.py and test_deployment.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from clients import (
 from interpret.influence import LissaConfig, QueryConfig
 from service.app import create_app
 from service.core import InfluenceService
-from service.pipeline import LocalEngine
+from service.pipeline import answer_query, local_engine
 from service.settings import Settings
 
 QUERY = "the plot was good and fun"
@@ -56,8 +57,9 @@ def settings(engine_dirs, tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def service(ray_local, settings):
-    service = InfluenceService(settings)
+def service(settings):
+    engine = local_engine(settings.model_dir, index_dir=settings.index_dir)
+    service = InfluenceService(settings, engine)
     yield service
     service.shutdown()
 
@@ -74,11 +76,11 @@ def test_influence_answers_like_the_local_engine(http, settings):
     result = response.json()["results"][0]
     quality = result["quality"]
     assert quality["candidates"] == 30 and quality["k"] == 30 and not quality["cached_s_test"]
-    assert len(quality["lissa"]["workers"]) == 2 and len(quality["lissa"]["norm_trace"]) == 2
+    assert quality["lissa"]["workers"] == ["in-process"] * 2 and len(quality["lissa"]["norm_trace"]) == 2
     assert set(quality["timings_s"]) >= {"encode", "search", "s_test", "score", "total"}
 
     config = QueryConfig(30, 3, LissaConfig(**LISSA))
-    local = LocalEngine(settings.model_dir, index_dir=settings.index_dir).query(QUERY, config=config)
+    local = answer_query(local_engine(settings.model_dir, index_dir=settings.index_dir), QUERY, config=config)
     assert [e["id"] for e in result["helpful"]] == [e.id for e in local.helpful]
     assert [e["id"] for e in result["harmful"]] == [e.id for e in local.harmful]
     np.testing.assert_allclose(
@@ -177,20 +179,29 @@ def test_saliency_and_attacks_are_served_with_limits(http):
 
     for body, named in [
         ({"text": QUERY, "method": "lime", "parameters": {"num_samples": 257}}, "INFLUENCE_MAX_SAMPLES"),
-        ({"text": QUERY, "method": "lime", "parameters": {"stepz": 3}}, "['stepz'] are not parameters"),
-        ({"text": QUERY, "method": "integrated_gradients", "parameters": {"steps": 2.5}}, "must be int"),
+        (
+            {"text": QUERY, "method": "lime", "parameters": {"stepz": 3}},
+            "lime.parameters.stepz: Extra inputs",
+        ),
+        (
+            {"text": QUERY, "method": "integrated_gradients", "parameters": {"steps": 2.5}},
+            "integrated_gradients.parameters.steps: Input should be a valid integer",
+        ),
     ]:
         response = http.post("/v1/saliency", json=body)
         assert response.status_code == 422 and named in response.json()["message"], response.json()
     for body, named in [
-        ({"text": QUERY, "method": "input_reduction", "target": 0}, "['target'] are not parameters"),
+        ({"text": QUERY, "method": "input_reduction", "target": 0}, "input_reduction.target: Extra inputs"),
         ({"text": QUERY, "method": "hotflip", "target": 2}, "target=2 is not a label"),
         (
             {"text": QUERY, "method": "hotflip", "parameters": {"candidates": 101}},
             "INFLUENCE_MAX_ATTACK_SEARCH",
         ),
         ({"text": QUERY, "method": "triggers", "parameters": {"held_out": 600}}, "INFLUENCE_MAX_TRIGGER_EX"),
-        ({"text": QUERY, "text_pair": "fun", "method": "triggers"}, "text_pair is not supported"),
+        (
+            {"text": QUERY, "text_pair": "fun", "method": "triggers"},
+            "text_pair: this model was trained on single",
+        ),
     ]:
         response = http.post("/v1/attack", json=body)
         assert response.status_code == 422 and named in response.json()["message"], response.json()
@@ -202,11 +213,16 @@ def test_predict_models_health_and_metrics(http):
     ).json()
     assert [p["label"] for p in predictions["predictions"]] == [1, 0]
     model = http.get("/v1/models").json()["models"][0]
-    assert model["tracked_layers"] == 1 and model["workers"] == 2 and model["num_training_examples"] == 96
+    assert model["tracked_layers"] == 1 and model["workers"] == 1 and model["num_training_examples"] == 96
     assert model["index_manifest"]["count"] == 96 and model["tracked_parameters"] > 0
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["index_loaded"] and len(ready.json()["workers"]) == 2
+    assert ready.status_code == 200 and ready.json() == {
+        "ready": True,
+        "index_loaded": True,
+        "workers": 1,
+        "workers_answering": 1,
+    }
     metrics = http.get("/metrics").text
     assert 'influence_requests_total{route="/v1/predict",status="200"}' in metrics
     assert "/docs" in http.get("/").text and http.get("/openapi.json").status_code == 200
@@ -225,7 +241,7 @@ def test_jobs_through_the_sync_client(http):
     build = client.wait_job(
         client.submit_job(kind="index_build").id, poll_s=0.05, timeout=120, progress=False
     )
-    assert build.result["index_manifest"]["count"] == 96
+    assert build.result.index_manifest["count"] == 96
     with pytest.raises(BadRequestError, match="INFLUENCE_MAX_K"):
         client.submit_job(influence_request(QUERY, k=1000))
 
@@ -252,7 +268,7 @@ def test_async_client_over_asgi_transport(settings, service):
     answer, predictions, models, (salient, flipped), too_many = asyncio.run(scenario())
     assert answer.results[0].quality.candidates == 25 and len(answer.results[0].helpful) <= 2
     assert predictions.predictions[0].label == answer.results[0].prediction.label
-    assert models.models[0].workers == 2
+    assert models.models[0].workers == 1
     assert salient.method == "leave_one_out" and abs(sum(salient.scores) - 1) < 1e-6
     assert flipped.method == "hotflip" and len(flipped.edits) <= 2
     assert too_many.code == "limit_exceeded" and too_many.detail["field"] == "k"
@@ -267,7 +283,7 @@ def test_api_key_is_required_when_set(settings, service):
         client = InfluenceClient(http=http)
         with pytest.raises(AuthenticationError, match="X-API-Key"):
             client.models()
-        assert InfluenceClient(api_key="s3cret", http=http).models().models[0].workers == 2
+        assert InfluenceClient(api_key="s3cret", http=http).models().models[0].workers == 1
 
 
 def test_client_retries_429_then_gives_up():

@@ -18,8 +18,10 @@ import pytest
 
 from clients import InfluenceClient
 from interpret.influence import LissaConfig, QueryConfig
-from service.pipeline import LocalEngine
+from service.pipeline import answer_query, local_engine
 from tests.cluster import free_port, start, stop, wait_ready
+
+pytestmark = pytest.mark.slow  # real servers and Ray: not in the fast tier (pytest -m 'not slow')
 
 QUERY = "the plot was good and fun"
 LISSA = {"recursion_depth": 20, "batch_size": 4, "damping": 0.1, "scale": 20.0, "num_repetitions": 2}
@@ -53,9 +55,8 @@ def test_the_client_queries_a_running_service(server, engine_dirs):
     with InfluenceClient(server.url, api_key="test-key") as client:
         answer = client.influence(QUERY, k=20, top=3, lissa=LISSA).results[0]
         model = client.models().models[0]
-    local = LocalEngine(engine_dirs[0], index_dir=engine_dirs[1]).query(
-        QUERY, config=QueryConfig(20, 3, LissaConfig(**LISSA))
-    )
+    engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1])
+    local = answer_query(engine, QUERY, config=QueryConfig(20, 3, LissaConfig(**LISSA)))
     assert [e.id for e in answer.helpful] == [e.id for e in local.helpful]
     np.testing.assert_allclose([e.score for e in answer.harmful], [e.score for e in local.harmful], rtol=1e-4)
     pids = {worker.split("/")[1] for worker in answer.quality.lissa.workers}

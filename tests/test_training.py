@@ -21,9 +21,9 @@ def test_fine_tune_trains_only_tracked_parameters_and_saves_safetensors(tiny_dir
     tracked = TrackedModel(model, tokenizer, tracked_layers=1)
     frozen_before = model.bert.encoder.layer[0].output.dense.weight.clone()
     tracked_before = model.bert.encoder.layer[2].output.dense.weight.clone()
-    spec = DataSpec(str(data_dir / "train.tsv"))
+    spec = DataSpec(str(data_dir / "train.tsv"), max_examples=40)
     train = load_examples(spec)
-    config = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3, max_examples=40)
+    config = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3)
     report = fine_tune(
         tracked, train, load_examples(DataSpec(str(data_dir / "dev.tsv"))), config, progress=False
     )

@@ -11,9 +11,11 @@ import ray
 import torch
 
 from interpret.checkpoint import load_checkpoint
+from interpret.config import ATTACK_PARAMETERS, IntegratedGradientsParams, method_parameters
+from interpret.explainer import Explainer
 from interpret.influence import LissaConfig, QueryConfig, lissa_s_test, prepare_test_point, score_rows
 from interpret.models import encode_features
-from service.pipeline import LocalBackend, answer_query
+from service.pipeline import Engine, LocalBackend, answer_query
 from workers import (
     PoolSettings,
     WorkerMismatchError,
@@ -22,6 +24,8 @@ from workers import (
     WorkerSpec,
     WorkerTimeoutError,
 )
+
+pytestmark = pytest.mark.slow  # Ray pool: not in the fast tier (pytest -m 'not slow')
 
 QUERY = "the plot was good and fun"
 LISSA = LissaConfig(recursion_depth=40, batch_size=4, damping=0.1, scale=20.0, seed=3)
@@ -47,16 +51,22 @@ def local_s_test(reference, config: LissaConfig, text: str = QUERY) -> torch.Ten
 
 
 def pool_s_test(pool: WorkerPool, config: LissaConfig, text: str = QUERY):
+    """The pool's ``STest``: repetition vectors left in the object store, and the report."""
     pending = pool.start_s_test(text, None, None, QueryConfig(lissa=config))
     return pool.finish_s_test(pending)
+
+
+def local_engine_of(reference) -> Engine:
+    return Engine(LocalBackend(Explainer(reference)), reference.examples, None, reference.card)
 
 
 @pytest.mark.parametrize("repetitions", [1, 2, 4])
 def test_pool_s_test_and_scores_equal_one_process(pool, reference, repetitions):
     config = replace(LISSA, num_repetitions=repetitions)
     expected = local_s_test(reference, config)
-    refs, report = pool_s_test(pool, config)
-    np.testing.assert_allclose(pool.s_test_vector(refs), expected.numpy(), rtol=1e-12, atol=1e-15)
+    s_test = pool_s_test(pool, config)
+    report = s_test.report
+    np.testing.assert_allclose(pool.average(s_test), expected.numpy(), rtol=1e-12, atol=1e-15)
     assert report.norm_traces.shape == (repetitions, LISSA.recursion_depth)
     assert len(set(report.workers)) == min(repetitions, pool.num_workers)  # really spread out
     assert (report.relative_spread > 0) == (repetitions > 1)
@@ -65,20 +75,21 @@ def test_pool_s_test_and_scores_equal_one_process(pool, reference, repetitions):
     theta = reference.tracked.parameters()
     expected_scores = score_rows(reference.tracked, theta, expected, reference.train, rows)
     for shards in (1, 2, 3, 7, 70):
-        scores = pool.score(refs, rows, block_size=16, num_shards=shards)
+        scores = pool.score(s_test, rows, block_size=16, num_shards=shards)
         np.testing.assert_allclose(scores, expected_scores, rtol=1e-10, atol=1e-14)
 
 
 def test_pooled_query_answers_like_the_local_engine(pool, reference):
     config = QueryConfig(k=None, top=4, lissa=replace(LISSA, num_repetitions=2))
-    local = answer_query(LocalBackend(reference), reference.examples, None, QUERY, config=config)
-    pooled = answer_query(pool, reference.examples, None, QUERY, config=config)
+    local = answer_query(local_engine_of(reference), QUERY, config=config)
+    pooled = answer_query(Engine(pool, reference.examples, None, {}), QUERY, config=config)
     assert [e.id for e in pooled.helpful] == [e.id for e in local.helpful]
     assert [e.id for e in pooled.harmful] == [e.id for e in local.harmful]
     np.testing.assert_allclose(pooled.candidate_scores, local.candidate_scores, rtol=1e-10)
     assert pooled.predicted_label == local.predicted_label
     np.testing.assert_allclose(pooled.lissa.norm_traces, local.lissa.norm_traces, rtol=1e-12)
-    assert pooled.lissa.workers is not None and local.lissa.workers is None
+    assert local.lissa.workers == ["in-process"] * 2
+    assert all("/pid" in worker for worker in pooled.lissa.workers)
 
 
 def test_encode_and_predict_split_over_workers(pool, reference):
@@ -93,16 +104,18 @@ def test_encode_and_predict_split_over_workers(pool, reference):
 def test_predict_saliency_and_attacks_on_the_pool_equal_the_local_ones(pool, reference):
     """The light calls, and a trigger search (sent to the heavy group through ``search_attack``), answer on
     the workers exactly as in this process."""
-    local = LocalBackend(reference)
+    local = LocalBackend(Explainer(reference))
     np.testing.assert_allclose(pool.predict([QUERY]), local.predict([QUERY], None), rtol=1e-10)
-    expected = local.saliency(QUERY, None, "integrated_gradients", None, {"steps": 10})
-    got = pool.saliency(QUERY, None, "integrated_gradients", None, {"steps": 10})
+    steps = IntegratedGradientsParams(steps=10)
+    expected = local.saliency(QUERY, None, "integrated_gradients", None, steps)
+    got = pool.saliency(QUERY, None, "integrated_gradients", None, steps)
     assert got.tokens == expected.tokens and got.label == expected.label
     np.testing.assert_allclose(got.raw_scores, expected.raw_scores, rtol=1e-8, atol=1e-12)
     trigger = {"num_tokens": 1, "iterations": 2, "num_examples": 16, "held_out": 16}
     for method, parameters in (("hotflip", {}), ("triggers", trigger)):
-        expected = local.attack(QUERY, None, method, None, None, parameters)
-        got = pool.attack(QUERY, None, method, None, None, parameters)
+        params = method_parameters("attack", ATTACK_PARAMETERS, method, parameters)
+        expected = local.attack(QUERY, None, method, None, None, params)
+        got = pool.attack(QUERY, None, method, None, None, params)
         assert (got.method, got.final, got.success) == (method, expected.final, expected.success)
         np.testing.assert_allclose(got.outputs_after, expected.outputs_after, rtol=1e-8)
 
@@ -113,8 +126,8 @@ def test_exact_s_test_on_the_pool(ray_local, engine_dirs):
     small_pool = WorkerPool(spec, PoolSettings(num_workers=1))
     try:
         config = QueryConfig(k=None, lissa=LissaConfig(damping=0.01), exact=True)
-        local = answer_query(LocalBackend(reference), reference.examples, None, QUERY, config=config)
-        pooled = answer_query(small_pool, reference.examples, None, QUERY, config=config)
+        local = answer_query(local_engine_of(reference), QUERY, config=config)
+        pooled = answer_query(Engine(small_pool, reference.examples, None, {}), QUERY, config=config)
         np.testing.assert_allclose(pooled.candidate_scores, local.candidate_scores, rtol=1e-10)
         assert pooled.lissa is None
     finally:
@@ -124,20 +137,20 @@ def test_exact_s_test_on_the_pool(ray_local, engine_dirs):
 def test_killing_a_worker_mid_query_gives_the_same_answer(pool, reference):
     config = replace(LISSA, num_repetitions=3, recursion_depth=400)
     expected = local_s_test(reference, config)
-    before = {ray.get(a.identity.remote())["worker"] for a in pool.actors}
+    before = {ray.get(a.identity.remote()).worker for a in pool.workers.actors}
     pending = pool.start_s_test(QUERY, None, None, QueryConfig(lissa=config))
-    victim = pending.parts[0].actor
+    victim = pending.calls[0].actor
     ray.kill(victim)  # whether its repetition had started or not, it must be re-run elsewhere
-    refs, report = pool.finish_s_test(pending)
-    np.testing.assert_allclose(pool.s_test_vector(refs), expected.numpy(), rtol=1e-12, atol=1e-15)
-    assert pending.parts[0].attempts == 1 and report.workers[0] not in before
-    assert all(a is not victim for a in pool.actors) and len(pool.actors) == 3
+    s_test = pool.finish_s_test(pending)
+    np.testing.assert_allclose(pool.average(s_test), expected.numpy(), rtol=1e-12, atol=1e-15)
+    assert pending.calls[0].attempts == 1 and s_test.report.workers[0] not in before
+    assert all(a is not victim for a in pool.workers.actors) and len(pool.workers.actors) == 3
 
     # a worker lost between s_test and scoring: its shard is re-run, the vectors are still there
     rows = np.arange(len(reference.examples))
     theta = reference.tracked.parameters()
-    ray.kill(pool.actors[1])
-    scores = pool.score(refs, rows, num_shards=3)
+    ray.kill(pool.workers.actors[1])
+    scores = pool.score(s_test, rows, num_shards=3)
     expected_scores = score_rows(reference.tracked, theta, expected, reference.train, rows)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-10, atol=1e-14)
 
@@ -146,26 +159,26 @@ def test_exhausted_retries_name_the_part_and_the_next_query_works(ray_local, eng
     fragile = WorkerPool(WorkerSpec(str(engine_dirs[0])), PoolSettings(num_workers=1, max_retries=0))
     try:
         pending = fragile.start_s_test(QUERY, None, None, QueryConfig(lissa=LISSA))
-        ray.kill(pending.parts[0].actor)
+        ray.kill(pending.calls[0].actor)
         failure = r"LiSSA repetition 0 failed on worker \S+/pid\d+/cpu 1 time.*max_retries=0"
         with pytest.raises(WorkerPoolError, match=failure):
             fragile.finish_s_test(pending)
-        _, report = pool_s_test(fragile, LISSA)  # the dead worker was replaced
+        report = pool_s_test(fragile, LISSA).report  # the dead worker was replaced
         assert np.isfinite(report.norm_traces).all()
 
         slow = LissaConfig(recursion_depth=1_000_000, batch_size=4, damping=0.1, scale=20.0)
         pending = fragile.start_s_test(QUERY, None, None, QueryConfig(lissa=slow), time.monotonic() + 1.0)
         with pytest.raises(WorkerTimeoutError, match="deadline"):
             fragile.finish_s_test(pending)
-        _, report = pool_s_test(fragile, LISSA)  # the busy worker was replaced, not waited for
+        report = pool_s_test(fragile, LISSA).report  # the busy worker was replaced, not waited for
         assert report.norm_traces.shape == (1, LISSA.recursion_depth)
     finally:
         fragile.shutdown()
 
 
 def test_user_errors_come_back_as_themselves(pool):
-    with pytest.raises(ValueError, match="label must be in"):
-        pool.prepare(QUERY, label=5)
+    with pytest.raises(ValueError, match="label=5 is not a label of this model"):
+        pool.prepare(QUERY, None, 5)
     diverging = LissaConfig(recursion_depth=500, damping=0.01, scale=1e-3)
     with pytest.raises(ArithmeticError, match="increase scale"):
         pool_s_test(pool, diverging)

@@ -1,4 +1,8 @@
-"""Pool settings, its errors, and joining a Ray cluster: what callers configure and catch."""
+"""Pool settings, its errors, and joining a Ray cluster: what callers configure and catch.
+
+Importing this module does not import ray (``connect`` does, when called), so the service can map these
+errors to HTTP codes without starting anything.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-
-import ray
 
 
 class WorkerPoolError(RuntimeError):
@@ -57,6 +59,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     Worker logs stay in Ray's session logs (not this process's console, which may be printing JSON);
     a worker's exception still reaches the caller as itself.
     """
+    import ray
+
     if ray.is_initialized():
         return
     # Ray's driver takes SIGTERM over with a handler that exits at once, which under ``influence serve``

@@ -1,14 +1,19 @@
 """Attacks on word-pieces of real models, with AllenNLP Interpret's output shape: HotFlip, Input Reduction
 (one input each) and universal triggers (a class of inputs)."""
 
+from __future__ import annotations
+
+from dataclasses import asdict
+
 from interpret.attacks.base import DEFAULT_IGNORE_TOKENS, AttackResult, WordEdit
 from interpret.attacks.hotflip import hotflip
 from interpret.attacks.input_reduction import input_reduction
 from interpret.attacks.triggers import TriggerResult, flip_rate, search_trigger, trigger_attack, with_trigger
-from interpret.saliency import check_parameters
-from interpret.saliency.base import TextClassifier
+from interpret.classifier import TextClassifier
+from interpret.config import ATTACK_PARAMETERS, TARGETED_ATTACKS, Checked, method_parameters
 
 ATTACK_METHODS = {"hotflip": hotflip, "input_reduction": input_reduction, "triggers": trigger_attack}
+assert ATTACK_METHODS.keys() == ATTACK_PARAMETERS.keys()
 
 
 def attack(
@@ -19,21 +24,22 @@ def attack(
     label: int | None = None,
     target: int | None = None,
     examples=None,
+    params: Checked | None = None,
     **parameters,
 ) -> AttackResult:
-    """Run an attack by name; ``triggers`` searches over ``examples`` (the training set) of the class."""
-    if method not in ATTACK_METHODS:
-        raise ValueError(f"method must be one of {sorted(ATTACK_METHODS)}, got {method!r}")
-    function = ATTACK_METHODS[method]
-    given = {**parameters, **({"target": target} if target is not None else {})}
-    check_parameters("attack", method, function, given)  # input_reduction keeps the label: no target
+    """Run an attack by name (parameters as their ``interpret.config`` dataclass, or by name);
+    ``triggers`` searches over ``examples`` (the training set) of the class."""
+    if params is None:
+        params = method_parameters("attack", ATTACK_PARAMETERS, method, parameters)
+    if target is not None and method not in TARGETED_ATTACKS:
+        raise ValueError(f"{method} keeps the label it starts from: it takes no target")
     if method == "triggers":
         if examples is None:
             raise ValueError("triggers need the training examples to search over")
-        return trigger_attack(classifier, text, pair, label, examples, target, **parameters)
+        return trigger_attack(classifier, text, pair, label, examples, target, **asdict(params))
     if method == "input_reduction":
-        return input_reduction(classifier, text, pair, label, **parameters)
-    return hotflip(classifier, text, pair, label, target, **parameters)
+        return input_reduction(classifier, text, pair, label, **asdict(params))
+    return hotflip(classifier, text, pair, label, target, **asdict(params))
 
 
 __all__ = [

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from interpret.saliency.base import TextClassifier
+from interpret.classifier import TextClassifier
 
 DEFAULT_IGNORE_TOKENS = ("[UNK]", "[PAD]", "<unk>", "<pad>")
 

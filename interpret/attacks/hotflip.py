@@ -28,7 +28,8 @@ from interpret.attacks.base import (
     probabilities,
     tokens_of,
 )
-from interpret.saliency.base import TextClassifier
+from interpret.classifier import TextClassifier
+from interpret.config import HotFlipParams, check_label
 
 
 def hotflip(
@@ -37,18 +38,18 @@ def hotflip(
     pair: str | None = None,
     label: int | None = None,
     target: int | None = None,
-    max_flips: int | None = None,
-    candidates: int = 10,
+    max_flips: int | None = HotFlipParams.max_flips,
+    candidates: int = HotFlipParams.candidates,
     ignore_tokens: tuple[str, ...] = DEFAULT_IGNORE_TOKENS,
 ) -> AttackResult:
     """Flip word-pieces until the prediction leaves ``label`` (default: predicted) or reaches ``target``."""
+    HotFlipParams(max_flips, candidates)  # the one check of the values
     row = encode_ids(classifier, text, pair)
     original_ids = row["input_ids"].clone()
     before = probabilities(classifier, [row])[0]
     label = int(before.argmax()) if label is None else label
     for name, value in (("label", label), ("target", target)):
-        if value is not None and not 0 <= value < classifier.num_labels:
-            raise ValueError(f"{name} must be in [0, {classifier.num_labels - 1}], got {value}")
+        check_label(value, classifier.num_labels, name)
     allowed = candidate_vocabulary(classifier, tuple(ignore_tokens))
     matrix = classifier.embeddings.weight.detach()
     positions = editable_positions(classifier, original_ids, tuple(ignore_tokens))

@@ -21,7 +21,8 @@ from interpret.attacks.base import (
     probabilities,
     tokens_of,
 )
-from interpret.saliency.base import TextClassifier
+from interpret.classifier import TextClassifier
+from interpret.config import InputReductionParams
 
 
 def _without(row: dict[str, torch.Tensor], position: int) -> dict[str, torch.Tensor]:
@@ -33,12 +34,11 @@ def input_reduction(
     text: str,
     pair: str | None = None,
     label: int | None = None,
-    beam_size: int = 3,
+    beam_size: int = InputReductionParams.beam_size,
     ignore_tokens: tuple[str, ...] = DEFAULT_IGNORE_TOKENS,
 ) -> AttackResult:
     """The shortest input (word-pieces removed) that keeps the prediction ``label`` (default: predicted)."""
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    InputReductionParams(beam_size)  # the one check of the values
     start = encode_ids(classifier, text, pair)
     before = probabilities(classifier, [start])[0]
     label = int(before.argmax()) if label is None else label

@@ -27,7 +27,8 @@ from interpret.attacks.base import (
     probabilities,
     tokens_of,
 )
-from interpret.saliency.base import TextClassifier
+from interpret.classifier import TextClassifier
+from interpret.config import TriggerParams
 
 
 @dataclass
@@ -60,11 +61,11 @@ def search_trigger(
     texts: list[str],
     labels: list[int],
     target: int | None = None,
-    num_tokens: int = 3,
-    iterations: int = 10,
-    candidates: int = 20,
+    num_tokens: int = TriggerParams.num_tokens,
+    iterations: int = TriggerParams.iterations,
+    candidates: int = TriggerParams.candidates,
     batch_size: int = 32,
-    seed: int = 0,
+    seed: int = TriggerParams.seed,
     ignore_tokens: tuple[str, ...] = DEFAULT_IGNORE_TOKENS,
 ) -> TriggerResult:
     if not texts or len(texts) != len(labels):
@@ -125,17 +126,18 @@ def trigger_attack(
     label: int | None,
     examples,
     target: int | None = None,
-    num_tokens: int = 3,
-    iterations: int = 10,
-    candidates: int = 20,
-    num_examples: int = 64,
-    held_out: int = 128,
-    seed: int = 0,
+    num_tokens: int = TriggerParams.num_tokens,
+    iterations: int = TriggerParams.iterations,
+    candidates: int = TriggerParams.candidates,
+    num_examples: int = TriggerParams.num_examples,
+    held_out: int = TriggerParams.held_out,
+    seed: int = TriggerParams.seed,
 ) -> AttackResult:
     """Search a trigger on training ``examples`` of the attacked class (``label``, default: the prediction
     for ``text``), report its error rate on other, held-out examples of that class, apply it to ``text``."""
     if pair is not None:
         raise ValueError("triggers are searched over single sentences; text_pair is not supported")
+    TriggerParams(num_tokens, iterations, candidates, num_examples, held_out, seed)  # the one check
     row = encode_ids(classifier, text)
     before = probabilities(classifier, [row])[0]
     label = int(before.argmax()) if label is None else label

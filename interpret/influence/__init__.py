@@ -1,7 +1,7 @@
 """Influence functions made fast the FastIF way: LiSSA ``s_test``, kNN candidates, forward-mode scoring."""
 
+from interpret.config import FASTIF_PRESET, LissaConfig, QueryConfig
 from interpret.influence.batches import ExampleStates
-from interpret.influence.config import FASTIF_PRESET, LissaConfig, QueryConfig
 from interpret.influence.exact import exact_s_test, training_hessian
 from interpret.influence.lissa import LissaDivergenceError, LissaReport, STestResult, lissa_s_test
 from interpret.influence.query import InfluenceAnswer, InfluentialExample, TestPoint, prepare_test_point, rank

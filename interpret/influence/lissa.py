@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interpret.config import LissaConfig
 from interpret.influence.batches import ExampleStates
-from interpret.influence.config import LissaConfig
 from interpret.influence.objective import hessian_vector_product
 from interpret.models import TrackedModel
 

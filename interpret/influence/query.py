@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from interpret.config import check_label
 from interpret.data import ExampleSet
 from interpret.influence.lissa import LissaReport
 from interpret.influence.objective import loss_gradient
@@ -66,8 +67,7 @@ def prepare_test_point(
         probabilities = torch.softmax(tracked.logits(theta, state), dim=-1)[0]
     predicted = int(probabilities.argmax())
     num_labels = probabilities.shape[0]
-    if label is not None and not 0 <= label < num_labels:
-        raise ValueError(f"label must be in [0, {num_labels - 1}], got {label}")
+    check_label(label, num_labels)
     used = predicted if label is None else int(label)
     v = loss_gradient(tracked, theta, state, torch.tensor([used], device=tracked.device))
     features = tracked.features(encoded).float().cpu().numpy()

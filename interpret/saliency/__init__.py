@@ -1,14 +1,17 @@
 """Saliency maps with AllenNLP Interpret's semantics, for any Hugging Face sequence classifier.
 
-``saliency(classifier, text, method, pair=None, label=None, **parameters)`` dispatches by name; every
-method returns a :class:`SaliencyMap` (word-pieces, their words, raw signed and normalised scores).
+``saliency(classifier, text, method, pair=None, label=None, params=None)`` dispatches by name, with the
+method's parameters as its ``interpret.config`` dataclass; every method returns a :class:`SaliencyMap`
+(word-pieces, their words, raw signed and normalised scores).
 """
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import asdict
 
-from interpret.saliency.base import SaliencyMap, TextClassifier, encode_text
+from interpret.classifier import TextClassifier
+from interpret.config import SALIENCY_PARAMETERS, Checked, method_parameters
+from interpret.saliency.base import SaliencyMap, encode_text
 from interpret.saliency.black_box import leave_one_out, lime
 from interpret.saliency.gradient import integrated_gradients, simple_gradient, smooth_gradient
 
@@ -19,24 +22,7 @@ SALIENCY_METHODS = {
     "leave_one_out": leave_one_out,
     "lime": lime,
 }
-
-
-def method_parameters(function) -> dict[str, object]:
-    """The tunable keyword parameters of a method and their defaults."""
-    fixed = {"classifier", "text", "pair", "label", "examples"}
-    return {
-        name: p.default for name, p in inspect.signature(function).parameters.items() if name not in fixed
-    }
-
-
-def check_parameters(kind: str, name: str, function, parameters: dict) -> None:
-    allowed = method_parameters(function)
-    unknown = sorted(set(parameters) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"parameters {unknown} are not parameters of {kind} {name!r}; "
-            f"it takes {sorted(allowed) or 'none'}"
-        )
+assert SALIENCY_METHODS.keys() == SALIENCY_PARAMETERS.keys()
 
 
 def saliency(
@@ -45,25 +31,23 @@ def saliency(
     method: str,
     pair: str | None = None,
     label: int | None = None,
+    params: Checked | None = None,
     **parameters,
 ) -> SaliencyMap:
-    if method not in SALIENCY_METHODS:
-        raise ValueError(f"method must be one of {sorted(SALIENCY_METHODS)}, got {method!r}")
-    function = SALIENCY_METHODS[method]
-    check_parameters("saliency method", method, function, parameters)
-    return function(classifier, text, pair, label, **parameters)
+    """The named method's map; its parameters as their ``interpret.config`` dataclass, or by name."""
+    if params is None:
+        params = method_parameters("saliency method", SALIENCY_PARAMETERS, method, parameters)
+    return SALIENCY_METHODS[method](classifier, text, pair, label, **asdict(params))
 
 
 __all__ = [
     "SALIENCY_METHODS",
     "SaliencyMap",
     "TextClassifier",
-    "check_parameters",
     "encode_text",
     "integrated_gradients",
     "leave_one_out",
     "lime",
-    "method_parameters",
     "saliency",
     "simple_gradient",
     "smooth_gradient",

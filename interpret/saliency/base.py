@@ -12,44 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
-from interpret.concurrency import lock_of, serialized
-
-
-@dataclass
-class TextClassifier:
-    """Any Hugging Face sequence classifier and its tokenizer (no frozen/tracked split needed)."""
-
-    model: nn.Module
-    tokenizer: object
-    max_length: int = 128
-
-    def __post_init__(self) -> None:
-        self.tokenizer = serialized(self.tokenizer)  # shared with other threads (service, workers)
-
-    @classmethod
-    def of(cls, tracked) -> TextClassifier:
-        """The whole model behind a ``TrackedModel`` (same modules, same tokenizer and lock)."""
-        return cls(tracked.model, tracked.tokenizer, tracked.max_length)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def embeddings(self) -> nn.Embedding:
-        return self.model.get_input_embeddings()
-
-    @property
-    def num_labels(self) -> int:
-        return int(self.model.config.num_labels)
-
-    def logits(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """The model's logits, holding the model's lock: a ``TrackedModel`` on another thread may be
-        swapping tensors into the same modules (see ``interpret.concurrency``)."""
-        with lock_of(self.model):
-            return self.model(**inputs).logits
+from interpret.classifier import TextClassifier
+from interpret.config import check_label
 
 
 @dataclass
@@ -182,8 +147,7 @@ def predict_probabilities(classifier: TextClassifier, encoded: EncodedText) -> n
 def explained_label(classifier: TextClassifier, probabilities: np.ndarray, label: int | None) -> int:
     if label is None:
         return int(probabilities.argmax())
-    if not 0 <= label < classifier.num_labels:
-        raise ValueError(f"label must be in [0, {classifier.num_labels - 1}], got {label}")
+    check_label(label, classifier.num_labels)
     return int(label)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from interpret.config import LimeParams
 from interpret.saliency.base import (
     EncodedText,
     SaliencyMap,
@@ -76,10 +77,10 @@ def lime(
     text: str,
     pair: str | None = None,
     label: int | None = None,
-    num_samples: int = 200,
-    kernel_width: float = 0.25,
-    ridge: float = 1.0,
-    seed: int = 0,
+    num_samples: int = LimeParams.num_samples,
+    kernel_width: float = LimeParams.kernel_width,
+    ridge: float = LimeParams.ridge,
+    seed: int = LimeParams.seed,
 ) -> SaliencyMap:
     """LIME (Ribeiro et al. 2016) over words: a weighted ridge fit of ``p(label)`` on word-presence masks.
 
@@ -87,8 +88,7 @@ def lime(
     delete, chosen uniformly; weights ``sqrt(exp(-d^2 / kernel_width^2))`` with ``d`` the cosine distance
     of the mask to all-ones (LIME's distance x100 with width 25 is the same kernel).
     """
-    if num_samples < 2:
-        raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+    LimeParams(num_samples, kernel_width, ridge, seed)  # the one check of the values
     encoded, probabilities, label = _prepared(classifier, text, pair, label)
     words = len(encoded.words)
     rng = np.random.default_rng(seed)

@@ -17,6 +17,7 @@ from functools import partial
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel
 
+from interpret.config import IntegratedGradientsParams, SmoothGradientParams
 from interpret.saliency.base import (
     SaliencyMap,
     TextClassifier,
@@ -56,10 +57,13 @@ def simple_gradient(
 
 
 def integrated_gradients(
-    classifier: TextClassifier, text: str, pair: str | None = None, label: int | None = None, steps: int = 10
+    classifier: TextClassifier,
+    text: str,
+    pair: str | None = None,
+    label: int | None = None,
+    steps: int = IntegratedGradientsParams.steps,
 ) -> SaliencyMap:
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    IntegratedGradientsParams(steps)  # the one check of the values
     encoded, probabilities, label, forward, embeddings = _prepared(classifier, text, pair, label)
     extra = (encoded.attention_mask, encoded.token_type_ids)
     baseline = torch.zeros_like(embeddings).detach()
@@ -86,12 +90,11 @@ def smooth_gradient(
     text: str,
     pair: str | None = None,
     label: int | None = None,
-    num_samples: int = 10,
-    stdev: float = 0.01,
-    seed: int = 0,
+    num_samples: int = SmoothGradientParams.num_samples,
+    stdev: float = SmoothGradientParams.stdev,
+    seed: int = SmoothGradientParams.seed,
 ) -> SaliencyMap:
-    if num_samples < 1 or stdev < 0:
-        raise ValueError(f"num_samples must be >= 1 and stdev >= 0, got {num_samples}, {stdev}")
+    SmoothGradientParams(num_samples, stdev, seed)  # the one check of the values
     encoded, probabilities, label, forward, embeddings = _prepared(classifier, text, pair, label)
     extra = (encoded.attention_mask, encoded.token_type_ids)
     scale = float(stdev * (embeddings.detach().max() - embeddings.detach().min()))

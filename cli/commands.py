@@ -13,12 +13,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from interpret.influence.config import FASTIF_PRESET
+from interpret.config import FASTIF_PRESET, QueryConfig
 
+# Help texts name data sources like hub:NAME[/CONFIG]:SPLIT: plain text, never Rich markup.
 app = typer.Typer(
-    help="FastIF-style influence functions for Hugging Face text classifiers.", no_args_is_help=True
+    help="FastIF-style influence functions for Hugging Face text classifiers.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
-index_app = typer.Typer(help="Build and inspect the kNN index over the training set.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="Build and inspect the kNN index over the training set.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(index_app, name="index")
 console = Console()
 
@@ -35,13 +40,20 @@ def _tracked_scope(value: str) -> int | str:
         raise typer.BadParameter("an integer number of layers, or 'classifier'") from None
 
 
-def _data_spec(source: str | None, split: str, text_column: str, pair_column: str | None, label_column: str):
-    from interpret.data import DataSpec
-    from service.pipeline import sst2_spec
+def _data_spec(
+    source: str | None,
+    split: str,
+    text_column: str,
+    pair_column: str | None,
+    label_column: str,
+    max_examples: int | None = None,
+):
+    from interpret.data import DataSpec, sst2_spec
 
     if source is None:
-        return sst2_spec(split)
-    return DataSpec(source, text_column=text_column, pair_column=pair_column, label_column=label_column)
+        return sst2_spec(split, max_examples)
+    columns = {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
+    return DataSpec(source, **columns, max_examples=max_examples)
 
 
 TextColumn = Annotated[str, typer.Option(help="Column holding the text.")]
@@ -64,7 +76,9 @@ def train(
     batch_size: int = 32,
     learning_rate: float = 1e-4,
     weight_decay: float = 0.005,
-    max_examples: Annotated[int | None, typer.Option(help="Train on a seeded subset of this size.")] = None,
+    max_examples: Annotated[
+        int | None, typer.Option(help="Train on a seeded subset of this size (the card names it).")
+    ] = None,
     seed: int = 0,
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,
@@ -75,12 +89,10 @@ def train(
     from interpret.models import TrackedModel, load_classifier
     from interpret.training import TrainConfig, fine_tune, save_classifier
 
-    train_spec = _data_spec(train_data, "train", text_column, pair_column, label_column)
+    train_spec = _data_spec(train_data, "train", text_column, pair_column, label_column, max_examples)
     eval_spec = _data_spec(eval_data, "eval", text_column, pair_column, label_column)
     train_set, eval_set = load_examples(train_spec), load_examples(eval_spec)
-    config = TrainConfig(
-        epochs, batch_size, learning_rate, weight_decay, max_examples=max_examples, seed=seed
-    )
+    config = TrainConfig(epochs, batch_size, learning_rate, weight_decay, seed=seed)
     model, tokenizer = load_classifier(base_model, num_labels=max(train_set.num_labels, eval_set.num_labels))
     tracked = TrackedModel(model, tokenizer, _tracked_scope(tracked_layers))
     console.print(f"fine-tuning {tracked.num_parameters:,} tracked parameters on {len(train_set):,} examples")
@@ -100,41 +112,31 @@ def index_build(
         str, typer.Option(help="FAISS factory string: Flat, IVF1024,Flat, HNSW32, ...")
     ] = "Flat",
     metric: Annotated[str, typer.Option(help="l2 or ip.")] = "l2",
-    batch_size: int = 256,
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,
     label_column: LabelColumn = "label",
 ) -> None:
     """Encode the training set with the model's kNN features and store a FAISS index + manifest."""
-    from index import build_index
-    from interpret.checkpoint import card_data_spec, read_card
-    from interpret.data import load_examples
-    from interpret.models import TrackedModel, encode_features, load_classifier, model_fingerprint
+    from tqdm.auto import tqdm
 
-    spec = (
-        _data_spec(train_data, "train", text_column, pair_column, label_column)
-        if train_data
-        else card_data_spec(read_card(model))
-    )
-    if spec is None:
-        raise typer.BadParameter(
-            f"{model} has no card naming its training data: pass --train", param_hint="--train"
-        )
-    classifier, tokenizer = load_classifier(str(model))
-    examples = load_examples(spec)
-    max_length = read_card(model).get("max_length", 128)  # the query side truncates the same way
-    tracked = TrackedModel(classifier, tokenizer, tracked_layers=0, max_length=max_length)
-    features = encode_features(tracked, examples.texts, examples.pairs, batch_size)
-    manifest = build_index(
-        features, out, model_fingerprint(classifier), examples.fingerprint, factory, metric
-    )
+    from service.pipeline import build_knn_index, local_engine
+
+    spec = _data_spec(train_data, "train", text_column, pair_column, label_column) if train_data else None
+    engine = local_engine(model, spec)
+    with tqdm(desc="encode", unit="chunk") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        manifest = build_knn_index(engine, out, factory, metric, progress)
     console.print(
         f"indexed {manifest.count:,} x {manifest.dim} ({manifest.factory}, {manifest.metric}) in {out}"
     )
 
 
 def _print_answer(result: dict, text: str) -> None:
-    """A human view of one ``InfluenceResult`` (``answer_to_dict``'s shape, local or from a server)."""
+    """A human view of one ``InfluenceResult`` (as a dict: local, or from a server)."""
     prediction, quality = result["prediction"], result["quality"]
     probability = prediction["probabilities"][prediction["label"]]
     console.print(
@@ -160,8 +162,8 @@ def query(
     text: Annotated[str, typer.Option(help="The sentence to explain.")],
     pair: Annotated[str | None, typer.Option(help="Second sentence of a pair (NLI hypothesis).")] = None,
     label: Annotated[int | None, typer.Option(help="Label to explain; default: the predicted one.")] = None,
-    k: Annotated[int, typer.Option(help="kNN candidates to score.")] = 1000,
-    top: Annotated[int, typer.Option(help="Helpful and harmful examples to show.")] = 10,
+    k: Annotated[int, typer.Option(help="kNN candidates to score.")] = QueryConfig.k,
+    top: Annotated[int, typer.Option(help="Helpful and harmful examples to show.")] = QueryConfig.top,
     full_scan: Annotated[bool, typer.Option(help="Score every training example (no kNN).")] = False,
     exact: Annotated[bool, typer.Option(help="Exact s_test (small tracked sets only).")] = False,
     model: Path = ARTIFACTS / "model",
@@ -189,20 +191,19 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which training examples made this prediction (FastIF: kNN candidates + LiSSA s_test)."""
-    from interpret.influence import LissaConfig, QueryConfig
-    from service.pipeline import answer_to_dict
+    from interpret.config import LissaConfig
 
     lissa = LissaConfig(recursion_depth, lissa_batch_size, repetitions, damping, scale, seed)
     config = QueryConfig(None if full_scan else k, top, lissa, exact)
     if url is not None:
         result = _remote_query(url, api_key, text, pair, label, config)
     else:
-        result = answer_to_dict(
-            _engine(model, index, full_scan, workers, deadline).query(
-                text, pair, label, config, progress=not as_json
-            ),
-            config,
-        )
+        from service.pipeline import answer_query
+        from service.responses import influence_result
+
+        engine = _engine(model, index, full_scan, workers, deadline)
+        answer = answer_query(engine, text, pair, label, config, progress=not as_json)
+        result = influence_result(answer, config).model_dump()
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -221,132 +222,17 @@ def _remote_query(url: str, api_key: str | None, text, pair, label, config) -> d
 
 
 def _engine(model: Path, index: Path, full_scan: bool, workers: int | None, deadline: float):
-    from service.pipeline import LocalEngine, PooledEngine
+    from service.pipeline import local_engine, pooled_engine
 
     index_dir = None if full_scan else index
     if workers is None:
-        engine = LocalEngine(model, index_dir=index_dir)
-    else:
-        from workers import PoolSettings
+        return local_engine(model, index_dir=index_dir)
+    from workers import PoolSettings
 
-        if workers < 0:
-            raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
-        settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
-        engine = PooledEngine(model, index_dir=index_dir, settings=settings)
-    return engine
-
-
-def _parameters(values: list[str]) -> dict:
-    """``--param name=value`` pairs: integers, floats and true/false are parsed as such."""
-    out = {}
-    for item in values:
-        name, sep, raw = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r}: expected name=value", param_hint="--param")
-        lowered = raw.lower()
-        if lowered in ("true", "false"):
-            out[name] = lowered == "true"
-            continue
-        try:
-            out[name] = int(raw)
-        except ValueError:
-            try:
-                out[name] = float(raw)
-            except ValueError:
-                raise typer.BadParameter(f"{item!r}: the value must be a number or true/false") from None
-    return out
-
-
-Param = Annotated[list[str] | None, typer.Option("--param", help="Method parameter name=value (repeatable).")]
-Url = Annotated[str | None, typer.Option(help="Ask a running service instead of loading the model here.")]
-ApiKey = Annotated[str | None, typer.Option(envvar="INFLUENCE_API_KEY", help="The service's API key.")]
-
-
-@app.command("saliency")
-def saliency_command(
-    text: Annotated[str, typer.Option(help="The sentence to explain.")],
-    method: Annotated[
-        str,
-        typer.Option(help="simple_gradient, integrated_gradients, smooth_gradient, leave_one_out or lime."),
-    ] = "integrated_gradients",
-    pair: str | None = None,
-    label: Annotated[int | None, typer.Option(help="Label to explain; default: the predicted one.")] = None,
-    param: Param = None,
-    model: Path = ARTIFACTS / "model",
-    url: Url = None,
-    api_key: ApiKey = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Which words mattered: a saliency map over word-pieces (AllenNLP Interpret semantics)."""
-    parameters = _parameters(param or [])
-    if url is not None:
-        from clients import InfluenceClient
-
-        with InfluenceClient(url, api_key=api_key) as client:
-            result = client.saliency(text, method, pair, label, **parameters).model_dump()
-    else:
-        from service.pipeline import LocalEngine, saliency_to_dict
-
-        backend = LocalEngine(model).backend
-        result = saliency_to_dict(backend.saliency(text, pair, method, label, parameters))
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    table = Table(title=f"{result['method']}: explaining label {result['label_explained']}")
-    for column in ("token", "word", "score", "raw"):
-        table.add_column(column)
-    for token, word, score, raw in zip(
-        result["tokens"], result["word_ids"], result["scores"], result["raw_scores"], strict=True
-    ):
-        table.add_row(
-            token, "" if word is None else str(word), f"{score:.3f} " + "#" * round(40 * score), f"{raw:.3g}"
-        )
-    console.print(table)
-    if result["extra"]:
-        console.print(
-            ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["extra"].items()
-            )
-        )
-
-
-@app.command("attack")
-def attack_command(
-    text: Annotated[str, typer.Option(help="The sentence to attack.")],
-    method: Annotated[str, typer.Option(help="hotflip, input_reduction or triggers.")] = "hotflip",
-    pair: str | None = None,
-    label: Annotated[int | None, typer.Option(help="Label attacked; default: the predicted one.")] = None,
-    target: Annotated[int | None, typer.Option(help="Label to reach (hotflip, triggers).")] = None,
-    param: Param = None,
-    model: Path = ARTIFACTS / "model",
-    url: Url = None,
-    api_key: ApiKey = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """How fragile is it: HotFlip, Input Reduction or a universal trigger, on word-pieces."""
-    parameters = _parameters(param or [])
-    if url is not None:
-        from clients import InfluenceClient
-
-        with InfluenceClient(url, api_key=api_key) as client:
-            result = client.attack(text, method, pair, label, target, **parameters).model_dump()
-    else:
-        from service.pipeline import LocalEngine, attack_to_dict
-
-        backend = LocalEngine(model).backend
-        result = attack_to_dict(backend.attack(text, pair, method, label, target, parameters))
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    before, after = result["outputs_before"], result["outputs_after"][-1]
-    console.print(f"original: {' '.join(result['original'])}  (label {before['label']})")
-    console.print(f"final:    {' '.join(result['final'][-1])}  (label {after['label']})")
-    console.print(
-        f"success: {result['success']}; edits: "
-        + ", ".join(f"{e['position']}: {e['before']} -> {e['after']}" for e in result["edits"])
-    )
-    for key, value in result["extra"].items():
-        console.print(f"{key}: {value}")
+    if workers < 0:
+        raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
+    settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
+    return pooled_engine(model, index_dir=index_dir, settings=settings)
 
 
 @app.command()
@@ -397,10 +283,10 @@ def demo(
     query, then serve the API on localhost."""
     from index.store import IndexMismatchError, read_manifest
     from interpret.checkpoint import read_card
-    from service.pipeline import sst2_spec
+    from interpret.data import sst2_spec
 
     model_dir, index_dir = ARTIFACTS / "model", ARTIFACTS / "index"
-    if read_card(model_dir).get("data_spec") != asdict(sst2_spec("train")):
+    if read_card(model_dir).get("data_spec") != asdict(sst2_spec("train", max_examples)):
         train(out=model_dir, max_examples=max_examples)
     else:
         console.print(f"using the cached model in {model_dir}")

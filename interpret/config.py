@@ -1,0 +1,225 @@
+"""The contract's settings, each default and bound defined once: influence queries and per-method parameters.
+
+Frozen dataclasses, importable without torch: the REST schemas (``service.schemas``) build their request
+models from these classes, the interpret functions take their defaults from them, and ``__post_init__``
+checks every value against the bounds in its field's metadata, naming the field in the error. A change to
+a default or a bound is therefore one edit here, seen by the library, the CLI and the API alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import typing
+from dataclasses import dataclass, field, fields
+
+SEED_MAX = 2**32 - 1
+"""numpy and torch seeds are 32-bit; a larger seed is refused rather than truncated."""
+
+
+def setting(default, *, ge=None, gt=None, le=None, doc: str = "", api: bool = True):
+    """A dataclass field with its bounds (``ge``/``gt``/``le``) and description in the metadata.
+
+    ``api=False`` keeps a field out of the REST schemas (an internal safety knob)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "doc": doc, "api": api})
+
+
+def _allowed(hint) -> tuple[type, ...]:
+    """The Python types a field annotation admits (``int | None`` -> int, NoneType)."""
+    return typing.get_args(hint) or (hint,)
+
+
+_BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le))
+
+
+def check_field(owner: str, name: str, value, hint, metadata) -> None:
+    """Type (no bool for a number, finite floats) and bounds of one value; errors name ``owner.name``."""
+    allowed = _allowed(hint)
+    where = f"{owner}.{name}" if owner else name
+    if value is None:
+        if type(None) not in allowed:
+            raise ValueError(f"{where} must be given, got None")
+        return
+    numeric = bool({int, float} & set(allowed))
+    if numeric and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if int in allowed and float not in allowed and not isinstance(value, int):
+        raise ValueError(f"{where} must be an integer, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} must be finite, got {value!r}")
+    for key, symbol, holds in _BOUNDS if numeric else ():
+        limit = metadata.get(key)
+        if limit is not None and not holds(value, limit):
+            raise ValueError(f"{where} must be {symbol} {limit}, got {value!r}")
+
+
+@functools.cache
+def type_hints(config_class: type) -> dict[str, object]:
+    """A config class's field annotations, resolved (they are strings under postponed evaluation)."""
+    return typing.get_type_hints(config_class)
+
+
+class Checked:
+    """Validates every field of a dataclass against its metadata after ``__init__``."""
+
+    def __post_init__(self) -> None:
+        hints = type_hints(type(self))
+        for spec in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec.name)
+            if isinstance(value, Checked):
+                continue  # a nested config checked itself
+            check_field(self.label(), spec.name, value, hints[spec.name], spec.metadata)
+
+    @classmethod
+    def label(cls) -> str:
+        return ""
+
+
+def check_label(value: int | None, num_labels: int, field: str = "label") -> None:
+    """A label (or target) the model has: ``0..num_labels-1``; the one label check, every caller's."""
+    if value is not None and not 0 <= value < num_labels:
+        raise ValueError(f"{field}={value} is not a label of this model: use 0..{num_labels - 1}")
+
+
+def defaults(config_class) -> dict[str, object]:
+    """``{name: default}`` of a config class's fields."""
+    return {spec.name: spec.default for spec in fields(config_class)}
+
+
+@dataclass(frozen=True)
+class LissaConfig(Checked):
+    """LiSSA knobs, named as in FastIF (Guo et al. 2021) and Koh & Liang (2017).
+
+    ``damping`` is the lambda added to the Hessian: LiSSA estimates ``(H + damping * I)^-1 v``.
+    FastIF's and Koh & Liang's code use ``h <- v + (1 - d) h - H h / scale`` instead, whose fixed point is
+    ``(H + d * scale * I)^-1 v``: their ``d`` equals our ``damping / scale``. torch-influence's damping
+    is ours. ``scale`` must exceed half the largest eigenvalue of ``H + damping*I`` on one sampled batch,
+    or the recursion diverges.
+
+    The defaults are the FastIF preset: one example per step (B=1) and a medium depth, which the paper
+    found faster than one large-batch run; ``scale=1000`` because single SST-2 examples reach Hessian
+    eigenvalues near 1000 on MiniLM's last two layers (power iteration). What the preset buys: the
+    deterministic part of the recursion contracts by at least ``1 - damping/scale`` per step, so by J=1000
+    it is within 0.7% of its fixed point, but the *sampling* noise is not averaged away: against a
+    converged conjugate-gradient solve of the same damped system (Hessian over 2,000 SST-2 rows) one
+    repetition is 15-20% off in relative norm (cosine 0.98-0.99) and T=4 repetitions 11-15% off. Raise
+    ``num_repetitions`` (in parallel on workers) or ``batch_size`` to cut it; ``exact`` (small tracked
+    sets) has none. FastIF's published ``damp=5e-3, scale=1e4`` is ``damping=50`` here.
+    """
+
+    recursion_depth: int = setting(1000, ge=1, doc="J: recursion steps per repetition.")
+    batch_size: int = setting(1, ge=1, le=4096, doc="B: training examples per Hessian-vector product.")
+    num_repetitions: int = setting(1, ge=1, doc="T: independent repetitions, averaged.")
+    damping: float = setting(5.0, gt=0, doc="lambda in (H + lambda I)^-1.")
+    scale: float = setting(1000.0, gt=0, doc="Must exceed half the largest batch Hessian eigenvalue.")
+    seed: int = setting(0, ge=0, le=SEED_MAX, doc="Repetition r is seeded by (seed, r).")
+    divergence_bound: float = setting(10.0, gt=0, api=False)
+    """Stop when ``||h|| > divergence_bound * scale * ||v|| / damping``: the bound no convergent run with a
+    positive semi-definite Hessian can exceed (geometric series of ``I - (H + damping I) / scale``)."""
+
+    @classmethod
+    def label(cls) -> str:
+        return "lissa"
+
+
+FASTIF_PRESET = LissaConfig()
+"""B=1, J=1000, T=1: the default; see ``benchmarks/influence_query.py`` for the depth/batch trade-off."""
+
+
+@dataclass(frozen=True)
+class QueryConfig(Checked):
+    """One FastIF query: ``k`` kNN candidates (``None``: score the whole training set), top-n to return."""
+
+    k: int | None = setting(1000, ge=1, doc="kNN candidates to score; null: every training example.")
+    top: int = setting(10, ge=1, doc="Helpful and harmful examples to return.")
+    lissa: LissaConfig = field(default_factory=LissaConfig)
+    exact: bool = setting(False, doc="Exact s_test by an explicit Hessian (small tracked sets).")
+    score_batch_size: int = setting(128, ge=1, api=False)
+
+
+# ---------------------------------------------------------------------------------------------- saliency
+
+
+@dataclass(frozen=True)
+class NoParameters(Checked):
+    """A method without tunable parameters."""
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsParams(Checked):
+    steps: int = setting(10, ge=1, doc="Riemann midpoint steps from the zero embedding (AllenNLP: 10).")
+
+
+@dataclass(frozen=True)
+class SmoothGradientParams(Checked):
+    num_samples: int = setting(10, ge=1, doc="Noisy copies averaged.")
+    stdev: float = setting(0.01, ge=0, doc="Noise stdev as a fraction of the embeddings' range.")
+    seed: int = setting(0, ge=0, le=SEED_MAX)
+
+
+@dataclass(frozen=True)
+class LimeParams(Checked):
+    num_samples: int = setting(200, ge=2, doc="Word-deletion masks sampled.")
+    kernel_width: float = setting(0.25, gt=0, doc="Width of the exponential kernel on cosine distance.")
+    ridge: float = setting(1.0, gt=0, doc="L2 penalty of the weighted linear fit.")
+    seed: int = setting(0, ge=0, le=SEED_MAX)
+
+
+SALIENCY_PARAMETERS: dict[str, type[Checked]] = {
+    "simple_gradient": NoParameters,
+    "integrated_gradients": IntegratedGradientsParams,
+    "smooth_gradient": SmoothGradientParams,
+    "leave_one_out": NoParameters,
+    "lime": LimeParams,
+}
+"""Saliency method name -> its parameters (the names the API, the CLI and ``interpret.saliency`` use)."""
+
+
+# ----------------------------------------------------------------------------------------------- attacks
+
+
+@dataclass(frozen=True)
+class HotFlipParams(Checked):
+    max_flips: int | None = setting(None, ge=1, doc="Flips at most; null: every editable piece.")
+    candidates: int = setting(10, ge=1, doc="First-order best replacements re-ranked by real loss.")
+
+
+@dataclass(frozen=True)
+class InputReductionParams(Checked):
+    beam_size: int = setting(3, ge=1, doc="Beam width (capped at the input length minus 3).")
+
+
+@dataclass(frozen=True)
+class TriggerParams(Checked):
+    num_tokens: int = setting(3, ge=1, doc="Trigger length in word-pieces.")
+    iterations: int = setting(10, ge=1, doc="Search iterations.")
+    candidates: int = setting(20, ge=1, doc="Replacement candidates per position and iteration.")
+    num_examples: int = setting(64, ge=1, doc="Training examples of the class searched on.")
+    held_out: int = setting(128, ge=1, doc="Other examples of the class the error rate is measured on.")
+    seed: int = setting(0, ge=0, le=SEED_MAX)
+
+
+ATTACK_PARAMETERS: dict[str, type[Checked]] = {
+    "hotflip": HotFlipParams,
+    "input_reduction": InputReductionParams,
+    "triggers": TriggerParams,
+}
+"""Attack name -> its parameters."""
+
+TARGETED_ATTACKS = ("hotflip", "triggers")
+"""Attacks that take a target label (Input Reduction keeps the label it starts with)."""
+
+
+def method_parameters(kind: str, registry: dict[str, type[Checked]], method: str, given: dict) -> Checked:
+    """``registry[method](**given)``, with unknown methods and names reported by name."""
+    if method not in registry:
+        raise ValueError(f"method must be one of {sorted(registry)}, got {method!r}")
+    params_class = registry[method]
+    known = [spec.name for spec in fields(params_class)]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(
+            f"parameters {unknown} are not parameters of {kind} {method!r}; it takes {known or 'none'}"
+        )
+    return params_class(**given)

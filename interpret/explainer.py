@@ -1,0 +1,227 @@
+"""The one adapter: a loaded checkpoint answering every model question a request asks.
+
+:class:`Explainer` holds the model, tokenizer and training data and answers prepare / predict / encode /
+saliency / attack / test_gradient / one LiSSA repetition / the exact solve / a scoring shard. The local
+backend (``service.pipeline.LocalBackend``) calls it directly; the Ray actor (``workers.actor``) is this
+class with placement added, and the pool picks each call's concurrency group. Vectors go in and out as
+numpy arrays so the same methods serve both: on Ray they cross the object store, read zero-copy on a node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interpret.attacks import AttackResult, attack
+from interpret.checkpoint import Checkpoint, load_checkpoint
+from interpret.classifier import TextClassifier
+from interpret.config import Checked, LissaConfig
+from interpret.data import DataSpec
+from interpret.influence.exact import exact_s_test, training_hessian
+from interpret.influence.lissa import LissaReport, average_repetitions, lissa_repetition, relative_spread
+from interpret.influence.query import TestPoint, prepare_test_point
+from interpret.influence.scoring import score_rows
+from interpret.models import TrackedScope, encode_features
+from interpret.saliency import SaliencyMap, saliency
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a loaded explainer is: every field but ``worker`` and ``device`` must agree across a pool."""
+
+    model_fingerprint: str
+    parameters_digest: str
+    num_parameters: int
+    tracked_layers: TrackedScope
+    num_labels: int
+    feature_dim: int
+    """Width of the kNN features (the final linear layer's input)."""
+    dtype: str
+    data_fingerprint: str
+    num_examples: int
+    takes_pairs: bool
+    worker: str
+    device: str
+
+    def mismatch(self, reference: Identity) -> str | None:
+        """The first field (other than where it runs) that differs from ``reference``, as a sentence."""
+        for spec in fields(self):
+            if spec.name in ("worker", "device"):
+                continue
+            mine, theirs = getattr(self, spec.name), getattr(reference, spec.name)
+            if mine != theirs:
+                return f"worker {self.worker} has {spec.name}={mine!r}, expected {theirs!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class RepetitionReport:
+    """What the driver reads of one LiSSA repetition (its vector stays where it was computed)."""
+
+    trace: np.ndarray
+    """``||h_j|| / scale`` per step."""
+    seconds: float
+    worker: str
+
+
+@dataclass(frozen=True)
+class STestSummary:
+    relative_spread: float
+    s_test_norm: float
+
+
+@dataclass
+class STest:
+    """A finished ``s_test``: the per-repetition vectors (arrays in-process, object-store references on a
+    pool: the scorer averages them where it runs) and the report (``None`` for the exact solve)."""
+
+    vectors: list
+    report: LissaReport | None
+
+
+def lissa_report(
+    config: LissaConfig, repetitions: list[RepetitionReport], summary: STestSummary
+) -> LissaReport:
+    """The caller's view of T repetitions, wherever they ran."""
+    return LissaReport(
+        config,
+        np.stack([r.trace for r in repetitions]),
+        summary.relative_spread,
+        summary.s_test_norm,
+        [r.seconds for r in repetitions],
+        [r.worker for r in repetitions],
+    )
+
+
+def parameters_digest(theta: torch.Tensor) -> str:
+    """SHA-256 of the tracked parameter vector's bytes: equal digests mean bit-identical ``theta``."""
+    return hashlib.sha256(theta.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+class Explainer:
+    """One checkpoint, every question: the methods are thin calls into ``interpret`` (no math here)."""
+
+    def __init__(self, checkpoint: Checkpoint, name: str = "in-process"):
+        self.checkpoint = checkpoint
+        self.tracked = checkpoint.tracked
+        self.theta = self.tracked.parameters()
+        self.classifier = TextClassifier.of(self.tracked)
+        self.name = name
+        self._hessian: torch.Tensor | None = None
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        train_spec: DataSpec | None = None,
+        tracked_layers: TrackedScope | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
+    ) -> Explainer:
+        return cls(load_checkpoint(model_dir, train_spec, tracked_layers, dtype, device, trust_remote_code))
+
+    def identity(self) -> Identity:
+        checkpoint, tracked = self.checkpoint, self.tracked
+        return Identity(
+            checkpoint.fingerprint,
+            parameters_digest(self.theta),
+            tracked.num_parameters,
+            tracked.tracked_layers,
+            int(tracked.model.config.num_labels),
+            tracked.feature_dim,
+            str(tracked.dtype).removeprefix("torch."),
+            checkpoint.examples.fingerprint,
+            len(checkpoint.examples),
+            checkpoint.examples.pairs is not None,
+            self.name,
+            str(tracked.device),
+        )
+
+    def ping(self) -> str:
+        return self.name
+
+    # ------------------------------------------------------------------------------ one sentence
+
+    def _point(self, text: str, pair: str | None, label: int | None) -> TestPoint:
+        return prepare_test_point(self.tracked, self.theta, text, pair, label)
+
+    def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint:
+        """Prediction, the label explained and the kNN features (``v`` is left out: it is rebuilt where
+        it is needed, which is cheaper than shipping it)."""
+        point = self._point(text, pair, label)
+        point.v = None
+        return point
+
+    def test_gradient(self, text: str, pair: str | None, label: int | None) -> np.ndarray:
+        """``v = grad L(z_test)`` over the tracked parameters."""
+        return self._point(text, pair, label).v.cpu().numpy()
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        return self.tracked.probabilities(texts, pairs)
+
+    def encode(self, texts: list[str], pairs: list[str] | None, progress: bool = False) -> np.ndarray:
+        return encode_features(self.tracked, texts, pairs, progress=progress)
+
+    def saliency(
+        self, text: str, pair: str | None, method: str, label: int | None, params: Checked
+    ) -> SaliencyMap:
+        return saliency(self.classifier, text, method, pair, label, params)
+
+    def attack(
+        self, text: str, pair: str | None, method: str, label: int | None, target: int | None, params: Checked
+    ) -> AttackResult:
+        examples = self.checkpoint.examples
+        return attack(self.classifier, text, method, pair, label, target, examples, params)
+
+    # ------------------------------------------------------------------------------ s_test and scores
+
+    def lissa_repetition(
+        self,
+        text: str,
+        pair: str | None,
+        label: int | None,
+        config: LissaConfig,
+        repetition: int,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, RepetitionReport]:
+        """One repetition of ``s_test``, seeded by ``(config.seed, repetition)``: (vector, report)."""
+        start = time.perf_counter()
+        v = self._point(text, pair, label).v
+        train = self.checkpoint.train
+        vector, trace = lissa_repetition(self.tracked, self.theta, v, train, config, repetition, progress)
+        return vector.cpu().numpy(), RepetitionReport(trace, time.perf_counter() - start, self.name)
+
+    def solve(self, text: str, pair: str | None, label: int | None, damping: float) -> np.ndarray:
+        """The exact ``(H + damping I)^-1 v`` (explicit training Hessian, built once; small tracked sets)."""
+        if self._hessian is None:
+            self._hessian = training_hessian(self.tracked, self.theta, self.checkpoint.train)
+        return exact_s_test(self._hessian, self._point(text, pair, label).v, damping).cpu().numpy()
+
+    def _average(self, repetitions: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # Arrays read from the object store are read-only views; torch needs its own copy.
+        like = self.theta
+        vectors = [torch.tensor(r, dtype=like.dtype, device=like.device) for r in repetitions]
+        return average_repetitions(vectors), vectors
+
+    def score_shard(
+        self, rows: np.ndarray, block_size: int, *repetitions: np.ndarray, progress: bool = False
+    ) -> np.ndarray:
+        """Scores of ``rows`` against the mean of the repetitions: the all-reduce happens here, where the
+        scores are computed, in repetition order, so the result is the same wherever it runs."""
+        s_test, _ = self._average(repetitions)
+        train = self.checkpoint.train
+        return score_rows(self.tracked, self.theta, s_test, train, rows, block_size, progress=progress)
+
+    def summarize(self, *repetitions: np.ndarray) -> STestSummary:
+        s_test, vectors = self._average(repetitions)
+        return STestSummary(relative_spread(vectors, s_test), float(s_test.norm()))
+
+    def average(self, *repetitions: np.ndarray) -> np.ndarray:
+        """The averaged ``s_test`` itself (tests, benchmarks)."""
+        return self._average(repetitions)[0].cpu().numpy()

@@ -1,0 +1,91 @@
+"""The response models of ``service.schemas``, built once from the library's answers (API and CLI alike)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+
+from interpret.attacks import AttackResult
+from interpret.config import QueryConfig
+from interpret.influence import InfluenceAnswer, LissaReport
+from interpret.saliency import SaliencyMap
+from service.schemas import (
+    AttackResponse,
+    InfluenceResult,
+    InfluentialExampleOut,
+    LissaQuality,
+    Prediction,
+    Quality,
+    SaliencyResponse,
+    WordEdit,
+)
+
+TRACE_POINTS = 50
+"""Points of each repetition's norm trace sent back: enough to see convergence, not J floats."""
+
+
+def prediction(probabilities) -> Prediction:
+    values = [float(p) for p in probabilities]
+    return Prediction(label=int(np.argmax(values)), probabilities=values)
+
+
+def lissa_quality(report: LissaReport) -> LissaQuality:
+    traces = report.norm_traces
+    step = max(1, traces.shape[1] // TRACE_POINTS)
+    config = {k: v for k, v in asdict(report.config).items() if k != "divergence_bound"}
+    return LissaQuality(
+        config=config,
+        final_norm=[float(t[-1]) for t in traces],
+        norm_trace=[[float(x) for x in t[step - 1 :: step]] for t in traces],
+        relative_spread=report.relative_spread,
+        s_test_norm=report.s_test_norm,
+        seconds=report.seconds,
+        workers=report.workers,
+    )
+
+
+def influence_result(
+    answer: InfluenceAnswer, config: QueryConfig, show_cache: bool = True
+) -> InfluenceResult:
+    """An answer as the API's ``InfluenceResult`` (also what ``influence query --json`` prints)."""
+    return InfluenceResult(
+        prediction=Prediction(label=answer.predicted_label, probabilities=answer.probabilities),
+        label_used=answer.label_used,
+        helpful=[InfluentialExampleOut(**asdict(e)) for e in answer.helpful],
+        harmful=[InfluentialExampleOut(**asdict(e)) for e in answer.harmful],
+        quality=Quality(
+            timings_s=answer.timings,
+            candidates=len(answer.candidate_rows),
+            k=config.k,
+            exact=config.exact,
+            cached_s_test=answer.s_test_cached if show_cache else None,
+            lissa=lissa_quality(answer.lissa) if answer.lissa is not None else None,
+        ),
+    )
+
+
+def saliency_response(result: SaliencyMap) -> SaliencyResponse:
+    return SaliencyResponse(
+        method=result.method,
+        tokens=result.tokens,
+        word_ids=result.word_ids,
+        scores=result.scores,
+        raw_scores=result.raw_scores,
+        label_explained=result.label,
+        prediction=prediction(result.probabilities),
+        extra=result.extra,
+    )
+
+
+def attack_response(result: AttackResult) -> AttackResponse:
+    return AttackResponse(
+        method=result.method,
+        original=result.original,
+        final=result.final,
+        outputs_before=prediction(result.outputs_before),
+        outputs_after=[prediction(p) for p in result.outputs_after],
+        edits=[WordEdit(**asdict(edit)) for edit in result.edits],
+        success=result.success,
+        extra=result.extra,
+    )

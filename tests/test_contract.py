@@ -1,0 +1,163 @@
+"""One contract: each default and bound defined once (library, API, CLI, client agree), the package
+boundaries hold, and the model card describes exactly the rows trained on."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from interpret.attacks import ATTACK_METHODS
+from interpret.checkpoint import load_checkpoint
+from interpret.config import ATTACK_PARAMETERS, FASTIF_PRESET, SALIENCY_PARAMETERS, LissaConfig, QueryConfig
+from interpret.saliency import SALIENCY_METHODS
+from service import schemas
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("interpret", "index", "workers", "service", "clients", "cli")
+
+
+def test_request_schemas_take_defaults_and_bounds_from_the_library_configs():
+    def agrees(model, config_class) -> None:
+        for spec in dataclasses.fields(config_class):
+            if not spec.metadata.get("api", False):
+                assert spec.name not in model.model_fields or spec.name == "lissa"
+                continue
+            field = model.model_fields[spec.name]
+            assert field.default == spec.default, (config_class, spec.name)
+            bounds = {
+                key: getattr(m, key) for m in field.metadata for key in ("ge", "gt", "le") if hasattr(m, key)
+            }
+            for key in ("ge", "gt", "le"):
+                assert bounds.get(key) == spec.metadata[key], (config_class, spec.name, key)
+
+    agrees(schemas.LissaParams, LissaConfig)
+    agrees(schemas.InfluenceRequest, QueryConfig)
+    for registry, requests in (
+        (SALIENCY_PARAMETERS, schemas.SALIENCY_REQUESTS),
+        (ATTACK_PARAMETERS, schemas.ATTACK_REQUESTS),
+    ):
+        assert registry.keys() == requests.keys()
+        for method, params_class in registry.items():
+            agrees(requests[method].model_fields["parameters"].annotation, params_class)
+
+
+def test_library_functions_cli_and_clients_use_the_same_defaults():
+    for registry, functions in ((SALIENCY_PARAMETERS, SALIENCY_METHODS), (ATTACK_PARAMETERS, ATTACK_METHODS)):
+        for method, params_class in registry.items():
+            signature = inspect.signature(functions[method]).parameters
+            for spec in dataclasses.fields(params_class):
+                assert signature[spec.name].default == spec.default, (method, spec.name)
+    from cli.commands import query
+    from clients import InfluenceClient, influence_request
+
+    options = inspect.signature(query).parameters
+    assert options["k"].default == QueryConfig.k and options["top"].default == QueryConfig.top
+    for name in ("recursion_depth", "damping", "scale", "seed"):
+        assert options[name].default == getattr(FASTIF_PRESET, name)
+    assert options["lissa_batch_size"].default == FASTIF_PRESET.batch_size
+    for function in (influence_request, InfluenceClient.influence):
+        parameters = inspect.signature(function).parameters
+        assert parameters["k"].default == QueryConfig.k and parameters["top"].default == QueryConfig.top
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys, json; {statement}; print(json.dumps(sorted(sys.modules)))"
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return {name.split(".")[0] for name in json.loads(output.stdout)}
+
+
+def test_light_modules_load_no_heavy_dependencies():
+    heavy = {"torch", "transformers", "ray", "faiss", "datasets", "captum"}
+    assert not _loaded_after("import clients") & heavy
+    assert not _loaded_after("import service.schemas") & (heavy | {"fastapi", "httpx", "numpy"})
+    assert "ray" not in _loaded_after("import service.errors")
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+ALLOWED = {
+    "interpret": set(),
+    "index": {"interpret"},
+    "workers": {"interpret"},
+    "service": {"interpret", "index", "workers"},
+    "clients": {"service", "interpret"},
+    "cli": {"interpret", "index", "workers", "service", "clients"},
+}
+ONLY_IN = {"ray": "workers", "faiss": "index", "fastapi": "service", "uvicorn": "cli"}
+
+
+def test_dependencies_point_one_way_and_heavy_libraries_stay_in_their_package():
+    problems = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            imported = _imports(path)
+            ours = imported & set(PACKAGES) - {package}
+            problems += [f"{path.relative_to(ROOT)} imports {p}" for p in sorted(ours - ALLOWED[package])]
+            for library, home in ONLY_IN.items():
+                if (
+                    library in imported
+                    and package != home
+                    and not (library == "fastapi" and package == "cli")
+                ):
+                    problems.append(f"{path.relative_to(ROOT)} imports {library} (only {home} may)")
+    assert problems == []
+
+
+def test_train_help_renders():
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "hub:NAME[/CFG]:SPLIT" in result.output
+
+
+def test_the_card_and_the_loaded_data_describe_exactly_the_rows_trained_on(tiny_dir, data_dir, tmp_path):
+    out = tmp_path / "model"
+    arguments = ["train", "--base-model", str(tiny_dir), "--train", str(data_dir / "train.tsv")]
+    arguments += ["--eval", str(data_dir / "dev.tsv"), "--out", str(out), "--max-examples", "40"]
+    arguments += ["--tracked-layers", "1", "--batch-size", "16"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["data_spec"]["max_examples"] == 40 and card["report"]["train_examples"] == 40
+    checkpoint = load_checkpoint(out)
+    assert len(checkpoint.examples) == 40 and checkpoint.examples.fingerprint == card["data_fingerprint"]
+    assert len(set(checkpoint.examples.ids)) == 40  # ids stay the file's row numbers
+
+    card["data_spec"]["max_examples"] = None  # a card naming the whole file for a model trained on 40 rows
+    (out / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="not the rows the model was trained on"):
+        load_checkpoint(out)
+
+
+def test_weight_decay_spares_biases_and_layer_norms(tiny_dir):
+    from interpret.models import TrackedModel, load_classifier
+    from interpret.training import parameter_groups
+
+    tracked = TrackedModel(*load_classifier(str(tiny_dir)), tracked_layers=1)
+    decayed, spared = parameter_groups(tracked, 0.005)
+    names = {id(p): n for n, p in tracked.model.named_parameters()}
+    assert decayed["weight_decay"] == 0.005 and spared["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)] for p in decayed["params"])
+    assert {names[id(p)] for p in spared["params"]} >= {"classifier.bias", "bert.pooler.dense.bias"}
+    assert any("LayerNorm.weight" in names[id(p)] for p in spared["params"])
+    assert len(decayed["params"]) + len(spared["params"]) == len(tracked.parameter_names)
