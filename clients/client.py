@@ -28,6 +28,7 @@ from service.schemas import (
     AttackResponse,
     InfluenceRequest,
     InfluenceResponse,
+    JobList,
     JobRequest,
     JobStatus,
     LissaParams,
@@ -185,6 +186,8 @@ class _Common:
             raise JobFailedError(
                 200, error.code if error else "failed", error.message if error else "", status.id
             )
+        if status.state == "cancelled":
+            raise JobFailedError(200, "cancelled", "the job was cancelled (DELETE /v1/jobs/{id})", status.id)
         return status if status.state == "succeeded" else None
 
 
@@ -262,6 +265,14 @@ class InfluenceClient(_Common):
 
     def job(self, job_id: str) -> JobStatus:
         return self._call("GET", f"/v1/jobs/{job_id}", JobStatus)
+
+    def jobs(self) -> JobList:
+        """Your jobs (this API key and address), without their results."""
+        return self._call("GET", "/v1/jobs", JobList)
+
+    def cancel_job(self, job_id: str) -> JobStatus:
+        """Cancel a queued or running job, or forget a finished one."""
+        return self._call("DELETE", f"/v1/jobs/{job_id}", JobStatus)
 
     def wait_job(self, job_id: str, poll_s: float = 1.0, timeout: float | None = None, progress: bool = True):
         """Poll until the job succeeds (its status, with the result) or fails (``JobFailedError``)."""
@@ -351,6 +362,12 @@ class AsyncInfluenceClient(_Common):
 
     async def job(self, job_id: str) -> JobStatus:
         return await self._call("GET", f"/v1/jobs/{job_id}", JobStatus)
+
+    async def jobs(self) -> JobList:
+        return await self._call("GET", "/v1/jobs", JobList)
+
+    async def cancel_job(self, job_id: str) -> JobStatus:
+        return await self._call("DELETE", f"/v1/jobs/{job_id}", JobStatus)
 
     async def wait_job(
         self, job_id: str, poll_s: float = 1.0, timeout: float | None = None, progress: bool = True

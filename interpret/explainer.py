@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from interpret.attacks import AttackResult, attack
+from interpret.cancellation import Cancellations, RequestContext
 from interpret.checkpoint import Checkpoint, load_checkpoint
 from interpret.classifier import TextClassifier
 from interpret.config import Checked, LissaConfig
@@ -112,6 +113,7 @@ class Explainer:
         self.theta = self.tracked.parameters()
         self.classifier = TextClassifier.of(self.tracked)
         self.name = name
+        self.cancellations = Cancellations()
         self._hessian: torch.Tensor | None = None
 
     @classmethod
@@ -145,6 +147,16 @@ class Explainer:
 
     def ping(self) -> str:
         return self.name
+
+    def run(self, context: RequestContext | None, method: str, *args, **kwargs):
+        """``method(*args)`` on behalf of a request: it stops at its next step boundary (raising
+        ``RequestCancelled`` or ``DeadlineExceeded``) once the request is cancelled or past its deadline."""
+        with self.cancellations.scope(context):
+            return getattr(self, method)(*args, **kwargs)
+
+    def cancel(self, request_id: str) -> int:
+        """Stop every call of ``request_id``, running or still to come; returns how many were running."""
+        return self.cancellations.cancel(request_id)
 
     # ------------------------------------------------------------------------------ one sentence
 

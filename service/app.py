@@ -5,8 +5,9 @@ uvicorn --factory service.app:create_app      (settings from INFLUENCE_* variabl
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -15,24 +16,19 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from fastapi.security import APIKeyHeader
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import errors
 from service.core import InfluenceService
-from service.errors import PayloadTooLargeError, UnauthorizedError, error_response
+from service.errors import UnauthorizedError
+from service.middleware import MeasureRequests, Metrics, RequestLimits
 from service.schemas import (
     AttackRequest,
     AttackResponse,
     ErrorBody,
     InfluenceRequest,
     InfluenceResponse,
+    JobList,
     JobRequest,
     JobStatus,
     ModelsResponse,
@@ -46,69 +42,16 @@ from service.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 PAGE = Path(__file__).with_name("page.html")
-ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503, 504)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 408, 413, 422, 429, 431, 499, 503, 504)}
+DISCONNECT_POLL_S = 0.5
+"""How often a computing route checks that its client is still there (a gone client's work is cancelled)."""
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over ``max_bytes`` (by Content-Length, or while streaming) with 413."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    def _too_large(self, size: int | str) -> PayloadTooLargeError:
-        return PayloadTooLargeError(
-            f"request body of {size} bytes exceeds this server's limit of {self.max_bytes} bytes "
-            "(INFLUENCE_MAX_BODY_BYTES): send fewer inputs per request, or a job",
-            {"field": "body", "limit": self.max_bytes},
-        )
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(self._too_large(int(length)), scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise self._too_large(f"more than {self.max_bytes}")
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    async def _refuse(self, error: PayloadTooLargeError, scope, receive, send):
-        response = error_response(error.status, error.code, error.message, error.detail)
-        await response(scope, receive, send)
-
-
-class Metrics:
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "influence_requests", "HTTP requests", ["route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "influence_request_seconds", "Request latency", ["route"], registry=self.registry
-        )
-        self.in_flight = Gauge("influence_in_flight", "Requests computing now", registry=self.registry)
-        self.cache_hits = Gauge("influence_s_test_cache_hits", "s_test cache hits", registry=self.registry)
-        self.cache_entries = Gauge(
-            "influence_s_test_cache_entries", "s_test cache size", registry=self.registry
-        )
-
-
-def _route_label(request: Request) -> str:
-    """The path with its parameters as templates (``/v1/jobs/{job_id}``): bounded label cardinality."""
-    if request.scope.get("route") is None:
-        return "unmatched"
-    path = request.url.path
-    for name, value in request.scope.get("path_params", {}).items():
-        path = path.replace(f"/{value}", f"/{{{name}}}")
-    return path
+def client_of(request: Request) -> str:
+    """Who owns a job: the API key (a digest of it) and the client's address."""
+    key = request.headers.get(API_KEY_HEADER) or ""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
+    return f"{digest}@{request.client.host if request.client else 'unknown'}"
 
 
 def _require_key(settings: Settings):
@@ -131,9 +74,18 @@ def _routes(service_of) -> APIRouter:
     router = APIRouter()
 
     async def computing(request: Request, function, body):
+        """Run ``function(body, context)`` on a thread while holding an in-flight slot; if the client
+        disconnects first, cancel the work (it stops at its next step boundary) and free the slot."""
         service: InfluenceService = service_of(request)
         with service.in_flight.slot():
-            return await run_in_threadpool(function, body)
+            context = service.new_context()
+            work = asyncio.ensure_future(run_in_threadpool(function, body, context))
+            while not work.done():
+                await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+                if not work.done() and await request.is_disconnected():
+                    service.cancel(context.request_id)
+                    break
+            return await work
 
     @router.post("/influence", response_model=InfluenceResponse, responses=ERRORS)
     async def influence(body: InfluenceRequest, request: Request) -> InfluenceResponse:
@@ -160,13 +112,25 @@ def _routes(service_of) -> APIRouter:
 
     @router.post("/jobs", response_model=JobStatus, status_code=202, responses=ERRORS)
     async def submit_job(body: JobRequest, request: Request) -> JobStatus:
-        """Start an influence query over many inputs, or an index build; poll GET /v1/jobs/{id}."""
-        return await run_in_threadpool(service_of(request).submit_job, body)
+        """Start a job: an influence query over many inputs, an index build, or a saliency map or attack
+        beyond the synchronous budget. Poll GET /v1/jobs/{id}; DELETE cancels it."""
+        return await run_in_threadpool(service_of(request).submit_job, body, client_of(request))
+
+    @router.get("/jobs", response_model=JobList, responses=ERRORS)
+    async def jobs(request: Request) -> JobList:
+        """Your jobs (this API key and address), without their results."""
+        return service_of(request).list_jobs(client_of(request))
 
     @router.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
     async def job(job_id: str, request: Request) -> JobStatus:
         """State and progress; a finished job's result is returned once, then forgotten."""
-        return service_of(request).jobs.fetch(job_id)
+        return service_of(request).jobs.fetch(job_id, client_of(request))
+
+    @router.delete("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+    async def cancel_job(job_id: str, request: Request) -> JobStatus:
+        """Cancel a queued or running job (its work stops at the next step boundary), or forget a
+        finished one."""
+        return service_of(request).jobs.cancel(job_id, client_of(request))
 
     return router
 
@@ -217,20 +181,13 @@ def create_app(settings: Settings | None = None, service: InfluenceService | Non
         metrics.in_flight.set(service.in_flight.count)
         metrics.cache_hits.set(service.cache.stats.hits)
         metrics.cache_entries.set(len(service.cache))
+        metrics.replacements.set(service.engine.backend.replacements)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def page():
         return HTMLResponse(PAGE.read_text())
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        path = _route_label(request)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
-
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MeasureRequests, metrics=metrics)
+    app.add_middleware(RequestLimits, settings=settings)  # outermost: nothing runs for a refused request
     return app

@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from index import empty_index, load_index, read_manifest
+from interpret.cancellation import RequestContext
 from interpret.config import ATTACK_PARAMETERS, SALIENCY_PARAMETERS, LissaConfig, QueryConfig
 from interpret.data import DataSpec
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
 from service.jobs import JobManager, Progress
-from service.limits import check_influence, check_inputs, check_method_parameters, check_text
+from service.limits import (
+    check_influence,
+    check_inputs,
+    check_method_parameters,
+    check_sync_work,
+    check_text,
+)
 from service.pipeline import Engine, answer_query, build_knn_index, pooled_engine
 from service.responses import attack_response, influence_result, prediction, saliency_response
 from service.schemas import (
     AttackResponse,
     IndexBuildResult,
     InfluenceResponse,
+    JobList,
     JobRequest,
     JobStatus,
     ModelInfo,
@@ -88,6 +97,15 @@ class InFlight:
                 self.count -= 1
 
 
+def public_card(card: dict) -> dict:
+    """The model card as callers see it: data files by name, never this server's absolute paths."""
+    shown = {key: value for key, value in card.items() if key != "data_source"}
+    spec = card.get("data_spec")
+    if spec and not str(spec.get("source", "")).startswith("hub:"):
+        shown["data_spec"] = {**spec, "source": Path(spec["source"]).name}
+    return shown
+
+
 def query_config(request) -> QueryConfig:
     """An ``InfluenceRequest`` as the library's config (same field names, same defaults)."""
     lissa = LissaConfig(**request.lissa.model_dump())
@@ -109,12 +127,24 @@ class InfluenceService:
         self.tokenizer = serialized(tokenizer)
         self.cache = STestCache(settings.s_test_cache_entries, settings.s_test_cache_bytes)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_s)
-        self.jobs = JobManager(settings.max_jobs, settings.job_ttl_s, retry_after_s=settings.retry_after_s)
+        self.jobs = JobManager(
+            settings.max_jobs,
+            settings.job_ttl_s,
+            retry_after_s=settings.retry_after_s,
+            max_per_client=settings.max_jobs_per_client,
+            failed_ttl_s=settings.failed_job_ttl_s,
+            cancel=self.cancel,
+            deadline_s=settings.deadline_s,
+        )
         self._index_lock = threading.Lock()
 
-    def _deadline(self) -> float:
-        """This request's deadline: every call it makes, and nothing it caches, is bound by it."""
-        return time.monotonic() + self.settings.deadline_s
+    def new_context(self) -> RequestContext:
+        """A request's id and deadline: every call it makes, and nothing it caches, is bound by them."""
+        return RequestContext(uuid.uuid4().hex, time.time() + self.settings.deadline_s)
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request's work at its next step boundary (its client went away, its job was deleted)."""
+        self.engine.backend.cancel(request_id)
 
     # ---------------------------------------------------------------- influence
 
@@ -129,28 +159,23 @@ class InfluenceService:
                 {"field": "k", "value": request.k},
             )
 
-    def influence(self, request, progress: Progress | None = None) -> InfluenceResponse:
+    def influence(
+        self, request, context: RequestContext | None = None, progress: Progress | None = None
+    ) -> InfluenceResponse:
         """Answer every input; several inputs run at once (up to one per worker), answered in order."""
         self.check_influence(request)
-        config, deadline = query_config(request), self._deadline()
+        config, context = query_config(request), context or self.new_context()
         done, lock = 0, threading.Lock()
 
         def answer(item):
             nonlocal done
-            found = answer_query(
-                self.engine,
-                item.text,
-                item.text_pair,
-                item.label,
-                config,
-                cache=self.cache,
-                deadline=deadline,
-            )
+            arguments = (item.text, item.text_pair, item.label, config)
+            found = answer_query(self.engine, *arguments, cache=self.cache, context=context)
             with lock:
                 done += 1
                 if progress is not None:
                     progress(done, len(request.inputs))
-            return influence_result(found, config)
+            return influence_result(found, config, show_cache=False)  # another caller's history
 
         threads = max(1, min(len(request.inputs), self.engine.backend.num_workers))
         with ThreadPoolExecutor(threads, thread_name_prefix="influence-query") as executor:
@@ -158,24 +183,27 @@ class InfluenceService:
 
     # ---------------------------------------------------------------- the rest
 
-    def predict(self, request: PredictRequest) -> PredictResponse:
+    def predict(self, request: PredictRequest, context: RequestContext | None = None) -> PredictResponse:
         check_inputs(request.inputs, self.settings, self.tokenizer, self.engine.identity)
         texts = [item.text for item in request.inputs]
         pairs = [item.text_pair or "" for item in request.inputs]
         has_pairs = any(item.text_pair is not None for item in request.inputs)
-        rows = self.engine.backend.predict(texts, pairs if has_pairs else None, self._deadline())
+        context = context or self.new_context()
+        rows = self.engine.backend.predict(texts, pairs if has_pairs else None, context)
         return PredictResponse(predictions=[prediction(row) for row in rows])
 
-    def saliency(self, request) -> SaliencyResponse:
+    def saliency(self, request, context: RequestContext | None = None, job: bool = False) -> SaliencyResponse:
+        """A saliency map; ``job=True`` (a job's own run) lifts the synchronous budget."""
         check_text(request, self.settings, self.tokenizer, self.engine.identity)
         params = SALIENCY_PARAMETERS[request.method](**request.parameters.model_dump())
         check_method_parameters(params, self.settings)
-        result = self.engine.backend.saliency(
-            request.text, request.text_pair, request.method, request.label, params, self._deadline()
-        )
-        return saliency_response(result)
+        if not job:
+            check_sync_work(request.method, params, self.settings)
+        arguments = (request.text, request.text_pair, request.method, request.label, params)
+        return saliency_response(self.engine.backend.saliency(*arguments, context or self.new_context()))
 
-    def attack(self, request) -> AttackResponse:
+    def attack(self, request, context: RequestContext | None = None, job: bool = False) -> AttackResponse:
+        """An attack; ``job=True`` (a job's own run) lifts the synchronous budget."""
         identity = self.engine.identity
         check_text(request, self.settings, self.tokenizer, identity)
         target = getattr(request, "target", None)
@@ -186,17 +214,17 @@ class InfluenceService:
             )
         params = ATTACK_PARAMETERS[request.method](**request.parameters.model_dump())
         check_method_parameters(params, self.settings)
-        result = self.engine.backend.attack(
-            request.text, request.text_pair, request.method, request.label, target, params, self._deadline()
-        )
-        return attack_response(result)
+        if not job:
+            check_sync_work(request.method, params, self.settings)
+        arguments = (request.text, request.text_pair, request.method, request.label, target, params)
+        return attack_response(self.engine.backend.attack(*arguments, context or self.new_context()))
 
     def models(self) -> ModelsResponse:
         engine = self.engine
         manifest = read_manifest(self.settings.index_dir).__dict__ if engine.index is not None else None
         info = ModelInfo(
-            model_dir=str(self.settings.model_dir),
-            card=engine.card,
+            model_dir=Path(self.settings.model_dir).name,
+            card=public_card(engine.card),
             index_manifest=manifest,
             tracked_parameters=engine.identity.num_parameters,
             tracked_layers=engine.identity.tracked_layers,
@@ -222,33 +250,49 @@ class InfluenceService:
 
     # ---------------------------------------------------------------- jobs
 
-    def submit_job(self, request: JobRequest) -> JobStatus:
+    def submit_job(self, request: JobRequest, owner: str) -> JobStatus:
+        """Check the job's request now (a bad one is a 422, not a failed job), then queue it."""
+        body = getattr(request, request.kind, None)
+        if request.kind != "index_build" and body is None:
+            raise LimitExceededError(
+                f"kind={request.kind} needs its request in the {request.kind!r} field",
+                {"field": request.kind},
+            )
         if request.kind == "influence":
-            query = request.influence
-            if query is None:
-                raise LimitExceededError(
-                    "kind=influence needs the query in the 'influence' field", {"field": "influence"}
-                )
-            self.check_influence(query)
-            return self.jobs.submit("influence", lambda progress: self.influence(query, progress))
+            self.check_influence(body)
+            work = lambda progress, context: self.influence(body, context, progress)  # noqa: E731
+        elif request.kind in ("saliency", "attack"):
+            check_text(body, self.settings, self.tokenizer, self.engine.identity)
+            run = self.saliency if request.kind == "saliency" else self.attack
+            work = lambda progress, context: run(body, context, job=True)  # noqa: E731
+        else:
+            self._check_index_build(request.factory)
+            factory = request.factory
+            work = lambda progress, context: self.build_index(factory, progress, context)  # noqa: E731
+        return self.jobs.submit(request.kind, work, owner)
+
+    def _check_index_build(self, factory: str) -> None:
         if not self.settings.allow_index_build_jobs or self.settings.index_dir is None:
             raise LimitExceededError(
                 "index builds are disabled on this server (INFLUENCE_ALLOW_INDEX_BUILD_JOBS, "
                 "INFLUENCE_INDEX_DIR)",
                 {"field": "kind", "value": "index_build"},
             )
-        factory = request.factory
         try:  # before any work: a typo must not cost a full encode of the training set
             empty_index(self.engine.identity.feature_dim, factory)
         except ValueError as error:
             raise LimitExceededError(str(error), {"field": "factory", "value": factory}) from None
-        return self.jobs.submit("index_build", lambda progress: self.build_index(factory, progress))
 
-    def build_index(self, factory: str, progress: Progress) -> IndexBuildResult:
+    def list_jobs(self, owner: str) -> JobList:
+        return JobList(jobs=self.jobs.list(owner))
+
+    def build_index(
+        self, factory: str, progress: Progress, context: RequestContext | None = None
+    ) -> IndexBuildResult:
         """Encode the training set on the workers, write the index atomically, then swap it in."""
         engine, index_dir = self.engine, self.settings.index_dir
         with self._index_lock:  # one build at a time writes the folder
-            manifest = build_knn_index(engine, index_dir, factory, progress=progress)
+            manifest = build_knn_index(engine, index_dir, factory, progress=progress, context=context)
             identity = engine.identity
             engine.index = load_index(index_dir, identity.model_fingerprint, identity.data_fingerprint)
         return IndexBuildResult(index_manifest=asdict(manifest))

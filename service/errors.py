@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from interpret.cancellation import RequestCancelled
 from interpret.influence.lissa import LissaDivergenceError
 from workers.cluster import WorkerMismatchError, WorkerPoolError, WorkerTimeoutError
 
@@ -54,10 +55,23 @@ class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
 
+class RequestTimeoutError(ServiceError):
+    status, code = 408, "request_timeout"
+
+
+class HeadersTooLargeError(ServiceError):
+    status, code = 431, "headers_too_large"
+
+
+CLIENT_CLOSED = 499
+"""nginx's code for "the client closed the connection": a cancelled request's answer that nobody reads."""
+
+
 STATUS_BY_ERROR: list[tuple[type[BaseException], int, str]] = [
     (WorkerTimeoutError, 504, "deadline_exceeded"),
     (WorkerPoolError, 503, "workers_failed"),
     (WorkerMismatchError, 409, "workers_mismatch"),
+    (RequestCancelled, CLIENT_CLOSED, "cancelled"),
     (LissaDivergenceError, 422, "lissa_diverged"),
     (ArithmeticError, 422, "numerical_error"),
     (TimeoutError, 504, "deadline_exceeded"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from interpret.config import Checked, check_label
+from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Checked, check_label
 from interpret.explainer import Identity
 from service.errors import LimitExceededError
 from service.settings import Settings
@@ -32,6 +32,15 @@ def check_inputs(inputs, settings: Settings, tokenizer, identity: Identity) -> N
 def check_text(item, settings: Settings, tokenizer, identity: Identity, where: str = "") -> None:
     """Pairs only for pair models, tokens per input (special tokens included, before truncation), label."""
     prefix = f"{where}." if where else ""
+    for name in ("text", "text_pair"):  # before any tokenizer: a megabyte of text is refused in microseconds
+        value = getattr(item, name)
+        if value is not None:
+            _at_most(
+                f"{prefix}{name} characters",
+                len(value),
+                settings.max_input_chars,
+                "INFLUENCE_MAX_INPUT_CHARS",
+            )
     if item.text_pair is not None and not identity.takes_pairs:
         raise LimitExceededError(
             f"{prefix}text_pair: this model was trained on single sentences; leave text_pair out",
@@ -89,4 +98,32 @@ def check_method_parameters(params: Checked, settings: Settings) -> None:
             examples,
             settings.max_trigger_examples,
             "INFLUENCE_MAX_TRIGGER_EXAMPLES",
+        )
+
+
+def forward_passes(method: str, params: Checked) -> int:
+    """Example forward passes a saliency method or an attack costs, roughly (what the synchronous budget
+    counts): integrated gradients and SmoothGrad two per step or sample (forward and backward), LIME two
+    per sample, a trigger search one batch per candidate per iteration plus the held-out evaluation,
+    HotFlip and Input Reduction a few dozen."""
+    values = asdict(params)
+    if method in ("integrated_gradients", "smooth_gradient", "lime"):
+        return 2 * values.get("steps", values.get("num_samples", 1))
+    if method == "triggers":
+        batch = min(TRIGGER_BATCH_SIZE, values["num_examples"])
+        searches = values["iterations"] * (values["num_tokens"] * values["candidates"] + 2) * batch
+        return searches + 2 * values["held_out"]
+    return 64
+
+
+def check_sync_work(method: str, params: Checked, settings: Settings) -> None:
+    """A synchronous request must fit the budget; a costlier one is pointed to a job."""
+    cost, budget = forward_passes(method, params), settings.max_sync_forward_passes
+    if cost > budget:
+        kind = "attack" if method in ATTACK_PARAMETERS else "saliency"
+        raise LimitExceededError(
+            f"{method} with these parameters costs about {cost} forward passes, over this server's budget "
+            f"of {budget} for a synchronous request (INFLUENCE_MAX_SYNC_FORWARD_PASSES): submit it as a "
+            f"job (POST /v1/jobs with kind={kind}) or lower its parameters",
+            {"field": "parameters", "value": cost, "limit": budget},
         )

@@ -23,6 +23,7 @@ import torch
 
 from index import FeatureIndex, Manifest, build_index, empty_index, load_index, read_manifest
 from interpret.attacks import AttackResult
+from interpret.cancellation import RequestContext
 from interpret.checkpoint import card_data_spec, read_card
 from interpret.config import Checked, QueryConfig
 from interpret.data import DataSpec, ExampleSet, load_examples
@@ -35,16 +36,18 @@ from service.cache import STestCache
 class Backend(Protocol):
     """Where the model compute of a request runs: in this process, or on a Ray worker pool.
 
-    ``deadline`` is an absolute ``time.monotonic()`` value belonging to the request (never to a cached
-    value); ``None`` gives the backend's own default."""
+    ``context`` is the request's (its id and wall-clock deadline; never a cached value's): every call stops
+    at its next step boundary once the request is cancelled (``cancel``) or past its deadline."""
 
     identity: Identity
     num_workers: int
+    replacements: int
+    """Workers killed and replaced so far (a dead or hung one; never a cancelled or late request)."""
 
     def ping(self) -> list[str | None]: ...
 
     def prepare(
-        self, text: str, pair: str | None, label: int | None, deadline: float | None = None
+        self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
     ) -> TestPoint: ...
 
     def start_s_test(
@@ -53,7 +56,7 @@ class Backend(Protocol):
         pair: str | None,
         label: int | None,
         config: QueryConfig,
-        deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> object: ...
 
     def finish_s_test(self, pending: object, progress: bool = False) -> STest: ...
@@ -64,26 +67,28 @@ class Backend(Protocol):
         rows: np.ndarray,
         block_size: int,
         progress: bool = False,
-        deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> np.ndarray: ...
 
     def s_test_nbytes(self, config: QueryConfig) -> int: ...
 
     def predict(
-        self, texts: list[str], pairs: list[str] | None, deadline: float | None = None
+        self, texts: list[str], pairs: list[str] | None, context: RequestContext | None = None
     ) -> np.ndarray: ...
 
     def encode(
-        self, texts: list[str], pairs: list[str] | None, deadline: float | None = None
+        self, texts: list[str], pairs: list[str] | None, context: RequestContext | None = None
     ) -> np.ndarray: ...
 
     def saliency(
-        self, text: str, pair: str | None, method: str, label: int | None, params: Checked, deadline=None
+        self, text: str, pair: str | None, method: str, label: int | None, params: Checked, context=None
     ) -> SaliencyMap: ...
 
     def attack(
-        self, text: str, pair: str | None, method: str, label, target, params: Checked, deadline=None
+        self, text: str, pair: str | None, method: str, label, target, params: Checked, context=None
     ) -> AttackResult: ...
+
+    def cancel(self, request_id: str) -> None: ...
 
     def shutdown(self) -> None: ...
 
@@ -94,13 +99,15 @@ class _LocalPending:
     pair: str | None
     label: int | None
     config: QueryConfig
+    context: RequestContext | None
 
 
 class LocalBackend:
     """One :class:`Explainer` in this process, one repetition after another: the single-process reference.
-    It ignores deadlines (nothing here can be killed and replaced)."""
+    Calls run on the caller's thread; ``cancel`` (from any thread) stops them at the next step boundary."""
 
     num_workers = 1
+    replacements = 0
 
     def __init__(self, explainer: Explainer):
         self.explainer = explainer
@@ -110,48 +117,53 @@ class LocalBackend:
         return [self.explainer.ping()]
 
     def prepare(
-        self, text: str, pair: str | None, label: int | None, deadline: float | None = None
+        self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
     ) -> TestPoint:
-        return self.explainer.prepare(text, pair, label)
+        return self.explainer.run(context, "prepare", text, pair, label)
 
     def start_s_test(
-        self, text, pair, label, config: QueryConfig, deadline: float | None = None
+        self, text, pair, label, config: QueryConfig, context: RequestContext | None = None
     ) -> _LocalPending:
-        return _LocalPending(text, pair, label, config)  # computed in finish_s_test, with its progress bar
+        # Computed in finish_s_test (with its progress bar): in one process nothing runs alongside.
+        return _LocalPending(text, pair, label, config, context)
 
     def finish_s_test(self, pending: _LocalPending, progress: bool = False) -> STest:
-        explainer, config = self.explainer, pending.config
-        arguments = (pending.text, pending.pair, pending.label)
+        run, config, context = self.explainer.run, pending.config, pending.context
+        point = (pending.text, pending.pair, pending.label)
         if config.exact:
-            return STest([explainer.solve(*arguments, config.lissa.damping)], None)
+            return STest([run(context, "solve", *point, config.lissa.damping)], None)
         runs = [
-            explainer.lissa_repetition(*arguments, config.lissa, r, progress)
+            run(context, "lissa_repetition", *point, config.lissa, r, progress)
             for r in range(config.lissa.num_repetitions)
         ]
         vectors = [vector for vector, _ in runs]
-        summary = explainer.summarize(*vectors)
+        summary = self.explainer.summarize(*vectors)
         return STest(vectors, lissa_report(config.lissa, [report for _, report in runs], summary))
 
-    def score(
-        self, s_test: STest, rows, block_size: int, progress: bool = False, deadline=None
-    ) -> np.ndarray:
-        return self.explainer.score_shard(np.asarray(rows), block_size, *s_test.vectors, progress=progress)
+    def score(self, s_test: STest, rows, block_size: int, progress: bool = False, context=None) -> np.ndarray:
+        rows = np.asarray(rows)
+        return self.explainer.run(
+            context, "score_shard", rows, block_size, *s_test.vectors, progress=progress
+        )
 
     def s_test_nbytes(self, config: QueryConfig) -> int:
         vectors = 1 if config.exact else config.lissa.num_repetitions
         return vectors * self.explainer.theta.numel() * self.explainer.theta.element_size()
 
-    def predict(self, texts, pairs, deadline=None) -> np.ndarray:
-        return self.explainer.predict(texts, pairs)
+    def predict(self, texts, pairs, context=None) -> np.ndarray:
+        return self.explainer.run(context, "predict", texts, pairs)
 
-    def encode(self, texts, pairs, deadline=None) -> np.ndarray:
-        return self.explainer.encode(texts, pairs)
+    def encode(self, texts, pairs, context=None) -> np.ndarray:
+        return self.explainer.run(context, "encode", texts, pairs)
 
-    def saliency(self, text, pair, method, label, params: Checked, deadline=None) -> SaliencyMap:
-        return self.explainer.saliency(text, pair, method, label, params)
+    def saliency(self, text, pair, method, label, params: Checked, context=None) -> SaliencyMap:
+        return self.explainer.run(context, "saliency", text, pair, method, label, params)
 
-    def attack(self, text, pair, method, label, target, params: Checked, deadline=None) -> AttackResult:
-        return self.explainer.attack(text, pair, method, label, target, params)
+    def attack(self, text, pair, method, label, target, params: Checked, context=None) -> AttackResult:
+        return self.explainer.run(context, "attack", text, pair, method, label, target, params)
+
+    def cancel(self, request_id: str) -> None:
+        self.explainer.cancel(request_id)
 
     def shutdown(self) -> None:
         pass
@@ -235,6 +247,7 @@ def build_knn_index(
     factory: str = "Flat",
     metric: str = "l2",
     progress: Callable[[int, int], None] | None = None,
+    context: RequestContext | None = None,
 ) -> Manifest:
     """Encode the training set through the engine's backend (the same ``features`` queries use) and write
     the FAISS index atomically. The factory string is checked before any encoding."""
@@ -245,7 +258,7 @@ def build_knn_index(
     for done, start in enumerate(starts):
         texts = examples.texts[start : start + ENCODE_CHUNK]
         pairs = examples.pairs[start : start + ENCODE_CHUNK] if examples.pairs is not None else None
-        parts.append(engine.backend.encode(texts, pairs))
+        parts.append(engine.backend.encode(texts, pairs, context))
         if progress is not None:
             progress(done + 1, len(starts))
     fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
@@ -260,7 +273,7 @@ def answer_query(
     config: QueryConfig | None = None,
     progress: bool = False,
     cache: STestCache | None = None,
-    deadline: float | None = None,
+    context: RequestContext | None = None,
 ) -> InfluenceAnswer:
     """Which training examples made this prediction, the FastIF way.
 
@@ -268,7 +281,7 @@ def answer_query(
     with ``config.k=None`` every one is (the full-scan reference). ``timings["s_test"]`` is the wall time
     from starting ``s_test`` until it was ready; on workers it overlaps the kNN search. With a ``cache``,
     an ``s_test`` already computed for the same model, input, label and LiSSA config is reused. The
-    ``deadline`` is this request's: a cached ``s_test`` carries none.
+    ``context`` is this request's (id and deadline): a cached ``s_test`` carries none.
     """
     config = config or QueryConfig()
     backend, examples = engine.backend, engine.examples
@@ -277,12 +290,12 @@ def answer_query(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     # Encode first: a few milliseconds, and on a busy pool it would otherwise queue behind a repetition.
-    point = backend.prepare(text, pair, label, deadline)
+    point = backend.prepare(text, pair, label, context)
     timings["encode"] = time.perf_counter() - start
     clock = time.perf_counter()
     key = (engine.identity.model_fingerprint, text, pair, point.label, config.exact, config.lissa)
     cached = cache.get(key) if cache is not None else None
-    pending = None if cached is not None else backend.start_s_test(text, pair, point.label, config, deadline)
+    pending = None if cached is not None else backend.start_s_test(text, pair, point.label, config, context)
 
     search_clock = time.perf_counter()
     distances = None
@@ -297,7 +310,7 @@ def answer_query(
         cache.put(key, s_test, backend.s_test_nbytes(config))
     timings["s_test"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    scores = backend.score(s_test, rows, config.score_batch_size, progress, deadline)
+    scores = backend.score(s_test, rows, config.score_batch_size, progress, context)
     timings["score"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - start
     helpful, harmful = rank(examples, rows, scores, distances, config.top)

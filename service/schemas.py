@@ -217,8 +217,13 @@ class ModelsResponse(BaseModel):
 
 
 class JobRequest(_Strict):
-    kind: Literal["influence", "index_build"]
+    """A job: an influence query over many inputs, an index build, or a saliency map or an attack too
+    costly for a synchronous request. The field named after the kind holds its request."""
+
+    kind: Literal["influence", "index_build", "saliency", "attack"]
     influence: InfluenceRequest | None = Field(None, description="The query, for kind=influence.")  # type: ignore[valid-type]
+    saliency: SaliencyRequest | None = Field(None, description="The request, for kind=saliency.")
+    attack: AttackRequest | None = Field(None, description="The request, for kind=attack.")
     factory: str = Field("Flat", description="FAISS factory string, for kind=index_build.")
 
 
@@ -242,10 +247,14 @@ class JobStatus(BaseModel):
     progress: float = Field(ge=0, le=1)
     done: int
     total: int
-    result: InfluenceResponse | IndexBuildResult | None = None
+    result: InfluenceResponse | IndexBuildResult | SaliencyResponse | AttackResponse | None = None
     error: ErrorBody | None = None
     created_at: float
     finished_at: float | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus] = Field(description="Your jobs, oldest first, without results.")
 
 
 class ErrorBody(BaseModel):
@@ -255,3 +264,4 @@ class ErrorBody(BaseModel):
 
 
 JobStatus.model_rebuild()
+JobList.model_rebuild()

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     """When set, every ``/v1`` request needs the ``X-API-Key`` header."""
     max_body_bytes: int = Field(1_000_000, gt=0)
+    body_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a client may take between two parts of its request body (a body shorter than its
+    Content-Length, or a trickle, gets 408 instead of holding a connection forever)."""
+    max_header_bytes: int = Field(16_384, gt=0)
+    max_headers: int = Field(100, gt=0)
+    max_input_chars: int = Field(4_096, gt=0)
+    """Characters per text (and per pair), checked before any tokenizer runs."""
     max_input_tokens: int = Field(128, gt=0)
     max_batch: int = Field(32, gt=0)
     max_k: int = Field(10_000, gt=0)
@@ -48,6 +55,9 @@ class Settings(BaseSettings):
     """Attack search sizes: HotFlip candidates and flips, beam size, trigger tokens/iterations/candidates."""
     max_trigger_examples: int = Field(512, gt=0)
     """Training examples a trigger search may use (num_examples + held_out)."""
+    max_sync_forward_passes: int = Field(6_000, gt=0)
+    """Estimated example forward passes a synchronous saliency or attack request may cost (about a
+    minute for MiniLM on 2 CPU cores); a costlier one is refused with 422 and runs as a job instead."""
     max_in_flight: int = Field(8, gt=0)
     """Requests computing at once; one more gets 429 with Retry-After instead of a queue."""
     retry_after_s: int = Field(5, gt=0)
@@ -58,7 +68,12 @@ class Settings(BaseSettings):
     and got a ReadError (seen once in 36 requests of benchmarks/service_load.py)."""
     s_test_cache_entries: int = Field(64, ge=0)
     s_test_cache_bytes: int = Field(2_000_000_000, ge=0)
-    job_ttl_s: float = Field(3600.0, gt=0)
+    job_ttl_s: float = Field(600.0, gt=0)
+    """Seconds a succeeded job's result waits to be fetched."""
+    failed_job_ttl_s: float = Field(60.0, gt=0)
+    """Seconds a failed or cancelled job's status is kept."""
     max_jobs: int = Field(100, gt=0)
+    max_jobs_per_client: int = Field(10, gt=0)
+    """Jobs one client (API key and address) may have queued, running or unfetched."""
     allow_index_build_jobs: bool = True
     trust_remote_code: bool = False

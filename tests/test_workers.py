@@ -10,11 +10,13 @@ import pytest
 import ray
 import torch
 
+from interpret.cancellation import RequestCancelled, RequestContext
 from interpret.checkpoint import load_checkpoint
 from interpret.config import ATTACK_PARAMETERS, IntegratedGradientsParams, method_parameters
 from interpret.explainer import Explainer
 from interpret.influence import LissaConfig, QueryConfig, lissa_s_test, prepare_test_point, score_rows
 from interpret.models import encode_features
+from service.cache import STestCache
 from service.pipeline import Engine, LocalBackend, answer_query
 from workers import (
     PoolSettings,
@@ -166,14 +168,50 @@ def test_exhausted_retries_name_the_part_and_the_next_query_works(ray_local, eng
         report = pool_s_test(fragile, LISSA).report  # the dead worker was replaced
         assert np.isfinite(report.norm_traces).all()
 
-        slow = LissaConfig(recursion_depth=1_000_000, batch_size=4, damping=0.1, scale=20.0)
-        pending = fragile.start_s_test(QUERY, None, None, QueryConfig(lissa=slow), time.monotonic() + 1.0)
-        with pytest.raises(WorkerTimeoutError, match="deadline"):
-            fragile.finish_s_test(pending)
-        report = pool_s_test(fragile, LISSA).report  # the busy worker was replaced, not waited for
-        assert report.norm_traces.shape == (1, LISSA.recursion_depth)
     finally:
         fragile.shutdown()
+
+
+SLOW = LissaConfig(recursion_depth=1_000_000, batch_size=4, damping=0.1, scale=20.0)
+
+
+def test_a_deadline_or_a_cancel_stops_the_work_without_killing_the_worker(pool):
+    """Issue 12: past its deadline, or cancelled, a request's work stops at the next LiSSA step on the
+    worker itself; the worker answers the next query at once and is never replaced."""
+    actors, replacements = pool.workers.actors, pool.replacements
+    late = RequestContext("late", time.time() + 1.0)
+    started = time.monotonic()
+    with pytest.raises(WorkerTimeoutError, match="past its deadline and was stopped"):
+        pool.finish_s_test(pool.start_s_test(QUERY, None, None, QueryConfig(lissa=SLOW), late))
+    assert time.monotonic() - started < 15  # the step boundary, not the 30 s grace or a restart
+
+    pending = pool.start_s_test(QUERY, None, None, QueryConfig(lissa=SLOW), RequestContext("unwanted"))
+    wait_until_running = pending.calls[0].actor.run.options(concurrency_group="health")
+    assert ray.get(wait_until_running.remote(None, "ping")) == pending.calls[0].worker
+    pool.cancel("unwanted")
+    with pytest.raises(RequestCancelled):
+        pool.finish_s_test(pending)
+    assert pool.workers.actors == actors and pool.replacements == replacements
+    assert np.isfinite(pool_s_test(pool, LISSA).report.norm_traces).all()
+
+
+def test_a_cached_s_test_outlives_the_deadline_of_the_query_that_made_it(pool, reference):
+    """Issue 12, the worst finding: a refinement of a cached query sent after the first query's deadline
+    failed at once with a timeout, and the pool killed its workers. Deadlines belong to requests."""
+    engine = Engine(pool, reference.examples, None, {})
+    cache = STestCache(8, 10**9)
+    config = QueryConfig(k=None, top=3, lissa=LISSA)
+    first = answer_query(
+        engine, QUERY, config=config, cache=cache, context=RequestContext("a", time.time() + 3)
+    )
+    time.sleep(max(0.0, 3.5 - first.timings["total"]))  # let the first request's deadline pass
+    actors, replacements = pool.workers.actors, pool.replacements
+    refined = replace(config, top=5)
+    second = answer_query(
+        engine, QUERY, config=refined, cache=cache, context=RequestContext("b", time.time() + 60)
+    )
+    assert second.s_test_cached and [e.id for e in second.helpful[:3]] == [e.id for e in first.helpful]
+    assert pool.workers.actors == actors and pool.replacements == replacements
 
 
 def test_user_errors_come_back_as_themselves(pool):

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class WorkerPoolError(RuntimeError):
@@ -53,6 +54,14 @@ class PoolSettings:
             raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
 
 
+def secure_token_file(path: Path | None = None) -> None:
+    """Make the cluster's token file (``~/.ray/auth_token``) readable by its owner only: Ray writes it
+    world-readable (0644), and it is the key to the whole cluster."""
+    token = path or Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_mode & 0o077:
+        token.chmod(0o600)
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``); otherwise start a local one, no dashboard.
 
@@ -75,3 +84,4 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     if sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
+    secure_token_file()

@@ -45,6 +45,8 @@ class WorkerSet:
         count = settings.num_workers or self._default_size(resources)
         self._actors = [self._remote.remote(self.spec) for _ in range(count)]
         self._unverified: dict[int, ray.ObjectRef] = {}
+        self.replacements = 0
+        """Actors killed and replaced since start (a dead or hung worker): what operators watch."""
         try:
             identities = self._start_identities(resources)
             self.identity: Identity = identities[0]
@@ -136,9 +138,15 @@ class WorkerSet:
             if self._actors[slot] is not failed:
                 return
             ray.kill(failed)
+            self.replacements += 1
             self._actors[slot] = self._remote.remote(self.spec)
             self._unverified[slot] = self._actors[slot].identity.remote()
             self.names[slot] = "(starting)"
+
+    def cancel(self, request_id: str) -> None:
+        """Tell every worker to stop the request's calls at their next step boundary (not waited for)."""
+        for actor in self.actors:
+            actor.cancel.options(concurrency_group="health").remote(request_id)
 
     def ping(self, timeout: float = 5.0) -> list[str | None]:
         """Each slot's worker name if it answered within ``timeout`` (even while busy), else ``None``."""

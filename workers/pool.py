@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from interpret.attacks import AttackResult
+from interpret.cancellation import RequestContext
 from interpret.config import Checked, QueryConfig
 from interpret.explainer import Identity, STest, lissa_report
 from interpret.influence.query import TestPoint
@@ -36,7 +37,7 @@ class PendingSTest:
 
     config: QueryConfig
     calls: list[Call]
-    deadline: float
+    context: RequestContext
 
 
 class WorkerPool:
@@ -57,21 +58,29 @@ class WorkerPool:
     def num_workers(self) -> int:
         return self.workers.size
 
+    @property
+    def replacements(self) -> int:
+        return self.workers.replacements
+
     def ping(self) -> list[str | None]:
         return self.workers.ping()
 
     def shutdown(self) -> None:
         self.workers.shutdown()
 
-    def _one(self, name: str, method: str, args: tuple, deadline: float | None, group: str | None = None):
-        call = Call(name, method, args, self.workers.slots(1)[0], group=group)
-        return self.runner.run([call], deadline)[0]["value"]
+    def cancel(self, request_id: str) -> None:
+        """Stop the request's calls on every worker at their next step boundary."""
+        self.workers.cancel(request_id)
+
+    def _one(self, name: str, method: str, args: tuple, context: RequestContext | None, group=None):
+        call = Call(name, method, args, self.workers.slots(1)[0], self.runner.context(context), group=group)
+        return self.runner.run([call])[0]["value"]
 
     def prepare(
-        self, text: str, pair: str | None, label: int | None, deadline: float | None = None
+        self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
     ) -> TestPoint:
         """Prediction, label explained and kNN features of one input (computed on one worker)."""
-        return self._one("prepare", "prepare", (text, pair, label), deadline, "light")
+        return self._one("prepare", "prepare", (text, pair, label), context, "light")
 
     def start_s_test(
         self,
@@ -79,13 +88,14 @@ class WorkerPool:
         pair: str | None,
         label: int | None,
         config: QueryConfig,
-        deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> PendingSTest:
         """Start the T repetitions (or the exact solve) and return at once."""
-        deadline = deadline or self.runner.deadline()
+        context = self.runner.context(context)
         if config.exact:
             args = (text, pair, label, config.lissa.damping)
-            calls = [Call("exact s_test", "solve", args, self.workers.slots(1)[0], keep=("value",))]
+            slot = self.workers.slots(1)[0]
+            calls = [Call("exact s_test", "solve", args, slot, context, keep=("value",))]
         else:
             slots = self.workers.slots(config.lissa.num_repetitions)
             calls = [
@@ -94,20 +104,21 @@ class WorkerPool:
                     "lissa_repetition",
                     (text, pair, label, config.lissa, r),
                     slot,
+                    context,
                     outputs=("vector", "report"),
                     keep=("vector",),
                 )
                 for r, slot in enumerate(slots)
             ]
-        return PendingSTest(config, self.runner.start(calls, deadline), deadline)
+        return PendingSTest(config, self.runner.start(calls), context)
 
     def finish_s_test(self, pending: PendingSTest, progress: bool = False) -> STest:
         """Wait for the repetitions (re-running lost ones); the report holds traces and spread."""
-        results = self.runner.finish(pending.calls, pending.deadline, "s_test" if progress else None)
+        results = self.runner.finish(pending.calls, "s_test" if progress else None)
         if pending.config.exact:
             return STest([results[0]["value"]], None)
         vectors = [result["vector"] for result in results]
-        summary = self._one("summarize", "summarize", tuple(vectors), pending.deadline)
+        summary = self._one("summarize", "summarize", tuple(vectors), pending.context)
         reports = [result["report"] for result in results]
         return STest(vectors, lissa_report(pending.config.lissa, reports, summary))
 
@@ -118,9 +129,9 @@ class WorkerPool:
         vectors = 1 if config.exact else config.lissa.num_repetitions
         return vectors * self.identity.num_parameters * itemsize
 
-    def average(self, s_test: STest, deadline: float | None = None) -> np.ndarray:
+    def average(self, s_test: STest, context: RequestContext | None = None) -> np.ndarray:
         """The averaged ``s_test`` brought to the driver (for tests and benchmarks; queries never need it)."""
-        return self._one("average", "average", tuple(s_test.vectors), deadline)
+        return self._one("average", "average", tuple(s_test.vectors), context)
 
     def score(
         self,
@@ -128,10 +139,11 @@ class WorkerPool:
         rows: Sequence[int],
         block_size: int = 128,
         progress: bool = False,
-        deadline: float | None = None,
+        context: RequestContext | None = None,
         num_shards: int | None = None,
     ) -> np.ndarray:
-        """Scores of ``rows`` (in that order), sharded over the workers, within the deadline."""
+        """Scores of ``rows`` (in that order), sharded over the workers, within the request's deadline."""
+        context = self.runner.context(context)
         rows = np.asarray(rows, dtype=np.int64)
         count = num_shards or self.settings.num_shards or self.num_workers
         shards = [s for s in np.array_split(rows, count) if len(s)]
@@ -141,39 +153,42 @@ class WorkerPool:
                 "score_shard",
                 (shard, block_size, *s_test.vectors),
                 slot,
+                context,
             )
             for i, (shard, slot) in enumerate(zip(shards, self.workers.slots(len(shards)), strict=True))
         ]
-        values = [r["value"] for r in self.runner.run(calls, deadline, "score" if progress else None)]
+        values = [r["value"] for r in self.runner.run(calls, "score" if progress else None)]
         return np.concatenate(values) if values else np.empty(0, dtype=np.float64)
 
-    def _sharded(self, method: str, texts: Sequence[str], pairs: Sequence[str] | None, deadline, group=None):
+    def _sharded(self, method: str, texts: Sequence[str], pairs: Sequence[str] | None, context, group=None):
+        context = self.runner.context(context)
         bounds = np.array_split(np.arange(len(texts)), min(len(texts), self.num_workers) or 1)
         calls = []
         for i, (chunk, slot) in enumerate(zip(bounds, self.workers.slots(len(bounds)), strict=True)):
             chunk_texts = [texts[j] for j in chunk]
             chunk_pairs = [pairs[j] for j in chunk] if pairs is not None else None
-            calls.append(Call(f"{method} chunk {i}", method, (chunk_texts, chunk_pairs), slot, group=group))
-        return np.concatenate([r["value"] for r in self.runner.run(calls, deadline)])
+            arguments = (chunk_texts, chunk_pairs)
+            calls.append(Call(f"{method} chunk {i}", method, arguments, slot, context, group=group))
+        return np.concatenate([r["value"] for r in self.runner.run(calls)])
 
     def encode(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, deadline: float | None = None
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, context: RequestContext | None = None
     ) -> np.ndarray:
         """kNN features of many texts, split over the workers."""
-        return self._sharded("encode", texts, pairs, deadline)
+        return self._sharded("encode", texts, pairs, context)
 
     def predict(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, deadline: float | None = None
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, context: RequestContext | None = None
     ) -> np.ndarray:
         """Class probabilities ``[N, C]``, split over the workers."""
-        return self._sharded("predict", texts, pairs, deadline, "light")
+        return self._sharded("predict", texts, pairs, context, "light")
 
     def saliency(
-        self, text: str, pair: str | None, method: str, label: int | None, params: Checked, deadline=None
+        self, text: str, pair: str | None, method: str, label: int | None, params: Checked, context=None
     ) -> SaliencyMap:
         """A saliency map computed on one worker, beside any long repetition."""
         return self._one(
-            f"saliency {method}", "saliency", (text, pair, method, label, params), deadline, "light"
+            f"saliency {method}", "saliency", (text, pair, method, label, params), context, "light"
         )
 
     def attack(
@@ -184,10 +199,10 @@ class WorkerPool:
         label: int | None,
         target: int | None,
         params: Checked,
-        deadline=None,
+        context=None,
     ) -> AttackResult:
         """An attack computed on one worker. A universal-trigger search runs over many training examples,
         so it queues with the heavy calls instead of holding up the light ones."""
         group = None if method == "triggers" else "light"
         args = (text, pair, method, label, target, params)
-        return self._one(f"attack {method}", "attack", args, deadline, group)
+        return self._one(f"attack {method}", "attack", args, context, group)

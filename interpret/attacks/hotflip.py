@@ -28,6 +28,7 @@ from interpret.attacks.base import (
     probabilities,
     tokens_of,
 )
+from interpret.cancellation import checkpoint
 from interpret.classifier import TextClassifier
 from interpret.config import HotFlipParams, check_label
 
@@ -57,6 +58,7 @@ def hotflip(
     flipped: list[int] = []
     after = before
     while len(flipped) < budget and not _reached(after, label, target):
+        checkpoint()
         _, gradient, embeddings = loss_gradients(classifier, [row], [label if target is None else target])
         gradient, embeddings = gradient[0], embeddings[0]
         open_positions = [p for p in positions if p not in flipped]

@@ -21,6 +21,7 @@ from interpret.attacks.base import (
     probabilities,
     tokens_of,
 )
+from interpret.cancellation import checkpoint
 from interpret.classifier import TextClassifier
 from interpret.config import InputReductionParams
 
@@ -46,6 +47,7 @@ def input_reduction(
     beam = [(start, list(range(len(start["input_ids"]))))]
     best, best_probabilities = beam[0], before
     while beam:
+        checkpoint()
         candidates = []
         for row, kept in beam:
             candidates += _reductions(classifier, row, kept, label, beam_size, tuple(ignore_tokens))

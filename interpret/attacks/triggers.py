@@ -27,8 +27,9 @@ from interpret.attacks.base import (
     probabilities,
     tokens_of,
 )
+from interpret.cancellation import checkpoint
 from interpret.classifier import TextClassifier
-from interpret.config import TriggerParams
+from interpret.config import TRIGGER_BATCH_SIZE, TriggerParams
 
 
 @dataclass
@@ -64,7 +65,7 @@ def search_trigger(
     num_tokens: int = TriggerParams.num_tokens,
     iterations: int = TriggerParams.iterations,
     candidates: int = TriggerParams.candidates,
-    batch_size: int = 32,
+    batch_size: int = TRIGGER_BATCH_SIZE,
     seed: int = TriggerParams.seed,
     ignore_tokens: tuple[str, ...] = DEFAULT_IGNORE_TOKENS,
 ) -> TriggerResult:
@@ -99,6 +100,7 @@ def _improve(classifier, batch, labels, trigger, target, matrix, allowed, candid
         change = sign * ((matrix - matrix[trigger[position]]) @ trigger_gradient[position])
         change = torch.where(allowed, change, torch.tensor(float("-inf"), device=change.device))
         for token in torch.topk(change, candidates).indices.tolist():
+            checkpoint()  # each candidate costs a forward pass over the batch
             proposal = trigger.clone()
             proposal[position] = token
             loss = _attack_loss(classifier, batch, proposal, labels, target)

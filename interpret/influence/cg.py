@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from interpret.cancellation import checkpoint
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import hessian_vector_product
 from interpret.models import TrackedModel
@@ -45,6 +46,7 @@ def damped_hvp(tracked, theta, train: ExampleStates, rows: np.ndarray, damping: 
     def apply(vector: torch.Tensor) -> torch.Tensor:
         total = damping * vector
         for count, states, labels in blocks:
+            checkpoint()
             product = hessian_vector_product(tracked, theta, states, labels, vector)
             total = total + product * (count / len(rows))
         return total

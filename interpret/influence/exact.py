@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.func import hessian
 
+from interpret.cancellation import checkpoint
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import mean_loss
 from interpret.models import TrackedModel
@@ -35,6 +36,7 @@ def training_hessian(
         tracked.num_parameters, tracked.num_parameters, dtype=theta.dtype, device=theta.device
     )
     for positions, states, labels in train.iter_blocks(np.arange(len(train)), block_size):
+        checkpoint()
         block_hessian = hessian(lambda t, s=states, y=labels: mean_loss(tracked, t, s, y))(theta)
         total += block_hessian * (len(positions) / len(train))
     return total

@@ -17,12 +17,14 @@ The per-step trace records ``||h_j|| / scale``; a flat tail means the depth J wa
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interpret.cancellation import checkpoint
 from interpret.config import LissaConfig
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import hessian_vector_product
@@ -78,17 +80,21 @@ class STestResult:
         )
 
 
-def sample_batches(num_examples: int, config: LissaConfig, repetition: int) -> np.ndarray:
-    """``[J, B]`` training rows for one repetition; depends only on (seed, repetition)."""
+def sample_batches(
+    num_examples: int, config: LissaConfig, repetition: int, steps: int
+) -> Iterator[np.ndarray]:
+    """The training rows of one repetition, ``[steps, B]`` at a time (``J`` rows in all), drawn lazily
+    from one generator seeded by ``(seed, repetition)``: the draws depend on nothing else, and a deep
+    recursion costs no time or memory before its first step."""
     rng = np.random.default_rng([config.seed, repetition])
-    if config.batch_size >= num_examples:
-        return np.tile(np.arange(num_examples), (config.recursion_depth, 1))
-    return np.stack(
-        [
-            rng.choice(num_examples, size=config.batch_size, replace=False)
-            for _ in range(config.recursion_depth)
-        ]
-    )
+    for first in range(0, config.recursion_depth, steps):
+        count = min(steps, config.recursion_depth - first)
+        if config.batch_size >= num_examples:
+            yield np.tile(np.arange(num_examples), (count, 1))
+        else:
+            yield np.stack(
+                [rng.choice(num_examples, size=config.batch_size, replace=False) for _ in range(count)]
+            )
 
 
 def _check(h: torch.Tensor, bound: float, step: int, config: LissaConfig) -> float:
@@ -112,16 +118,16 @@ def lissa_repetition(
     progress: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """One repetition: ``(s_test_r, norm trace [J])``."""
-    draws = sample_batches(len(train), config, repetition)
     bound = config.divergence_bound * config.scale * float(v.norm()) / config.damping
     steps_per_load = max(1, _PREFETCH_EXAMPLES // config.batch_size)
     h = v.clone()
     trace = np.empty(config.recursion_depth)
     bar = tqdm(total=config.recursion_depth, desc=f"LiSSA r={repetition}", unit="step", disable=not progress)
-    for first in range(0, config.recursion_depth, steps_per_load):
-        chunk = draws[first : first + steps_per_load]
+    draws = sample_batches(len(train), config, repetition, steps_per_load)
+    for first, chunk in zip(range(0, config.recursion_depth, steps_per_load), draws, strict=True):
         states, labels = train.load(chunk.reshape(-1))
         for offset in range(len(chunk)):
+            checkpoint()  # a cancelled or late request stops here, between two steps
             rows = slice(offset * config.batch_size, (offset + 1) * config.batch_size)
             hv = hessian_vector_product(tracked, theta, states.select(rows), labels[rows], h)
             h = v + h - (hv + config.damping * h) / config.scale

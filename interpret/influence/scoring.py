@@ -22,6 +22,7 @@ import torch
 from torch.func import jvp, vmap
 from tqdm.auto import tqdm
 
+from interpret.cancellation import checkpoint
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import per_example_gradients, per_example_losses
 from interpret.models import FrozenState, TrackedModel
@@ -64,6 +65,7 @@ def score_rows(
     out = np.empty((*s_test.shape[:-1], len(rows)), dtype=np.float64)
     bar = tqdm(total=len(rows), desc="score", unit="ex", disable=not progress)
     for positions, states, labels in train.iter_blocks(rows, block_size):
+        checkpoint()
         out[..., positions] = (
             influence_scores(tracked, theta, s_test, states, labels, method).cpu().double().numpy()
         )

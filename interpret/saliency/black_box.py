@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from interpret.cancellation import checkpoint
 from interpret.config import LimeParams
 from interpret.saliency.base import (
     EncodedText,
@@ -35,6 +36,7 @@ def batch_probabilities(
     """``[N, C]`` class probabilities of many texts, in padded batches."""
     out = []
     for start in range(0, len(texts), batch_size):
+        checkpoint()
         chunk = texts[start : start + batch_size]
         chunk_pairs = pairs[start : start + batch_size] if pairs is not None else None
         encoded = classifier.tokenizer(

@@ -1,0 +1,283 @@
+"""A bounded soak of the real service on loopback: mixed hostile and heavy traffic for a fixed time.
+
+    python benchmarks/soak.py [--minutes 10] [--model artifacts/soak/model] [--deadline 20]
+
+Starts ``influence serve`` (uvicorn + its own local Ray workers) with a shortened deadline, waits until
+``/readyz`` answers, then runs these clients at once until the time is up:
+
+* repeats: an influence query, then refinements of it (new ``top``) sent after the first query's
+  deadline has passed (the cached ``s_test`` must be reused, never time out);
+* disconnects: slow influence queries whose client gives up after 2 s (the work must be cancelled);
+* job floods: jobs submitted until 429, then listed, fetched and cancelled;
+* oversized bodies (2 MB, by Content-Length and chunked) and slow bodies (shorter than their length);
+* light traffic: predictions and saliency maps;
+* a prober: ``/healthz`` every 0.2 s.
+
+Reports every status code seen, the 5xx count, workers the pool replaced (``/metrics``), the ``/healthz``
+latency percentiles, and the resident memory of the server's process tree at the start and after the
+traffic (and a settle period). When no model is given, MiniLM is fine-tuned on 2,000 SST-2 rows and
+indexed once into ``artifacts/soak/`` (about 2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_result
+from benchmarks.service_load import tree_rss_bytes, wait_ready
+from interpret.data import load_examples, sst2_spec
+
+SOAK = Path("artifacts/soak")
+INFLUENCE = str(Path(sys.executable).with_name("influence"))
+
+
+def prepare_model(rows: int) -> tuple[Path, Path]:
+    """A MiniLM fine-tuned on ``rows`` SST-2 rows and its index, built once."""
+    model, index = SOAK / "model", SOAK / "index"
+    if not (model / "card.json").is_file():
+        subprocess.run([INFLUENCE, "train", "--out", str(model), "--max-examples", str(rows)], check=True)
+    if not (index / "manifest.json").is_file():
+        subprocess.run([INFLUENCE, "index", "build", "--model", str(model), "--out", str(index)], check=True)
+    return model, index
+
+
+class Tally:
+    """Statuses of every request, thread-safe."""
+
+    def __init__(self):
+        self.lock, self.statuses, self.notes = threading.Lock(), Counter(), Counter()
+
+    def add(self, status: int | str, note: str | None = None) -> None:
+        with self.lock:
+            self.statuses[str(status)] += 1
+            if note:
+                self.notes[note] += 1
+
+
+class Soak:
+    def __init__(self, url: str, port: int, until: float, tally: Tally, texts: list[str], deadline: float):
+        self.url, self.port, self.until, self.tally, self.texts = url, port, until, tally, texts
+        self.deadline, self.healthz_ms = deadline, []
+
+    def running(self) -> bool:
+        return time.monotonic() < self.until
+
+    def post(self, client: httpx.Client, path: str, **kwargs) -> httpx.Response | None:
+        try:
+            response = client.post(f"{self.url}{path}", **kwargs)
+        except httpx.TimeoutException:
+            self.tally.add("client_timeout")
+            return None
+        self.tally.add(response.status_code)
+        return response
+
+    def repeats(self) -> None:
+        with httpx.Client(timeout=300) as client:
+            while self.running():
+                text = random.choice(self.texts)
+                body = {"inputs": [{"text": text}], "k": 200, "top": 3, "lissa": {"recursion_depth": 100}}
+                first = self.post(client, "/v1/influence", json=body)
+                started = time.monotonic()
+                while self.running() and time.monotonic() - started < self.deadline + 2:
+                    time.sleep(0.5)  # the condition under test: the first request's deadline has passed
+                refined = self.post(client, "/v1/influence", json={**body, "top": 5})
+                if first is not None and refined is not None and refined.status_code == 200:
+                    self.tally.add("refined_after_deadline", "refined_after_deadline_ok")
+
+    def disconnects(self) -> None:
+        body = {"inputs": [{"text": "stale probe"}], "k": 100, "lissa": {"recursion_depth": 3000}}
+        with httpx.Client(timeout=2.0) as client:
+            while self.running():
+                self.post(client, "/v1/influence", json=body)
+                time.sleep(3)
+
+    def job_floods(self) -> None:
+        job = {"kind": "influence", "influence": {"inputs": [{"text": "a flood"}], "k": 50}}
+        job["influence"]["lissa"] = {"recursion_depth": 20}
+        with httpx.Client(timeout=30) as client:
+            while self.running():
+                ids = []
+                for _ in range(15):
+                    response = self.post(client, "/v1/jobs", json=job)
+                    if response is None or response.status_code != 202:
+                        if response is not None and response.status_code == 429:
+                            self.tally.add("flood_refused", "retry_after=" + response.headers["Retry-After"])
+                        break
+                    ids.append(response.json()["id"])
+                listed = client.get(f"{self.url}/v1/jobs")
+                self.tally.add(listed.status_code)
+                for position, job_id in enumerate(ids):
+                    verb = client.delete if position % 2 else client.get
+                    self.tally.add(verb(f"{self.url}/v1/jobs/{job_id}").status_code)
+                time.sleep(2)
+
+    def bad_bodies(self) -> None:
+        huge = b"x" * 2_000_000
+        with httpx.Client(timeout=30) as client:
+            while self.running():
+                self.post(client, "/v1/predict", content=huge, headers={"content-type": "application/json"})
+                chunks = (huge[i : i + 65536] for i in range(0, len(huge), 65536))
+                self.post(client, "/v1/predict", content=chunks, headers={"content-type": "application/json"})
+                self.slow_body()
+                time.sleep(1)
+
+    def slow_body(self) -> None:
+        head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=60) as connection:
+                connection.sendall(head + b"Content-Length: 500\r\n\r\n" + b'{"inputs"')
+                answer = connection.recv(4096)
+            self.tally.add(answer.split(b" ", 2)[1].decode() if answer else "closed")
+        except OSError:
+            self.tally.add("slow_body_error")
+
+    def light(self) -> None:
+        with httpx.Client(timeout=120) as client:
+            while self.running():
+                text = random.choice(self.texts)
+                self.post(client, "/v1/predict", json={"inputs": [{"text": text}]})
+                self.post(client, "/v1/saliency", json={"text": text, "method": "simple_gradient"})
+
+    def prober(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while self.running():
+                start = time.perf_counter()
+                status = client.get(f"{self.url}/healthz").status_code
+                self.healthz_ms.append(1000 * (time.perf_counter() - start))
+                self.tally.add(status)
+                time.sleep(0.2)
+
+
+def default_costs(url: str, text: str) -> dict[str, float]:
+    """Seconds the heaviest methods take with their default parameters, one at a time on an idle
+    service: what the synchronous budget (INFLUENCE_MAX_SYNC_FORWARD_PASSES) is sized for."""
+    costs = {}
+    for path, body in (
+        ("/v1/attack", {"text": text, "method": "triggers"}),
+        ("/v1/saliency", {"text": text, "method": "lime"}),
+        ("/v1/saliency", {"text": text, "method": "integrated_gradients"}),
+    ):
+        start = time.perf_counter()
+        httpx.post(f"{url}{path}", json=body, timeout=600).raise_for_status()
+        costs[f"{body['method']}_default_seconds"] = time.perf_counter() - start
+    return costs
+
+
+def replacements(url: str) -> int:
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("influence_worker_replacements "):
+            return int(float(line.split()[1]))
+    raise SystemExit("no influence_worker_replacements in /metrics")
+
+
+def settled_rss(root: int, seconds: float = 20.0) -> int:
+    """The process tree's resident memory after a quiet period (the median of samples over its end)."""
+    time.sleep(seconds / 2)
+    samples = []
+    for _ in range(10):
+        samples.append(tree_rss_bytes(root))
+        time.sleep(seconds / 20)
+    return int(np.median(samples))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--index", type=Path, default=None)
+    parser.add_argument("--rows", type=int, default=2000, help="SST-2 rows for the soak model")
+    parser.add_argument("--deadline", type=float, default=20.0, help="INFLUENCE_DEADLINE_S of the server")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8766)
+    args = parser.parse_args()
+    model, index = (args.model, args.index) if args.model else prepare_model(args.rows)
+    url = f"http://127.0.0.1:{args.port}"
+    log = Path("benchmarks/results/soak.log")
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "INFLUENCE_DEADLINE_S": str(args.deadline),
+        "INFLUENCE_MAX_JOBS": "30",
+        "INFLUENCE_MAX_JOBS_PER_CLIENT": "10",
+        "INFLUENCE_FAILED_JOB_TTL_S": "10",
+        "INFLUENCE_JOB_TTL_S": "30",
+        "INFLUENCE_BODY_TIMEOUT_S": "5",
+    }
+    command = [INFLUENCE, "serve", "--model", str(model), "--index", str(index), "--port", str(args.port)]
+    command += ["--workers", str(args.workers)]
+    process = subprocess.Popen(
+        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        startup = wait_ready(url, process)
+        texts = load_examples(sst2_spec("dev")).texts[:200]
+        warm = httpx.post(f"{url}/v1/predict", json={"inputs": [{"text": texts[0]}]}, timeout=120)
+        warm.raise_for_status()
+        costs = default_costs(url, texts[1])
+        rss_start, kills_start = settled_rss(process.pid), replacements(url)
+        tally = Tally()
+        soak = Soak(url, args.port, time.monotonic() + 60 * args.minutes, tally, texts, args.deadline)
+        clients = [soak.repeats, soak.disconnects, soak.job_floods, soak.bad_bodies, soak.light, soak.prober]
+        threads = [threading.Thread(target=client, daemon=True) for client in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        kills = replacements(url) - kills_start
+        rss_end = settled_rss(process.pid, 30.0)
+        alive = process.poll() is None
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+    statuses = dict(sorted(tally.statuses.items()))
+    server_errors = sum(n for status, n in statuses.items() if status.isdigit() and int(status) >= 500)
+    healthz = np.asarray(soak.healthz_ms)
+    summary = {
+        "requests": sum(n for status, n in statuses.items() if status.isdigit()),
+        "status_5xx": server_errors,
+        "worker_kills": kills,
+        "healthz_p99_ms": float(np.percentile(healthz, 99)),
+        "rss_growth_pct": 100.0 * (rss_end - rss_start) / rss_start,
+    }
+    write_result(
+        "soak",
+        {
+            "command": "python benchmarks/soak.py " + " ".join(sys.argv[1:]),
+            "summary": summary,
+            "minutes": args.minutes,
+            "model": str(model),
+            "workers": args.workers,
+            "server_deadline_s": args.deadline,
+            "startup_seconds": startup,
+            "default_parameters_one_request": costs,
+            "statuses": statuses,
+            "notes": dict(tally.notes),
+            "healthz_ms": {
+                "count": len(healthz),
+                "p50": float(np.percentile(healthz, 50)),
+                "p99": float(np.percentile(healthz, 99)),
+                "max": float(healthz.max()),
+            },
+            "rss_mib": {"start": rss_start / 2**20, "end": rss_end / 2**20},
+            "server_alive_at_end": alive,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Hostile and heavy traffic (issue 12), one regression test per finding, on the in-process backend
+(tiny model): strict parameters, size checks before the tokenizer and off the event loop, the job table,
+cancellation, HTTP edges, and what the service discloses. The Ray-side ones (stale deadlines, deadlines and
+cancels that stop work without killing workers) are in test_workers.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from clients import InfluenceClient, JobFailedError
+from interpret.cancellation import RequestCancelled, RequestContext
+from service.app import create_app
+from service.core import InfluenceService
+from service.pipeline import local_engine
+from service.settings import Settings
+from tests.cluster import free_port
+
+QUERY = "the plot was good and fun"
+SLOW_LISSA = {"recursion_depth": 20000, "batch_size": 96, "damping": 0.1, "scale": 20.0}
+
+
+@pytest.fixture(scope="module")
+def settings(engine_dirs, tmp_path_factory) -> Settings:
+    index_dir = tmp_path_factory.mktemp("hostile") / "index"
+    shutil.copytree(engine_dirs[1], index_dir)
+    return Settings(
+        _env_file=None,
+        model_dir=engine_dirs[0],
+        index_dir=index_dir,
+        max_k=60,
+        max_recursion_depth=20000,
+        max_body_bytes=4000,
+        max_input_chars=200,
+        max_jobs=6,
+        max_jobs_per_client=3,
+        failed_job_ttl_s=1.0,
+        body_timeout_s=1.0,
+        max_headers=40,
+        max_header_bytes=4000,
+    )
+
+
+@pytest.fixture(scope="module")
+def service(settings):
+    service = InfluenceService(settings, local_engine(settings.model_dir, index_dir=settings.index_dir))
+    yield service
+    service.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http(settings, service):
+    with TestClient(create_app(settings, service)) as client:
+        yield client
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    """Poll a condition (never a fixed sleep standing in for one)."""
+    limit = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < limit, "condition not reached in time"
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------- 5. strict inputs
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"method": "smooth_gradient", "parameters": {"stdev": "NaN"}}, "parameters.stdev"),
+        ({"method": "smooth_gradient", "parameters": {"stdev": "Infinity"}}, "parameters.stdev"),
+        ({"method": "smooth_gradient", "parameters": {"seed": 2**70}}, "parameters.seed"),
+        ({"method": "lime", "parameters": {"kernel_width": 0}}, "parameters.kernel_width"),
+        ({"method": "integrated_gradients", "parameters": {"steps": True}}, "parameters.steps"),
+        ({"method": "simple_gradient", "label": "1"}, "label"),
+        ({"method": "simple_gradient", "label": True}, "label"),
+    ],
+)
+def test_saliency_parameters_are_strict_and_named(http, body, named):
+    raw = json.dumps({"text": QUERY, **body}).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity")
+    response = http.post("/v1/saliency", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert named in response.json()["message"] and set(response.json()) == {"code", "message", "detail"}
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"method": "hotflip", "parameters": {"candidates": 0}}, "parameters.candidates"),
+        ({"method": "triggers", "parameters": {"held_out": 0}}, "parameters.held_out"),
+        ({"method": "triggers", "parameters": {"num_examples": 0}}, "parameters.num_examples"),
+        ({"method": "triggers", "parameters": {"num_tokens": 0}}, "parameters.num_tokens"),
+        ({"method": "hotflip", "text_pair": "fun"}, "text_pair: this model was trained on single sentences"),
+        ({"method": "triggers", "parameters": {"iterations": 10, "candidates": 20}}, "POST /v1/jobs"),
+    ],
+)
+def test_attack_parameters_are_strict_named_and_budgeted(http, body, named):
+    response = http.post("/v1/attack", json={"text": QUERY, **body})
+    assert response.status_code == 422 and named in response.json()["message"], response.json()
+
+
+# --------------------------------------------------------------------- 4. size checks, off the loop
+
+
+def test_oversized_texts_are_refused_before_the_tokenizer_and_off_the_event_loop(http, service, monkeypatch):
+    calls = []
+    tokenizer = service.tokenizer
+
+    def recording(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return tokenizer(*args, **kwargs)
+
+    monkeypatch.setattr(service, "tokenizer", recording)
+    long = http.post("/v1/influence", json={"inputs": [{"text": "good " * 100}], "k": 10})
+    assert long.status_code == 422 and "inputs[0].text characters=500 exceeds" in long.json()["message"]
+    assert calls == []  # refused before any tokenizer ran
+    ok = http.post(
+        "/v1/influence", json={"inputs": [{"text": QUERY}], "k": 10, "lissa": {"recursion_depth": 2}}
+    )
+    assert ok.status_code == 200 and calls and all("AnyIO worker thread" in name for name in calls)
+
+
+# -------------------------------------------------------------------- 6. index builds checked first
+
+
+def test_an_index_build_checks_its_factory_before_any_work(http):
+    response = http.post("/v1/jobs", json={"kind": "index_build", "factory": "IVF-bogus,Flat"})
+    assert response.status_code == 422 and response.json()["detail"]["field"] == "factory"
+    assert "is not a FAISS factory string" in response.json()["message"]
+
+
+# ----------------------------------------------------------------------------- 3. the job table
+
+
+def test_jobs_have_a_quota_per_client_a_list_a_cancel_and_a_short_life_when_failed(http, service):
+    alice, bob = {"X-API-Key": "alice"}, {"X-API-Key": "bob"}
+    failing = {"kind": "influence", "influence": {"inputs": [{"text": QUERY}], "k": 5}}
+    failing["influence"]["lissa"] = {"recursion_depth": 50, "damping": 0.01, "scale": 1e-3}
+    ids = [http.post("/v1/jobs", json=failing, headers=alice).json()["id"] for _ in range(3)]
+    refused = http.post("/v1/jobs", json=failing, headers=alice)
+    assert refused.status_code == 429 and "yours" in refused.json()["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 5  # when a place frees up, not a fixed guess
+    assert http.post("/v1/jobs", json=failing, headers=bob).status_code == 202  # others are not blocked
+    listed = http.get("/v1/jobs", headers=alice).json()["jobs"]
+    assert [job["id"] for job in listed] == ids and all(job["result"] is None for job in listed)
+    assert http.get(f"/v1/jobs/{ids[0]}", headers=bob).status_code == 404  # not yours: not there
+    wait_for(lambda: all(j["state"] == "failed" for j in http.get("/v1/jobs", headers=alice).json()["jobs"]))
+    wait_for(lambda: http.get("/v1/jobs", headers=alice).json()["jobs"] == [])  # failed_job_ttl_s = 1
+    assert http.post("/v1/jobs", json=failing, headers=alice).status_code == 202
+
+
+def test_deleting_a_running_job_stops_its_work(http, service):
+    slow = {"kind": "influence", "influence": {"inputs": [{"text": QUERY}], "k": 5, "lissa": SLOW_LISSA}}
+    headers = {"X-API-Key": "carol"}
+    job = http.post("/v1/jobs", json=slow, headers=headers).json()
+
+    def state() -> str:
+        return http.get("/v1/jobs", headers=headers).json()["jobs"][0]["state"]
+
+    wait_for(lambda: state() == "running")  # jobs of the tests before may still be ahead in the queue
+    client = InfluenceClient(api_key="carol", http=http)
+    assert [j.id for j in client.jobs().jobs] == [job["id"]]
+    assert client.cancel_job(job["id"]).state == "running"
+    wait_for(lambda: state() == "cancelled")
+    assert service.engine.backend.explainer.cancellations.running() == 0
+    with pytest.raises(JobFailedError, match="cancelled"):
+        client.wait_job(job["id"], poll_s=0.05, timeout=10, progress=False)
+
+
+# --------------------------------------------------------------------------------- 2. cancellation
+
+
+def test_a_cancelled_request_stops_at_the_next_step(service):
+    from service.schemas import InfluenceRequest
+
+    request = InfluenceRequest(inputs=[{"text": QUERY}], k=5, lissa=SLOW_LISSA)
+    context = RequestContext("cancel-me", time.time() + 600)
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            service.influence(request, context)
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for(lambda: service.engine.backend.explainer.cancellations.running() > 0)
+    service.cancel("cancel-me")
+    thread.join(timeout=20)
+    assert not thread.is_alive() and isinstance(failure[0], RequestCancelled)
+
+
+@pytest.fixture
+def server(settings, service):
+    """The app under uvicorn on loopback, in this process (the in-process backend, no Ray)."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port, log_level="warning")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    wait_for(lambda: running.started)
+    yield port
+    running.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_client_that_goes_away_frees_its_slot_and_its_work(server, service):
+    import httpx
+
+    body = {"inputs": [{"text": QUERY}], "k": 5, "lissa": SLOW_LISSA}
+    explainer = service.engine.backend.explainer
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"http://127.0.0.1:{server}/v1/influence", json=body, timeout=1.5)
+    wait_for(lambda: service.in_flight.count == 0 and explainer.cancellations.running() == 0, timeout=10)
+
+
+# ---------------------------------------------------------------------------------- 7. HTTP edges
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(head + body)
+        return connection.recv(65536)
+
+
+def test_a_body_shorter_than_its_length_gets_408_not_a_hung_connection(server):
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: 100\r\n\r\n"
+    started = time.monotonic()
+    answer = raw_request(server, head, b'{"inputs"')
+    assert answer.startswith(b"HTTP/1.1 408") and b'"code":"request_timeout"' in answer
+    assert time.monotonic() - started < 5
+
+
+def test_chunked_oversized_bodies_get_413_and_headers_are_bounded(http):
+    chunks = iter([b'{"inputs": [' + b" " * 3000, b" " * 3000 + b"]}"])
+    response = http.post("/v1/predict", content=chunks, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
+    many = {f"x-header-{i}": "1" for i in range(60)}
+    assert http.get("/v1/models", headers=many).status_code == 431
+    assert http.get("/v1/models", headers={"x-big": "y" * 5000}).json()["code"] == "headers_too_large"
+
+
+def test_a_body_that_is_not_utf8_gets_a_4xx_in_the_error_shape(http):
+    response = http.post("/v1/predict", content=b"\xff\xfe{}", headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500 and set(response.json()) == {"code", "message", "detail"}
+    spec = http.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["responses"]
+    assert {"400", "408", "413", "422", "431"} <= set(spec)
+
+
+# ---------------------------------------------------------------------------------- 8. disclosure
+
+
+def test_probes_and_models_disclose_no_pids_or_paths(http, tmp_path):
+    ready = http.get("/readyz").json()
+    assert set(ready) == {"ready", "index_loaded", "workers", "workers_answering"}
+    model = http.get("/v1/models").json()["models"][0]
+    assert "/" not in model["model_dir"] and "/" not in model["card"]["data_spec"]["source"]
+    assert "data_source" not in model["card"]
+
+    from workers.cluster import secure_token_file
+
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    token.chmod(0o644)
+    secure_token_file(token)
+    assert token.stat().st_mode & 0o777 == 0o600
