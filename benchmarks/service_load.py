@@ -40,6 +40,11 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 def tree_rss_bytes(root: int) -> int:
     """Resident bytes of ``root`` and all its descendants (the API process, Ray's raylet, its workers)."""
+    return sum(process_tree_rss(root).values())
+
+
+def process_tree_rss(root: int) -> dict[int, int]:
+    """Resident bytes of ``root`` and each of its descendants, by pid."""
     parents, rss = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -55,7 +60,7 @@ def tree_rss_bytes(root: int) -> int:
         children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
         tree.update(children)
         frontier = children
-    return sum(rss.get(pid, 0) for pid in tree)
+    return {pid: rss.get(pid, 0) for pid in tree}
 
 
 class PeakMemory(threading.Thread):
