@@ -227,9 +227,23 @@ def test_a_client_that_goes_away_frees_its_slot_and_its_work(server, service):
 
 
 def raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send raw bytes; read one whole answer (headers, then as many bytes as its Content-Length)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.sendall(head + body)
-        return connection.recv(65536)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
 
 
 def test_a_body_shorter_than_its_length_gets_408_not_a_hung_connection(server):
