@@ -196,7 +196,7 @@ TRIGGER_BATCH_SIZE = 32
 
 @dataclass(frozen=True)
 class TriggerParams(Checked):
-    """Defaults sized for a synchronous request (about 30 s for MiniLM on 2 CPU cores: see
+    """Defaults sized for a synchronous request (a minute on a one-CPU MiniLM worker: see
     ``benchmarks/results/soak.json``); Wallace et al. search longer: raise ``iterations``/``candidates``
     in a job."""
 

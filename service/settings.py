@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     max_trigger_examples: int = Field(512, gt=0)
     """Training examples a trigger search may use (num_examples + held_out)."""
     max_sync_forward_passes: int = Field(4_000, gt=0)
-    """Estimated example forward passes a synchronous saliency or attack request may cost (about 30 s for
-    MiniLM on 2 CPU cores); a costlier one is refused with 422 and runs as a job instead."""
+    """Estimated example forward passes a synchronous saliency or attack request may cost (the default
+    trigger search, about 3,300, takes a minute on a one-CPU MiniLM worker); a costlier one is refused
+    with 422 and runs as a job instead."""
     max_in_flight: int = Field(8, gt=0)
     """Requests computing at once; one more gets 429 with Retry-After instead of a queue."""
     retry_after_s: int = Field(5, gt=0)
