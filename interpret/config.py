@@ -82,11 +82,6 @@ def check_label(value: int | None, num_labels: int, field: str = "label") -> Non
         raise ValueError(f"{field}={value} is not a label of this model: use 0..{num_labels - 1}")
 
 
-def defaults(config_class) -> dict[str, object]:
-    """``{name: default}`` of a config class's fields."""
-    return {spec.name: spec.default for spec in fields(config_class)}
-
-
 @dataclass(frozen=True)
 class LissaConfig(Checked):
     """LiSSA knobs, named as in FastIF (Guo et al. 2021) and Koh & Liang (2017).
