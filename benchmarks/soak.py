@@ -217,6 +217,29 @@ def rss_by_process(root: int) -> dict[str, float]:
     return out
 
 
+RSS_KINDS = ("RssAnon", "RssFile", "RssShmem")
+"""Private heap and stacks; mapped files (libraries, model weights); shared memory (Ray's object store)."""
+
+
+def rss_kinds(root: int) -> dict[str, dict[str, float]]:
+    """MiB of each kind of resident memory, per process of the tree (``/proc/PID/status``)."""
+    out: dict[str, dict[str, float]] = {}
+    for pid in process_tree_rss(root):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        values = dict(line.split(":", 1) for line in status if line.startswith(RSS_KINDS))
+        name = f"{command.rsplit('/', 1)[-1][:40]} ({pid})"
+        out[name] = {kind: int(values[kind].split()[0]) / 1024 for kind in RSS_KINDS if kind in values}
+    return out
+
+
+def kind_totals(per_process: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {kind: round(sum(p.get(kind, 0.0) for p in per_process.values()), 1) for kind in RSS_KINDS}
+
+
 def settled_rss(root: int, seconds: float = 20.0) -> int:
     """The process tree's resident memory after a quiet period (the median of samples over its end)."""
     time.sleep(seconds / 2)
@@ -266,7 +289,7 @@ def main() -> None:
             Soak(url, args.port, 0.0, Tally(), texts, args.deadline), texts[-CACHE_ENTRIES:], CACHE_ENTRIES
         )
         rss_start, kills_start = settled_rss(process.pid, 30.0), replacements(url)
-        processes_start = rss_by_process(process.pid)
+        processes_start, kinds_start = rss_by_process(process.pid), rss_kinds(process.pid)
         tally = Tally()
         soak = Soak(url, args.port, time.monotonic() + 60 * args.minutes, tally, texts, args.deadline)
         clients = [soak.repeats, soak.disconnects, soak.job_floods, soak.bad_bodies, soak.light, soak.prober]
@@ -277,7 +300,7 @@ def main() -> None:
             thread.join()
         kills = replacements(url) - kills_start
         rss_end = settled_rss(process.pid, 30.0)
-        processes_end = rss_by_process(process.pid)
+        processes_end, kinds_end = rss_by_process(process.pid), rss_kinds(process.pid)
         alive = process.poll() is None
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -319,6 +342,14 @@ def main() -> None:
                     for name in sorted(
                         processes_end, key=lambda n: processes_start.get(n, 0) - processes_end[n]
                     )
+                },
+            },
+            "rss_kinds_mib": {
+                "start": kind_totals(kinds_start),
+                "end": kind_totals(kinds_end),
+                "growth_by_process": {
+                    name: {k: round(v - kinds_start.get(name, {}).get(k, 0.0), 1) for k, v in kinds.items()}
+                    for name, kinds in kinds_end.items()
                 },
             },
             "server_alive_at_end": alive,

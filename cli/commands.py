@@ -3,62 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cli.common import (
+    ARTIFACTS,
+    DEMO_SENTENCE,
+    LabelColumn,
+    PairColumn,
+    TextColumn,
+    app,
+    console,
+    data_spec,
+    tracked_scope,
+)
 from interpret.config import FASTIF_PRESET, QueryConfig
-
-# Help texts name data sources like hub:NAME[/CONFIG]:SPLIT: plain text, never Rich markup.
-app = typer.Typer(
-    help="FastIF-style influence functions for Hugging Face text classifiers.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-)
-index_app = typer.Typer(
-    help="Build and inspect the kNN index over the training set.", no_args_is_help=True, rich_markup_mode=None
-)
-app.add_typer(index_app, name="index")
-console = Console()
-
-ARTIFACTS = Path(os.environ.get("INFLUENCE_ARTIFACTS", "artifacts"))
-DEMO_SENTENCE = "a gorgeous, witty, seductive movie."
-
-
-def _tracked_scope(value: str) -> int | str:
-    if value == "classifier":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise typer.BadParameter("an integer number of layers, or 'classifier'") from None
-
-
-def _data_spec(
-    source: str | None,
-    split: str,
-    text_column: str,
-    pair_column: str | None,
-    label_column: str,
-    max_examples: int | None = None,
-):
-    from interpret.data import DataSpec, sst2_spec
-
-    if source is None:
-        return sst2_spec(split, max_examples)
-    columns = {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
-    return DataSpec(source, **columns, max_examples=max_examples)
-
-
-TextColumn = Annotated[str, typer.Option(help="Column holding the text.")]
-PairColumn = Annotated[str | None, typer.Option(help="Column holding the second text of a pair (NLI).")]
-LabelColumn = Annotated[str, typer.Option(help="Column holding integer labels 0..C-1.")]
 
 
 @app.command()
@@ -89,64 +53,43 @@ def train(
     from interpret.models import TrackedModel, load_classifier
     from interpret.training import TrainConfig, fine_tune, save_classifier
 
-    train_spec = _data_spec(train_data, "train", text_column, pair_column, label_column, max_examples)
-    eval_spec = _data_spec(eval_data, "eval", text_column, pair_column, label_column)
+    train_spec = data_spec(train_data, "train", text_column, pair_column, label_column, max_examples)
+    eval_spec = data_spec(eval_data, "eval", text_column, pair_column, label_column)
     train_set, eval_set = load_examples(train_spec), load_examples(eval_spec)
     config = TrainConfig(epochs, batch_size, learning_rate, weight_decay, seed=seed)
     model, tokenizer = load_classifier(base_model, num_labels=max(train_set.num_labels, eval_set.num_labels))
-    tracked = TrackedModel(model, tokenizer, _tracked_scope(tracked_layers))
+    tracked = TrackedModel(model, tokenizer, tracked_scope(tracked_layers))
     console.print(f"fine-tuning {tracked.num_parameters:,} tracked parameters on {len(train_set):,} examples")
     report = fine_tune(tracked, train_set, eval_set, config)
     save_classifier(out, tracked, base_model, train_set, config, report, train_spec)
     console.print(f"eval accuracy {report.eval_accuracy:.4f} in {report.seconds:.0f} s; saved to {out}")
 
 
-@index_app.command("build")
-def index_build(
-    model: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = ARTIFACTS / "model",
-    train_data: Annotated[
-        str | None, typer.Option("--train", help="Training data; default: the card's.")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Index folder.")] = ARTIFACTS / "index",
-    factory: Annotated[
-        str, typer.Option(help="FAISS factory string: Flat, IVF1024,Flat, HNSW32, ...")
-    ] = "Flat",
-    metric: Annotated[str, typer.Option(help="l2 or ip.")] = "l2",
-    text_column: TextColumn = "text",
-    pair_column: PairColumn = None,
-    label_column: LabelColumn = "label",
-) -> None:
-    """Encode the training set with the model's kNN features and store a FAISS index + manifest."""
-    from tqdm.auto import tqdm
-
-    from service.pipeline import build_knn_index, local_engine
-
-    spec = _data_spec(train_data, "train", text_column, pair_column, label_column) if train_data else None
-    engine = local_engine(model, spec)
-    with tqdm(desc="encode", unit="chunk") as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        manifest = build_knn_index(engine, out, factory, metric, progress)
-    console.print(
-        f"indexed {manifest.count:,} x {manifest.dim} ({manifest.factory}, {manifest.metric}) in {out}"
-    )
-
-
 def _print_answer(result: dict, text: str) -> None:
     """A human view of one ``InfluenceResult`` (as a dict: local, or from a server)."""
     prediction, quality = result["prediction"], result["quality"]
     probability = prediction["probabilities"][prediction["label"]]
+    how = quality["method"] + (f" (rerank {quality['rerank']})" if quality.get("rerank") else "")
     console.print(
         f"[bold]{text}[/bold]\npredicted label {prediction['label']} (p={probability:.3f}); "
-        f"explaining label {result['label_used']}; {quality['candidates']:,} candidates scored"
+        f"explaining label {result['label_used']}; method {how}, {quality['candidates']:,} training "
+        "examples scored"
     )
-    for title, examples in (
-        ("most helpful (negative score)", result["helpful"]),
-        ("most harmful (positive score)", result["harmful"]),
-    ):
+    sides = (
+        ("most helpful (negative score)", result["helpful"], "negative"),
+        ("most harmful (positive score)", result["harmful"], "positive"),
+    )
+    for title, examples, sign in sides:
+        if not examples:
+            console.print(
+                f"{title}: none. No scored training example has a {sign} score for this prediction"
+                + (
+                    "; try more candidates (--k) or --method gradient"
+                    if quality["method"] == "fastif"
+                    else ""
+                )
+            )
+            continue
         table = Table(title=title)
         for column in ("id", "label", "score", "distance", "text"):
             table.add_column(column)
@@ -162,12 +105,25 @@ def query(
     text: Annotated[str, typer.Option(help="The sentence to explain.")],
     pair: Annotated[str | None, typer.Option(help="Second sentence of a pair (NLI hypothesis).")] = None,
     label: Annotated[int | None, typer.Option(help="Label to explain; default: the predicted one.")] = None,
-    k: Annotated[int, typer.Option(help="kNN candidates to score.")] = QueryConfig.k,
+    method: Annotated[
+        str | None,
+        typer.Option(help="gradient | fastif | full; default: gradient when its index exists, else fastif."),
+    ] = None,
+    k: Annotated[int, typer.Option(help="fastif: kNN candidates to score.")] = QueryConfig.k,
     top: Annotated[int, typer.Option(help="Helpful and harmful examples to show.")] = QueryConfig.top,
-    full_scan: Annotated[bool, typer.Option(help="Score every training example (no kNN).")] = False,
+    rerank: Annotated[
+        int | None, typer.Option(help="gradient: rescore the top K of each side with s_test.")
+    ] = None,
+    solver: Annotated[str, typer.Option(help="s_test solver: lissa or cg.")] = QueryConfig.solver,
+    cg_rows: Annotated[int, typer.Option(help="cg: training rows of the Hessian.")] = QueryConfig.cg_rows,
+    full_scan: Annotated[bool, typer.Option(help="Same as --method full.")] = False,
     exact: Annotated[bool, typer.Option(help="Exact s_test (small tracked sets only).")] = False,
     model: Path = ARTIFACTS / "model",
     index: Path = ARTIFACTS / "index",
+    gradient_index: Annotated[
+        Path | None,
+        typer.Option(help="Gradient index folder [artifacts/gradient-index, if built for this model]."),
+    ] = None,
     recursion_depth: int = FASTIF_PRESET.recursion_depth,
     lissa_batch_size: int = FASTIF_PRESET.batch_size,
     repetitions: int = FASTIF_PRESET.num_repetitions,
@@ -190,19 +146,32 @@ def query(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Which training examples made this prediction (FastIF: kNN candidates + LiSSA s_test)."""
+    """Which training examples made this prediction: the gradient index, FastIF, or a full scan."""
     from interpret.config import LissaConfig
 
     lissa = LissaConfig(recursion_depth, lissa_batch_size, repetitions, damping, scale, seed)
-    config = QueryConfig(None if full_scan else k, top, lissa, exact)
+    method = "full" if full_scan else method
+    config = QueryConfig(
+        method=method, k=k, top=top, rerank=rerank, solver=solver, cg_rows=cg_rows, lissa=lissa, exact=exact
+    )
     if url is not None:
         result = _remote_query(url, api_key, text, pair, label, config)
     else:
         from service.pipeline import answer_query
         from service.responses import influence_result
 
-        engine = _engine(model, index, full_scan, workers, deadline)
-        answer = answer_query(engine, text, pair, label, config, progress=not as_json)
+        # the default folder may hold another model's index: then it is passed over, a named one is not
+        optional = gradient_index is None
+        gradient_index = gradient_index or ARTIFACTS / "gradient-index"
+        indexes = (
+            None if method in ("full", "gradient") else index,
+            None if method in ("full", "fastif") else gradient_index,
+        )
+        engine = _engine(model, *indexes, workers, deadline, optional)
+        try:
+            answer = answer_query(engine, text, pair, label, config, progress=not as_json)
+        finally:
+            engine.shutdown()
         result = influence_result(answer, config).model_dump()
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -210,29 +179,46 @@ def query(
         _print_answer(result, text)
 
 
-def _remote_query(url: str, api_key: str | None, text, pair, label, config) -> dict:
+def _remote_query(url: str, api_key: str | None, text, pair, label, config: QueryConfig) -> dict:
     from clients import InfluenceClient
     from service.schemas import TextInput
 
     lissa = {k: v for k, v in asdict(config.lissa).items() if k != "divergence_bound"}
+    options = {
+        name: getattr(config, name) for name in ("method", "rerank", "solver", "cg_rows", "cg_tolerance")
+    }
     with InfluenceClient(url, api_key=api_key) as client:
         item = TextInput(text=text, text_pair=pair, label=label)
-        response = client.influence(item, config.k, config.top, config.exact, lissa)
+        response = client.influence(item, config.k, config.top, config.exact, lissa, **options)
     return response.results[0].model_dump()
 
 
-def _engine(model: Path, index: Path, full_scan: bool, workers: int | None, deadline: float):
+def _engine(
+    model: Path,
+    index: Path | None,
+    gradient_index: Path | None,
+    workers: int | None,
+    deadline: float,
+    gradient_optional: bool = False,
+):
+    """The engine a local query runs on, with whichever indexes exist."""
     from service.pipeline import local_engine, pooled_engine
 
-    index_dir = None if full_scan else index
+    index_dir = index if index is not None and index.exists() else None
+    gradient = {
+        "gradient_index_dir": gradient_index
+        if gradient_index is not None and gradient_index.exists()
+        else None,
+        "gradient_index_optional": gradient_optional,
+    }
     if workers is None:
-        return local_engine(model, index_dir=index_dir)
+        return local_engine(model, index_dir=index_dir, **gradient)
     from workers import PoolSettings
 
     if workers < 0:
         raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
     settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
-    return pooled_engine(model, index_dir=index_dir, settings=settings)
+    return pooled_engine(model, index_dir=index_dir, settings=settings, **gradient)
 
 
 @app.command()
@@ -241,7 +227,13 @@ def serve(
         Path | None, typer.Option(help="Fine-tuned model folder [env INFLUENCE_MODEL_DIR; artifacts/model].")
     ] = None,
     index: Annotated[
-        Path | None, typer.Option(help="Index folder [env INFLUENCE_INDEX_DIR; artifacts/index].")
+        Path | None, typer.Option(help="kNN index folder [env INFLUENCE_INDEX_DIR; artifacts/index].")
+    ] = None,
+    gradient_index: Annotated[
+        Path | None,
+        typer.Option(
+            help="Gradient index folder [env INFLUENCE_GRADIENT_INDEX_DIR; artifacts/gradient-index]."
+        ),
     ] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -255,12 +247,12 @@ def serve(
     from service.app import create_app
     from service.settings import Settings
 
-    given = {"model_dir": model, "index_dir": index, "workers": workers}
+    given = {"model_dir": model, "index_dir": index, "gradient_index_dir": gradient_index, "workers": workers}
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
     typer.echo(  # plain echo, not rich: the example must stay on one line to be pasted
         f"serving {settings.model_dir} on http://{host}:{port} (docs: /docs). Try:\n"
         f"  curl -s http://{host}:{port}/v1/influence -H 'content-type: application/json' "
-        f"""-d '{{"inputs": [{{"text": "{DEMO_SENTENCE}"}}], "k": 1000, "top": 5}}'"""
+        f"""-d '{{"inputs": [{{"text": "{DEMO_SENTENCE}"}}], "top": 5}}'"""
     )
     uvicorn.run(
         create_app(settings),
@@ -271,37 +263,70 @@ def serve(
     )
 
 
+DEMO_CPU_EXAMPLES = 10_000
+"""SST-2 rows the demo fine-tunes on without a GPU: its first answer comes within minutes of install on
+2 CPU cores (the whole set takes about 20 minutes there); ``--full`` or a GPU uses all 67,349."""
+
+
+def _demo_examples(max_examples: int | None, full: bool) -> int | None:
+    if max_examples is not None or full:
+        return max_examples
+    import torch
+
+    return None if torch.cuda.is_available() else DEMO_CPU_EXAMPLES
+
+
 @app.command()
 def demo(
     max_examples: Annotated[
-        int | None, typer.Option(help="Fine-tune on a subset (default: all of SST-2).")
+        int | None,
+        typer.Option(help=f"Fine-tune on a subset [on CPU: {DEMO_CPU_EXAMPLES:,} rows; on a GPU: all]."),
     ] = None,
+    full: Annotated[
+        bool, typer.Option(help="Fine-tune on all of SST-2 (about 20 min on 2 CPU cores).")
+    ] = False,
     text: str = DEMO_SENTENCE,
     port: int = 8000,
 ) -> None:
-    """Quickstart: fine-tune MiniLM on SST-2 and build the index (each once, then cached), answer one
-    query, then serve the API on localhost."""
+    """Quickstart: fine-tune MiniLM on SST-2, build the kNN and the gradient index (each once, then
+    cached), answer one query with the gradient index, then serve the API on localhost."""
+    from cli.indexes import index_build
+    from index.gradient import read_gradient_manifest
     from index.store import IndexMismatchError, read_manifest
     from interpret.checkpoint import read_card
     from interpret.data import sst2_spec
 
-    model_dir, index_dir = ARTIFACTS / "model", ARTIFACTS / "index"
+    max_examples = _demo_examples(max_examples, full)
+    model_dir, index_dir, gradient_dir = (
+        ARTIFACTS / "model",
+        ARTIFACTS / "index",
+        ARTIFACTS / "gradient-index",
+    )
     if read_card(model_dir).get("data_spec") != asdict(sst2_spec("train", max_examples)):
+        console.print(
+            f"fine-tuning on {'all of SST-2' if max_examples is None else f'{max_examples:,} SST-2 rows'} "
+            "(--full for all of it)"
+        )
         train(out=model_dir, max_examples=max_examples)
     else:
         console.print(f"using the cached model in {model_dir}")
-    # The card records the saved weights' fingerprint, so no model load is needed to judge the cache;
-    # the query below still checks the index against the weights it actually loads.
-    try:
-        fresh = read_manifest(index_dir).model_fingerprint == read_card(model_dir).get("model_fingerprint")
-    except IndexMismatchError:
-        fresh = False
-    if not fresh:
-        index_build(model=model_dir, out=index_dir)
-    else:
-        console.print(f"using the cached index in {index_dir}")
-    query(text=text, model=model_dir, index=index_dir)
-    serve(model=model_dir, index=index_dir, port=port)
+    # The cards record the saved weights' fingerprint, so no model load is needed to judge the cache;
+    # the query below still checks each index against the weights it actually loads.
+    fingerprint = read_card(model_dir).get("model_fingerprint")
+    for kind, directory, read in (
+        ("knn", index_dir, read_manifest),
+        ("gradient", gradient_dir, read_gradient_manifest),
+    ):
+        try:
+            fresh = read(directory).model_fingerprint == fingerprint
+        except IndexMismatchError:
+            fresh = False
+        if fresh:
+            console.print(f"using the cached {kind} index in {directory}")
+        else:
+            index_build(model=model_dir, kind=kind, out=directory)
+    query(text=text, model=model_dir, index=index_dir, gradient_index=gradient_dir)
+    serve(model=model_dir, index=index_dir, gradient_index=gradient_dir, port=port)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

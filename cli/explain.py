@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.commands import ARTIFACTS, app, console
+from cli.common import ARTIFACTS, app, console
 
 
 def _parameters(values: list[str]) -> dict:

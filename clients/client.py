@@ -119,9 +119,16 @@ def influence_request(
     top: int = QueryConfig.top,
     exact: bool = False,
     lissa: LissaParams | dict | None = None,
+    **options,
 ) -> InfluenceRequest:
+    """The request; ``options`` are its other fields by name: ``method`` (gradient | fastif | full),
+    ``rerank``, ``solver`` (lissa | cg), ``cg_rows``, ``cg_tolerance``."""
     lissa = lissa if isinstance(lissa, LissaParams) else LissaParams(**(lissa or {}))
-    return InfluenceRequest(inputs=_as_inputs(inputs), k=k, top=top, exact=exact, lissa=lissa)
+    return InfluenceRequest(inputs=_as_inputs(inputs), k=k, top=top, exact=exact, lissa=lissa, **options)
+
+
+def job_request(request, kind: str, factory: str, index_kind: str, gradient: dict | None) -> JobRequest:
+    return JobRequest(kind=kind, influence=request, factory=factory, index_kind=index_kind, gradient=gradient)
 
 
 def saliency_request(text: str, method: str, text_pair=None, label=None, **parameters):
@@ -236,9 +243,10 @@ class InfluenceClient(_Common):
         top: int = QueryConfig.top,
         exact: bool = False,
         lissa=None,
+        **options,
     ):
         """Most helpful and harmful training examples for each input (``InfluenceResponse``)."""
-        body = self._body(influence_request(inputs, k, top, exact, lissa))
+        body = self._body(influence_request(inputs, k, top, exact, lissa, **options))
         return self._call("POST", "/v1/influence", InfluenceResponse, body)
 
     def saliency(self, text: str, method: str, text_pair=None, label=None, **parameters) -> SaliencyResponse:
@@ -257,10 +265,16 @@ class InfluenceClient(_Common):
         return self._call("GET", "/v1/models", ModelsResponse)
 
     def submit_job(
-        self, request: InfluenceRequest | None = None, kind: str = "influence", factory: str = "Flat"
+        self,
+        request: InfluenceRequest | None = None,
+        kind: str = "influence",
+        factory: str = "Flat",
+        index_kind: str = "knn",
+        gradient: dict | None = None,
     ):
-        """Start a job (an ``InfluenceRequest`` over many inputs, or ``kind="index_build"``)."""
-        body = self._body(JobRequest(kind=kind, influence=request, factory=factory))
+        """Start a job: an ``InfluenceRequest`` over many inputs, or ``kind="index_build"`` (the kNN
+        index, or ``index_kind="gradient"`` with its settings in ``gradient``)."""
+        body = self._body(job_request(request, kind, factory, index_kind, gradient))
         return self._call("POST", "/v1/jobs", JobStatus, body, repeatable=False)
 
     def job(self, job_id: str) -> JobStatus:
@@ -335,8 +349,9 @@ class AsyncInfluenceClient(_Common):
         top: int = QueryConfig.top,
         exact: bool = False,
         lissa=None,
+        **options,
     ):
-        body = self._body(influence_request(inputs, k, top, exact, lissa))
+        body = self._body(influence_request(inputs, k, top, exact, lissa, **options))
         return await self._call("POST", "/v1/influence", InfluenceResponse, body)
 
     async def saliency(self, text: str, method: str, text_pair=None, label=None, **parameters):
@@ -355,9 +370,14 @@ class AsyncInfluenceClient(_Common):
         return await self._call("GET", "/v1/models", ModelsResponse)
 
     async def submit_job(
-        self, request: InfluenceRequest | None = None, kind: str = "influence", factory: str = "Flat"
+        self,
+        request: InfluenceRequest | None = None,
+        kind: str = "influence",
+        factory: str = "Flat",
+        index_kind: str = "knn",
+        gradient: dict | None = None,
     ):
-        body = self._body(JobRequest(kind=kind, influence=request, factory=factory))
+        body = self._body(job_request(request, kind, factory, index_kind, gradient))
         return await self._call("POST", "/v1/jobs", JobStatus, body, repeatable=False)
 
     async def job(self, job_id: str) -> JobStatus:

@@ -70,11 +70,30 @@ def empty_index(dim: int, factory: str, metric: Metric = "l2") -> faiss.Index:
         ) from error
 
 
-def _new_index(dim: int, factory: str, metric: Metric, features: np.ndarray) -> faiss.Index:
-    index = empty_index(dim, factory, metric)
+def filled_index(vectors: np.ndarray, factory: str, metric: Metric) -> faiss.Index:
+    """An index of this factory holding ``vectors`` (row i = id i), trained on them first if it must be."""
+    index = empty_index(vectors.shape[1], factory, metric)
     if not index.is_trained:
-        index.train(features)
+        index.train(vectors)
+    index.add(vectors)
     return index
+
+
+def write_index_folder(directory: str | Path, index: faiss.Index, manifest: dict) -> None:
+    """``index.faiss``, ``rows.json`` and ``manifest.json``, replacing ``directory`` in one rename."""
+    with atomic_directory(directory) as scratch:
+        faiss.write_index(index, str(scratch / INDEX_FILE))
+        (scratch / ROWS_FILE).write_text(json.dumps(list(range(index.ntotal))))
+        write_json_atomic(scratch / MANIFEST_FILE, manifest)
+
+
+def read_index_folder(directory: str | Path, count: int) -> tuple[faiss.Index, np.ndarray]:
+    """The stored index (on the GPUs when faiss-gpu sees any) and its rows; refused if the counts differ."""
+    index = faiss.read_index(str(Path(directory) / INDEX_FILE))
+    rows = np.asarray(json.loads((Path(directory) / ROWS_FILE).read_text()), dtype=np.int64)
+    if index.ntotal != count or len(rows) != count:
+        raise IndexMismatchError(f"{directory}: index holds {index.ntotal} vectors, manifest says {count}")
+    return _to_search_device(index), rows
 
 
 @dataclass
@@ -109,8 +128,7 @@ def build_index(
     features = np.ascontiguousarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) == 0:
         raise ValueError(f"features must be a non-empty [N, D] array, got shape {features.shape}")
-    index = _new_index(features.shape[1], factory, metric, features)
-    index.add(features)
+    index = filled_index(features, factory, metric)
     manifest = Manifest(
         model_fingerprint,
         data_fingerprint,
@@ -120,10 +138,7 @@ def build_index(
         len(features),
         datetime.now(UTC).isoformat(),
     )
-    with atomic_directory(directory) as scratch:
-        faiss.write_index(index, str(scratch / INDEX_FILE))
-        (scratch / ROWS_FILE).write_text(json.dumps(list(range(len(features)))))
-        write_json_atomic(scratch / MANIFEST_FILE, asdict(manifest))
+    write_index_folder(directory, index, asdict(manifest))
     return manifest
 
 
@@ -149,10 +164,4 @@ def load_index(directory: str | Path, model_fingerprint: str, data_fingerprint: 
                 f"{directory}: index was built for {what} fingerprint {stored[:12]}, but the loaded {what} "
                 f"is {expected[:12]}; rebuild it with `influence index build`"
             )
-    index = faiss.read_index(str(Path(directory) / INDEX_FILE))
-    rows = np.asarray(json.loads((Path(directory) / ROWS_FILE).read_text()), dtype=np.int64)
-    if index.ntotal != manifest.count or len(rows) != manifest.count:
-        raise IndexMismatchError(
-            f"{directory}: index holds {index.ntotal} vectors, manifest says {manifest.count}"
-        )
-    return FeatureIndex(_to_search_device(index), rows, manifest)
+    return FeatureIndex(*read_index_folder(directory, manifest.count), manifest)

@@ -33,13 +33,27 @@ def _allowed(hint) -> tuple[type, ...]:
 _BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le))
 
 
+def _choices(hint) -> tuple | None:
+    """The values a ``Literal[...]`` (or ``Literal[...] | None``) annotation admits, else ``None``."""
+    for part in (hint, *typing.get_args(hint)):
+        if typing.get_origin(part) is typing.Literal:
+            return typing.get_args(part)
+    return None
+
+
 def check_field(owner: str, name: str, value, hint, metadata) -> None:
-    """Type (no bool for a number, finite floats) and bounds of one value; errors name ``owner.name``."""
+    """Type (no bool for a number, finite floats, one of a Literal's values) and bounds of one value;
+    errors name ``owner.name``."""
     allowed = _allowed(hint)
     where = f"{owner}.{name}" if owner else name
     if value is None:
         if type(None) not in allowed:
             raise ValueError(f"{where} must be given, got None")
+        return
+    choices = _choices(hint)
+    if choices is not None:
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            raise ValueError(f"{where} must be one of {list(choices)}, got {value!r}")
         return
     numeric = bool({int, float} & set(allowed))
     if numeric and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -122,15 +136,105 @@ FASTIF_PRESET = LissaConfig()
 """B=1, J=1000, T=1: the default; see ``benchmarks/influence_query.py`` for the depth/batch trade-off."""
 
 
-@dataclass(frozen=True)
-class QueryConfig(Checked):
-    """One FastIF query: ``k`` kNN candidates (``None``: score the whole training set), top-n to return."""
+QueryMethod = typing.Literal["gradient", "fastif", "full"]
+"""``gradient``: one search of the gradient index; ``fastif``: kNN candidates + ``s_test`` + scoring;
+``full``: ``s_test`` and every training example scored (the reference)."""
 
-    k: int | None = setting(1000, ge=1, doc="kNN candidates to score; null: every training example.")
+Solver = typing.Literal["lissa", "cg"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryConfig(Checked):
+    """One influence query: which method, how many candidates, how ``s_test`` is solved, top-n to return.
+
+    ``method=None`` picks ``gradient`` when a gradient index is loaded, else ``fastif`` (or ``full`` with
+    ``k=None``); :func:`resolve_method` is that rule."""
+
+    method: QueryMethod | None = setting(  # noqa: RUF009 (a Literal: immutable)
+        None, doc="gradient | fastif | full; null: gradient when its index is loaded, else fastif."
+    )
+    k: int | None = setting(1000, ge=1, doc="fastif: kNN candidates to score; null: every training example.")
     top: int = setting(10, ge=1, doc="Helpful and harmful examples to return.")
+    rerank: int | None = setting(
+        None, ge=1, doc="gradient: rescore the top K of each side with s_test (solver), best of the 2K."
+    )
+    solver: Solver = setting("lissa", doc="How s_test is solved: lissa (the FastIF preset) or cg.")  # noqa: RUF009
+    cg_rows: int | None = setting(
+        2000, ge=1, doc="cg: training rows the Hessian is taken over (seeded); null: all of them."
+    )
+    cg_tolerance: float = setting(1e-4, gt=0, le=1, doc="cg: stop at this relative residual.")
     lissa: LissaConfig = field(default_factory=LissaConfig)
     exact: bool = setting(False, doc="Exact s_test by an explicit Hessian (small tracked sets).")
     score_batch_size: int = setting(128, ge=1, api=False)
+
+    @property
+    def s_test_key(self) -> tuple:
+        """What an ``s_test`` depends on besides the input: the cache key's config part."""
+        if self.exact:
+            return ("exact", self.lissa.damping)
+        if self.solver == "cg":
+            return ("cg", self.lissa.damping, self.cg_rows, self.cg_tolerance)
+        return ("lissa", self.lissa)
+
+
+class MethodUnavailableError(ValueError):
+    """The query's method needs an index that is not loaded; ``field`` names the request field to change."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+def resolve_method(config: QueryConfig, has_gradient_index: bool, has_knn_index: bool) -> QueryMethod:
+    """The method a query runs: the one asked for, else gradient when its index is loaded, else fastif
+    (``full`` when ``k`` is null). A method whose index is not loaded is refused, naming the field."""
+    method = config.method
+    if method is None:
+        method = "gradient" if has_gradient_index else "fastif"
+    if method == "fastif" and config.k is None:
+        method = "full"
+    if method == "gradient" and not has_gradient_index:
+        raise MethodUnavailableError(
+            "method='gradient' needs a gradient index and none is loaded: build one with `influence index "
+            "build --kind gradient` (or POST /v1/jobs kind=index_build, index_kind=gradient), or use "
+            "method='fastif'",
+            "method",
+        )
+    if method == "fastif" and not has_knn_index:
+        raise MethodUnavailableError(
+            f"k={config.k} asks for FastIF's kNN candidates but no index is loaded: build one with "
+            "`influence index build`, give k=null (a full scan), or use method='gradient'",
+            "k" if config.method is None else "method",
+        )
+    return method
+
+
+Preconditioner = typing.Literal["fisher", "identity", "hessian"]
+
+
+@dataclass(frozen=True)
+class GradientIndexConfig(Checked):
+    """How a gradient index is built (``interpret.influence.projection`` and ``.preconditioner``).
+
+    Defaults chosen by ``benchmarks/gradient_index.py`` (its table compares ranks and preconditioners
+    against a converged full scan); ``damping`` is the same lambda as LiSSA's."""
+
+    rank: int | None = setting(
+        16, ge=1, le=256, doc="Projection rank per side of each linear layer; null: none (tiny models)."
+    )
+    seed: int = setting(0, ge=0, le=SEED_MAX, doc="Seed of the random projections.")
+    preconditioner: Preconditioner = setting(  # noqa: RUF009 (a Literal: immutable)
+        "fisher",
+        doc="fisher (empirical Fisher of the projected gradients), identity, or hessian (small sets).",
+    )
+    damping: float = setting(5.0, gt=0, doc="lambda in (C + lambda I)^-1.")
+    factory: str = setting("Flat", doc="FAISS factory string of the inner-product index.")
+    chunk_rows: int = setting(1024, ge=1, doc="Training rows per shard: the resume and progress grain.")
+
+    @property
+    def identity(self) -> dict:
+        """The settings that change the stored gradients (a resumed build must share them)."""
+        return {"rank": self.rank, "seed": self.seed}
 
 
 # ---------------------------------------------------------------------------------------------- saliency

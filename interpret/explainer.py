@@ -2,7 +2,7 @@
 
 :class:`Explainer` holds the model, tokenizer and training data and answers prepare / predict / encode /
 saliency / attack / test_gradient / one LiSSA repetition / the exact solve / a scoring shard. The local
-backend (``service.pipeline.LocalBackend``) calls it directly; the Ray actor (``workers.actor``) is this
+backend (``service.backends.LocalBackend``) calls it directly; the Ray actor (``workers.actor``) is this
 class with placement added, and the pool picks each call's concurrency group. Vectors go in and out as
 numpy arrays so the same methods serve both: on Ray they cross the object store, read zero-copy on a node.
 """
@@ -19,12 +19,16 @@ import torch
 
 from interpret.attacks import AttackResult, attack
 from interpret.cancellation import Cancellations, RequestContext
+from interpret.cancellation import checkpoint as step_boundary
 from interpret.checkpoint import Checkpoint, load_checkpoint
 from interpret.classifier import TextClassifier
 from interpret.config import Checked, LissaConfig
 from interpret.data import DataSpec
+from interpret.influence.cg import CGResult, cg_s_test
 from interpret.influence.exact import exact_s_test, training_hessian
 from interpret.influence.lissa import LissaReport, average_repetitions, lissa_repetition, relative_spread
+from interpret.influence.preconditioner import projected_hessian
+from interpret.influence.projection import Projector
 from interpret.influence.query import TestPoint, prepare_test_point
 from interpret.influence.scoring import score_rows
 from interpret.models import TrackedScope, encode_features
@@ -71,6 +75,16 @@ class RepetitionReport:
 
 
 @dataclass(frozen=True)
+class CGReport:
+    """How a conjugate-gradient ``s_test`` ended: the quality block reports it."""
+
+    relative_residual: float
+    iterations: int
+    rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class STestSummary:
     relative_spread: float
     s_test_norm: float
@@ -83,6 +97,7 @@ class STest:
 
     vectors: list
     report: LissaReport | None
+    cg: CGReport | None = None
 
 
 def lissa_report(
@@ -115,6 +130,7 @@ class Explainer:
         self.name = name
         self.cancellations = Cancellations()
         self._hessian: torch.Tensor | None = None
+        self._projectors: dict[tuple[int | None, int], Projector] = {}
 
     @classmethod
     def load(
@@ -214,6 +230,59 @@ class Explainer:
         if self._hessian is None:
             self._hessian = training_hessian(self.tracked, self.theta, self.checkpoint.train)
         return exact_s_test(self._hessian, self._point(text, pair, label).v, damping).cpu().numpy()
+
+    def cg_solve(
+        self, text: str, pair: str | None, label: int | None, damping: float, num_rows, tolerance: float
+    ) -> tuple[np.ndarray, CGReport]:
+        """``(H_M + damping I)^-1 v`` by conjugate gradient over a seeded subset of M training rows."""
+        start = time.perf_counter()
+        v = self._point(text, pair, label).v
+        result: CGResult = cg_s_test(
+            self.tracked, self.theta, v, self.checkpoint.train, damping, num_rows, tolerance
+        )
+        report = CGReport(
+            result.relative_residual, result.iterations, len(result.rows), time.perf_counter() - start
+        )
+        return result.s_test.cpu().numpy(), report
+
+    # ------------------------------------------------------------------------------ gradient index
+
+    def projector(self, rank: int | None, seed: int) -> Projector:
+        key = (rank, seed)
+        if key not in self._projectors:
+            self._projectors[key] = Projector(self.tracked, rank, seed)
+        return self._projectors[key]
+
+    def projection_layers(self, rank: int | None, seed: int) -> list[dict]:
+        return self.projector(rank, seed).describe()
+
+    def gradient_shard(
+        self, rows: np.ndarray, rank: int | None, seed: int, block_size: int = 32
+    ) -> np.ndarray:
+        """Projected per-example gradients of training ``rows`` (in that order), float32 ``[len, dim]``."""
+        projector = self.projector(rank, seed)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), projector.dim), dtype=np.float32)
+        for positions, states, labels in self.checkpoint.train.iter_blocks(rows, block_size):
+            step_boundary()
+            out[positions] = projector.gradients(self.theta, states, labels).float().cpu().numpy()
+        return out
+
+    def projected_test_gradient(
+        self, text: str, pair: str | None, label: int, rank: int | None, seed: int
+    ) -> np.ndarray:
+        """``g~_test``: the test loss's gradient through the same projection as the index."""
+        tracked = self.tracked
+        state = tracked.frozen(tracked.encode([text], [pair] if pair is not None else None))
+        labels = torch.tensor([label], device=tracked.device)
+        return self.projector(rank, seed).gradients(self.theta, state, labels)[0].cpu().numpy()
+
+    def projected_training_hessian(self, rank: int | None, seed: int) -> np.ndarray:
+        """``R H R^T`` from the explicit training Hessian (the ``hessian`` preconditioner; small sets)."""
+        if self._hessian is None:
+            self._hessian = training_hessian(self.tracked, self.theta, self.checkpoint.train)
+        projection = self.projector(rank, seed).dense_matrix()
+        return projected_hessian(self._hessian, projection).cpu().numpy()
 
     def _average(self, repetitions: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # Arrays read from the object store are read-only views; torch needs its own copy.

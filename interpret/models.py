@@ -220,6 +220,15 @@ class TrackedModel:
     def num_parameters(self) -> int:
         return sum(self._sizes)
 
+    def parameter_offsets(self) -> dict[str, int]:
+        """Where each tracked parameter starts in the flat ``theta``."""
+        starts = np.cumsum([0, *self._sizes[:-1]])
+        return {name: int(start) for name, start in zip(self.parameter_names, starts, strict=True)}
+
+    @property
+    def parameter_sizes(self) -> list[int]:
+        return list(self._sizes)
+
     @property
     def feature_dim(self) -> int:
         """Width of ``features``: the input of the final linear layer."""

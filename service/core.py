@@ -16,9 +16,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 from index import empty_index, load_index, read_manifest
+from index.gradient import load_gradient_index
 from interpret.cancellation import RequestContext
-from interpret.config import ATTACK_PARAMETERS, SALIENCY_PARAMETERS, LissaConfig, QueryConfig
+from interpret.config import (
+    ATTACK_PARAMETERS,
+    SALIENCY_PARAMETERS,
+    GradientIndexConfig,
+    LissaConfig,
+    MethodUnavailableError,
+    QueryConfig,
+    resolve_method,
+)
 from interpret.data import DataSpec
+from interpret.influence.exact import MAX_EXACT_PARAMETERS
+from service.builds import FACTORY_PROBE_DIM, build_gradient_index, build_knn_index
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
 from service.jobs import JobManager, Progress
@@ -29,7 +40,7 @@ from service.limits import (
     check_sync_work,
     check_text,
 )
-from service.pipeline import Engine, answer_query, build_knn_index, pooled_engine
+from service.pipeline import Engine, answer_query, pooled_engine
 from service.responses import attack_response, influence_result, prediction, saliency_response
 from service.schemas import (
     AttackResponse,
@@ -60,7 +71,7 @@ def build_engine(settings: Settings) -> Engine:
         deadline_s=settings.deadline_s,
     )
     train_spec = DataSpec(settings.train_data) if settings.train_data else None
-    index_dir = settings.index_dir if settings.index_dir and Path(settings.index_dir).exists() else None
+    index_dir = _existing(settings.index_dir)
     tracked = settings.tracked_layers
     scope = int(tracked) if tracked is not None and tracked.isdigit() else tracked
     return pooled_engine(
@@ -70,7 +81,14 @@ def build_engine(settings: Settings) -> Engine:
         scope,
         settings=pool_settings,
         trust_remote_code=settings.trust_remote_code,
+        gradient_index_dir=_existing(settings.gradient_index_dir),
+        # the default folder may hold another model's index: passed over, unlike one the operator named
+        gradient_index_optional="gradient_index_dir" not in settings.model_fields_set,
     )
+
+
+def _existing(directory: Path | None) -> Path | None:
+    return directory if directory is not None and Path(directory).exists() else None
 
 
 class InFlight:
@@ -108,8 +126,8 @@ def public_card(card: dict) -> dict:
 
 def query_config(request) -> QueryConfig:
     """An ``InfluenceRequest`` as the library's config (same field names, same defaults)."""
-    lissa = LissaConfig(**request.lissa.model_dump())
-    return QueryConfig(request.k, request.top, lissa, request.exact)
+    given = request.model_dump(exclude={"inputs", "lissa"})
+    return QueryConfig(**given, lissa=LissaConfig(**request.lissa.model_dump()))
 
 
 class InfluenceService:
@@ -150,14 +168,13 @@ class InfluenceService:
 
     def check_influence(self, request) -> None:
         engine = self.engine
-        identity = engine.identity
-        check_influence(request, self.settings, self.tokenizer, identity, len(engine.examples))
-        if request.k is not None and engine.index is None:
-            raise LimitExceededError(
-                "k was given but this server has no kNN index: give k=null (full scan) or build one "
-                "(POST /v1/jobs with kind=index_build)",
-                {"field": "k", "value": request.k},
-            )
+        try:
+            config = query_config(request)
+            method = resolve_method(config, engine.gradient_index is not None, engine.index is not None)
+        except MethodUnavailableError as error:
+            value = getattr(request, error.field)
+            raise LimitExceededError(str(error), {"field": error.field, "value": value}) from None
+        check_influence(request, self.settings, self.tokenizer, engine.identity, len(engine.examples), method)
 
     def influence(
         self, request, context: RequestContext | None = None, progress: Progress | None = None
@@ -222,10 +239,12 @@ class InfluenceService:
     def models(self) -> ModelsResponse:
         engine = self.engine
         manifest = read_manifest(self.settings.index_dir).__dict__ if engine.index is not None else None
+        gradient = engine.gradient_index
         info = ModelInfo(
             model_dir=Path(self.settings.model_dir).name,
             card=public_card(engine.card),
             index_manifest=manifest,
+            gradient_index_manifest=asdict(gradient.manifest) if gradient is not None else None,
             tracked_parameters=engine.identity.num_parameters,
             tracked_layers=engine.identity.tracked_layers,
             workers=engine.backend.num_workers,
@@ -265,23 +284,45 @@ class InfluenceService:
             check_text(body, self.settings, self.tokenizer, self.engine.identity)
             run = self.saliency if request.kind == "saliency" else self.attack
             work = lambda progress, context: run(body, context, job=True)  # noqa: E731
+        elif request.index_kind == "gradient":
+            config = self._check_gradient_build(request.gradient)
+            work = lambda progress, context: self.build_gradient_index(config, progress, context)  # noqa: E731
         else:
             self._check_index_build(request.factory)
             factory = request.factory
             work = lambda progress, context: self.build_index(factory, progress, context)  # noqa: E731
         return self.jobs.submit(request.kind, work, owner)
 
-    def _check_index_build(self, factory: str) -> None:
-        if not self.settings.allow_index_build_jobs or self.settings.index_dir is None:
+    def _check_builds_allowed(self, directory: Path | None, variable: str) -> None:
+        if not self.settings.allow_index_build_jobs or directory is None:
             raise LimitExceededError(
-                "index builds are disabled on this server (INFLUENCE_ALLOW_INDEX_BUILD_JOBS, "
-                "INFLUENCE_INDEX_DIR)",
+                f"index builds are disabled on this server (INFLUENCE_ALLOW_INDEX_BUILD_JOBS, {variable})",
                 {"field": "kind", "value": "index_build"},
             )
+
+    def _check_index_build(self, factory: str) -> None:
+        self._check_builds_allowed(self.settings.index_dir, "INFLUENCE_INDEX_DIR")
         try:  # before any work: a typo must not cost a full encode of the training set
             empty_index(self.engine.identity.feature_dim, factory)
         except ValueError as error:
             raise LimitExceededError(str(error), {"field": "factory", "value": factory}) from None
+
+    def _check_gradient_build(self, params) -> GradientIndexConfig:
+        self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
+        config = GradientIndexConfig(**(params.model_dump() if params is not None else {}))
+        try:
+            empty_index(FACTORY_PROBE_DIM, config.factory, "ip")
+        except ValueError as error:
+            detail = {"field": "gradient.factory", "value": config.factory}
+            raise LimitExceededError(f"gradient.{error}", detail) from None
+        tracked = self.engine.identity.num_parameters
+        if config.preconditioner == "hessian" and tracked > MAX_EXACT_PARAMETERS:
+            raise LimitExceededError(
+                f"preconditioner='hessian' needs an explicit Hessian of the {tracked} tracked parameters "
+                f"(at most {MAX_EXACT_PARAMETERS}); use 'fisher'",
+                {"field": "gradient.preconditioner", "value": "hessian"},
+            )
+        return config
 
     def list_jobs(self, owner: str) -> JobList:
         return JobList(jobs=self.jobs.list(owner))
@@ -295,6 +336,18 @@ class InfluenceService:
             manifest = build_knn_index(engine, index_dir, factory, progress=progress, context=context)
             identity = engine.identity
             engine.index = load_index(index_dir, identity.model_fingerprint, identity.data_fingerprint)
+        return IndexBuildResult(index_manifest=asdict(manifest))
+
+    def build_gradient_index(
+        self, config: GradientIndexConfig, progress: Progress, context: RequestContext | None = None
+    ) -> IndexBuildResult:
+        """Project every training gradient on the workers, write the gradient index, then swap it in."""
+        engine, directory = self.engine, self.settings.gradient_index_dir
+        with self._index_lock:
+            manifest = build_gradient_index(engine, directory, config, progress, context)
+            identity = engine.identity
+            fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
+            engine.gradient_index = load_gradient_index(directory, *fingerprints, identity.tracked_layers)
         return IndexBuildResult(index_manifest=asdict(manifest))
 
     def shutdown(self) -> None:

@@ -57,16 +57,29 @@ def check_text(item, settings: Settings, tokenizer, identity: Identity, where: s
         raise LimitExceededError(str(error), detail) from None
 
 
-def check_influence(request, settings: Settings, tokenizer, identity: Identity, num_examples: int) -> None:
+def check_influence(
+    request, settings: Settings, tokenizer, identity: Identity, num_examples: int, method: str
+) -> None:
+    """Sizes of an influence request that ``method`` (already resolved) will run."""
     check_inputs(request.inputs, settings, tokenizer, identity)
-    if request.k is not None:
+    if method == "fastif":  # k means nothing to the other methods
         _at_most("k", request.k, settings.max_k, "INFLUENCE_MAX_K")
-    elif num_examples > settings.max_k:
+    if method == "full" and num_examples > settings.max_k:
         raise LimitExceededError(
-            f"k=null scores all {num_examples} training examples, above this server's limit of "
-            f"{settings.max_k} (INFLUENCE_MAX_K); give k",
-            {"field": "k", "limit": settings.max_k, "value": None},
+            f"a full scan scores all {num_examples} training examples, above this server's limit of "
+            f"{settings.max_k} (INFLUENCE_MAX_K); give k, or use method='gradient'",
+            {"field": "k" if request.method is None else "method", "limit": settings.max_k, "value": None},
         )
+    if request.rerank is not None:
+        _at_most("rerank", request.rerank, settings.max_k, "INFLUENCE_MAX_K")
+    if request.solver == "cg" and request.cg_rows is None and num_examples > settings.max_cg_rows:
+        raise LimitExceededError(
+            f"cg_rows=null takes the Hessian over all {num_examples} training examples, above this "
+            f"server's limit of {settings.max_cg_rows} (INFLUENCE_MAX_CG_ROWS); give cg_rows",
+            {"field": "cg_rows", "limit": settings.max_cg_rows, "value": None},
+        )
+    if request.solver == "cg" and request.cg_rows is not None:
+        _at_most("cg_rows", request.cg_rows, settings.max_cg_rows, "INFLUENCE_MAX_CG_ROWS")
     _at_most("top", request.top, settings.max_top, "INFLUENCE_MAX_TOP")
     lissa = request.lissa
     depth = settings.max_recursion_depth

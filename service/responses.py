@@ -12,6 +12,7 @@ from interpret.influence import InfluenceAnswer, LissaReport
 from interpret.saliency import SaliencyMap
 from service.schemas import (
     AttackResponse,
+    CGQuality,
     InfluenceResult,
     InfluentialExampleOut,
     LissaQuality,
@@ -54,14 +55,26 @@ def influence_result(
         label_used=answer.label_used,
         helpful=[InfluentialExampleOut(**asdict(e)) for e in answer.helpful],
         harmful=[InfluentialExampleOut(**asdict(e)) for e in answer.harmful],
-        quality=Quality(
-            timings_s=answer.timings,
-            candidates=len(answer.candidate_rows),
-            k=config.k,
-            exact=config.exact,
-            cached_s_test=answer.s_test_cached if show_cache else None,
-            lissa=lissa_quality(answer.lissa) if answer.lissa is not None else None,
-        ),
+        quality=quality(answer, config, show_cache),
+    )
+
+
+def quality(answer: InfluenceAnswer, config: QueryConfig, show_cache: bool) -> Quality:
+    """Which method answered, how, and how well: timings, the solver's report, the index's fidelity."""
+    index_only = answer.method == "gradient" and config.rerank is None
+    solved = not index_only
+    return Quality(
+        method=answer.method,
+        timings_s=answer.timings,
+        candidates=answer.gradient_index["count"] if index_only else len(answer.candidate_rows),
+        k=config.k if answer.method == "fastif" else None,
+        rerank=config.rerank if answer.method == "gradient" else None,
+        solver=("exact" if config.exact else config.solver) if solved else None,
+        exact=config.exact and solved,
+        cached_s_test=answer.s_test_cached if show_cache and solved else None,
+        lissa=lissa_quality(answer.lissa) if answer.lissa is not None else None,
+        cg=CGQuality(**asdict(answer.cg)) if answer.cg is not None else None,
+        gradient_index=answer.gradient_index,
     )
 
 

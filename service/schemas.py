@@ -19,6 +19,7 @@ from interpret.config import (
     ATTACK_PARAMETERS,
     SALIENCY_PARAMETERS,
     TARGETED_ATTACKS,
+    GradientIndexConfig,
     LissaConfig,
     QueryConfig,
     type_hints,
@@ -66,6 +67,12 @@ LissaParams = _model_of(
     LissaConfig,
     "LissaParams",
     "LiSSA knobs (FastIF names); defaults are the FastIF preset (README conventions).",
+)
+
+GradientIndexParams = _model_of(
+    GradientIndexConfig,
+    "GradientIndexParams",
+    "How the gradient index is built (projection rank and seed, preconditioner, damping, FAISS factory).",
 )
 
 InfluenceRequest = create_model(
@@ -137,15 +144,40 @@ class LissaQuality(BaseModel):
     workers: list[str] | None
 
 
+class CGQuality(BaseModel):
+    relative_residual: float = Field(description="||(H_M + damping I) x - v|| / ||v|| at the end.")
+    iterations: int
+    rows: int = Field(description="M: training rows the Hessian was taken over.")
+    seconds: float
+
+
+class GradientIndexQuality(BaseModel):
+    dim: int = Field(description="Width of the projected gradients.")
+    count: int
+    rank: int | None = Field(description="Projection rank per side of each linear layer.")
+    seed: int
+    preconditioner: str
+    damping: float
+    tracked_layers: int | str
+    fidelity: dict | None = Field(
+        description="Measured against a converged full scan (benchmarks/gradient_index.py); null if never."
+    )
+
+
 class Quality(BaseModel):
+    method: Literal["gradient", "fastif", "full"] = Field(description="Which method answered.")
     timings_s: dict[str, float]
-    candidates: int
+    candidates: int = Field(description="Training examples scored (gradient: the whole index).")
     k: int | None
+    rerank: int | None = None
+    solver: str | None = Field(None, description="How s_test was solved; null when none was needed.")
     exact: bool
     cached_s_test: bool | None = Field(
         description="Whether s_test came from the cache; null when not disclosed."
     )
     lissa: LissaQuality | None
+    cg: CGQuality | None = None
+    gradient_index: GradientIndexQuality | None = None
 
 
 class InfluenceResult(BaseModel):
@@ -206,6 +238,7 @@ class ModelInfo(BaseModel):
     model_dir: str
     card: dict
     index_manifest: dict | None
+    gradient_index_manifest: dict | None = None
     tracked_parameters: int
     tracked_layers: int | str
     workers: int
@@ -224,7 +257,11 @@ class JobRequest(_Strict):
     influence: InfluenceRequest | None = Field(None, description="The query, for kind=influence.")  # type: ignore[valid-type]
     saliency: SaliencyRequest | None = Field(None, description="The request, for kind=saliency.")
     attack: AttackRequest | None = Field(None, description="The request, for kind=attack.")
-    factory: str = Field("Flat", description="FAISS factory string, for kind=index_build.")
+    factory: str = Field("Flat", description="FAISS factory string, for kind=index_build (kNN).")
+    index_kind: Literal["knn", "gradient"] = Field("knn", description="Which index, for kind=index_build.")
+    gradient: GradientIndexParams | None = Field(  # type: ignore[valid-type]
+        None, description="Gradient index settings, for kind=index_build with index_kind=gradient."
+    )
 
 
 class IndexBuildResult(BaseModel):

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     """Fine-tuned model folder with ``card.json`` (``influence train``)."""
     index_dir: Path | None = Path("artifacts/index")
     """kNN index folder (``influence index build``); ``None``: full scans only."""
+    gradient_index_dir: Path | None = Path("artifacts/gradient-index")
+    """Gradient index folder (``influence index build --kind gradient``); when it exists it is loaded and
+    ``gradient`` becomes the default method."""
     train_data: str | None = None
     """Training data source; default: the one named in the model's card."""
     tracked_layers: str | None = None
@@ -48,6 +51,8 @@ class Settings(BaseSettings):
     max_k: int = Field(10_000, gt=0)
     max_top: int = Field(100, gt=0)
     max_recursion_depth: int = Field(5_000, gt=0)
+    max_cg_rows: int = Field(5_000, gt=0)
+    """Training rows a CG solve may take its Hessian over (each CG iteration is one pass over them)."""
     max_repetitions: int = Field(8, gt=0)
     max_samples: int = Field(256, gt=0)
     """Saliency steps / samples per request (integrated gradients, SmoothGrad, LIME)."""

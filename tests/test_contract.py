@@ -66,6 +66,28 @@ def test_library_functions_cli_and_clients_use_the_same_defaults():
     for function in (influence_request, InfluenceClient.influence):
         parameters = inspect.signature(function).parameters
         assert parameters["k"].default == QueryConfig.k and parameters["top"].default == QueryConfig.top
+    for name in ("method", "rerank", "solver", "cg_rows"):
+        assert options[name].default == getattr(QueryConfig, name), name
+    from cli.indexes import index_build
+    from interpret.config import GradientIndexConfig
+
+    build_options = inspect.signature(index_build).parameters
+    for spec in dataclasses.fields(GradientIndexConfig):
+        if spec.name != "factory":
+            assert build_options[spec.name].default == spec.default, spec.name
+
+
+def test_the_readme_and_the_demo_show_the_gradient_method():
+    readme = (ROOT / "README.md").read_text()
+    using = readme.split("## Using it")[1].split("\n## ")[0]
+    rest = readme.split("## The REST service")[1].split("\n## ")[0]
+    assert "index build --kind gradient" in using and "--method fastif" in using and "--rerank" in using
+    assert "`method` (`gradient`" in rest and "index_kind=gradient" in rest
+    from cli.commands import demo
+
+    source = inspect.getsource(demo)
+    assert '("knn", index_dir' in source and '("gradient", gradient_dir' in source
+    assert "index_build(model=model_dir, kind=kind" in source
 
 
 def _loaded_after(statement: str) -> set[str]:

@@ -47,6 +47,9 @@ def minilm(tmp_path_factory):
         app, ["index", "build", "--model", str(folder / "model"), "--out", str(folder / "index")]
     )
     assert built.exit_code == 0, built.output
+    gradient = ["index", "build", "--kind", "gradient", "--model", str(folder / "model")]
+    built = runner.invoke(app, [*gradient, "--out", str(folder / "gradient-index"), "--chunk-rows", "128"])
+    assert built.exit_code == 0, built.output
     return folder
 
 
@@ -74,6 +77,25 @@ def test_influence_query_on_minilm(minilm):
     )
     assert np.isfinite(answer.candidate_scores).all() and np.ptp(answer.candidate_scores) > 0
     assert np.isfinite(answer.lissa.norm_traces).all()
+
+
+def test_the_gradient_index_on_minilm(minilm):
+    """Rank 16 over MiniLM's 14 tracked linear layers; its answer agrees with an exact CG full scan."""
+    from scipy.stats import spearmanr
+
+    manifest = json.loads((minilm / "gradient-index" / "manifest.json").read_text())
+    assert manifest["count"] == 300 and manifest["dim"] == 3360 and manifest["spec"]["rank"] == 16
+    engine = local_engine(minilm / "model", gradient_index_dir=minilm / "gradient-index")
+    text = "an unflinchingly bleak and desperate movie with a gorgeous score"
+    answer = answer_query(engine, text, config=QueryConfig(top=300))
+    assert answer.method == "gradient" and answer.timings["total"] < 30
+    scores = {e.row: e.score for e in answer.helpful + answer.harmful}
+    cg = QueryConfig(method="full", top=3, solver="cg", cg_rows=300, cg_tolerance=1e-3)
+    reference = answer_query(engine, text, config=cg)
+    assert reference.cg.relative_residual <= 1e-3
+    rows = sorted(scores)
+    correlation = spearmanr([scores[r] for r in rows], reference.candidate_scores[rows])[0]
+    assert correlation > 0.5, correlation
 
 
 def test_saliency_and_attacks_on_minilm_word_pieces(minilm):

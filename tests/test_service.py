@@ -43,8 +43,10 @@ def settings(engine_dirs, tmp_path_factory) -> Settings:
         _env_file=None,
         model_dir=engine_dirs[0],
         index_dir=index_dir,
+        gradient_index_dir=index_dir.with_name("gradient-index"),
         workers=2,
         max_k=60,
+        max_cg_rows=50,
         max_top=20,
         max_batch=4,
         max_input_tokens=16,
@@ -80,7 +82,7 @@ def test_influence_answers_like_the_local_engine(http, settings):
     assert quality["lissa"]["workers"] == ["in-process"] * 2 and len(quality["lissa"]["norm_trace"]) == 2
     assert set(quality["timings_s"]) >= {"encode", "search", "s_test", "score", "total"}
 
-    config = QueryConfig(30, 3, LissaConfig(**LISSA))
+    config = QueryConfig(k=30, top=3, lissa=LissaConfig(**LISSA))
     local = answer_query(local_engine(settings.model_dir, index_dir=settings.index_dir), QUERY, config=config)
     assert [e["id"] for e in result["helpful"]] == [e.id for e in local.helpful]
     assert [e["id"] for e in result["harmful"]] == [e.id for e in local.harmful]
@@ -109,7 +111,10 @@ def test_a_refined_query_reuses_s_test(http, service):
     [
         ({"inputs": [{"text": QUERY}] * 5}, "INFLUENCE_MAX_BATCH"),
         ({"k": 61}, "INFLUENCE_MAX_K"),
-        ({"k": None}, "k=null scores all 96"),
+        ({"k": None}, "a full scan scores all 96"),
+        ({"method": "gradient"}, "method='gradient' needs a gradient index"),
+        ({"rerank": 61}, "INFLUENCE_MAX_K"),
+        ({"solver": "cg", "cg_rows": 51}, "INFLUENCE_MAX_CG_ROWS"),
         ({"top": 21}, "INFLUENCE_MAX_TOP"),
         ({"lissa": {**LISSA, "recursion_depth": 61}}, "lissa.recursion_depth=61"),
         ({"lissa": {**LISSA, "num_repetitions": 3}}, "lissa.num_repetitions=3"),
@@ -134,6 +139,9 @@ def test_each_limit_is_a_4xx_naming_the_field(http, change, named):
         ({"inputs": [{"txt": QUERY}]}, "inputs.0.text: Field required"),
         ({**BODY, "lissa": {**LISSA, "damping": -1}}, "lissa.damping: Input should be greater than 0"),
         ({**BODY, "colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({**BODY, "method": "fast"}, "method: Input should be 'gradient', 'fastif' or 'full'"),
+        ({**BODY, "rerank": 0}, "rerank: Input should be greater than or equal to 1"),
+        ({**BODY, "solver": "newton"}, "solver: Input should be 'lissa' or 'cg'"),
     ],
 )
 def test_malformed_requests_name_the_field(http, body, named):
@@ -253,6 +261,37 @@ def test_jobs_through_the_sync_client(http):
     with pytest.raises(JobFailedError, match="increase scale") as failure:
         client.wait_job(failing.id, poll_s=0.05, timeout=120, progress=False)
     assert failure.value.code == "lissa_diverged"  # the code the endpoint itself would answer with
+
+
+def test_a_gradient_index_job_makes_gradient_the_default_method(settings, engine_dirs, tmp_path):
+    """Build the gradient index as a job, then the same request is answered by it, with its quality."""
+    settings = settings.model_copy(update={"gradient_index_dir": tmp_path / "gradient-index"})
+    service = InfluenceService(settings, local_engine(settings.model_dir, index_dir=settings.index_dir))
+    with TestClient(create_app(settings, service)) as http:
+        client = InfluenceClient(http=http, backoff_s=0.01)
+        before = client.influence(QUERY, k=30, top=3, lissa=LISSA).results[0].quality
+        assert before.method == "fastif" and before.gradient_index is None
+        with pytest.raises(BadRequestError, match=r"gradient\.factory=.nope. is not a FAISS factory string"):
+            client.submit_job(kind="index_build", index_kind="gradient", gradient={"factory": "nope"})
+        gradient = {"rank": 4, "damping": 0.1, "chunk_rows": 40}
+        job = client.submit_job(kind="index_build", index_kind="gradient", gradient=gradient)
+        built = client.wait_job(job.id, poll_s=0.05, timeout=120, progress=False)
+        assert (
+            built.result.index_manifest["count"] == 96 and built.result.index_manifest["kind"] == "gradient"
+        )
+        after = client.influence(QUERY, k=30, top=3, lissa=LISSA).results[0]
+        quality = after.quality
+        assert quality.method == "gradient" and quality.candidates == 96 and quality.lissa is None
+        assert quality.gradient_index.rank == 4 and quality.gradient_index.preconditioner == "fisher"
+        assert all(e.score < 0 for e in after.helpful) and all(e.score > 0 for e in after.harmful)
+        reranked = client.influence(QUERY, top=3, lissa=LISSA, rerank=5).results[0].quality
+        assert reranked.method == "gradient" and reranked.rerank == 5 and reranked.solver == "lissa"
+        assert reranked.candidates <= 10 and reranked.lissa is not None
+        fastif = client.influence(QUERY, k=30, top=3, lissa=LISSA, method="fastif").results[0].quality
+        assert fastif.method == "fastif" and fastif.candidates == 30
+        models = client.models().models[0]
+        assert models.gradient_index_manifest["spec"]["rank"] == 4
+    service.shutdown()
 
 
 def test_async_client_over_asgi_transport(settings, service):

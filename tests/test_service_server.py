@@ -56,7 +56,7 @@ def test_the_client_queries_a_running_service(server, engine_dirs):
         answer = client.influence(QUERY, k=20, top=3, lissa=LISSA).results[0]
         model = client.models().models[0]
     engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1])
-    local = answer_query(engine, QUERY, config=QueryConfig(20, 3, LissaConfig(**LISSA)))
+    local = answer_query(engine, QUERY, config=QueryConfig(k=20, top=3, lissa=LissaConfig(**LISSA)))
     assert [e.id for e in answer.helpful] == [e.id for e in local.helpful]
     np.testing.assert_allclose([e.score for e in answer.harmful], [e.score for e in local.harmful], rtol=1e-4)
     pids = {worker.split("/")[1] for worker in answer.quality.lissa.workers}

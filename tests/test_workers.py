@@ -16,8 +16,9 @@ from interpret.config import ATTACK_PARAMETERS, IntegratedGradientsParams, metho
 from interpret.explainer import Explainer
 from interpret.influence import LissaConfig, QueryConfig, lissa_s_test, prepare_test_point, score_rows
 from interpret.models import encode_features
+from service.backends import LocalBackend
 from service.cache import STestCache
-from service.pipeline import Engine, LocalBackend, answer_query
+from service.pipeline import Engine, answer_query
 from workers import (
     PoolSettings,
     WorkerMismatchError,
@@ -243,3 +244,57 @@ def test_pool_settings_are_validated():
         PoolSettings(max_retries=-1)
     with pytest.raises(ValueError, match="dtype"):
         WorkerSpec("model", dtype="int8")
+
+
+@pytest.mark.parametrize("chunk_rows", [96, 40, 20])  # 1, 3 and 5 shards over 3 workers
+def test_a_gradient_index_built_on_the_pool_equals_the_in_process_one(pool, reference, tmp_path, chunk_rows):
+    from index.gradient import load_gradient_index
+    from interpret.config import GradientIndexConfig
+    from service.builds import build_gradient_index
+
+    config = GradientIndexConfig(rank=4, damping=0.1, chunk_rows=chunk_rows)
+    local = Engine(LocalBackend(Explainer(reference)), reference.examples, None, {})
+    pooled = Engine(pool, reference.examples, None, {})
+    build_gradient_index(local, tmp_path / "local", config)
+    build_gradient_index(pooled, tmp_path / "pool", config)
+    identity = pool.identity
+    vectors = [
+        load_gradient_index(tmp_path / name, identity.model_fingerprint, identity.data_fingerprint, 1).index
+        for name in ("local", "pool")
+    ]
+    np.testing.assert_allclose(vectors[0].reconstruct_n(0, 96), vectors[1].reconstruct_n(0, 96), rtol=1e-6)
+    gradient = pool.projected_test_gradient(
+        QUERY,
+        None,
+        1,
+        load_gradient_index(tmp_path / "pool", identity.model_fingerprint, identity.data_fingerprint, 1).spec,
+    )
+    expected = Explainer(reference).projected_test_gradient(QUERY, None, 1, 4, 0)
+    np.testing.assert_allclose(gradient, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_the_heap_trim_returns_freed_pages_to_the_os():
+    """Freed small allocations below a live one stay resident until the trim (glibc), then leave."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, time
+        from workers.actor import trim_heap_periodically
+
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+        chunks = [bytearray(4096) for _ in range(50_000)]  # 200 MB of malloc'd chunks
+        pinned = bytearray(4096)  # allocated last: the heap cannot shrink below it by itself
+        del chunks
+        before = rss()
+        assert trim_heap_periodically(0.05)
+        time.sleep(1.0)
+        print(before - rss())
+        """
+    )
+    released = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(released.stdout.strip()) > 100 * 2**20, released

@@ -14,7 +14,7 @@ Lifecycle and identity checks live in ``workers.lifecycle``, retries and deadlin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +96,11 @@ class WorkerPool:
             args = (text, pair, label, config.lissa.damping)
             slot = self.workers.slots(1)[0]
             calls = [Call("exact s_test", "solve", args, slot, context, keep=("value",))]
+        elif config.solver == "cg":
+            args = (text, pair, label, config.lissa.damping, config.cg_rows, config.cg_tolerance)
+            slot = self.workers.slots(1)[0]
+            outputs = ("vector", "report")
+            calls = [Call("CG s_test", "cg_solve", args, slot, context, outputs=outputs, keep=("vector",))]
         else:
             slots = self.workers.slots(config.lissa.num_repetitions)
             calls = [
@@ -117,6 +122,8 @@ class WorkerPool:
         results = self.runner.finish(pending.calls, "s_test" if progress else None)
         if pending.config.exact:
             return STest([results[0]["value"]], None)
+        if pending.config.solver == "cg":
+            return STest([results[0]["vector"]], None, results[0]["report"])
         vectors = [result["vector"] for result in results]
         summary = self._one("summarize", "summarize", tuple(vectors), pending.context)
         reports = [result["report"] for result in results]
@@ -126,7 +133,7 @@ class WorkerPool:
         """Object-store bytes one finished ``s_test`` holds (T vectors, or one for the exact solve)."""
         dtype = self.identity.dtype
         itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-        vectors = 1 if config.exact else config.lissa.num_repetitions
+        vectors = 1 if config.exact or config.solver == "cg" else config.lissa.num_repetitions
         return vectors * self.identity.num_parameters * itemsize
 
     def average(self, s_test: STest, context: RequestContext | None = None) -> np.ndarray:
@@ -159,6 +166,37 @@ class WorkerPool:
         ]
         values = [r["value"] for r in self.runner.run(calls, "score" if progress else None)]
         return np.concatenate(values) if values else np.empty(0, dtype=np.float64)
+
+    # ---------------------------------------------------------------------------- gradient index
+
+    def projected_test_gradient(self, text, pair, label, spec, context=None) -> np.ndarray:
+        """``g~_test`` through the index's projection, on one worker (a light call: one backward)."""
+        args = (text, pair, label, spec.rank, spec.seed)
+        return self._one("projected test gradient", "projected_test_gradient", args, context, "light")
+
+    def gradient_shards(self, chunks, spec, context=None) -> Iterator[tuple[int, np.ndarray]]:
+        """Projected gradients of each chunk of training rows, one chunk per worker at a time; yields
+        ``(chunk number, vectors)`` wave by wave, so the caller can save each before the next wave."""
+        for wave in range(0, len(chunks), self.num_workers):
+            numbers = range(wave, min(wave + self.num_workers, len(chunks)))
+            slots = self.workers.slots(len(numbers))
+            calls = [
+                Call(
+                    f"gradient shard {n}",
+                    "gradient_shard",
+                    (chunks[n], spec.rank, spec.seed),
+                    slot,
+                    self.runner.context(context),
+                )
+                for n, slot in zip(numbers, slots, strict=True)
+            ]
+            yield from zip(numbers, (r["value"] for r in self.runner.run(calls)), strict=True)
+
+    def projected_training_hessian(self, spec, context=None) -> np.ndarray:
+        return self._one("projected Hessian", "projected_training_hessian", (spec.rank, spec.seed), context)
+
+    def projection_layers(self, spec, context=None) -> list[dict]:
+        return self._one("projection layers", "projection_layers", (spec.rank, spec.seed), context, "light")
 
     def _sharded(self, method: str, texts: Sequence[str], pairs: Sequence[str] | None, context, group=None):
         context = self.runner.context(context)

@@ -42,9 +42,15 @@ class InfluenceAnswer:
     candidate_scores: np.ndarray
     candidate_distances: np.ndarray | None
     lissa: LissaReport | None
-    """``None`` for the exact solve."""
+    """``None`` for a solve (exact, CG) and for the gradient index without rerank."""
     timings: dict[str, float] = field(default_factory=dict)
     s_test_cached: bool = False
+    method: str = "fastif"
+    """Which method answered: gradient, fastif or full."""
+    cg: object = None
+    """The conjugate-gradient report (``interpret.explainer.CGReport``) when ``solver='cg'``."""
+    gradient_index: dict | None = None
+    """Settings and measured fidelity of the gradient index that answered."""
 
 
 @dataclass

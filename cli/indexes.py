@@ -1,0 +1,99 @@
+"""``influence index build``: the kNN index (FastIF's candidates) or the gradient index (the default
+method once built), in this process or sharded over Ray workers (``--workers``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import ARTIFACTS, LabelColumn, PairColumn, TextColumn, console, data_spec, index_app
+from interpret.config import GradientIndexConfig
+
+DEFAULTS = GradientIndexConfig()
+
+
+def _progress_bar(description: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=description, unit="shard")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, progress
+
+
+@index_app.command("build")
+def index_build(
+    model: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = ARTIFACTS / "model",
+    train_data: Annotated[
+        str | None, typer.Option("--train", help="Training data; default: the card's.")
+    ] = None,
+    kind: Annotated[
+        str, typer.Option(help="knn (FastIF candidates) or gradient (projected, preconditioned gradients).")
+    ] = "knn",
+    out: Annotated[
+        Path | None, typer.Option(help="Index folder [artifacts/index; artifacts/gradient-index].")
+    ] = None,
+    factory: Annotated[
+        str, typer.Option(help="FAISS factory string: Flat, IVF1024,Flat, HNSW32, ...")
+    ] = "Flat",
+    metric: Annotated[str, typer.Option(help="knn: l2 or ip.")] = "l2",
+    rank: Annotated[
+        int,
+        typer.Option(help="gradient: projection rank per side of each linear layer; 0: none (tiny models)."),
+    ] = DEFAULTS.rank,
+    preconditioner: Annotated[
+        str, typer.Option(help="gradient: fisher, identity, or hessian (small tracked sets).")
+    ] = DEFAULTS.preconditioner,
+    damping: Annotated[float, typer.Option(help="gradient: lambda in (C + lambda I)^-1.")] = DEFAULTS.damping,
+    seed: Annotated[int, typer.Option(help="gradient: seed of the projections.")] = DEFAULTS.seed,
+    chunk_rows: Annotated[
+        int, typer.Option(help="gradient: rows per shard (the resume grain).")
+    ] = DEFAULTS.chunk_rows,
+    workers: Annotated[
+        int | None, typer.Option(help="Shard the work over N Ray workers (0: as many as fit).")
+    ] = None,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+) -> None:
+    """Store a FAISS index + manifest of the training set: its kNN features, or its gradients."""
+    from service.builds import build_gradient_index, build_knn_index
+    from service.pipeline import local_engine, pooled_engine
+
+    if kind not in ("knn", "gradient"):
+        raise typer.BadParameter("knn or gradient", param_hint="--kind")
+    config = None
+    if kind == "gradient":  # checked before the model loads
+        config = GradientIndexConfig(rank or None, seed, preconditioner, damping, factory, chunk_rows)
+    spec = data_spec(train_data, "train", text_column, pair_column, label_column) if train_data else None
+    if workers is None:
+        engine = local_engine(model, spec)
+    else:
+        from workers import PoolSettings
+
+        engine = pooled_engine(model, spec, settings=PoolSettings(num_workers=workers or None))
+    try:
+        if kind == "gradient":
+            out = out or ARTIFACTS / "gradient-index"
+            bar, progress = _progress_bar("gradients")
+            with bar:
+                manifest = build_gradient_index(engine, out, config, progress)
+            console.print(
+                f"indexed {manifest.count:,} gradients x {manifest.dim} ({config.preconditioner}, "
+                f"rank {config.rank}, damping {config.damping}) in {out}"
+            )
+            return
+        out = out or ARTIFACTS / "index"
+        bar, progress = _progress_bar("encode")
+        with bar:
+            manifest = build_knn_index(engine, out, factory, metric, progress)
+        console.print(
+            f"indexed {manifest.count:,} x {manifest.dim} ({manifest.factory}, {manifest.metric}) in {out}"
+        )
+    finally:
+        engine.shutdown()

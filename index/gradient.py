@@ -1,0 +1,203 @@
+"""The gradient index: every training example's projected, preconditioned gradient in a FAISS
+inner-product index, so an influence query over the whole training set is one search.
+
+A folder holds ``index.faiss``, ``rows.json`` and ``manifest.json`` (model and data fingerprints, the
+projection's rank and seed, the preconditioner and its damping), written in one atomic rename. The build
+computes gradients in shards kept in a side folder (``<out>.shards/``: one ``.npy`` of float32 vectors and
+one JSON of rows and settings per shard, each written atomically), so an interrupted build resumes where
+it stopped and a build split over workers writes the same shards as one in-process.
+
+Stored vectors are ``u_z = (C + damping I)^-1 g~_z`` (``interpret.influence.preconditioner``); the score
+is ``I(z, z_test) = -g~_test . u_z``, so the most helpful rows are the *largest* inner products and the
+most harmful the smallest (searched as the largest with ``-g~_test``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.store import MANIFEST_FILE, IndexMismatchError, filled_index, read_index_folder, write_index_folder
+from interpret.storage import write_json_atomic
+
+GRADIENT_KIND = "gradient"
+
+
+@dataclass(frozen=True)
+class GradientSpec:
+    """What the stored vectors depend on besides the weights and the data; the manifest records it."""
+
+    rank: int | None
+    seed: int
+    preconditioner: str
+    damping: float
+    tracked_layers: int | str
+
+
+@dataclass(frozen=True)
+class GradientManifest:
+    model_fingerprint: str
+    data_fingerprint: str
+    spec: dict
+    dim: int
+    factory: str
+    count: int
+    layers: list
+    created_at: str
+    kind: str = GRADIENT_KIND
+    metric: str = "ip"
+    fidelity: dict | None = None
+    """Measured against a converged full scan (``benchmarks/gradient_index.py`` records it); null until."""
+    faiss_version: str = faiss.__version__
+
+
+@dataclass
+class GradientIndex:
+    """A loaded gradient index: ``search(g~_test, top)`` gives the most helpful and most harmful rows."""
+
+    index: faiss.Index
+    rows: np.ndarray
+    manifest: GradientManifest
+    spec: GradientSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spec = GradientSpec(**self.manifest.spec)
+
+    def search(self, test_gradient: np.ndarray, top: int) -> tuple[tuple, tuple]:
+        """``((rows, scores) helpful, (rows, scores) harmful)``, each best first; ``score = -ip``."""
+        query = np.ascontiguousarray(test_gradient, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.manifest.dim:
+            raise ValueError(f"test gradient has dim {query.shape[1]}, the index has {self.manifest.dim}")
+        top = min(top, self.manifest.count)
+        products, positions = self.index.search(np.concatenate([query, -query]), top)
+        sides = []
+        for side, sign in ((0, -1.0), (1, 1.0)):
+            keep = positions[side] >= 0
+            sides.append((self.rows[positions[side][keep]], sign * products[side][keep].astype(np.float64)))
+        return sides[0], sides[1]
+
+
+class ShardStore:
+    """Finished gradient shards of one build, beside its output folder; reused only with the same
+    spec, model and data (a shard's JSON records them)."""
+
+    def __init__(self, directory: str | Path, identity: dict):
+        self.directory = Path(directory)
+        self.identity = identity
+
+    def _paths(self, number: int) -> tuple[Path, Path]:
+        return self.directory / f"shard-{number:05d}.npy", self.directory / f"shard-{number:05d}.json"
+
+    def load(self, number: int, rows: np.ndarray) -> np.ndarray | None:
+        """The shard's vectors if it was finished for exactly these rows and this identity, else None."""
+        vectors_path, meta_path = self._paths(number)
+        if not (vectors_path.is_file() and meta_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("identity") != self.identity or meta.get("rows") != rows.tolist():
+                return None
+            vectors = np.load(vectors_path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # a torn or foreign file: recompute the shard
+        return vectors if vectors.shape[0] == len(rows) else None
+
+    def save(self, number: int, rows: np.ndarray, vectors: np.ndarray) -> None:
+        vectors_path, meta_path = self._paths(number)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".npy", delete=False) as handle:
+            np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        os.replace(handle.name, vectors_path)
+        write_json_atomic(meta_path, {"identity": self.identity, "rows": rows.tolist()})
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def shard_folder(directory: str | Path) -> Path:
+    directory = Path(directory)
+    return directory.with_name(directory.name + ".shards")
+
+
+def write_gradient_index(
+    vectors: np.ndarray,
+    directory: str | Path,
+    model_fingerprint: str,
+    data_fingerprint: str,
+    spec: GradientSpec,
+    layers: list,
+    factory: str = "Flat",
+) -> GradientManifest:
+    """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise ValueError(f"vectors must be a non-empty [N, d] array, got shape {vectors.shape}")
+    index = filled_index(vectors, factory, "ip")
+    manifest = GradientManifest(
+        model_fingerprint,
+        data_fingerprint,
+        asdict(spec),
+        vectors.shape[1],
+        factory,
+        len(vectors),
+        layers,
+        datetime.now(UTC).isoformat(),
+    )
+    write_index_folder(directory, index, asdict(manifest))
+    return manifest
+
+
+def read_gradient_manifest(directory: str | Path) -> GradientManifest:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise IndexMismatchError(
+            f"{path}: no gradient index manifest; build one with `influence index build --kind gradient`"
+        )
+    try:
+        payload = json.loads(path.read_text())
+        if payload.get("kind") != GRADIENT_KIND:
+            raise IndexMismatchError(
+                f"{directory}: a {payload.get('kind', 'knn')} index, not a gradient index"
+            )
+        return GradientManifest(**payload)
+    except (json.JSONDecodeError, TypeError) as error:
+        raise IndexMismatchError(f"{path}: unreadable manifest ({error}); rebuild the index") from error
+
+
+def record_fidelity(directory: str | Path, fidelity: dict) -> None:
+    """Write measured fidelity numbers into the manifest (atomically): queries report them."""
+    path = Path(directory) / MANIFEST_FILE
+    payload = json.loads(path.read_text())
+    payload["fidelity"] = fidelity
+    write_json_atomic(path, payload)
+
+
+def load_gradient_index(
+    directory: str | Path, model_fingerprint: str, data_fingerprint: str, tracked_layers: int | str
+) -> GradientIndex:
+    """Load a gradient index built for exactly this model, data and tracked set, or refuse."""
+    manifest = read_gradient_manifest(directory)
+    checks = (
+        ("model fingerprint", manifest.model_fingerprint, model_fingerprint),
+        ("data fingerprint", manifest.data_fingerprint, data_fingerprint),
+        ("tracked_layers", manifest.spec.get("tracked_layers"), tracked_layers),
+    )
+    for what, stored, expected in checks:
+        if stored != expected:
+            shown = (lambda v: str(v)[:12]) if "fingerprint" in what else repr
+            raise IndexMismatchError(
+                f"{directory}: gradient index was built for {what} {shown(stored)}, but the loaded model "
+                f"has {shown(expected)}; rebuild it with `influence index build --kind gradient`"
+            )
+    index, rows = read_index_folder(directory, manifest.count)
+    if index.d != manifest.dim:
+        raise IndexMismatchError(f"{directory}: vectors have dim {index.d}, the manifest says {manifest.dim}")
+    return GradientIndex(index, rows, manifest)

@@ -1,0 +1,245 @@
+"""Per-example gradients of the tracked linear layers, compressed by a factored random projection.
+
+For a linear layer ``y_t = W a_t + b`` applied at tokens ``t``, one example's gradient is
+``G = sum_t delta_t [a_t; 1]^T`` (``delta_t = dL/dy_t``; the bias is the weight of a constant input 1).
+We never form ``G``: with seeded Gaussian matrices ``P_out [k_out, d_out]`` and ``P_in [k_in, d_in + 1]``
+(entries ``N(0, 1/k)``, so inner products are preserved in expectation),
+
+    P_out G P_in^T = sum_t (P_out delta_t) (P_in [a_t; 1])^T,
+
+a ``k_out x k_in`` matrix from the layer's input activations and output gradients, each projected first
+(LoGra, Choe et al. 2024; Bergson). Flattened row-major it is ``(P_out (x) P_in) vec(G)``, so the whole
+projection is one linear map ``R`` of the flat tracked gradient (:meth:`Projector.dense_matrix`, for tests).
+A side no wider than the rank is kept whole (no projection: the classifier's 2 outputs are exact).
+
+Which parameters: every ``nn.Linear`` weight and bias in the tracked set. LayerNorm weights and biases
+(0.08% of MiniLM's tracked set) are dropped by the index (their coordinates of ``R`` are zero;
+``benchmarks/gradient_index.py`` measures their share of the gradient norm), or kept whole with
+``layer_norms=True``: with ``rank=None`` as well, the "projection" is then a permutation of the full
+tracked gradient, which is how the benchmark's reference full scan gets every exact per-example gradient
+from one batched backward instead of a ``vmap``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from interpret.concurrency import lock_of
+from interpret.influence.objective import per_example_losses
+from interpret.models import FrozenState, TrackedModel
+
+MAX_IDENTITY_DIM = 1 << 16
+"""An unprojected (``rank=None``) gradient wider than this is refused: it is meant for tiny models."""
+
+
+@dataclass
+class LinearSlot:
+    """One tracked linear layer: where its weight and bias sit in ``theta`` and its two projections."""
+
+    name: str
+    module: nn.Linear
+    weight_offset: int
+    bias_offset: int | None
+    project_out: torch.Tensor | None
+    """``[k_out, d_out]``, or ``None``: the output side is kept whole."""
+    project_in: torch.Tensor | None
+    """``[k_in, d_in + 1]`` (the last column acts on the bias input; ``d_in`` without a bias), or
+    ``None``: kept whole."""
+
+    @property
+    def in_width(self) -> int:
+        """Input columns of ``G``: ``d_in``, plus one for the bias when the layer has one."""
+        return self.module.in_features + (self.bias_offset is not None)
+
+    @property
+    def k_out(self) -> int:
+        return self.module.out_features if self.project_out is None else self.project_out.shape[0]
+
+    @property
+    def k_in(self) -> int:
+        return self.in_width if self.project_in is None else self.project_in.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.k_out * self.k_in
+
+
+def _gaussian(rows: int, cols: int, seed: int, dtype, device) -> torch.Tensor:
+    """Seeded ``N(0, 1/rows)`` entries: ``E[P^T P] = I``. Drawn on the CPU in float64, so every device
+    and dtype gets the same matrix."""
+    generator = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(rows, cols, generator=generator, dtype=torch.float64) / rows**0.5
+    return matrix.to(dtype=dtype, device=device)
+
+
+class Projector:
+    """The factored projection of one tracked model's linear layers, seeded: the same on every worker.
+
+    ``rank=None`` switches projection off (each layer's full gradient, for exactness tests)."""
+
+    def __init__(
+        self,
+        tracked: TrackedModel,
+        rank: int | None,
+        seed: int = 0,
+        layer_norms: bool = False,
+        max_identity_dim: int = MAX_IDENTITY_DIM,
+    ):
+        if rank is not None and rank < 1:
+            raise ValueError(f"projection rank must be >= 1 (or None for no projection), got {rank}")
+        self.tracked, self.rank, self.seed = tracked, rank, seed
+        offsets = tracked.parameter_offsets()
+        self.slots: list[LinearSlot] = []
+        self.norms: list[tuple[str, nn.LayerNorm, int, int]] = []
+        """Kept LayerNorms: (name, module, weight offset, bias offset)."""
+        for index, name in enumerate(n for n in tracked.parameter_names if n.endswith(".weight")):
+            module = tracked.model.get_submodule(name.removesuffix(".weight"))
+            if isinstance(module, nn.LayerNorm) and layer_norms:
+                bias = offsets[name.removesuffix("weight") + "bias"]
+                self.norms.append((name.removesuffix(".weight"), module, offsets[name], bias))
+            if not isinstance(module, nn.Linear):
+                continue  # a LayerNorm: kept whole above, or dropped (the module docstring)
+            bias_offset = offsets.get(name.removesuffix("weight") + "bias")
+            in_width = module.in_features + (bias_offset is not None)
+            self.slots.append(
+                LinearSlot(
+                    name.removesuffix(".weight"),
+                    module,
+                    offsets[name],
+                    bias_offset,
+                    self._side(module.out_features, 2 * index),
+                    self._side(in_width, 2 * index + 1),
+                )
+            )
+        if not self.slots:
+            raise ValueError("the tracked set has no linear layers to build a gradient index from")
+        self.dim = sum(slot.dim for slot in self.slots) + sum(
+            2 * m.normalized_shape[0] for _, m, *_ in self.norms
+        )
+        if rank is None and self.dim > max_identity_dim:
+            raise ValueError(
+                f"an unprojected gradient has {self.dim} coordinates (> {max_identity_dim}); "
+                "give a projection rank (e.g. 16)"
+            )
+
+    def _side(self, width: int, stream: int) -> torch.Tensor | None:
+        if self.rank is None or width <= self.rank:
+            return None
+        tracked = self.tracked
+        return _gaussian(self.rank, width, self.seed * 1_000_003 + stream, tracked.dtype, tracked.device)
+
+    def describe(self) -> list[dict]:
+        """Per layer: name and projected shape (the manifest records it)."""
+        return [{"layer": s.name, "k_out": s.k_out, "k_in": s.k_in} for s in self.slots]
+
+    # ----------------------------------------------------------------------------- the factored path
+
+    def gradients(self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor) -> torch.Tensor:
+        """Projected per-example gradients ``[B, dim]`` of each example's cross-entropy, from one batched
+        forward and backward (each example's loss reaches only its own activations, so the batch's summed
+        loss gives every example its own output gradients)."""
+        captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def capture(name: str):
+            def hook(_module, inputs, output):
+                captured[name] = (inputs[0].detach(), output)
+
+            return hook
+
+        modules = [(slot.name, slot.module) for slot in self.slots] + [(n, m) for n, m, *_ in self.norms]
+        # The hooks see every forward through these modules: hold the model's lock so no other thread's
+        # forward runs while they are registered (interpret.concurrency).
+        with lock_of(self.tracked.model), torch.enable_grad():
+            handles = [module.register_forward_hook(capture(name)) for name, module in modules]
+            try:
+                leaf = theta.detach().requires_grad_()
+                loss = per_example_losses(self.tracked, leaf, state, labels).sum()
+            finally:
+                for handle in handles:
+                    handle.remove()
+        output_grads = torch.autograd.grad(loss, [captured[name][1] for name, _ in modules])
+        mask = None if state.mask is None else state.mask.to(theta.dtype)
+        parts = [
+            self._project(slot, captured[slot.name][0], grad, mask)
+            for slot, grad in zip(self.slots, output_grads, strict=False)
+        ]
+        for (name, module, *_), grad in zip(self.norms, output_grads[len(self.slots) :], strict=True):
+            parts.append(_layer_norm_gradient(module, captured[name][0], grad, mask))
+        return torch.cat(parts, dim=1)
+
+    def _project(self, slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask) -> torch.Tensor:
+        if inputs.dim() == 2:  # pooler / classifier: one position per example
+            inputs, grads = inputs[:, None], grads[:, None]
+        elif mask is not None:  # padded positions carry no gradient; make it exact
+            grads = grads * mask[:, : grads.shape[1], None]
+        if slot.bias_offset is not None:
+            inputs = torch.cat([inputs, inputs.new_ones((*inputs.shape[:2], 1))], dim=2)
+        if slot.project_in is not None:
+            inputs = inputs @ slot.project_in.T
+        if slot.project_out is not None:
+            grads = grads @ slot.project_out.T
+        return torch.einsum("bto,bti->boi", grads, inputs).reshape(len(inputs), -1)
+
+    def project_vector(self, vector: torch.Tensor) -> torch.Tensor:
+        """``R v`` for a flat tracked-parameter vector (an ``s_test``), factored: ``P_out [W | b] P_in^T``
+        per layer (and LayerNorm coordinates copied when kept)."""
+        parts = []
+        for slot in self.slots:
+            d_out, d_in = slot.module.out_features, slot.module.in_features
+            matrix = vector[slot.weight_offset : slot.weight_offset + d_out * d_in].view(d_out, d_in)
+            if slot.bias_offset is not None:
+                bias = vector[slot.bias_offset : slot.bias_offset + d_out]
+                matrix = torch.cat([matrix, bias[:, None]], dim=1)
+            if slot.project_out is not None:
+                matrix = slot.project_out @ matrix
+            if slot.project_in is not None:
+                matrix = matrix @ slot.project_in.T
+            parts.append(matrix.reshape(-1))
+        for _, module, weight, bias in self.norms:
+            width = module.normalized_shape[0]
+            parts += [vector[weight : weight + width], vector[bias : bias + width]]
+        return torch.cat(parts)
+
+    # ------------------------------------------------------------------------------- the dense view
+
+    def dense_matrix(self) -> torch.Tensor:
+        """``R [dim, P]`` with ``projected = R @ flat_gradient``: the same map written out (small models;
+        the exactness tests and the explicit-Hessian preconditioner use it)."""
+        tracked = self.tracked
+        matrix = torch.zeros(self.dim, tracked.num_parameters, dtype=tracked.dtype, device=tracked.device)
+        row = 0
+        for slot in self.slots:
+            d_out, d_in = slot.module.out_features, slot.module.in_features
+            eye_out = torch.eye(d_out, dtype=tracked.dtype, device=tracked.device)
+            eye_in = torch.eye(slot.in_width, dtype=tracked.dtype, device=tracked.device)
+            p_out = eye_out if slot.project_out is None else slot.project_out
+            p_in = eye_in if slot.project_in is None else slot.project_in
+            block = torch.kron(p_out, p_in)  # columns: (o, i) row-major over [W | b]
+            columns = block.reshape(slot.dim, d_out, slot.in_width)
+            rows = slice(row, row + slot.dim)
+            weight = columns[:, :, :d_in].reshape(slot.dim, -1)
+            matrix[rows, slot.weight_offset : slot.weight_offset + d_out * d_in] = weight
+            if slot.bias_offset is not None:
+                matrix[rows, slot.bias_offset : slot.bias_offset + d_out] = columns[:, :, d_in]
+            row += slot.dim
+        for _, module, weight, bias in self.norms:
+            for offset in (weight, bias):
+                width = module.normalized_shape[0]
+                matrix[row : row + width, offset : offset + width] = torch.eye(width, dtype=matrix.dtype)
+                row += width
+        return matrix
+
+
+def _layer_norm_gradient(
+    module: nn.LayerNorm, inputs: torch.Tensor, grads: torch.Tensor, mask
+) -> torch.Tensor:
+    """Per-example ``[dL/dw, dL/db]`` of a LayerNorm ``y = w * norm(x) + b``: ``sum_t delta_t * norm(x_t)``
+    and ``sum_t delta_t``."""
+    if mask is not None and grads.dim() == 3:
+        grads = grads * mask[:, : grads.shape[1], None]
+    normalized = torch.nn.functional.layer_norm(inputs, module.normalized_shape, eps=module.eps)
+    dims = tuple(range(1, grads.dim() - 1))
+    return torch.cat([(grads * normalized).sum(dims), grads.sum(dims)], dim=1)

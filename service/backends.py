@@ -1,0 +1,200 @@
+"""Where a request's model compute runs: the :class:`Backend` protocol and its in-process implementation.
+
+Both backends, :class:`LocalBackend` here and ``workers.pool.WorkerPool`` on Ray, run the same
+:class:`~interpret.explainer.Explainer` methods (in this process, or on actors that are that class), so
+they give the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from index.gradient import GradientSpec
+from interpret.attacks import AttackResult
+from interpret.cancellation import RequestContext
+from interpret.config import Checked, QueryConfig
+from interpret.explainer import Explainer, Identity, STest, lissa_report
+from interpret.influence import TestPoint
+from interpret.saliency import SaliencyMap
+
+
+class Backend(Protocol):
+    """Where the model compute of a request runs: in this process, or on a Ray worker pool.
+
+    ``context`` is the request's (its id and wall-clock deadline; never a cached value's): every call stops
+    at its next step boundary once the request is cancelled (``cancel``) or past its deadline."""
+
+    identity: Identity
+    num_workers: int
+    replacements: int
+    """Workers killed and replaced so far (a dead or hung one; never a cancelled or late request)."""
+
+    def ping(self) -> list[str | None]: ...
+
+    def prepare(
+        self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
+    ) -> TestPoint: ...
+
+    def start_s_test(
+        self,
+        text: str,
+        pair: str | None,
+        label: int | None,
+        config: QueryConfig,
+        context: RequestContext | None = None,
+    ) -> object: ...
+
+    def finish_s_test(self, pending: object, progress: bool = False) -> STest: ...
+
+    def score(
+        self,
+        s_test: STest,
+        rows: np.ndarray,
+        block_size: int,
+        progress: bool = False,
+        context: RequestContext | None = None,
+    ) -> np.ndarray: ...
+
+    def s_test_nbytes(self, config: QueryConfig) -> int: ...
+
+    def projected_test_gradient(
+        self,
+        text: str,
+        pair: str | None,
+        label: int,
+        spec: GradientSpec,
+        context: RequestContext | None = None,
+    ) -> np.ndarray: ...
+
+    def gradient_shards(
+        self, chunks: list[np.ndarray], spec: GradientSpec, context: RequestContext | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(chunk number, projected gradients)`` as each chunk of training rows finishes."""
+        ...
+
+    def projected_training_hessian(
+        self, spec: GradientSpec, context: RequestContext | None = None
+    ) -> np.ndarray: ...
+
+    def projection_layers(self, spec: GradientSpec, context: RequestContext | None = None) -> list[dict]: ...
+
+    def predict(
+        self, texts: list[str], pairs: list[str] | None, context: RequestContext | None = None
+    ) -> np.ndarray: ...
+
+    def encode(
+        self, texts: list[str], pairs: list[str] | None, context: RequestContext | None = None
+    ) -> np.ndarray: ...
+
+    def saliency(
+        self, text: str, pair: str | None, method: str, label: int | None, params: Checked, context=None
+    ) -> SaliencyMap: ...
+
+    def attack(
+        self, text: str, pair: str | None, method: str, label, target, params: Checked, context=None
+    ) -> AttackResult: ...
+
+    def cancel(self, request_id: str) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+def s_test_vectors(config: QueryConfig) -> int:
+    """Vectors one finished ``s_test`` holds: T repetitions for LiSSA, one for a solve."""
+    return 1 if config.exact or config.solver == "cg" else config.lissa.num_repetitions
+
+
+@dataclass
+class _LocalPending:
+    text: str
+    pair: str | None
+    label: int | None
+    config: QueryConfig
+    context: RequestContext | None
+
+
+class LocalBackend:
+    """One :class:`Explainer` in this process, one repetition after another: the single-process reference.
+    Calls run on the caller's thread; ``cancel`` (from any thread) stops them at the next step boundary."""
+
+    num_workers = 1
+    replacements = 0
+
+    def __init__(self, explainer: Explainer):
+        self.explainer = explainer
+        self.identity = explainer.identity()
+
+    def ping(self) -> list[str | None]:
+        return [self.explainer.ping()]
+
+    def prepare(
+        self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
+    ) -> TestPoint:
+        return self.explainer.run(context, "prepare", text, pair, label)
+
+    def start_s_test(
+        self, text, pair, label, config: QueryConfig, context: RequestContext | None = None
+    ) -> _LocalPending:
+        # Computed in finish_s_test (with its progress bar): in one process nothing runs alongside.
+        return _LocalPending(text, pair, label, config, context)
+
+    def finish_s_test(self, pending: _LocalPending, progress: bool = False) -> STest:
+        run, config, context = self.explainer.run, pending.config, pending.context
+        point = (pending.text, pending.pair, pending.label)
+        if config.exact:
+            return STest([run(context, "solve", *point, config.lissa.damping)], None)
+        if config.solver == "cg":
+            arguments = (config.lissa.damping, config.cg_rows, config.cg_tolerance)
+            vector, report = run(context, "cg_solve", *point, *arguments)
+            return STest([vector], None, report)
+        runs = [
+            run(context, "lissa_repetition", *point, config.lissa, r, progress)
+            for r in range(config.lissa.num_repetitions)
+        ]
+        vectors = [vector for vector, _ in runs]
+        summary = self.explainer.summarize(*vectors)
+        return STest(vectors, lissa_report(config.lissa, [report for _, report in runs], summary))
+
+    def score(self, s_test: STest, rows, block_size: int, progress: bool = False, context=None) -> np.ndarray:
+        rows = np.asarray(rows)
+        return self.explainer.run(
+            context, "score_shard", rows, block_size, *s_test.vectors, progress=progress
+        )
+
+    def s_test_nbytes(self, config: QueryConfig) -> int:
+        return s_test_vectors(config) * self.explainer.theta.numel() * self.explainer.theta.element_size()
+
+    def projected_test_gradient(self, text, pair, label, spec: GradientSpec, context=None) -> np.ndarray:
+        return self.explainer.run(context, "projected_test_gradient", text, pair, label, spec.rank, spec.seed)
+
+    def gradient_shards(self, chunks, spec: GradientSpec, context=None) -> Iterator[tuple[int, np.ndarray]]:
+        for number, rows in enumerate(chunks):
+            yield number, self.explainer.run(context, "gradient_shard", rows, spec.rank, spec.seed)
+
+    def projected_training_hessian(self, spec: GradientSpec, context=None) -> np.ndarray:
+        return self.explainer.run(context, "projected_training_hessian", spec.rank, spec.seed)
+
+    def projection_layers(self, spec: GradientSpec, context=None) -> list[dict]:
+        return self.explainer.run(context, "projection_layers", spec.rank, spec.seed)
+
+    def predict(self, texts, pairs, context=None) -> np.ndarray:
+        return self.explainer.run(context, "predict", texts, pairs)
+
+    def encode(self, texts, pairs, context=None) -> np.ndarray:
+        return self.explainer.run(context, "encode", texts, pairs)
+
+    def saliency(self, text, pair, method, label, params: Checked, context=None) -> SaliencyMap:
+        return self.explainer.run(context, "saliency", text, pair, method, label, params)
+
+    def attack(self, text, pair, method, label, target, params: Checked, context=None) -> AttackResult:
+        return self.explainer.run(context, "attack", text, pair, method, label, target, params)
+
+    def cancel(self, request_id: str) -> None:
+        self.explainer.cancel(request_id)
+
+    def shutdown(self) -> None:
+        pass

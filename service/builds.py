@@ -1,0 +1,134 @@
+"""The offline jobs: the kNN index and the gradient index, built through an engine's backend (in this
+process, or sharded over the Ray workers), each checked before its expensive part and written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from index import Manifest, build_index, empty_index
+from index.gradient import GradientManifest, GradientSpec, ShardStore, shard_folder, write_gradient_index
+from interpret.cancellation import RequestContext
+from interpret.config import GradientIndexConfig
+from interpret.influence.preconditioner import inverse_damped, precondition, second_moment
+from service.pipeline import Engine
+
+Progress = Callable[[int, int], None]
+
+ENCODE_CHUNK = 2048
+"""Training texts per encode call of a kNN index build: its progress (and on a pool, its sharding) grain."""
+
+FACTORY_PROBE_DIM = 1024
+"""A width to try a factory string at before the gradients' own width is known (catches typos at once)."""
+
+
+def build_knn_index(
+    engine: Engine,
+    directory: str | Path,
+    factory: str = "Flat",
+    metric: str = "l2",
+    progress: Progress | None = None,
+    context: RequestContext | None = None,
+) -> Manifest:
+    """Encode the training set through the engine's backend (the same ``features`` queries use) and write
+    the FAISS index atomically. The factory string is checked before any encoding."""
+    examples, identity = engine.examples, engine.identity
+    empty_index(identity.feature_dim, factory, metric)
+    starts = range(0, len(examples), ENCODE_CHUNK)
+    parts = []
+    for done, start in enumerate(starts):
+        texts = examples.texts[start : start + ENCODE_CHUNK]
+        pairs = examples.pairs[start : start + ENCODE_CHUNK] if examples.pairs is not None else None
+        parts.append(engine.backend.encode(texts, pairs, context))
+        if progress is not None:
+            progress(done + 1, len(starts))
+    fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
+    return build_index(np.concatenate(parts), directory, *fingerprints, factory, metric)
+
+
+def gradient_spec(engine: Engine, config: GradientIndexConfig) -> GradientSpec:
+    return GradientSpec(
+        config.rank, config.seed, config.preconditioner, config.damping, engine.identity.tracked_layers
+    )
+
+
+def projected_gradients(
+    engine: Engine,
+    directory: str | Path,
+    config: GradientIndexConfig,
+    progress: Progress | None = None,
+    context: RequestContext | None = None,
+) -> np.ndarray:
+    """Every training row's projected gradient ``[N, d]`` (float32), computed in shards of
+    ``config.chunk_rows`` kept beside ``directory`` so that an interrupted build resumes."""
+    identity, spec = engine.identity, gradient_spec(engine, config)
+    chunks = np.array_split(
+        np.arange(len(engine.examples)), math.ceil(len(engine.examples) / config.chunk_rows)
+    )
+    keys = {"model": identity.model_fingerprint, "data": identity.data_fingerprint, **config.identity}
+    store = ShardStore(shard_folder(directory), keys)
+    done = {n: vectors for n, rows in enumerate(chunks) if (vectors := store.load(n, rows)) is not None}
+    missing = [n for n in range(len(chunks)) if n not in done]
+    if progress is not None:
+        progress(len(done), len(chunks))
+    for position, vectors in engine.backend.gradient_shards([chunks[n] for n in missing], spec, context):
+        number = missing[position]
+        if not done:  # the first shard tells the width: check the factory string before the rest
+            empty_index(vectors.shape[1], config.factory, "ip")
+        store.save(number, chunks[number], vectors)
+        done[number] = vectors
+        if progress is not None:
+            progress(len(done), len(chunks))
+    return np.concatenate([done[n] for n in range(len(chunks))])
+
+
+def fit_inverse(engine: Engine, gradients: np.ndarray, spec: GradientSpec, context=None) -> torch.Tensor:
+    """``(C + damping I)^-1`` of the chosen curvature (``interpret.influence.preconditioner``)."""
+    dim = gradients.shape[1]
+    if spec.preconditioner == "identity":
+        curvature = torch.zeros(dim, dim, dtype=torch.float64)
+    elif spec.preconditioner == "hessian":
+        curvature = torch.from_numpy(engine.backend.projected_training_hessian(spec, context))
+    else:
+        curvature = torch.zeros(dim, dim, dtype=torch.float64)
+        for start in range(0, len(gradients), ENCODE_CHUNK):
+            curvature += second_moment(torch.from_numpy(gradients[start : start + ENCODE_CHUNK]))
+        curvature /= len(gradients)
+    return inverse_damped(curvature, spec.damping)
+
+
+def build_gradient_index(
+    engine: Engine,
+    directory: str | Path,
+    config: GradientIndexConfig | None = None,
+    progress: Progress | None = None,
+    context: RequestContext | None = None,
+) -> GradientManifest:
+    """Project every training gradient, fit the preconditioner, store ``u_z = (C + damping I)^-1 g~_z`` in
+    an inner-product index (atomically), then drop the shards. The factory string is checked first."""
+    config = config or GradientIndexConfig()
+    empty_index(FACTORY_PROBE_DIM, config.factory, "ip")
+    spec = gradient_spec(engine, config)
+    gradients = projected_gradients(engine, directory, config, progress, context)
+    inverse = fit_inverse(engine, gradients, spec, context)
+    for start in range(0, len(gradients), ENCODE_CHUNK):
+        block = torch.from_numpy(gradients[start : start + ENCODE_CHUNK])
+        gradients[start : start + ENCODE_CHUNK] = precondition(block, inverse).numpy()
+    identity = engine.identity
+    layers = engine.backend.projection_layers(spec, context)
+    manifest = write_gradient_index(
+        gradients,
+        directory,
+        identity.model_fingerprint,
+        identity.data_fingerprint,
+        spec,
+        layers,
+        config.factory,
+    )
+    ShardStore(shard_folder(directory), {}).remove()
+    return manifest
