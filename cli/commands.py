@@ -91,11 +91,12 @@ def _print_answer(result: dict, text: str) -> None:
             )
             continue
         table = Table(title=title)
-        for column in ("id", "label", "score", "distance", "text"):
+        with_distance = any(e["distance"] is not None for e in examples)  # kNN candidates only
+        for column in ("id", "label", "score", *(("distance",) if with_distance else ()), "text"):
             table.add_column(column)
         for e in examples:
-            distance = "" if e["distance"] is None else f"{e['distance']:.3f}"
-            table.add_row(e["id"], str(e["label"]), f"{e['score']:.4g}", distance, e["text"])
+            distance = ("" if e["distance"] is None else f"{e['distance']:.3f}",) if with_distance else ()
+            table.add_row(e["id"], str(e["label"]), f"{e['score']:.4g}", *distance, e["text"])
         console.print(table)
     console.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in quality["timings_s"].items()))
 
