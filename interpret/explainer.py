@@ -227,9 +227,8 @@ class Explainer:
 
     def solve(self, text: str, pair: str | None, label: int | None, damping: float) -> np.ndarray:
         """The exact ``(H + damping I)^-1 v`` (explicit training Hessian, built once; small tracked sets)."""
-        if self._hessian is None:
-            self._hessian = training_hessian(self.tracked, self.theta, self.checkpoint.train)
-        return exact_s_test(self._hessian, self._point(text, pair, label).v, damping).cpu().numpy()
+        v = self._point(text, pair, label).v
+        return exact_s_test(self._training_hessian(), v, damping).cpu().numpy()
 
     def cg_solve(
         self, text: str, pair: str | None, label: int | None, damping: float, num_rows, tolerance: float
@@ -279,10 +278,14 @@ class Explainer:
 
     def projected_training_hessian(self, rank: int | None, seed: int) -> np.ndarray:
         """``R H R^T`` from the explicit training Hessian (the ``hessian`` preconditioner; small sets)."""
+        projection = self.projector(rank, seed).dense_matrix()
+        return projected_hessian(self._training_hessian(), projection).cpu().numpy()
+
+    def _training_hessian(self) -> torch.Tensor:
+        """The explicit training Hessian, computed once (small tracked sets only)."""
         if self._hessian is None:
             self._hessian = training_hessian(self.tracked, self.theta, self.checkpoint.train)
-        projection = self.projector(rank, seed).dense_matrix()
-        return projected_hessian(self._hessian, projection).cpu().numpy()
+        return self._hessian
 
     def _average(self, repetitions: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # Arrays read from the object store are read-only views; torch needs its own copy.

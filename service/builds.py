@@ -51,6 +51,12 @@ def build_knn_index(
     return build_index(np.concatenate(parts), directory, *fingerprints, factory, metric)
 
 
+def check_gradient_factory(factory: str) -> None:
+    """Raise ``ValueError`` for a factory string FAISS cannot build as an inner-product index (at
+    ``FACTORY_PROBE_DIM``: before the gradients' own width is known, so a typo costs no gradient)."""
+    empty_index(FACTORY_PROBE_DIM, factory, "ip")
+
+
 def gradient_spec(engine: Engine, config: GradientIndexConfig) -> GradientSpec:
     return GradientSpec(
         config.rank, config.seed, config.preconditioner, config.damping, engine.identity.tracked_layers
@@ -112,7 +118,7 @@ def build_gradient_index(
     """Project every training gradient, fit the preconditioner, store ``u_z = (C + damping I)^-1 g~_z`` in
     an inner-product index (atomically), then drop the shards. The factory string is checked first."""
     config = config or GradientIndexConfig()
-    empty_index(FACTORY_PROBE_DIM, config.factory, "ip")
+    check_gradient_factory(config.factory)
     spec = gradient_spec(engine, config)
     gradients = projected_gradients(engine, directory, config, progress, context)
     inverse = fit_inverse(engine, gradients, spec, context)

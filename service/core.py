@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from index import empty_index, load_index, read_manifest
-from index.gradient import load_gradient_index
+from index import empty_index, read_manifest
 from interpret.cancellation import RequestContext
 from interpret.config import (
     ATTACK_PARAMETERS,
@@ -29,7 +28,7 @@ from interpret.config import (
 )
 from interpret.data import DataSpec
 from interpret.influence.exact import MAX_EXACT_PARAMETERS
-from service.builds import FACTORY_PROBE_DIM, build_gradient_index, build_knn_index
+from service.builds import build_gradient_index, build_knn_index, check_gradient_factory
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
 from service.jobs import JobManager, Progress
@@ -40,7 +39,7 @@ from service.limits import (
     check_sync_work,
     check_text,
 )
-from service.pipeline import Engine, answer_query, pooled_engine
+from service.pipeline import Engine, answer_query, gradient_index_for, knn_index_for, pooled_engine
 from service.responses import attack_response, influence_result, prediction, saliency_response
 from service.schemas import (
     AttackResponse,
@@ -311,7 +310,7 @@ class InfluenceService:
         self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
         config = GradientIndexConfig(**(params.model_dump() if params is not None else {}))
         try:
-            empty_index(FACTORY_PROBE_DIM, config.factory, "ip")
+            check_gradient_factory(config.factory)
         except ValueError as error:
             detail = {"field": "gradient.factory", "value": config.factory}
             raise LimitExceededError(f"gradient.{error}", detail) from None
@@ -334,8 +333,7 @@ class InfluenceService:
         engine, index_dir = self.engine, self.settings.index_dir
         with self._index_lock:  # one build at a time writes the folder
             manifest = build_knn_index(engine, index_dir, factory, progress=progress, context=context)
-            identity = engine.identity
-            engine.index = load_index(index_dir, identity.model_fingerprint, identity.data_fingerprint)
+            engine.index = knn_index_for(index_dir, engine.identity)
         return IndexBuildResult(index_manifest=asdict(manifest))
 
     def build_gradient_index(
@@ -345,9 +343,7 @@ class InfluenceService:
         engine, directory = self.engine, self.settings.gradient_index_dir
         with self._index_lock:
             manifest = build_gradient_index(engine, directory, config, progress, context)
-            identity = engine.identity
-            fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
-            engine.gradient_index = load_gradient_index(directory, *fingerprints, identity.tracked_layers)
+            engine.gradient_index = gradient_index_for(directory, engine.identity)
         return IndexBuildResult(index_manifest=asdict(manifest))
 
     def shutdown(self) -> None:

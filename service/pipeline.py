@@ -52,7 +52,7 @@ class Engine:
         self.backend.shutdown()
 
 
-def _index(index_dir: str | Path | None, identity: Identity) -> FeatureIndex | None:
+def knn_index_for(index_dir: str | Path | None, identity: Identity) -> FeatureIndex | None:
     return (
         None
         if index_dir is None
@@ -60,7 +60,7 @@ def _index(index_dir: str | Path | None, identity: Identity) -> FeatureIndex | N
     )
 
 
-def _gradient_index(
+def gradient_index_for(
     directory: str | Path | None, identity: Identity, optional: bool = False
 ) -> GradientIndex | None:
     """The gradient index, refused loudly when it does not fit the model; an ``optional`` one (a default
@@ -93,9 +93,9 @@ def local_engine(
     return Engine(
         backend,
         checkpoint.examples,
-        _index(index_dir, identity),
+        knn_index_for(index_dir, identity),
         checkpoint.card,
-        _gradient_index(gradient_index_dir, identity, gradient_index_optional),
+        gradient_index_for(gradient_index_dir, identity, gradient_index_optional),
     )
 
 
@@ -128,8 +128,8 @@ def pooled_engine(
     pool = WorkerPool(spec, settings or PoolSettings(), expected)
     try:
         indexes = (
-            _index(index_dir, pool.identity),
-            _gradient_index(gradient_index_dir, pool.identity, gradient_index_optional),
+            knn_index_for(index_dir, pool.identity),
+            gradient_index_for(gradient_index_dir, pool.identity, gradient_index_optional),
         )
         return Engine(pool, examples, indexes[0], card, indexes[1])
     except BaseException:
