@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
 from interpret.data import load_examples, sst2_spec
-from interpret.models import DEFAULT_MODEL, TrackedModel, load_classifier
-from interpret.training import TrainConfig, fine_tune, save_classifier
+from interpret.models import DEFAULT_MODEL
+from interpret.training import TrainConfig, save_classifier, train_classifier
 
 
 def main() -> None:
@@ -26,10 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     train_spec = sst2_spec("train", args.max_examples)
     train, dev = load_examples(train_spec), load_examples(sst2_spec("dev"))
-    model, tokenizer = load_classifier(DEFAULT_MODEL, num_labels=2)
-    tracked = TrackedModel(model, tokenizer, tracked_layers=2)
     config = TrainConfig(epochs=args.epochs)
-    report = fine_tune(tracked, train, dev, config)
+    tracked, report = train_classifier(DEFAULT_MODEL, train, 2, config, eval_set=dev)
     card = save_classifier(args.out, tracked, DEFAULT_MODEL, train, config, report, train_spec)
     write_result(
         "train_sst2",

@@ -20,6 +20,7 @@ from cli.common import (
     app,
     console,
     data_spec,
+    engine_for,
     tracked_scope,
 )
 from interpret.config import FASTIF_PRESET, QueryConfig
@@ -50,17 +51,16 @@ def train(
 ) -> None:
     """Fine-tune the tracked layers of a classifier and save it (safetensors + card.json)."""
     from interpret.data import load_examples
-    from interpret.models import TrackedModel, load_classifier
-    from interpret.training import TrainConfig, fine_tune, save_classifier
+    from interpret.training import TrainConfig, save_classifier, train_classifier
 
     train_spec = data_spec(train_data, "train", text_column, pair_column, label_column, max_examples)
     eval_spec = data_spec(eval_data, "eval", text_column, pair_column, label_column)
     train_set, eval_set = load_examples(train_spec), load_examples(eval_spec)
     config = TrainConfig(epochs, batch_size, learning_rate, weight_decay, seed=seed)
-    model, tokenizer = load_classifier(base_model, num_labels=max(train_set.num_labels, eval_set.num_labels))
-    tracked = TrackedModel(model, tokenizer, tracked_scope(tracked_layers))
-    console.print(f"fine-tuning {tracked.num_parameters:,} tracked parameters on {len(train_set):,} examples")
-    report = fine_tune(tracked, train_set, eval_set, config)
+    console.print(f"fine-tuning the tracked set ({tracked_layers}) on {len(train_set):,} examples")
+    tracked, report = train_classifier(
+        base_model, train_set, tracked_scope(tracked_layers), config, eval_set=eval_set
+    )
     save_classifier(out, tracked, base_model, train_set, config, report, train_spec)
     console.print(f"eval accuracy {report.eval_accuracy:.4f} in {report.seconds:.0f} s; saved to {out}")
 
@@ -168,7 +168,7 @@ def query(
             None if method in ("full", "gradient") else index,
             None if method in ("full", "fastif") else gradient_index,
         )
-        engine = _engine(model, *indexes, workers, deadline, optional)
+        engine = engine_for(model, *indexes, workers, deadline, optional)
         try:
             answer = answer_query(engine, text, pair, label, config, progress=not as_json)
         finally:
@@ -192,34 +192,6 @@ def _remote_query(url: str, api_key: str | None, text, pair, label, config: Quer
         item = TextInput(text=text, text_pair=pair, label=label)
         response = client.influence(item, config.k, config.top, config.exact, lissa, **options)
     return response.results[0].model_dump()
-
-
-def _engine(
-    model: Path,
-    index: Path | None,
-    gradient_index: Path | None,
-    workers: int | None,
-    deadline: float,
-    gradient_optional: bool = False,
-):
-    """The engine a local query runs on, with whichever indexes exist."""
-    from service.pipeline import local_engine, pooled_engine
-
-    index_dir = index if index is not None and index.exists() else None
-    gradient = {
-        "gradient_index_dir": gradient_index
-        if gradient_index is not None and gradient_index.exists()
-        else None,
-        "gradient_index_optional": gradient_optional,
-    }
-    if workers is None:
-        return local_engine(model, index_dir=index_dir, **gradient)
-    from workers import PoolSettings
-
-    if workers < 0:
-        raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
-    settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
-    return pooled_engine(model, index_dir=index_dir, settings=settings, **gradient)
 
 
 @app.command()

@@ -56,3 +56,73 @@ def data_spec(
 TextColumn = Annotated[str, typer.Option(help="Column holding the text.")]
 PairColumn = Annotated[str | None, typer.Option(help="Column holding the second text of a pair (NLI).")]
 LabelColumn = Annotated[str, typer.Option(help="Column holding integer labels 0..C-1.")]
+
+
+def engine_for(
+    model: Path,
+    index: Path | None,
+    gradient_index: Path | None,
+    workers: int | None,
+    deadline: float,
+    gradient_optional: bool = False,
+):
+    """The engine a local query runs on, with whichever indexes exist."""
+    from service.pipeline import local_engine, pooled_engine
+
+    index_dir = index if index is not None and index.exists() else None
+    gradient = {
+        "gradient_index_dir": gradient_index
+        if gradient_index is not None and gradient_index.exists()
+        else None,
+        "gradient_index_optional": gradient_optional,
+    }
+    if workers is None:
+        return local_engine(model, index_dir=index_dir, **gradient)
+    from workers import PoolSettings
+
+    if workers < 0:
+        raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
+    settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
+    return pooled_engine(model, index_dir=index_dir, settings=settings, **gradient)
+
+
+def checked_options(config_class, **values):
+    """A library config built from command options; a bad value is a usage error naming its flag (the
+    library's message starts with the field's name)."""
+    try:
+        return config_class(**values)
+    except ValueError as error:
+        name = str(error).split(" ", 1)[0].rsplit(".", 1)[-1]
+        flag = f"--{name.replace('_', '-')}" if name in values else None
+        raise typer.BadParameter(str(error), param_hint=flag) from None
+
+
+ModelDir = Annotated[Path, typer.Option(help="Fine-tuned model folder.")]
+EvalData = Annotated[str | None, typer.Option("--eval", help="Test points' data [SST-2 dev].")]
+ReportFolder = Annotated[Path, typer.Option(help="Folder for the JSON and the PNG.")]
+
+
+def write_and_show(report, out: Path, name: str) -> None:
+    """An evaluation's or application's report as JSON + PNG in ``out``; its summary on the console."""
+    from service.evaluation import write_report
+
+    json_path, png_path = write_report(report, out, name)
+    if report.summary:
+        console.print(", ".join(f"{k} {v:.4g}" for k, v in report.summary.items()))
+    console.print(f"wrote {json_path} and {png_path}")
+
+
+def tqdm_progress(description: str):
+    """A ``(done, total)`` callback that draws a tqdm bar: the progress of the long commands."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=description, unit="step")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update

@@ -10,6 +10,7 @@ from clients.client import (
     NotFoundError,
     RateLimitedError,
     ServerError,
+    evaluate_request,
     influence_request,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "NotFoundError",
     "RateLimitedError",
     "ServerError",
+    "evaluate_request",
     "influence_request",
 ]

@@ -26,6 +26,7 @@ from service.schemas import (
     ATTACK_REQUEST,
     SALIENCY_REQUEST,
     AttackResponse,
+    EvaluateRequest,
     InfluenceRequest,
     InfluenceResponse,
     JobList,
@@ -128,7 +129,16 @@ def influence_request(
 
 
 def job_request(request, kind: str, factory: str, index_kind: str, gradient: dict | None) -> JobRequest:
-    return JobRequest(kind=kind, influence=request, factory=factory, index_kind=index_kind, gradient=gradient)
+    """The job, with ``request`` in the field named after its kind (none for an index build)."""
+    body = {kind: request} if request is not None and kind != "index_build" else {}
+    return JobRequest(kind=kind, factory=factory, index_kind=index_kind, gradient=gradient, **body)
+
+
+def evaluate_request(task: str, inputs: Inputs = (), **fields) -> EvaluateRequest:
+    """A ``kind="evaluate"`` run: ``task`` (loo, lds_head, recall, influence_map, audit,
+    error_correction), its test points, and the rest of ``EvaluateRequest`` by name (``m``, ``subsets``,
+    ``damping``, ``top``, ``seeds``, ``methods``, ...)."""
+    return EvaluateRequest(task=task, inputs=_as_inputs(inputs) if inputs else [], **fields)
 
 
 def saliency_request(text: str, method: str, text_pair=None, label=None, **parameters):
@@ -272,8 +282,9 @@ class InfluenceClient(_Common):
         index_kind: str = "knn",
         gradient: dict | None = None,
     ):
-        """Start a job: an ``InfluenceRequest`` over many inputs, or ``kind="index_build"`` (the kNN
-        index, or ``index_kind="gradient"`` with its settings in ``gradient``)."""
+        """Start a job: an ``InfluenceRequest`` over many inputs, a saliency or attack request,
+        ``kind="evaluate"`` with an ``evaluate_request(...)``, or ``kind="index_build"`` (the kNN index, or
+        ``index_kind="gradient"`` with its settings in ``gradient``)."""
         body = self._body(job_request(request, kind, factory, index_kind, gradient))
         return self._call("POST", "/v1/jobs", JobStatus, body, repeatable=False)
 

@@ -115,6 +115,23 @@ class FeatureIndex:
         keep = positions[0] >= 0  # approximate indexes may return fewer than k
         return self.rows[positions[0][keep]], distances[0][keep]
 
+    def vectors(self) -> np.ndarray | None:
+        """Every stored feature vector ``[N, D]`` in training-row order, or ``None`` when the index does not
+        keep them exactly (compressed codes: the caller encodes instead)."""
+        if (
+            self.index.ntotal != len(self.rows)
+            or "PQ" in self.manifest.factory
+            or "SQ" in self.manifest.factory
+        ):
+            return None
+        try:
+            stored = faiss.downcast_index(self.index).reconstruct_n(0, self.index.ntotal)
+        except RuntimeError:
+            return None
+        out = np.empty_like(stored)
+        out[self.rows] = stored
+        return out
+
 
 def build_index(
     features: np.ndarray,

@@ -237,6 +237,38 @@ class GradientIndexConfig(Checked):
         return {"rank": self.rank, "seed": self.seed}
 
 
+EvaluationTask = typing.Literal["loo", "lds_head", "recall", "influence_map", "audit", "error_correction"]
+"""What ``influence evaluate`` and the applications run (``service.evaluation``, ``service.applications``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig(Checked):
+    """Sizes and seeds of an evaluation or application run; the defaults fit 2 CPU cores (README)."""
+
+    m: int = setting(
+        10, ge=1, le=100, doc="loo: most influential rows removed, one at a time, per test point."
+    )
+    subsets: int = setting(50, ge=2, le=1000, doc="lds: random subsets of the training rows retrained.")
+    fraction: float = setting(0.5, gt=0, le=0.99, doc="lds: share of the training rows in each subset.")
+    seed: int = setting(0, ge=0, le=SEED_MAX, doc="Seed of the subsets, samples and splits.")
+    damping: float = setting(
+        FASTIF_PRESET.damping, gt=0, doc="loo, lds: the convex head's L2 term (= the influence damping)."
+    )
+    top: int = setting(
+        5,
+        ge=1,
+        le=100,
+        doc="influence_map: rows per side per test point; error_correction: helpful rows per error.",
+    )
+    seeds: int = setting(
+        3, ge=1, le=20, doc="error_correction: random splits of the test points (seeds 0..n-1)."
+    )
+    learning_rate: float = setting(
+        2e-5, gt=0, le=1, doc="error_correction: learning rate of the brief fine-tune."
+    )
+    limit: int = setting(1000, ge=1, le=1_000_000, doc="audit: rows of the ranked list returned.")
+
+
 # ---------------------------------------------------------------------------------------------- saliency
 
 

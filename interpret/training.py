@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from interpret.data import DataSpec, ExampleSet
-from interpret.models import TrackedModel, length_sorted_batches, model_fingerprint
+from interpret.models import TrackedModel, TrackedScope, length_sorted_batches, model_fingerprint
 from interpret.storage import atomic_directory, write_json_atomic
 
 CARD_FILE = "card.json"
@@ -154,6 +154,31 @@ def fine_tune(
         loss_value,
         time.perf_counter() - start,
     )
+
+
+def train_classifier(
+    base_model: str,
+    train: ExampleSet,
+    tracked_layers: TrackedScope,
+    config: TrainConfig,
+    num_labels: int | None = None,
+    eval_set: ExampleSet | None = None,
+    max_length: int = 128,
+    progress: bool = True,
+) -> tuple[TrackedModel, TrainReport]:
+    """Load ``base_model`` with a fresh head and fine-tune its tracked set on ``train``.
+
+    The global torch seed is set to ``config.seed`` before the load, because the new head is initialised
+    from it: the same base, data and config give the same weights (retraining for ``influence evaluate``
+    depends on it)."""
+    from interpret.models import load_classifier
+
+    torch.manual_seed(config.seed)
+    labels = num_labels or max(train.num_labels, eval_set.num_labels if eval_set is not None else 0)
+    model, tokenizer = load_classifier(base_model, num_labels=labels)
+    tracked = TrackedModel(model, tokenizer, tracked_layers, max_length)
+    report = fine_tune(tracked, train, eval_set, config, progress)
+    return tracked, report
 
 
 def save_classifier(

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from index import empty_index, read_manifest
-from interpret.cancellation import RequestContext
+from interpret.cancellation import Cancellations, RequestContext
 from interpret.config import (
     ATTACK_PARAMETERS,
     SALIENCY_PARAMETERS,
@@ -31,6 +31,7 @@ from interpret.influence.exact import MAX_EXACT_PARAMETERS
 from service.builds import build_gradient_index, build_knn_index, check_gradient_factory
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
+from service.evaluation import HeadCache
 from service.jobs import JobManager, Progress
 from service.limits import (
     check_influence,
@@ -154,6 +155,8 @@ class InfluenceService:
             deadline_s=settings.deadline_s,
         )
         self._index_lock = threading.Lock()
+        self._heads = HeadCache()
+        self._local_work = Cancellations()
 
     def new_context(self) -> RequestContext:
         """A request's id and deadline: every call it makes, and nothing it caches, is bound by them."""
@@ -162,6 +165,7 @@ class InfluenceService:
     def cancel(self, request_id: str) -> None:
         """Stop a request's work at its next step boundary (its client went away, its job was deleted)."""
         self.engine.backend.cancel(request_id)
+        self._local_work.cancel(request_id)
 
     # ---------------------------------------------------------------- influence
 
@@ -248,8 +252,18 @@ class InfluenceService:
             tracked_layers=engine.identity.tracked_layers,
             workers=engine.backend.num_workers,
             num_training_examples=len(engine.examples),
+            num_labels=engine.identity.num_labels,
+            takes_pairs=engine.identity.takes_pairs,
+            limits=self.limits(),
         )
         return ModelsResponse(models=[info])
+
+    def limits(self) -> dict[str, int]:
+        """The operator's integer ``max_*`` settings: what a form (the web page) may offer."""
+        values = self.settings.model_dump()
+        return {
+            name: value for name, value in values.items() if name.startswith("max_") and type(value) is int
+        }
 
     def readiness(self) -> Readiness:
         answering = sum(name is not None for name in self.engine.backend.ping())
@@ -283,6 +297,9 @@ class InfluenceService:
             check_text(body, self.settings, self.tokenizer, self.engine.identity)
             run = self.saliency if request.kind == "saliency" else self.attack
             work = lambda progress, context: run(body, context, job=True)  # noqa: E731
+        elif request.kind == "evaluate":
+            self._check_evaluation(body)
+            work = lambda progress, context: self.evaluate(body, progress, context)  # noqa: E731
         elif request.index_kind == "gradient":
             config = self._check_gradient_build(request.gradient)
             work = lambda progress, context: self.build_gradient_index(config, progress, context)  # noqa: E731
@@ -322,6 +339,59 @@ class InfluenceService:
                 {"field": "gradient.preconditioner", "value": "hessian"},
             )
         return config
+
+    def _check_evaluation(self, request) -> None:
+        """Everything a run needs, before it is queued: inputs (labelled where measured), sizes, switches."""
+        from service.evaluation import NEEDS_LABELS
+
+        task, inputs = request.task, request.inputs
+        if task == "audit":
+            if inputs:
+                raise LimitExceededError(
+                    "task=audit ranks the training set and takes no inputs", {"field": "evaluate.inputs"}
+                )
+            self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
+            return
+        if not inputs:
+            raise LimitExceededError(f"task={task} needs test points in inputs", {"field": "evaluate.inputs"})
+        check_inputs(inputs, self.settings, self.tokenizer, self.engine.identity)
+        if task in NEEDS_LABELS:
+            for position, item in enumerate(inputs):
+                if item.label is None:
+                    raise LimitExceededError(
+                        f"task={task} is measured on true labels: give inputs[{position}].label",
+                        {"field": f"evaluate.inputs[{position}].label"},
+                    )
+        if task == "error_correction":
+            self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
+        if task == "recall" and len(self.engine.examples) > self.settings.max_k:
+            raise LimitExceededError(
+                f"recall compares with a full scan of all {len(self.engine.examples)} training examples, "
+                f"above this server's limit of {self.settings.max_k} (INFLUENCE_MAX_K); run "
+                "`influence evaluate recall` offline",
+                {"field": "evaluate.task", "value": task, "limit": self.settings.max_k},
+            )
+        for method in request.methods if task == "recall" else []:
+            try:
+                resolve_method(
+                    QueryConfig(method=method),
+                    self.engine.gradient_index is not None,
+                    self.engine.index is not None,
+                )
+            except MethodUnavailableError as error:
+                raise LimitExceededError(str(error), {"field": "evaluate.methods", "value": method}) from None
+
+    def evaluate(self, request, progress: Progress, context: RequestContext | None = None):
+        """Run one evaluation or application (``service.evaluation.run_evaluation``)."""
+        from service.evaluation import run_evaluation
+
+        work_dir = (self.settings.gradient_index_dir or Path(self.settings.model_dir)).parent
+        # One at a time (the audit's gradient shards, the error correction's model copy); the loops that
+        # run here in the service (refits, retrains, per-point queries) stop when the job is deleted.
+        with self._index_lock, self._local_work.scope(context):
+            return run_evaluation(
+                self.engine, request, self._heads, work_dir, self.settings.model_dir, progress
+            )
 
     def list_jobs(self, owner: str) -> JobList:
         return JobList(jobs=self.jobs.list(owner))

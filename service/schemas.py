@@ -19,6 +19,8 @@ from interpret.config import (
     ATTACK_PARAMETERS,
     SALIENCY_PARAMETERS,
     TARGETED_ATTACKS,
+    EvaluationConfig,
+    EvaluationTask,
     GradientIndexConfig,
     LissaConfig,
     QueryConfig,
@@ -243,20 +245,158 @@ class ModelInfo(BaseModel):
     tracked_layers: int | str
     workers: int
     num_training_examples: int
+    num_labels: int
+    takes_pairs: bool = Field(description="Whether inputs take a text_pair (NLI-style pair models).")
+    limits: dict[str, int] = Field(
+        default_factory=dict, description="This server's size limits (INFLUENCE_MAX_*), by setting name."
+    )
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
+# ------------------------------------------------------------ evaluation and applications (reports)
+
+
+class Interval(BaseModel):
+    low: float
+    high: float
+    level: float = 0.95
+
+
+class LooPoint(BaseModel):
+    test_row: int
+    train_rows: list[int]
+    predicted: list[float]
+    actual: list[float]
+
+
+class LooReport(BaseModel):
+    """Predicted vs actual leave-one-out change of the test loss on the convex head."""
+
+    kind: Literal["loo"] = "loo"
+    config: dict
+    points: list[LooPoint]
+    summary: dict[str, float]
+
+
+class LdsReport(BaseModel):
+    """Per method: LDS (mean over test points of the Spearman over subsets) with its interval."""
+
+    kind: Literal["lds"] = "lds"
+    scale: Literal["head", "tracked"]
+    config: dict
+    test_rows: list[int]
+    per_test: dict[str, list[float | None]] = Field(description="Method -> Spearman per test point.")
+    lds: dict[str, float]
+    intervals: dict[str, Interval]
+    seconds: dict[str, float] = Field(description="Retraining, and each method's scoring, in seconds.")
+    summary: dict[str, float]
+
+
+class RecallReport(BaseModel):
+    kind: Literal["recall"] = "recall"
+    config: dict
+    per_test: dict[str, list[float]] = Field(
+        description="'helpful@m' / 'harmful@m' -> one value per test point."
+    )
+    summary: dict[str, float]
+
+
+class RankedRow(BaseModel):
+    row: int
+    id: str
+    text: str
+    label: int
+    self_influence: float
+    loss: float
+    flipped: bool | None = None
+
+
+class AuditReport(BaseModel):
+    """Training rows ranked by self-influence (and by loss); with injected noise, what each finds."""
+
+    kind: Literal["audit"] = "audit"
+    config: dict
+    ranked: list[RankedRow] = Field(description="Every row, highest self-influence first.")
+    curves: dict[str, list[float]] = Field(
+        default_factory=dict, description="Ranking -> share of flipped labels found in its top 1%, 2%, ..."
+    )
+    top10_recall: dict[str, float] = Field(default_factory=dict)
+    summary: dict[str, float] = Field(default_factory=dict)
+
+
+class MapNode(BaseModel):
+    id: str
+    kind: Literal["test", "train"]
+    row: int
+    text: str
+    label: int
+    predicted: int | None = None
+    degree: int = Field(description="Edges at this node: for a training row, the test points it reaches.")
+
+
+class MapEdge(BaseModel):
+    source: str
+    target: str
+    score: float
+    side: Literal["helpful", "harmful"]
+
+
+class InfluenceMapReport(BaseModel):
+    """A bipartite graph: test points -> their top training rows (FastIF figure 5)."""
+
+    kind: Literal["influence_map"] = "influence_map"
+    config: dict
+    nodes: list[MapNode] = Field(description="Test points, then training rows by degree (most shared first).")
+    edges: list[MapEdge]
+    summary: dict[str, float]
+
+
+class CorrectionReport(BaseModel):
+    kind: Literal["error_correction"] = "error_correction"
+    config: dict
+    seeds: list[int]
+    baseline_accuracy: list[float] = Field(description="Held-out accuracy before fine-tuning, per seed.")
+    deltas: dict[str, list[float]] = Field(description="Strategy -> held-out accuracy change, per seed.")
+    budgets: list[int] = Field(
+        description="Training rows fine-tuned on, per seed (the same for each strategy)."
+    )
+    summary: dict[str, float]
+
+
+EvaluateRequest = create_model(
+    "EvaluateRequest",
+    __base__=_Strict,
+    __doc__="An evaluation (loo, lds_head, recall) or an application (influence_map, audit, error_correction)"
+    ".",
+    task=(EvaluationTask, Field(description="Which run.")),
+    inputs=(
+        list[TextInput],
+        Field(
+            default_factory=list,
+            description="Test points. loo, lds_head, recall and error_correction need each one's true label; "
+            "influence_map explains each input's given or predicted label; audit takes none.",
+        ),
+    ),
+    methods=(
+        list[Literal["gradient", "fastif"]],
+        Field(default_factory=lambda: ["gradient"], min_length=1, description="recall: methods measured."),
+    ),
+    **_fields_of(EvaluationConfig),
+)
+
+
 class JobRequest(_Strict):
     """A job: an influence query over many inputs, an index build, or a saliency map or an attack too
     costly for a synchronous request. The field named after the kind holds its request."""
 
-    kind: Literal["influence", "index_build", "saliency", "attack"]
+    kind: Literal["influence", "index_build", "saliency", "attack", "evaluate"]
     influence: InfluenceRequest | None = Field(None, description="The query, for kind=influence.")  # type: ignore[valid-type]
     saliency: SaliencyRequest | None = Field(None, description="The request, for kind=saliency.")
     attack: AttackRequest | None = Field(None, description="The request, for kind=attack.")
+    evaluate: EvaluateRequest | None = Field(None, description="The run, for kind=evaluate.")  # type: ignore[valid-type]
     factory: str = Field("Flat", description="FAISS factory string, for kind=index_build (kNN).")
     index_kind: Literal["knn", "gradient"] = Field("knn", description="Which index, for kind=index_build.")
     gradient: GradientIndexParams | None = Field(  # type: ignore[valid-type]
@@ -284,7 +424,19 @@ class JobStatus(BaseModel):
     progress: float = Field(ge=0, le=1)
     done: int
     total: int
-    result: InfluenceResponse | IndexBuildResult | SaliencyResponse | AttackResponse | None = None
+    result: (
+        InfluenceResponse
+        | IndexBuildResult
+        | SaliencyResponse
+        | AttackResponse
+        | LooReport
+        | LdsReport
+        | RecallReport
+        | AuditReport
+        | InfluenceMapReport
+        | CorrectionReport
+        | None
+    ) = None
     error: ErrorBody | None = None
     created_at: float
     finished_at: float | None = None

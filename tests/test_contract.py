@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 from cli import app
 from interpret.attacks import ATTACK_METHODS
 from interpret.checkpoint import load_checkpoint
-from interpret.config import ATTACK_PARAMETERS, FASTIF_PRESET, SALIENCY_PARAMETERS, LissaConfig, QueryConfig
+from interpret.config import (
+    ATTACK_PARAMETERS,
+    FASTIF_PRESET,
+    SALIENCY_PARAMETERS,
+    EvaluationConfig,
+    LissaConfig,
+    QueryConfig,
+)
 from interpret.saliency import SALIENCY_METHODS
 from service import schemas
 
@@ -40,6 +47,7 @@ def test_request_schemas_take_defaults_and_bounds_from_the_library_configs():
 
     agrees(schemas.LissaParams, LissaConfig)
     agrees(schemas.InfluenceRequest, QueryConfig)
+    agrees(schemas.EvaluateRequest, EvaluationConfig)
     for registry, requests in (
         (SALIENCY_PARAMETERS, schemas.SALIENCY_REQUESTS),
         (ATTACK_PARAMETERS, schemas.ATTACK_REQUESTS),
@@ -68,9 +76,21 @@ def test_library_functions_cli_and_clients_use_the_same_defaults():
         assert parameters["k"].default == QueryConfig.k and parameters["top"].default == QueryConfig.top
     for name in ("method", "rerank", "solver", "cg_rows"):
         assert options[name].default == getattr(QueryConfig, name), name
+    from cli.applications import correct, influence_map_command
+    from cli.evaluate import lds, loo
     from cli.indexes import index_build
     from interpret.config import GradientIndexConfig
 
+    for command, names in (
+        (loo, ("m", "damping")),
+        (lds, ("fraction", "damping")),
+        (correct, ("seeds", "top")),
+    ):
+        for name in names:
+            assert inspect.signature(command).parameters[name].default == getattr(EvaluationConfig, name), (
+                name
+            )
+    assert inspect.signature(influence_map_command).parameters["top"].default == EvaluationConfig.top
     build_options = inspect.signature(index_build).parameters
     for spec in dataclasses.fields(GradientIndexConfig):
         if spec.name != "factory":

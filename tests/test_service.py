@@ -22,6 +22,7 @@ from clients import (
     JobFailedError,
     NotFoundError,
     RateLimitedError,
+    evaluate_request,
     influence_request,
 )
 from interpret.influence import LissaConfig, QueryConfig
@@ -261,6 +262,33 @@ def test_jobs_through_the_sync_client(http):
     with pytest.raises(JobFailedError, match="increase scale") as failure:
         client.wait_job(failing.id, poll_s=0.05, timeout=120, progress=False)
     assert failure.value.code == "lissa_diverged"  # the code the endpoint itself would answer with
+
+
+def test_evaluate_jobs_check_their_inputs_and_return_typed_reports(http):
+    """loo on the convex head, an influence map and an audit as jobs; bad runs are 422s naming the field."""
+    client = InfluenceClient(http=http, backoff_s=0.01)
+    labelled = [{"text": QUERY, "label": 1}, {"text": "dull and boring", "label": 0}]
+    loo = client.submit_job(evaluate_request("loo", labelled, m=3, damping=0.05), kind="evaluate")
+    report = client.wait_job(loo.id, poll_s=0.05, timeout=120, progress=False).result
+    assert report.kind == "loo" and len(report.points) == 2 and len(report.points[0].actual) == 3
+    assert report.summary["loo_pearson_head"] > 0.95
+    mapped = client.submit_job(evaluate_request("influence_map", [QUERY], top=2), kind="evaluate")
+    graph = client.wait_job(mapped.id, poll_s=0.05, timeout=120, progress=False).result
+    assert graph.kind == "influence_map" and len(graph.edges) == 4 and graph.nodes[0].kind == "test"
+    audit = client.submit_job(evaluate_request("audit", limit=5), kind="evaluate")
+    ranked = client.wait_job(audit.id, poll_s=0.05, timeout=120, progress=False).result
+    assert ranked.kind == "audit" and len(ranked.ranked) == 5
+    assert [r.self_influence for r in ranked.ranked] == sorted(
+        (r.self_influence for r in ranked.ranked), reverse=True
+    )
+    with pytest.raises(BadRequestError, match=r"inputs\[0\]\.label"):
+        client.submit_job(evaluate_request("loo", [QUERY]), kind="evaluate")
+    with pytest.raises(BadRequestError, match="needs test points"):
+        client.submit_job(evaluate_request("lds_head"), kind="evaluate")
+    with pytest.raises(BadRequestError, match="INFLUENCE_MAX_K"):  # 96 training rows > max_k=60
+        client.submit_job(evaluate_request("recall", labelled), kind="evaluate")
+    response = http.post("/v1/jobs", json={"kind": "evaluate", "evaluate": {"task": "loo", "m": 0}})
+    assert response.status_code == 422 and "m" in response.text
 
 
 def test_a_gradient_index_job_makes_gradient_the_default_method(settings, engine_dirs, tmp_path):

@@ -1,0 +1,225 @@
+"""``influence evaluate loo | lds | recall``: can the scores be trusted? Each writes one JSON and one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import (
+    ARTIFACTS,
+    EvalData,
+    LabelColumn,
+    ModelDir,
+    PairColumn,
+    ReportFolder,
+    TextColumn,
+    app,
+    checked_options,
+    data_spec,
+    engine_for,
+    tqdm_progress,
+    write_and_show,
+)
+from interpret.config import FASTIF_PRESET, EvaluationConfig, QueryConfig
+
+evaluate_app = typer.Typer(
+    help="Measure influence scores against retraining (loo, lds) or the full scan (recall).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(evaluate_app, name="evaluate")
+
+EVALUATION = ARTIFACTS / "evaluate"
+DEFAULTS = EvaluationConfig()
+Index = Annotated[Path, typer.Option(help="kNN index (its flat vectors are the head's features).")]
+TestPoints = Annotated[int, typer.Option(min=1, help="Test points, a seeded sample of the evaluation data.")]
+Seed = Annotated[int, typer.Option(help="Seed of the test-point sample and the subsets.")]
+Damping = Annotated[float, typer.Option(help="The convex head's L2 term = the influence damping.")]
+Methods = Annotated[
+    list[str] | None, typer.Option("--method", help="gradient, fastif, full or exact; repeat for several.")
+]
+
+
+def _test_set(eval_data, text_column, pair_column, label_column):
+    from interpret.data import load_examples
+
+    return load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
+
+
+def _check_methods(methods: list[str] | None, default: list[str]) -> list[str]:
+    methods = methods or default
+    unknown = sorted(set(methods) - {"gradient", "fastif", "full", "exact"})
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown {unknown}: use gradient, fastif, full or exact", param_hint="--method"
+        )
+    return methods
+
+
+@evaluate_app.command("loo")
+def loo(
+    model: ModelDir = ARTIFACTS / "model",
+    index: Index = ARTIFACTS / "index",
+    eval_data: EvalData = None,
+    test_points: TestPoints = 8,
+    m: Annotated[
+        int, typer.Option(help="Most influential rows removed, one at a time, per test point.")
+    ] = DEFAULTS.m,
+    damping: Damping = DEFAULTS.damping,
+    seed: Seed = 0,
+    out: ReportFolder = EVALUATION,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+) -> None:
+    """Leave-one-out on the convex head: predicted vs actual change of test losses (Pearson, Spearman)."""
+    from service.evaluation import fit_head, head_features, loo_head, sample_rows
+
+    checked_options(EvaluationConfig, m=m, damping=damping, seed=seed)
+    test = _test_set(eval_data, text_column, pair_column, label_column)
+    engine = engine_for(model, index, None, None, 900.0)
+    try:
+        head = fit_head(engine, damping, tqdm_progress("features"))
+        rows = sample_rows(len(test), test_points, seed)
+        features = head_features(engine, test.subset(rows))
+    finally:
+        engine.shutdown()
+    write_and_show(loo_head(head, features, test, rows, m, tqdm_progress("leave one out")), out, "loo")
+
+
+@evaluate_app.command("lds")
+def lds(
+    scale: Annotated[
+        str, typer.Option(help="head: the convex head on every row; tracked: the model's own tracked set.")
+    ] = "head",
+    model: ModelDir = ARTIFACTS / "model",
+    index: Index = ARTIFACTS / "index",
+    gradient_index: Annotated[
+        Path | None, typer.Option(help="tracked: gradient index [built in --cache when missing].")
+    ] = None,
+    methods: Methods = None,
+    subsets: Annotated[int, typer.Option(help="Random subsets retrained.")] = DEFAULTS.subsets,
+    fraction: Annotated[
+        float, typer.Option(help="Share of the training rows in each subset.")
+    ] = DEFAULTS.fraction,
+    eval_data: EvalData = None,
+    test_points: TestPoints = 50,
+    damping: Damping = DEFAULTS.damping,
+    seed: Seed = 0,
+    cache: Annotated[Path, typer.Option(help="Retrained parameters and built indexes, reused.")] = (
+        EVALUATION / "cache"
+    ),
+    workers: Annotated[
+        int | None, typer.Option(help="tracked: retrain on N Ray workers (RAY_ADDRESS joins a cluster).")
+    ] = None,
+    recursion_depth: Annotated[int, typer.Option(min=1)] = FASTIF_PRESET.recursion_depth,
+    repetitions: Annotated[int, typer.Option(min=1)] = FASTIF_PRESET.num_repetitions,
+    k: Annotated[int, typer.Option(min=1, help="fastif: kNN candidates.")] = QueryConfig.k,
+    out: ReportFolder = EVALUATION,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+) -> None:
+    """Linear datamodeling score: do summed scores rank retrained subsets by their test loss?"""
+    from dataclasses import replace
+
+    from service.evaluation import (
+        ensure_indexes,
+        fit_head,
+        head_features,
+        lds_head,
+        lds_tracked,
+        sample_rows,
+    )
+
+    if scale not in ("head", "tracked"):
+        raise typer.BadParameter("head or tracked", param_hint="--scale")
+    checked_options(EvaluationConfig, subsets=subsets, fraction=fraction, damping=damping, seed=seed)
+    test = _test_set(eval_data, text_column, pair_column, label_column)
+    rows = sample_rows(len(test), test_points, seed)
+    if scale == "head":
+        engine = engine_for(model, index, None, None, 900.0)
+        try:
+            head = fit_head(engine, damping, tqdm_progress("features"))
+            features = head_features(engine, test.subset(rows))
+        finally:
+            engine.shutdown()
+        report = lds_head(head, features, test, rows, subsets, fraction, seed, tqdm_progress("retrain"))
+        write_and_show(report, out, "lds_head")
+        return
+    methods = _check_methods(methods, ["gradient", "fastif"])
+    lissa = replace(FASTIF_PRESET, recursion_depth=recursion_depth, num_repetitions=repetitions)
+    config = QueryConfig(k=k, lissa=lissa)
+    engine = engine_for(model, index, gradient_index, None, 900.0, gradient_optional=True)
+    mapper = None
+    if workers is not None:
+        from workers.retraining import ray_mapper
+
+        mapper = ray_mapper(workers or None)
+    bars: dict = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bars.setdefault(stage, tqdm_progress(stage))(done, total)
+
+    try:
+        ensure_indexes(engine, methods, cache)
+        report = lds_tracked(
+            engine,
+            model,
+            test,
+            rows,
+            methods,
+            cache / "retrains",
+            subsets,
+            fraction,
+            seed,
+            config,
+            progress,
+            mapper,
+        )
+    finally:
+        engine.shutdown()
+    write_and_show(report, out, "lds_tracked")
+
+
+@evaluate_app.command("recall")
+def recall(
+    model: ModelDir = ARTIFACTS / "model",
+    index: Index = ARTIFACTS / "index",
+    gradient_index: Annotated[Path, typer.Option(help="Gradient index folder.")] = ARTIFACTS
+    / "gradient-index",
+    methods: Methods = None,
+    reference: Annotated[str, typer.Option(help="full (LiSSA over every row) or exact.")] = "full",
+    ms: Annotated[list[int] | None, typer.Option("--m", min=1, help="recall@m; repeat for several.")] = None,
+    eval_data: EvalData = None,
+    test_points: TestPoints = 5,
+    seed: Seed = 0,
+    k: Annotated[int, typer.Option(min=1, help="fastif: kNN candidates.")] = QueryConfig.k,
+    out: ReportFolder = EVALUATION,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+) -> None:
+    """recall@m of each method's helpful and harmful lists against a full scan of the same test points."""
+    from service.evaluation import method_scores, recall_report, sample_rows, shared_s_tests
+
+    methods = _check_methods(methods, ["gradient", "fastif"])
+    if reference not in ("full", "exact"):
+        raise typer.BadParameter("full or exact", param_hint="--reference")
+    test = _test_set(eval_data, text_column, pair_column, label_column)
+    rows = sample_rows(len(test), test_points, seed)
+    engine = engine_for(model, index, gradient_index, None, 900.0)
+    config, cache = QueryConfig(k=k), shared_s_tests()
+    try:
+        reference_scores = method_scores(
+            engine, test, rows, reference, config, cache, progress=tqdm_progress(reference)
+        )
+        scores = {
+            m: method_scores(engine, test, rows, m, config, cache, progress=tqdm_progress(m)) for m in methods
+        }
+    finally:
+        engine.shutdown()
+    settings = {"reference": reference, "test_rows": rows.tolist(), "k": k}
+    write_and_show(recall_report(scores, reference_scores, tuple(ms or (10, 100)), settings), out, "recall")

@@ -1,0 +1,327 @@
+"""What influence scores are for (FastIF, Guo et al. 2021, sections 5-6), as runs with typed reports:
+
+* :func:`audit`: rank training rows by self-influence ``g~_z^T (C + damping I)^-1 g~_z`` (the gradient
+  index's own projection and preconditioner) and by loss; rows that pull hard on their own loss are the
+  first to inspect for wrong labels. :func:`noisy_training_file` and :func:`flip_recall` are the check:
+  flip a seeded share of labels, retrain, count the flips each ranking puts in its top share.
+* :func:`influence_map`: for a set of test points (by default the evaluation set's errors), the bipartite
+  graph of their top helpful and harmful training rows; rows shared by many test points first.
+* :func:`error_correction`: for misclassified points of one half of the evaluation set, fine-tune the
+  tracked layers briefly on their most helpful training rows and measure accuracy on the other half,
+  against the same budget of random rows and of the most harmful ones, over several seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interpret.cancellation import checkpoint as step_boundary
+from interpret.config import EvaluationConfig, GradientIndexConfig, QueryConfig
+from interpret.data import ExampleSet
+from interpret.models import TrackedModel
+from interpret.training import TrainConfig, accuracy, fine_tune
+from service.builds import fit_inverse, gradient_spec, projected_gradients
+from service.pipeline import Engine, answer_query
+from service.schemas import AuditReport, CorrectionReport, InfluenceMapReport, MapEdge, MapNode, RankedRow
+
+
+# ----------------------------------------------------------------------------------------------- audit
+def self_influence_and_loss(
+    engine: Engine, work_dir: str | Path, config: GradientIndexConfig | None = None, progress=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Self-influence ``g~_z . (C + damping I)^-1 g~_z`` and loss of every training row.
+
+    The gradients are the gradient index's (same projection, same shards kept in ``work_dir`` so a rerun
+    resumes), and ``C`` its Fisher: a row's self-influence is its score against itself."""
+    config = config or GradientIndexConfig()
+    spec = gradient_spec(engine, config)
+    gradients = projected_gradients(engine, work_dir, config, progress)
+    inverse = fit_inverse(engine, gradients, spec).numpy()
+    self_influence = np.empty(len(gradients))
+    for start in range(0, len(gradients), 4096):
+        block = gradients[start : start + 4096].astype(np.float64)
+        self_influence[start : start + 4096] = ((block @ inverse) * block).sum(axis=1)
+    examples = engine.examples
+    probabilities = np.concatenate(
+        [
+            engine.backend.predict(
+                examples.texts[start : start + 512],
+                examples.pairs[start : start + 512] if examples.pairs is not None else None,
+            )
+            for start in range(0, len(examples), 512)
+        ]
+    )
+    loss = -np.log(np.clip(probabilities[np.arange(len(examples)), examples.labels], 1e-12, None))
+    return self_influence, loss
+
+
+def flip_recall(scores: np.ndarray, flipped: np.ndarray, share: float) -> float:
+    """Share of the flipped rows among the ``share`` highest-scored rows (recall of the flips)."""
+    top = np.argsort(-scores, kind="stable")[: max(1, round(share * len(scores)))]
+    return float(flipped[top].sum() / max(1, flipped.sum()))
+
+
+def recall_curve(scores: np.ndarray, flipped: np.ndarray, points: int = 100) -> list[float]:
+    order = np.argsort(-scores, kind="stable")
+    found = np.cumsum(flipped[order]) / max(1, flipped.sum())
+    marks = np.linspace(0, len(scores), points + 1)[1:].round().astype(int) - 1
+    return [0.0, *found[marks].tolist()]
+
+
+def audit_report(
+    examples: ExampleSet,
+    self_influence: np.ndarray,
+    loss: np.ndarray,
+    flipped: np.ndarray | None = None,
+    seed: int = 0,
+    config: dict | None = None,
+) -> AuditReport:
+    order = np.argsort(-self_influence, kind="stable")
+    ranked = [
+        RankedRow(
+            row=int(row),
+            id=examples.ids[row],
+            text=examples.texts[row],
+            label=int(examples.labels[row]),
+            self_influence=float(self_influence[row]),
+            loss=float(loss[row]),
+            flipped=None if flipped is None else bool(flipped[row]),
+        )
+        for row in order
+    ]
+    report = AuditReport(config=config or {}, ranked=ranked)
+    if flipped is not None:
+        random_scores = np.random.default_rng(seed).random(len(examples))
+        rankings = {"self_influence": self_influence, "loss": loss, "random": random_scores}
+        report.curves = {name: recall_curve(values, flipped) for name, values in rankings.items()}
+        report.top10_recall = {name: flip_recall(values, flipped, 0.10) for name, values in rankings.items()}
+        for name, values in rankings.items():
+            report.summary[f"{name}_top10_recall"] = report.top10_recall[name]
+            report.summary[f"{name}_top5_recall"] = flip_recall(values, flipped, 0.05)
+        report.summary["flipped"] = float(flipped.sum())
+    return report
+
+
+def noisy_training_file(
+    examples: ExampleSet, path: str | Path, rows: int, noise: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``rows`` seeded training rows to a TSV (``id``, ``text``[, ``text_pair``], ``label``) with a
+    ``noise`` share of labels flipped to another class; return the rows taken and which were flipped."""
+    if not 0 < noise < 1:
+        raise ValueError(f"noise must be in (0, 1), got {noise!r}")
+    rng = np.random.default_rng(seed)
+    taken = np.sort(rng.choice(len(examples), min(rows, len(examples)), replace=False))
+    flipped = np.zeros(len(taken), dtype=bool)
+    flipped[rng.choice(len(taken), round(noise * len(taken)), replace=False)] = True
+    labels = examples.labels[taken].copy()
+    classes = max(2, examples.num_labels)
+    offsets = rng.integers(1, classes, flipped.sum())
+    labels[flipped] = (labels[flipped] + offsets) % classes
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.tmp")
+    with scratch.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
+        header = ["id", "text", *(["text_pair"] if examples.pairs is not None else []), "label"]
+        writer.writerow(header)
+        for position, row in enumerate(taken):
+            pair = [examples.pairs[row]] if examples.pairs is not None else []
+            writer.writerow([examples.ids[row], examples.texts[row], *pair, int(labels[position])])
+    scratch.replace(path)
+    return taken, flipped
+
+
+def retrain_with_noise(
+    card: dict, work: str | Path, rows: int, noise: float, seed: int
+) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The audit's check: ``rows`` of the card's training data with a ``noise`` share of labels flipped
+    (a TSV in ``work``), and the card's model retrained on them the way the card says (cached in
+    ``work``). Returns the noisy model's folder, the source rows taken and which were flipped."""
+    from interpret.checkpoint import card_data_spec
+    from interpret.data import DataSpec, load_examples
+    from interpret.training import save_classifier, train_classifier
+
+    source = card_data_spec(card)
+    if source is None or "base_model" not in card:
+        raise ValueError("the audit's noise check retrains the model: give one saved by `influence train`")
+    work = Path(work)
+    noisy_file = work / f"noisy-{rows}-{noise:g}-{seed}.tsv"
+    taken, flipped = noisy_training_file(load_examples(source), noisy_file, rows, noise, seed)
+    spec = DataSpec(str(noisy_file), id_column="id")
+    model = work / f"model-{rows}-{noise:g}-{seed}"
+    if not (model / "card.json").is_file():
+        noisy, config = load_examples(spec), TrainConfig(**card.get("train_config", {}))
+        tracked, report = train_classifier(
+            card["base_model"], noisy, card["tracked_layers"], config, num_labels=card.get("num_labels")
+        )
+        save_classifier(model, tracked, card["base_model"], noisy, config, report, spec)
+    return model, taken, flipped
+
+
+# ----------------------------------------------------------------------------------------- influence map
+def evaluation_errors(engine: Engine, test: ExampleSet) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels of the evaluation set and the rows it gets wrong."""
+    predicted = np.concatenate(
+        [
+            engine.backend.predict(
+                test.texts[start : start + 256],
+                test.pairs[start : start + 256] if test.pairs is not None else None,
+            ).argmax(axis=1)
+            for start in range(0, len(test), 256)
+        ]
+    )
+    return predicted, np.flatnonzero(predicted != test.labels)
+
+
+def influence_map(
+    engine: Engine,
+    test: ExampleSet,
+    rows: np.ndarray | None = None,
+    top: int = EvaluationConfig().top,
+    config: QueryConfig | None = None,
+    max_points: int = 50,
+    progress=None,
+) -> InfluenceMapReport:
+    """Each test point's ``top`` helpful and harmful training rows for its *predicted* label (what drove
+    the prediction it made); ``rows=None`` takes the evaluation set's errors (at most ``max_points``)."""
+    predicted, errors = evaluation_errors(engine, test)
+    rows = errors[:max_points] if rows is None else np.asarray(rows)
+    config = replace(config or QueryConfig(), top=top)
+    nodes: dict[str, MapNode] = {}
+    edges: list[MapEdge] = []
+    method = None
+    for position, row in enumerate(rows):
+        step_boundary()
+        pair = test.pairs[row] if test.pairs is not None else None
+        answer = answer_query(engine, test.texts[row], pair, None, config)
+        method = answer.method
+        test_id = f"test:{test.ids[row]}"
+        nodes[test_id] = MapNode(
+            id=test_id,
+            kind="test",
+            row=int(row),
+            text=test.texts[row],
+            label=int(test.labels[row]),
+            predicted=int(predicted[row]),
+            degree=0,
+        )
+        for side, examples in (("helpful", answer.helpful), ("harmful", answer.harmful)):
+            for example in examples:
+                train_id = f"train:{example.id}"
+                node = nodes.setdefault(
+                    train_id,
+                    MapNode(
+                        id=train_id,
+                        kind="train",
+                        row=example.row,
+                        text=example.text,
+                        label=example.label,
+                        degree=0,
+                    ),
+                )
+                node.degree += 1
+                nodes[test_id].degree += 1
+                edges.append(MapEdge(source=test_id, target=train_id, score=example.score, side=side))
+        if progress is not None:
+            progress(position + 1, len(rows))
+    tests = [n for n in nodes.values() if n.kind == "test"]
+    trains = sorted((n for n in nodes.values() if n.kind == "train"), key=lambda n: (-n.degree, n.row))
+    shared = sum(1 for n in trains if n.degree > 1)
+    return InfluenceMapReport(
+        config={"top": top, "method": method, "test_rows": [int(r) for r in rows]},
+        nodes=tests + trains,
+        edges=edges,
+        summary={
+            "test_points": float(len(tests)),
+            "training_rows": float(len(trains)),
+            "shared_training_rows": float(shared),
+            "max_degree": float(trains[0].degree if trains else 0),
+        },
+    )
+
+
+# -------------------------------------------------------------------------------------- error correction
+def correction_training(learning_rate: float = EvaluationConfig().learning_rate) -> TrainConfig:
+    """The brief fine-tune of error correction: one epoch, small batches, a small constant rate."""
+    return TrainConfig(epochs=1, batch_size=16, learning_rate=learning_rate, warmup_ratio=0.0)
+
+
+def error_correction(
+    engine: Engine,
+    tracked: TrackedModel,
+    test: ExampleSet,
+    seeds: list[int],
+    top: int = EvaluationConfig().top,
+    train_config: TrainConfig | None = None,
+    config: QueryConfig | None = None,
+    progress=None,
+) -> CorrectionReport:
+    """FastIF section 6. For each seed: split the evaluation set in two halves; take the misclassified
+    points of the first half; fine-tune a fresh copy of the tracked parameters on (a) their top helpful
+    training rows for the true label, (b) as many random rows, (c) as many top harmful rows; report the
+    second half's accuracy change for each. ``tracked`` is a separate copy of the model (not the engine's,
+    which keeps answering queries); its tracked parameters are restored after every run."""
+    train_config = train_config or correction_training()
+    config = replace(config or QueryConfig(), top=top)
+    original = tracked.parameters().clone()
+    deltas: dict[str, list[float]] = {"helpful": [], "random": [], "harmful": []}
+    baselines, budgets = [], []
+    for number, seed in enumerate(seeds):
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(test))
+        first, held_out = np.sort(order[: len(test) // 2]), np.sort(order[len(test) // 2 :])
+        predicted, _ = evaluation_errors(engine, test.subset(first))
+        wrong = first[predicted != test.labels[first]]
+        chosen: dict[str, dict[int, float]] = {"helpful": {}, "harmful": {}}  # row -> its strongest score
+        for row in wrong:
+            step_boundary()
+            pair = test.pairs[row] if test.pairs is not None else None
+            answer = answer_query(engine, test.texts[row], pair, int(test.labels[row]), config)
+            for side in ("helpful", "harmful"):
+                for example in getattr(answer, side):
+                    best = chosen[side].get(example.row, 0.0)
+                    chosen[side][example.row] = max(best, abs(example.score))
+        helpful = np.array(sorted(chosen["helpful"]), dtype=np.int64)
+        budget = len(helpful)
+        # the same budget of the most harmful rows (strongest first), as many as there are
+        strongest = sorted(chosen["harmful"], key=lambda row: -chosen["harmful"][row])
+        harmful = np.array(strongest[:budget], dtype=np.int64)
+        random_rows = rng.choice(len(engine.examples), budget, replace=False)
+        held = test.subset(held_out)
+        baseline = accuracy(tracked, held)
+        baselines.append(baseline)
+        budgets.append(budget)
+        for name, rows in (("helpful", helpful), ("random", random_rows), ("harmful", harmful)):
+            if len(rows) == 0:  # no errors in this half (or no rows of that side): nothing to train on
+                deltas[name].append(0.0)
+                continue
+            fine_tune(
+                tracked, engine.examples.subset(rows), None, replace(train_config, seed=seed), progress=False
+            )
+            deltas[name].append(accuracy(tracked, held) - baseline)
+            _restore(tracked, original)
+        if progress is not None:
+            progress(number + 1, len(seeds))
+    summary = {f"error_correction_delta_{name}": float(np.mean(values)) for name, values in deltas.items()}
+    summary["baseline_accuracy"] = float(np.mean(baselines))
+    settings = {"top": top, "train": train_config.__dict__, "evaluation_rows": len(test)}
+    return CorrectionReport(
+        config=settings,
+        seeds=list(seeds),
+        baseline_accuracy=baselines,
+        deltas=deltas,
+        budgets=budgets,
+        summary=summary,
+    )
+
+
+@torch.no_grad()
+def _restore(tracked, theta: torch.Tensor) -> None:
+    named = dict(tracked.model.named_parameters())
+    for name, value in tracked.unflatten(theta).items():
+        named[name].copy_(value)

@@ -1,0 +1,128 @@
+"""One PNG per evaluation or application report (matplotlib, headless ``Agg``; imported only to draw)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure(columns: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, columns, figsize=(5.5 * columns, 4.2), squeeze=False)
+    return plt, figure, axes[0]
+
+
+def _save(plt, figure, path: Path) -> None:
+    """Write atomically (a reader never sees half a PNG)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(handle)
+    try:
+        figure.tight_layout()
+        figure.savefig(scratch, dpi=110)
+        os.replace(scratch, path)
+    finally:
+        plt.close(figure)
+        if os.path.exists(scratch):
+            os.unlink(scratch)
+
+
+def plot_report(report, path: str | Path) -> None:
+    """Draw whichever report this is (``report.kind``)."""
+    drawers = {
+        "loo": _loo,
+        "lds": _lds,
+        "recall": _recall,
+        "audit": _audit,
+        "influence_map": _influence_map,
+        "error_correction": _correction,
+    }
+    plt, figure, axes = _figure(2 if report.kind in ("lds", "audit") else 1)
+    drawers[report.kind](report, axes)
+    _save(plt, figure, Path(path))
+
+
+def _loo(report, axes) -> None:
+    axis = axes[0]
+    predicted = np.concatenate([p.predicted for p in report.points])
+    actual = np.concatenate([p.actual for p in report.points])
+    axis.scatter(actual, predicted, s=10, alpha=0.7)
+    bound = float(np.abs(np.concatenate([predicted, actual])).max() or 1.0)
+    axis.plot([-bound, bound], [-bound, bound], color="grey", lw=0.8, ls="--")
+    axis.set_xlabel("actual change of test loss (leave one out)")
+    axis.set_ylabel("predicted  -I(z, t) / N")
+    axis.set_title(f"LOO on the convex head: Pearson {report.summary['loo_pearson_head']:.3f}")
+
+
+def _lds(report, axes) -> None:
+    methods = list(report.lds)
+    values = [report.lds[m] for m in methods]
+    errors = np.array(
+        [
+            [v - report.intervals[m].low, report.intervals[m].high - v]
+            for m, v in zip(methods, values, strict=True)
+        ]
+    ).T
+    axes[0].bar(methods, values, yerr=errors, capsize=4, color="#4c72b0")
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("LDS (mean Spearman over test points)")
+    axes[0].set_title(f"LDS, {report.scale} scale, {report.config['subsets']} subsets")
+    for method in methods:
+        per_test = np.array([v for v in report.per_test[method] if v is not None])
+        axes[1].hist(per_test, bins=20, alpha=0.5, label=method)
+    axes[1].set_xlabel("Spearman per test point")
+    axes[1].legend()
+
+
+def _recall(report, axes) -> None:
+    names = list(report.summary)
+    axes[0].barh(names, [report.summary[n] for n in names], color="#55a868")
+    axes[0].set_xlim(0, 1)
+    axes[0].set_xlabel("recall against the full scan")
+
+
+def _audit(report, axes) -> None:
+    for name, curve in report.curves.items():
+        axes[0].plot(np.linspace(0, 100, len(curve)), curve, label=name)
+    axes[0].set_xlabel("% of training rows inspected (ranked)")
+    axes[0].set_ylabel("share of flipped labels found")
+    axes[0].legend()
+    axes[0].set_title("Finding flipped labels")
+    names = list(report.top10_recall)
+    axes[1].bar(names, [report.top10_recall[n] for n in names], color="#c44e52")
+    axes[1].set_ylabel("flipped labels found in the top 10%")
+
+
+def _influence_map(report, axes) -> None:
+    axis = axes[0]
+    tests = [node for node in report.nodes if node.kind == "test"]
+    trains = [node for node in report.nodes if node.kind == "train"][:40]
+    place = {node.id: (0.0, i / max(1, len(tests) - 1)) for i, node in enumerate(tests)}
+    place.update({node.id: (1.0, i / max(1, len(trains) - 1)) for i, node in enumerate(trains)})
+    for edge in report.edges:
+        if edge.source in place and edge.target in place:
+            (x0, y0), (x1, y1) = place[edge.source], place[edge.target]
+            axis.plot([x0, x1], [y0, y1], color="#2a9d8f" if edge.score < 0 else "#e76f51", lw=0.6, alpha=0.6)
+    for node in tests + trains:
+        x, y = place[node.id]
+        axis.scatter([x], [y], s=12 + 6 * node.degree, color="#264653" if node.kind == "test" else "#e9c46a")
+    axis.set_xticks([0, 1], ["test points", "training examples (most shared first)"])
+    axis.set_yticks([])
+    axis.set_title("Influence map (green helpful, red harmful)")
+
+
+def _correction(report, axes) -> None:
+    names = list(report.deltas)
+    means = [float(np.mean(report.deltas[n])) for n in names]
+    spreads = [float(np.std(report.deltas[n])) for n in names]
+    axes[0].bar(names, means, yerr=spreads, capsize=4, color="#8172b2")
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("accuracy change on held-out dev")
+    axes[0].set_title(f"Error correction over {len(report.seeds)} seeds")

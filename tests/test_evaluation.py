@@ -1,0 +1,411 @@
+"""``influence evaluate`` and the applications against exact answers: the convex head's closed forms
+against autograd, leave-one-out against retraining, LDS of exact and of random scores, retrain caching and
+seeding, and the audit / map / correction runs on the tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from interpret.evaluation.convex import ConvexHead, augment, fit, objective_gradient, objective_hessian
+from interpret.evaluation.metrics import (
+    bootstrap_interval,
+    most_influential,
+    pearson_spearman,
+    per_test_spearman,
+    predicted_removal_effect,
+    random_subsets,
+    subset_effects,
+)
+from interpret.evaluation.retraining import RetrainCache, RetrainSpec, retrain
+from interpret.influence import ExampleStates, exact_s_test, training_hessian
+from interpret.influence.objective import loss_gradient, per_example_gradients
+from interpret.models import TrackedModel
+from service.applications import (
+    audit_report,
+    error_correction,
+    flip_recall,
+    influence_map,
+    noisy_training_file,
+    self_influence_and_loss,
+)
+from service.evaluation import lds_head, loo_head, retrain_subsets, write_report
+from service.pipeline import local_engine
+
+
+def _problem(n=300, d=6, k=3, seed=0):
+    """Softmax-regression data with signal (labels drawn from a random linear model)."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, d))
+    logits = features @ rng.normal(size=(k, d)).T
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    labels = np.array([rng.choice(k, p=p) for p in probabilities])
+    return features, labels
+
+
+def _torch_objective(flat, inputs, labels, row_weights, damping, k):
+    weights = flat.view(k, -1)
+    losses = F.cross_entropy(inputs @ weights.T, labels, reduction="none")
+    return (row_weights * losses).sum() / len(inputs) + 0.5 * damping * (weights**2).sum()
+
+
+def test_closed_form_gradient_and_hessian_equal_autograd():
+    features, labels = _problem(n=40, d=4, k=3)
+    inputs, damping = augment(features), 0.3
+    rng = np.random.default_rng(1)
+    weights, row_weights = rng.normal(size=(3, 5)), rng.random(40)
+    args = (torch.tensor(inputs), torch.tensor(labels), torch.tensor(row_weights), damping, 3)
+    flat = torch.tensor(weights.reshape(-1), requires_grad=True)
+    expected_gradient = torch.autograd.grad(_torch_objective(flat, *args), flat)[0].numpy()
+    expected_hessian = torch.autograd.functional.hessian(lambda t: _torch_objective(t, *args), flat).numpy()
+    got_gradient = objective_gradient(weights, inputs, labels, row_weights, damping).reshape(-1)
+    np.testing.assert_allclose(got_gradient, expected_gradient, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        objective_hessian(weights, inputs, row_weights, damping), expected_hessian, rtol=1e-10, atol=1e-12
+    )
+
+
+def test_influence_is_minus_test_gradient_through_the_inverse_hessian():
+    features, labels = _problem()
+    head = ConvexHead.train(features, labels, 3, damping=0.05)
+    assert np.linalg.norm(objective_gradient(head.weights, head.inputs, labels, np.ones(300), 0.05)) < 1e-10
+    test_features, test_labels = features[:4] + 0.1, labels[:4]
+    inputs = augment(test_features)
+
+    def gradient(x, y):
+        residual = np.exp(head.weights @ x) / np.exp(head.weights @ x).sum()
+        residual[y] -= 1
+        return np.outer(residual, x).reshape(-1)
+
+    train_gradients = np.stack([gradient(x, y) for x, y in zip(head.inputs, labels, strict=True)])
+    for t in range(4):
+        expected = -train_gradients @ np.linalg.solve(head.hessian, gradient(inputs[t], test_labels[t]))
+        np.testing.assert_allclose(
+            head.influence(test_features, test_labels)[t], expected, rtol=1e-9, atol=1e-12
+        )
+    expected_self = np.einsum("np,np->n", train_gradients, np.linalg.solve(head.hessian, train_gradients.T).T)
+    np.testing.assert_allclose(head.self_influence(), expected_self, rtol=1e-9, atol=1e-12)
+
+
+def test_the_head_matches_the_packages_exact_influence_on_the_classifier_scope(tiny64, train_set):
+    """The convex head is the ``classifier`` tracked set: with the model's head set to the convex optimum,
+    the package's explicit-Hessian influence (whose damping is the L2 term) gives the same scores."""
+    tracked = TrackedModel(*tiny64, tracked_layers="classifier")
+    train = ExampleStates(tracked, train_set)
+    states, labels = train.load(np.arange(len(train_set)))
+    features = states.hidden.numpy()
+    damping = 0.1
+    head = ConvexHead.train(features, train_set.labels, 2, damping)
+    final = tracked.model.classifier
+    with torch.no_grad():
+        final.weight.copy_(torch.from_numpy(head.weights[:, :-1]))
+        final.bias.copy_(torch.from_numpy(head.weights[:, -1]))
+    theta = tracked.parameters()
+    hessian = training_hessian(tracked, theta, train)
+    s_test = exact_s_test(hessian, loss_gradient(tracked, theta, states.select([3]), labels[[3]]), damping)
+    expected = -(per_example_gradients(tracked, theta, states, labels) @ s_test).numpy()
+    got = head.influence(features[[3]], train_set.labels[[3]])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-10)
+
+
+def test_warm_started_retrain_with_a_fixed_hessian_reaches_the_same_optimum():
+    features, labels = _problem()
+    head = ConvexHead.train(features, labels, 3, damping=0.05)
+    weights = np.ones(300)
+    weights[[3, 50, 200]] = 0.0
+    cold = fit(head.inputs, labels, 3, 0.05, weights)
+    np.testing.assert_allclose(head.retrain(weights), cold, rtol=1e-9, atol=1e-11)
+
+
+def test_leave_one_out_predictions_match_retraining(train_set):
+    features, labels = _problem(n=400)
+    head = ConvexHead.train(features, labels, 3, damping=0.02)
+    test = train_set.subset(range(5))
+    test.labels = labels[:5]
+    report = loo_head(head, features[:5] * 0.9, test, np.arange(5), m=8)
+    assert len(report.points) == 5 and all(len(p.actual) == 8 for p in report.points)
+    assert report.summary["loo_pearson_head"] > 0.99
+    predicted = np.concatenate([p.predicted for p in report.points])
+    actual = np.concatenate([p.actual for p in report.points])
+    np.testing.assert_allclose(predicted, actual, rtol=0.2, atol=1e-3 * np.abs(actual).max())
+
+
+def test_lds_of_exact_influence_is_high_and_of_random_scores_near_zero(train_set):
+    features, labels = _problem(n=300)
+    head = ConvexHead.train(features, labels, 3, damping=0.05)
+    test = train_set.subset(range(10))
+    test.labels = labels[:10]
+    report = lds_head(head, features[:10] + 0.05, test, np.arange(10), subsets=40, fraction=0.5, seed=3)
+    assert report.lds["exact"] > 0.9 and report.summary["lds_head"] == report.lds["exact"]
+    interval = report.intervals["exact"]
+    assert interval.low <= report.lds["exact"] <= interval.high
+    masks = random_subsets(300, 40, 0.5, seed=3)
+    measured = np.stack(
+        [head.test_losses(head.retrain(m * 2.0), features[:10] + 0.05, labels[:10]) for m in masks]
+    )
+    noise = np.random.default_rng(0).normal(size=(10, 300))
+    assert abs(np.nanmean(per_test_spearman(subset_effects(noise, masks), measured))) < 0.15
+
+
+def test_metric_pieces():
+    masks = random_subsets(50, 7, 0.3, seed=1)
+    assert masks.shape == (7, 50) and (masks.sum(1) == 15).all()
+    np.testing.assert_array_equal(masks, random_subsets(50, 7, 0.3, seed=1))
+    assert not np.array_equal(masks, random_subsets(50, 7, 0.3, seed=2))
+    with pytest.raises(ValueError, match="fraction"):
+        random_subsets(50, 7, 1.0, seed=1)
+    scores = np.arange(50.0)[None] - 25
+    np.testing.assert_allclose(subset_effects(scores, masks)[:, 0], [scores[0, m].sum() for m in masks])
+    assert list(most_influential(np.array([0.1, -3.0, 2.0]), 2)) == [1, 2]
+    np.testing.assert_allclose(predicted_removal_effect(np.array([2.0]), 4), [-0.5])
+    low, high = bootstrap_interval(np.array([0.1, 0.2, 0.3, np.nan]))
+    assert low <= 0.2 <= high
+    assert pearson_spearman(np.arange(5.0), np.arange(5.0) ** 3)[1] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- retraining the tracked set
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_dir, data_dir, tmp_path_factory):
+    """The tiny model fine-tuned by ``influence train`` (so its card says how), plus both indexes."""
+    from cli import app
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--base-model",
+            str(tiny_dir),
+            "--train",
+            str(data_dir / "train.tsv"),
+            "--eval",
+            str(data_dir / "dev.tsv"),
+            "--out",
+            str(out),
+            "--tracked-layers",
+            "1",
+            "--epochs",
+            "2",
+            "--learning-rate",
+            "0.005",
+            "--batch-size",
+            "16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_retraining_is_seeded_and_cached(trained_tiny, tmp_path):
+    engine = local_engine(trained_tiny)
+    spec = RetrainSpec.from_card(engine.card)
+    rows = np.arange(0, 96, 2)
+    first, second = retrain(spec, engine.examples, rows), retrain(spec, engine.examples, rows)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert not torch.equal(first, retrain(spec, engine.examples, np.arange(1, 96, 2)))
+    masks = random_subsets(len(engine.examples), 3, 0.5, seed=0)
+    cache, calls = RetrainCache(tmp_path / "cache"), []
+
+    def counting(spec, examples, rows_list):
+        calls.append(len(rows_list))
+        for position, rows in enumerate(rows_list):
+            yield position, retrain(spec, examples, rows)
+
+    thetas = retrain_subsets(spec, engine.examples, masks, cache, mapper=counting)
+    again = retrain_subsets(spec, engine.examples, masks, cache, mapper=counting)
+    assert calls == [3, 0]
+    for a, b in zip(thetas, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="influence train"):
+        RetrainSpec.from_card({"tracked_layers": 1})
+
+
+def test_lds_tracked_cli_writes_json_and_plot(trained_tiny, data_dir, tmp_path):
+    from cli import app
+
+    out = tmp_path / "out"
+    args = [
+        "evaluate",
+        "lds",
+        "--scale",
+        "tracked",
+        "--model",
+        str(trained_tiny),
+        "--index",
+        str(tmp_path / "none"),
+    ]
+    args += [
+        "--eval",
+        str(data_dir / "dev.tsv"),
+        "--test-points",
+        "6",
+        "--subsets",
+        "4",
+        "--cache",
+        str(tmp_path),
+    ]
+    args += ["--method", "gradient", "--method", "full", "--recursion-depth", "20", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "lds_tracked.json").read_text())
+    assert set(report["lds"]) == {"gradient", "full"} and len(report["test_rows"]) == 6
+    assert set(report["summary"]) >= {
+        "lds_tracked_gradient",
+        "lds_tracked_ci_halfwidth",
+        "lds_small_scale_seconds",
+    }
+    assert (out / "lds_tracked.png").stat().st_size > 1000
+
+
+def test_loo_cli_on_the_tiny_models_head(engine_dirs, data_dir, tmp_path):
+    from cli import app
+
+    model, index = engine_dirs
+    args = [
+        "evaluate",
+        "loo",
+        "--model",
+        str(model),
+        "--index",
+        str(index),
+        "--eval",
+        str(data_dir / "dev.tsv"),
+    ]
+    result = CliRunner().invoke(
+        app, [*args, "--test-points", "3", "--m", "4", "--damping", "0.05", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "loo.json").read_text())
+    assert report["summary"]["loo_pearson_head"] > 0.95 and len(report["points"]) == 3
+
+
+# ------------------------------------------------------------------------------------------ applications
+def test_noisy_file_flips_exactly_the_share_and_recall_counts_them(train_set, tmp_path):
+    from interpret.data import DataSpec, load_examples
+
+    taken, flipped = noisy_training_file(train_set, tmp_path / "noisy.tsv", 50, 0.1, seed=2)
+    noisy = load_examples(DataSpec(str(tmp_path / "noisy.tsv"), id_column="id"))
+    assert len(noisy) == 50 and flipped.sum() == 5
+    np.testing.assert_array_equal(noisy.labels != train_set.labels[taken], flipped)
+    assert noisy.ids == [train_set.ids[r] for r in taken]
+    scores = np.where(flipped, 10.0, 0.0)
+    assert flip_recall(scores, flipped, 0.1) == 1.0 and flip_recall(-scores, flipped, 0.1) == 0.0
+
+
+def test_self_influence_is_each_rows_score_against_itself(engine_dirs, tmp_path):
+    from interpret.config import GradientIndexConfig
+    from interpret.influence.preconditioner import inverse_damped
+    from service.builds import projected_gradients
+
+    engine = local_engine(engine_dirs[0], dtype=torch.float64)
+    config = GradientIndexConfig(rank=4, damping=0.1)
+    self_influence, loss = self_influence_and_loss(engine, tmp_path / "work", config)
+    gradients = torch.from_numpy(projected_gradients(engine, tmp_path / "work", config)).double()
+    inverse = inverse_damped(gradients.T @ gradients / len(gradients), 0.1)
+    np.testing.assert_allclose(self_influence, ((gradients @ inverse) * gradients).sum(1).numpy(), rtol=1e-5)
+    assert (self_influence > 0).all() and (loss > 0).all()
+    flipped = np.zeros(len(loss), dtype=bool)
+    flipped[np.argsort(-loss)[:5]] = True
+    report = audit_report(engine.examples, self_influence, loss, flipped)
+    assert report.top10_recall["loss"] == 1.0 and next(r.row for r in report.ranked) == int(
+        np.argmax(self_influence)
+    )
+    write_report(report, tmp_path, "audit")
+    assert (tmp_path / "audit.png").is_file()
+
+
+def test_influence_map_links_test_points_to_their_top_rows(engine_dirs, data_dir, tmp_path):
+    from interpret.config import LissaConfig, QueryConfig
+    from interpret.data import DataSpec, load_examples
+
+    engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1])
+    test = load_examples(DataSpec(str(data_dir / "dev.tsv")))
+    config = QueryConfig(k=20, lissa=LissaConfig(recursion_depth=10, scale=50))
+    report = influence_map(engine, test, np.arange(4), top=3, config=config)
+    tests = [n for n in report.nodes if n.kind == "test"]
+    trains = [n for n in report.nodes if n.kind == "train"]
+    assert len(tests) == 4 and 4 <= len(report.edges) <= 4 * 6  # a side holds only scores of its sign
+    assert all((e.score < 0) == (e.side == "helpful") for e in report.edges)
+    assert [n.degree for n in trains] == sorted((n.degree for n in trains), reverse=True)
+    degree = {n.id: 0 for n in trains}
+    for edge in report.edges:
+        degree[edge.target] += 1
+    assert all(degree[n.id] == n.degree for n in trains)
+    write_report(report, tmp_path, "map")
+    assert (tmp_path / "map.png").is_file()
+
+
+def test_error_correction_spends_the_same_budget_on_each_strategy(trained_tiny, data_dir, tmp_path):
+    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.data import DataSpec, load_examples
+    from interpret.models import load_classifier
+    from service.builds import build_gradient_index
+
+    engine = local_engine(trained_tiny)
+    build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
+    engine = local_engine(trained_tiny, gradient_index_dir=tmp_path / "gi")
+    copy = TrackedModel(*load_classifier(str(trained_tiny)), tracked_layers=1, max_length=32)
+    before = copy.parameters().clone()
+    test = load_examples(DataSpec(str(data_dir / "dev.tsv")))
+    report = error_correction(engine, copy, test, [0, 1], top=3, config=QueryConfig())
+    assert set(report.deltas) == {"helpful", "random", "harmful"}
+    assert all(len(v) == 2 for v in report.deltas.values()) and len(report.budgets) == 2
+    torch.testing.assert_close(copy.parameters(), before, rtol=0, atol=0)  # restored after every run
+    write_report(report, tmp_path, "correction")
+
+
+def test_self_influence_ranks_planted_flips_above_clean_rows():
+    """A separable toy set with 4 labels flipped: the flipped rows have the highest self-influence."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 200)
+    features = rng.normal(size=(200, 3)) + 3.0 * (2 * labels[:, None] - 1)
+    flipped = np.zeros(200, dtype=bool)
+    flipped[rng.choice(200, 4, replace=False)] = True
+    noisy = np.where(flipped, 1 - labels, labels)
+    head = ConvexHead.train(features, noisy, 2, damping=0.01)
+    self_influence = head.self_influence()
+    assert set(np.argsort(-self_influence)[:4]) == set(np.flatnonzero(flipped))
+    assert flip_recall(self_influence, flipped, 0.02) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "flag"),
+    [
+        (["evaluate", "lds", "--fraction", "1.5"], "--fraction"),
+        (["evaluate", "lds", "--subsets", "1"], "--subsets"),
+        (["evaluate", "lds", "--scale", "everything"], "--scale"),
+        (["evaluate", "lds", "--scale", "tracked", "--method", "magic"], "--method"),
+        (["evaluate", "loo", "--m", "0"], "--m"),
+        (["evaluate", "loo", "--damping", "0"], "--damping"),
+        (["evaluate", "loo", "--test-points", "0"], "--test-points"),
+        (["evaluate", "recall", "--reference", "oracle"], "--reference"),
+        (["audit", "--inject-noise", "1.5"], "--inject-noise"),
+        (["map", "--top", "0"], "--top"),
+        (["correct", "--seeds", "0"], "--seeds"),
+        (["correct", "--learning-rate", "-1"], "--learning-rate"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_naming_the_flag(arguments, flag, tmp_path):
+    from cli import app
+
+    result = CliRunner().invoke(app, [*arguments, "--model", str(tmp_path / "none")])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and flag in errors[0], result.output  # one line, naming the flag
+
+
+@pytest.mark.slow
+def test_retrains_on_ray_tasks_equal_the_in_process_ones(trained_tiny, ray_local, tmp_path):
+    from workers.retraining import ray_mapper
+
+    engine = local_engine(trained_tiny)
+    spec = RetrainSpec.from_card(engine.card)
+    masks = random_subsets(len(engine.examples), 3, 0.5, seed=4)
+    on_ray = retrain_subsets(spec, engine.examples, masks, RetrainCache(tmp_path / "a"), mapper=ray_mapper(2))
+    here = retrain_subsets(spec, engine.examples, masks, RetrainCache(tmp_path / "b"))
+    for a, b in zip(on_ray, here, strict=True):  # one thread per task there: sums may round differently
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,219 @@
+"""The web page in a real browser: headless Chromium (Playwright) against a running server on the tiny model.
+
+Chromium comes from ``tests/install-browser`` (the README's test command runs it). If no browser can be
+started the test fails and says why: it is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from interpret.config import GradientIndexConfig
+from service.app import create_app
+from service.builds import build_gradient_index
+from service.core import InfluenceService
+from service.pipeline import local_engine
+from service.settings import Settings
+from tests.cluster import free_port
+
+pytestmark = pytest.mark.slow  # a browser and a real server
+
+SENTENCE = "the plot was good and fun"
+SALIENCY = ["simple_gradient", "integrated_gradients", "smooth_gradient", "leave_one_out", "lime"]
+SCREENSHOTS = os.environ.get("INFLUENCE_UI_SCREENSHOTS")
+"""Where to keep a screenshot of each view (the README's come from ``benchmarks/results/ui``)."""
+
+
+def chromium_path() -> str | None:
+    """A system Chromium (``INFLUENCE_CHROMIUM``, or on the PATH); ``None``: Playwright's own."""
+    named = os.environ.get("INFLUENCE_CHROMIUM")
+    if named:
+        return named
+    for candidate in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(candidate):
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(engine_dirs, tmp_path_factory):
+    """uvicorn in a thread, serving the tiny model with both indexes."""
+    import uvicorn
+
+    gradient_dir = tmp_path_factory.mktemp("page") / "gradient-index"
+    build_gradient_index(local_engine(engine_dirs[0]), gradient_dir, GradientIndexConfig(rank=4, damping=0.1))
+    settings = Settings(
+        _env_file=None,
+        model_dir=engine_dirs[0],
+        index_dir=engine_dirs[1],
+        gradient_index_dir=gradient_dir,
+        max_input_tokens=16,
+        max_top=20,
+        max_k=96,
+        deadline_s=120,
+    )
+    engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1], gradient_index_dir=gradient_dir)
+    service = InfluenceService(settings, engine)
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    yield url
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+    service.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import Error, sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            launched = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
+        except Error as error:
+            pytest.fail(f"no browser could be started ({error}); run `bash tests/install-browser`")
+        yield launched
+        launched.close()
+
+
+def _console_error(page, message) -> None:
+    """Console errors, less the browser's own line for a 4xx the page shows the user (the error test)."""
+    if message.type == "error" and not ("status of 422" in message.text or "status of 429" in message.text):
+        page.errors.append(message.text)
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.requests, page.errors = [], []
+    page.on("request", lambda request: page.requests.append(request.url))
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("console", lambda message: _console_error(page, message))
+    page.set_default_timeout(int(os.environ.get("PAGE_TIMEOUT_MS", "60000")))
+    yield page
+    context.close()
+    assert page.errors == []  # no script error or failed resource on any view
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]")  # the model's settings and the forms are loaded
+
+
+def _shoot(page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+def test_prediction_and_every_saliency_method(page, server):
+    _open(page, server)
+    page.fill("#text", SENTENCE)
+    page.click("#run")
+    page.wait_for_selector("#prediction-bars .bar")
+    assert page.locator("#prediction-bars .bar").count() == 2
+    for method in SALIENCY:
+        page.click(f'#saliency-methods [data-method="{method}"]')
+        page.locator("#saliency-out").evaluate("node => node.innerHTML = ''")
+        page.click("#saliency-form button[type=submit]")
+        page.wait_for_selector("#saliency-out .tok")
+        answer = httpx.post(
+            f"{server}/v1/saliency", json={"text": SENTENCE, "method": method}, timeout=60
+        ).json()
+        cells = page.locator("#saliency-out .tok")
+        assert cells.count() == len(answer["tokens"])  # one coloured cell per word-piece
+        shown = [float(cells.nth(i).get_attribute("data-score")) for i in range(cells.count())]
+        assert shown == pytest.approx(answer["raw_scores"], rel=1e-6, abs=1e-9)
+        assert cells.nth(1).get_attribute("title").startswith(answer["tokens"][1])  # hover: the exact score
+        if method == "integrated_gradients":
+            assert "completeness gap" in page.inner_text("#saliency-out")
+    _shoot(page, "saliency")
+    assert "view=saliency" in page.url and "method=lime" in page.url  # a deep link to what is shown
+
+
+def test_attack_shows_the_edits(page, server):
+    _open(page, f"{server}/?view=attack&method=hotflip&text={SENTENCE.replace(' ', '+')}")
+    page.wait_for_selector("#attack-out table")  # the deep link runs the view
+    answer = httpx.post(
+        f"{server}/v1/attack", json={"text": SENTENCE, "method": "hotflip"}, timeout=60
+    ).json()
+    edited = sum(1 for edit in answer["edits"] if edit["after"] is not None)
+    assert page.locator("#attack-out ins.edit").count() == edited and edited > 0
+    assert str(answer["outputs_before"]["label"]) in page.inner_text("#attack-out")
+    _shoot(page, "attack")
+
+
+def test_influence_lists_quality_and_a_training_examples_saliency(page, server):
+    _open(page, f"{server}/?view=influence")
+    page.fill("#text", SENTENCE)
+    page.select_option("#inf-method", "fastif")
+    page.fill("#inf-top", "4")
+    page.fill("#inf-k", "40")
+    page.click("details summary")
+    page.fill("#inf-depth", "20")
+    page.fill("#inf-damping", "0.1")
+    page.fill("#inf-scale", "20")
+    page.click("#influence-form button[type=submit]")
+    page.wait_for_selector("#helpful table, #helpful p")
+    page.wait_for_selector("#harmful table, #harmful p")
+    assert "fastif" in page.inner_text("#influence-quality")
+    assert page.locator("#influence-quality svg polyline").count() == 1  # the LiSSA norm trace
+    rows = page.locator("#helpful .example").count() + page.locator("#harmful .example").count()
+    assert 1 <= rows <= 8
+    page.locator(".example").first.click()
+    page.wait_for_selector(".example-saliency .tok")
+    _shoot(page, "influence")
+
+
+def test_influence_map_is_drawn(page, server):
+    _open(page, f"{server}/?view=map")
+    page.fill("#map-texts", f"{SENTENCE}\ndull and boring")
+    page.click("#map-form button[type=submit]")
+    page.wait_for_selector("#map-out svg circle")
+    assert page.locator("#map-out svg circle").count() >= 4 and page.locator("#map-out svg line").count() >= 2
+    _shoot(page, "map")
+
+
+def test_errors_show_the_servers_message_and_nothing_leaves_the_server(page, server):
+    _open(page, server)
+    page.fill("#text", " ".join(["good"] * 40))  # over max_input_tokens=16
+    page.click("#run")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    message = page.inner_text("#error")
+    assert message.startswith("422") and "INFLUENCE_MAX_INPUT_TOKENS" in message
+    assert all(url.startswith(server) for url in page.requests), page.requests
+    _shoot(page, "error")
+
+
+def test_the_api_key_stays_in_session_storage_and_the_page_fits_a_phone(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    _open(page, server)
+    page.fill("#key", "secret")
+    page.dispatch_event("#key", "change")
+    assert page.evaluate("sessionStorage.getItem('influence-api-key')") == "secret"
+    assert page.evaluate("localStorage.length") == 0
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+    for tab in page.locator("#views [role=tab]").all():
+        assert tab.inner_text()  # every tab is labelled
+    page.focus("#tab-saliency")
+    page.keyboard.press("ArrowRight")
+    assert page.get_attribute("#tab-attack", "aria-selected") == "true"  # tabs work by keyboard
+    context.close()
