@@ -48,6 +48,7 @@ from index.gradient import read_gradient_manifest, record_fidelity
 from index.store import IndexMismatchError, read_manifest
 from interpret.config import GradientIndexConfig, QueryConfig
 from interpret.data import load_examples, sst2_spec
+from interpret.influence import metrics
 from interpret.influence.cg import cg_s_test
 from interpret.influence.preconditioner import gradient_index_scores, inverse_damped, second_moment
 from interpret.influence.projection import Projector
@@ -59,25 +60,13 @@ CACHE = Path("artifacts/bench-gradient")
 RECALL_AT = (10, 100)
 
 
-def recall(reference: np.ndarray, found: np.ndarray, m: int, side: str) -> float:
-    """Share of the reference's top-m rows (most negative: helpful; most positive: harmful) in ``found``."""
-    order = np.argsort(reference)
-    top = order[:m] if side == "helpful" else order[::-1][:m]
-    return float(np.isin(top, found).mean())
-
-
 def top_rows(scores: np.ndarray, rows: np.ndarray, m: int, side: str) -> np.ndarray:
-    order = np.argsort(scores)
-    return rows[order[:m] if side == "helpful" else order[::-1][:m]]
+    return rows[metrics.top_rows(scores, m, side)]
 
 
 def recalls(reference: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> dict:
-    """recall@m of (rows, scores) against the full reference, per side."""
-    out = {}
-    for side in ("helpful", "harmful"):
-        for m in RECALL_AT:
-            out[f"recall_at_{m}_{side}"] = recall(reference, top_rows(scores, rows, m, side), m, side)
-    return out
+    """recall@m of (rows, scores) against the full reference, per side (``influence evaluate recall``'s)."""
+    return metrics.top_lists_recall(reference, scores, rows, RECALL_AT)
 
 
 def mean_of(dicts: list[dict]) -> dict:
@@ -309,7 +298,7 @@ def rest_stage(args, queries, reference) -> dict:
                 }
                 quality.append(
                     {
-                        f"recall_at_100_{s}": recall(reference[q], found[s], 100, s)
+                        f"recall_at_100_{s}": metrics.recall_at_m(found[s], reference[q], 100, s)
                         for s in ("helpful", "harmful")
                     }
                 )

@@ -41,7 +41,7 @@ from interpret.evaluation.metrics import (
     subset_effects,
 )
 from interpret.evaluation.retraining import RetrainCache, RetrainSpec, retrain, test_losses
-from interpret.influence.metrics import recall_at_m
+from interpret.influence.metrics import top_lists_recall
 from interpret.models import TrackedModel, load_classifier
 from interpret.storage import write_json_atomic
 from service.cache import STestCache
@@ -310,9 +310,10 @@ def lds_tracked(
     rows on the test points' true labels."""
     spec = RetrainSpec.from_card(engine.card)
     masks = random_subsets(len(engine.examples), subsets, fraction, seed)
-    stage = (
-        (lambda name: lambda done, total: progress(name, done, total)) if progress else (lambda name: None)
-    )
+
+    def stage(name: str) -> Progress:
+        return lambda done, total: progress(name, done, total) if progress is not None else None
+
     start = time.perf_counter()
     thetas = retrain_subsets(
         spec, engine.examples, masks, RetrainCache(cache_dir), stage("retrain"), mapper=mapper
@@ -323,14 +324,18 @@ def lds_tracked(
         model, tokenizer, spec.tracked_layers, engine.card.get("max_length", DEFAULT_MAX_LENGTH)
     )
     measured = test_losses(tracked, thetas, test.subset(test_rows))
-    s_test_cache = shared_s_tests()
-    scores = {}
+    # Test point by test point, every method in turn: fastif and full then share one s_test (the cache
+    # holds a few entries, not one per test point).
+    s_test_cache, scores = shared_s_tests(), {}
     for method in methods:
-        clock = time.perf_counter()
-        scores[method] = method_scores(
-            engine, test, test_rows, method, config, s_test_cache, progress=stage(method)
-        )
-        seconds[method] = time.perf_counter() - clock
+        scores[method], seconds[method] = np.zeros((len(test_rows), len(engine.examples))), 0.0
+    for position in range(len(test_rows)):
+        for method in methods:
+            clock = time.perf_counter()
+            one = test_rows[position : position + 1]
+            scores[method][position] = method_scores(engine, test, one, method, config, s_test_cache)[0]
+            seconds[method] += time.perf_counter() - clock
+        stage("scores")(position + 1, len(test_rows))
     lissa = (config or QueryConfig()).lissa
     settings = {
         "subsets": subsets,
@@ -362,17 +367,12 @@ def recall_report(
     """recall@m of each method's top lists against the reference scores ``[T, N]`` (a method's
     ``[T, N]`` scores; zeros for rows it did not score, which it therefore did not return)."""
     per_test: dict[str, list[float]] = {}
-    summary: dict[str, float] = {}
     for method, values in scores.items():
-        for m in ms:
-            for mode in ("helpful", "harmful"):
-                recalls = []
-                for position in range(len(reference)):
-                    key = values[position] if mode == "harmful" else -values[position]
-                    candidates = np.argsort(-key, kind="stable")[:m]
-                    recalls.append(recall_at_m(candidates, reference[position], m, mode))
-                per_test[f"{method}:{mode}@{m}"] = recalls
-                summary[f"recall_{method}_{mode}_at_{m}"] = float(np.mean(recalls))
+        rows = np.arange(values.shape[1])
+        for position in range(len(reference)):
+            for key, value in top_lists_recall(reference[position], values[position], rows, ms).items():
+                per_test.setdefault(f"{method}:{key}", []).append(value)
+    summary = {key.replace(":", "_"): float(np.mean(values)) for key, values in per_test.items()}
     return RecallReport(config={"ms": list(ms), **(config or {})}, per_test=per_test, summary=summary)
 
 

@@ -32,7 +32,7 @@ from service.applications import (
     noisy_training_file,
     self_influence_and_loss,
 )
-from service.evaluation import lds_head, loo_head, retrain_subsets, write_report
+from service.evaluation import lds_head, loo_head, recall_report, retrain_subsets, write_report
 from service.pipeline import local_engine
 
 
@@ -165,6 +165,14 @@ def test_metric_pieces():
     low, high = bootstrap_interval(np.array([0.1, 0.2, 0.3, np.nan]))
     assert low <= 0.2 <= high
     assert pearson_spearman(np.arange(5.0), np.arange(5.0) ** 3)[1] == pytest.approx(1.0)
+    reference = np.random.default_rng(0).normal(size=(3, 40))
+    shortlist = np.where(np.abs(reference) > np.sort(np.abs(reference), axis=1)[:, [20]], reference, 0.0)
+    report = recall_report(
+        {"same": reference, "shortlist": shortlist, "reversed": -reference}, reference, (5,)
+    )
+    assert report.summary["same_recall_at_5_helpful"] == 1.0
+    assert report.summary["shortlist_recall_at_5_harmful"] == 1.0  # the top 5 are in its shortlist
+    assert report.summary["reversed_recall_at_5_helpful"] == 0.0
 
 
 # ----------------------------------------------------------------------------- retraining the tracked set
@@ -409,3 +417,27 @@ def test_retrains_on_ray_tasks_equal_the_in_process_ones(trained_tiny, ray_local
     here = retrain_subsets(spec, engine.examples, masks, RetrainCache(tmp_path / "b"))
     for a, b in zip(on_ray, here, strict=True):  # one thread per task there: sums may round differently
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lds_tracked_shares_one_s_test_between_fastif_and_full(trained_tiny, data_dir, tmp_path, monkeypatch):
+    """fastif and full on the same test point: one LiSSA run, the second answered from the cache; no
+    progress callback needed."""
+    from interpret.config import LissaConfig, QueryConfig
+    from interpret.data import DataSpec, load_examples
+    from service import backends
+    from service.evaluation import ensure_indexes, lds_tracked
+
+    engine = ensure_indexes(local_engine(trained_tiny), ["fastif"], tmp_path)
+    started = []
+    original = backends.LocalBackend.start_s_test
+    monkeypatch.setattr(
+        backends.LocalBackend,
+        "start_s_test",
+        lambda self, *a, **k: started.append(a[0]) or original(self, *a, **k),
+    )
+    test = load_examples(DataSpec(str(data_dir / "dev.tsv")))
+    config = QueryConfig(k=30, lissa=LissaConfig(recursion_depth=10, scale=50, damping=0.1))
+    report = lds_tracked(
+        engine, trained_tiny, test, np.arange(3), ["fastif", "full"], tmp_path / "r", 3, 0.5, 0, config
+    )
+    assert len(started) == 3 and set(report.lds) == {"fastif", "full"}

@@ -182,6 +182,21 @@ def test_influence_lists_quality_and_a_training_examples_saliency(page, server):
     _shoot(page, "influence")
 
 
+def test_a_long_influence_query_shows_progress_and_can_be_cancelled(page, server):
+    _open(page, f"{server}/?view=influence")
+    page.select_option("#inf-method", "full")
+    page.click("details summary")
+    page.fill("#inf-depth", "5000")  # seconds of LiSSA on the tiny model
+    page.fill("#inf-reps", "1")
+    page.fill("#inf-damping", "0.1")
+    page.fill("#inf-scale", "20")
+    page.click("#influence-form button[type=submit]")
+    page.wait_for_selector("#inf-progress:not(.hidden)")
+    page.click("#inf-cancel")
+    page.wait_for_function("document.getElementById('error').textContent.includes('cancel')")
+    assert page.locator("#inf-progress.hidden").count() == 1 and page.locator("#helpful table").count() == 0
+
+
 def test_influence_map_is_drawn(page, server):
     _open(page, f"{server}/?view=map")
     page.fill("#map-texts", f"{SENTENCE}\ndull and boring")

@@ -22,6 +22,21 @@ def recall_at_m(candidates: np.ndarray, reference_scores: np.ndarray, m: int, mo
     return float(np.isin(wanted, candidates).mean())
 
 
+def top_lists_recall(
+    reference_scores: np.ndarray, scores: np.ndarray, rows: np.ndarray, ms=(10, 100)
+) -> dict[str, float]:
+    """recall@m of a method's own top-m lists, per side, against the reference over all rows: the method
+    scored ``rows`` with ``scores``; keys ``recall_at_{m}_{side}``. ``influence evaluate recall`` and
+    ``benchmarks/gradient_index.py`` both report this."""
+    out = {}
+    for side in ("helpful", "harmful"):
+        for m in ms:
+            out[f"recall_at_{m}_{side}"] = recall_at_m(
+                rows[top_rows(scores, m, side)], reference_scores, m, side
+            )
+    return out
+
+
 def correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Pearson, Spearman and Kendall correlations of two score vectors over the same rows."""
     return {
