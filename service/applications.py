@@ -25,7 +25,7 @@ from interpret.config import EvaluationConfig, GradientIndexConfig, QueryConfig
 from interpret.data import ExampleSet
 from interpret.models import TrackedModel
 from interpret.training import TrainConfig, accuracy, fine_tune
-from service.builds import fit_inverse, gradient_spec, projected_gradients
+from service.builds import fit_inverse, gradient_spec, over_examples, projected_gradients
 from service.pipeline import Engine, answer_query
 from service.schemas import AuditReport, CorrectionReport, InfluenceMapReport, MapEdge, MapNode, RankedRow
 
@@ -47,15 +47,7 @@ def self_influence_and_loss(
         block = gradients[start : start + 4096].astype(np.float64)
         self_influence[start : start + 4096] = ((block @ inverse) * block).sum(axis=1)
     examples = engine.examples
-    probabilities = np.concatenate(
-        [
-            engine.backend.predict(
-                examples.texts[start : start + 512],
-                examples.pairs[start : start + 512] if examples.pairs is not None else None,
-            )
-            for start in range(0, len(examples), 512)
-        ]
-    )
+    probabilities = over_examples(engine.backend.predict, examples)
     loss = -np.log(np.clip(probabilities[np.arange(len(examples)), examples.labels], 1e-12, None))
     return self_influence, loss
 
@@ -166,15 +158,7 @@ def retrain_with_noise(
 # ----------------------------------------------------------------------------------------- influence map
 def evaluation_errors(engine: Engine, test: ExampleSet) -> tuple[np.ndarray, np.ndarray]:
     """Predicted labels of the evaluation set and the rows it gets wrong."""
-    predicted = np.concatenate(
-        [
-            engine.backend.predict(
-                test.texts[start : start + 256],
-                test.pairs[start : start + 256] if test.pairs is not None else None,
-            ).argmax(axis=1)
-            for start in range(0, len(test), 256)
-        ]
-    )
+    predicted = over_examples(engine.backend.predict, test).argmax(axis=1)
     return predicted, np.flatnonzero(predicted != test.labels)
 
 

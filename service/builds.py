@@ -39,16 +39,23 @@ def build_knn_index(
     the FAISS index atomically. The factory string is checked before any encoding."""
     examples, identity = engine.examples, engine.identity
     empty_index(identity.feature_dim, factory, metric)
+    features = over_examples(engine.backend.encode, examples, progress, context)
+    fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
+    return build_index(features, directory, *fingerprints, factory, metric)
+
+
+def over_examples(call, examples, progress: Progress | None = None, context=None) -> np.ndarray:
+    """``call(texts, pairs, context)`` (the backend's ``encode`` or ``predict``) over a whole example set
+    in chunks of ``ENCODE_CHUNK`` rows, concatenated in order; ``progress(chunks done, chunks)``."""
     starts = range(0, len(examples), ENCODE_CHUNK)
     parts = []
     for done, start in enumerate(starts):
         texts = examples.texts[start : start + ENCODE_CHUNK]
         pairs = examples.pairs[start : start + ENCODE_CHUNK] if examples.pairs is not None else None
-        parts.append(engine.backend.encode(texts, pairs, context))
+        parts.append(call(texts, pairs, context))
         if progress is not None:
             progress(done + 1, len(starts))
-    fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
-    return build_index(np.concatenate(parts), directory, *fingerprints, factory, metric)
+    return np.concatenate(parts)
 
 
 def check_gradient_factory(factory: str) -> None:

@@ -44,6 +44,7 @@ from interpret.evaluation.retraining import RetrainCache, RetrainSpec, retrain, 
 from interpret.influence.metrics import top_lists_recall
 from interpret.models import TrackedModel, load_classifier
 from interpret.storage import write_json_atomic
+from service.builds import over_examples
 from service.cache import STestCache
 from service.pipeline import Engine, answer_query
 from service.schemas import Interval, LdsReport, LooPoint, LooReport, RecallReport
@@ -93,13 +94,7 @@ def head_features(engine: Engine, examples: ExampleSet, progress: Progress | Non
         stored = engine.index.vectors()
         if stored is not None:
             return stored
-    parts, chunk = [], 1024
-    for start in range(0, len(examples), chunk):
-        pairs = examples.pairs[start : start + chunk] if examples.pairs is not None else None
-        parts.append(engine.backend.encode(examples.texts[start : start + chunk], pairs))
-        if progress is not None:
-            progress(min(start + chunk, len(examples)), len(examples))
-    return np.concatenate(parts)
+    return over_examples(engine.backend.encode, examples, progress)
 
 
 def fit_head(engine: Engine, damping: float, progress: Progress | None = None) -> ConvexHead:
