@@ -7,7 +7,7 @@ Needs ``artifacts/model`` (``benchmarks/train_sst2.py``); builds ``artifacts/ind
 ``artifacts/bench-gradient/`` (the CG ``s_test`` of each query, the reference scores), so a rerun costs only
 what changed. Stages, on the default tracked set (last 2 layers + pooler + classifier, 3.7M parameters):
 
-1. **Build** the gradient index over all rows (rank 16, Fisher, damping 5): seconds, bytes; and the
+1. **Build** the gradient index over all rows (kfac rank 16, Fisher, damping 5): seconds, bytes; and the
    shard pass at 3 sizes (linear growth).
 2. **Reference**: for ``--queries`` dev sentences (seeded), ``s_test`` by conjugate gradient on
    ``(H_M + damping I) x = v`` (M = ``--cg-rows`` seeded training rows, relative residual 1e-4), then every
@@ -16,12 +16,14 @@ what changed. Stages, on the default tracked set (last 2 layers + pooler + class
 3. **Quality**: recall@10/@100 of the top helpful and harmful lists and Spearman over all rows for the
    gradient index; the same recalls for FastIF's kNN candidates at k=1,000/10,000 and for random sets (their
    candidates scored with the reference ``s_test``: the best those candidate sets allow; the same for the
-   gradient index's top 1,000 per side, the ceiling of ``rerank=1000``); a table of
-   projection ranks x preconditioners on the first ``--table-rows`` rows.
+   gradient index's top 1,000 per side, the ceiling of ``rerank=1000``); ``rerank=1000`` itself (the
+   default ``index`` solver) through the query pipeline on every query; a table of projection kinds x
+   ranks x preconditioners on the first ``--table-rows`` rows.
 4. **REST**: one in-process server on loopback answers ``gradient`` (all queries), ``gradient`` with
-   ``rerank=1000`` and ``fastif`` (k=1,000, the default LiSSA preset) for ``--rest-queries`` queries each
-   (different sentences, so neither finds the other's ``s_test`` in the service's cache), side by side;
-   recall@100 of the reranked and FastIF answers is read from their replies.
+   ``rerank=1000`` (default solver: the index's curvature; and with ``solver=lissa``) and ``fastif``
+   (k=1,000, the default LiSSA preset) for ``--rest-queries`` queries each (different sentences, so none
+   finds another's ``s_test`` in the service's cache), side by side; recall@100 of each answer is read
+   from its reply.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ from interpret.influence.cg import cg_s_test
 from interpret.influence.preconditioner import gradient_index_scores, inverse_damped, second_moment
 from interpret.influence.projection import Projector
 from interpret.influence.scoring import score_rows
-from service.builds import build_gradient_index, build_knn_index
-from service.pipeline import local_engine
+from service.builds import build_gradient_index, build_knn_index, fit_projection, gradient_spec
+from service.pipeline import answer_query, local_engine
 
 CACHE = Path("artifacts/bench-gradient")
 RECALL_AT = (10, 100)
@@ -88,9 +90,14 @@ def build_stage(args, engine) -> dict:
     if not fresh(read_manifest, args.index, fingerprint):
         build_knn_index(engine, args.index)
     out = {}
-    if not fresh(read_gradient_manifest, args.gradient_index, fingerprint) or args.rebuild:
+    config = GradientIndexConfig(rank=args.rank)
+    wanted = asdict(gradient_spec(engine, config))
+    same_spec = fresh(read_gradient_manifest, args.gradient_index, fingerprint) and (
+        read_gradient_manifest(args.gradient_index).spec == wanted
+    )
+    if not same_spec or args.rebuild:
         start = time.perf_counter()
-        build_gradient_index(engine, args.gradient_index, GradientIndexConfig(rank=args.rank))
+        build_gradient_index(engine, args.gradient_index, config)
         out["build_seconds"] = time.perf_counter() - start
     else:
         out["build_seconds"] = float((CACHE / "build_seconds.txt").read_text())
@@ -101,11 +108,11 @@ def build_stage(args, engine) -> dict:
 
 
 def scaling_stage(engine, sizes: list[int]) -> list[dict]:
-    """Seconds of the gradient pass (rank 16) over the first n rows, for each n."""
+    """Seconds of the gradient pass (the built index's projection) over the first n rows, for each n."""
     explainer, out = engine.backend.explainer, []
     for n in sizes:
         start = time.perf_counter()
-        explainer.gradient_shard(np.arange(n), 16, 0)
+        explainer.gradient_shard(np.arange(n), engine.gradient_index.projection)
         seconds = time.perf_counter() - start
         out.append({"rows": n, "seconds": seconds, "seconds_per_1000_rows": 1000 * seconds / n})
         print(out[-1], flush=True)
@@ -163,12 +170,12 @@ def reference_scores(args, engine, s_tests: np.ndarray) -> tuple[np.ndarray, dic
 
 def gradient_quality(engine, index, queries, labels, reference) -> tuple[list[dict], np.ndarray]:
     """Recall and Spearman of the built index (its float32 vectors), per query."""
-    explainer, spec = engine.backend.explainer, index.spec
+    explainer = engine.backend.explainer
     stored = torch.from_numpy(index.index.reconstruct_n(0, index.manifest.count))
     out, all_scores = [], []
     for q, text in enumerate(queries):
         test_gradient = torch.from_numpy(
-            explainer.projected_test_gradient(text, None, labels[q], spec.rank, 0)
+            explainer.projected_test_gradient(text, None, labels[q], index.projection)
         )
         scores = gradient_index_scores(test_gradient, stored).numpy()
         all_scores.append(scores)
@@ -207,28 +214,50 @@ def candidate_quality(engine, queries, reference, gradient_scores, seed: int = 0
     return out
 
 
+def rerank_quality(engine, queries, labels, reference, rerank: int = 1000) -> dict:
+    """``rerank`` through the query pipeline (its default solver) on every query: recall of its answer."""
+    per_query, seconds = [], []
+    for q, text in enumerate(queries):
+        config = QueryConfig(method="gradient", rerank=rerank, top=100)
+        answer = answer_query(engine, text, None, labels[q], config)
+        seconds.append(answer.timings["total"])
+        per_query.append(recalls(reference[q], answer.candidate_scores, answer.candidate_rows))
+        print(f"rerank query {q}: {answer.solver}, {seconds[-1]:.1f} s {per_query[-1]}", flush=True)
+    return {"solver": answer.solver, "per_query": per_query, "seconds": seconds, **mean_of(per_query)}
+
+
 def table_stage(engine, queries, labels, reference, rows: int, ranks: list[int]) -> list[dict]:
-    """Ranks x preconditioners on the first ``rows`` training rows (reference restricted to them)."""
+    """Projection kinds x ranks x preconditioners on the first ``rows`` training rows (reference restricted
+    to them); ``kfac`` bases are fitted on the build's seeded 2,000-row sample of the whole set."""
     explainer, subset, out = engine.backend.explainer, np.arange(rows), []
-    for rank in ranks:
-        start = time.perf_counter()
-        gradients = torch.from_numpy(explainer.gradient_shard(subset, rank, 0))
-        seconds = time.perf_counter() - start
-        tests = [
-            explainer.projected_test_gradient(t, None, labels[q], rank, 0) for q, t in enumerate(queries)
-        ]
-        fisher = second_moment(gradients) / len(gradients)
-        for name, curvature in (("identity", torch.zeros_like(fisher)), ("fisher", fisher)):
-            inverse = inverse_damped(curvature, 5.0)
-            per_query = []
-            for q, test in enumerate(tests):
-                scores = -(gradients.double() @ (inverse @ torch.from_numpy(test).double())).numpy()
-                ref = reference[q][subset]
-                per_query.append({**recalls(ref, scores, subset), "spearman_all": spearmanr(ref, scores)[0]})
-            row = {"rank": rank, "dim": gradients.shape[1], "preconditioner": name, "rows": rows}
-            row |= {"gradient_seconds": seconds, "bytes_at_67349_rows": gradients.shape[1] * 4 * 67349}
-            out.append(row | mean_of(per_query))
-            print(out[-1], flush=True)
+    for kind in ("random", "kfac"):
+        for rank in ranks:
+            start = time.perf_counter()
+            config = GradientIndexConfig(rank=rank, projection=kind)
+            projection = fit_projection(engine, CACHE / f"table-{kind}-{rank}", config)
+            fit_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            gradients = torch.from_numpy(explainer.gradient_shard(subset, projection))
+            seconds = time.perf_counter() - start
+            tests = [
+                explainer.projected_test_gradient(t, None, labels[q], projection)
+                for q, t in enumerate(queries)
+            ]
+            fisher = second_moment(gradients) / len(gradients)
+            for name, curvature in (("identity", torch.zeros_like(fisher)), ("fisher", fisher)):
+                inverse = inverse_damped(curvature, 5.0)
+                per_query = []
+                for q, test in enumerate(tests):
+                    scores = -(gradients.double() @ (inverse @ torch.from_numpy(test).double())).numpy()
+                    ref = reference[q][subset]
+                    per_query.append(
+                        {**recalls(ref, scores, subset), "spearman_all": spearmanr(ref, scores)[0]}
+                    )
+                row = {"projection": kind, "rank": rank, "dim": gradients.shape[1], "preconditioner": name}
+                row |= {"rows": rows, "gradient_seconds": seconds, "fit_seconds": fit_seconds}
+                row |= {"bytes_at_67349_rows": gradients.shape[1] * 4 * 67349}
+                out.append(row | mean_of(per_query))
+                print(out[-1], flush=True)
     return out
 
 
@@ -283,6 +312,10 @@ def rest_stage(args, queries, reference) -> dict:
         "gradient": ({"method": "gradient"}, range(len(queries))),
         "fastif_k1000": ({"method": "fastif", "k": 1000}, range(n)),
         "gradient_rerank_1000": ({"method": "gradient", "rerank": 1000}, range(n, 2 * n)),
+        "gradient_rerank_1000_lissa": (
+            {"method": "gradient", "rerank": 1000, "solver": "lissa"},
+            range(2 * n, 3 * n),
+        ),
     }
     out = {}
     with InfluenceClient(url, timeout=3600) as client:
@@ -350,6 +383,7 @@ def main() -> None:
     per_query, gradient_scores = gradient_quality(engine, engine.gradient_index, queries, labels, reference)
     gradient = mean_of(per_query)
     candidates = candidate_quality(engine, queries, reference, gradient_scores)
+    reranked = rerank_quality(engine, queries, labels, reference)
     if args.ranks:
         ranks = [int(r) for r in args.ranks.split(",")]
         table = table_stage(engine, queries, labels, reference, args.table_rows, ranks)
@@ -361,6 +395,8 @@ def main() -> None:
         "recall_at_100_helpful": gradient["recall_at_100_helpful"],
         "recall_at_100_harmful": gradient["recall_at_100_harmful"],
         "spearman_all": gradient["spearman_all"],
+        "recall_at_100_helpful_rerank_1000": reranked["recall_at_100_helpful"],
+        "recall_at_100_harmful_rerank_1000": reranked["recall_at_100_harmful"],
         "reference": f"CG s_test (M={args.cg_rows}, residual 1e-4), exact full scan, {len(queries)} "
         "SST-2 dev sentences: benchmarks/results/gradient_index.json",
     }
@@ -371,8 +407,8 @@ def main() -> None:
         "fastif_query_p50_s": rest["fastif_k1000"]["p50_s"],
         "recall_at_100_helpful": gradient["recall_at_100_helpful"],
         "recall_at_100_harmful": gradient["recall_at_100_harmful"],
-        "recall_at_100_helpful_rerank": rest["gradient_rerank_1000"]["recall_at_100_helpful"],
-        "recall_at_100_harmful_rerank": rest["gradient_rerank_1000"]["recall_at_100_harmful"],
+        "recall_at_100_helpful_rerank": reranked["recall_at_100_helpful"],
+        "recall_at_100_harmful_rerank": reranked["recall_at_100_harmful"],
         "fastif_recall_at_100_helpful": candidates["fastif_k1000"]["recall_at_100_helpful"],
         "fastif_recall_at_100_harmful": candidates["fastif_k1000"]["recall_at_100_harmful"],
         "spearman_all": gradient["spearman_all"],
@@ -399,6 +435,7 @@ def main() -> None:
             },
             "gradient": {"mean": gradient, "per_query": per_query},
             "candidate_sets_scored_with_reference_s_test": candidates,
+            "rerank_1000_all_queries": reranked,
             "rest": rest,
             "table_rank_x_preconditioner": table,
             "layer_norm_share_of_squared_gradient_norm": norm_share,

@@ -115,7 +115,13 @@ def query(
     rerank: Annotated[
         int | None, typer.Option(help="gradient: rescore the top K of each side with s_test.")
     ] = None,
-    solver: Annotated[str, typer.Option(help="s_test solver: lissa or cg.")] = QueryConfig.solver,
+    solver: Annotated[
+        str | None,
+        typer.Option(
+            help="s_test solver: lissa, cg, or index (the kfac gradient index's curvature); "
+            "default: index for a gradient rerank when the index has it, else lissa."
+        ),
+    ] = QueryConfig.solver,
     cg_rows: Annotated[int, typer.Option(help="cg: training rows of the Hessian.")] = QueryConfig.cg_rows,
     full_scan: Annotated[bool, typer.Option(help="Same as --method full.")] = False,
     exact: Annotated[bool, typer.Option(help="Exact s_test (small tracked sets only).")] = False,

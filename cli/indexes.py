@@ -46,11 +46,22 @@ def index_build(
         int,
         typer.Option(help="gradient: projection rank per side of each linear layer; 0: none (tiny models)."),
     ] = DEFAULTS.rank,
+    projection: Annotated[
+        str,
+        typer.Option(
+            help="gradient: kfac (top eigenvectors of each layer's Kronecker factors) or random (Gaussian)."
+        ),
+    ] = DEFAULTS.projection,
+    fit_rows: Annotated[
+        int, typer.Option(help="gradient, kfac: training rows the Kronecker factors are fitted on.")
+    ] = DEFAULTS.fit_rows,
     preconditioner: Annotated[
         str, typer.Option(help="gradient: fisher, identity, or hessian (small tracked sets).")
     ] = DEFAULTS.preconditioner,
     damping: Annotated[float, typer.Option(help="gradient: lambda in (C + lambda I)^-1.")] = DEFAULTS.damping,
-    seed: Annotated[int, typer.Option(help="gradient: seed of the projections.")] = DEFAULTS.seed,
+    seed: Annotated[
+        int, typer.Option(help="gradient: seed of the random projections and of kfac's sample.")
+    ] = DEFAULTS.seed,
     chunk_rows: Annotated[
         int, typer.Option(help="gradient: rows per shard (the resume grain).")
     ] = DEFAULTS.chunk_rows,
@@ -69,7 +80,16 @@ def index_build(
         raise typer.BadParameter("knn or gradient", param_hint="--kind")
     config = None
     if kind == "gradient":  # checked before the model loads
-        config = GradientIndexConfig(rank or None, seed, preconditioner, damping, factory, chunk_rows)
+        config = GradientIndexConfig(
+            rank=rank or None,
+            projection=projection,
+            fit_rows=fit_rows,
+            seed=seed,
+            preconditioner=preconditioner,
+            damping=damping,
+            factory=factory,
+            chunk_rows=chunk_rows,
+        )
     spec = data_spec(train_data, "train", text_column, pair_column, label_column) if train_data else None
     if workers is None:
         engine = local_engine(model, spec)
@@ -84,8 +104,8 @@ def index_build(
             with bar:
                 manifest = build_gradient_index(engine, out, config, progress)
             console.print(
-                f"indexed {manifest.count:,} gradients x {manifest.dim} ({config.preconditioner}, "
-                f"rank {config.rank}, damping {config.damping}) in {out}"
+                f"indexed {manifest.count:,} gradients x {manifest.dim} ({config.projection} rank "
+                f"{config.rank}, {config.preconditioner}, damping {config.damping}) in {out}"
             )
             return
         out = out or ARTIFACTS / "index"

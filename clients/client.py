@@ -123,7 +123,7 @@ def influence_request(
     **options,
 ) -> InfluenceRequest:
     """The request; ``options`` are its other fields by name: ``method`` (gradient | fastif | full),
-    ``rerank``, ``solver`` (lissa | cg), ``cg_rows``, ``cg_tolerance``."""
+    ``rerank``, ``solver`` (lissa | cg | index), ``cg_rows``, ``cg_tolerance``."""
     lissa = lissa if isinstance(lissa, LissaParams) else LissaParams(**(lissa or {}))
     return InfluenceRequest(inputs=_as_inputs(inputs), k=k, top=top, exact=exact, lissa=lissa, **options)
 

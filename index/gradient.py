@@ -2,10 +2,12 @@
 inner-product index, so an influence query over the whole training set is one search.
 
 A folder holds ``index.faiss``, ``rows.json`` and ``manifest.json`` (model and data fingerprints, the
-projection's rank and seed, the preconditioner and its damping), written in one atomic rename. The build
-computes gradients in shards kept in a side folder (``<out>.shards/``: one ``.npy`` of float32 vectors and
-one JSON of rows and settings per shard, each written atomically), so an interrupted build resumes where
-it stopped and a build split over workers writes the same shards as one in-process.
+projection's kind, rank and seed, the preconditioner and its damping) and, for a ``kfac`` projection, its
+fitted bases in ``projection.safetensors`` (their SHA-256 in the manifest), written in one atomic rename.
+The build computes gradients in shards kept in a side folder (``<out>.shards/``: one ``.npy`` of float32
+vectors and one JSON of rows and settings per shard, each written atomically; the fitted bases too), so an
+interrupted build resumes where it stopped and a build split over workers writes the same shards as one
+in-process.
 
 Stored vectors are ``u_z = (C + damping I)^-1 g~_z`` (``interpret.influence.preconditioner``); the score
 is ``I(z, z_test) = -g~_test . u_z``, so the most helpful rows are the *largest* inner products and the
@@ -26,9 +28,16 @@ import faiss
 import numpy as np
 
 from index.store import MANIFEST_FILE, IndexMismatchError, filled_index, read_index_folder, write_index_folder
+from interpret.influence.preconditioner import IndexCurvature
+from interpret.influence.projection import Projection, bases_digest
 from interpret.storage import write_json_atomic
 
 GRADIENT_KIND = "gradient"
+PROJECTION_FILE = "projection.safetensors"
+INVERSE_KEY = "preconditioner:inverse"
+"""``(C + damping I)^-1`` in ``projection.safetensors`` beside the bases: the ``index`` solver's curvature."""
+BASES_FILE = "bases.safetensors"
+"""A build's fitted ``kfac`` bases beside its shards (so a resumed build projects with the same ones)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,10 @@ class GradientSpec:
     preconditioner: str
     damping: float
     tracked_layers: int | str
+    projection: str = "random"
+    """``kfac`` or ``random`` (indexes built before ``kfac`` existed read as ``random``, which they were)."""
+    fit_rows: int | None = None
+    """``kfac``: training rows its Kronecker factors were summed over."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class GradientManifest:
     fidelity: dict | None = None
     """Measured against a converged full scan (``benchmarks/gradient_index.py`` records it); null until."""
     faiss_version: str = faiss.__version__
+    projection_sha256: str | None = None
+    """SHA-256 of ``projection.safetensors`` (the fitted ``kfac`` bases); null for a seeded projection."""
 
 
 @dataclass
@@ -66,6 +81,9 @@ class GradientIndex:
     index: faiss.Index
     rows: np.ndarray
     manifest: GradientManifest
+    projection: Projection
+    curvature: IndexCurvature | None = None
+    """Present for a ``kfac`` index (orthonormal projection rows), which the ``index`` solver needs."""
     spec: GradientSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,8 +104,8 @@ class GradientIndex:
 
 
 class ShardStore:
-    """Finished gradient shards of one build, beside its output folder; reused only with the same
-    spec, model and data (a shard's JSON records them)."""
+    """Finished gradient shards of one build (and its fitted bases), beside its output folder; reused only
+    with the same spec, model and data (a shard's JSON records them)."""
 
     def __init__(self, directory: str | Path, identity: dict):
         self.directory = Path(directory)
@@ -118,6 +136,28 @@ class ShardStore:
         os.replace(handle.name, vectors_path)
         write_json_atomic(meta_path, {"identity": self.identity, "rows": rows.tolist()})
 
+    def load_bases(self) -> dict[str, np.ndarray] | None:
+        """The bases an interrupted build of this identity fitted, or None."""
+        from safetensors.numpy import load_file
+
+        path, meta_path = self.directory / BASES_FILE, self.directory / (BASES_FILE + ".json")
+        try:
+            if json.loads(meta_path.read_text()).get("identity") != self.identity:
+                return None
+            return load_file(str(path))
+        except (OSError, ValueError):
+            return None
+
+    def save_bases(self, bases: dict[str, np.ndarray]) -> None:
+        from safetensors.numpy import save_file
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        descriptor, scratch = tempfile.mkstemp(dir=self.directory, suffix=".safetensors")
+        os.close(descriptor)
+        save_file({k: np.ascontiguousarray(v) for k, v in bases.items()}, scratch)
+        os.replace(scratch, self.directory / BASES_FILE)
+        write_json_atomic(self.directory / (BASES_FILE + ".json"), {"identity": self.identity})
+
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -135,12 +175,20 @@ def write_gradient_index(
     spec: GradientSpec,
     layers: list,
     factory: str = "Flat",
+    projection: Projection | None = None,
+    inverse: np.ndarray | None = None,
 ) -> GradientManifest:
-    """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index."""
+    """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index, with
+    the projection's fitted bases and the preconditioner's ``inverse`` when the projection has bases."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError(f"vectors must be a non-empty [N, d] array, got shape {vectors.shape}")
     index = filled_index(vectors, factory, "ip")
+    stored = None
+    if projection is not None and projection.bases is not None:
+        if inverse is None:
+            raise ValueError("a kfac index stores its preconditioner's inverse: pass inverse")
+        stored = {**projection.bases, INVERSE_KEY: np.asarray(inverse, dtype=np.float32)}
     manifest = GradientManifest(
         model_fingerprint,
         data_fingerprint,
@@ -150,8 +198,11 @@ def write_gradient_index(
         len(vectors),
         layers,
         datetime.now(UTC).isoformat(),
+        projection_sha256=None if stored is None else bases_digest(stored),
     )
-    write_index_folder(directory, index, asdict(manifest))
+    write_index_folder(
+        directory, index, asdict(manifest), None if stored is None else {PROJECTION_FILE: stored}
+    )
     return manifest
 
 
@@ -200,4 +251,33 @@ def load_gradient_index(
     index, rows = read_index_folder(directory, manifest.count)
     if index.d != manifest.dim:
         raise IndexMismatchError(f"{directory}: vectors have dim {index.d}, the manifest says {manifest.dim}")
-    return GradientIndex(index, rows, manifest)
+    projection, curvature = read_projection(directory, manifest)
+    return GradientIndex(index, rows, manifest, projection, curvature)
+
+
+def read_projection(
+    directory: str | Path, manifest: GradientManifest
+) -> tuple[Projection, IndexCurvature | None]:
+    """The index's projection: its seeded rank, or its stored ``kfac`` bases and inverse (checked against
+    the manifest's SHA-256, so a swapped or torn file is refused rather than silently projecting queries
+    differently)."""
+    spec = manifest.spec
+    if manifest.projection_sha256 is None:
+        return Projection(spec.get("rank"), spec.get("seed", 0)), None
+    from safetensors.numpy import load_file
+
+    path = Path(directory) / PROJECTION_FILE
+    try:
+        bases = load_file(str(path))
+    except (OSError, ValueError) as error:
+        raise IndexMismatchError(
+            f"{path}: unreadable projection bases ({error}); rebuild the index"
+        ) from error
+    if bases_digest(bases) != manifest.projection_sha256:
+        raise IndexMismatchError(
+            f"{path}: the projection bases do not match the manifest's SHA-256; rebuild the index with "
+            "`influence index build --kind gradient`"
+        )
+    inverse = bases.pop(INVERSE_KEY)
+    projection = Projection(spec.get("rank"), spec.get("seed", 0), bases)
+    return projection, IndexCurvature(projection, inverse, float(spec["damping"]))

@@ -79,9 +79,16 @@ def filled_index(vectors: np.ndarray, factory: str, metric: Metric) -> faiss.Ind
     return index
 
 
-def write_index_folder(directory: str | Path, index: faiss.Index, manifest: dict) -> None:
-    """``index.faiss``, ``rows.json`` and ``manifest.json``, replacing ``directory`` in one rename."""
+def write_index_folder(
+    directory: str | Path, index: faiss.Index, manifest: dict, arrays: dict[str, dict] | None = None
+) -> None:
+    """``index.faiss``, ``rows.json`` and ``manifest.json`` (and each ``arrays`` entry, file name ->
+    named arrays, as safetensors), replacing ``directory`` in one rename."""
+    from safetensors.numpy import save_file
+
     with atomic_directory(directory) as scratch:
+        for name, tensors in (arrays or {}).items():
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(scratch / name))
         faiss.write_index(index, str(scratch / INDEX_FILE))
         (scratch / ROWS_FILE).write_text(json.dumps(list(range(index.ntotal))))
         write_json_atomic(scratch / MANIFEST_FILE, manifest)

@@ -140,7 +140,9 @@ QueryMethod = typing.Literal["gradient", "fastif", "full"]
 """``gradient``: one search of the gradient index; ``fastif``: kNN candidates + ``s_test`` + scoring;
 ``full``: ``s_test`` and every training example scored (the reference)."""
 
-Solver = typing.Literal["lissa", "cg"]
+Solver = typing.Literal["lissa", "cg", "index"]
+"""How ``s_test`` is solved: ``lissa`` (the FastIF preset), ``cg`` (conjugate gradient on exact HVPs), or
+``index`` (the loaded ``kfac`` gradient index's own curvature, ``subspace_s_test``: one backward)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,7 +160,11 @@ class QueryConfig(Checked):
     rerank: int | None = setting(
         None, ge=1, doc="gradient: rescore the top K of each side with s_test (solver), best of the 2K."
     )
-    solver: Solver = setting("lissa", doc="How s_test is solved: lissa (the FastIF preset) or cg.")  # noqa: RUF009
+    solver: Solver | None = setting(  # noqa: RUF009 (a Literal: immutable)
+        None,
+        doc="How s_test is solved: lissa (the FastIF preset), cg, or index (the kfac gradient index's own "
+        "curvature); null: index for a gradient rerank when the index has it, else lissa.",
+    )
     cg_rows: int | None = setting(
         2000, ge=1, doc="cg: training rows the Hessian is taken over (seeded); null: all of them."
     )
@@ -168,12 +174,19 @@ class QueryConfig(Checked):
     score_batch_size: int = setting(128, ge=1, api=False)
 
     @property
+    def s_test_vectors(self) -> int:
+        """Vectors one finished ``s_test`` holds: T repetitions for LiSSA, one for a solve."""
+        return 1 if self.exact or self.solver in ("cg", "index") else self.lissa.num_repetitions
+
+    @property
     def s_test_key(self) -> tuple:
         """What an ``s_test`` depends on besides the input: the cache key's config part."""
         if self.exact:
             return ("exact", self.lissa.damping)
         if self.solver == "cg":
             return ("cg", self.lissa.damping, self.cg_rows, self.cg_tolerance)
+        if self.solver == "index":
+            return ("index",)  # the index's own damping and curvature: the caller adds which index
         return ("lissa", self.lissa)
 
 
@@ -183,6 +196,22 @@ class MethodUnavailableError(ValueError):
     def __init__(self, message: str, field: str):
         super().__init__(message)
         self.field = field
+
+
+def resolve_solver(config: QueryConfig, method: QueryMethod, has_index_curvature: bool) -> Solver:
+    """The solver an ``s_test`` uses: the one asked for, else ``index`` for a gradient rerank when the loaded
+    index holds its curvature (a ``kfac`` index), else ``lissa``. ``index`` without one is refused."""
+    if config.solver == "index" and not has_index_curvature:
+        raise MethodUnavailableError(
+            "solver='index' needs a gradient index built with projection='kfac' (it stores the curvature "
+            "the solve uses): build one with `influence index build --kind gradient`, or use solver='lissa' "
+            "or 'cg'",
+            "solver",
+        )
+    if config.solver is not None:
+        return config.solver
+    rerank = method == "gradient" and config.rerank is not None
+    return "index" if rerank and has_index_curvature else "lissa"
 
 
 def resolve_method(config: QueryConfig, has_gradient_index: bool, has_knn_index: bool) -> QueryMethod:
@@ -210,6 +239,7 @@ def resolve_method(config: QueryConfig, has_gradient_index: bool, has_knn_index:
 
 
 Preconditioner = typing.Literal["fisher", "identity", "hessian"]
+ProjectionKind = typing.Literal["kfac", "random"]
 
 
 @dataclass(frozen=True)
@@ -222,7 +252,15 @@ class GradientIndexConfig(Checked):
     rank: int | None = setting(
         16, ge=1, le=256, doc="Projection rank per side of each linear layer; null: none (tiny models)."
     )
-    seed: int = setting(0, ge=0, le=SEED_MAX, doc="Seed of the random projections.")
+    projection: ProjectionKind = setting(  # noqa: RUF009 (a Literal: immutable)
+        "kfac",
+        doc="kfac (top eigenvectors of each layer's Kronecker factors, fitted on fit_rows training rows) "
+        "or random (seeded Gaussian).",
+    )
+    fit_rows: int = setting(
+        2000, ge=1, doc="kfac: training rows (seeded sample) the Kronecker factors are summed over."
+    )
+    seed: int = setting(0, ge=0, le=SEED_MAX, doc="Seed of the random projections and of kfac's sample.")
     preconditioner: Preconditioner = setting(  # noqa: RUF009 (a Literal: immutable)
         "fisher",
         doc="fisher (empirical Fisher of the projected gradients), identity, or hessian (small sets).",
@@ -234,7 +272,8 @@ class GradientIndexConfig(Checked):
     @property
     def identity(self) -> dict:
         """The settings that change the stored gradients (a resumed build must share them)."""
-        return {"rank": self.rank, "seed": self.seed}
+        kfac = {"fit_rows": self.fit_rows} if self.projection == "kfac" and self.rank is not None else {}
+        return {"rank": self.rank, "seed": self.seed, "projection": self.projection, **kfac}
 
 
 EvaluationTask = typing.Literal["loo", "lds_head", "recall", "influence_map", "audit", "error_correction"]

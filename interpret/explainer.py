@@ -27,12 +27,15 @@ from interpret.data import DataSpec
 from interpret.influence.cg import CGResult, cg_s_test
 from interpret.influence.exact import exact_s_test, training_hessian
 from interpret.influence.lissa import LissaReport, average_repetitions, lissa_repetition, relative_spread
-from interpret.influence.preconditioner import projected_hessian
-from interpret.influence.projection import Projector
+from interpret.influence.preconditioner import projected_hessian, subspace_s_test
+from interpret.influence.projection import Projection, Projector
 from interpret.influence.query import TestPoint, prepare_test_point
 from interpret.influence.scoring import score_rows
 from interpret.models import TrackedScope, encode_features
 from interpret.saliency import SaliencyMap, saliency
+
+MAX_PROJECTORS = 4
+"""Projectors an explainer keeps built (one per loaded gradient index, plus a build's)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class Explainer:
         self.name = name
         self.cancellations = Cancellations()
         self._hessian: torch.Tensor | None = None
-        self._projectors: dict[tuple[int | None, int], Projector] = {}
+        self._projectors: dict[tuple, Projector] = {}
 
     @classmethod
     def load(
@@ -244,22 +247,52 @@ class Explainer:
         )
         return result.s_test.cpu().numpy(), report
 
+    def index_solve(
+        self,
+        text: str,
+        pair: str | None,
+        label: int | None,
+        projection: Projection,
+        inverse: np.ndarray,
+        damping: float,
+    ) -> np.ndarray:
+        """``s_test`` from a ``kfac`` gradient index's curvature (``subspace_s_test``): one backward."""
+        v = self._point(text, pair, label).v
+        inverse = torch.tensor(inverse, device=v.device)  # off the object store: a read-only view
+        return subspace_s_test(v, self.projector(projection), inverse, damping).cpu().numpy()
+
     # ------------------------------------------------------------------------------ gradient index
 
-    def projector(self, rank: int | None, seed: int) -> Projector:
-        key = (rank, seed)
+    def projector(self, projection: Projection) -> Projector:
+        """The projector of ``projection``, built once (the last few are kept; the oldest goes first)."""
+        key = projection.key
         if key not in self._projectors:
-            self._projectors[key] = Projector(self.tracked, rank, seed)
+            if len(self._projectors) >= MAX_PROJECTORS:
+                self._projectors.pop(next(iter(self._projectors)))
+            self._projectors[key] = Projector(
+                self.tracked, projection.rank, projection.seed, bases=projection.bases
+            )
         return self._projectors[key]
 
-    def projection_layers(self, rank: int | None, seed: int) -> list[dict]:
-        return self.projector(rank, seed).describe()
+    def projection_layers(self, projection: Projection) -> list[dict]:
+        return self.projector(projection).describe()
 
-    def gradient_shard(
-        self, rows: np.ndarray, rank: int | None, seed: int, block_size: int = 32
-    ) -> np.ndarray:
+    def kfac_factors(self, rows: np.ndarray, rank: int, block_size: int = 32) -> dict[str, np.ndarray]:
+        """The Kronecker factors of every side a rank-``rank`` projection would compress, summed over the
+        tokens of training ``rows`` (float64; :meth:`Projector.factors`): what ``kfac`` bases are fit on."""
+        projector = self.projector(Projection(rank, 0))
+        total: dict[str, torch.Tensor] = {}
+        for _, states, labels in self.checkpoint.train.iter_blocks(
+            np.asarray(rows, dtype=np.int64), block_size
+        ):
+            step_boundary()
+            for name, factor in projector.factors(self.theta, states, labels).items():
+                total[name] = total[name] + factor if name in total else factor
+        return {name: factor.cpu().numpy() for name, factor in total.items()}
+
+    def gradient_shard(self, rows: np.ndarray, projection: Projection, block_size: int = 32) -> np.ndarray:
         """Projected per-example gradients of training ``rows`` (in that order), float32 ``[len, dim]``."""
-        projector = self.projector(rank, seed)
+        projector = self.projector(projection)
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), projector.dim), dtype=np.float32)
         for positions, states, labels in self.checkpoint.train.iter_blocks(rows, block_size):
@@ -268,18 +301,18 @@ class Explainer:
         return out
 
     def projected_test_gradient(
-        self, text: str, pair: str | None, label: int, rank: int | None, seed: int
+        self, text: str, pair: str | None, label: int, projection: Projection
     ) -> np.ndarray:
         """``g~_test``: the test loss's gradient through the same projection as the index."""
         tracked = self.tracked
         state = tracked.frozen(tracked.encode([text], [pair] if pair is not None else None))
         labels = torch.tensor([label], device=tracked.device)
-        return self.projector(rank, seed).gradients(self.theta, state, labels)[0].cpu().numpy()
+        return self.projector(projection).gradients(self.theta, state, labels)[0].cpu().numpy()
 
-    def projected_training_hessian(self, rank: int | None, seed: int) -> np.ndarray:
+    def projected_training_hessian(self, projection: Projection) -> np.ndarray:
         """``R H R^T`` from the explicit training Hessian (the ``hessian`` preconditioner; small sets)."""
-        projection = self.projector(rank, seed).dense_matrix()
-        return projected_hessian(self._training_hessian(), projection).cpu().numpy()
+        matrix = self.projector(projection).dense_matrix()
+        return projected_hessian(self._training_hessian(), matrix).cpu().numpy()
 
     def _training_hessian(self) -> torch.Tensor:
         """The explicit training Hessian, computed once (small tracked sets only)."""

@@ -25,7 +25,7 @@ from interpret.config import EvaluationConfig, GradientIndexConfig, QueryConfig
 from interpret.data import ExampleSet
 from interpret.models import TrackedModel
 from interpret.training import TrainConfig, accuracy, fine_tune
-from service.builds import fit_inverse, gradient_spec, over_examples, projected_gradients
+from service.builds import fit_inverse, fit_projection, gradient_spec, over_examples, projected_gradients
 from service.pipeline import Engine, answer_query
 from service.schemas import AuditReport, CorrectionReport, InfluenceMapReport, MapEdge, MapNode, RankedRow
 
@@ -40,8 +40,9 @@ def self_influence_and_loss(
     resumes), and ``C`` its Fisher: a row's self-influence is its score against itself."""
     config = config or GradientIndexConfig()
     spec = gradient_spec(engine, config)
-    gradients = projected_gradients(engine, work_dir, config, progress)
-    inverse = fit_inverse(engine, gradients, spec).numpy()
+    projection = fit_projection(engine, work_dir, config)
+    gradients = projected_gradients(engine, work_dir, config, projection, progress)
+    inverse = fit_inverse(engine, gradients, spec, projection).numpy()
     self_influence = np.empty(len(gradients))
     for start in range(0, len(gradients), 4096):
         block = gradients[start : start + 4096].astype(np.float64)

@@ -13,12 +13,13 @@ from typing import Protocol
 
 import numpy as np
 
-from index.gradient import GradientSpec
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext
 from interpret.config import Checked, QueryConfig
 from interpret.explainer import Explainer, Identity, STest, lissa_report
 from interpret.influence import TestPoint
+from interpret.influence.preconditioner import IndexCurvature
+from interpret.influence.projection import Projection
 from interpret.saliency import SaliencyMap
 
 
@@ -46,7 +47,10 @@ class Backend(Protocol):
         label: int | None,
         config: QueryConfig,
         context: RequestContext | None = None,
-    ) -> object: ...
+        curvature: IndexCurvature | None = None,
+    ) -> object:
+        """Start the ``s_test`` ``config.solver`` asks for (``index`` uses ``curvature``)."""
+        ...
 
     def finish_s_test(self, pending: object, progress: bool = False) -> STest: ...
 
@@ -66,21 +70,29 @@ class Backend(Protocol):
         text: str,
         pair: str | None,
         label: int,
-        spec: GradientSpec,
+        projection: Projection,
         context: RequestContext | None = None,
     ) -> np.ndarray: ...
 
     def gradient_shards(
-        self, chunks: list[np.ndarray], spec: GradientSpec, context: RequestContext | None = None
+        self, chunks: list[np.ndarray], projection: Projection, context: RequestContext | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """``(chunk number, projected gradients)`` as each chunk of training rows finishes."""
+        """``(chunk number, projected gradients)`` as each chunk of training rows finishes, in order."""
+        ...
+
+    def kfac_factor_shards(
+        self, chunks: list[np.ndarray], rank: int, context: RequestContext | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(chunk number, Kronecker factor sums)`` of each chunk of training rows, in order."""
         ...
 
     def projected_training_hessian(
-        self, spec: GradientSpec, context: RequestContext | None = None
+        self, projection: Projection, context: RequestContext | None = None
     ) -> np.ndarray: ...
 
-    def projection_layers(self, spec: GradientSpec, context: RequestContext | None = None) -> list[dict]: ...
+    def projection_layers(
+        self, projection: Projection, context: RequestContext | None = None
+    ) -> list[dict]: ...
 
     def predict(
         self, texts: list[str], pairs: list[str] | None, context: RequestContext | None = None
@@ -103,11 +115,6 @@ class Backend(Protocol):
     def shutdown(self) -> None: ...
 
 
-def s_test_vectors(config: QueryConfig) -> int:
-    """Vectors one finished ``s_test`` holds: T repetitions for LiSSA, one for a solve."""
-    return 1 if config.exact or config.solver == "cg" else config.lissa.num_repetitions
-
-
 @dataclass
 class _LocalPending:
     text: str
@@ -115,6 +122,7 @@ class _LocalPending:
     label: int | None
     config: QueryConfig
     context: RequestContext | None
+    curvature: IndexCurvature | None = None
 
 
 class LocalBackend:
@@ -137,10 +145,10 @@ class LocalBackend:
         return self.explainer.run(context, "prepare", text, pair, label)
 
     def start_s_test(
-        self, text, pair, label, config: QueryConfig, context: RequestContext | None = None
+        self, text, pair, label, config: QueryConfig, context: RequestContext | None = None, curvature=None
     ) -> _LocalPending:
         # Computed in finish_s_test (with its progress bar): in one process nothing runs alongside.
-        return _LocalPending(text, pair, label, config, context)
+        return _LocalPending(text, pair, label, config, context, curvature)
 
     def finish_s_test(self, pending: _LocalPending, progress: bool = False) -> STest:
         run, config, context = self.explainer.run, pending.config, pending.context
@@ -151,6 +159,10 @@ class LocalBackend:
             arguments = (config.lissa.damping, config.cg_rows, config.cg_tolerance)
             vector, report = run(context, "cg_solve", *point, *arguments)
             return STest([vector], None, report)
+        if config.solver == "index":
+            curvature = pending.curvature
+            arguments = (curvature.projection, curvature.inverse, curvature.damping)
+            return STest([run(context, "index_solve", *point, *arguments)], None)
         runs = [
             run(context, "lissa_repetition", *point, config.lissa, r, progress)
             for r in range(config.lissa.num_repetitions)
@@ -166,20 +178,26 @@ class LocalBackend:
         )
 
     def s_test_nbytes(self, config: QueryConfig) -> int:
-        return s_test_vectors(config) * self.explainer.theta.numel() * self.explainer.theta.element_size()
+        return config.s_test_vectors * self.explainer.theta.numel() * self.explainer.theta.element_size()
 
-    def projected_test_gradient(self, text, pair, label, spec: GradientSpec, context=None) -> np.ndarray:
-        return self.explainer.run(context, "projected_test_gradient", text, pair, label, spec.rank, spec.seed)
+    def projected_test_gradient(self, text, pair, label, projection: Projection, context=None) -> np.ndarray:
+        return self.explainer.run(context, "projected_test_gradient", text, pair, label, projection)
 
-    def gradient_shards(self, chunks, spec: GradientSpec, context=None) -> Iterator[tuple[int, np.ndarray]]:
+    def gradient_shards(
+        self, chunks, projection: Projection, context=None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         for number, rows in enumerate(chunks):
-            yield number, self.explainer.run(context, "gradient_shard", rows, spec.rank, spec.seed)
+            yield number, self.explainer.run(context, "gradient_shard", rows, projection)
 
-    def projected_training_hessian(self, spec: GradientSpec, context=None) -> np.ndarray:
-        return self.explainer.run(context, "projected_training_hessian", spec.rank, spec.seed)
+    def kfac_factor_shards(self, chunks, rank: int, context=None) -> Iterator[tuple[int, dict]]:
+        for number, rows in enumerate(chunks):
+            yield number, self.explainer.run(context, "kfac_factors", rows, rank)
 
-    def projection_layers(self, spec: GradientSpec, context=None) -> list[dict]:
-        return self.explainer.run(context, "projection_layers", spec.rank, spec.seed)
+    def projected_training_hessian(self, projection: Projection, context=None) -> np.ndarray:
+        return self.explainer.run(context, "projected_training_hessian", projection)
+
+    def projection_layers(self, projection: Projection, context=None) -> list[dict]:
+        return self.explainer.run(context, "projection_layers", projection)
 
     def predict(self, texts, pairs, context=None) -> np.ndarray:
         return self.explainer.run(context, "predict", texts, pairs)

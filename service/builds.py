@@ -15,13 +15,19 @@ from index import Manifest, build_index, empty_index
 from index.gradient import GradientManifest, GradientSpec, ShardStore, shard_folder, write_gradient_index
 from interpret.cancellation import RequestContext
 from interpret.config import GradientIndexConfig
+from interpret.influence.cg import cg_rows
 from interpret.influence.preconditioner import inverse_damped, precondition, second_moment
+from interpret.influence.projection import Projection, eigen_bases
 from service.pipeline import Engine
 
 Progress = Callable[[int, int], None]
 
 ENCODE_CHUNK = 2048
 """Training texts per encode call of a kNN index build: its progress (and on a pool, its sharding) grain."""
+
+FIT_CHUNK = 256
+"""Rows per chunk of the ``kfac`` fit sample. Fixed (not per worker), and the chunks' sums are added in
+order, so the fitted bases are the same whatever the worker count."""
 
 FACTORY_PROBE_DIM = 1024
 """A width to try a factory string at before the gradients' own width is known (catches typos at once)."""
@@ -65,31 +71,89 @@ def check_gradient_factory(factory: str) -> None:
 
 
 def gradient_spec(engine: Engine, config: GradientIndexConfig) -> GradientSpec:
+    kfac = config.projection == "kfac" and config.rank is not None
     return GradientSpec(
-        config.rank, config.seed, config.preconditioner, config.damping, engine.identity.tracked_layers
+        config.rank,
+        config.seed,
+        config.preconditioner,
+        config.damping,
+        engine.identity.tracked_layers,
+        config.projection if config.rank is not None else "random",
+        min(config.fit_rows, len(engine.examples)) if kfac else None,
     )
+
+
+def _shard_store(engine: Engine, directory: str | Path, config: GradientIndexConfig) -> ShardStore:
+    identity = engine.identity
+    keys = {"model": identity.model_fingerprint, "data": identity.data_fingerprint, **config.identity}
+    return ShardStore(shard_folder(directory), keys)
+
+
+def fit_chunks(engine: Engine, config: GradientIndexConfig) -> int:
+    """Chunks of the ``kfac`` fit sample (0 for a seeded projection)."""
+    if config.projection == "random" or config.rank is None:
+        return 0
+    return math.ceil(min(config.fit_rows, len(engine.examples)) / FIT_CHUNK)
+
+
+def _offset(progress: Progress | None, before: int, total: int) -> Progress | None:
+    """``progress`` for one stage of several: its ``done`` counted after ``before`` earlier steps."""
+    if progress is None:
+        return None
+    return lambda done, _stage_total: progress(before + done, total)
+
+
+def fit_projection(
+    engine: Engine,
+    directory: str | Path,
+    config: GradientIndexConfig,
+    progress: Progress | None = None,
+    context: RequestContext | None = None,
+) -> Projection:
+    """The build's projection: seeded Gaussian sides (``random``, or no rank), or ``kfac`` bases fitted on a
+    seeded sample of ``fit_rows`` training rows (the Kronecker factors summed chunk by chunk over the
+    workers, then :func:`eigen_bases`). Fitted bases are kept beside the shards, so a resumed build reuses
+    them; ``progress(chunks done, chunks)`` as the factor chunks finish."""
+    if config.projection == "random" or config.rank is None:
+        return Projection(config.rank, config.seed)
+    store = _shard_store(engine, directory, config)
+    if (bases := store.load_bases()) is not None:
+        return Projection(config.rank, config.seed, bases)
+    rows = cg_rows(len(engine.examples), config.fit_rows, config.seed)
+    chunks = np.array_split(rows, fit_chunks(engine, config))
+    total: dict[str, torch.Tensor] = {}
+    for number, factors in engine.backend.kfac_factor_shards(chunks, config.rank, context):
+        for name, factor in factors.items():
+            factor = torch.tensor(factor, dtype=torch.float64)  # arrays off a worker are read-only
+            total[name] = total[name] + factor if name in total else factor
+        if progress is not None:
+            progress(number + 1, len(chunks))
+    bases = eigen_bases(total, config.rank)
+    store.save_bases(bases)
+    return Projection(config.rank, config.seed, bases)
 
 
 def projected_gradients(
     engine: Engine,
     directory: str | Path,
     config: GradientIndexConfig,
+    projection: Projection,
     progress: Progress | None = None,
     context: RequestContext | None = None,
 ) -> np.ndarray:
     """Every training row's projected gradient ``[N, d]`` (float32), computed in shards of
     ``config.chunk_rows`` kept beside ``directory`` so that an interrupted build resumes."""
-    identity, spec = engine.identity, gradient_spec(engine, config)
     chunks = np.array_split(
         np.arange(len(engine.examples)), math.ceil(len(engine.examples) / config.chunk_rows)
     )
-    keys = {"model": identity.model_fingerprint, "data": identity.data_fingerprint, **config.identity}
-    store = ShardStore(shard_folder(directory), keys)
+    store = _shard_store(engine, directory, config)
     done = {n: vectors for n, rows in enumerate(chunks) if (vectors := store.load(n, rows)) is not None}
     missing = [n for n in range(len(chunks)) if n not in done]
     if progress is not None:
         progress(len(done), len(chunks))
-    for position, vectors in engine.backend.gradient_shards([chunks[n] for n in missing], spec, context):
+    for position, vectors in engine.backend.gradient_shards(
+        [chunks[n] for n in missing], projection, context
+    ):
         number = missing[position]
         if not done:  # the first shard tells the width: check the factory string before the rest
             empty_index(vectors.shape[1], config.factory, "ip")
@@ -100,13 +164,15 @@ def projected_gradients(
     return np.concatenate([done[n] for n in range(len(chunks))])
 
 
-def fit_inverse(engine: Engine, gradients: np.ndarray, spec: GradientSpec, context=None) -> torch.Tensor:
+def fit_inverse(
+    engine: Engine, gradients: np.ndarray, spec: GradientSpec, projection: Projection, context=None
+) -> torch.Tensor:
     """``(C + damping I)^-1`` of the chosen curvature (``interpret.influence.preconditioner``)."""
     dim = gradients.shape[1]
     if spec.preconditioner == "identity":
         curvature = torch.zeros(dim, dim, dtype=torch.float64)
     elif spec.preconditioner == "hessian":
-        curvature = torch.from_numpy(engine.backend.projected_training_hessian(spec, context))
+        curvature = torch.from_numpy(engine.backend.projected_training_hessian(projection, context))
     else:
         curvature = torch.zeros(dim, dim, dtype=torch.float64)
         for start in range(0, len(gradients), ENCODE_CHUNK):
@@ -127,13 +193,18 @@ def build_gradient_index(
     config = config or GradientIndexConfig()
     check_gradient_factory(config.factory)
     spec = gradient_spec(engine, config)
-    gradients = projected_gradients(engine, directory, config, progress, context)
-    inverse = fit_inverse(engine, gradients, spec, context)
+    # One progress bar over both passes: the factor chunks of the fit, then the gradient shards.
+    fit, shards = fit_chunks(engine, config), math.ceil(len(engine.examples) / config.chunk_rows)
+    projection = fit_projection(engine, directory, config, _offset(progress, 0, fit + shards), context)
+    gradients = projected_gradients(
+        engine, directory, config, projection, _offset(progress, fit, fit + shards), context
+    )
+    inverse = fit_inverse(engine, gradients, spec, projection, context)
     for start in range(0, len(gradients), ENCODE_CHUNK):
         block = torch.from_numpy(gradients[start : start + ENCODE_CHUNK])
         gradients[start : start + ENCODE_CHUNK] = precondition(block, inverse).numpy()
     identity = engine.identity
-    layers = engine.backend.projection_layers(spec, context)
+    layers = engine.backend.projection_layers(projection, context)
     manifest = write_gradient_index(
         gradients,
         directory,
@@ -142,6 +213,8 @@ def build_gradient_index(
         spec,
         layers,
         config.factory,
+        projection,
+        inverse.numpy() if projection.bases is not None else None,
     )
     ShardStore(shard_folder(directory), {}).remove()
     return manifest

@@ -232,7 +232,7 @@ def method_scores(
                     "build one with `influence index build --kind gradient`"
                 )
             gradient = engine.backend.projected_test_gradient(
-                text, pair, label, engine.gradient_index.spec, context
+                text, pair, label, engine.gradient_index.projection, context
             )
             (rows, values), _ = engine.gradient_index.search(gradient, len(engine.examples))
         else:

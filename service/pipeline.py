@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from index import FeatureIndex, IndexMismatchError, load_index, read_manifest
 from index.gradient import GradientIndex, load_gradient_index, read_gradient_manifest
 from interpret.cancellation import RequestContext
 from interpret.checkpoint import card_data_spec, read_card
-from interpret.config import QueryConfig, resolve_method
+from interpret.config import QueryConfig, resolve_method, resolve_solver
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.explainer import Explainer, Identity
 from interpret.influence import InfluenceAnswer, rank
@@ -159,7 +159,9 @@ def _gradient_candidates(
     """One test gradient, projected like the index, and one search per side: with ``rerank=K`` the top K
     of each side become candidates for ``s_test`` scoring, else the index's scores are the answer."""
     clock = time.perf_counter()
-    gradient = engine.backend.projected_test_gradient(text, pair, label, engine.gradient_index.spec, context)
+    gradient = engine.backend.projected_test_gradient(
+        text, pair, label, engine.gradient_index.projection, context
+    )
     timings["test_gradient"] = time.perf_counter() - clock
     helpful, harmful = engine.gradient_index.search(gradient, config.rerank or config.top)
     rows = np.concatenate([helpful[0], harmful[0]])
@@ -190,6 +192,10 @@ def answer_query(
     config = config or QueryConfig()
     backend, examples = engine.backend, engine.examples
     method = resolve_method(config, engine.gradient_index is not None, engine.index is not None)
+    curvature = engine.gradient_index.curvature if engine.gradient_index is not None else None
+    solver = resolve_solver(config, method, curvature is not None)
+    if solver != config.solver:
+        config = replace(config, solver=solver)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     # Encode first: a few milliseconds, and on a busy pool it would otherwise queue behind a repetition.
@@ -197,11 +203,13 @@ def answer_query(
     timings["encode"] = time.perf_counter() - start
     needs_s_test = method != "gradient" or config.rerank is not None
     key = (engine.identity.model_fingerprint, text, pair, point.label, config.s_test_key)
+    if solver == "index":  # which index's curvature: a rebuilt index gives another s_test
+        key += (engine.gradient_index.manifest.projection_sha256,)
     cached = cache.get(key) if cache is not None and needs_s_test else None
     clock = time.perf_counter()
     pending = None
     if needs_s_test and cached is None:
-        pending = backend.start_s_test(text, pair, point.label, config, context)
+        pending = backend.start_s_test(text, pair, point.label, config, context, curvature)
 
     search_clock = time.perf_counter()
     if method == "gradient":
@@ -241,4 +249,5 @@ def answer_query(
         method=method,
         cg=None if s_test is None else s_test.cg,
         gradient_index=None if method != "gradient" else gradient_index_quality(engine.gradient_index),
+        solver=("exact" if config.exact else solver) if needs_s_test else None,
     )

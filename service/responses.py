@@ -69,7 +69,7 @@ def quality(answer: InfluenceAnswer, config: QueryConfig, show_cache: bool) -> Q
         candidates=answer.gradient_index["count"] if index_only else len(answer.candidate_rows),
         k=config.k if answer.method == "fastif" else None,
         rerank=config.rerank if answer.method == "gradient" else None,
-        solver=("exact" if config.exact else config.solver) if solved else None,
+        solver=answer.solver,
         exact=config.exact and solved,
         cached_s_test=answer.s_test_cached if show_cache and solved else None,
         lissa=lissa_quality(answer.lissa) if answer.lissa is not None else None,

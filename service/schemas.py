@@ -74,7 +74,8 @@ LissaParams = _model_of(
 GradientIndexParams = _model_of(
     GradientIndexConfig,
     "GradientIndexParams",
-    "How the gradient index is built (projection rank and seed, preconditioner, damping, FAISS factory).",
+    "How the gradient index is built (projection kind, rank and seed, preconditioner, damping, FAISS "
+    "factory).",
 )
 
 InfluenceRequest = create_model(
@@ -157,6 +158,12 @@ class GradientIndexQuality(BaseModel):
     dim: int = Field(description="Width of the projected gradients.")
     count: int
     rank: int | None = Field(description="Projection rank per side of each linear layer.")
+    projection: str = Field(
+        "random", description="kfac (Kronecker-factor eigenvectors, fitted) or random (seeded Gaussian)."
+    )
+    fit_rows: int | None = Field(
+        None, description="kfac: training rows the Kronecker factors were fitted on."
+    )
     seed: int
     preconditioner: str
     damping: float

@@ -307,12 +307,14 @@ def test_noisy_file_flips_exactly_the_share_and_recall_counts_them(train_set, tm
 def test_self_influence_is_each_rows_score_against_itself(engine_dirs, tmp_path):
     from interpret.config import GradientIndexConfig
     from interpret.influence.preconditioner import inverse_damped
-    from service.builds import projected_gradients
+    from service.builds import fit_projection, projected_gradients
 
     engine = local_engine(engine_dirs[0], dtype=torch.float64)
     config = GradientIndexConfig(rank=4, damping=0.1)
     self_influence, loss = self_influence_and_loss(engine, tmp_path / "work", config)
-    gradients = torch.from_numpy(projected_gradients(engine, tmp_path / "work", config)).double()
+    projection = fit_projection(engine, tmp_path / "work", config)
+    gradients = projected_gradients(engine, tmp_path / "work", config, projection)
+    gradients = torch.from_numpy(gradients).double()
     inverse = inverse_damped(gradients.T @ gradients / len(gradients), 0.1)
     np.testing.assert_allclose(self_influence, ((gradients @ inverse) * gradients).sum(1).numpy(), rtol=1e-5)
     assert (self_influence > 0).all() and (loss > 0).all()

@@ -16,8 +16,9 @@ from interpret.influence.preconditioner import (
     inverse_damped,
     precondition,
     projected_hessian,
+    subspace_s_test,
 )
-from interpret.influence.projection import Projector
+from interpret.influence.projection import Projection, Projector, eigen_bases
 from interpret.models import TrackedModel
 from service.builds import build_gradient_index
 from service.pipeline import answer_query, local_engine
@@ -37,13 +38,19 @@ def _gradients(tracked, train_set, rows):
     return states, labels, per_example_gradients(tracked, tracked.parameters(), states, labels)
 
 
+def _kfac_bases(tracked, train_set, rank, rows=range(40)):
+    states, labels = ExampleStates(tracked, train_set).load(rows)
+    return eigen_bases(Projector(tracked, rank).factors(tracked.parameters(), states, labels), rank)
+
+
 @pytest.mark.parametrize("layer_norms", [False, True])
-@pytest.mark.parametrize("rank", [None, 3])
+@pytest.mark.parametrize(("rank", "kind"), [(None, "random"), (3, "random"), (3, "kfac")])
 def test_factored_projection_equals_projecting_the_materialised_gradient(
-    tracked_one, train_set, rank, layer_norms
+    tracked_one, train_set, rank, layer_norms, kind
 ):
     states, labels, full = _gradients(tracked_one, train_set, range(12))
-    projector = Projector(tracked_one, rank, seed=4, layer_norms=layer_norms)
+    bases = _kfac_bases(tracked_one, train_set, rank) if kind == "kfac" else None
+    projector = Projector(tracked_one, rank, seed=4, layer_norms=layer_norms, bases=bases)
     dense = projector.dense_matrix()
     factored = projector.gradients(tracked_one.parameters(), states, labels)
     torch.testing.assert_close(factored, full @ dense.T, rtol=1e-9, atol=1e-11)
@@ -66,6 +73,90 @@ def test_only_layer_norms_are_dropped(tracked_one):
     names = np.repeat(tracked_one.parameter_names, tracked_one.parameter_sizes)
     assert all("LayerNorm" in n for n in names[~kept.numpy()])
     assert all("LayerNorm" not in n for n in names[kept.numpy()])
+
+
+def test_kfac_factors_of_the_one_position_layers_are_their_exact_sums(tracked_one, train_set):
+    """Pooler and classifier see one position per example, so their per-example gradient is
+    ``delta [a; 1]^T``: its bias part is ``delta`` and ``[a; 1] = G^T delta / |delta|^2``. The factors are
+    then ``sum delta delta^T`` and ``sum [a; 1][a; 1]^T`` from autograd's per-example gradients."""
+    rows = range(20)
+    states, labels, full = _gradients(tracked_one, train_set, rows)
+    projector = Projector(tracked_one, 1)
+    factors = projector.factors(tracked_one.parameters(), states, labels)
+    for slot in projector.slots:
+        if slot.name not in ("bert.pooler.dense", "classifier"):
+            continue
+        d_out, d_in = slot.module.out_features, slot.module.in_features
+        weight = full[:, slot.weight_offset : slot.weight_offset + d_out * d_in].view(-1, d_out, d_in)
+        delta = full[:, slot.bias_offset : slot.bias_offset + d_out]
+        gradient = torch.cat([weight, delta[:, :, None]], dim=2)  # [B, d_out, d_in + 1]
+        inputs = torch.einsum("bo,boi->bi", delta, gradient) / (delta**2).sum(1, keepdim=True)
+        torch.testing.assert_close(factors[f"{slot.name}:out"], delta.T @ delta, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(factors[f"{slot.name}:in"], inputs.T @ inputs, rtol=1e-7, atol=1e-10)
+
+
+def test_kfac_factors_skip_padding_and_add_up_over_blocks(tracked_one, train_set):
+    """A padded batch's factors equal the sum of its examples' factors taken one by one (no padding)."""
+    train, theta = ExampleStates(tracked_one, train_set), tracked_one.parameters()
+    projector = Projector(tracked_one, 1)
+    rows = [0, 3, 5, 8, 13]
+    states, labels = train.load(rows)
+    assert states.mask is not None and not bool(states.mask.bool().all())  # the batch is padded
+    batch = projector.factors(theta, states, labels)
+    singles = [projector.factors(theta, *train.load([row])) for row in rows]
+    assert set(batch) == {name for name, _ in projector.projected_sides()}
+    for name, factor in batch.items():
+        torch.testing.assert_close(factor, sum(single[name] for single in singles), rtol=1e-9, atol=1e-11)
+
+
+def test_eigen_bases_are_the_orthonormal_top_eigenvectors_largest_first():
+    generator = torch.Generator().manual_seed(0)
+    vectors, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64, generator=generator))
+    values = torch.arange(12, 0, -1, dtype=torch.float64)
+    factor = vectors @ torch.diag(values) @ vectors.T
+    basis = torch.from_numpy(eigen_bases({"layer:in": factor}, 4)["layer:in"]).double()
+    assert basis.shape == (4, 12)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        (basis @ vectors[:, :4]).abs(), torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0
+    )
+
+
+def test_a_kfac_projection_has_orthonormal_rows_and_unproject_is_its_transpose(tracked_one, train_set):
+    projector = Projector(tracked_one, 3, bases=_kfac_bases(tracked_one, train_set, 3), layer_norms=True)
+    dense = projector.dense_matrix()
+    torch.testing.assert_close(dense @ dense.T, torch.eye(len(dense), dtype=dense.dtype), atol=1e-6, rtol=0)
+    projected = torch.randn(projector.dim, dtype=torch.float64)
+    torch.testing.assert_close(projector.unproject(projected), dense.T @ projected, rtol=1e-9, atol=1e-11)
+
+
+def test_the_subspace_s_test_inverts_the_index_curvature_exactly(tracked_one, train_set):
+    """``s = v/lambda + R^T[(C + lambda I)^-1 - I/lambda] R v`` is ``(R^T C R + lambda I)^-1 v`` when
+    ``R R^T = I`` (kfac), checked with the dense ``R`` and a full-size solve."""
+    *_, full = _gradients(tracked_one, train_set, range(len(train_set)))
+    projector = Projector(tracked_one, 3, bases=_kfac_bases(tracked_one, train_set, 3))
+    dense = projector.dense_matrix()
+    projected = full @ dense.T
+    fisher = projected.T @ projected / len(projected)
+    damping = 0.3
+    v = full[7]
+    s_test = subspace_s_test(v, projector, inverse_damped(fisher, damping), damping)
+    curvature = dense.T @ fisher @ dense + damping * torch.eye(
+        tracked_one.num_parameters, dtype=torch.float64
+    )
+    torch.testing.assert_close(s_test, torch.linalg.solve(curvature, v), rtol=1e-7, atol=1e-9)
+    # inside the subspace the rerank's s_test scores rows as the index does; outside it adds g.v / lambda
+    index_scores = -(projected @ (inverse_damped(fisher, damping) @ projected[7]))
+    residual = full - projected @ dense
+    torch.testing.assert_close(-(full @ s_test), index_scores - residual @ v / damping, rtol=1e-6, atol=1e-9)
+
+
+def test_a_projection_is_told_apart_by_its_bases():
+    bases = {"layer:in": np.eye(2, 3, dtype=np.float32)}
+    assert Projection(4, 0).kind == "random" and Projection(4, 0, bases).kind == "kfac"
+    other = {"layer:in": np.eye(2, 3, dtype=np.float32)[::-1].copy()}
+    assert Projection(4, 0, bases).key != Projection(4, 0, other).key
+    assert Projection(4, 0, bases).key == Projection(4, 0, {k: v.copy() for k, v in bases.items()}).key
 
 
 def test_projection_preserves_inner_products_in_expectation(tracked_one, train_set):
@@ -136,11 +227,12 @@ def _vectors(folder, engine):
     return index.index.reconstruct_n(0, index.manifest.count)
 
 
-def test_shard_size_never_changes_the_index(engine_dirs, tmp_path):
+@pytest.mark.parametrize("projection", ["kfac", "random"])
+def test_shard_size_never_changes_the_index(engine_dirs, tmp_path, projection):
     engine = local_engine(engine_dirs[0], dtype=torch.float64)
     built = []
     for chunk_rows in (96, 48, 32):  # 1, 2 and 3 shards
-        _build(engine, tmp_path / f"c{chunk_rows}", chunk_rows=chunk_rows)
+        _build(engine, tmp_path / f"c{chunk_rows}", chunk_rows=chunk_rows, projection=projection)
         built.append(_vectors(tmp_path / f"c{chunk_rows}", engine))
         assert not shard_folder(tmp_path / f"c{chunk_rows}").exists()  # shards dropped once indexed
     np.testing.assert_allclose(built[0], built[1], rtol=1e-6, atol=1e-7)
@@ -163,11 +255,13 @@ def test_an_interrupted_build_resumes_from_its_shards(engine_dirs, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         _build(engine, tmp_path / "resumed", chunk_rows=20)
     assert calls == [20, 19] and len(list(shard_folder(tmp_path / "resumed").glob("*.npy"))) == 2
+    assert (shard_folder(tmp_path / "resumed") / "bases.safetensors").is_file()  # the kfac fit, kept
     assert not (tmp_path / "resumed").exists()  # nothing half-written where the index goes
     calls.clear()
     monkeypatch.setattr(
         explainer, "gradient_shard", lambda rows, *a: calls.append(len(rows)) or real(rows, *a)
     )
+    monkeypatch.setattr(explainer, "kfac_factors", lambda *a: pytest.fail("the fit was redone"))
     _build(engine, tmp_path / "resumed", chunk_rows=20)
     assert calls == [19, 19, 19]  # 96 rows in 5 shards: only the 3 not finished before
     np.testing.assert_allclose(
@@ -199,9 +293,34 @@ def test_the_manifest_refuses_other_weights_data_or_tracked_set(engine_dirs, tmp
         "preconditioner": "fisher",
         "damping": 0.1,
         "tracked_layers": 1,
+        "projection": "kfac",
+        "fit_rows": 96,  # 2,000 asked, the tiny set has 96
     }
     with pytest.raises(IndexMismatchError, match="not a gradient index"):
         local_engine(engine_dirs[0], gradient_index_dir=engine_dirs[1])
+
+
+def test_swapped_kfac_bases_are_refused_and_an_older_manifest_reads_as_random(engine_dirs, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    engine = local_engine(engine_dirs[0])
+    identity = engine.identity
+    fingerprints = (identity.model_fingerprint, identity.data_fingerprint, 1)
+    _build(engine, tmp_path / "g")
+    bases = load_file(str(tmp_path / "g" / "projection.safetensors"))
+    assert load_gradient_index(tmp_path / "g", *fingerprints).projection.kind == "kfac"
+    save_file({k: v[::-1].copy() for k, v in bases.items()}, str(tmp_path / "g" / "projection.safetensors"))
+    with pytest.raises(IndexMismatchError, match="SHA-256"):
+        load_gradient_index(tmp_path / "g", *fingerprints)
+
+    _build(engine, tmp_path / "r", projection="random")
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    for key in ("projection", "fit_rows"):  # what an index built before kfac existed lacks
+        manifest["spec"].pop(key)
+    manifest.pop("projection_sha256")
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(manifest))
+    older = load_gradient_index(tmp_path / "r", *fingerprints)
+    assert older.projection == Projection(4, 0) and older.spec.projection == "random"
 
 
 def test_a_stale_default_folder_is_passed_over_but_an_explicit_one_is_not(engine_dirs, tmp_path, caplog):
@@ -269,6 +388,46 @@ def test_rerank_rescores_the_index_candidates_with_s_test(gradient_engine):
     scan = answer_query(gradient_engine, QUERY, config=QueryConfig(method="full", top=3, lissa=lissa))
     by_row = dict(zip(scan.candidate_rows.tolist(), scan.candidate_scores, strict=True))
     np.testing.assert_allclose(answer.candidate_scores, [by_row[r] for r in answer.candidate_rows.tolist()])
+
+
+@pytest.fixture(scope="module")
+def kfac_engine(engine_dirs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kfac-index")
+    dirs = {"dtype": torch.float64}
+    build_gradient_index(
+        local_engine(engine_dirs[0], **dirs), folder, GradientIndexConfig(rank=4, damping=0.1)
+    )
+    return local_engine(engine_dirs[0], gradient_index_dir=folder, **dirs)
+
+
+def test_a_rerank_on_a_kfac_index_solves_with_its_curvature(kfac_engine):
+    """The default rerank solver is ``index``; its scores are the candidates' exact gradients against
+    ``subspace_s_test`` (the forward-mode scorer), and an explicit solver still wins."""
+    answer = answer_query(kfac_engine, QUERY, config=QueryConfig(top=3, rerank=10))
+    assert answer.method == "gradient" and answer.lissa is None and answer.cg is None
+    explainer, curvature = kfac_engine.backend.explainer, kfac_engine.gradient_index.curvature
+    point = explainer._point(QUERY, None, None)
+    inverse = torch.from_numpy(curvature.inverse).double()
+    s_test = subspace_s_test(point.v, explainer.projector(curvature.projection), inverse, 0.1)
+    tracked, train = explainer.tracked, explainer.checkpoint.train
+    states, labels = train.load(answer.candidate_rows)
+    expected = -(per_example_gradients(tracked, explainer.theta, states, labels) @ s_test).numpy()
+    np.testing.assert_allclose(answer.candidate_scores, expected, rtol=1e-6, atol=1e-10)
+    lissa = LissaConfig(recursion_depth=20, batch_size=4, damping=0.1, scale=20.0)
+    chosen = answer_query(
+        kfac_engine, QUERY, config=QueryConfig(top=3, rerank=10, solver="lissa", lissa=lissa)
+    )
+    assert chosen.lissa is not None
+
+
+def test_the_index_solver_needs_a_kfac_index(gradient_engine):
+    with pytest.raises(MethodUnavailableError, match="projection='kfac'") as raised:
+        answer_query(gradient_engine, QUERY, config=QueryConfig(top=3, rerank=5, solver="index"))
+    assert raised.value.field == "solver"
+    answer = answer_query(
+        gradient_engine, QUERY, config=QueryConfig(top=3, rerank=5, lissa=LissaConfig(recursion_depth=5))
+    )
+    assert answer.lissa is not None  # no curvature stored (not kfac): the default stays lissa
 
 
 def test_cg_solver_answers_and_reports_its_residual(gradient_engine):

@@ -142,7 +142,7 @@ def test_each_limit_is_a_4xx_naming_the_field(http, change, named):
         ({**BODY, "colour": "red"}, "colour: Extra inputs are not permitted"),
         ({**BODY, "method": "fast"}, "method: Input should be 'gradient', 'fastif' or 'full'"),
         ({**BODY, "rerank": 0}, "rerank: Input should be greater than or equal to 1"),
-        ({**BODY, "solver": "newton"}, "solver: Input should be 'lissa' or 'cg'"),
+        ({**BODY, "solver": "newton"}, "solver: Input should be 'lissa', 'cg' or 'index'"),
     ],
 )
 def test_malformed_requests_name_the_field(http, body, named):
@@ -312,9 +312,12 @@ def test_a_gradient_index_job_makes_gradient_the_default_method(settings, engine
         assert quality.method == "gradient" and quality.candidates == 96 and quality.lissa is None
         assert quality.gradient_index.rank == 4 and quality.gradient_index.preconditioner == "fisher"
         assert all(e.score < 0 for e in after.helpful) and all(e.score > 0 for e in after.harmful)
+        assert quality.gradient_index.projection == "kfac" and quality.gradient_index.fit_rows == 96
         reranked = client.influence(QUERY, top=3, lissa=LISSA, rerank=5).results[0].quality
-        assert reranked.method == "gradient" and reranked.rerank == 5 and reranked.solver == "lissa"
-        assert reranked.candidates <= 10 and reranked.lissa is not None
+        assert reranked.method == "gradient" and reranked.rerank == 5 and reranked.solver == "index"
+        assert reranked.candidates <= 10 and reranked.lissa is None  # the index's curvature: no LiSSA
+        lissa = client.influence(QUERY, top=3, lissa=LISSA, rerank=5, solver="lissa").results[0].quality
+        assert lissa.solver == "lissa" and lissa.lissa is not None
         fastif = client.influence(QUERY, k=30, top=3, lissa=LISSA, method="fastif").results[0].quality
         assert fastif.method == "fastif" and fastif.candidates == 30
         models = client.models().models[0]

@@ -258,19 +258,26 @@ def test_a_gradient_index_built_on_the_pool_equals_the_in_process_one(pool, refe
     build_gradient_index(local, tmp_path / "local", config)
     build_gradient_index(pooled, tmp_path / "pool", config)
     identity = pool.identity
-    vectors = [
-        load_gradient_index(tmp_path / name, identity.model_fingerprint, identity.data_fingerprint, 1).index
+    indexes = [
+        load_gradient_index(tmp_path / name, identity.model_fingerprint, identity.data_fingerprint, 1)
         for name in ("local", "pool")
     ]
-    np.testing.assert_allclose(vectors[0].reconstruct_n(0, 96), vectors[1].reconstruct_n(0, 96), rtol=1e-6)
-    gradient = pool.projected_test_gradient(
-        QUERY,
-        None,
-        1,
-        load_gradient_index(tmp_path / "pool", identity.model_fingerprint, identity.data_fingerprint, 1).spec,
-    )
-    expected = Explainer(reference).projected_test_gradient(QUERY, None, 1, 4, 0)
+    vectors = [index.index.reconstruct_n(0, 96) for index in indexes]
+    np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-6)
+    assert indexes[0].projection.kind == "kfac"  # the factor fit ran on the workers: the same bases
+    for name, basis in indexes[0].projection.bases.items():
+        np.testing.assert_allclose(np.abs(basis), np.abs(indexes[1].projection.bases[name]), atol=1e-6)
+    gradient = pool.projected_test_gradient(QUERY, None, 1, indexes[1].projection)
+    expected = Explainer(reference).projected_test_gradient(QUERY, None, 1, indexes[1].projection)
     np.testing.assert_allclose(gradient, expected, rtol=1e-12, atol=1e-14)
+    curvature = indexes[1].curvature  # the index solver: the inverse travels once, by reference
+    s_test = pool.finish_s_test(
+        pool.start_s_test(QUERY, None, 1, QueryConfig(solver="index"), None, curvature)
+    )
+    local_s_test = Explainer(reference).index_solve(
+        QUERY, None, 1, curvature.projection, curvature.inverse, curvature.damping
+    )
+    np.testing.assert_allclose(pool.average(s_test), local_s_test, rtol=1e-10, atol=1e-12)
 
 
 def test_the_heap_trim_returns_freed_pages_to_the_os():

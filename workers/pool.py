@@ -14,15 +14,18 @@ Lifecycle and identity checks live in ``workers.lifecycle``, retries and deadlin
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import ray
 
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext
 from interpret.config import Checked, QueryConfig
 from interpret.explainer import Identity, STest, lissa_report
+from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.query import TestPoint
 from interpret.saliency import SaliencyMap
 from workers.actor import WorkerSpec
@@ -53,6 +56,9 @@ class WorkerPool:
         self.workers = WorkerSet(spec, self.settings, expected)
         self.runner = Runner(self.workers, self.settings.max_retries, self.settings.deadline_s)
         self.identity: Identity = self.workers.identity
+        self._shared_lock = threading.Lock()
+        self._shared_key: str | None = None
+        self._shared_ref = None
 
     @property
     def num_workers(self) -> int:
@@ -89,13 +95,19 @@ class WorkerPool:
         label: int | None,
         config: QueryConfig,
         context: RequestContext | None = None,
+        curvature: IndexCurvature | None = None,
     ) -> PendingSTest:
-        """Start the T repetitions (or the exact solve) and return at once."""
+        """Start the T repetitions (or the one solve) and return at once."""
         context = self.runner.context(context)
         if config.exact:
             args = (text, pair, label, config.lissa.damping)
             slot = self.workers.slots(1)[0]
             calls = [Call("exact s_test", "solve", args, slot, context, keep=("value",))]
+        elif config.solver == "index":
+            inverse = self._shared(curvature.projection.digest, curvature.inverse)
+            args = (text, pair, label, curvature.projection, inverse, curvature.damping)
+            slot = self.workers.slots(1)[0]
+            calls = [Call("index s_test", "index_solve", args, slot, context, keep=("value",))]
         elif config.solver == "cg":
             args = (text, pair, label, config.lissa.damping, config.cg_rows, config.cg_tolerance)
             slot = self.workers.slots(1)[0]
@@ -120,7 +132,7 @@ class WorkerPool:
     def finish_s_test(self, pending: PendingSTest, progress: bool = False) -> STest:
         """Wait for the repetitions (re-running lost ones); the report holds traces and spread."""
         results = self.runner.finish(pending.calls, "s_test" if progress else None)
-        if pending.config.exact:
+        if pending.config.exact or pending.config.solver == "index":
             return STest([results[0]["value"]], None)
         if pending.config.solver == "cg":
             return STest([results[0]["vector"]], None, results[0]["report"])
@@ -133,8 +145,15 @@ class WorkerPool:
         """Object-store bytes one finished ``s_test`` holds (T vectors, or one for the exact solve)."""
         dtype = self.identity.dtype
         itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-        vectors = 1 if config.exact or config.solver == "cg" else config.lissa.num_repetitions
-        return vectors * self.identity.num_parameters * itemsize
+        return config.s_test_vectors * self.identity.num_parameters * itemsize
+
+    def _shared(self, key: str, array: np.ndarray):
+        """``array`` in the object store, put once per key (a kfac index's inverse: tens of MB that every
+        ``index`` solve reads), so a query ships a reference instead of the matrix."""
+        with self._shared_lock:
+            if self._shared_key != key:
+                self._shared_key, self._shared_ref = key, ray.put(array)
+            return self._shared_ref
 
     def average(self, s_test: STest, context: RequestContext | None = None) -> np.ndarray:
         """The averaged ``s_test`` brought to the driver (for tests and benchmarks; queries never need it)."""
@@ -169,34 +188,36 @@ class WorkerPool:
 
     # ---------------------------------------------------------------------------- gradient index
 
-    def projected_test_gradient(self, text, pair, label, spec, context=None) -> np.ndarray:
+    def projected_test_gradient(self, text, pair, label, projection, context=None) -> np.ndarray:
         """``g~_test`` through the index's projection, on one worker (a light call: one backward)."""
-        args = (text, pair, label, spec.rank, spec.seed)
+        args = (text, pair, label, projection)
         return self._one("projected test gradient", "projected_test_gradient", args, context, "light")
 
-    def gradient_shards(self, chunks, spec, context=None) -> Iterator[tuple[int, np.ndarray]]:
-        """Projected gradients of each chunk of training rows, one chunk per worker at a time; yields
-        ``(chunk number, vectors)`` wave by wave, so the caller can save each before the next wave."""
+    def gradient_shards(self, chunks, projection, context=None) -> Iterator[tuple[int, np.ndarray]]:
+        """Projected gradients of each chunk of training rows (one chunk per worker at a time)."""
+        return self._waves("gradient shard", "gradient_shard", chunks, (projection,), context)
+
+    def kfac_factor_shards(self, chunks, rank, context=None) -> Iterator[tuple[int, dict]]:
+        """Kronecker factor sums of each chunk of the fit sample (one chunk per worker at a time)."""
+        return self._waves("factor shard", "kfac_factors", chunks, (rank,), context)
+
+    def _waves(self, name: str, method: str, chunks, args: tuple, context) -> Iterator[tuple[int, object]]:
+        """``method(chunk, *args)`` over the chunks, wave by wave over the workers; yields ``(chunk number,
+        value)`` in order, so the caller can save (or add) each before the next wave."""
         for wave in range(0, len(chunks), self.num_workers):
             numbers = range(wave, min(wave + self.num_workers, len(chunks)))
             slots = self.workers.slots(len(numbers))
             calls = [
-                Call(
-                    f"gradient shard {n}",
-                    "gradient_shard",
-                    (chunks[n], spec.rank, spec.seed),
-                    slot,
-                    self.runner.context(context),
-                )
+                Call(f"{name} {n}", method, (chunks[n], *args), slot, self.runner.context(context))
                 for n, slot in zip(numbers, slots, strict=True)
             ]
             yield from zip(numbers, (r["value"] for r in self.runner.run(calls)), strict=True)
 
-    def projected_training_hessian(self, spec, context=None) -> np.ndarray:
-        return self._one("projected Hessian", "projected_training_hessian", (spec.rank, spec.seed), context)
+    def projected_training_hessian(self, projection, context=None) -> np.ndarray:
+        return self._one("projected Hessian", "projected_training_hessian", (projection,), context)
 
-    def projection_layers(self, spec, context=None) -> list[dict]:
-        return self._one("projection layers", "projection_layers", (spec.rank, spec.seed), context, "light")
+    def projection_layers(self, projection, context=None) -> list[dict]:
+        return self._one("projection layers", "projection_layers", (projection,), context, "light")
 
     def _sharded(self, method: str, texts: Sequence[str], pairs: Sequence[str] | None, context, group=None):
         context = self.runner.context(context)

@@ -15,13 +15,31 @@ so a query is one inner-product search. The curvatures:
   with no curvature at all, kept as the baseline the benchmark compares against).
 * ``hessian``: ``R H R^T`` from the explicit training Hessian (small tracked sets only). With no
   projection (``R = I``) the scores equal the exact influence, which is what the tests check.
+
+The same inverse also gives a whole ``s_test`` (:func:`subspace_s_test`, the ``index`` solver of a rerank):
+curvature ``C`` inside the index's subspace, none outside it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
+from interpret.influence.projection import Projection
+
 PRECONDITIONERS = ("fisher", "identity", "hessian")
+
+
+@dataclass(frozen=True, eq=False)
+class IndexCurvature:
+    """What the ``index`` solver takes from a ``kfac`` gradient index (:func:`subspace_s_test`)."""
+
+    projection: Projection
+    inverse: np.ndarray
+    """``(C + damping I)^-1`` ``[d, d]``, float32."""
+    damping: float
 
 
 def second_moment(gradients: torch.Tensor) -> torch.Tensor:
@@ -58,3 +76,19 @@ def projected_hessian(hessian: torch.Tensor, projection: torch.Tensor) -> torch.
 def gradient_index_scores(test_gradient: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
     """``I(z, z_test) = -g~_test . u_z`` for every stored row ``u_z`` (positive = harmful)."""
     return -(stored.double() @ test_gradient.double())
+
+
+def subspace_s_test(v: torch.Tensor, projector, inverse: torch.Tensor, damping: float) -> torch.Tensor:
+    """``s_test`` from the index's own curvature:
+
+        s = v / damping + R^T [(C + damping I)^-1 - I / damping] R v
+
+    With orthonormal rows (``R R^T = I``, as the ``kfac`` projection has) this is exactly
+    ``(R^T C R + damping I)^-1 v``: the inverse of a Hessian whose curvature is ``C`` inside the index's
+    subspace and zero outside it. Unlike the index's own score, the part of the gradients outside the
+    subspace is kept (at weight ``1 / damping``), so scoring candidates with their exact gradients against
+    ``s`` recovers what the projection dropped. ``projector`` gives ``R`` (``project_vector``) and ``R^T``
+    (``unproject``)."""
+    projected = projector.project_vector(v)
+    inside = inverse.to(projected.dtype) @ projected - projected / damping
+    return v / damping + projector.unproject(inside)

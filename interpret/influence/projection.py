@@ -12,6 +12,15 @@ a ``k_out x k_in`` matrix from the layer's input activations and output gradient
 projection is one linear map ``R`` of the flat tracked gradient (:meth:`Projector.dense_matrix`, for tests).
 A side no wider than the rank is kept whole (no projection: the classifier's 2 outputs are exact).
 
+Which projection (``kind``): ``random`` draws ``P_out`` and ``P_in`` as above; ``kfac`` takes them from the
+data instead: the top eigenvectors of each layer's two Kronecker factors, ``A = sum_t [a_t; 1][a_t; 1]^T``
+(input activations) and ``S = sum_t delta_t delta_t^T`` (output gradients), summed over the tokens of a
+seeded sample of training rows (:meth:`Projector.factors`, :func:`eigen_bases`). A gradient
+``sum_t delta_t a_t^T`` lies mostly in the span of those eigenvectors, and the curvature the preconditioner
+inverts is concentrated there too, so a rank-16 ``kfac`` projection keeps far more of each influence score
+than a Gaussian one of the same width (``benchmarks/gradient_index.py`` measures both; LoGra initialises
+its projection the same way). Its rows are orthonormal: it keeps the top subspace exactly and drops the rest.
+
 Which parameters: every ``nn.Linear`` weight and bias in the tracked set. LayerNorm weights and biases
 (0.08% of MiniLM's tracked set) are dropped by the index (their coordinates of ``R`` are zero;
 ``benchmarks/gradient_index.py`` measures their share of the gradient norm), or kept whole with
@@ -22,8 +31,10 @@ from one batched backward instead of a ``vmap``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +78,60 @@ class LinearSlot:
         return self.k_out * self.k_in
 
 
+@dataclass(frozen=True, eq=False)
+class Projection:
+    """Everything a worker needs to rebuild an index's projection: the rank and seed of the Gaussian sides,
+    or the fitted ``kfac`` bases (``"<layer>:out"`` / ``"<layer>:in"`` -> ``[k, width]`` float32 rows; the
+    sides no wider than the rank are kept whole and absent). ``key`` tells projections apart cheaply."""
+
+    rank: int | None
+    seed: int = 0
+    bases: dict[str, np.ndarray] | None = None
+    digest: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.bases is not None and not self.digest:
+            object.__setattr__(self, "digest", bases_digest(self.bases))
+
+    @property
+    def kind(self) -> str:
+        return "random" if self.bases is None else "kfac"
+
+    @property
+    def key(self) -> tuple:
+        return (self.rank, self.seed, self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Projection) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def bases_digest(bases: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the bases' names, shapes and float32 bytes (the manifest records it; a load checks it)."""
+    digest = hashlib.sha256()
+    for name in sorted(bases):
+        array = np.ascontiguousarray(bases[name], dtype=np.float32)
+        digest.update(f"{name}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def eigen_bases(factors: dict[str, torch.Tensor], rank: int) -> dict[str, np.ndarray]:
+    """The ``kfac`` bases: for each factor (``"<layer>:out"`` -> ``S``, ``"<layer>:in"`` -> ``A``, summed
+    over tokens), its top-``rank`` eigenvectors as rows, largest eigenvalue first.
+
+    ``eigh`` in float64 on the symmetrised factor; an eigenvector's sign is arbitrary, which is harmless:
+    the build and every query use the same stored rows."""
+    out = {}
+    for name, factor in factors.items():
+        factor = factor.double()
+        _, vectors = torch.linalg.eigh(0.5 * (factor + factor.T))
+        out[name] = vectors[:, -rank:].flip(1).T.contiguous().float().numpy()
+    return out
+
+
 def _gaussian(rows: int, cols: int, seed: int, dtype, device) -> torch.Tensor:
     """Seeded ``N(0, 1/rows)`` entries: ``E[P^T P] = I``. Drawn on the CPU in float64, so every device
     and dtype gets the same matrix."""
@@ -78,7 +143,8 @@ def _gaussian(rows: int, cols: int, seed: int, dtype, device) -> torch.Tensor:
 class Projector:
     """The factored projection of one tracked model's linear layers, seeded: the same on every worker.
 
-    ``rank=None`` switches projection off (each layer's full gradient, for exactness tests)."""
+    ``rank=None`` switches projection off (each layer's full gradient, for exactness tests); ``bases``
+    (:class:`Projection`) replaces the Gaussian sides with fitted ones."""
 
     def __init__(
         self,
@@ -87,10 +153,13 @@ class Projector:
         seed: int = 0,
         layer_norms: bool = False,
         max_identity_dim: int = MAX_IDENTITY_DIM,
+        bases: dict[str, np.ndarray] | None = None,
     ):
         if rank is not None and rank < 1:
             raise ValueError(f"projection rank must be >= 1 (or None for no projection), got {rank}")
-        self.tracked, self.rank, self.seed = tracked, rank, seed
+        if bases is not None and rank is None:
+            raise ValueError("fitted bases need a projection rank")
+        self.tracked, self.rank, self.seed, self.bases = tracked, rank, seed, bases
         offsets = tracked.parameter_offsets()
         self.slots: list[LinearSlot] = []
         self.norms: list[tuple[str, nn.LayerNorm, int, int]] = []
@@ -110,8 +179,8 @@ class Projector:
                     module,
                     offsets[name],
                     bias_offset,
-                    self._side(module.out_features, 2 * index),
-                    self._side(in_width, 2 * index + 1),
+                    self._side(f"{name.removesuffix('.weight')}:out", module.out_features, 2 * index),
+                    self._side(f"{name.removesuffix('.weight')}:in", in_width, 2 * index + 1),
                 )
             )
         if not self.slots:
@@ -125,11 +194,24 @@ class Projector:
                 "give a projection rank (e.g. 16)"
             )
 
-    def _side(self, width: int, stream: int) -> torch.Tensor | None:
+    def _side(self, name: str, width: int, stream: int) -> torch.Tensor | None:
         if self.rank is None or width <= self.rank:
             return None
         tracked = self.tracked
+        if self.bases is not None:
+            if name not in self.bases or self.bases[name].shape != (self.rank, width):
+                raise ValueError(f"the fitted bases have no [{self.rank}, {width}] matrix for {name}")
+            return torch.from_numpy(np.asarray(self.bases[name])).to(tracked.dtype).to(tracked.device)
         return _gaussian(self.rank, width, self.seed * 1_000_003 + stream, tracked.dtype, tracked.device)
+
+    def projected_sides(self) -> list[tuple[str, int]]:
+        """``(name, width)`` of every side wider than the rank: the ones ``kfac`` fits a basis for."""
+        sides = []
+        for slot in self.slots:
+            for side, width in (("out", slot.module.out_features), ("in", slot.in_width)):
+                if self.rank is not None and width > self.rank:
+                    sides.append((f"{slot.name}:{side}", width))
+        return sides
 
     def describe(self) -> list[dict]:
         """Per layer: name and projected shape (the manifest records it)."""
@@ -137,10 +219,10 @@ class Projector:
 
     # ----------------------------------------------------------------------------- the factored path
 
-    def gradients(self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor) -> torch.Tensor:
-        """Projected per-example gradients ``[B, dim]`` of each example's cross-entropy, from one batched
-        forward and backward (each example's loss reaches only its own activations, so the batch's summed
-        loss gives every example its own output gradients)."""
+    def _backward(self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
+        """Each tracked module's ``(inputs, output gradients)`` of the batch's summed cross-entropy, from one
+        forward and backward (each example's loss reaches only its own activations, so the summed loss gives
+        every example its own output gradients)."""
         captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def capture(name: str):
@@ -161,14 +243,37 @@ class Projector:
                 for handle in handles:
                     handle.remove()
         output_grads = torch.autograd.grad(loss, [captured[name][1] for name, _ in modules])
+        return [captured[name][0] for name, _ in modules], output_grads
+
+    def gradients(self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor) -> torch.Tensor:
+        """Projected per-example gradients ``[B, dim]`` of each example's cross-entropy."""
+        inputs, output_grads = self._backward(theta, state, labels)
         mask = None if state.mask is None else state.mask.to(theta.dtype)
         parts = [
-            self._project(slot, captured[slot.name][0], grad, mask)
-            for slot, grad in zip(self.slots, output_grads, strict=False)
+            self._project(slot, x, grad, mask)
+            for slot, x, grad in zip(self.slots, inputs, output_grads, strict=False)
         ]
-        for (name, module, *_), grad in zip(self.norms, output_grads[len(self.slots) :], strict=True):
-            parts.append(_layer_norm_gradient(module, captured[name][0], grad, mask))
+        tail = zip(self.norms, inputs[len(self.slots) :], output_grads[len(self.slots) :], strict=True)
+        for (_, module, *_), x, grad in tail:
+            parts.append(_layer_norm_gradient(module, x, grad, mask))
         return torch.cat(parts, dim=1)
+
+    def factors(
+        self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The batch's Kronecker factors of every projected side, summed over real (unpadded) tokens, float64:
+        ``"<layer>:in"`` -> ``A = sum_t [a_t; 1][a_t; 1]^T``, ``"<layer>:out"`` -> ``S = sum_t delta_t
+        delta_t^T``. Sums over blocks (and shards) add up to the factors of the whole sample."""
+        inputs, output_grads = self._backward(theta, state, labels)
+        wanted = dict(self.projected_sides())
+        out = {}
+        for slot, x, grad in zip(self.slots, inputs, output_grads, strict=False):
+            x, grad = _tokens(slot, x, grad, state.mask)
+            for side, rows in ((f"{slot.name}:in", x), (f"{slot.name}:out", grad)):
+                if side in wanted:  # a block in float32 or better (2x float64 speed), blocks added in float64
+                    rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
+                    out[side] = (rows.T @ rows).double()
+        return out
 
     def _project(self, slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask) -> torch.Tensor:
         if inputs.dim() == 2:  # pooler / classifier: one position per example
@@ -203,6 +308,30 @@ class Projector:
             parts += [vector[weight : weight + width], vector[bias : bias + width]]
         return torch.cat(parts)
 
+    def unproject(self, projected: torch.Tensor) -> torch.Tensor:
+        """``R^T y``: a projected vector back in the flat tracked-parameter space, factored per layer as
+        ``P_out^T Y P_in`` (the adjoint of :meth:`project_vector`; zero on dropped LayerNorms)."""
+        tracked = self.tracked
+        out = torch.zeros(tracked.num_parameters, dtype=projected.dtype, device=projected.device)
+        start = 0
+        for slot in self.slots:
+            matrix = projected[start : start + slot.dim].view(slot.k_out, slot.k_in)
+            start += slot.dim
+            if slot.project_out is not None:
+                matrix = slot.project_out.to(projected.dtype).T @ matrix
+            if slot.project_in is not None:
+                matrix = matrix @ slot.project_in.to(projected.dtype)
+            d_out, d_in = slot.module.out_features, slot.module.in_features
+            out[slot.weight_offset : slot.weight_offset + d_out * d_in] = matrix[:, :d_in].reshape(-1)
+            if slot.bias_offset is not None:
+                out[slot.bias_offset : slot.bias_offset + d_out] = matrix[:, d_in]
+        for _, module, weight, bias in self.norms:
+            width = module.normalized_shape[0]
+            out[weight : weight + width] = projected[start : start + width]
+            out[bias : bias + width] = projected[start + width : start + 2 * width]
+            start += 2 * width
+        return out
+
     # ------------------------------------------------------------------------------- the dense view
 
     def dense_matrix(self) -> torch.Tensor:
@@ -231,6 +360,22 @@ class Projector:
                 matrix[row : row + width, offset : offset + width] = torch.eye(width, dtype=matrix.dtype)
                 row += width
         return matrix
+
+
+def _tokens(
+    slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's real tokens as rows: ``([T, d_in (+1)], [T, d_out])``, the bias input 1 appended."""
+    if inputs.dim() == 3:
+        keep = (
+            torch.ones(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
+            if mask is None
+            else mask[:, : inputs.shape[1]].bool()
+        )
+        inputs, grads = inputs[keep], grads[keep]
+    if slot.bias_offset is not None:
+        inputs = torch.cat([inputs, inputs.new_ones((len(inputs), 1))], dim=1)
+    return inputs, grads
 
 
 def _layer_norm_gradient(

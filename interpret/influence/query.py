@@ -51,6 +51,8 @@ class InfluenceAnswer:
     """The conjugate-gradient report (``interpret.explainer.CGReport``) when ``solver='cg'``."""
     gradient_index: dict | None = None
     """Settings and measured fidelity of the gradient index that answered."""
+    solver: str | None = None
+    """How ``s_test`` was solved (lissa, cg, index or exact); ``None`` when none was needed."""
 
 
 @dataclass
