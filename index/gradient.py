@@ -71,7 +71,7 @@ class GradientManifest:
     """Measured against a converged full scan (``benchmarks/gradient_index.py`` records it); null until."""
     faiss_version: str = faiss.__version__
     projection_sha256: str | None = None
-    """SHA-256 of ``projection.safetensors`` (the fitted ``kfac`` bases); null for a seeded projection."""
+    """SHA-256 of ``projection.safetensors`` (the fitted ``kfac`` bases and the inverse); null when seeded."""
 
 
 @dataclass

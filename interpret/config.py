@@ -270,9 +270,14 @@ class GradientIndexConfig(Checked):
     chunk_rows: int = setting(1024, ge=1, doc="Training rows per shard: the resume and progress grain.")
 
     @property
+    def fitted(self) -> bool:
+        """Whether the projection is fitted to the data (``kfac`` with a rank) rather than seeded."""
+        return self.projection == "kfac" and self.rank is not None
+
+    @property
     def identity(self) -> dict:
         """The settings that change the stored gradients (a resumed build must share them)."""
-        kfac = {"fit_rows": self.fit_rows} if self.projection == "kfac" and self.rank is not None else {}
+        kfac = {"fit_rows": self.fit_rows} if self.fitted else {}
         return {"rank": self.rank, "seed": self.seed, "projection": self.projection, **kfac}
 
 

@@ -71,15 +71,14 @@ def check_gradient_factory(factory: str) -> None:
 
 
 def gradient_spec(engine: Engine, config: GradientIndexConfig) -> GradientSpec:
-    kfac = config.projection == "kfac" and config.rank is not None
     return GradientSpec(
         config.rank,
         config.seed,
         config.preconditioner,
         config.damping,
         engine.identity.tracked_layers,
-        config.projection if config.rank is not None else "random",
-        min(config.fit_rows, len(engine.examples)) if kfac else None,
+        "kfac" if config.fitted else "random",
+        min(config.fit_rows, len(engine.examples)) if config.fitted else None,
     )
 
 
@@ -91,7 +90,7 @@ def _shard_store(engine: Engine, directory: str | Path, config: GradientIndexCon
 
 def fit_chunks(engine: Engine, config: GradientIndexConfig) -> int:
     """Chunks of the ``kfac`` fit sample (0 for a seeded projection)."""
-    if config.projection == "random" or config.rank is None:
+    if not config.fitted:
         return 0
     return math.ceil(min(config.fit_rows, len(engine.examples)) / FIT_CHUNK)
 
@@ -114,7 +113,7 @@ def fit_projection(
     seeded sample of ``fit_rows`` training rows (the Kronecker factors summed chunk by chunk over the
     workers, then :func:`eigen_bases`). Fitted bases are kept beside the shards, so a resumed build reuses
     them; ``progress(chunks done, chunks)`` as the factor chunks finish."""
-    if config.projection == "random" or config.rank is None:
+    if not config.fitted:
         return Projection(config.rank, config.seed)
     store = _shard_store(engine, directory, config)
     if (bases := store.load_bases()) is not None:

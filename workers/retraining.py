@@ -45,6 +45,7 @@ def ray_mapper(max_parallel: int | None = None, cpus_per_task: float = 1.0):
                 running[task.remote(spec, examples_ref, rows, threads)] = position
             finished, _ = ray.wait(list(running), num_returns=1)
             for reference in finished:
-                yield running.pop(reference), torch.from_numpy(ray.get(reference))
+                # a copy: arrays read off the object store are read-only views
+                yield running.pop(reference), torch.tensor(ray.get(reference))
 
     return mapper

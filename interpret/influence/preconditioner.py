@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interpret.influence.projection import Projection
+from interpret.influence.projection import Projection, Projector
 
 PRECONDITIONERS = ("fisher", "identity", "hessian")
 
@@ -78,7 +78,9 @@ def gradient_index_scores(test_gradient: torch.Tensor, stored: torch.Tensor) -> 
     return -(stored.double() @ test_gradient.double())
 
 
-def subspace_s_test(v: torch.Tensor, projector, inverse: torch.Tensor, damping: float) -> torch.Tensor:
+def subspace_s_test(
+    v: torch.Tensor, projector: Projector, inverse: torch.Tensor, damping: float
+) -> torch.Tensor:
     """``s_test`` from the index's own curvature:
 
         s = v / damping + R^T [(C + damping I)^-1 - I / damping] R v
