@@ -280,4 +280,5 @@ def read_projection(
         )
     inverse = bases.pop(INVERSE_KEY)
     projection = Projection(spec.get("rank"), spec.get("seed", 0), bases)
-    return projection, IndexCurvature(projection, inverse, float(spec["damping"]))
+    damping = float(spec["damping"])
+    return projection, IndexCurvature(projection, inverse, damping, manifest.projection_sha256)

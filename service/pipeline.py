@@ -204,7 +204,7 @@ def answer_query(
     needs_s_test = method != "gradient" or config.rerank is not None
     key = (engine.identity.model_fingerprint, text, pair, point.label, config.s_test_key)
     if solver == "index":  # which index's curvature: a rebuilt index gives another s_test
-        key += (engine.gradient_index.manifest.projection_sha256,)
+        key += (curvature.digest,)
     cached = cache.get(key) if cache is not None and needs_s_test else None
     clock = time.perf_counter()
     pending = None

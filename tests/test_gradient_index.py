@@ -300,6 +300,20 @@ def test_the_manifest_refuses_other_weights_data_or_tracked_set(engine_dirs, tmp
         local_engine(engine_dirs[0], gradient_index_dir=engine_dirs[1])
 
 
+def test_the_same_bases_with_another_damping_are_another_curvature(engine_dirs, tmp_path):
+    """The pool and the s_test cache key the index solver's inverse by the curvature's digest: the bases
+    alone would hand a rebuilt index (same sample, new damping) the old inverse."""
+    engine = local_engine(engine_dirs[0])
+    identity = engine.identity
+    fingerprints = (identity.model_fingerprint, identity.data_fingerprint, 1)
+    loaded = []
+    for damping in (0.1, 0.2):
+        _build(engine, tmp_path / f"d{damping}", damping=damping)
+        loaded.append(load_gradient_index(tmp_path / f"d{damping}", *fingerprints).curvature)
+    assert loaded[0].projection == loaded[1].projection
+    assert loaded[0].digest != loaded[1].digest and loaded[1].damping == 0.2
+
+
 def test_swapped_kfac_bases_are_refused_and_an_older_manifest_reads_as_random(engine_dirs, tmp_path):
     from safetensors.numpy import load_file, save_file
 

@@ -160,16 +160,23 @@ def test_attack_shows_the_edits(page, server):
     _shoot(page, "attack")
 
 
+def _lissa_knobs(page, depth: str, repetitions: str | None = None) -> None:
+    """Open "Advanced" and set LiSSA for the tiny model (damping 0.1, scale 20)."""
+    page.click("details summary")
+    page.fill("#inf-depth", depth)
+    if repetitions is not None:
+        page.fill("#inf-reps", repetitions)
+    page.fill("#inf-damping", "0.1")
+    page.fill("#inf-scale", "20")
+
+
 def test_influence_lists_quality_and_a_training_examples_saliency(page, server):
     _open(page, f"{server}/?view=influence")
     page.fill("#text", SENTENCE)
     page.select_option("#inf-method", "fastif")
     page.fill("#inf-top", "4")
     page.fill("#inf-k", "40")
-    page.click("details summary")
-    page.fill("#inf-depth", "20")
-    page.fill("#inf-damping", "0.1")
-    page.fill("#inf-scale", "20")
+    _lissa_knobs(page, depth="20")
     page.click("#influence-form button[type=submit]")
     page.wait_for_selector("#helpful table, #helpful p")
     page.wait_for_selector("#harmful table, #harmful p")
@@ -185,11 +192,7 @@ def test_influence_lists_quality_and_a_training_examples_saliency(page, server):
 def test_a_long_influence_query_shows_progress_and_can_be_cancelled(page, server):
     _open(page, f"{server}/?view=influence")
     page.select_option("#inf-method", "full")
-    page.click("details summary")
-    page.fill("#inf-depth", "5000")  # seconds of LiSSA on the tiny model
-    page.fill("#inf-reps", "1")
-    page.fill("#inf-damping", "0.1")
-    page.fill("#inf-scale", "20")
+    _lissa_knobs(page, depth="5000", repetitions="1")  # seconds of LiSSA on the tiny model
     page.click("#influence-form button[type=submit]")
     page.wait_for_selector("#inf-progress:not(.hidden)")
     page.click("#inf-cancel")

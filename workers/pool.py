@@ -104,7 +104,7 @@ class WorkerPool:
             slot = self.workers.slots(1)[0]
             calls = [Call("exact s_test", "solve", args, slot, context, keep=("value",))]
         elif config.solver == "index":
-            inverse = self._shared(curvature.projection.digest, curvature.inverse)
+            inverse = self._shared(curvature.digest, curvature.inverse)
             args = (text, pair, label, curvature.projection, inverse, curvature.damping)
             slot = self.workers.slots(1)[0]
             calls = [Call("index s_test", "index_solve", args, slot, context, keep=("value",))]

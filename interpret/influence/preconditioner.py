@@ -40,6 +40,9 @@ class IndexCurvature:
     inverse: np.ndarray
     """``(C + damping I)^-1`` ``[d, d]``, float32."""
     damping: float
+    digest: str
+    """SHA-256 of the bases and the inverse together: two indexes with the same bases can still differ in
+    damping or preconditioner, so this (not the projection's digest) names the curvature."""
 
 
 def second_moment(gradients: torch.Tensor) -> torch.Tensor:

@@ -205,12 +205,12 @@ class Projector:
         return _gaussian(self.rank, width, self.seed * 1_000_003 + stream, tracked.dtype, tracked.device)
 
     def projected_sides(self) -> list[tuple[str, int]]:
-        """``(name, width)`` of every side wider than the rank: the ones ``kfac`` fits a basis for."""
+        """``(name, width)`` of every projected side (the rest are kept whole): the ones ``kfac`` fits."""
         sides = []
         for slot in self.slots:
-            for side, width in (("out", slot.module.out_features), ("in", slot.in_width)):
-                if self.rank is not None and width > self.rank:
-                    sides.append((f"{slot.name}:{side}", width))
+            for side, matrix in (("out", slot.project_out), ("in", slot.project_in)):
+                if matrix is not None:
+                    sides.append((f"{slot.name}:{side}", matrix.shape[1]))
         return sides
 
     def describe(self) -> list[dict]:
