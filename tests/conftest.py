@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +21,36 @@ POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "warm", "smart"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "weak", "cold", "silly"]
 NEUTRAL = ["the", "movie", "film", "plot", "is", "was", "a", "very", "and", "story", "cast", "quite"]
 SHARED_SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pytest_report_header(config) -> list[str]:
+    """Which machine a report came from: float64 results that come from solves round differently on
+    other CPUs and BLAS kernels (``tests/exactness.py`` says how the tests allow for it)."""
+    from threadpoolctl import threadpool_info
+
+    libraries = ", ".join(
+        f"{i['internal_api']} {i.get('version') or ''} ({i.get('architecture') or i['prefix']}, "
+        f"{i['num_threads']} threads)".replace("  ", " ")
+        for i in threadpool_info()
+    )
+    torch_blas = "MKL" if torch.backends.mkl.is_available() else "no MKL"
+    return [
+        f"cpu: {_cpu_model()}, {os.cpu_count()} logical cores",
+        f"torch {torch.__version__}: {torch_blas}, {torch.backends.cpu.get_cpu_capability()} kernels, "
+        f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
+        f"threadpoolctl: {libraries or 'no native thread pools loaded yet'}",
+    ]
 
 
 def synthetic_rows(count: int, seed: int) -> list[tuple[str, int]]:
