@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from interpret.concurrency import lock_of, serialized
+from interpret.models import uses_token_types
 
 
 @dataclass
@@ -45,5 +46,7 @@ class TextClassifier:
     def logits(self, **inputs: torch.Tensor) -> torch.Tensor:
         """The model's logits, holding the model's lock: a ``TrackedModel`` on another thread may be
         swapping tensors into the same modules (see ``interpret.concurrency``)."""
+        if not uses_token_types(self.model):
+            inputs.pop("token_type_ids", None)
         with lock_of(self.model):
             return self.model(**inputs).logits

@@ -92,10 +92,17 @@ def model_fingerprint(model: nn.Module) -> str:
 
 @dataclass
 class FrozenState:
-    """Output of the frozen bottom: hidden states ``[B, S, H]`` (or features ``[B, D]``) and the mask."""
+    """Output of the frozen bottom: hidden states ``[B, S, H]`` (or features ``[B, D]``) and the mask.
+
+    On the generic path (any architecture, :class:`TrackedModel`) nothing is frozen ahead: ``hidden`` holds
+    the token ids ``[B, S]``, ``token_types`` the segment ids where the model uses them, and
+    ``padding_value`` the id that fills padded positions (a decoder's head pools on the last token that is
+    not the pad id, so a batch assembled from blocks must pad with that id)."""
 
     hidden: torch.Tensor
     mask: torch.Tensor | None
+    token_types: torch.Tensor | None = None
+    padding_value: int = 0
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
@@ -104,10 +111,11 @@ class FrozenState:
         """Rows of the batch, with padding columns that no selected row uses trimmed away."""
         hidden = self.hidden[rows]
         if self.mask is None:
-            return FrozenState(hidden, None)
+            return FrozenState(hidden, None, padding_value=self.padding_value)
         mask = self.mask[rows]
         used = int(mask.sum(dim=1).max().item()) if len(mask) else 0
-        return FrozenState(hidden[:, :used], mask[:, :used])
+        types = None if self.token_types is None else self.token_types[rows][:, :used]
+        return FrozenState(hidden[:, :used], mask[:, :used], types, self.padding_value)
 
 
 @dataclass
@@ -168,13 +176,75 @@ _ARCHITECTURES = {
 }
 
 
-def _architecture(model: nn.Module) -> _Architecture:
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in _ARCHITECTURES:
+def has_fast_path(model: nn.Module) -> bool:
+    """Whether the model's family has the frozen-bottom split (run the frozen layers once, then only the
+    tracked ones): BERT and RoBERTa-style encoders. Every other family takes the generic path."""
+    return getattr(model.config, "model_type", None) in _ARCHITECTURES
+
+
+def is_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` or transformers' ``Conv1D`` (GPT-2's linear layer, weight stored ``[in, out]``)."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def uses_token_types(model: nn.Module) -> bool:
+    """Whether the model embeds segment ids (``type_vocab_size > 0``). Others never get them, even where
+    their forward accepts them: GPT-2 would look them up in its word embeddings."""
+    return getattr(model.config, "type_vocab_size", 0) > 0
+
+
+def linear_widths(module: nn.Module) -> tuple[int, int]:
+    """``(in, out)`` widths of a linear layer of either kind."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.weight.shape[0], module.weight.shape[1]
+
+
+@dataclass
+class _Generic:
+    """Where any classifier keeps its blocks and its final linear layer, found from its modules alone."""
+
+    blocks: nn.ModuleList
+    block_prefix: str
+    final_prefix: str
+    head_names: list[str]
+    """Parameters registered after the last block (final norm, pooler, head): tracked with any block."""
+
+
+def _generic_architecture(model: nn.Module) -> _Generic:
+    """The blocks are the ``nn.ModuleList`` holding the most parameters (the encoder or decoder layers of
+    every transformers family); the final layer is the last linear one whose output width is the number of
+    labels; the head is every parameter that ``named_parameters`` lists after the blocks' last one."""
+    lists = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    if not lists:
+        raise UnsupportedModelError(f"{type(model).__name__} has no list of blocks (nn.ModuleList) to track")
+    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    block_name, blocks = max(lists, key=lambda item: size(item[1]))
+    num_labels = int(model.config.num_labels)
+    finals = [n for n, m in model.named_modules() if is_linear(m) and linear_widths(m)[1] == num_labels]
+    if not finals:
         raise UnsupportedModelError(
-            f"model_type {model_type!r} has no frozen/tracked split; supported: {sorted(_ARCHITECTURES)}"
+            f"{type(model).__name__} has no linear layer with {num_labels} outputs (its classification head)"
         )
-    return _ARCHITECTURES[model_type](model)
+    names = [n for n, _ in model.named_parameters()]
+    last_block = max(i for i, n in enumerate(names) if n.startswith(f"{block_name}."))
+    return _Generic(blocks, f"{block_name}.", f"{finals[-1]}.", names[last_block + 1 :])
+
+
+def _architecture(model: nn.Module) -> _Architecture:
+    return _ARCHITECTURES[model.config.model_type](model)
+
+
+def _ensure_padding(model: nn.Module, tokenizer) -> None:
+    """Decoder classifiers (GPT-2, Llama, Qwen2) often ship without a pad token, and their HF class then
+    refuses batches. Pad with the end-of-text token, as their model cards advise, and tell the config."""
+    if getattr(tokenizer, "pad_token_id", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if (
+        getattr(model.config, "pad_token_id", None) is None
+        and getattr(tokenizer, "pad_token_id", None) is not None
+    ):
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -185,17 +255,46 @@ def additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 class TrackedModel:
     """A classifier seen as ``logits = f(theta; frozen(x))`` with ``theta`` the flat tracked parameters.
 
-    ``tracked_layers=N`` tracks the last N encoder layers, the pooler/head and the final linear layer
-    (N=0: the head alone); ``"classifier"`` tracks the final linear layer only, which makes the loss
-    convex in ``theta`` (multinomial logistic regression on fixed features).
+    ``tracked_layers=N`` tracks the last N blocks, the pooler/head and the final linear layer (N=0: the
+    head alone); ``"classifier"`` tracks the final linear layer only, which makes the loss convex in
+    ``theta`` (multinomial logistic regression on fixed features).
+
+    Two paths give the same answers (``tests/test_architectures.py`` checks them against each other):
+
+    * the fast path, for BERT and RoBERTa-style encoders: the frozen layers run once per example
+      (``frozen``), and ``logits`` runs only the tracked layers;
+    * the generic path, for any ``AutoModelForSequenceClassification`` of standard modules: ``frozen``
+      keeps the token ids, and ``logits`` runs the whole model under ``functional_call`` with the tracked
+      parameters swapped in. Its blocks and final layer are found without naming the family
+      (:func:`_generic_architecture`). ``generic=True`` forces it on a model that has the fast path.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, tracked_layers: TrackedScope = 2, max_length: int = 128):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        tracked_layers: TrackedScope = 2,
+        max_length: int = 128,
+        generic: bool | None = None,
+    ):
         self.model = model
         self.tokenizer = serialized(tokenizer)
         self.max_length = max_length
-        self.arch = _architecture(model)
-        num_layers = len(self.arch.layers)
+        self.generic = not has_fast_path(model) if generic is None else generic
+        if self.generic:
+            self.arch, self.layout = None, _generic_architecture(model)
+            blocks, block_prefix = self.layout.blocks, self.layout.block_prefix
+            final_prefix = self.layout.final_prefix
+            _ensure_padding(model, tokenizer)
+        else:
+            self.arch, self.layout = _architecture(model), None
+            blocks, block_prefix, final_prefix = (
+                self.arch.layers,
+                self.arch.layer_prefix,
+                self.arch.final_prefix,
+            )
+        self._blocks, self._block_prefix, self.final_prefix = blocks, block_prefix, final_prefix
+        num_layers = len(blocks)
         if tracked_layers != "classifier" and not (
             isinstance(tracked_layers, int) and 0 <= tracked_layers <= num_layers
         ):
@@ -206,14 +305,15 @@ class TrackedModel:
         self.first_tracked_layer = (
             num_layers if tracked_layers == "classifier" else num_layers - tracked_layers
         )
-        prefixes = [self.arch.final_prefix]
+        prefixes = [final_prefix]
         if tracked_layers != "classifier":
-            prefixes += list(self.arch.head_prefixes)
-            prefixes += [f"{self.arch.layer_prefix}{i}." for i in range(self.first_tracked_layer, num_layers)]
+            prefixes += list(self.layout.head_names if self.generic else self.arch.head_prefixes)
+            prefixes += [f"{block_prefix}{i}." for i in range(self.first_tracked_layer, num_layers)]
         self.parameter_names = [n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))]
         named = dict(model.named_parameters())
         self._shapes = [named[n].shape for n in self.parameter_names]
         self._sizes = [named[n].numel() for n in self.parameter_names]
+        self._uses_token_types = uses_token_types(model)
 
     # ----------------------------------------------------------------------------------------- params
     @property
@@ -232,7 +332,12 @@ class TrackedModel:
     @property
     def feature_dim(self) -> int:
         """Width of ``features``: the input of the final linear layer."""
-        return int(self.model.get_submodule(self.arch.final_prefix.rstrip(".")).in_features)
+        return linear_widths(self.final_module)[0]
+
+    @property
+    def final_module(self) -> nn.Module:
+        """The final linear layer (its input is ``features``)."""
+        return self.model.get_submodule(self.final_prefix.rstrip("."))
 
     @property
     def device(self) -> torch.device:
@@ -263,12 +368,17 @@ class TrackedModel:
         return out
 
     def tracked_layer_modules(self) -> list[nn.Module]:
-        """The tracked encoder layers (put them in train mode to fine-tune with dropout)."""
-        return [self.arch.layers[i] for i in range(self.first_tracked_layer, len(self.arch.layers))]
+        """The tracked blocks (put them in train mode to fine-tune with dropout)."""
+        return [self._blocks[i] for i in range(self.first_tracked_layer, len(self._blocks))]
 
     # --------------------------------------------------------------------------------------- inputs
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Tokenise a batch (single sentences, or premise/hypothesis pairs), padded to its longest."""
+        """Tokenise a batch (single sentences, or premise/hypothesis pairs), padded to its longest.
+
+        Always padded on the right, whatever the tokenizer's ``padding_side``: a causal model numbers its
+        positions from the first column, so left padding would shift a row's positions with the length of
+        its batch, and its logits with them. On the right, pads follow the real tokens, which a causal
+        model never attends back to, and the head pools on the last non-pad token as its HF class does."""
         encoded = self.tokenizer(
             list(texts),
             list(pairs) if pairs is not None else None,
@@ -276,7 +386,10 @@ class TrackedModel:
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
+            padding_side="right",
         )
+        if not self._uses_token_types:
+            encoded.pop("token_type_ids", None)
         return {k: v.to(self.device) for k, v in encoded.items()}
 
     # -------------------------------------------------------------------------------------- forward
@@ -293,16 +406,42 @@ class TrackedModel:
 
     @torch.no_grad()
     def frozen(self, encoded: dict[str, torch.Tensor]) -> FrozenState:
-        """Run everything below the tracked parameters once (no graph)."""
+        """Run everything below the tracked parameters once (no graph); the generic path keeps the ids."""
         if self.tracked_layers == "classifier":
             return FrozenState(self.features(encoded), None)
+        if self.generic:
+            pad = self.model.config.pad_token_id
+            return FrozenState(
+                encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), int(pad or 0)
+            )
         return FrozenState(self._bottom(encoded, self.first_tracked_layer), encoded["attention_mask"])
 
     @torch.no_grad()
     def features(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
         """The input of the final linear layer (the kNN representation)."""
-        sequence = self._bottom(encoded, len(self.arch.layers))
-        return self.arch.head(sequence, self._call(None))
+        if not self.generic:
+            sequence = self._bottom(encoded, len(self.arch.layers))
+            return self.arch.head(sequence, self._call(None))
+        captured: list[torch.Tensor] = []
+        with lock_of(self.model):  # the hook sees every forward through the module: one thread at a time
+            handle = self.final_module.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+            try:
+                self.model(**encoded)
+            finally:
+                handle.remove()
+        features = captured[-1]
+        if features.dim() == 3:  # a decoder's head scores every position, then keeps the last real one
+            features = features[torch.arange(len(features)), self._last_tokens(encoded["input_ids"])]
+        return features
+
+    def _last_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Each row's last position whose id is not the pad id: where decoder classifiers' HF classes pool
+        (the rightmost such position; right padding puts it after the row's text)."""
+        pad = self.model.config.pad_token_id
+        if pad is None:
+            return torch.full((len(input_ids),), input_ids.shape[1] - 1, device=input_ids.device)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return (positions * (input_ids != pad)).argmax(-1)
 
     def _call(self, params: dict[str, torch.Tensor] | None) -> Callable[..., torch.Tensor]:
         def call(prefix: str, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
@@ -318,14 +457,28 @@ class TrackedModel:
     def logits(self, theta: torch.Tensor | None, state: FrozenState) -> torch.Tensor:
         """Logits from the frozen state, as a function of ``theta`` (``None``: the module's own weights)."""
         call = self._call(None if theta is None else self.unflatten(theta))
-        final = self.model.get_submodule(self.arch.final_prefix.rstrip("."))
         if self.tracked_layers == "classifier":
-            return call(self.arch.final_prefix, final, state.hidden)
+            return call(self.final_prefix, self.final_module, state.hidden)
+        if self.generic:
+            return self._generic_logits(theta, state)
         hidden = state.hidden
         additive = additive_attention_mask(state.mask, hidden.dtype)
         for i in range(self.first_tracked_layer, len(self.arch.layers)):
             hidden = call(f"{self.arch.layer_prefix}{i}.", self.arch.layers[i], hidden, additive)
-        return call(self.arch.final_prefix, final, self.arch.head(hidden, call))
+        return call(self.final_prefix, self.final_module, self.arch.head(hidden, call))
+
+    def _generic_logits(self, theta: torch.Tensor | None, state: FrozenState) -> torch.Tensor:
+        inputs = {"input_ids": state.hidden, "attention_mask": state.mask}
+        if state.token_types is not None:
+            inputs["token_type_ids"] = state.token_types
+        with lock_of(self.model):
+            if theta is None:
+                return self.model(**inputs).logits
+            # the untracked weights go in detached: a gradient of theta must not carry a graph over them
+            tracked = set(self.parameter_names)
+            weights = {n: p.detach() for n, p in self.model.named_parameters() if n not in tracked}
+            weights.update(self.unflatten(theta))
+            return functional_call(self.model, weights, args=(), kwargs=inputs).logits
 
     @torch.no_grad()
     def predict_logits(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -50,9 +50,22 @@ def test_tracked_parameter_sets(tiny64):
         TrackedModel(model, tokenizer, 4)
 
 
-def test_unsupported_architecture_is_named():
+def test_a_model_without_blocks_or_head_is_named():
+    """Any family is accepted (tests/test_architectures.py); a model with no list of blocks, or no linear
+    layer as wide as its labels, is refused with what is missing."""
+
+    class NoBlocks(torch.nn.Module):
+        config = GPT2Config(num_labels=2)
+
+        def __init__(self):
+            super().__init__()
+            self.score = torch.nn.Linear(4, 2)
+
+    with pytest.raises(UnsupportedModelError, match="no list of blocks"):
+        TrackedModel(NoBlocks(), None, 0)
     model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10))
-    with pytest.raises(UnsupportedModelError, match="gpt2"):
+    model.config.num_labels = 3  # the score layer has 2 outputs
+    with pytest.raises(UnsupportedModelError, match="3 outputs"):
         TrackedModel(model, None, 1)
 
 

@@ -1,13 +1,21 @@
 """What the attacks share: word-piece ids in, gradients of the loss at the embeddings, the output type.
 
-An attack edits word-pieces of a real tokenizer. Candidate replacements are whole-word vocabulary entries
-only: no special tokens, no ``[unusedN]`` slots, no ``##`` continuation pieces, nothing in
-``ignore_tokens``, so an edited input still reads as words. Positions holding special tokens or ignored
-tokens are never edited.
+An attack edits whole words of a real tokenizer, whatever its kind: WordPiece (``##`` marks a
+continuation), byte-level BPE (``Ġ`` marks a word start: GPT-2, RoBERTa, Qwen2) or SentencePiece (``▁``
+marks a word start: DeBERTa-v3, ALBERT, XLM-R, Llama). The kind is read from the tokenizer's own
+pre-tokenizer (:func:`word_start_rule`). The rules:
+
+* a word is the tokenizer's own word (its ``word_ids``): an edit replaces or removes all of its pieces, so
+  no edit ever splits a word;
+* a replacement is one vocabulary entry that starts a word: no special tokens, no ``[unusedN]`` or
+  ``<...>`` slots, no continuation pieces, nothing in ``ignore_tokens``, so an edited input still reads as
+  words;
+* special tokens and words holding an ignored token are never edited.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,37 +116,79 @@ def loss_gradients(
     return losses.detach(), gradient, embeddings.detach()
 
 
+def word_start_rule(tokenizer) -> Callable[[str], bool]:
+    """Whether a vocabulary entry can start a word, from how the tokenizer splits text: byte-level BPE
+    marks a word's first piece with ``Ġ``, SentencePiece with ``▁``; WordPiece marks the other pieces
+    (``##``). A tokenizer without a ``tokenizers`` backend is judged by its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        splitting = f"{backend.pre_tokenizer!r} {backend.decoder!r}"
+        if "ByteLevel" in splitting:
+            return lambda token: token.startswith("Ġ")
+        if "▁" in splitting or "▁" in repr(backend.normalizer):
+            return lambda token: token.startswith("▁")
+        prefix = getattr(backend.model, "continuing_subword_prefix", None) or "##"
+        return lambda token: not token.startswith(prefix)
+    vocab = tokenizer.get_vocab()
+    marker = next((m for m in ("Ġ", "▁") if sum(t.startswith(m) for t in vocab) > len(vocab) // 4), None)
+    return (lambda token: token.startswith(marker)) if marker else (lambda token: not token.startswith("##"))
+
+
 def candidate_vocabulary(classifier: TextClassifier, ignore_tokens: tuple[str, ...]) -> torch.Tensor:
-    """Boolean ``[V]``: ids an attack may insert (whole words, not special, not ignored)."""
+    """Boolean ``[V]``: ids an attack may insert (word starts, not special, not ignored)."""
     tokenizer = classifier.tokenizer
     vocab_size = classifier.embeddings.num_embeddings
-    allowed = torch.ones(vocab_size, dtype=torch.bool)
-    for token_id in tokenizer.all_special_ids:
-        allowed[token_id] = False
-    vocab = tokenizer.get_vocab()
-    # Byte-level BPE / SentencePiece mark word starts ("Ġthe", "▁the"); WordPiece marks continuations ("##s").
-    marker = next((m for m in ("Ġ", "▁") if f"{m}the" in vocab), None)
-    for token, token_id in vocab.items():
+    allowed = torch.zeros(vocab_size, dtype=torch.bool)  # an embedding row with no vocabulary entry: never
+    starts_word = word_start_rule(tokenizer)
+    for token, token_id in tokenizer.get_vocab().items():
         if token_id >= vocab_size:
             continue
         bracketed = token.startswith(("[", "<")) and token.endswith(("]", ">"))
-        continuation = not token.startswith(marker) if marker else token.startswith("##")
-        if continuation or bracketed or token in ignore_tokens or not token.strip("Ġ▁"):
+        usable = starts_word(token) and not bracketed and token not in ignore_tokens and token.strip("Ġ▁")
+        allowed[token_id] = bool(usable)
+    for token_id in tokenizer.all_special_ids:
+        if token_id < vocab_size:
             allowed[token_id] = False
     return allowed.to(classifier.device)
 
 
-def editable_positions(
-    classifier: TextClassifier, ids: torch.Tensor, ignore_tokens: tuple[str, ...]
-) -> list[int]:
-    """Positions that are neither special tokens nor in ``ignore_tokens``."""
+def editable_words(
+    classifier: TextClassifier, text: str, pair: str | None, ignore_tokens: tuple[str, ...]
+) -> list[list[int]]:
+    """The positions of each editable word of ``encode_ids(text, pair)``, in order: the tokenizer's own
+    words (``word_ids``, numbered per sentence), none holding a special or an ignored token."""
+    encoding = classifier.tokenizer(text, pair, truncation=True, max_length=classifier.max_length)
+    ids = encoding["input_ids"]
     special = set(classifier.tokenizer.all_special_ids)
-    tokens = tokens_of(classifier, ids)
+    tokens = classifier.tokenizer.convert_ids_to_tokens(ids)
+    words: dict[tuple[int, int], list[int]] = {}
+    for position, (word, sequence) in enumerate(
+        zip(encoding.word_ids(), encoding.sequence_ids(), strict=True)
+    ):
+        if word is not None:
+            words.setdefault((sequence, word), []).append(position)
     return [
-        i
-        for i, (t, tid) in enumerate(zip(tokens, ids.tolist(), strict=True))
-        if tid not in special and t not in ignore_tokens
+        positions
+        for positions in words.values()
+        if not any(ids[p] in special or tokens[p] in ignore_tokens for p in positions)
     ]
+
+
+def without_positions(row: dict[str, torch.Tensor], positions: list[int]) -> dict[str, torch.Tensor]:
+    """The row with the pieces at ``positions`` removed."""
+    keep = torch.ones(len(row["input_ids"]), dtype=torch.bool, device=row["input_ids"].device)
+    keep[positions] = False
+    return {k: v[keep] for k, v in row.items()}
+
+
+def word_gradient_norms(gradient: torch.Tensor, words: list[list[int]]) -> list[float]:
+    """``||d loss / d e_w||`` of each word: the norm over all of its pieces' embeddings."""
+    return [float(gradient[positions].norm()) for positions in words]
+
+
+def words_text(classifier: TextClassifier, tokens: list[str]) -> str:
+    """The surface text of some pieces (a word's, for an edit's ``before``)."""
+    return classifier.tokenizer.convert_tokens_to_string(tokens).strip()
 
 
 def first_order_scores(

@@ -1,33 +1,31 @@
-"""Input Reduction (Feng et al. 2018), as AllenNLP Interpret runs it, on word-pieces.
+"""Input Reduction (Feng et al. 2018), as AllenNLP Interpret runs it, on whole words of any tokenizer.
 
-Repeatedly remove the least important word-piece (smallest gradient norm of the loss of the original
-label at its embedding, as AllenNLP ranks them) while the prediction stays the same, keeping a beam of
-``max(1, min(beam_size, L - 3))`` candidates (``L``: the current length in word-pieces); return the
-shortest reduced input found. Special tokens and ``ignore_tokens`` are never removed.
+Repeatedly remove the least important word, all of its pieces (smallest gradient norm of the loss of the
+original label at its pieces' embeddings, as AllenNLP ranks word-pieces) while the prediction stays the same,
+keeping a beam of ``max(1, min(beam_size, L - 3))`` candidates (``L``: the current length in word-pieces);
+return the shortest reduced input found. Special tokens and words holding an ``ignore_tokens`` entry are never
+removed; one ``WordEdit`` is reported per removed piece.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from interpret.attacks.base import (
     DEFAULT_IGNORE_TOKENS,
     AttackResult,
     WordEdit,
-    editable_positions,
+    editable_words,
     encode_ids,
     loss_gradients,
     probabilities,
     tokens_of,
+    without_positions,
+    word_gradient_norms,
 )
 from interpret.cancellation import checkpoint
 from interpret.classifier import TextClassifier
 from interpret.config import InputReductionParams
-
-
-def _without(row: dict[str, torch.Tensor], position: int) -> dict[str, torch.Tensor]:
-    return {k: torch.cat([v[:position], v[position + 1 :]]) for k, v in row.items()}
 
 
 def input_reduction(
@@ -43,17 +41,18 @@ def input_reduction(
     start = encode_ids(classifier, text, pair)
     before = probabilities(classifier, [start])[0]
     label = int(before.argmax()) if label is None else label
-    # each beam entry: (row, original positions still present)
-    beam = [(start, list(range(len(start["input_ids"]))))]
+    # each beam entry: (row, original positions still present, its words' current positions)
+    words = editable_words(classifier, text, pair, tuple(ignore_tokens))
+    beam = [(start, list(range(len(start["input_ids"]))), words)]
     best, best_probabilities = beam[0], before
     while beam:
         checkpoint()
         candidates = []
-        for row, kept in beam:
-            candidates += _reductions(classifier, row, kept, label, beam_size, tuple(ignore_tokens))
+        for row, kept, words in beam:
+            candidates += _reductions(classifier, row, kept, words, label, beam_size)
         if not candidates:
             break
-        outputs = probabilities(classifier, [row for row, _ in candidates])
+        outputs = probabilities(classifier, [row for row, *_ in candidates])
         keeps = outputs.argmax(axis=1) == label
         order = [i for i in np.argsort(-outputs[:, label], kind="stable") if keeps[i]]
         width = max(1, min(beam_size, len(candidates[0][0]["input_ids"]) - 3))
@@ -75,12 +74,19 @@ def input_reduction(
     )
 
 
-def _reductions(classifier, row, kept, label: int, beam_size: int, ignore_tokens) -> list:
-    """Up to ``beam_size`` one-piece-shorter inputs, removing the least important pieces first."""
-    positions = editable_positions(classifier, row["input_ids"], ignore_tokens)
-    if len(positions) <= 1:
+def _reductions(classifier, row, kept, words, label: int, beam_size: int) -> list:
+    """Up to ``beam_size`` one-word-shorter inputs, removing the least important words first."""
+    if len(words) <= 1:
         return []
     _, gradient, _ = loss_gradients(classifier, [row], [label])
-    importance = gradient[0].norm(dim=-1)
-    ranked = sorted(positions, key=lambda p: float(importance[p]))[:beam_size]
-    return [(_without(row, p), kept[:p] + kept[p + 1 :]) for p in ranked]
+    importance = word_gradient_norms(gradient[0], words)
+    ranked = sorted(range(len(words)), key=lambda w: importance[w])[:beam_size]
+    return [_remove(row, kept, words, w) for w in ranked]
+
+
+def _remove(row, kept, words, word: int):
+    """``(row, kept, words)`` with ``word`` removed and the later words' positions shifted."""
+    gone = words[word]
+    shifted = [[p - len(gone) if p > gone[-1] else p for p in positions] for positions in words]
+    left = [p for i, p in enumerate(kept) if i not in set(gone)]
+    return without_positions(row, gone), left, shifted[:word] + shifted[word + 1 :]

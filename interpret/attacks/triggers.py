@@ -6,7 +6,9 @@ the gradient of the loss at the trigger embeddings over the batch, proposes for 
 the ``candidates`` vocabulary entries with the best first-order change (HotFlip's step), evaluates every
 single replacement on the batch (the real loss, not the approximation), and keeps the best if it helps.
 Untargeted: raise the loss of the inputs' true label; with ``target``: lower the loss of the target.
-The trigger goes right after the first token (``[CLS]`` / ``<s>``).
+The trigger goes right after the tokenizer's leading special tokens (``[CLS]`` / ``<s>``; a decoder's
+tokenizer often has none), and the attacked texts are encoded as if a space preceded them, so that with a
+byte-level BPE their first word starts a word (``Ġ``) instead of gluing onto the trigger.
 """
 
 from __future__ import annotations
@@ -40,18 +42,32 @@ class TriggerResult:
     """Mean attack loss on the iteration's batch after each iteration (lower = stronger trigger)."""
 
 
-def with_trigger(row: dict[str, torch.Tensor], trigger: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Insert the trigger after the first token; segment ids of the inserted pieces copy the first's."""
-    out = {"input_ids": torch.cat([row["input_ids"][:1], trigger, row["input_ids"][1:]])}
+def trigger_slot(classifier: TextClassifier) -> int:
+    """Where a trigger goes: after the special tokens the tokenizer puts before a text."""
+    ids = encode_ids(classifier, "the")["input_ids"].tolist()
+    special = set(classifier.tokenizer.all_special_ids)
+    return next((i for i, token in enumerate(ids) if token not in special), len(ids))
+
+
+def encode_for_trigger(classifier: TextClassifier, text: str) -> dict[str, torch.Tensor]:
+    """A text's ids as they follow a trigger: encoded after a space (``Ġthe``, not ``the``)."""
+    return encode_ids(classifier, " " + text.lstrip())
+
+
+def with_trigger(row: dict[str, torch.Tensor], trigger: torch.Tensor, slot: int) -> dict[str, torch.Tensor]:
+    """Insert the trigger at ``slot``; segment ids of the inserted pieces copy the first piece's."""
+    ids = row["input_ids"]
+    out = {"input_ids": torch.cat([ids[:slot], trigger, ids[slot:]])}
     if "token_type_ids" in row:
         types = row["token_type_ids"]
-        out["token_type_ids"] = torch.cat([types[:1], types[:1].expand(len(trigger)), types[1:]])
+        out["token_type_ids"] = torch.cat([types[:slot], types[:1].expand(len(trigger)), types[slot:]])
     return out
 
 
 def _attack_loss(classifier, rows, trigger, labels, target) -> float:
     """The attack's objective on ``rows`` (lower is better for the attacker)."""
-    triggered = [with_trigger(r, trigger) for r in rows]
+    slot = trigger_slot(classifier)
+    triggered = [with_trigger(r, trigger, slot) for r in rows]
     goal = [target] * len(rows) if target is not None else labels
     mean = float(losses(classifier, triggered, goal).mean())
     return mean if target is not None else -mean
@@ -72,10 +88,12 @@ def search_trigger(
     if not texts or len(texts) != len(labels):
         raise ValueError("texts and labels must be non-empty and of equal length")
     rng = np.random.default_rng(seed)
-    rows = [encode_ids(classifier, t) for t in texts]
+    rows = [encode_for_trigger(classifier, t) for t in texts]
     allowed = candidate_vocabulary(classifier, tuple(ignore_tokens))
     matrix = classifier.embeddings.weight.detach()
-    start_id = classifier.tokenizer.convert_tokens_to_ids(classifier.tokenizer.tokenize("the")[0])
+    start_id = classifier.tokenizer.convert_tokens_to_ids(classifier.tokenizer.tokenize(" the")[0])
+    if not allowed[start_id]:  # "the" is not one piece here: start from the first word-start entry
+        start_id = int(allowed.nonzero()[0])
     trigger = torch.full((num_tokens,), start_id, device=classifier.device)
     trace = []
     for _ in range(iterations):
@@ -91,15 +109,16 @@ def search_trigger(
 
 def _improve(classifier, batch, labels, trigger, target, matrix, allowed, candidates):
     goal = [target] * len(batch) if target is not None else labels
-    _, gradient, _ = loss_gradients(classifier, [with_trigger(r, trigger) for r in batch], goal)
-    trigger_gradient = gradient[:, 1 : 1 + len(trigger)].mean(dim=0)  # [T, D], averaged over the batch
+    slot = trigger_slot(classifier)
+    _, gradient, _ = loss_gradients(classifier, [with_trigger(r, trigger, slot) for r in batch], goal)
+    trigger_gradient = gradient[:, slot : slot + len(trigger)].mean(dim=0)  # [T, D], averaged over the batch
     best_loss = _attack_loss(classifier, batch, trigger, labels, target)
     best = trigger
     sign = -1.0 if target is not None else 1.0  # targeted: lower the target loss; else raise the true one
     for position in range(len(trigger)):
         change = sign * ((matrix - matrix[trigger[position]]) @ trigger_gradient[position])
         change = torch.where(allowed, change, torch.tensor(float("-inf"), device=change.device))
-        for token in torch.topk(change, candidates).indices.tolist():
+        for token in torch.topk(change, min(candidates, int(allowed.sum()))).indices.tolist():
             checkpoint()  # each candidate costs a forward pass over the batch
             proposal = trigger.clone()
             proposal[position] = token
@@ -113,10 +132,11 @@ def flip_rate(
     classifier: TextClassifier, texts: list[str], labels: list[int], trigger_ids: list[int] | None
 ) -> float:
     """Share of ``texts`` predicted other than their label (with the trigger prepended when given)."""
-    rows = [encode_ids(classifier, t) for t in texts]
-    if trigger_ids is not None:
-        trigger = torch.tensor(trigger_ids, device=classifier.device)
-        rows = [with_trigger(r, trigger) for r in rows]
+    if trigger_ids is None:
+        rows = [encode_ids(classifier, t) for t in texts]
+    else:
+        trigger, slot = torch.tensor(trigger_ids, device=classifier.device), trigger_slot(classifier)
+        rows = [with_trigger(encode_for_trigger(classifier, t), trigger, slot) for t in texts]
     predicted = probabilities(classifier, rows).argmax(axis=1)
     return float(np.mean(predicted != np.asarray(labels)))
 
@@ -164,10 +184,11 @@ def trigger_attack(
     )
     held_texts = [examples.texts[i] for i in held_rows]
     trigger = torch.tensor(found.trigger_ids, device=classifier.device)
-    attacked = with_trigger(row, trigger)
+    slot = trigger_slot(classifier)
+    attacked = with_trigger(encode_for_trigger(classifier, text), trigger, slot)
     after = probabilities(classifier, [attacked])[0]
     original, final = tokens_of(classifier, row["input_ids"]), tokens_of(classifier, attacked["input_ids"])
-    edits = [WordEdit(1 + i, None, token) for i, token in enumerate(found.trigger)]
+    edits = [WordEdit(slot + i, None, token) for i, token in enumerate(found.trigger)]
     reached = int(after.argmax()) == target if target is not None else int(after.argmax()) != label
     extra = {
         "trigger": " ".join(found.trigger),

@@ -54,18 +54,22 @@ class ExampleStates:
 
 
 def _assemble(blocks: list[tuple[np.ndarray, FrozenState]], total: int) -> FrozenState:
-    """Scatter blocks of different padded lengths into one batch in the original order."""
+    """Scatter blocks of different padded lengths into one batch in the original order (padded on the
+    right, with the state's own padding value: a decoder's head pools on the last non-pad id)."""
     first = blocks[0][1]
     if first.mask is None:
         hidden = first.hidden.new_empty((total, *first.hidden.shape[1:]))
         for positions, state in blocks:
             hidden[torch.as_tensor(positions)] = state.hidden
-        return FrozenState(hidden, None)
+        return FrozenState(hidden, None, padding_value=first.padding_value)
     width = max(state.hidden.shape[1] for _, state in blocks)
-    hidden = first.hidden.new_zeros((total, width, first.hidden.shape[2]))
+    hidden = first.hidden.new_full((total, width, *first.hidden.shape[2:]), first.padding_value)
     mask = first.mask.new_zeros((total, width))
+    types = None if first.token_types is None else first.token_types.new_zeros((total, width))
     for positions, state in blocks:
         index = torch.as_tensor(positions)
         hidden[index, : state.hidden.shape[1]] = state.hidden
         mask[index, : state.mask.shape[1]] = state.mask
-    return FrozenState(hidden, mask)
+        if types is not None:
+            types[index, : state.token_types.shape[1]] = state.token_types
+    return FrozenState(hidden, mask, types, first.padding_value)

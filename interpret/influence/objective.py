@@ -45,7 +45,16 @@ def hessian_vector_product(
 def per_example_gradients(
     tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor
 ) -> torch.Tensor:
-    """``[B, P]`` gradients of each example's loss; rows never mix (vmap over single examples)."""
+    """``[B, P]`` gradients of each example's loss; rows never mix (vmap over single examples).
+
+    On the generic path the whole HF model runs, and ``vmap`` over rows fails on the data-dependent
+    branches of its mask code, so each row is differentiated on its own (one backward per row)."""
+    if tracked.generic and state.mask is not None:
+        rows = [
+            grad(lambda t, i=i: mean_loss(tracked, t, state.select([i]), labels[i : i + 1]))(theta)
+            for i in range(len(state))
+        ]
+        return torch.stack(rows) if rows else theta.new_zeros((0, len(theta)))
 
     def one(hidden: torch.Tensor, mask: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
         single = FrozenState(hidden[None], None if mask is None else mask[None])

@@ -21,7 +21,9 @@ inverts is concentrated there too, so a rank-16 ``kfac`` projection keeps far mo
 than a Gaussian one of the same width (``benchmarks/gradient_index.py`` measures both; LoGra initialises
 its projection the same way). Its rows are orthonormal: it keeps the top subspace exactly and drops the rest.
 
-Which parameters: every ``nn.Linear`` weight and bias in the tracked set. LayerNorm weights and biases
+Which parameters: every ``nn.Linear`` (and transformers' ``Conv1D``) weight and bias in the tracked set.
+A module called more than once per forward (ALBERT's shared layer) gets the sum of its calls' gradients.
+Other parameters (embeddings, RMSNorm scales) are dropped by the index. LayerNorm weights and biases
 (0.08% of MiniLM's tracked set) are dropped by the index (their coordinates of ``R`` are zero;
 ``benchmarks/gradient_index.py`` measures their share of the gradient norm), or kept whole with
 ``layer_norms=True``: with ``rank=None`` as well, the "projection" is then a permutation of the full
@@ -40,7 +42,7 @@ from torch import nn
 
 from interpret.concurrency import lock_of
 from interpret.influence.objective import per_example_losses
-from interpret.models import FrozenState, TrackedModel
+from interpret.models import FrozenState, TrackedModel, is_linear, linear_widths
 
 MAX_IDENTITY_DIM = 1 << 16
 """An unprojected (``rank=None``) gradient wider than this is refused: it is meant for tiny models."""
@@ -51,7 +53,8 @@ class LinearSlot:
     """One tracked linear layer: where its weight and bias sit in ``theta`` and its two projections."""
 
     name: str
-    module: nn.Linear
+    module: nn.Module
+    """An ``nn.Linear`` (weight ``[out, in]``) or transformers' ``Conv1D`` (weight ``[in, out]``)."""
     weight_offset: int
     bias_offset: int | None
     project_out: torch.Tensor | None
@@ -61,13 +64,31 @@ class LinearSlot:
     ``None``: kept whole."""
 
     @property
+    def d_in(self) -> int:
+        return linear_widths(self.module)[0]
+
+    @property
+    def d_out(self) -> int:
+        return linear_widths(self.module)[1]
+
+    @property
+    def transposed(self) -> bool:
+        """The weight is stored ``[in, out]`` (``Conv1D``): its flat coordinates run over ``G^T``."""
+        return not isinstance(self.module, nn.Linear)
+
+    def weight_view(self, flat: torch.Tensor) -> torch.Tensor:
+        """The slot's weight coordinates of a flat vector as ``[d_out, d_in]``, whatever the storage."""
+        weight = flat[self.weight_offset : self.weight_offset + self.d_out * self.d_in]
+        return weight.view(self.d_in, self.d_out).T if self.transposed else weight.view(self.d_out, self.d_in)
+
+    @property
     def in_width(self) -> int:
         """Input columns of ``G``: ``d_in``, plus one for the bias when the layer has one."""
-        return self.module.in_features + (self.bias_offset is not None)
+        return self.d_in + (self.bias_offset is not None)
 
     @property
     def k_out(self) -> int:
-        return self.module.out_features if self.project_out is None else self.project_out.shape[0]
+        return self.d_out if self.project_out is None else self.project_out.shape[0]
 
     @property
     def k_in(self) -> int:
@@ -169,17 +190,18 @@ class Projector:
             if isinstance(module, nn.LayerNorm) and layer_norms:
                 bias = offsets[name.removesuffix("weight") + "bias"]
                 self.norms.append((name.removesuffix(".weight"), module, offsets[name], bias))
-            if not isinstance(module, nn.Linear):
+            if not is_linear(module):
                 continue  # a LayerNorm: kept whole above, or dropped (the module docstring)
             bias_offset = offsets.get(name.removesuffix("weight") + "bias")
-            in_width = module.in_features + (bias_offset is not None)
+            d_in, d_out = linear_widths(module)
+            in_width = d_in + (bias_offset is not None)
             self.slots.append(
                 LinearSlot(
                     name.removesuffix(".weight"),
                     module,
                     offsets[name],
                     bias_offset,
-                    self._side(f"{name.removesuffix('.weight')}:out", module.out_features, 2 * index),
+                    self._side(f"{name.removesuffix('.weight')}:out", d_out, 2 * index),
                     self._side(f"{name.removesuffix('.weight')}:in", in_width, 2 * index + 1),
                 )
             )
@@ -220,14 +242,15 @@ class Projector:
     # ----------------------------------------------------------------------------- the factored path
 
     def _backward(self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
-        """Each tracked module's ``(inputs, output gradients)`` of the batch's summed cross-entropy, from one
-        forward and backward (each example's loss reaches only its own activations, so the summed loss gives
-        every example its own output gradients)."""
-        captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Each tracked module's calls as ``(inputs, output gradients)`` pairs of the batch's summed
+        cross-entropy, from one forward and backward (each example's loss reaches only its own activations,
+        so the summed loss gives every example its own output gradients). A module used once per forward
+        has one call; a shared one (ALBERT) has one per use."""
+        captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
         def capture(name: str):
             def hook(_module, inputs, output):
-                captured[name] = (inputs[0].detach(), output)
+                captured.setdefault(name, []).append((inputs[0].detach(), output))
 
             return hook
 
@@ -242,20 +265,30 @@ class Projector:
             finally:
                 for handle in handles:
                     handle.remove()
-        output_grads = torch.autograd.grad(loss, [captured[name][1] for name, _ in modules])
-        return [captured[name][0] for name, _ in modules], output_grads
+        calls = [captured[name] for name, _ in modules]
+        grads = iter(torch.autograd.grad(loss, [output for module in calls for _, output in module]))
+        return [[(x, next(grads)) for x, _ in module] for module in calls]
+
+    @staticmethod
+    def _shared(calls, batch: int) -> bool:
+        """Whether some call ran on an input that every example shares (DeBERTa's relative-position
+        embeddings through its attention projections): its output gradient is summed over the batch, so
+        per-example factors of that call exist only one example at a time."""
+        return batch > 1 and any(x.shape[0] != batch for module in calls for x, _ in module)
 
     def gradients(self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor) -> torch.Tensor:
         """Projected per-example gradients ``[B, dim]`` of each example's cross-entropy."""
-        inputs, output_grads = self._backward(theta, state, labels)
+        calls = self._backward(theta, state, labels)
+        if self._shared(calls, len(state)):
+            rows = [self.gradients(theta, state.select([i]), labels[i : i + 1]) for i in range(len(state))]
+            return torch.cat(rows)
         mask = None if state.mask is None else state.mask.to(theta.dtype)
         parts = [
-            self._project(slot, x, grad, mask)
-            for slot, x, grad in zip(self.slots, inputs, output_grads, strict=False)
+            sum(self._project(slot, x, grad, mask) for x, grad in module)
+            for slot, module in zip(self.slots, calls, strict=False)
         ]
-        tail = zip(self.norms, inputs[len(self.slots) :], output_grads[len(self.slots) :], strict=True)
-        for (_, module, *_), x, grad in tail:
-            parts.append(_layer_norm_gradient(module, x, grad, mask))
+        for (_, module, *_), uses in zip(self.norms, calls[len(self.slots) :], strict=True):
+            parts.append(sum(_layer_norm_gradient(module, x, grad, mask) for x, grad in uses))
         return torch.cat(parts, dim=1)
 
     def factors(
@@ -264,22 +297,29 @@ class Projector:
         """The batch's Kronecker factors of every projected side, summed over real (unpadded) tokens, float64:
         ``"<layer>:in"`` -> ``A = sum_t [a_t; 1][a_t; 1]^T``, ``"<layer>:out"`` -> ``S = sum_t delta_t
         delta_t^T``. Sums over blocks (and shards) add up to the factors of the whole sample."""
-        inputs, output_grads = self._backward(theta, state, labels)
+        calls = self._backward(theta, state, labels)
+        if self._shared(calls, len(state)):
+            out: dict[str, torch.Tensor] = {}
+            for i in range(len(state)):
+                for side, block in self.factors(theta, state.select([i]), labels[i : i + 1]).items():
+                    out[side] = out.get(side, 0) + block
+            return out
         wanted = dict(self.projected_sides())
         out = {}
-        for slot, x, grad in zip(self.slots, inputs, output_grads, strict=False):
-            x, grad = _tokens(slot, x, grad, state.mask)
-            for side, rows in ((f"{slot.name}:in", x), (f"{slot.name}:out", grad)):
-                if side in wanted:  # a block in float32 or better (2x float64 speed), blocks added in float64
-                    rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
-                    out[side] = (rows.T @ rows).double()
+        for slot, module in zip(self.slots, calls, strict=False):
+            for x, grad in module:
+                x, grad = _tokens(slot, x, grad, state.mask)
+                for side, rows in ((f"{slot.name}:in", x), (f"{slot.name}:out", grad)):
+                    if side in wanted:  # a block in float32 or better (2x float64 speed), added in float64
+                        rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
+                        out[side] = out.get(side, 0) + (rows.T @ rows).double()
         return out
 
     def _project(self, slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask) -> torch.Tensor:
         if inputs.dim() == 2:  # pooler / classifier: one position per example
             inputs, grads = inputs[:, None], grads[:, None]
-        elif mask is not None:  # padded positions carry no gradient; make it exact
-            grads = grads * mask[:, : grads.shape[1], None]
+        elif (positions := _positions(inputs, mask)) is not None:  # pads carry no gradient; make it exact
+            grads = grads * positions[..., None]
         if slot.bias_offset is not None:
             inputs = torch.cat([inputs, inputs.new_ones((*inputs.shape[:2], 1))], dim=2)
         if slot.project_in is not None:
@@ -293,8 +333,8 @@ class Projector:
         per layer (and LayerNorm coordinates copied when kept)."""
         parts = []
         for slot in self.slots:
-            d_out, d_in = slot.module.out_features, slot.module.in_features
-            matrix = vector[slot.weight_offset : slot.weight_offset + d_out * d_in].view(d_out, d_in)
+            d_out = slot.d_out
+            matrix = slot.weight_view(vector)
             if slot.bias_offset is not None:
                 bias = vector[slot.bias_offset : slot.bias_offset + d_out]
                 matrix = torch.cat([matrix, bias[:, None]], dim=1)
@@ -321,10 +361,10 @@ class Projector:
                 matrix = slot.project_out.to(projected.dtype).T @ matrix
             if slot.project_in is not None:
                 matrix = matrix @ slot.project_in.to(projected.dtype)
-            d_out, d_in = slot.module.out_features, slot.module.in_features
-            out[slot.weight_offset : slot.weight_offset + d_out * d_in] = matrix[:, :d_in].reshape(-1)
+            d_in = slot.d_in
+            slot.weight_view(out).copy_(matrix[:, :d_in])
             if slot.bias_offset is not None:
-                out[slot.bias_offset : slot.bias_offset + d_out] = matrix[:, d_in]
+                out[slot.bias_offset : slot.bias_offset + slot.d_out] = matrix[:, d_in]
         for _, module, weight, bias in self.norms:
             width = module.normalized_shape[0]
             out[weight : weight + width] = projected[start : start + width]
@@ -341,7 +381,7 @@ class Projector:
         matrix = torch.zeros(self.dim, tracked.num_parameters, dtype=tracked.dtype, device=tracked.device)
         row = 0
         for slot in self.slots:
-            d_out, d_in = slot.module.out_features, slot.module.in_features
+            d_out, d_in = slot.d_out, slot.d_in
             eye_out = torch.eye(d_out, dtype=tracked.dtype, device=tracked.device)
             eye_in = torch.eye(slot.in_width, dtype=tracked.dtype, device=tracked.device)
             p_out = eye_out if slot.project_out is None else slot.project_out
@@ -349,8 +389,12 @@ class Projector:
             block = torch.kron(p_out, p_in)  # columns: (o, i) row-major over [W | b]
             columns = block.reshape(slot.dim, d_out, slot.in_width)
             rows = slice(row, row + slot.dim)
-            weight = columns[:, :, :d_in].reshape(slot.dim, -1)
-            matrix[rows, slot.weight_offset : slot.weight_offset + d_out * d_in] = weight
+            weight = columns[:, :, :d_in]
+            if slot.transposed:  # flat coordinates run over [in, out]
+                weight = weight.transpose(1, 2)
+            matrix[rows, slot.weight_offset : slot.weight_offset + d_out * d_in] = weight.reshape(
+                slot.dim, -1
+            )
             if slot.bias_offset is not None:
                 matrix[rows, slot.bias_offset : slot.bias_offset + d_out] = columns[:, :, d_in]
             row += slot.dim
@@ -362,15 +406,25 @@ class Projector:
         return matrix
 
 
+def _positions(inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The padding mask of a call's token positions, or ``None`` when the call does not run over the
+    batch's tokens (a shared input such as DeBERTa's relative-position table, whose positions are all
+    real)."""
+    if mask is None or inputs.shape[0] != mask.shape[0] or inputs.shape[1] > mask.shape[1]:
+        return None
+    return mask[:, : inputs.shape[1]]
+
+
 def _tokens(
     slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer's real tokens as rows: ``([T, d_in (+1)], [T, d_out])``, the bias input 1 appended."""
     if inputs.dim() == 3:
+        positions = _positions(inputs, mask)
         keep = (
             torch.ones(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
-            if mask is None
-            else mask[:, : inputs.shape[1]].bool()
+            if positions is None
+            else positions.bool()
         )
         inputs, grads = inputs[keep], grads[keep]
     if slot.bias_offset is not None:
@@ -383,8 +437,8 @@ def _layer_norm_gradient(
 ) -> torch.Tensor:
     """Per-example ``[dL/dw, dL/db]`` of a LayerNorm ``y = w * norm(x) + b``: ``sum_t delta_t * norm(x_t)``
     and ``sum_t delta_t``."""
-    if mask is not None and grads.dim() == 3:
-        grads = grads * mask[:, : grads.shape[1], None]
+    if grads.dim() == 3 and (positions := _positions(grads, mask)) is not None:
+        grads = grads * positions[..., None]
     normalized = torch.nn.functional.layer_norm(inputs, module.normalized_shape, eps=module.eps)
     dims = tuple(range(1, grads.dim() - 1))
     return torch.cat([(grads * normalized).sum(dims), grads.sum(dims)], dim=1)

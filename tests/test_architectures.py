@@ -1,0 +1,288 @@
+"""Any classifier: the generic path (the whole HF model under ``functional_call``) on tiny random models
+of nine families, against the HF forward, exact Hessians and the fast path, in float64."""
+
+import numpy as np
+import pytest
+import torch
+
+from interpret.influence import ExampleStates, exact_s_test, influence_scores, training_hessian
+from interpret.influence.exact import block_hessian
+from interpret.influence.objective import (
+    hessian_vector_product,
+    loss_gradient,
+    mean_loss,
+    per_example_gradients,
+)
+from interpret.influence.preconditioner import (
+    gradient_index_scores,
+    inverse_damped,
+    precondition,
+    projected_hessian,
+)
+from interpret.influence.projection import Projector, eigen_bases
+from interpret.models import TrackedModel, has_fast_path
+from tests.exactness import assert_same_solution, assert_solves, finite_difference_hvp, map_amplification
+from tests.families import DECODERS, FAMILIES, family_classifier
+
+FAST = ("bert", "roberta", "xlm-roberta")
+GENERIC = [f for f in FAMILIES if f not in FAST]
+
+
+@pytest.fixture(scope="module")
+def rows(train_set):
+    return train_set.subset(range(24))
+
+
+def _tracked(family, scope=1, **kwargs):
+    """A tiny float64 ``family`` classifier with its family's kind of tokenizer (``tests/families.py``)."""
+    return TrackedModel(*family_classifier(family), tracked_layers=scope, **kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_are_the_hf_forward_and_do_not_depend_on_padding(family, rows):
+    """Same arithmetic as the model's own forward (element-wise 1e-12); a padded row gives its unpadded
+    logits (right padding: a causal model's positions never shift)."""
+    tracked = _tracked(family)
+    assert tracked.generic == (family not in FAST)
+    encoded = tracked.encode(rows.texts[:6])
+    assert int(encoded["attention_mask"].sum(1).min()) < encoded["input_ids"].shape[1]  # some rows padded
+    theta = tracked.parameters()
+    states = tracked.frozen(encoded)
+    torch.testing.assert_close(
+        tracked.logits(theta, states), tracked.model(**encoded).logits, rtol=0, atol=1e-12
+    )
+    for i in range(6):
+        alone = tracked.frozen(tracked.encode(rows.texts[i : i + 1]))
+        torch.testing.assert_close(
+            tracked.logits(theta, alone)[0], tracked.logits(theta, states)[i], rtol=1e-9, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("family", GENERIC)
+def test_the_tracked_set_is_found_without_naming_the_family(family):
+    tracked = _tracked(family, scope=1)
+    names = tracked.parameter_names
+    final = tracked.final_prefix
+    assert any(n.startswith(final) for n in names) and tracked.feature_dim == 16
+    assert not any("embed" in n and "rel_embeddings" not in n for n in names)  # the bottom is not tracked
+    blocks = len(tracked.tracked_layer_modules())
+    assert blocks == 1
+    head_only = _tracked(family, scope=0)
+    assert set(head_only.parameter_names) < set(names)
+    classifier = _tracked(family, scope="classifier")
+    assert all(n.startswith(final) for n in classifier.parameter_names)
+    with pytest.raises(ValueError, match="tracked_layers"):
+        _tracked(family, scope=len(tracked._blocks) + 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hvp_and_forward_mode_scores_are_exact(family, rows):
+    """The explicit Hessian against finite differences; the HVP against it; forward-mode scores against
+    per-row autograd gradients: two formulas, no solve (1e-8 relative, float64)."""
+    tracked = _tracked(family, scope=0)
+    theta, train = tracked.parameters(), ExampleStates(tracked, rows)
+    states, labels = train.load(range(12))
+    loss = lambda t: mean_loss(tracked, t, states, labels)  # noqa: E731
+    explicit = block_hessian(loss, theta)
+    vector = torch.randn_like(theta)
+    reference = finite_difference_hvp(loss, theta, vector)
+    assert float((explicit @ vector - reference).norm() / reference.norm()) < 1e-6  # an independent check
+    torch.testing.assert_close(
+        hessian_vector_product(tracked, theta, states, labels, vector),
+        explicit @ vector,
+        rtol=1e-8,
+        atol=1e-12,
+    )
+    s_tests = torch.randn(2, tracked.num_parameters, dtype=theta.dtype)
+    forward = influence_scores(tracked, theta, s_tests, states, labels, method="jvp")
+    reverse = -(s_tests @ per_example_gradients(tracked, theta, states, labels).T)
+    torch.testing.assert_close(forward, reverse, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["distilbert", "deberta-v2", "electra", "gpt2", "qwen2", "albert"])
+def test_the_unprojected_hessian_index_is_the_exact_influence(family, rows):
+    """Projection-free, Hessian-preconditioned index scores equal explicit-Hessian influence on the
+    coordinates the index keeps (its linear layers: ``nn.Linear`` and GPT-2's ``Conv1D``)."""
+    tracked = _tracked(family, scope=0)
+    theta, train = tracked.parameters(), ExampleStates(tracked, rows)
+    damping = 0.05
+    projector = Projector(tracked, None)
+    selection = projector.dense_matrix()
+    full_hessian = training_hessian(tracked, theta, train)
+    states, labels = train.load(np.arange(len(rows)))
+    projected = projector.gradients(theta, states, labels)
+    kept = selection.abs().sum(0) > 0
+    exact_gradients = per_example_gradients(tracked, theta, states, labels)
+    torch.testing.assert_close(projected, exact_gradients @ selection.T, rtol=1e-9, atol=1e-12)  # no solve
+    stored = precondition(projected, inverse_damped(projected_hessian(full_hessian, selection), damping))
+    test_states, test_labels = train.load([3])
+    scores = gradient_index_scores(projector.gradients(theta, test_states, test_labels)[0], stored)
+    v = loss_gradient(tracked, theta, test_states, test_labels)[kept]
+    damped = full_hessian[kept][:, kept] + damping * torch.eye(int(kept.sum()), dtype=torch.float64)
+    s_test = exact_s_test(full_hessian[kept][:, kept], v, damping)
+    assert_solves(damped, s_test, v)
+    expected = -(exact_gradients[:, kept] @ s_test)
+    amplification = map_amplification(exact_gradients[:, kept], s_test)
+    assert_same_solution(scores, expected, damped, f"{family} index scores", amplification)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "albert"])
+def test_kfac_factors_sum_over_conv1d_and_shared_layers(family, rows):
+    """GPT-2's ``Conv1D`` stores ``[in, out]``; ALBERT calls one layer per block. The factored projection
+    still equals projecting the materialised gradient."""
+    tracked = _tracked(family, scope=1)
+    theta, train = tracked.parameters(), ExampleStates(tracked, rows)
+    states, labels = train.load(range(8))
+    bases = eigen_bases(Projector(tracked, 3).factors(theta, states, labels), 3)
+    projector = Projector(tracked, 3, bases=bases)
+    dense = projector.dense_matrix()
+    exact = per_example_gradients(tracked, theta, states, labels)
+    torch.testing.assert_close(
+        projector.gradients(theta, states, labels), exact @ dense.T, rtol=1e-9, atol=1e-12
+    )
+    vector = torch.randn_like(theta)
+    torch.testing.assert_close(projector.project_vector(vector), dense @ vector, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        projector.unproject(dense @ vector), dense.T @ (dense @ vector), rtol=1e-9, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("scope", ["classifier", 0, 1])
+def test_the_generic_path_equals_the_fast_path(tiny64, train_set, scope):
+    """Where both exist (BERT), the generic path gives the fast path's logits, gradients and scores to
+    1e-6 relative in float64 (the two run the same layers, the fast one with its own additive mask)."""
+    model, tokenizer = tiny64
+    assert has_fast_path(model)
+    fast = TrackedModel(model, tokenizer, tracked_layers=scope)
+    generic = TrackedModel(model, tokenizer, tracked_layers=scope, generic=True)
+    assert fast.parameter_names == generic.parameter_names
+    theta = fast.parameters()
+    rows = np.arange(20)
+    fast_states, labels = ExampleStates(fast, train_set).load(rows)
+    generic_states, _ = ExampleStates(generic, train_set).load(rows)
+    torch.testing.assert_close(
+        generic.logits(theta, generic_states), fast.logits(theta, fast_states), rtol=1e-6, atol=1e-10
+    )
+    torch.testing.assert_close(
+        per_example_gradients(generic, theta, generic_states, labels),
+        per_example_gradients(fast, theta, fast_states, labels),
+        rtol=1e-6,
+        atol=1e-10,
+    )
+    s_test = torch.randn(fast.num_parameters, dtype=torch.float64)
+    torch.testing.assert_close(
+        influence_scores(generic, theta, s_test, generic_states, labels),
+        influence_scores(fast, theta, s_test, fast_states, labels),
+        rtol=1e-6,
+        atol=1e-10,
+    )
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_a_decoder_without_a_pad_token_pads_with_end_of_text(family, rows):
+    model, tokenizer = family_classifier(family)
+    model.config.pad_token_id = None
+    tokenizer.pad_token = None
+    tracked = TrackedModel(model, tokenizer, tracked_layers=0)
+    assert model.config.pad_token_id == tokenizer.pad_token_id == tokenizer.eos_token_id  # told to the config
+    assert tracked.probabilities(rows.texts[:4]).shape == (4, 2)
+
+
+@pytest.mark.parametrize("family", ["electra", "qwen2"])
+def test_multi_class_text_pairs(family, train_set):
+    model, tokenizer = family_classifier(family, num_labels=4)
+    tracked = TrackedModel(model, tokenizer, tracked_layers=1)
+    texts, pairs = train_set.texts[:5], train_set.texts[5:10]
+    encoded = tracked.encode(texts, pairs)
+    logits = tracked.logits(tracked.parameters(), tracked.frozen(encoded))
+    assert logits.shape == (5, 4)
+    torch.testing.assert_close(logits, model(**encoded).logits, rtol=0, atol=1e-12)
+    assert ("token_type_ids" in encoded) == (family == "electra")  # segment ids only where the model has them
+
+
+# ------------------------------------------------------------------------------ end to end, per family
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """Per family: a random-weight base folder, fine-tuned by ``influence train``'s functions on 200 rows
+    (a fresh head, the last block and the head tracked) and saved with its card."""
+    from interpret.data import DataSpec, load_examples
+    from interpret.training import TrainConfig, save_classifier, train_classifier
+    from tests.conftest import synthetic_rows, write_tsv
+
+    data = tmp_path_factory.mktemp("rows200")
+    spec = DataSpec(str(write_tsv(data / "train.tsv", synthetic_rows(200, seed=5))))
+    rows = load_examples(spec)
+
+    def make(family):
+        base = tmp_path_factory.mktemp(f"{family}-base")
+        model, tokenizer = family_classifier(family, dtype=torch.float32)
+        model.save_pretrained(base)
+        tokenizer.save_pretrained(base)
+        config = TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3)
+        tracked, report = train_classifier(str(base), rows, 1, config, max_length=32, progress=False)
+        assert np.isfinite(report.final_loss)
+        folder = tmp_path_factory.mktemp(family)
+        save_classifier(folder, tracked, str(base), rows, config, report, spec)
+        return folder
+
+    return make
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_answers_on_every_family(family, family_dirs, tmp_path):
+    """Trained on 200 rows, then: both index kinds, the three query kinds, five saliency maps and three
+    attacks give sane answers, and no attack splits a word of the family's kind of tokenizer."""
+    from index import build_index
+    from interpret.attacks import hotflip, input_reduction, search_trigger
+    from interpret.attacks.base import word_start_rule
+    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.influence import LissaConfig
+    from interpret.models import encode_features, model_fingerprint
+    from interpret.saliency import SALIENCY_METHODS, TextClassifier, saliency
+    from service.builds import build_gradient_index
+    from service.pipeline import answer_query, local_engine
+
+    folder = family_dirs(family)
+    engine = local_engine(folder)
+    explainer = engine.backend.explainer
+    examples = engine.examples
+    assert len(examples) == 200 and explainer.tracked.generic == (family not in FAST)
+    features = encode_features(
+        TrackedModel(explainer.tracked.model, explainer.tracked.tokenizer, 0), examples.texts, progress=False
+    )
+    assert np.isfinite(features).all() and features.shape == (len(examples), 16)
+    build_index(features, tmp_path / "knn", model_fingerprint(explainer.tracked.model), examples.fingerprint)
+    build_gradient_index(engine, tmp_path / "grad", GradientIndexConfig(rank=4, damping=0.1))
+    engine = local_engine(folder, index_dir=tmp_path / "knn", gradient_index_dir=tmp_path / "grad")
+    lissa = LissaConfig(recursion_depth=5, batch_size=4, damping=0.1, scale=500.0)
+    text = "the plot was boring and fun"
+    for config in (
+        QueryConfig(top=3),
+        QueryConfig(top=3, rerank=6, lissa=lissa),
+        QueryConfig(method="fastif", k=20, top=3, lissa=lissa),
+    ):
+        answer = answer_query(engine, text, config=config)
+        assert len(answer.helpful) == 3 and len(answer.harmful) == 3, config
+        assert np.isfinite(answer.candidate_scores).all()
+    classifier = TextClassifier(explainer.tracked.model, explainer.tracked.tokenizer, max_length=32)
+    for method in SALIENCY_METHODS:
+        result = saliency(classifier, text, method)
+        assert len(result.scores) == len(result.tokens) and np.isfinite(result.scores).all(), method
+        words = {w for w in result.word_ids if w is not None}
+        assert words == set(range(6)), method  # grouped by the tokenizer's own words, whatever its pieces
+    starts_word = word_start_rule(classifier.tokenizer)
+    flipped = hotflip(classifier, text, max_flips=2)
+    assert flipped.edits and flipped.final[0] != flipped.original
+    assert all(starts_word(edit.after) for edit in flipped.edits)  # one whole word in, one whole word out
+    assert {edit.before for edit in flipped.edits} <= set(text.split())
+    reduced = input_reduction(classifier, text)
+    removed = classifier.tokenizer.convert_tokens_to_string([e.before for e in reduced.edits]).split()
+    assert len(reduced.final[0]) == len(reduced.original) - len(reduced.edits)
+    assert set(removed) <= set(text.split())  # whole words only
+    trigger = search_trigger(
+        classifier, examples.texts[:8], list(examples.labels[:8]), num_tokens=2, iterations=1
+    )
+    assert len(trigger.trigger) == 2 and np.isfinite(trigger.loss_trace).all()
+    assert all(starts_word(token) for token in trigger.trigger), trigger.trigger
