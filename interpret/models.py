@@ -313,7 +313,6 @@ class TrackedModel:
         named = dict(model.named_parameters())
         self._shapes = [named[n].shape for n in self.parameter_names]
         self._sizes = [named[n].numel() for n in self.parameter_names]
-        self._uses_token_types = uses_token_types(model)
 
     # ----------------------------------------------------------------------------------------- params
     @property
@@ -388,7 +387,7 @@ class TrackedModel:
             return_tensors="pt",
             padding_side="right",
         )
-        if not self._uses_token_types:
+        if not uses_token_types(self.model):
             encoded.pop("token_type_ids", None)
         return {k: v.to(self.device) for k, v in encoded.items()}
 

@@ -57,8 +57,8 @@ def hotflip(
     allowed = candidate_vocabulary(classifier, tuple(ignore_tokens))
     matrix = classifier.embeddings.weight.detach()
     original = tokens_of(classifier, original_ids)
-    words = editable_words(classifier, text, pair, tuple(ignore_tokens))  # current positions of each word
-    starts = [positions[0] for positions in words]  # each word's first position in the original
+    spans = editable_words(classifier, text, pair, tuple(ignore_tokens))  # each word's original positions
+    words = [list(positions) for positions in spans]  # and its current ones, as flips shorten the row
     budget = len(words) if max_flips is None else min(max_flips, len(words))
     flipped: list[int] = []
     after = before
@@ -90,9 +90,8 @@ def hotflip(
         flipped.append(word)
         after = probabilities(classifier, [row])[0]
     final = tokens_of(classifier, row["input_ids"])
-    spans = editable_words(classifier, text, pair, tuple(ignore_tokens))
     edits = [
-        WordEdit(starts[w], words_text(classifier, [original[p] for p in spans[w]]), final[words[w][0]])
+        WordEdit(spans[w][0], words_text(classifier, [original[p] for p in spans[w]]), final[words[w][0]])
         for w in sorted(flipped)
     ]
     return AttackResult(

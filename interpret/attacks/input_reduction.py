@@ -88,5 +88,5 @@ def _remove(row, kept, words, word: int):
     """``(row, kept, words)`` with ``word`` removed and the later words' positions shifted."""
     gone = words[word]
     shifted = [[p - len(gone) if p > gone[-1] else p for p in positions] for positions in words]
-    left = [p for i, p in enumerate(kept) if i not in set(gone)]
+    left = kept[: gone[0]] + kept[gone[-1] + 1 :]  # a word's pieces are contiguous
     return without_positions(row, gone), left, shifted[:word] + shifted[word + 1 :]

@@ -64,9 +64,8 @@ def with_trigger(row: dict[str, torch.Tensor], trigger: torch.Tensor, slot: int)
     return out
 
 
-def _attack_loss(classifier, rows, trigger, labels, target) -> float:
-    """The attack's objective on ``rows`` (lower is better for the attacker)."""
-    slot = trigger_slot(classifier)
+def _attack_loss(classifier, rows, trigger, slot: int, labels, target) -> float:
+    """The attack's objective on ``rows`` with ``trigger`` at ``slot`` (lower is better for the attacker)."""
     triggered = [with_trigger(r, trigger, slot) for r in rows]
     goal = [target] * len(rows) if target is not None else labels
     mean = float(losses(classifier, triggered, goal).mean())
@@ -95,24 +94,24 @@ def search_trigger(
     if not allowed[start_id]:  # "the" is not one piece here: start from the first word-start entry
         start_id = int(allowed.nonzero()[0])
     trigger = torch.full((num_tokens,), start_id, device=classifier.device)
+    slot = trigger_slot(classifier)
     trace = []
     for _ in range(iterations):
         chosen = rng.choice(len(rows), size=min(batch_size, len(rows)), replace=False)
         batch, batch_labels = [rows[i] for i in chosen], [labels[i] for i in chosen]
         trigger, loss = _improve(
-            classifier, batch, batch_labels, trigger, target, matrix, allowed, candidates
+            classifier, batch, batch_labels, trigger, slot, target, matrix, allowed, candidates
         )
         trace.append(loss)
     tokens = classifier.tokenizer.convert_ids_to_tokens(trigger.tolist())
     return TriggerResult(tokens, trigger.tolist(), trace)
 
 
-def _improve(classifier, batch, labels, trigger, target, matrix, allowed, candidates):
+def _improve(classifier, batch, labels, trigger, slot, target, matrix, allowed, candidates):
     goal = [target] * len(batch) if target is not None else labels
-    slot = trigger_slot(classifier)
     _, gradient, _ = loss_gradients(classifier, [with_trigger(r, trigger, slot) for r in batch], goal)
     trigger_gradient = gradient[:, slot : slot + len(trigger)].mean(dim=0)  # [T, D], averaged over the batch
-    best_loss = _attack_loss(classifier, batch, trigger, labels, target)
+    best_loss = _attack_loss(classifier, batch, trigger, slot, labels, target)
     best = trigger
     sign = -1.0 if target is not None else 1.0  # targeted: lower the target loss; else raise the true one
     for position in range(len(trigger)):
@@ -122,7 +121,7 @@ def _improve(classifier, batch, labels, trigger, target, matrix, allowed, candid
             checkpoint()  # each candidate costs a forward pass over the batch
             proposal = trigger.clone()
             proposal[position] = token
-            loss = _attack_loss(classifier, batch, proposal, labels, target)
+            loss = _attack_loss(classifier, batch, proposal, slot, labels, target)
             if loss < best_loss:
                 best, best_loss = proposal, loss
     return best, best_loss
