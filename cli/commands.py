@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -14,14 +14,22 @@ from rich.table import Table
 from cli.common import (
     ARTIFACTS,
     DEMO_SENTENCE,
+    IdColumn,
     LabelColumn,
     PairColumn,
     TextColumn,
+    TrackedLayers,
+    TrackedModules,
+    TrainData,
+    TrainMaxExamples,
+    TrustRemoteCode,
     app,
     console,
     data_spec,
     engine_for,
+    label_value,
     tracked_scope,
+    train_spec_of,
 )
 from interpret.config import FASTIF_PRESET, QueryConfig
 
@@ -36,7 +44,8 @@ def train(
     ] = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="Evaluation file or hub source.")] = None,
     out: Annotated[Path, typer.Option(help="Where to save the fine-tuned model.")] = ARTIFACTS / "model",
-    tracked_layers: Annotated[str, typer.Option(help="Last N encoder layers + head, or 'classifier'.")] = "2",
+    tracked_layers: TrackedLayers = None,
+    tracked_modules: TrackedModules = None,
     epochs: int = 1,
     batch_size: int = 32,
     learning_rate: float = 1e-4,
@@ -48,21 +57,68 @@ def train(
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,
     label_column: LabelColumn = "label",
+    label_names: Annotated[
+        str | None,
+        typer.Option(help="Names of labels 0..C-1, comma-separated (saved as id2label): negative,positive."),
+    ] = None,
 ) -> None:
     """Fine-tune the tracked layers of a classifier and save it (safetensors + card.json)."""
     from interpret.data import load_examples
+    from interpret.models import set_label_names
     from interpret.training import TrainConfig, save_classifier, train_classifier
 
     train_spec = data_spec(train_data, "train", text_column, pair_column, label_column, max_examples)
     eval_spec = data_spec(eval_data, "eval", text_column, pair_column, label_column)
     train_set, eval_set = load_examples(train_spec), load_examples(eval_spec)
     config = TrainConfig(epochs, batch_size, learning_rate, weight_decay, seed=seed)
-    console.print(f"fine-tuning the tracked set ({tracked_layers}) on {len(train_set):,} examples")
+    scope = tracked_scope(tracked_layers, tracked_modules)
+    console.print(f"fine-tuning the tracked set ({scope}) on {len(train_set):,} examples")
+    names = None if label_names is None else [n.strip() for n in label_names.split(",")]
+    if names is not None and len(names) < max(train_set.num_labels, eval_set.num_labels):
+        raise typer.BadParameter(
+            f"{len(names)} names for labels 0..{train_set.num_labels - 1}: give one per label",
+            param_hint="--label-names",
+        )
     tracked, report = train_classifier(
-        base_model, train_set, tracked_scope(tracked_layers), config, eval_set=eval_set
+        base_model, train_set, scope, config, len(names or ()) or None, eval_set
     )
+    if names is not None:
+        set_label_names(tracked.model.config, names)
     save_classifier(out, tracked, base_model, train_set, config, report, train_spec)
     console.print(f"eval accuracy {report.eval_accuracy:.4f} in {report.seconds:.0f} s; saved to {out}")
+
+
+@app.command("card")
+def card_command(
+    model: Annotated[Path, typer.Option(help="A model folder written by save_pretrained (any trainer).")],
+    train_data: Annotated[
+        str, typer.Option("--train", help="The data it was trained on: file or hub:NAME[/CFG]:SPLIT.")
+    ],
+    tracked_layers: TrackedLayers = None,
+    tracked_modules: TrackedModules = None,
+    max_length: Annotated[int, typer.Option(min=1, help="Tokens per input (truncation).")] = 128,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Write card.json for a model trained elsewhere (its data, tracked set and fingerprints), so query,
+    serve, index build and evaluate find the training data by themselves."""
+    from interpret.checkpoint import DEFAULT_TRACKED_LAYERS, read_card, write_card
+
+    spec = train_spec_of(train_data, text_column, pair_column, label_column, train_max_examples, id_column)
+    if not spec.is_hub:  # later commands may run from another folder
+        spec = replace(spec, source=str(Path(spec.source).resolve()))
+    scope = tracked_scope(
+        tracked_layers, tracked_modules, read_card(model).get("tracked_layers", DEFAULT_TRACKED_LAYERS)
+    )
+    written = write_card(model, spec, scope, max_length, trust_remote_code)
+    console.print(
+        f"wrote {model / 'card.json'}: {written['num_examples']:,} training rows from {spec.source}, "
+        f"tracked set {written['tracked_layers']!r}"
+    )
 
 
 def _print_answer(result: dict, text: str) -> None:
@@ -71,8 +127,8 @@ def _print_answer(result: dict, text: str) -> None:
     probability = prediction["probabilities"][prediction["label"]]
     how = quality["method"] + (f" (rerank {quality['rerank']})" if quality.get("rerank") else "")
     console.print(
-        f"[bold]{text}[/bold]\npredicted label {prediction['label']} (p={probability:.3f}); "
-        f"explaining label {result['label_used']}; method {how}, {quality['candidates']:,} training "
+        f"[bold]{text}[/bold]\npredicted {prediction['label_name']} (p={probability:.3f}); "
+        f"explaining {result['label_used_name']}; method {how}, {quality['candidates']:,} training "
         "examples scored"
     )
     sides = (
@@ -96,7 +152,7 @@ def _print_answer(result: dict, text: str) -> None:
             table.add_column(column)
         for e in examples:
             distance = ("" if e["distance"] is None else f"{e['distance']:.3f}",) if with_distance else ()
-            table.add_row(e["id"], str(e["label"]), f"{e['score']:.4g}", *distance, e["text"])
+            table.add_row(e["id"], e["label_name"], f"{e['score']:.4g}", *distance, e["text"])
         console.print(table)
     console.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in quality["timings_s"].items()))
 
@@ -105,7 +161,9 @@ def _print_answer(result: dict, text: str) -> None:
 def query(
     text: Annotated[str, typer.Option(help="The sentence to explain.")],
     pair: Annotated[str | None, typer.Option(help="Second sentence of a pair (NLI hypothesis).")] = None,
-    label: Annotated[int | None, typer.Option(help="Label to explain; default: the predicted one.")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Label to explain, by index or name; default: the predicted one.")
+    ] = None,
     method: Annotated[
         str | None,
         typer.Option(help="gradient | fastif | full; default: gradient when its index exists, else fastif."),
@@ -126,6 +184,7 @@ def query(
     full_scan: Annotated[bool, typer.Option(help="Same as --method full.")] = False,
     exact: Annotated[bool, typer.Option(help="Exact s_test (small tracked sets only).")] = False,
     model: Path = ARTIFACTS / "model",
+    train_data: TrainData = None,
     index: Path = ARTIFACTS / "index",
     gradient_index: Annotated[
         Path | None,
@@ -152,9 +211,15 @@ def query(
         str | None, typer.Option(envvar="INFLUENCE_API_KEY", help="The service's API key, if it has one.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+    trust_remote_code: TrustRemoteCode = False,
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
 ) -> None:
     """Which training examples made this prediction: the gradient index, FastIF, or a full scan."""
-    from interpret.config import LissaConfig
+    from interpret.config import LissaConfig, resolve_label
 
     lissa = LissaConfig(recursion_depth, lissa_batch_size, repetitions, damping, scale, seed)
     method = "full" if full_scan else method
@@ -162,7 +227,7 @@ def query(
         method=method, k=k, top=top, rerank=rerank, solver=solver, cg_rows=cg_rows, lissa=lissa, exact=exact
     )
     if url is not None:
-        result = _remote_query(url, api_key, text, pair, label, config)
+        result = _remote_query(url, api_key, text, pair, label_value(label), config)
     else:
         from service.pipeline import answer_query
         from service.responses import influence_result
@@ -174,12 +239,18 @@ def query(
             None if method in ("full", "gradient") else index,
             None if method in ("full", "fastif") else gradient_index,
         )
-        engine = engine_for(model, *indexes, workers, deadline, optional)
+        train = train_spec_of(
+            train_data, text_column, pair_column, label_column, train_max_examples, id_column
+        )
+        engine = engine_for(
+            model, *indexes, workers, deadline, optional, train=train, trust_remote_code=trust_remote_code
+        )
         try:
-            answer = answer_query(engine, text, pair, label, config, progress=not as_json)
+            label_index = resolve_label(label_value(label), engine.identity.label_names, "--label")
+            answer = answer_query(engine, text, pair, label_index, config, progress=not as_json)
         finally:
             engine.shutdown()
-        result = influence_result(answer, config).model_dump()
+        result = influence_result(answer, config, engine.identity.label_names).model_dump()
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -214,6 +285,14 @@ def serve(
             help="Gradient index folder [env INFLUENCE_GRADIENT_INDEX_DIR; artifacts/gradient-index]."
         ),
     ] = None,
+    train_data: Annotated[
+        str | None,
+        typer.Option(
+            "--train",
+            help="The model's training data [env INFLUENCE_TRAIN_DATA; the card's]. Without any, the "
+            "service serves prediction, saliency and attacks, and says influence needs it.",
+        ),
+    ] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: Annotated[
@@ -224,22 +303,52 @@ def serve(
     import uvicorn
 
     from service.app import create_app
+    from service.core import InfluenceService
     from service.settings import Settings
+    from workers import connect
 
-    given = {"model_dir": model, "index_dir": index, "gradient_index_dir": gradient_index, "workers": workers}
+    given = {
+        "model_dir": model,
+        "index_dir": index,
+        "gradient_index_dir": gradient_index,
+        "workers": workers,
+        "train_data": train_data,
+    }
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
+    # Built here, not in the app's lifespan: a bad folder or data file is one line (main), not uvicorn's
+    # traceback, and nothing listens before the model and data have loaded.
+    settings.check_model()
+    connect()
+    service = InfluenceService(settings)
     typer.echo(  # plain echo, not rich: the example must stay on one line to be pasted
         f"serving {settings.model_dir} on http://{host}:{port} (docs: /docs). Try:\n"
         f"  curl -s http://{host}:{port}/v1/influence -H 'content-type: application/json' "
         f"""-d '{{"inputs": [{{"text": "{DEMO_SENTENCE}"}}], "top": 5}}'"""
     )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="info",
-        timeout_keep_alive=settings.keep_alive_s,
-    )
+    if service.engine.examples is None:
+        typer.echo(f"no training data: {service.models().models[0].influence_unavailable}")
+    try:
+        uvicorn.run(
+            create_app(settings, service),
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_keep_alive=settings.keep_alive_s,
+        )
+    finally:
+        service.shutdown()
+
+
+SST2_LABEL_NAMES = ("negative", "positive")
+
+
+def _config_label_names(model_dir: Path) -> list[str] | None:
+    """The label names a saved model's config.json holds (no model load), or ``None``."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        return None
+    id2label = json.loads(path.read_text()).get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)]
 
 
 DEMO_CPU_EXAMPLES = 10_000
@@ -281,12 +390,13 @@ def demo(
         ARTIFACTS / "index",
         ARTIFACTS / "gradient-index",
     )
-    if read_card(model_dir).get("data_spec") != asdict(sst2_spec("train", max_examples)):
+    cached = read_card(model_dir).get("data_spec") == asdict(sst2_spec("train", max_examples))
+    if not cached or _config_label_names(model_dir) != list(SST2_LABEL_NAMES):
         console.print(
             f"fine-tuning on {'all of SST-2' if max_examples is None else f'{max_examples:,} SST-2 rows'} "
             "(--full for all of it)"
         )
-        train(out=model_dir, max_examples=max_examples)
+        train(out=model_dir, max_examples=max_examples, label_names=",".join(SST2_LABEL_NAMES))
     else:
         console.print(f"using the cached model in {model_dir}")
     # The cards record the saved weights' fingerprint, so no model load is needed to judge the cache;

@@ -28,13 +28,35 @@ ARTIFACTS = Path(os.environ.get("INFLUENCE_ARTIFACTS", "artifacts"))
 DEMO_SENTENCE = "a gorgeous, witty, seductive movie."
 
 
-def tracked_scope(value: str) -> int | str:
-    if value == "classifier":
-        return value
+def tracked_scope(value: str | None, modules: str | None = None, default: int | str = 2) -> int | str:
+    """``--tracked-layers`` / ``--tracked-modules`` as one tracked set (``interpret.models.parse_scope``),
+    or a usage error; ``default`` when neither is given."""
+    from interpret.models import MODULES_PREFIX, parse_scope
+
+    if value is not None and modules is not None:
+        raise typer.BadParameter("give --tracked-layers or --tracked-modules, not both")
     try:
-        return int(value)
-    except ValueError:
-        raise typer.BadParameter("an integer number of layers, or 'classifier'") from None
+        if modules is not None:
+            return parse_scope(MODULES_PREFIX + modules)
+        return parse_scope(value) if value is not None else default
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--tracked-modules" if modules else None) from None
+
+
+TrackedLayers = Annotated[
+    str | None,
+    typer.Option(
+        help="What influence is taken over: the last N blocks + head (2), 'classifier' (the final linear "
+        "layer), 'lora' (a PEFT adapter's weights), or 'modules:PATTERN,...'."
+    ),
+]
+TrackedModules = Annotated[
+    str | None,
+    typer.Option(
+        help="Track the parameters of these modules: comma-separated fnmatch patterns of module names, "
+        "e.g. '*.layer.5.attention.*,classifier' (same as --tracked-layers modules:...)."
+    ),
+]
 
 
 def data_spec(
@@ -53,6 +75,65 @@ def data_spec(
     return DataSpec(source, **columns, max_examples=max_examples)
 
 
+def train_spec_of(
+    train_data: str | None,
+    text_column: str = "text",
+    pair_column: str | None = None,
+    label_column: str = "label",
+    max_examples: int | None = None,
+    id_column: str | None = None,
+):
+    """``--train`` and its data options as a data spec (the one the card, ``influence train`` and the
+    service's ``INFLUENCE_TRAIN_*`` settings also write); ``None`` (not given): the model card's."""
+    from interpret.data import DataSpec
+
+    if train_data is None:
+        return None
+    columns = {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
+    return DataSpec(train_data, **columns, id_column=id_column, max_examples=max_examples)
+
+
+def training_for(model: Path, train_data: str | None, *columns, needs: str = "influence"):
+    """``--train`` as a data spec, refused at once (before any model or data loads) when neither it nor
+    the model's card names the training data that ``needs`` it."""
+    from interpret.checkpoint import require_training_data
+
+    spec = train_spec_of(train_data, *columns)
+    require_training_data(model, spec, needs)
+    return spec
+
+
+TrainData = Annotated[
+    str | None,
+    typer.Option(
+        "--train",
+        help="The model's training data (file or hub:NAME[/CFG]:SPLIT); default: the one its card.json names "
+        "(`influence card` writes one).",
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        envvar="INFLUENCE_TRUST_REMOTE_CODE",
+        help="Run code shipped in the model folder (auto_map); only for folders you trust.",
+    ),
+]
+
+
+def label_value(value: str | None) -> int | str | None:
+    """A ``--label`` as the CLI reads it: digits are an index, anything else a label name."""
+    if value is None:
+        return None
+    return int(value) if value.strip().isdigit() else value
+
+
+TrainMaxExamples = Annotated[
+    int | None,
+    typer.Option(
+        "--max-examples", min=1, help="With --train: the seeded subset of N rows the model was trained on."
+    ),
+]
+IdColumn = Annotated[str | None, typer.Option(help="Column holding example ids (default: row numbers).")]
 TextColumn = Annotated[str, typer.Option(help="Column holding the text.")]
 PairColumn = Annotated[str | None, typer.Option(help="Column holding the second text of a pair (NLI).")]
 LabelColumn = Annotated[str, typer.Option(help="Column holding integer labels 0..C-1.")]
@@ -65,25 +146,32 @@ def engine_for(
     workers: int | None,
     deadline: float,
     gradient_optional: bool = False,
+    train=None,
+    needs: str = "influence",
+    trust_remote_code: bool = False,
 ):
-    """The engine a local query runs on, with whichever indexes exist."""
+    """The engine a local query or evaluation runs on, with whichever indexes exist; ``train`` is the
+    ``--train`` data (``None``: the card's). Refused before the model loads when there is no data."""
+    from interpret.checkpoint import require_training_data
     from service.pipeline import local_engine, pooled_engine
 
+    require_training_data(model, train, needs)
     index_dir = index if index is not None and index.exists() else None
     gradient = {
         "gradient_index_dir": gradient_index
         if gradient_index is not None and gradient_index.exists()
         else None,
         "gradient_index_optional": gradient_optional,
+        "trust_remote_code": trust_remote_code,
     }
     if workers is None:
-        return local_engine(model, index_dir=index_dir, **gradient)
+        return local_engine(model, train, index_dir=index_dir, **gradient)
     from workers import PoolSettings
 
     if workers < 0:
         raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
     settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
-    return pooled_engine(model, index_dir=index_dir, settings=settings, **gradient)
+    return pooled_engine(model, train, index_dir=index_dir, settings=settings, **gradient)
 
 
 def checked_options(config_class, **values):

@@ -10,16 +10,20 @@ import typer
 from cli.common import (
     ARTIFACTS,
     EvalData,
+    IdColumn,
     LabelColumn,
     ModelDir,
     PairColumn,
     ReportFolder,
     TextColumn,
+    TrainData,
+    TrainMaxExamples,
     app,
     checked_options,
     data_spec,
     engine_for,
     tqdm_progress,
+    training_for,
     write_and_show,
 )
 from interpret.config import FASTIF_PRESET, EvaluationConfig, QueryConfig
@@ -61,6 +65,7 @@ def _check_methods(methods: list[str] | None, default: list[str]) -> list[str]:
 @evaluate_app.command("loo")
 def loo(
     model: ModelDir = ARTIFACTS / "model",
+    train_data: TrainData = None,
     index: Index = ARTIFACTS / "index",
     eval_data: EvalData = None,
     test_points: TestPoints = 8,
@@ -73,13 +78,18 @@ def loo(
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,
     label_column: LabelColumn = "label",
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
 ) -> None:
     """Leave-one-out on the convex head: predicted vs actual change of test losses (Pearson, Spearman)."""
     from service.evaluation import fit_head, head_features, loo_head, sample_rows
 
     checked_options(EvaluationConfig, m=m, damping=damping, seed=seed)
+    train = training_for(
+        model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
+    )
     test = _test_set(eval_data, text_column, pair_column, label_column)
-    engine = engine_for(model, index, None, None, 900.0)
+    engine = engine_for(model, index, None, None, 900.0, train=train)
     try:
         head = fit_head(engine, damping, tqdm_progress("features"))
         rows = sample_rows(len(test), test_points, seed)
@@ -95,6 +105,7 @@ def lds(
         str, typer.Option(help="head: the convex head on every row; tracked: the model's own tracked set.")
     ] = "head",
     model: ModelDir = ARTIFACTS / "model",
+    train_data: TrainData = None,
     index: Index = ARTIFACTS / "index",
     gradient_index: Annotated[
         Path | None, typer.Option(help="tracked: gradient index [built in --cache when missing].")
@@ -121,6 +132,8 @@ def lds(
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,
     label_column: LabelColumn = "label",
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
 ) -> None:
     """Linear datamodeling score: do summed scores rank retrained subsets by their test loss?"""
     from dataclasses import replace
@@ -137,10 +150,14 @@ def lds(
     if scale not in ("head", "tracked"):
         raise typer.BadParameter("head or tracked", param_hint="--scale")
     checked_options(EvaluationConfig, subsets=subsets, fraction=fraction, damping=damping, seed=seed)
+    methods = _check_methods(methods, ["gradient", "fastif"]) if scale == "tracked" else methods
+    train = training_for(
+        model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
+    )
     test = _test_set(eval_data, text_column, pair_column, label_column)
     rows = sample_rows(len(test), test_points, seed)
     if scale == "head":
-        engine = engine_for(model, index, None, None, 900.0)
+        engine = engine_for(model, index, None, None, 900.0, train=train)
         try:
             head = fit_head(engine, damping, tqdm_progress("features"))
             features = head_features(engine, test.subset(rows))
@@ -149,10 +166,9 @@ def lds(
         report = lds_head(head, features, test, rows, subsets, fraction, seed, tqdm_progress("retrain"))
         write_and_show(report, out, "lds_head")
         return
-    methods = _check_methods(methods, ["gradient", "fastif"])
     lissa = replace(FASTIF_PRESET, recursion_depth=recursion_depth, num_repetitions=repetitions)
     config = QueryConfig(k=k, lissa=lissa)
-    engine = engine_for(model, index, gradient_index, None, 900.0, gradient_optional=True)
+    engine = engine_for(model, index, gradient_index, None, 900.0, gradient_optional=True, train=train)
     mapper = None
     if workers is not None:
         from workers.retraining import ray_mapper
@@ -187,6 +203,7 @@ def lds(
 @evaluate_app.command("recall")
 def recall(
     model: ModelDir = ARTIFACTS / "model",
+    train_data: TrainData = None,
     index: Index = ARTIFACTS / "index",
     gradient_index: Annotated[Path, typer.Option(help="Gradient index folder.")] = ARTIFACTS
     / "gradient-index",
@@ -201,6 +218,8 @@ def recall(
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,
     label_column: LabelColumn = "label",
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
 ) -> None:
     """recall@m of each method's helpful and harmful lists against a full scan of the same test points."""
     from service.evaluation import method_scores, recall_report, sample_rows, shared_s_tests
@@ -208,9 +227,12 @@ def recall(
     methods = _check_methods(methods, ["gradient", "fastif"])
     if reference not in ("full", "exact"):
         raise typer.BadParameter("full or exact", param_hint="--reference")
+    train = training_for(
+        model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
+    )
     test = _test_set(eval_data, text_column, pair_column, label_column)
     rows = sample_rows(len(test), test_points, seed)
-    engine = engine_for(model, index, gradient_index, None, 900.0)
+    engine = engine_for(model, index, gradient_index, None, 900.0, train=train)
     config, cache = QueryConfig(k=k), shared_s_tests()
     try:
         reference_scores = method_scores(

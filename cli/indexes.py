@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ARTIFACTS, LabelColumn, PairColumn, TextColumn, console, data_spec, index_app
+from cli.common import (
+    ARTIFACTS,
+    IdColumn,
+    LabelColumn,
+    PairColumn,
+    TextColumn,
+    TrainData,
+    TrainMaxExamples,
+    TrustRemoteCode,
+    console,
+    index_app,
+    training_for,
+)
 from interpret.config import GradientIndexConfig
 
 DEFAULTS = GradientIndexConfig()
@@ -29,9 +41,7 @@ def _progress_bar(description: str):
 @index_app.command("build")
 def index_build(
     model: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = ARTIFACTS / "model",
-    train_data: Annotated[
-        str | None, typer.Option("--train", help="Training data; default: the card's.")
-    ] = None,
+    train_data: TrainData = None,
     kind: Annotated[
         str, typer.Option(help="knn (FastIF candidates) or gradient (projected, preconditioned gradients).")
     ] = "knn",
@@ -71,6 +81,9 @@ def index_build(
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,
     label_column: LabelColumn = "label",
+    trust_remote_code: TrustRemoteCode = False,
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
 ) -> None:
     """Store a FAISS index + manifest of the training set: its kNN features, or its gradients."""
     from service.builds import build_gradient_index, build_knn_index
@@ -90,13 +103,27 @@ def index_build(
             factory=factory,
             chunk_rows=chunk_rows,
         )
-    spec = data_spec(train_data, "train", text_column, pair_column, label_column) if train_data else None
+    spec = training_for(
+        model,
+        train_data,
+        text_column,
+        pair_column,
+        label_column,
+        train_max_examples,
+        id_column,
+        needs=f"a {kind} index",
+    )
     if workers is None:
-        engine = local_engine(model, spec)
+        engine = local_engine(model, spec, trust_remote_code=trust_remote_code)
     else:
         from workers import PoolSettings
 
-        engine = pooled_engine(model, spec, settings=PoolSettings(num_workers=workers or None))
+        engine = pooled_engine(
+            model,
+            spec,
+            settings=PoolSettings(num_workers=workers or None),
+            trust_remote_code=trust_remote_code,
+        )
     try:
         if kind == "gradient":
             out = out or ARTIFACTS / "gradient-index"

@@ -10,6 +10,7 @@ from clients.client import (
     NotFoundError,
     RateLimitedError,
     ServerError,
+    TrainingDataMissingError,
     evaluate_request,
     influence_request,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "NotFoundError",
     "RateLimitedError",
     "ServerError",
+    "TrainingDataMissingError",
     "evaluate_request",
     "influence_request",
 ]

@@ -64,6 +64,11 @@ class BadRequestError(InfluenceAPIError):
     """4xx: the request was wrong (a field out of range, over a limit, ...); the message names it."""
 
 
+class TrainingDataMissingError(BadRequestError):
+    """409 ``training_data_missing``: the server was started without the model's training data, so it
+    answers prediction, saliency and attacks but not influence (the message names the setting)."""
+
+
 class AuthenticationError(InfluenceAPIError):
     """401: missing or wrong API key."""
 
@@ -85,6 +90,7 @@ class JobFailedError(InfluenceAPIError):
 
 
 _ERROR_BY_STATUS = {401: AuthenticationError, 404: NotFoundError, 429: RateLimitedError}
+_ERROR_BY_CODE = {"training_data_missing": TrainingDataMissingError}
 
 
 def _error(response: httpx.Response) -> InfluenceAPIError:
@@ -98,7 +104,7 @@ def _error(response: httpx.Response) -> InfluenceAPIError:
     except ValueError:
         code, message, detail = "error", response.text or response.reason_phrase, None
     default = ServerError if response.status_code >= 500 else BadRequestError
-    kind = _ERROR_BY_STATUS.get(response.status_code, default)
+    kind = _ERROR_BY_CODE.get(code) or _ERROR_BY_STATUS.get(response.status_code, default)
     return kind(response.status_code, code, message, detail)
 
 

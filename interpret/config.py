@@ -12,6 +12,7 @@ import functools
 import math
 import operator
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 SEED_MAX = 2**32 - 1
@@ -88,6 +89,20 @@ class Checked:
     @classmethod
     def label(cls) -> str:
         return ""
+
+
+def resolve_label(value: int | str | None, names: Sequence[str], field: str = "label") -> int | None:
+    """A label given by index or by name (``names``: the model's, :func:`interpret.models.label_names`) as
+    its index; a name the model does not have is one error listing the names."""
+    if value is None or isinstance(value, int):
+        check_label(value, len(names), field)
+        return value
+    if value in names:
+        return list(names).index(value)
+    raise ValueError(
+        f"{field}={value!r} is not a label of this model: use an index 0..{len(names) - 1} or one of its "
+        f"names {list(names)}"
+    )
 
 
 def check_label(value: int | None, num_labels: int, field: str = "label") -> None:

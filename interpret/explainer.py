@@ -31,7 +31,7 @@ from interpret.influence.preconditioner import projected_hessian, subspace_s_tes
 from interpret.influence.projection import Projection, Projector
 from interpret.influence.query import TestPoint, prepare_test_point
 from interpret.influence.scoring import score_rows
-from interpret.models import TrackedScope, encode_features
+from interpret.models import TrackedScope, encode_features, label_names
 from interpret.saliency import SaliencyMap, saliency
 
 MAX_PROJECTORS = 4
@@ -47,12 +47,16 @@ class Identity:
     num_parameters: int
     tracked_layers: TrackedScope
     num_labels: int
+    label_names: tuple[str, ...]
+    """From ``config.id2label`` (``label k`` where there are none)."""
     feature_dim: int
     """Width of the kNN features (the final linear layer's input)."""
     dtype: str
-    data_fingerprint: str
+    data_fingerprint: str | None
+    """``None``: loaded without training data (prediction, saliency and attacks only)."""
     num_examples: int
     takes_pairs: bool
+    """Whether inputs may take a text_pair: the training data's form (any, when there is none)."""
     worker: str
     device: str
 
@@ -148,18 +152,19 @@ class Explainer:
         return cls(load_checkpoint(model_dir, train_spec, tracked_layers, dtype, device, trust_remote_code))
 
     def identity(self) -> Identity:
-        checkpoint, tracked = self.checkpoint, self.tracked
+        checkpoint, tracked, examples = self.checkpoint, self.tracked, self.checkpoint.examples
         return Identity(
             checkpoint.fingerprint,
             parameters_digest(self.theta),
             tracked.num_parameters,
             tracked.tracked_layers,
             int(tracked.model.config.num_labels),
+            tuple(label_names(tracked.model.config)),
             tracked.feature_dim,
             str(tracked.dtype).removeprefix("torch."),
-            checkpoint.examples.fingerprint,
-            len(checkpoint.examples),
-            checkpoint.examples.pairs is not None,
+            None if examples is None else examples.fingerprint,
+            0 if examples is None else len(examples),
+            examples is None or examples.pairs is not None,
             self.name,
             str(tracked.device),
         )
@@ -207,7 +212,7 @@ class Explainer:
     def attack(
         self, text: str, pair: str | None, method: str, label: int | None, target: int | None, params: Checked
     ) -> AttackResult:
-        examples = self.checkpoint.examples
+        examples = self.checkpoint.training("a trigger search")[0] if method == "triggers" else None
         return attack(self.classifier, text, method, pair, label, target, examples, params)
 
     # ------------------------------------------------------------------------------ s_test and scores
@@ -224,7 +229,7 @@ class Explainer:
         """One repetition of ``s_test``, seeded by ``(config.seed, repetition)``: (vector, report)."""
         start = time.perf_counter()
         v = self._point(text, pair, label).v
-        train = self.checkpoint.train
+        train = self.checkpoint.training("influence")[1]
         vector, trace = lissa_repetition(self.tracked, self.theta, v, train, config, repetition, progress)
         return vector.cpu().numpy(), RepetitionReport(trace, time.perf_counter() - start, self.name)
 
@@ -238,10 +243,8 @@ class Explainer:
     ) -> tuple[np.ndarray, CGReport]:
         """``(H_M + damping I)^-1 v`` by conjugate gradient over a seeded subset of M training rows."""
         start = time.perf_counter()
-        v = self._point(text, pair, label).v
-        result: CGResult = cg_s_test(
-            self.tracked, self.theta, v, self.checkpoint.train, damping, num_rows, tolerance
-        )
+        v, train = self._point(text, pair, label).v, self.checkpoint.training("influence")[1]
+        result: CGResult = cg_s_test(self.tracked, self.theta, v, train, damping, num_rows, tolerance)
         report = CGReport(
             result.relative_residual, result.iterations, len(result.rows), time.perf_counter() - start
         )
@@ -282,9 +285,8 @@ class Explainer:
         tokens of training ``rows`` (float64; :meth:`Projector.factors`): what ``kfac`` bases are fit on."""
         projector = self.projector(Projection(rank, 0))
         total: dict[str, torch.Tensor] = {}
-        for _, states, labels in self.checkpoint.train.iter_blocks(
-            np.asarray(rows, dtype=np.int64), block_size
-        ):
+        train = self.checkpoint.training("a gradient index")[1]
+        for _, states, labels in train.iter_blocks(np.asarray(rows, dtype=np.int64), block_size):
             step_boundary()
             for name, factor in projector.factors(self.theta, states, labels).items():
                 total[name] = total[name] + factor if name in total else factor
@@ -295,7 +297,8 @@ class Explainer:
         projector = self.projector(projection)
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), projector.dim), dtype=np.float32)
-        for positions, states, labels in self.checkpoint.train.iter_blocks(rows, block_size):
+        train = self.checkpoint.training("a gradient index")[1]
+        for positions, states, labels in train.iter_blocks(rows, block_size):
             step_boundary()
             out[positions] = projector.gradients(self.theta, states, labels).float().cpu().numpy()
         return out
@@ -317,7 +320,8 @@ class Explainer:
     def _training_hessian(self) -> torch.Tensor:
         """The explicit training Hessian, computed once (small tracked sets only)."""
         if self._hessian is None:
-            self._hessian = training_hessian(self.tracked, self.theta, self.checkpoint.train)
+            train = self.checkpoint.training("the training Hessian")[1]
+            self._hessian = training_hessian(self.tracked, self.theta, train)
         return self._hessian
 
     def _average(self, repetitions: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -332,7 +336,7 @@ class Explainer:
         """Scores of ``rows`` against the mean of the repetitions: the all-reduce happens here, where the
         scores are computed, in repetition order, so the result is the same wherever it runs."""
         s_test, _ = self._average(repetitions)
-        train = self.checkpoint.train
+        train = self.checkpoint.training("influence")[1]
         return score_rows(self.tracked, self.theta, s_test, train, rows, block_size, progress=progress)
 
     def summarize(self, *repetitions: np.ndarray) -> STestSummary:

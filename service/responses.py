@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 
 import numpy as np
@@ -26,9 +27,10 @@ TRACE_POINTS = 50
 """Points of each repetition's norm trace sent back: enough to see convergence, not J floats."""
 
 
-def prediction(probabilities) -> Prediction:
+def prediction(probabilities, names: Sequence[str]) -> Prediction:
     values = [float(p) for p in probabilities]
-    return Prediction(label=int(np.argmax(values)), probabilities=values)
+    label = int(np.argmax(values))
+    return Prediction(label=label, label_name=names[label], probabilities=values)
 
 
 def lissa_quality(report: LissaReport) -> LissaQuality:
@@ -47,14 +49,23 @@ def lissa_quality(report: LissaReport) -> LissaQuality:
 
 
 def influence_result(
-    answer: InfluenceAnswer, config: QueryConfig, show_cache: bool = True
+    answer: InfluenceAnswer, config: QueryConfig, names: Sequence[str], show_cache: bool = True
 ) -> InfluenceResult:
-    """An answer as the API's ``InfluenceResult`` (also what ``influence query --json`` prints)."""
+    """An answer as the API's ``InfluenceResult`` (also what ``influence query --json`` prints); ``names``
+    are the model's label names."""
+
+    def example(e) -> InfluentialExampleOut:
+        return InfluentialExampleOut(**asdict(e), label_name=names[e.label])
+
+    predicted = answer.predicted_label
     return InfluenceResult(
-        prediction=Prediction(label=answer.predicted_label, probabilities=answer.probabilities),
+        prediction=Prediction(
+            label=predicted, label_name=names[predicted], probabilities=answer.probabilities
+        ),
         label_used=answer.label_used,
-        helpful=[InfluentialExampleOut(**asdict(e)) for e in answer.helpful],
-        harmful=[InfluentialExampleOut(**asdict(e)) for e in answer.harmful],
+        label_used_name=names[answer.label_used],
+        helpful=[example(e) for e in answer.helpful],
+        harmful=[example(e) for e in answer.harmful],
         quality=quality(answer, config, show_cache),
     )
 
@@ -78,7 +89,7 @@ def quality(answer: InfluenceAnswer, config: QueryConfig, show_cache: bool) -> Q
     )
 
 
-def saliency_response(result: SaliencyMap) -> SaliencyResponse:
+def saliency_response(result: SaliencyMap, names: Sequence[str]) -> SaliencyResponse:
     return SaliencyResponse(
         method=result.method,
         tokens=result.tokens,
@@ -86,18 +97,19 @@ def saliency_response(result: SaliencyMap) -> SaliencyResponse:
         scores=result.scores,
         raw_scores=result.raw_scores,
         label_explained=result.label,
-        prediction=prediction(result.probabilities),
+        label_explained_name=names[result.label],
+        prediction=prediction(result.probabilities, names),
         extra=result.extra,
     )
 
 
-def attack_response(result: AttackResult) -> AttackResponse:
+def attack_response(result: AttackResult, names: Sequence[str]) -> AttackResponse:
     return AttackResponse(
         method=result.method,
         original=result.original,
         final=result.final,
-        outputs_before=prediction(result.outputs_before),
-        outputs_after=[prediction(p) for p in result.outputs_after],
+        outputs_before=prediction(result.outputs_before, names),
+        outputs_after=[prediction(p, names) for p in result.outputs_after],
         edits=[WordEdit(**asdict(edit)) for edit in result.edits],
         success=result.success,
         extra=result.extra,

@@ -62,7 +62,11 @@ class TextInput(_Strict):
     text_pair: str | None = Field(
         None, min_length=1, description="Second sentence of a pair (hypothesis); only for pair models."
     )
-    label: int | None = Field(None, ge=0, description="Label to explain; default: the predicted one.")
+    label: int | str | None = Field(
+        None,
+        description="Label to explain, by index or by name (as /v1/models lists them); default: the "
+        "predicted one.",
+    )
 
 
 LissaParams = _model_of(
@@ -109,8 +113,8 @@ def _method_requests(kind: str, registry: dict[str, type], extra) -> dict[str, t
 def _target(method: str) -> dict:
     if method not in TARGETED_ATTACKS:
         return {}
-    description = "Label to flip to; default: any other."
-    return {"target": (int | None, Field(None, ge=0, description=description))}
+    description = "Label to flip to, by index or by name; default: any other."
+    return {"target": (int | str | None, Field(None, description=description))}
 
 
 SALIENCY_REQUESTS = _method_requests("saliency method", SALIENCY_PARAMETERS, lambda method: {})
@@ -124,6 +128,7 @@ ATTACK_REQUEST = TypeAdapter(AttackRequest)
 
 class Prediction(BaseModel):
     label: int
+    label_name: str = Field(description="The label's name (the model's id2label; 'label k' without one).")
     probabilities: list[float]
 
 
@@ -133,6 +138,7 @@ class InfluentialExampleOut(BaseModel):
     text: str
     text_pair: str | None
     label: int
+    label_name: str
     score: float = Field(description="Positive = harmful (up-weighting raises the test loss).")
     distance: float | None = Field(description="kNN distance in feature space; null for full scans.")
 
@@ -192,6 +198,7 @@ class Quality(BaseModel):
 class InfluenceResult(BaseModel):
     prediction: Prediction
     label_used: int
+    label_used_name: str
     helpful: list[InfluentialExampleOut]
     harmful: list[InfluentialExampleOut]
     quality: Quality
@@ -218,6 +225,7 @@ class SaliencyResponse(BaseModel):
     scores: list[float]
     raw_scores: list[float]
     label_explained: int
+    label_explained_name: str
     prediction: Prediction
     extra: dict[str, float] = Field(default_factory=dict)
 
@@ -252,7 +260,15 @@ class ModelInfo(BaseModel):
     tracked_layers: int | str
     workers: int
     num_training_examples: int
+    influence_unavailable: str | None = Field(
+        None,
+        description="Why influence (queries, indexes, evaluation, triggers) cannot run on this server: "
+        "it was started without the model's training data; null when it can.",
+    )
     num_labels: int
+    labels: list[str] = Field(
+        default_factory=list, description="Label names in label order (id2label; 'label k' without one)."
+    )
     takes_pairs: bool = Field(description="Whether inputs take a text_pair (NLI-style pair models).")
     limits: dict[str, int] = Field(
         default_factory=dict, description="This server's size limits (INFLUENCE_MAX_*), by setting name."
@@ -420,6 +436,9 @@ class Readiness(BaseModel):
 
     ready: bool
     index_loaded: bool
+    training_data: bool = Field(
+        True, description="Whether training data is loaded (without it: prediction, saliency, attacks)."
+    )
     workers: int
     workers_answering: int
 

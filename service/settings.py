@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from interpret.data import DataSpec
+
 
 class Settings(BaseSettings):
     # Empty variables count as unset (compose passes ``INFLUENCE_WORKERS=`` when .env leaves it blank).
@@ -26,7 +28,14 @@ class Settings(BaseSettings):
     """Gradient index folder (``influence index build --kind gradient``); when it exists it is loaded and
     ``gradient`` becomes the default method."""
     train_data: str | None = None
-    """Training data source; default: the one named in the model's card."""
+    """The model's training data (file or ``hub:NAME[/CFG]:SPLIT``); default: the one its card names. With
+    neither, the service answers prediction, saliency and attacks, and says influence needs it."""
+    train_text_column: str = "text"
+    train_pair_column: str | None = None
+    train_label_column: str = "label"
+    train_id_column: str | None = None
+    train_max_examples: int | None = Field(None, ge=1)
+    """The seeded subset of this many rows the model was trained on (``influence train --max-examples``)."""
     tracked_layers: str | None = None
 
     workers: int | None = None
@@ -83,3 +92,16 @@ class Settings(BaseSettings):
     """Jobs one client (API key and address) may have queued, running or unfetched."""
     allow_index_build_jobs: bool = True
     trust_remote_code: bool = False
+
+    def train_spec(self) -> DataSpec | None:
+        """``INFLUENCE_TRAIN_DATA`` and its columns as a data spec; ``None``: the card's."""
+        if self.train_data is None:
+            return None
+        columns = (self.train_text_column, self.train_pair_column, self.train_label_column)
+        return DataSpec(self.train_data, *columns, self.train_id_column, self.train_max_examples)
+
+    def check_model(self) -> None:
+        """The model folder must hold a model and its tokenizer: said in one line before anything starts."""
+        from interpret.models import resolve_model_path
+
+        resolve_model_path(self.model_dir)

@@ -99,11 +99,9 @@ def test_hvp_and_forward_mode_scores_are_exact(family, rows):
     torch.testing.assert_close(forward, reverse, rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", ["distilbert", "deberta-v2", "electra", "gpt2", "qwen2", "albert"])
-def test_the_unprojected_hessian_index_is_the_exact_influence(family, rows):
+def _exact_index_check(tracked, rows, name: str) -> None:
     """Projection-free, Hessian-preconditioned index scores equal explicit-Hessian influence on the
-    coordinates the index keeps (its linear layers: ``nn.Linear`` and GPT-2's ``Conv1D``)."""
-    tracked = _tracked(family, scope=0)
+    coordinates the index keeps (its linear layers)."""
     theta, train = tracked.parameters(), ExampleStates(tracked, rows)
     damping = 0.05
     projector = Projector(tracked, None)
@@ -123,7 +121,12 @@ def test_the_unprojected_hessian_index_is_the_exact_influence(family, rows):
     assert_solves(damped, s_test, v)
     expected = -(exact_gradients[:, kept] @ s_test)
     amplification = map_amplification(exact_gradients[:, kept], s_test)
-    assert_same_solution(scores, expected, damped, f"{family} index scores", amplification)
+    assert_same_solution(scores, expected, damped, f"{name} index scores", amplification)
+
+
+@pytest.mark.parametrize("family", ["distilbert", "deberta-v2", "electra", "gpt2", "qwen2", "albert"])
+def test_the_unprojected_hessian_index_is_the_exact_influence(family, rows):
+    _exact_index_check(_tracked(family, scope=0), rows, family)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "albert"])
@@ -261,7 +264,7 @@ def test_every_method_answers_on_every_family(family, family_dirs, tmp_path):
     for config in (
         QueryConfig(top=3),
         QueryConfig(top=3, rerank=6, lissa=lissa),
-        QueryConfig(method="fastif", k=20, top=3, lissa=lissa),
+        QueryConfig(method="fastif", k=60, top=3, lissa=lissa),  # enough candidates of each sign
     ):
         answer = answer_query(engine, text, config=config)
         assert len(answer.helpful) == 3 and len(answer.harmful) == 3, config
@@ -286,3 +289,117 @@ def test_every_method_answers_on_every_family(family, family_dirs, tmp_path):
     )
     assert len(trigger.trigger) == 2 and np.isfinite(trigger.loss_trace).all()
     assert all(starts_word(token) for token in trigger.trigger), trigger.trigger
+
+
+# ------------------------------------------------------------------------------ tracked sets: modules, lora
+
+
+LORA_TARGETS = {"bert": ["query", "value"], "qwen2": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    """Per family: a base folder and a LoRA adapter folder over it (peft's SEQ_CLS task: the head is
+    trained whole, ``modules_to_save``), with non-zero B matrices so the adapter changes the logits."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    def make(family, dtype=torch.float64):
+        folder = tmp_path_factory.mktemp(f"{family}-lora")
+        model, tokenizer = family_classifier(family, dtype=dtype)
+        model.save_pretrained(folder / "base")
+        tokenizer.save_pretrained(folder / "base")
+        model.name_or_path = str(folder / "base")  # what peft writes as the adapter's base
+        config = LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=2, lora_alpha=4, target_modules=LORA_TARGETS[family]
+        )
+        adapted = get_peft_model(model, config)  # SDPA attention: float64 throughout (tests/families.py)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, param in adapted.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(0.3 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+        adapted.save_pretrained(folder / "adapter")
+        return folder / "adapter", adapted.eval(), tokenizer
+
+    return make
+
+
+@pytest.mark.parametrize("family", ["bert", "qwen2"])
+def test_lora_tracks_the_adapter_and_its_influence_is_exact(family, adapters, rows):
+    from interpret.models import is_adapter, load_classifier
+
+    folder, adapted, tokenizer = adapters(family)
+    trainable = adapted.get_nb_trainable_parameters()[0]
+    # the saved adapter folder loads over its base: same tracked set, same logits
+    model, loaded_tokenizer = load_classifier(str(folder), dtype=torch.float64)
+    loaded = TrackedModel(model, loaded_tokenizer, "lora")
+    assert loaded.generic and loaded.num_parameters == trainable  # what peft itself trains
+    assert all(is_adapter(name) for name in loaded.parameter_names)
+    encoded = loaded.encode(rows.texts[:4])
+    logits = loaded.logits(loaded.parameters(), loaded.frozen(encoded))
+    torch.testing.assert_close(logits, model(**encoded).logits, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logits, adapted(**encoded).logits, rtol=1e-6, atol=1e-7)  # eager vs SDPA
+    # exactness on the in-memory adapter (SDPA: Qwen2's eager softmax is float32, tests/families.py)
+    tracked = TrackedModel(adapted, tokenizer, "lora")
+    assert tracked.parameter_names == loaded.parameter_names
+    # the Hessian is a double backward, which CPU's fused SDPA kernels lack; the math kernel has it
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        _exact_index_check(tracked, rows, f"{family} lora")
+    with pytest.raises(ValueError, match="no adapter weights"):
+        TrackedModel(*family_classifier(family), tracked_layers="lora")
+
+
+def test_a_lora_adapter_answers_end_to_end_and_its_index_is_refused_for_another_set(adapters, tmp_path):
+    from index import IndexMismatchError
+    from interpret.checkpoint import write_card
+    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.data import DataSpec
+    from service.builds import build_gradient_index
+    from service.pipeline import answer_query, local_engine
+    from tests.conftest import synthetic_rows, write_tsv
+
+    folder, adapted, _ = adapters("qwen2", torch.float32)
+    trainable = adapted.get_nb_trainable_parameters()[0]
+    spec = DataSpec(str(write_tsv(tmp_path / "train.tsv", synthetic_rows(60, seed=3))))
+    write_card(folder, spec, "lora", max_length=32)  # an adapter trained elsewhere, carded
+    engine = local_engine(folder)
+    assert engine.identity.tracked_layers == "lora" and engine.identity.num_parameters == trainable
+    manifest = build_gradient_index(engine, tmp_path / "grad", GradientIndexConfig(rank=2, damping=0.1))
+    assert manifest.spec["tracked_layers"] == "lora"
+    engine = local_engine(folder, gradient_index_dir=tmp_path / "grad")
+    answer = answer_query(engine, "the plot was boring and fun", config=QueryConfig(top=3))
+    assert len(answer.helpful) == 3 and len(answer.harmful) == 3 and answer.method == "gradient"
+    with pytest.raises(IndexMismatchError, match="tracked"):
+        local_engine(folder, tracked_layers=1, gradient_index_dir=tmp_path / "grad")
+
+
+@pytest.mark.parametrize(
+    ("family", "patterns", "expected"),
+    [
+        ("bert", "*.layer.1.attention.*,classifier", ("encoder.layer.1.attention.", "classifier.")),
+        ("gpt2", "*.h.1.mlp.c_fc,score", ("h.1.mlp.c_fc.", "score.")),
+        ("deberta-v2", "*.layer.0.output.dense", ("encoder.layer.0.output.dense.",)),
+    ],
+)
+def test_tracked_modules_are_chosen_by_name_and_their_gradients_are_autograds(
+    family, patterns, expected, rows
+):
+    """``modules:PATTERN,...`` tracks exactly the parameters of the modules named (fnmatch), and the
+    loss gradient over them is the HF model's own autograd gradient (two formulas, no solve: 1e-10)."""
+    import torch.nn.functional as F
+
+    tracked = _tracked(family, f"modules:{patterns}")
+    assert tracked.generic and tracked.parameter_names
+    assert all(any(part in name for part in expected) for name in tracked.parameter_names)
+    assert {p for p in expected if any(p in n for n in tracked.parameter_names)} == set(expected)
+    theta, train = tracked.parameters(), ExampleStates(tracked, rows)
+    states, labels = train.load(range(8))
+    ours = loss_gradient(tracked, theta, states, labels)
+    encoded = tracked.encode(rows.texts[:8])
+    named = dict(tracked.model.named_parameters())
+    params = [named[n].requires_grad_(True) for n in tracked.parameter_names]
+    loss = F.cross_entropy(tracked.model(**encoded).logits, torch.as_tensor(rows.labels[:8]))
+    reference = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="match no parameter"):
+        _tracked(family, "modules:*.no_such_module")

@@ -276,7 +276,7 @@ def test_a_body_that_is_not_utf8_gets_a_4xx_in_the_error_shape(http):
 
 def test_probes_and_models_disclose_no_pids_or_paths(http, tmp_path):
     ready = http.get("/readyz").json()
-    assert set(ready) == {"ready", "index_loaded", "workers", "workers_answering"}
+    assert set(ready) == {"ready", "index_loaded", "training_data", "workers", "workers_answering"}
     model = http.get("/v1/models").json()["models"][0]
     assert "/" not in model["model_dir"] and "/" not in model["card"]["data_spec"]["source"]
     assert "data_source" not in model["card"]

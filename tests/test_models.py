@@ -70,9 +70,10 @@ def test_a_model_without_blocks_or_head_is_named():
 
 
 def test_fingerprint_tracks_weights_and_survives_save_load(tiny_dir, tmp_path):
-    model, _ = load_classifier(str(tiny_dir))
+    model, tokenizer = load_classifier(str(tiny_dir))
     before = model_fingerprint(model)
     model.save_pretrained(tmp_path, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path)
     assert model_fingerprint(load_classifier(str(tmp_path))[0]) == before
     with torch.no_grad():
         model.classifier.bias[0] += 1e-3

@@ -6,6 +6,7 @@ started the test fails and says why: it is never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -42,24 +43,11 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def server(engine_dirs, tmp_path_factory):
-    """uvicorn in a thread, serving the tiny model with both indexes."""
+@contextlib.contextmanager
+def _serving(settings: Settings, engine):
+    """uvicorn in a thread; yields its URL."""
     import uvicorn
 
-    gradient_dir = tmp_path_factory.mktemp("page") / "gradient-index"
-    build_gradient_index(local_engine(engine_dirs[0]), gradient_dir, GradientIndexConfig(rank=4, damping=0.1))
-    settings = Settings(
-        _env_file=None,
-        model_dir=engine_dirs[0],
-        index_dir=engine_dirs[1],
-        gradient_index_dir=gradient_dir,
-        max_input_tokens=16,
-        max_top=20,
-        max_k=96,
-        deadline_s=120,
-    )
-    engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1], gradient_index_dir=gradient_dir)
     service = InfluenceService(settings, engine)
     port = free_port()
     config = uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port, log_level="warning")
@@ -73,10 +61,47 @@ def server(engine_dirs, tmp_path_factory):
                 break
         except httpx.TransportError:
             time.sleep(0.05)
-    yield url
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
-    service.shutdown()
+    try:
+        yield url
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
+        service.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(engine_dirs, tmp_path_factory):
+    """The tiny model with both indexes."""
+    gradient_dir = tmp_path_factory.mktemp("page") / "gradient-index"
+    build_gradient_index(local_engine(engine_dirs[0]), gradient_dir, GradientIndexConfig(rank=4, damping=0.1))
+    settings = Settings(
+        _env_file=None,
+        model_dir=engine_dirs[0],
+        index_dir=engine_dirs[1],
+        gradient_index_dir=gradient_dir,
+        max_input_tokens=16,
+        max_top=20,
+        max_k=96,
+        deadline_s=120,
+    )
+    engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1], gradient_index_dir=gradient_dir)
+    with _serving(settings, engine) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def bare_server(tiny_dir, tmp_path_factory):
+    """A folder as another trainer leaves it (no card), with label names, served without training data."""
+    from interpret.models import load_classifier, set_label_names
+
+    folder = tmp_path_factory.mktemp("bare") / "their-model"
+    model, tokenizer = load_classifier(str(tiny_dir))
+    set_label_names(model.config, ["negative", "positive"])
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    settings = Settings(_env_file=None, model_dir=folder, index_dir=None, gradient_index_dir=None)
+    with _serving(settings, local_engine(folder)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +260,28 @@ def test_the_api_key_stays_in_session_storage_and_the_page_fits_a_phone(browser,
     page.keyboard.press("ArrowRight")
     assert page.get_attribute("#tab-attack", "aria-selected") == "true"  # tabs work by keyboard
     context.close()
+
+
+def test_a_model_without_training_data_shows_its_label_names_and_explains_the_influence_views(
+    page, bare_server
+):
+    _open(page, bare_server)
+    page.fill("#text", SENTENCE)
+    page.click("#run")
+    page.wait_for_selector("#prediction-bars .bar")
+    bars = page.inner_text("#prediction-bars")
+    assert "negative" in bars and "positive" in bars and "label 0" not in bars
+    page.wait_for_selector("#saliency-out .tok")
+    assert "supports negative" in page.inner_text("#saliency-out") or "supports positive" in page.inner_text(
+        "#saliency-out"
+    )
+    assert [page.locator("#label option").nth(i).inner_text() for i in range(1, 3)] == [
+        "negative",
+        "positive",
+    ]
+    page.click("#tab-influence")
+    note = page.locator("#view-influence [data-needs-training-data]")
+    assert note.is_visible() and "INFLUENCE_TRAIN_DATA" in note.inner_text()
+    assert page.locator("#influence-form button[type=submit]").is_disabled()
+    assert "no training data" in page.inner_text("#model-name")
+    _shoot(page, "bare_model")

@@ -232,6 +232,7 @@ def test_predict_models_health_and_metrics(http):
     assert ready.status_code == 200 and ready.json() == {
         "ready": True,
         "index_loaded": True,
+        "training_data": True,
         "workers": 1,
         "workers_answering": 1,
     }

@@ -254,7 +254,7 @@ def test_workers_must_match_the_index(ray_local, engine_dirs):
 
 
 def test_workers_that_cannot_start_say_why(ray_local, tmp_path):
-    with pytest.raises(WorkerPoolError, match=r"failed to load .*no card\.json naming the training data"):
+    with pytest.raises(WorkerPoolError, match=r"failed to load .*no model there \(no config\.json\)"):
         WorkerPool(WorkerSpec(str(tmp_path)), PoolSettings(num_workers=1))
     too_big = PoolSettings(num_workers=1, cpus_per_worker=1000, deadline_s=2)
     with pytest.raises(WorkerTimeoutError, match="did not start within 2 s; the cluster offers"):
