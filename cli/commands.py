@@ -289,8 +289,10 @@ def serve(
         str | None,
         typer.Option(
             "--train",
-            help="The model's training data [env INFLUENCE_TRAIN_DATA; the card's]. Without any, the "
-            "service serves prediction, saliency and attacks, and says influence needs it.",
+            help="The model's training data [env INFLUENCE_TRAIN_DATA; the card's], read as the "
+            "INFLUENCE_TRAIN_TEXT_COLUMN / _PAIR_COLUMN / _LABEL_COLUMN / _ID_COLUMN / _MAX_EXAMPLES "
+            "settings say. Without any, the service serves prediction, saliency and attacks, and says "
+            "influence needs it.",
         ),
     ] = None,
     host: str = "127.0.0.1",

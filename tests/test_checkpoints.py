@@ -368,6 +368,9 @@ def test_a_save_pretrained_folder_of_any_family_gets_everything(family, data_dir
         assert len(given[name]["helpful"]) == 3 and given[name]["label_used_name"] in NAMES, name
     assert given["fastif"]["quality"]["candidates"] == 40
 
+    other = _invoke("query", "--text", TEXT, *indexes, *model_option, "--train", str(data_dir / "dev.tsv"))
+    assert "was built for data fingerprint" in str(other.exception)  # --train data is checked like the card's
+
     ok("card", "--train", train)
     for name, arguments in queries.items():  # the card names the data: the same answers without --train
         bare = ok("query", "--text", TEXT, *indexes, *arguments, "--json")

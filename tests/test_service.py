@@ -224,7 +224,10 @@ def test_predict_models_health_and_metrics(http):
         "/v1/predict", json={"inputs": [{"text": QUERY}, {"text": "dull and boring"}]}
     ).json()
     assert [p["label"] for p in predictions["predictions"]] == [1, 0]
+    # transformers' LABEL_k placeholders read as "label k"
+    assert [p["label_name"] for p in predictions["predictions"]] == ["label 1", "label 0"]
     model = http.get("/v1/models").json()["models"][0]
+    assert model["labels"] == ["label 0", "label 1"]
     assert model["tracked_layers"] == 1 and model["workers"] == 1 and model["num_training_examples"] == 96
     assert model["index_manifest"]["count"] == 96 and model["tracked_parameters"] > 0
     assert http.get("/healthz").json() == {"status": "ok"}
