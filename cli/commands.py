@@ -28,6 +28,7 @@ from cli.common import (
     data_spec,
     engine_for,
     label_value,
+    require_finished_gradient_index,
     tracked_scope,
     train_spec_of,
 )
@@ -234,6 +235,8 @@ def query(
 
         # the default folder may hold another model's index: then it is passed over, a named one is not
         optional = gradient_index is None
+        if not optional and method not in ("full", "fastif"):
+            require_finished_gradient_index(gradient_index, model)  # never a silent switch of method
         gradient_index = gradient_index or ARTIFACTS / "gradient-index"
         indexes = (
             None if method in ("full", "gradient") else index,
@@ -430,12 +433,45 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return errors
 
 
+DEBUG_FLAG = "--debug"
+
+
 def main() -> None:
-    """Console entry point: user errors (bad data, stale index, diverging LiSSA) print one line, exit 2."""
+    """Console entry point: user errors (bad data, stale index, diverging LiSSA) print one line, exit 2;
+    anything unexpected prints one line naming the command and the model's type, exit 1, and
+    ``--debug`` (anywhere on the line) shows its traceback instead."""
+    debug = DEBUG_FLAG in sys.argv[1:]
+    if debug:
+        sys.argv.remove(DEBUG_FLAG)
     try:
         app()
     except Exception as error:
-        if not isinstance(error, _user_errors()):
+        if debug:
             raise
-        typer.echo(f"error: {error}", err=True)
-        raise SystemExit(2) from None
+        if isinstance(error, _user_errors()):
+            typer.echo(f"error: {error}", err=True)
+            raise SystemExit(2) from None
+        typer.echo(f"error: {_unexpected(error)}", err=True)
+        raise SystemExit(1) from None
+
+
+def _unexpected(error: Exception) -> str:
+    """One line for an error nobody foresaw: what ran, on which kind of model, and how to see more."""
+    words = [arg for arg in sys.argv[1:3] if not arg.startswith("-")]
+    command = " ".join(["influence", *words])
+    model_type = _model_type(sys.argv)
+    on = f" on a {model_type} model" if model_type else ""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (
+        f"{command} failed{on}: {type(error).__name__}: {message} (a bug: rerun with {DEBUG_FLAG} for the "
+        "traceback, and report it)"
+    )
+
+
+def _model_type(argv: list[str]) -> str | None:
+    """The ``model_type`` in the config of the folder ``--model`` names (or the default's), if readable."""
+    folder = argv[argv.index("--model") + 1] if "--model" in argv[:-1] else str(ARTIFACTS / "model")
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None

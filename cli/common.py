@@ -174,6 +174,24 @@ def engine_for(
     return pooled_engine(model, train, index_dir=index_dir, settings=settings, **gradient)
 
 
+def require_finished_gradient_index(directory: Path, model: Path) -> None:
+    """A gradient index the user named must be a finished one: answering with another method instead
+    would hide it. An unfinished build (its shards beside it) is resumed by the same build command."""
+    from index.gradient import shard_folder
+    from index.store import MANIFEST_FILE
+
+    if (directory / MANIFEST_FILE).is_file():
+        return
+    build = f"influence index build --kind gradient --model {model} --out {directory}"
+    shards = shard_folder(directory)
+    if shards.is_dir():
+        raise ValueError(
+            f"{directory}: the gradient index build there did not finish (its shards are in {shards}); "
+            f"resume it with `{build}`"
+        )
+    raise ValueError(f"{directory}: no gradient index there; build it with `{build}`")
+
+
 def checked_options(config_class, **values):
     """A library config built from command options; a bad value is a usage error naming its flag (the
     library's message starts with the field's name)."""

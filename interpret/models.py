@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -384,33 +385,109 @@ def linear_widths(module: nn.Module) -> tuple[int, int]:
 
 @dataclass
 class _Generic:
-    """Where any classifier keeps its blocks and its final linear layer, found from its modules alone."""
+    """Where any classifier keeps its blocks and its final linear layer, found by running it once."""
 
     blocks: nn.ModuleList
     block_prefix: str
     final_prefix: str
     head_names: list[str]
-    """Parameters registered after the last block (final norm, pooler, head): tracked with any block."""
+    """Parameters of the modules that run after the last block (final norm, pooler, head): tracked with
+    any block. What runs before the first block (embeddings, relative-position tables) is never here."""
+    shared_blocks: bool = False
+    """The blocks run more times than the list is long (ALBERT shares one layer across depth)."""
+
+
+@dataclass
+class _Run:
+    """When each module ran in one forward pass: a counter value at its first entry and at its last exit."""
+
+    first_start: dict[str, int]
+    last_end: dict[str, int]
+    calls: dict[str, int]
+
+
+def _run_once(model: nn.Module) -> _Run:
+    """One forward pass of a four-token input under ``no_grad``, with every module's entries and exits
+    stamped. The ids avoid the pad token (decoders pool the last non-pad token) and end with the
+    end-of-sequence token where there is one (BART's head pools on it)."""
+    config = model.config
+    vocab, pad = int(config.vocab_size), getattr(config, "pad_token_id", None)
+    ids = [i for i in range(5, vocab) if i != pad][:3]
+    eos = getattr(config, "eos_token_id", None)
+    ids.append(eos if isinstance(eos, int) and 0 <= eos < vocab else ids[-1])
+    device = next(model.parameters()).device
+    first_start: dict[str, int] = {}
+    last_end: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    counter = iter(range(1 << 62))
+
+    def entered(name):
+        def hook(module, args):
+            first_start.setdefault(name, next(counter))
+            calls[name] = calls.get(name, 0) + 1
+
+        return hook
+
+    def left(name):
+        def hook(module, args, output):
+            last_end[name] = next(counter)
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(entered(name)))
+        handles.append(module.register_forward_hook(left(name)))
+    try:
+        with torch.no_grad():
+            model(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones(1, len(ids), device=device),
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _Run(first_start, last_end, calls)
 
 
 def _generic_architecture(model: nn.Module) -> _Generic:
     """The blocks are the ``nn.ModuleList`` holding the most parameters (the encoder or decoder layers of
-    every transformers family); the final layer is the last linear one whose output width is the number of
-    labels; the head is every parameter that ``named_parameters`` lists after the blocks' last one."""
+    every transformers family; for an encoder-decoder, the decoder's, which run last); the final layer is
+    the last linear layer to run whose output width is the number of labels; the head is every parameter
+    of a module that first runs after the last block has finished. Execution order comes from running the
+    model once (:func:`_run_once`): registration order is not it (XLM-R registers its classifier first,
+    BART and DeBERTa register modules that run below the blocks after them)."""
     lists = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
     if not lists:
         raise UnsupportedModelError(f"{type(model).__name__} has no list of blocks (nn.ModuleList) to track")
     size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     block_name, blocks = max(lists, key=lambda item: size(item[1]))
+    run = _run_once(model)
+    inside = [n for n in run.last_end if n.startswith(f"{block_name}.")]
+    if not inside:
+        raise UnsupportedModelError(f"{type(model).__name__}: its blocks ({block_name}) did not run")
+    blocks_end = max(run.last_end[n] for n in inside)
     num_labels = int(model.config.num_labels)
-    finals = [n for n, m in model.named_modules() if is_linear(m) and linear_widths(m)[1] == num_labels]
+    finals = [
+        n
+        for n, m in model.named_modules()
+        if is_linear(m) and linear_widths(m)[1] == num_labels and run.first_start.get(n, -1) > blocks_end
+    ]
     if not finals:
         raise UnsupportedModelError(
-            f"{type(model).__name__} has no linear layer with {num_labels} outputs (its classification head)"
+            f"{type(model).__name__} runs no linear layer with {num_labels} outputs after its blocks (its "
+            "classification head)"
         )
-    names = [n for n, _ in model.named_parameters()]
-    last_block = max(i for i, n in enumerate(names) if n.startswith(f"{block_name}."))
-    return _Generic(blocks, f"{block_name}.", f"{finals[-1]}.", names[last_block + 1 :])
+    final = max(finals, key=lambda n: run.first_start[n])
+    head = {
+        f"{module_name}.{name}" if module_name else name
+        for module_name, module in model.named_modules()
+        if run.first_start.get(module_name, -1) > blocks_end
+        for name, _ in module.named_parameters(recurse=False)
+    }
+    head_names = [n for n, _ in model.named_parameters() if n in head]
+    block_calls = max(run.calls.get(f"{block_name}.{i}", 0) for i in range(len(blocks)))
+    return _Generic(blocks, f"{block_name}.", f"{final}.", head_names, shared_blocks=block_calls > 1)
 
 
 def _architecture(model: nn.Module) -> _Architecture:
@@ -481,6 +558,8 @@ class TrackedModel:
             )
         self._blocks, self._block_prefix, self.final_prefix = blocks, block_prefix, final_prefix
         num_layers = len(blocks)
+        if isinstance(tracked_layers, int) and tracked_layers > num_layers and self.generic:
+            tracked_layers = self._clamped(tracked_layers, num_layers)
         if isinstance(tracked_layers, int) and not 0 <= tracked_layers <= num_layers:
             raise ValueError(
                 f"tracked_layers must be in [0, {num_layers}], 'classifier', 'lora' or 'modules:...', got "
@@ -503,6 +582,21 @@ class TrackedModel:
         named = dict(model.named_parameters())
         self._shapes = [named[n].shape for n in self.parameter_names]
         self._sizes = [named[n].numel() for n in self.parameter_names]
+
+    def _clamped(self, tracked_layers: int, num_layers: int) -> int:
+        """A block list that shares its weights across depth (ALBERT: one layer run N times) has fewer
+        distinct blocks than the model has layers: track all of them, and say so once."""
+        if not self.layout.shared_blocks:
+            return tracked_layers
+        logging.getLogger("influence.models").warning(
+            "%s shares its blocks' weights across depth: it has %d distinct block(s), so tracked_layers=%d "
+            "tracks %d",
+            type(self.model).__name__,
+            num_layers,
+            tracked_layers,
+            num_layers,
+        )
+        return num_layers
 
     def _chosen_parameters(self, scope: str) -> list[str]:
         """The parameters of a ``lora`` or ``modules:...`` tracked set, in the model's order; a set that

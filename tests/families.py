@@ -26,7 +26,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 TOKENIZER_KINDS = {
     "wordpiece": ("bert", "distilbert", "electra", "mpnet"),
-    "bytelevel": ("roberta", "gpt2", "qwen2", "modernbert"),
+    "bytelevel": ("roberta", "gpt2", "qwen2", "modernbert", "bart", "opt"),
     "metaspace": ("deberta-v2", "albert", "xlm-roberta", "llama"),
 }
 DECODERS = ("gpt2", "qwen2", "llama")
@@ -71,10 +71,33 @@ def _configs(num_labels: int, vocab_size: int) -> dict[str, object]:
         ),
         "llama": hf.LlamaConfig(**WIDTH, **common, **IDS, num_key_value_heads=1),
         "qwen2": hf.Qwen2Config(**WIDTH, **common, **IDS, num_key_value_heads=1),
+        # Not yet through every step (issue 36); used where a test says so.
+        "bart": hf.BartConfig(
+            d_model=16,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            **common,
+            **IDS,
+        ),
+        "opt": hf.OPTConfig(
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            ffn_dim=32,
+            word_embed_proj_dim=16,
+            **common,
+            **IDS,
+        ),
     }
 
 
-FAMILIES = list(_configs(2, VOCAB))
+EXTRA_FAMILIES = ("bart", "opt")
+"""Families some steps still fail on (issue 36): only the tests that name them use them."""
+FAMILIES = [family for family in _configs(2, VOCAB) if family not in EXTRA_FAMILIES]
 
 
 def tiny_classifier(
@@ -143,7 +166,7 @@ def _backend(kind: str, decoder: bool) -> Tokenizer:
 
 def family_tokenizer(family: str) -> hf.PreTrainedTokenizerFast:
     """The tokenizer kind ``family`` ships (module docstring), ``len()`` of it is the model's vocabulary."""
-    backend = _backend(tokenizer_kind(family), family in DECODERS)
+    backend = _backend(tokenizer_kind(family), family in (*DECODERS, "opt"))
     tokens = dict(
         zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL, strict=True)
     )

@@ -22,7 +22,7 @@ from interpret.influence.preconditioner import (
 from interpret.influence.projection import Projector, eigen_bases
 from interpret.models import TrackedModel, has_fast_path
 from tests.exactness import assert_same_solution, assert_solves, finite_difference_hvp, map_amplification
-from tests.families import DECODERS, FAMILIES, family_classifier
+from tests.families import DECODERS, EXTRA_FAMILIES, FAMILIES, family_classifier
 
 FAST = ("bert", "roberta", "xlm-roberta")
 GENERIC = [f for f in FAMILIES if f not in FAST]
@@ -58,21 +58,64 @@ def test_logits_are_the_hf_forward_and_do_not_depend_on_padding(family, rows):
         )
 
 
-@pytest.mark.parametrize("family", GENERIC)
-def test_the_tracked_set_is_found_without_naming_the_family(family):
-    tracked = _tracked(family, scope=1)
-    names = tracked.parameter_names
-    final = tracked.final_prefix
-    assert any(n.startswith(final) for n in names) and tracked.feature_dim == 16
-    assert not any("embed" in n and "rel_embeddings" not in n for n in names)  # the bottom is not tracked
-    blocks = len(tracked.tracked_layer_modules())
-    assert blocks == 1
-    head_only = _tracked(family, scope=0)
-    assert set(head_only.parameter_names) < set(names)
-    classifier = _tracked(family, scope="classifier")
-    assert all(n.startswith(final) for n in classifier.parameter_names)
+HEADS = {
+    "bert": ["bert.pooler.dense", "classifier"],
+    "roberta": ["classifier.dense", "classifier.out_proj"],
+    "xlm-roberta": ["classifier.dense", "classifier.out_proj"],  # registered before the encoder
+    "distilbert": ["pre_classifier", "classifier"],
+    "deberta-v2": ["pooler.dense", "classifier"],  # not encoder.rel_embeddings: it runs below the blocks
+    "electra": ["classifier.dense", "classifier.out_proj"],
+    "albert": ["albert.pooler", "classifier"],
+    "mpnet": ["classifier.dense", "classifier.out_proj"],  # not encoder.relative_attention_bias
+    "modernbert": ["model.final_norm", "head.dense", "head.norm", "classifier"],
+    "gpt2": ["transformer.ln_f", "score"],
+    "llama": ["model.norm", "score"],
+    "qwen2": ["model.norm", "score"],
+    "bart": ["classification_head.dense", "classification_head.out_proj"],  # not layernorm_embedding
+    "opt": ["model.decoder.final_layer_norm", "score"],
+}
+"""What runs after the last block, by module name, read off each family's source (not off our code)."""
+BLOCKS = {
+    "bert": "bert.encoder.layer.", "roberta": "roberta.encoder.layer.",
+    "xlm-roberta": "roberta.encoder.layer.", "distilbert": "distilbert.transformer.layer.",
+    "deberta-v2": "deberta.encoder.layer.",
+    "electra": "electra.encoder.layer.", "albert": "albert.encoder.albert_layer_groups.",
+    "mpnet": "mpnet.encoder.layer.", "modernbert": "model.layers.", "gpt2": "transformer.h.",
+    "llama": "model.layers.", "qwen2": "model.layers.", "bart": "model.decoder.layers.",
+    "opt": "model.decoder.layers.",
+}  # fmt: skip
+
+
+def _modules(names: list[str]) -> set[str]:
+    return {name.rsplit(".", 1)[0] for name in names}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, *EXTRA_FAMILIES])
+def test_the_tracked_set_is_what_runs_after_the_blocks(family):
+    """By parameter name: at ``tracked_layers=0`` the head alone (what runs after the last block, wherever
+    it is registered); at 1 the head and the last block; nothing that runs below the first block."""
+    model, tokenizer = family_classifier(family)
+    head_only = TrackedModel(model, tokenizer, 0, generic=True)
+    assert _modules(head_only.parameter_names) == set(HEADS[family])
+    assert head_only.tracked_layer_modules() == []
+    one = TrackedModel(model, tokenizer, 1, generic=True)
+    last = f"{BLOCKS[family]}{len(one._blocks) - 1}."
+    assert one._block_prefix == BLOCKS[family]
+    assert {n for n in one.parameter_names if n not in head_only.parameter_names} == {
+        n for n, _ in model.named_parameters() if n.startswith(last)
+    }
+    assert len(one.tracked_layer_modules()) == 1
+    classifier = TrackedModel(model, tokenizer, "classifier", generic=True)
+    assert _modules(classifier.parameter_names) == {HEADS[family][-1]}
+
+
+def test_blocks_shared_across_depth_clamp_tracked_layers_with_a_note(caplog):
+    """ALBERT runs one layer ``num_hidden_layers`` times: asking for 2 blocks tracks its one, and says so;
+    a list of distinct blocks still refuses more than it has."""
+    albert = TrackedModel(*family_classifier("albert"), tracked_layers=2)
+    assert albert.tracked_layers == 1 and "shares its blocks' weights" in caplog.text
     with pytest.raises(ValueError, match="tracked_layers"):
-        _tracked(family, scope=len(tracked._blocks) + 1)
+        TrackedModel(*family_classifier("bert"), tracked_layers=3, generic=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -129,6 +172,17 @@ def test_the_unprojected_hessian_index_is_the_exact_influence(family, rows):
     _exact_index_check(_tracked(family, scope=0), rows, family)
 
 
+@pytest.mark.slow  # DeBERTa's block alone takes 20 s of explicit Hessian
+@pytest.mark.parametrize("family", ["deberta-v2", "xlm-roberta", "albert", "gpt2", "bart"])
+def test_with_a_block_tracked_the_unprojected_index_is_the_exact_influence(family, rows):
+    """``tracked_layers=1``: the last block's attention and MLP weights (relative positions, a head
+    registered first, a layer shared across depth, a decoder, an encoder-decoder) in the explicit Hessian.
+    Eager attention, as ``load_classifier`` loads: PyTorch's CPU flash kernel has no double backward."""
+    model, tokenizer = family_classifier(family)
+    model.set_attn_implementation("eager")
+    _exact_index_check(TrackedModel(model, tokenizer, 1), rows.subset(range(12)), family)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "albert"])
 def test_kfac_factors_sum_over_conv1d_and_shared_layers(family, rows):
     """GPT-2's ``Conv1D`` stores ``[in, out]``; ALBERT calls one layer per block. The factored projection
@@ -151,10 +205,15 @@ def test_kfac_factors_sum_over_conv1d_and_shared_layers(family, rows):
 
 
 @pytest.mark.parametrize("scope", ["classifier", 0, 1])
-def test_the_generic_path_equals_the_fast_path(tiny64, train_set, scope):
-    """Where both exist (BERT), the generic path gives the fast path's logits, gradients and scores to
-    1e-6 relative in float64 (the two run the same layers, the fast one with its own additive mask)."""
-    model, tokenizer = tiny64
+@pytest.mark.parametrize("family", FAST)
+def test_the_generic_path_equals_the_fast_path(family, rows, scope):
+    """Where both exist (BERT, RoBERTa, XLM-R), the generic path tracks the same parameters and gives the
+    fast path's logits, gradients and scores to 1e-6 relative in float64 (the two run the same layers, the
+    fast one with its own additive mask). XLM-R registers its head before its encoder: execution order,
+    not registration order, must find it."""
+    model, tokenizer = family_classifier(family)
+    model.set_attn_implementation("eager")  # as load_classifier loads: SDPA on CPU has no forward-mode AD
+    train_set = rows
     assert has_fast_path(model)
     fast = TrackedModel(model, tokenizer, tracked_layers=scope)
     generic = TrackedModel(model, tokenizer, tracked_layers=scope, generic=True)
@@ -403,3 +462,34 @@ def test_tracked_modules_are_chosen_by_name_and_their_gradients_are_autograds(
     torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-13)
     with pytest.raises(ValueError, match="match no parameter"):
         _tracked(family, "modules:*.no_such_module")
+
+
+# ------------------------------------------------------------------ pooling: a padded batch is its rows
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_padded_batch_of_embeddings_pools_each_rows_last_real_token(family):
+    """Saliency and attacks run the model on embeddings (``inputs_embeds``), where HF decoder classifiers
+    cannot see the pad ids and pool the last column. Padded, each row's logits and embedding gradient must
+    be the row's own, alone: the model's pooling for its real last token, on every family."""
+    from interpret.attacks.base import loss_gradients
+    from interpret.classifier import TextClassifier
+
+    model, tokenizer = family_classifier(family)
+    classifier = TextClassifier(model, tokenizer)
+    texts = ["the plot was good and fun", "boring"]
+    rows = [
+        {
+            k: v[0]
+            for k, v in tokenizer(text, return_tensors="pt").items()
+            if k in ("input_ids", "token_type_ids")
+        }
+        for text in texts
+    ]
+    losses, gradients, _ = loss_gradients(classifier, rows, [1, 0])
+    for i, row in enumerate(rows):
+        alone_loss, alone_gradient, _ = loss_gradients(classifier, [row], [[1, 0][i]])
+        length = len(row["input_ids"])
+        torch.testing.assert_close(losses[i : i + 1], alone_loss, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(gradients[i, :length], alone_gradient[0], rtol=1e-7, atol=1e-12)
+        assert float(gradients[i, length:].abs().sum()) < 1e-12  # pads do not reach the loss

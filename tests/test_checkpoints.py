@@ -375,3 +375,39 @@ def test_a_save_pretrained_folder_of_any_family_gets_everything(family, data_dir
     for name, arguments in queries.items():  # the card names the data: the same answers without --train
         bare = ok("query", "--text", TEXT, *indexes, *arguments, "--json")
         assert [e["id"] for e in bare["helpful"]] == [e["id"] for e in given[name]["helpful"]], name
+
+
+def test_an_unexpected_error_is_one_line_naming_the_command_and_the_model(plain_dir, monkeypatch, capsys):
+    from interpret.explainer import Explainer
+
+    def broken(self, texts, pairs):
+        raise RuntimeError("Sizes of tensors must match\nmore detail")
+
+    monkeypatch.setattr(Explainer, "predict", broken)
+    monkeypatch.setattr(sys, "argv", ["influence", "predict", "--model", str(plain_dir), "--text", TEXT])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "error: influence predict failed on a bert model: RuntimeError: Sizes of tensors must match (a bug: "
+        "rerun with --debug for the traceback, and report it)"
+    ]
+    monkeypatch.setattr(
+        sys, "argv", ["influence", "predict", "--debug", "--model", str(plain_dir), "--text", TEXT]
+    )
+    with pytest.raises(RuntimeError, match="Sizes of tensors"):
+        main()
+
+
+def test_a_named_gradient_index_that_is_missing_or_unfinished_is_an_error_not_another_method(
+    plain_dir, data_dir, tmp_path, monkeypatch, capsys
+):
+    query = ("query", "--model", str(plain_dir), "--train", str(data_dir / "train.tsv"), "--text", TEXT)
+    missing = tmp_path / "grad"
+    line = _main_error(monkeypatch, capsys, *query, "--gradient-index", str(missing))
+    assert "no gradient index there" in line and f"--out {missing}" in line
+    (tmp_path / "grad.shards").mkdir()
+    line = _main_error(monkeypatch, capsys, *query, "--gradient-index", str(missing))
+    assert "did not finish" in line and "resume it with `influence index build --kind gradient" in line
