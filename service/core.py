@@ -286,14 +286,14 @@ class InfluenceService:
     def readiness(self) -> Readiness:
         answering = sum(name is not None for name in self.engine.backend.ping())
         workers = self.engine.backend.num_workers
-        # without training data no index is loaded, by design: the server still answers what needs none
+        # Without training data no index is loaded, by design: the server still answers what needs none.
+        # Either index serves influence (the gradient one alone is the README's own-model set-up).
         engine = self.engine
-        index_missing = (
-            self.settings.index_dir is not None and engine.index is None and engine.examples is not None
-        )
+        loaded = engine.index is not None or engine.gradient_index is not None
+        index_missing = self.settings.index_dir is not None and not loaded and engine.examples is not None
         status = Readiness(
             ready=answering == workers and not index_missing,
-            index_loaded=self.engine.index is not None,
+            index_loaded=loaded,
             training_data=self.engine.examples is not None,
             workers=workers,
             workers_answering=answering,

@@ -432,10 +432,11 @@ class IndexBuildResult(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Ready when the index (if configured) is loaded and every worker answers; counts, not names."""
+    """Ready when an index (kNN or gradient; if configured) is loaded and every worker answers; counts,
+    not names."""
 
     ready: bool
-    index_loaded: bool
+    index_loaded: bool = Field(description="Whether a kNN or a gradient index is loaded.")
     training_data: bool = Field(
         True, description="Whether training data is loaded (without it: prediction, saliency, attacks)."
     )

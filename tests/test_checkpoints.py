@@ -411,3 +411,31 @@ def test_a_named_gradient_index_that_is_missing_or_unfinished_is_an_error_not_an
     (tmp_path / "grad.shards").mkdir()
     line = _main_error(monkeypatch, capsys, *query, "--gradient-index", str(missing))
     assert "did not finish" in line and "resume it with `influence index build --kind gradient" in line
+
+
+def test_a_gradient_index_alone_makes_the_service_ready(plain_dir, data_dir, tmp_path):
+    """The README's own-model set-up builds only the gradient index: the server is ready with it (the
+    compose healthcheck reads /readyz), and not ready with training data but neither index."""
+    from interpret.config import GradientIndexConfig
+    from interpret.data import DataSpec
+    from service.builds import build_gradient_index
+
+    spec = DataSpec(str(data_dir / "train.tsv"))
+    build_gradient_index(
+        local_engine(plain_dir, spec), tmp_path / "grad", GradientIndexConfig(rank=2, damping=0.1)
+    )
+    for gradient_dir, ready in ((tmp_path / "grad", 200), (None, 503)):
+        settings = Settings(
+            _env_file=None,
+            model_dir=plain_dir,
+            index_dir=tmp_path / "no-knn",
+            gradient_index_dir=gradient_dir,
+        )
+        service = InfluenceService(settings, local_engine(plain_dir, spec, gradient_index_dir=gradient_dir))
+        try:
+            with TestClient(create_app(settings, service)) as http:
+                answer = http.get("/readyz")
+                assert answer.status_code == ready, answer.text
+                assert (ready == 503) == ("no index loaded" in answer.text)
+        finally:
+            service.shutdown()
