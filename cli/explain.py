@@ -145,13 +145,14 @@ def saliency_command(
         typer.echo(json.dumps(result, indent=2))
         return
     table = Table(title=f"{result['method']}: explaining {result['label_explained_name']}")
-    for column in ("token", "word", "score", "raw"):
+    for column in ("piece", "word", "score", "raw"):
         table.add_column(column)
-    for token, word, score, raw in zip(
-        result["tokens"], result["word_ids"], result["scores"], result["raw_scores"], strict=True
+    shown = [p or t for p, t in zip(result["pieces"] or result["tokens"], result["tokens"], strict=True)]
+    for piece, word, score, raw in zip(
+        shown, result["word_ids"], result["scores"], result["raw_scores"], strict=True
     ):
         table.add_row(
-            token, "" if word is None else str(word), f"{score:.3f} " + "#" * round(40 * score), f"{raw:.3g}"
+            piece, "" if word is None else str(word), f"{score:.3f} " + "#" * round(40 * score), f"{raw:.3g}"
         )
     console.print(table)
     if result["extra"]:

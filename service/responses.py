@@ -100,6 +100,7 @@ def saliency_response(result: SaliencyMap, names: Sequence[str]) -> SaliencyResp
         label_explained_name=names[result.label],
         prediction=prediction(result.probabilities, names),
         extra=result.extra,
+        pieces=result.pieces,
     )
 
 

@@ -227,6 +227,11 @@ class SaliencyResponse(BaseModel):
     label_explained: int
     label_explained_name: str
     prediction: Prediction
+    pieces: list[str] = Field(
+        default_factory=list,
+        description="Each token as the text it covers, without the tokenizer's ##, Ġ or ▁ markers (special "
+        "tokens as themselves); tokens keeps the raw pieces.",
+    )
     extra: dict[str, float] = Field(default_factory=dict)
 
 

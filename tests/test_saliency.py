@@ -101,3 +101,23 @@ def test_bad_requests_name_the_problem(classifier):
         saliency(classifier, SENTENCE, "integrated_gradients", stepz=5)
     with pytest.raises(ValueError, match="label=5 is not a label of this model"):
         saliency(classifier, SENTENCE, "simple_gradient", label=5)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "deberta-v2"])
+def test_pieces_are_the_text_each_token_covers_without_markers(family):
+    """WordPiece ``##``, byte-level ``Ġ`` and SentencePiece ``▁`` are the tokenizer's, not the reader's:
+    ``pieces`` are the characters each token covers, and a word's pieces join into the word."""
+    from interpret.classifier import TextClassifier
+    from interpret.saliency import saliency
+    from tests.families import family_classifier
+
+    classifier = TextClassifier(*family_classifier(family))
+    text = "the plot was boring and fun"
+    found = saliency(classifier, text, "simple_gradient")
+    assert len(found.pieces) == len(found.tokens)
+    assert not any(marker in piece for piece in found.pieces for marker in ("##", "Ġ", "▁"))
+    words = {}
+    for piece, word in zip(found.pieces, found.word_ids, strict=True):
+        if word is not None:
+            words[word] = words.get(word, "") + piece
+    assert [words[w] for w in sorted(words)] == text.split()

@@ -32,6 +32,8 @@ class EncodedText:
     """Per word: (sequence 0 or 1, start, end) character offsets in ``text`` or ``pair``."""
     text: str
     pair: str | None
+    pieces: list[str] = field(default_factory=list)
+    """Each token as the text it covers (no ``##`` / ``Ġ`` / ``▁`` markers); special tokens as themselves."""
 
     def without_words(self, removed: set[int]) -> tuple[str, str | None]:
         """The input with those words deleted (whitespace collapsed), as LIME's text sampler does."""
@@ -58,6 +60,8 @@ class SaliencyMap:
     label: int
     probabilities: list[float]
     extra: dict[str, float] = field(default_factory=dict)
+    pieces: list[str] = field(default_factory=list)
+    """Each token as the text it covers (``EncodedText.pieces``): what a person reads."""
 
 
 def encode_text(classifier: TextClassifier, text: str, pair: str | None = None) -> EncodedText:
@@ -77,6 +81,7 @@ def encode_text(classifier: TextClassifier, text: str, pair: str | None = None) 
     input_ids = encoding["input_ids"].to(classifier.device)
     tokens = classifier.tokenizer.convert_ids_to_tokens(encoding["input_ids"][0].tolist())
     words, spans = _words(encoding, word_ids, text, pair)
+    pieces = _pieces(encoding, tokens, text, pair)
     return EncodedText(
         input_ids,
         encoding["attention_mask"].to(classifier.device),
@@ -88,7 +93,28 @@ def encode_text(classifier: TextClassifier, text: str, pair: str | None = None) 
         spans,
         text,
         pair,
+        pieces,
     )
+
+
+def _pieces(encoding, tokens: list[str], text: str, pair: str | None) -> list[str]:
+    """The characters each token covers in its own sentence, each character given to one token only and
+    surrounding spaces dropped (byte-level offsets include a word's leading space, and SentencePiece's lone
+    ``▁`` overlaps the next piece's offsets: a marker alone covers nothing). A special token has no
+    characters: it is shown as itself."""
+    out, taken = [], {0: 0, 1: 0}
+    for position, token in enumerate(tokens):
+        sequence, span = encoding.sequence_ids(0)[position], encoding.token_to_chars(0, position)
+        if sequence is None or span is None:
+            out.append(token)
+            continue
+        if not token.replace("▁", "").replace("Ġ", "").removeprefix("##").strip():
+            out.append("")
+            continue
+        start = max(span.start, taken[sequence])
+        taken[sequence] = max(span.end, taken[sequence])
+        out.append((text if sequence == 0 else pair)[start : span.end].strip())
+    return out
 
 
 def _words(encoding, word_ids: list[int | None], text: str, pair: str | None):
@@ -175,6 +201,7 @@ def token_map(
         label,
         probabilities.tolist(),
         extra or {},
+        encoded.pieces,
     )
 
 
@@ -196,5 +223,13 @@ def word_map(
         raw.append(0.0 if word is None else float(word_scores[word] / pieces[word]))
         scores.append(0.0 if word is None else float(normalised[word] / pieces[word]))
     return SaliencyMap(
-        method, encoded.tokens, encoded.word_ids, raw, scores, label, probabilities.tolist(), extra or {}
+        method,
+        encoded.tokens,
+        encoded.word_ids,
+        raw,
+        scores,
+        label,
+        probabilities.tolist(),
+        extra or {},
+        encoded.pieces,
     )
