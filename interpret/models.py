@@ -203,6 +203,14 @@ def load_classifier(
         model, loading = AutoModelForSequenceClassification.from_pretrained(
             path, output_loading_info=True, **kwargs
         )
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise UnsupportedModelError(
+            f"{path}: the classification head saved there has another number of labels than config.json "
+            "says (a two-label config saved without id2label reads as the family's default count, 3 for "
+            'BART): add "id2label" with one name per label to its config.json'
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

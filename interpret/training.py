@@ -14,6 +14,7 @@ the influence objective (``interpret.influence.objective``) is the plain mean cr
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -207,5 +208,18 @@ def save_classifier(
     with atomic_directory(directory) as scratch:
         tracked.model.save_pretrained(scratch, safe_serialization=True)
         tracked.tokenizer.save_pretrained(scratch)
+        _write_labels(scratch, tracked.model.config)
         write_json_atomic(scratch / CARD_FILE, card)
     return card
+
+
+def _write_labels(folder: Path, config) -> None:
+    """Keep ``id2label`` in the saved config even for two labels. transformers 5 leaves a two-label map
+    out (two is its default), but some families default to another count (BART: 3), so the folder would
+    load with a head of the wrong width and fail."""
+    path = folder / "config.json"
+    saved = json.loads(path.read_text())
+    if "id2label" not in saved:
+        saved["id2label"] = {str(k): v for k, v in config.id2label.items()}
+        saved["label2id"] = {v: int(k) for k, v in config.id2label.items()}
+        write_json_atomic(path, saved)

@@ -493,3 +493,31 @@ def test_a_padded_batch_of_embeddings_pools_each_rows_last_real_token(family):
         torch.testing.assert_close(losses[i : i + 1], alone_loss, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(gradients[i, :length], alone_gradient[0], rtol=1e-7, atol=1e-12)
         assert float(gradients[i, length:].abs().sum()) < 1e-12  # pads do not reach the loss
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, *EXTRA_FAMILIES])
+def test_what_train_saves_from_pretrained_loads(family, rows, tmp_path):
+    """``influence train``'s folder loads back with the same weights on every family, BART included
+    (transformers leaves a two-label id2label out of config.json, and BART's default is three labels)."""
+    from interpret.models import load_classifier, model_fingerprint
+    from interpret.training import TrainConfig, save_classifier, train_classifier
+
+    model, tokenizer = family_classifier(family, dtype=torch.float32)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    config = TrainConfig(epochs=1, batch_size=8, learning_rate=1e-3)
+    tracked, report = train_classifier(str(base), rows, 1, config, max_length=32, progress=False)
+    card = save_classifier(tmp_path / "trained", tracked, str(base), rows, config, report)
+    loaded, _ = load_classifier(str(tmp_path / "trained"))
+    assert model_fingerprint(loaded) == card["model_fingerprint"]
+
+
+def test_a_head_wider_or_narrower_than_the_config_says_is_one_line_naming_the_fix(tmp_path):
+    from interpret.models import UnsupportedModelError, load_classifier
+
+    model, tokenizer = family_classifier("bart", dtype=torch.float32)
+    model.save_pretrained(tmp_path)  # plain save_pretrained: a two-label id2label is left out
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match='add "id2label" with one name per label'):
+        load_classifier(str(tmp_path))
