@@ -232,10 +232,10 @@ def attack_command(
 
 def _require_examples(model: Path, spec) -> None:
     """A trigger search needs labelled examples: ``--examples``, or the card's training data."""
-    from interpret.checkpoint import TrainingDataMissingError, card_data_spec, read_card
+    from interpret.checkpoint import require_training_data
 
-    if spec is None and card_data_spec(read_card(model)) is None:
-        raise TrainingDataMissingError(
-            f"a trigger search needs labelled examples to flip, and {model} has no card naming its training "
-            "data: pass --examples FILE (tsv/csv/jsonl with text and label columns)"
-        )
+    message = (
+        f"a trigger search needs labelled examples to flip, and {model} has no card naming its training "
+        "data: pass --examples FILE (tsv/csv/jsonl with text and label columns)"
+    )
+    require_training_data(model, spec, "a trigger search", message)

@@ -40,11 +40,13 @@ def missing_data_message(model_dir: str | Path, what: str) -> str:
     )
 
 
-def require_training_data(model_dir: str | Path, train_spec: DataSpec | None, what: str) -> None:
+def require_training_data(
+    model_dir: str | Path, train_spec: DataSpec | None, what: str, message: str | None = None
+) -> None:
     """Refuse before anything loads when ``what`` needs training data and neither the caller nor the
-    folder's card names any."""
+    folder's card names any; ``message`` replaces the default one (:func:`missing_data_message`)."""
     if train_spec is None and card_data_spec(read_card(model_dir)) is None:
-        raise TrainingDataMissingError(missing_data_message(model_dir, what))
+        raise TrainingDataMissingError(message or missing_data_message(model_dir, what))
 
 
 def read_card(model_dir: str | Path) -> dict:

@@ -241,7 +241,7 @@ def _load_adapter(
     base, tokenizer = load_classifier(
         base_name, num_labels, dtype, trust_remote_code, device, fresh_head=True
     )
-    if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)

@@ -72,6 +72,18 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
     return path
 
 
+def save_plain(tiny_dir: Path, folder: Path, label_names=("negative", "positive")) -> Path:
+    """The tiny BERT as another trainer leaves it: weights, config (with label names) and tokenizer only,
+    no card."""
+    from interpret.models import load_classifier, set_label_names
+
+    model, tokenizer = load_classifier(str(tiny_dir))
+    set_label_names(model.config, list(label_names))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, data_dir) -> Path:
     """A tiny BERT classifier (3 layers, hidden 16) fine-tuned briefly on the synthetic data.

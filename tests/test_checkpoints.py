@@ -22,6 +22,7 @@ from service.app import create_app
 from service.core import InfluenceService
 from service.pipeline import local_engine
 from service.settings import Settings
+from tests.conftest import save_plain
 
 TEXT = "the plot was good and fun"
 NAMES = ["negative", "positive"]
@@ -30,12 +31,8 @@ SMALL_LISSA = ["--recursion-depth", "5", "--repetitions", "1", "--lissa-batch-si
 
 @pytest.fixture
 def plain_dir(tiny_dir, tmp_path):
-    """The tiny BERT as another trainer leaves it: weights, config (with label names) and tokenizer only."""
-    folder = tmp_path / "their-model"
-    model, tokenizer = load_classifier(str(tiny_dir))
-    set_label_names(model.config, NAMES)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    """The tiny BERT as another trainer leaves it (``tests.conftest.save_plain``)."""
+    folder = save_plain(tiny_dir, tmp_path / "their-model", NAMES)
     assert not (folder / "card.json").exists()
     return folder
 

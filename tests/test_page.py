@@ -23,6 +23,7 @@ from service.core import InfluenceService
 from service.pipeline import local_engine
 from service.settings import Settings
 from tests.cluster import free_port
+from tests.conftest import save_plain
 
 pytestmark = pytest.mark.slow  # a browser and a real server
 
@@ -92,13 +93,7 @@ def server(engine_dirs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bare_server(tiny_dir, tmp_path_factory):
     """A folder as another trainer leaves it (no card), with label names, served without training data."""
-    from interpret.models import load_classifier, set_label_names
-
-    folder = tmp_path_factory.mktemp("bare") / "their-model"
-    model, tokenizer = load_classifier(str(tiny_dir))
-    set_label_names(model.config, ["negative", "positive"])
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = save_plain(tiny_dir, tmp_path_factory.mktemp("bare") / "their-model")
     settings = Settings(_env_file=None, model_dir=folder, index_dir=None, gradient_index_dir=None)
     with _serving(settings, local_engine(folder)) as url:
         yield url
