@@ -195,7 +195,10 @@ def query(
     lissa_batch_size: int = FASTIF_PRESET.batch_size,
     repetitions: int = FASTIF_PRESET.num_repetitions,
     damping: float = FASTIF_PRESET.damping,
-    scale: float = FASTIF_PRESET.scale,
+    scale: Annotated[
+        float | None,
+        typer.Option(help="LiSSA scale: above half the largest batch Hessian eigenvalue [measured]."),
+    ] = FASTIF_PRESET.scale,
     seed: int = FASTIF_PRESET.seed,
     workers: Annotated[
         int | None,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from interpret.concurrency import lock_of, serialized
-from interpret.models import is_linear, linear_widths, uses_token_types
+from interpret.models import is_linear, linear_widths, takes_token_types
 
 
 @dataclass
@@ -58,13 +58,23 @@ class TextClassifier:
         """The model's logits, holding the model's lock: a ``TrackedModel`` on another thread may be
         swapping tensors into the same modules (see ``interpret.concurrency``).
 
-        Given ``inputs_embeds``, a decoder classifier cannot see where each row's text ends (HF pools on
-        the last non-pad *id*, and without ids on the last column, a pad for every shorter row of a
-        right-padded batch). Its head scores every position; each row's logits are taken here at its last
-        attended position instead, which is the last real token under right padding."""
-        if not uses_token_types(self.model):
+        Given ``inputs_embeds`` (with ``input_ids`` optional beside them), every family sees its own
+        pooling of each row's real tokens:
+
+        * a decoder classifier cannot see where each row's text ends from embeddings (HF pools on the
+          last non-pad *id*, and without ids on the last column, a pad for every shorter row of a
+          right-padded batch). Its head scores every position; each row's logits are taken here at its
+          last attended position, which is the last real token under right padding;
+        * an encoder-decoder classifier (BART) refuses ``inputs_embeds`` and pools on its ids' last
+          end-of-sequence token: it gets ``input_ids``, and :meth:`_substituted` puts the embeddings in
+          where its shared embedding runs (the encoder's tokens and the decoder's right-shifted copy)."""
+        if not takes_token_types(self.model):
             inputs.pop("token_type_ids", None)
         by_embeddings = "inputs_embeds" in inputs and "attention_mask" in inputs
+        if by_embeddings and self.model.config.is_encoder_decoder:
+            return self._substituted(inputs.pop("inputs_embeds"), inputs)
+        if by_embeddings:
+            inputs.pop("input_ids", None)
         scored: list[torch.Tensor] = []
         with lock_of(self.model):
             if not by_embeddings:
@@ -81,3 +91,32 @@ class TextClassifier:
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (positions * (mask != 0)).argmax(-1)
         return every_position[torch.arange(len(last), device=last.device), last]
+
+    def _substituted(self, embeddings: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """An encoder-decoder's logits with ``embeddings`` in place of its token embeddings: the first call
+        of the shared table (the encoder, on ``input_ids``) returns them, the second (the decoder, on the
+        ids shifted right behind its start token) returns them shifted the same way."""
+        ids = inputs.get("input_ids")
+        if ids is None or ids.shape != embeddings.shape[:2]:
+            raise ValueError(
+                f"{type(self.model).__name__} pools on its token ids: give input_ids [B, S] beside "
+                "inputs_embeds [B, S, D]"
+            )
+        inputs["input_ids"] = ids.expand(len(embeddings), -1)
+        calls: list[int] = []
+
+        def substitute(_module, _args, output: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            if len(calls) == 1:
+                return embeddings
+            return torch.cat([output[:, :1], embeddings[:, :-1]], dim=1)
+
+        table = self.embeddings.weight  # the encoder and decoder may hold their own modules over it
+        tied = [m for m in self.model.modules() if isinstance(m, nn.Embedding) and m.weight is table]
+        with lock_of(self.model):
+            handles = [module.register_forward_hook(substitute) for module in tied]
+            try:
+                return self.model(**inputs).logits
+            finally:
+                for handle in handles:
+                    handle.remove()

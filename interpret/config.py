@@ -122,10 +122,13 @@ class LissaConfig(Checked):
     or the recursion diverges.
 
     The defaults are the FastIF preset: one example per step (B=1) and a medium depth, which the paper
-    found faster than one large-batch run; ``scale=1000`` because single SST-2 examples reach Hessian
-    eigenvalues near 1000 on MiniLM's last two layers (power iteration). What the preset buys: the
-    deterministic part of the recursion contracts by at least ``1 - damping/scale`` per step, so by J=1000
-    it is within 0.7% of its fixed point, but the *sampling* noise is not averaged away: against a
+    found faster than one large-batch run. ``scale`` is measured unless given: the largest top eigenvalue
+    (plus damping) of a few sampled B-row batches' Hessians by power iteration
+    (``interpret.influence.lissa.curvature_scale``), so a model whose curvature is far from MiniLM's does
+    not diverge at the defaults; the quality block reports the scale used. Single SST-2 examples reach
+    eigenvalues near 1000 on MiniLM's last two layers, which is FastIF's fixed ``scale=1000``. What that
+    buys: the deterministic part of the recursion contracts by at least ``1 - damping/scale`` per step, so
+    by J=1000 it is within 0.7% of its fixed point, but the *sampling* noise is not averaged away: against a
     converged conjugate-gradient solve of the same damped system (Hessian over 2,000 SST-2 rows) one
     repetition is 15-20% off in relative norm (cosine 0.98-0.99) and T=4 repetitions 11-15% off. Raise
     ``num_repetitions`` (in parallel on workers) or ``batch_size`` to cut it; ``exact`` (small tracked
@@ -136,7 +139,12 @@ class LissaConfig(Checked):
     batch_size: int = setting(1, ge=1, le=4096, doc="B: training examples per Hessian-vector product.")
     num_repetitions: int = setting(1, ge=1, doc="T: independent repetitions, averaged.")
     damping: float = setting(5.0, gt=0, doc="lambda in (H + lambda I)^-1.")
-    scale: float = setting(1000.0, gt=0, doc="Must exceed half the largest batch Hessian eigenvalue.")
+    scale: float | None = setting(
+        None,
+        gt=0,
+        doc="Must exceed half the largest batch Hessian eigenvalue; null: measured on sampled batches "
+        "(power iteration), reported in the quality block.",
+    )
     seed: int = setting(0, ge=0, le=SEED_MAX, doc="Repetition r is seeded by (seed, r).")
     divergence_bound: float = setting(10.0, gt=0, api=False)
     """Stop when ``||h|| > divergence_bound * scale * ||v|| / damping``: the bound no convergent run with a

@@ -10,6 +10,7 @@ numpy arrays so the same methods serve both: on Ray they cross the object store,
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,7 +27,14 @@ from interpret.config import Checked, LissaConfig
 from interpret.data import DataSpec
 from interpret.influence.cg import CGResult, cg_s_test
 from interpret.influence.exact import exact_s_test, training_hessian
-from interpret.influence.lissa import LissaReport, average_repetitions, lissa_repetition, relative_spread
+from interpret.influence.lissa import (
+    LissaReport,
+    average_repetitions,
+    curvature_scale,
+    lissa_repetition,
+    ran_at,
+    relative_spread,
+)
 from interpret.influence.preconditioner import projected_hessian, subspace_s_test
 from interpret.influence.projection import Projection, Projector
 from interpret.influence.query import TestPoint, prepare_test_point
@@ -79,6 +87,8 @@ class RepetitionReport:
     """``||h_j|| / scale`` per step."""
     seconds: float
     worker: str
+    scale: float
+    """The scale it ran at (``interpret.influence.lissa``)."""
 
 
 @dataclass(frozen=True)
@@ -111,13 +121,16 @@ def lissa_report(
     config: LissaConfig, repetitions: list[RepetitionReport], summary: STestSummary
 ) -> LissaReport:
     """The caller's view of T repetitions, wherever they ran."""
+    scales = [r.scale for r in repetitions]
     return LissaReport(
-        config,
+        ran_at(config, scales),
         np.stack([r.trace for r in repetitions]),
         summary.relative_spread,
         summary.s_test_norm,
         [r.seconds for r in repetitions],
         [r.worker for r in repetitions],
+        scales,
+        config.scale is None,
     )
 
 
@@ -138,6 +151,8 @@ class Explainer:
         self.cancellations = Cancellations()
         self._hessian: torch.Tensor | None = None
         self._projectors: dict[tuple, Projector] = {}
+        self._scales: dict[tuple, float] = {}
+        self._scales_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -230,8 +245,21 @@ class Explainer:
         start = time.perf_counter()
         v = self._point(text, pair, label).v
         train = self.checkpoint.training("influence")[1]
-        vector, trace = lissa_repetition(self.tracked, self.theta, v, train, config, repetition, progress)
-        return vector.cpu().numpy(), RepetitionReport(trace, time.perf_counter() - start, self.name)
+        measured = None if config.scale is not None else self._measured_scale(config)
+        vector, trace, scale = lissa_repetition(
+            self.tracked, self.theta, v, train, config, repetition, progress, measured
+        )
+        return vector.cpu().numpy(), RepetitionReport(trace, time.perf_counter() - start, self.name, scale)
+
+    def _measured_scale(self, config: LissaConfig) -> float:
+        """``curvature_scale``, once per (seed, batch size, damping) for this model: it depends on nothing
+        else, and every repetition and query with those settings needs the same value."""
+        key = (config.seed, config.batch_size, config.damping)
+        with self._scales_lock:
+            if key not in self._scales:
+                train = self.checkpoint.training("influence")[1]
+                self._scales[key] = curvature_scale(self.tracked, self.theta, train, config)
+            return self._scales[key]
 
     def solve(self, text: str, pair: str | None, label: int | None, damping: float) -> np.ndarray:
         """The exact ``(H + damping I)^-1 v`` (explicit training Hessian, built once; small tracked sets)."""

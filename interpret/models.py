@@ -17,6 +17,7 @@ because running the frozen bottom once is what makes scoring cheap.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -378,10 +379,12 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def uses_token_types(model: nn.Module) -> bool:
-    """Whether the model embeds segment ids (``type_vocab_size > 0``). Others never get them, even where
-    their forward accepts them: GPT-2 would look them up in its word embeddings."""
-    return getattr(model.config, "type_vocab_size", 0) > 0
+def takes_token_types(model: nn.Module) -> bool:
+    """Whether the model's forward has a ``token_type_ids`` argument. Segment ids are passed when the
+    tokenizer returns them (its ``model_input_names``: BERT's, ALBERT's, XLNet's, Funnel's do; RoBERTa's,
+    GPT-2's, Llama's do not) and the forward takes them, whatever the config says: XLNet has no
+    ``type_vocab_size`` and still needs them for a pair's boundary."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
 
 
 def linear_widths(module: nn.Module) -> tuple[int, int]:
@@ -708,7 +711,7 @@ class TrackedModel:
             return_tensors="pt",
             padding_side="right",
         )
-        if not uses_token_types(self.model):
+        if not takes_token_types(self.model):
             encoded.pop("token_type_ids", None)
         return {k: v.to(self.device) for k, v in encoded.items()}
 

@@ -45,6 +45,8 @@ def lissa_quality(report: LissaReport) -> LissaQuality:
         s_test_norm=report.s_test_norm,
         seconds=report.seconds,
         workers=report.workers,
+        scales=report.scales,
+        scale_measured=report.scale_measured,
     )
 
 

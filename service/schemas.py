@@ -151,6 +151,12 @@ class LissaQuality(BaseModel):
     s_test_norm: float
     seconds: list[float]
     workers: list[str] | None
+    scales: list[float] | None = Field(
+        description="Per repetition, the scale it ran at (config.scale is the largest)."
+    )
+    scale_measured: bool = Field(
+        description="Whether the scale was measured on sampled batches' Hessians (none was given)."
+    )
 
 
 class CGQuality(BaseModel):

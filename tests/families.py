@@ -2,7 +2,7 @@
 downloads), and for each the kind of tokenizer its family ships, trained here on the tests' words:
 
 * WordPiece (``##`` marks a continuation): BERT, DistilBERT, ELECTRA, MPNet;
-* byte-level BPE (``Ġ`` marks a word start): RoBERTa, GPT-2, Qwen2, ModernBERT;
+* byte-level BPE (``Ġ`` marks a word start): RoBERTa, GPT-2, Qwen2, ModernBERT, BART, OPT;
 * SentencePiece-style Unigram (``▁`` marks a word start): DeBERTa-v2, ALBERT, XLM-R, Llama.
 
 Every tokenizer numbers ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4; encoders wrap a
@@ -29,7 +29,9 @@ TOKENIZER_KINDS = {
     "bytelevel": ("roberta", "gpt2", "qwen2", "modernbert", "bart", "opt"),
     "metaspace": ("deberta-v2", "albert", "xlm-roberta", "llama"),
 }
-DECODERS = ("gpt2", "qwen2", "llama")
+DECODERS = ("gpt2", "qwen2", "llama", "opt")
+SEGMENTED = dict.fromkeys(("bert", "electra", "albert", "deberta-v2"), ("token_type_ids",))
+"""Families whose own tokenizer returns segment ids (its ``model_input_names``); the others' do not."""
 
 
 def _configs(num_labels: int, vocab_size: int) -> dict[str, object]:
@@ -71,7 +73,7 @@ def _configs(num_labels: int, vocab_size: int) -> dict[str, object]:
         ),
         "llama": hf.LlamaConfig(**WIDTH, **common, **IDS, num_key_value_heads=1),
         "qwen2": hf.Qwen2Config(**WIDTH, **common, **IDS, num_key_value_heads=1),
-        # Not yet through every step (issue 36); used where a test says so.
+        # Encoder-decoder: the decoder stack is tracked, saliency goes in through the shared embedding.
         "bart": hf.BartConfig(
             d_model=16,
             encoder_layers=2,
@@ -95,9 +97,7 @@ def _configs(num_labels: int, vocab_size: int) -> dict[str, object]:
     }
 
 
-EXTRA_FAMILIES = ("bart", "opt")
-"""Families some steps still fail on (issue 36): only the tests that name them use them."""
-FAMILIES = [family for family in _configs(2, VOCAB) if family not in EXTRA_FAMILIES]
+FAMILIES = list(_configs(2, VOCAB))
 
 
 def tiny_classifier(
@@ -166,14 +166,14 @@ def _backend(kind: str, decoder: bool) -> Tokenizer:
 
 def family_tokenizer(family: str) -> hf.PreTrainedTokenizerFast:
     """The tokenizer kind ``family`` ships (module docstring), ``len()`` of it is the model's vocabulary."""
-    backend = _backend(tokenizer_kind(family), family in (*DECODERS, "opt"))
+    backend = _backend(tokenizer_kind(family), family in DECODERS)
     tokens = dict(
         zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL, strict=True)
     )
     tokens |= {"bos_token": "[CLS]", "eos_token": "[SEP]"}
     return hf.PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(backend.to_str()),
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],  # segment ids for every family
+        model_input_names=["input_ids", *SEGMENTED.get(family, ()), "attention_mask"],
         **tokens,
     )
 

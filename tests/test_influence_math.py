@@ -127,10 +127,54 @@ def test_a_repetition_depends_only_on_seed_and_index(head):
     v = loss_gradient(tracked, theta, *train.load([1]))
     config = LissaConfig(recursion_depth=30, batch_size=4, num_repetitions=3, damping=0.05, scale=5.0, seed=9)
     together = lissa_s_test(tracked, theta, v, train, config)
-    alone, trace = lissa_repetition(tracked, theta, v, train, config, repetition=2)
+    alone, trace, _ = lissa_repetition(tracked, theta, v, train, config, repetition=2)
     torch.testing.assert_close(together.repetitions[2], alone, rtol=0, atol=0)
     np.testing.assert_array_equal(together.norm_traces[2], trace)
     torch.testing.assert_close(together.s_test, torch.stack(together.repetitions).mean(0))
+
+
+def test_the_measured_scale_is_the_largest_sampled_top_eigenvalue_plus_damping(head):
+    """Power iteration against the explicit Hessian of the same sampled batches (the draws are
+    ``curvature_scale``'s own), and a measured-scale run converges where it reports the scale it used."""
+    from interpret.influence.lissa import POWER_STEPS, SCALE_BATCHES, curvature_scale, top_eigenvalue
+
+    tracked, theta, train = head
+    states, labels = train.load(range(16))
+    explicit = block_hessian(lambda t: mean_loss(tracked, t, states, labels), theta)
+    largest = float(torch.linalg.eigvalsh(explicit).abs().max())
+    assert top_eigenvalue(tracked, theta, states, labels, 300, seed=0) == pytest.approx(largest, rel=1e-4)
+    config = LissaConfig(recursion_depth=200, batch_size=8, damping=0.05)
+    assert config.scale is None  # measured by default
+    rng = np.random.default_rng([config.seed, 1 << 20])
+    batches = [train.load(rng.choice(len(train), size=8, replace=False)) for _ in range(SCALE_BATCHES)]
+    tops = [
+        float(
+            torch.linalg.eigvalsh(block_hessian(lambda t, b=b: mean_loss(tracked, t, *b), theta)).abs().max()
+        )
+        for b in batches
+    ]
+    measured = curvature_scale(tracked, theta, train, config)
+    assert max(tops) * 0.9 + 0.05 <= measured <= max(tops) + 0.05 + 1e-9  # power iteration: from below
+    assert POWER_STEPS >= 5
+    v = loss_gradient(tracked, theta, *train.load([1]))
+    report = lissa_s_test(tracked, theta, v, train, config).report()
+    assert report.scale_measured and report.scales == [measured] and report.config.scale == measured
+
+
+def test_a_measured_scale_that_diverges_is_doubled_and_a_given_one_is_an_error(head, monkeypatch):
+    from interpret.influence import lissa
+
+    tracked, theta, train = head
+    v = loss_gradient(tracked, theta, *train.load([1]))
+    config = LissaConfig(recursion_depth=300, batch_size=len(train), damping=0.05)
+    honest = lissa.curvature_scale(tracked, theta, train, config)
+    monkeypatch.setattr(lissa, "curvature_scale", lambda *_: honest / 5)  # too small: diverges twice
+    result = lissa.lissa_s_test(tracked, theta, v, train, config)
+    assert result.scales == [pytest.approx(honest * 4 / 5)]
+    assert np.isfinite(result.s_test.numpy()).all()
+    given = LissaConfig(recursion_depth=300, batch_size=len(train), damping=0.05, scale=honest / 5)
+    with pytest.raises(LissaDivergenceError, match="increase scale"):
+        lissa.lissa_s_test(tracked, theta, v, train, given)
 
 
 def test_divergence_names_the_knob(head):

@@ -109,7 +109,7 @@ def loss_gradients(
     """Cross-entropy of each row toward its label: ``(losses [N], d sum(loss) / d embeddings [N, S, D],
     embeddings [N, S, D])``; rows are independent, so each gradient is that row's own."""
     batch = _batch(classifier, rows)
-    embeddings = classifier.embeddings(batch.pop("input_ids")).detach().requires_grad_()
+    embeddings = classifier.embeddings(batch["input_ids"]).detach().requires_grad_()
     logits = classifier.logits(inputs_embeds=embeddings, **batch)
     losses = F.cross_entropy(logits, torch.tensor(labels, device=classifier.device), reduction="none")
     (gradient,) = torch.autograd.grad(losses.sum(), embeddings)

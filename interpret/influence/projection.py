@@ -23,12 +23,12 @@ its projection the same way). Its rows are orthonormal: it keeps the top subspac
 
 Which parameters: every ``nn.Linear`` (and transformers' ``Conv1D``) weight and bias in the tracked set.
 A module called more than once per forward (ALBERT's shared layer) gets the sum of its calls' gradients.
-Other parameters (embeddings, RMSNorm scales) are dropped by the index. LayerNorm weights and biases
-(0.08% of MiniLM's tracked set) are dropped by the index (their coordinates of ``R`` are zero;
-``benchmarks/gradient_index.py`` measures their share of the gradient norm), or kept whole with
-``layer_norms=True``: with ``rank=None`` as well, the "projection" is then a permutation of the full
-tracked gradient, which is how the benchmark's reference full scan gets every exact per-example gradient
-from one batched backward instead of a ``vmap``.
+Other parameters (embeddings, relative-position tables) are dropped by the index. Normalisation layers'
+scales and biases (LayerNorm, bias-free LayerNorm, RMSNorm; 0.08% of MiniLM's tracked set) are dropped by
+the index (their coordinates of ``R`` are zero; ``benchmarks/gradient_index.py`` measures their share of
+the gradient norm), or kept whole with ``layer_norms=True``: with ``rank=None`` as well, the
+"projection" is then a permutation of the full tracked gradient, which is how the benchmark's reference
+full scan gets every exact per-example gradient from one batched backward instead of a ``vmap``.
 """
 
 from __future__ import annotations
@@ -97,6 +97,38 @@ class LinearSlot:
     @property
     def dim(self) -> int:
         return self.k_out * self.k_in
+
+
+@dataclass
+class NormSlot:
+    """One tracked normalisation layer kept whole: ``y = w * n(x) + b`` (LayerNorm, RMSNorm, a bias-free
+    LayerNorm) or ``y = (1 + w) * n(x)`` (Gemma's RMSNorm); where its scale (and bias, if any) sit."""
+
+    name: str
+    module: nn.Module
+    weight_offset: int
+    bias_offset: int | None
+
+    @property
+    def width(self) -> int:
+        return int(self.module.weight.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return self.width * (1 + (self.bias_offset is not None))
+
+    def coordinates(self) -> list[int]:
+        """Offsets of the flat coordinates this slot keeps, in its projected order (scale, then bias)."""
+        return [self.weight_offset] + ([] if self.bias_offset is None else [self.bias_offset])
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer with an element-wise scale: ``nn.LayerNorm``/``nn.RMSNorm`` or a family's own
+    (``LlamaRMSNorm``, ``T5LayerNorm``...), told by its name and a 1-D ``weight`` as wide as its input."""
+    if isinstance(module, nn.LayerNorm | nn.RMSNorm):
+        return module.weight is not None
+    weight = getattr(module, "weight", None)
+    return "norm" in type(module).__name__.lower() and isinstance(weight, torch.Tensor) and weight.dim() == 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,16 +215,15 @@ class Projector:
         self.tracked, self.rank, self.seed, self.bases = tracked, rank, seed, bases
         offsets = tracked.parameter_offsets()
         self.slots: list[LinearSlot] = []
-        self.norms: list[tuple[str, nn.LayerNorm, int, int]] = []
-        """Kept LayerNorms: (name, module, weight offset, bias offset)."""
+        self.norms: list[NormSlot] = []
+        """Normalisation layers kept whole (``layer_norms=True``)."""
         for index, name in enumerate(n for n in tracked.parameter_names if n.endswith(".weight")):
             module = tracked.model.get_submodule(name.removesuffix(".weight"))
-            if isinstance(module, nn.LayerNorm) and layer_norms:
-                bias = offsets[name.removesuffix("weight") + "bias"]
-                self.norms.append((name.removesuffix(".weight"), module, offsets[name], bias))
-            if not is_linear(module):
-                continue  # a LayerNorm: kept whole above, or dropped (the module docstring)
             bias_offset = offsets.get(name.removesuffix("weight") + "bias")
+            if layer_norms and is_norm(module):
+                self.norms.append(NormSlot(name.removesuffix(".weight"), module, offsets[name], bias_offset))
+            if not is_linear(module):
+                continue  # a norm: kept whole above, or dropped (the module docstring)
             d_in, d_out = linear_widths(module)
             in_width = d_in + (bias_offset is not None)
             self.slots.append(
@@ -207,9 +238,7 @@ class Projector:
             )
         if not self.slots:
             raise ValueError("the tracked set has no linear layers to build a gradient index from")
-        self.dim = sum(slot.dim for slot in self.slots) + sum(
-            2 * m.normalized_shape[0] for _, m, *_ in self.norms
-        )
+        self.dim = sum(slot.dim for slot in self.slots) + sum(norm.dim for norm in self.norms)
         if rank is None and self.dim > max_identity_dim:
             raise ValueError(
                 f"an unprojected gradient has {self.dim} coordinates (> {max_identity_dim}); "
@@ -254,7 +283,7 @@ class Projector:
 
             return hook
 
-        modules = [(slot.name, slot.module) for slot in self.slots] + [(n, m) for n, m, *_ in self.norms]
+        modules = [(slot.name, slot.module) for slot in self.slots + self.norms]
         # The hooks see every forward through these modules: hold the model's lock so no other thread's
         # forward runs while they are registered (interpret.concurrency).
         with lock_of(self.tracked.model), torch.enable_grad():
@@ -267,7 +296,8 @@ class Projector:
                     handle.remove()
         calls = [captured[name] for name, _ in modules]
         grads = iter(torch.autograd.grad(loss, [output for module in calls for _, output in module]))
-        return [[(x, next(grads)) for x, _ in module] for module in calls]
+        tokens = None if state.mask is None else state.mask.shape
+        return [[_unflattened(x, next(grads), tokens) for x, _ in module] for module in calls]
 
     @staticmethod
     def _shared(calls, batch: int) -> bool:
@@ -287,8 +317,8 @@ class Projector:
             sum(self._project(slot, x, grad, mask) for x, grad in module)
             for slot, module in zip(self.slots, calls, strict=False)
         ]
-        for (_, module, *_), uses in zip(self.norms, calls[len(self.slots) :], strict=True):
-            parts.append(sum(_layer_norm_gradient(module, x, grad, mask) for x, grad in uses))
+        for norm, uses in zip(self.norms, calls[len(self.slots) :], strict=True):
+            parts.append(sum(_norm_gradient(norm, x, grad, mask) for x, grad in uses))
         return torch.cat(parts, dim=1)
 
     def factors(
@@ -343,9 +373,8 @@ class Projector:
             if slot.project_in is not None:
                 matrix = matrix @ slot.project_in.T
             parts.append(matrix.reshape(-1))
-        for _, module, weight, bias in self.norms:
-            width = module.normalized_shape[0]
-            parts += [vector[weight : weight + width], vector[bias : bias + width]]
+        for norm in self.norms:
+            parts += [vector[offset : offset + norm.width] for offset in norm.coordinates()]
         return torch.cat(parts)
 
     def unproject(self, projected: torch.Tensor) -> torch.Tensor:
@@ -365,11 +394,10 @@ class Projector:
             slot.weight_view(out).copy_(matrix[:, :d_in])
             if slot.bias_offset is not None:
                 out[slot.bias_offset : slot.bias_offset + slot.d_out] = matrix[:, d_in]
-        for _, module, weight, bias in self.norms:
-            width = module.normalized_shape[0]
-            out[weight : weight + width] = projected[start : start + width]
-            out[bias : bias + width] = projected[start + width : start + 2 * width]
-            start += 2 * width
+        for norm in self.norms:
+            for offset in norm.coordinates():
+                out[offset : offset + norm.width] = projected[start : start + norm.width]
+                start += norm.width
         return out
 
     # ------------------------------------------------------------------------------- the dense view
@@ -398,12 +426,23 @@ class Projector:
             if slot.bias_offset is not None:
                 matrix[rows, slot.bias_offset : slot.bias_offset + d_out] = columns[:, :, d_in]
             row += slot.dim
-        for _, module, weight, bias in self.norms:
-            for offset in (weight, bias):
-                width = module.normalized_shape[0]
+        for norm in self.norms:
+            for offset in norm.coordinates():
+                width = norm.width
                 matrix[row : row + width, offset : offset + width] = torch.eye(width, dtype=matrix.dtype)
                 row += width
         return matrix
+
+
+def _unflattened(
+    inputs: torch.Tensor, grads: torch.Tensor, tokens: torch.Size | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A call on the batch's tokens flattened to ``[B*T, d]`` (OPT's feed-forward layers) as ``[B, T, d]``,
+    so that each row's tokens are summed into that row's gradient, not taken as rows of their own. A
+    pooled call ``[B, d]`` is left alone (``B*T == B`` only when ``T == 1``, where both views agree)."""
+    if tokens is None or inputs.dim() != 2 or inputs.shape[0] != tokens[0] * tokens[1]:
+        return inputs, grads
+    return inputs.view(*tokens, -1), grads.view(*tokens, -1)
 
 
 def _positions(inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -418,27 +457,37 @@ def _positions(inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor 
 def _tokens(
     slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A layer's real tokens as rows: ``([T, d_in (+1)], [T, d_out])``, the bias input 1 appended."""
+    """A layer's tokens that reach the loss, as rows: ``([T, d_in (+1)], [T, d_out])``, the bias input 1
+    appended. Pads are dropped, and so are the positions whose output gradient is exactly zero: a decoder's
+    ``score`` layer runs on every position but only the pooled one reaches the loss, so its input factor
+    sums that position's activation alone (as a gradient index of the pooled head would)."""
     if inputs.dim() == 3:
         positions = _positions(inputs, mask)
-        keep = (
-            torch.ones(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
-            if positions is None
-            else positions.bool()
-        )
+        keep = grads.ne(0).any(-1)
+        if positions is not None:
+            keep &= positions.bool()
         inputs, grads = inputs[keep], grads[keep]
     if slot.bias_offset is not None:
         inputs = torch.cat([inputs, inputs.new_ones((len(inputs), 1))], dim=1)
     return inputs, grads
 
 
-def _layer_norm_gradient(
-    module: nn.LayerNorm, inputs: torch.Tensor, grads: torch.Tensor, mask
-) -> torch.Tensor:
-    """Per-example ``[dL/dw, dL/db]`` of a LayerNorm ``y = w * norm(x) + b``: ``sum_t delta_t * norm(x_t)``
-    and ``sum_t delta_t``."""
+def _norm_gradient(norm: NormSlot, inputs: torch.Tensor, grads: torch.Tensor, mask) -> torch.Tensor:
+    """Per-example ``[dL/dw, dL/db]`` of a norm whose output is affine in its scale, ``y = s(w) * n(x) + b``
+    with ``s(w) = w`` or ``1 + w``: ``sum_t delta_t * dy_t/dw`` and ``sum_t delta_t``. ``dy/dw`` is the output
+    at ``w = 1`` minus the output at ``w = 0`` (the bias cancels), so no family's formula is written here."""
     if grads.dim() == 3 and (positions := _positions(grads, mask)) is not None:
         grads = grads * positions[..., None]
-    normalized = torch.nn.functional.layer_norm(inputs, module.normalized_shape, eps=module.eps)
-    dims = tuple(range(1, grads.dim() - 1))
-    return torch.cat([(grads * normalized).sum(dims), grads.sum(dims)], dim=1)
+    module, scale = norm.module, norm.module.weight.detach()
+    with torch.no_grad():
+        at = {
+            value: torch.func.functional_call(module, {"weight": torch.full_like(scale, value)}, (inputs,))
+            for value in (0.0, 1.0)
+        }
+    slope = at[1.0] - at[0.0]
+    if grads.dim() == 2:  # a pooled call (ModernBERT's head norm): one position per example
+        grads, slope = grads[:, None], slope[:, None]
+    parts = [(grads * slope).sum(1)]
+    if norm.bias_offset is not None:
+        parts.append(grads.sum(1))
+    return torch.cat(parts, dim=1)

@@ -146,23 +146,31 @@ def log_probabilities(
     embeddings: torch.Tensor,
     attention_mask: torch.Tensor,
     token_type_ids: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, C]`` log-probabilities from word-piece embeddings (the function every method explains).
 
-    Masks and segment ids of batch 1 are broadcast to the batch (Captum expands inputs by steps/samples).
+    Masks, segment ids and token ids of batch 1 are broadcast to the batch (Captum expands inputs by
+    steps/samples); the ids only tell an encoder-decoder where each row ends (``TextClassifier.logits``).
     """
     batch = embeddings.shape[0]
     kwargs = {"inputs_embeds": embeddings, "attention_mask": attention_mask.expand(batch, -1)}
-    if token_type_ids is not None:
-        kwargs["token_type_ids"] = token_type_ids.expand(batch, -1)
+    for name, value in (("token_type_ids", token_type_ids), ("input_ids", input_ids)):
+        if value is not None:
+            kwargs[name] = value.expand(batch, -1)
     return torch.log_softmax(classifier.logits(**kwargs), dim=-1)
+
+
+def forward_arguments(encoded: EncodedText) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """What :func:`log_probabilities` takes beside the embeddings (Captum's ``additional_forward_args``)."""
+    return encoded.attention_mask, encoded.token_type_ids, encoded.input_ids
 
 
 def predict_probabilities(classifier: TextClassifier, encoded: EncodedText) -> np.ndarray:
     embeddings = embed_tokens(classifier, encoded.input_ids)
     with torch.no_grad():
         return (
-            log_probabilities(classifier, embeddings, encoded.attention_mask, encoded.token_type_ids)
+            log_probabilities(classifier, embeddings, *forward_arguments(encoded))
             .exp()[0]
             .double()
             .cpu()

@@ -24,6 +24,7 @@ from interpret.saliency.base import (
     embed_tokens,
     encode_text,
     explained_label,
+    forward_arguments,
     log_probabilities,
     predict_probabilities,
     token_map,
@@ -51,7 +52,7 @@ def simple_gradient(
     classifier: TextClassifier, text: str, pair: str | None = None, label: int | None = None
 ) -> SaliencyMap:
     encoded, probabilities, label, forward, embeddings = _prepared(classifier, text, pair, label)
-    extra = (encoded.attention_mask, encoded.token_type_ids)
+    extra = forward_arguments(encoded)
     attributions = InputXGradient(forward).attribute(embeddings, target=label, additional_forward_args=extra)
     return token_map("simple_gradient", encoded, attributions[0], label, probabilities)
 
@@ -65,7 +66,7 @@ def integrated_gradients(
 ) -> SaliencyMap:
     IntegratedGradientsParams(steps)  # the one check of the values
     encoded, probabilities, label, forward, embeddings = _prepared(classifier, text, pair, label)
-    extra = (encoded.attention_mask, encoded.token_type_ids)
+    extra = forward_arguments(encoded)
     baseline = torch.zeros_like(embeddings).detach()
     attributions = IntegratedGradients(forward).attribute(
         embeddings,
@@ -96,7 +97,7 @@ def smooth_gradient(
 ) -> SaliencyMap:
     SmoothGradientParams(num_samples, stdev, seed)  # the one check of the values
     encoded, probabilities, label, forward, embeddings = _prepared(classifier, text, pair, label)
-    extra = (encoded.attention_mask, encoded.token_type_ids)
+    extra = forward_arguments(encoded)
     scale = float(stdev * (embeddings.detach().max() - embeddings.detach().min()))
     devices = [classifier.device] if classifier.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # Captum draws with torch's global generator
