@@ -161,6 +161,8 @@ def saliency_command(
                 f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["extra"].items()
             )
         )
+    for warning in result.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {warning}")
 
 
 @app.command("attack")

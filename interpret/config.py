@@ -262,6 +262,7 @@ def resolve_method(config: QueryConfig, has_gradient_index: bool, has_knn_index:
 
 
 Preconditioner = typing.Literal["fisher", "identity", "hessian"]
+IntegratedGradientsBaseline = typing.Literal["auto", "zero", "mask"]
 ProjectionKind = typing.Literal["kfac", "random"]
 
 
@@ -346,7 +347,13 @@ class NoParameters(Checked):
 
 @dataclass(frozen=True)
 class IntegratedGradientsParams(Checked):
-    steps: int = setting(10, ge=1, doc="Riemann midpoint steps from the zero embedding (AllenNLP: 10).")
+    steps: int = setting(10, ge=1, doc="Gauss-Legendre points on the path (AllenNLP takes 10 steps).")
+    baseline: IntegratedGradientsBaseline = setting(  # noqa: RUF009 (a Literal: immutable)
+        "auto",
+        doc="zero (AllenNLP: the all-zero embedding), mask (each word-piece's embedding replaced by the "
+        "mask token's; special tokens kept), or auto: zero, unless its completeness gap exceeds 0.05 (a "
+        "scale-invariant norm makes the path from zero degenerate: ModernBERT, Llama, Qwen2), then mask.",
+    )
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ def saliency_response(result: SaliencyMap, names: Sequence[str]) -> SaliencyResp
         prediction=prediction(result.probabilities, names),
         extra=result.extra,
         pieces=result.pieces,
+        warnings=result.warnings,
     )
 
 

@@ -238,7 +238,14 @@ class SaliencyResponse(BaseModel):
         description="Each token as the text it covers, without the tokenizer's ##, Ġ or ▁ markers (special "
         "tokens as themselves); tokens keeps the raw pieces.",
     )
-    extra: dict[str, float] = Field(default_factory=dict)
+    extra: dict[str, float | str] = Field(
+        default_factory=dict,
+        description="Integrated gradients: completeness_gap, the baseline used, zero_baseline_gap (auto).",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What makes the map less trustworthy than it looks (a completeness gap above 0.1).",
+    )
 
 
 class WordEdit(BaseModel):

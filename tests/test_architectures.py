@@ -2,6 +2,8 @@
 of fourteen families (``tests/families.py``), against the HF forward, exact Hessians and the fast path,
 in float64."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -320,6 +322,7 @@ def family_dirs(tmp_path_factory):
     spec = DataSpec(str(write_tsv(data / "train.tsv", synthetic_rows(200, seed=5))))
     rows = load_examples(spec)
 
+    @functools.cache
     def make(family):
         base = tmp_path_factory.mktemp(f"{family}-base")
         model, tokenizer = family_classifier(family, dtype=torch.float32)
@@ -377,6 +380,9 @@ def test_every_method_answers_on_every_family(family, family_dirs, tmp_path):
         assert len(result.scores) == len(result.tokens) and np.isfinite(result.scores).all(), method
         words = {w for w in result.word_ids if w is not None}
         assert words == set(range(6)), method  # grouped by the tokenizer's own words, whatever its pieces
+    for sentence in (text, "a gorgeous witty movie", "bad"):  # integrated gradients completes its path
+        result = saliency(classifier, sentence, "integrated_gradients")
+        assert result.extra["completeness_gap"] < 0.05 and not result.warnings, (sentence, result.extra)
     starts_word = word_start_rule(classifier.tokenizer)
     flipped = hotflip(classifier, text, max_flips=2)
     assert flipped.edits and flipped.final[0] != flipped.original
@@ -415,6 +421,23 @@ def test_the_families_that_failed_a_step_answer_at_the_default_knobs(family, fam
     tracked = engine.backend.explainer.tracked
     result = saliency(TextClassifier(tracked.model, tracked.tokenizer), text, "integrated_gradients")
     assert np.isfinite(result.scores).all()
+
+
+def test_a_zero_baseline_under_a_scale_invariant_norm_is_flagged_and_auto_leaves_it(family_dirs):
+    """Qwen2's RMSNorm makes ``f(alpha x)`` flat for ``alpha > 0``: from the zero embedding the path never
+    completes, the map says so; ``auto`` moves to the mask baseline and reports the gap it left."""
+    from interpret.saliency import TextClassifier, saliency
+    from interpret.saliency.gradient import FLAG_GAP
+    from service.pipeline import local_engine
+
+    tracked = local_engine(family_dirs("qwen2")).backend.explainer.tracked
+    classifier = TextClassifier(tracked.model, tracked.tokenizer)
+    zero = saliency(classifier, "a gorgeous witty movie", "integrated_gradients", baseline="zero")
+    assert zero.extra["completeness_gap"] > FLAG_GAP and "completeness gap" in zero.warnings[0]
+    auto = saliency(classifier, "a gorgeous witty movie", "integrated_gradients")
+    assert auto.extra["baseline"] == "mask" and auto.extra["zero_baseline_gap"] > FLAG_GAP
+    special = [i for i, word in enumerate(auto.word_ids) if word is None]
+    assert all(auto.raw_scores[i] == 0 for i in special)  # kept in the baseline: no attribution
 
 
 # ------------------------------------------------------------------------------ tracked sets: modules, lora

@@ -59,9 +59,11 @@ class SaliencyMap:
     scores: list[float]
     label: int
     probabilities: list[float]
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float | str] = field(default_factory=dict)
     pieces: list[str] = field(default_factory=list)
     """Each token as the text it covers (``EncodedText.pieces``): what a person reads."""
+    warnings: list[str] = field(default_factory=list)
+    """What makes this map less trustworthy than it looks (an incomplete integrated-gradients path)."""
 
 
 def encode_text(classifier: TextClassifier, text: str, pair: str | None = None) -> EncodedText:
@@ -191,7 +193,8 @@ def token_map(
     attributions: torch.Tensor,
     label: int,
     probabilities: np.ndarray,
-    extra: dict[str, float] | None = None,
+    extra: dict[str, float | str] | None = None,
+    warnings: list[str] | None = None,
 ) -> SaliencyMap:
     """From per-dimension attributions ``[S, D]``: raw = their sum per token (signed), normalised =
     ``||a_t||_1 / sum_t ||a_t||_1`` (the issue's definition; AllenNLP normalises ``|sum_d a_td|``)."""
@@ -210,6 +213,7 @@ def token_map(
         probabilities.tolist(),
         extra or {},
         encoded.pieces,
+        warnings or [],
     )
 
 
