@@ -66,7 +66,8 @@ def index_build(
         int, typer.Option(help="gradient, kfac: training rows the Kronecker factors are fitted on.")
     ] = DEFAULTS.fit_rows,
     preconditioner: Annotated[
-        str, typer.Option(help="gradient: fisher, identity, or hessian (small tracked sets).")
+        str,
+        typer.Option(help="gradient: fisher, identity, or hessian (small tracked sets)."),
     ] = DEFAULTS.preconditioner,
     damping: Annotated[float, typer.Option(help="gradient: lambda in (C + lambda I)^-1.")] = DEFAULTS.damping,
     seed: Annotated[
@@ -132,7 +133,7 @@ def index_build(
                 manifest = build_gradient_index(engine, out, config, progress)
             console.print(
                 f"indexed {manifest.count:,} gradients x {manifest.dim} ({config.projection} rank "
-                f"{config.rank}, {config.preconditioner}, damping {config.damping}) in {out}"
+                f"{config.rank}, {manifest.spec['preconditioner']}, damping {config.damping}) in {out}"
             )
             return
         out = out or ARTIFACTS / "index"

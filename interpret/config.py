@@ -287,7 +287,8 @@ class GradientIndexConfig(Checked):
     seed: int = setting(0, ge=0, le=SEED_MAX, doc="Seed of the random projections and of kfac's sample.")
     preconditioner: Preconditioner = setting(  # noqa: RUF009 (a Literal: immutable)
         "fisher",
-        doc="fisher (empirical Fisher of the projected gradients), identity, or hessian (small sets).",
+        doc="fisher (empirical Fisher of the projected gradients), identity, or hessian (the projected "
+        "explicit training Hessian: small tracked sets; unprojected, the exact influence).",
     )
     damping: float = setting(5.0, gt=0, doc="lambda in (C + lambda I)^-1.")
     factory: str = setting("Flat", doc="FAISS factory string of the inner-product index.")

@@ -27,9 +27,13 @@ from interpret.config import (
     QueryConfig,
     resolve_method,
 )
-from interpret.influence.exact import MAX_EXACT_PARAMETERS
 from interpret.models import parse_scope
-from service.builds import build_gradient_index, build_knn_index, check_gradient_factory
+from service.builds import (
+    build_gradient_index,
+    build_knn_index,
+    check_gradient_factory,
+    resolved_preconditioner,
+)
 from service.cache import STestCache
 from service.errors import BusyError, LimitExceededError, NotReadyError
 from service.evaluation import HeadCache
@@ -357,13 +361,11 @@ class InfluenceService:
         except ValueError as error:
             detail = {"field": "gradient.factory", "value": config.factory}
             raise LimitExceededError(f"gradient.{error}", detail) from None
-        tracked = self.engine.identity.num_parameters
-        if config.preconditioner == "hessian" and tracked > MAX_EXACT_PARAMETERS:
-            raise LimitExceededError(
-                f"preconditioner='hessian' needs an explicit Hessian of the {tracked} tracked parameters "
-                f"(at most {MAX_EXACT_PARAMETERS}); use 'fisher'",
-                {"field": "gradient.preconditioner", "value": "hessian"},
-            )
+        try:
+            resolved_preconditioner(config.preconditioner, self.engine.identity.num_parameters)
+        except ValueError as error:
+            detail = {"field": "gradient.preconditioner", "value": config.preconditioner}
+            raise LimitExceededError(str(error), detail) from None
         return config
 
     def _check_evaluation(self, request) -> None:

@@ -423,6 +423,79 @@ def test_the_families_that_failed_a_step_answer_at_the_default_knobs(family, fam
     assert np.isfinite(result.scores).all()
 
 
+@pytest.mark.slow  # an explicit Hessian of the last block over 200 rows: about a minute each
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_the_hessian_gradient_index_is_the_exact_influence_on_a_trained_tiny_model(
+    family, family_dirs, tmp_path
+):
+    """Against the exact influence (explicit Hessian over all 200 rows, every row scored, float64): the
+    index preconditioned by the projected training Hessian, at the default rank and with LayerNorms
+    dropped, ranks the rows at Spearman >= 0.999 and finds 9 of the exact top 10 helpful rows, on an
+    encoder and a decoder alike. (The default ``fisher`` does not reach this: ``resolved_preconditioner``.)"""
+    from scipy.stats import spearmanr
+
+    from interpret.config import GradientIndexConfig, QueryConfig
+    from service.builds import build_gradient_index
+    from service.pipeline import answer_query, gradient_index_for, local_engine
+
+    engine = local_engine(family_dirs(family), dtype=torch.float64)
+    manifest = build_gradient_index(engine, tmp_path / "grad", GradientIndexConfig(preconditioner="hessian"))
+    assert manifest.spec["preconditioner"] == "hessian" and manifest.spec["rank"] == 16
+    # The same explainer: its training Hessian, built for the index, is the exact answer's too.
+    engine.gradient_index = gradient_index_for(tmp_path / "grad", engine.identity, False)
+    for text in ("the plot was boring and fun", "a gorgeous witty movie"):
+        exact = answer_query(engine, text, config=QueryConfig(method="full", exact=True, top=100))
+        index = answer_query(engine, text, config=QueryConfig(top=100))
+        truth = dict(zip(exact.candidate_rows.tolist(), exact.candidate_scores.tolist(), strict=True))
+        found = dict(zip(index.candidate_rows.tolist(), index.candidate_scores.tolist(), strict=True))
+        assert set(found) == set(truth) == set(range(200))
+        rows = sorted(truth)
+        rho = spearmanr([found[r] for r in rows], [truth[r] for r in rows])[0]
+        top = {e.row for e in exact.helpful[:10]} & {e.row for e in index.helpful[:10]}
+        assert rho >= 0.999 and len(top) >= 9, (text, rho, len(top))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_answers_not_shapes_on_a_separable_task(family, tmp_path):
+    """A tiny model trained on a toy task whose label is the majority sentiment word: a clear sentence's
+    top 20 helpful rows share its label more often than chance (1/2) and than its harmful rows do, HotFlip
+    lowers the confidence it attacks (or flips the label), and Input Reduction keeps the label while it
+    removes words."""
+    from interpret.attacks import hotflip, input_reduction
+    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.data import DataSpec, load_examples
+    from interpret.saliency import TextClassifier
+    from interpret.training import TrainConfig, save_classifier, train_classifier
+    from service.builds import build_gradient_index
+    from service.pipeline import answer_query, local_engine
+    from tests.conftest import synthetic_rows, write_tsv
+
+    spec = DataSpec(str(write_tsv(tmp_path / "train.tsv", synthetic_rows(200, seed=5))))
+    rows = load_examples(spec)
+    model, tokenizer = family_classifier(family, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    config = TrainConfig(epochs=40, batch_size=16, learning_rate=3e-3)
+    tracked, report = train_classifier(str(tmp_path / "base"), rows, 1, config, max_length=32, progress=False)
+    save_classifier(tmp_path / "model", tracked, str(tmp_path / "base"), rows, config, report, spec)
+    engine = local_engine(tmp_path / "model")
+    build_gradient_index(engine, tmp_path / "grad", GradientIndexConfig(rank=4))
+    engine = local_engine(tmp_path / "model", gradient_index_dir=tmp_path / "grad")
+    predicted = engine.backend.explainer.tracked.probabilities(rows.texts).argmax(1)
+    assert (predicted == np.asarray(rows.labels)).mean() >= 0.9, "the toy task was not learned"
+    classifier = TextClassifier.of(engine.backend.explainer.tracked)
+    for text, label in (("a great and lovely film", 1), ("the plot was dull and boring", 0)):
+        answer = answer_query(engine, text, config=QueryConfig(top=20))
+        assert answer.predicted_label == label
+        helpful = np.mean([e.label == label for e in answer.helpful])
+        harmful = np.mean([e.label == label for e in answer.harmful])
+        assert helpful >= 0.6 and helpful > harmful, (text, helpful, harmful)  # measured: 0.6-0.95
+        flipped = hotflip(classifier, text, max_flips=2)
+        assert flipped.outputs_after[-1][label] < flipped.outputs_before[label]
+        reduced = input_reduction(classifier, text)
+        assert reduced.edits and int(np.argmax(reduced.outputs_after[-1])) == label
+
+
 def test_a_zero_baseline_under_a_scale_invariant_norm_is_flagged_and_auto_leaves_it(family_dirs):
     """Qwen2's RMSNorm makes ``f(alpha x)`` flat for ``alpha > 0``: from the zero embedding the path never
     completes, the map says so; ``auto`` moves to the mask baseline and reports the gap it left."""

@@ -305,6 +305,39 @@ def test_shard_size_never_changes_the_index(engine_dirs, tmp_path, projection):
     np.testing.assert_allclose(built[0], built[2], rtol=1e-6, atol=1e-7)
 
 
+def test_the_peak_memory_formula_counts_gradients_curvature_and_the_hessian():
+    from service.builds import build_peak_bytes
+
+    assert build_peak_bytes(1000, 64, 500, "fisher") == 2 * 4 * 1000 * 64 + 4 * 8 * 64 * 64
+    assert build_peak_bytes(1000, 64, 500, "hessian") - build_peak_bytes(1000, 64, 500, "fisher") == (
+        2 * 8 * 500 * 500
+    )
+
+
+def test_a_build_the_machine_cannot_hold_is_refused_before_any_work_naming_a_rank_that_fits(
+    engine_dirs, tmp_path, monkeypatch
+):
+    """The estimate at the asked rank exceeds what is available, the one at half the rank does not: the
+    error names both sizes and that rank, and nothing was computed or written."""
+    from service import builds
+
+    engine = local_engine(engine_dirs[0], dtype=torch.float64)
+    rows, tracked = len(engine.examples), engine.identity.num_parameters
+    peaks = {
+        rank: builds.build_peak_bytes(rows, builds.projected_dim(engine, rank, 0), tracked, "fisher")
+        for rank in (4, 8)
+    }
+    assert peaks[4] < peaks[8]
+    monkeypatch.setattr(builds, "available_memory", lambda: (peaks[4] + peaks[8]) // 2)
+    monkeypatch.setattr(engine.backend.explainer, "kfac_factors", lambda *a: pytest.fail("work was done"))
+    with pytest.raises(builds.IndexTooLargeError, match=r"--rank 4\b") as refused:
+        _build(engine, tmp_path / "big", rank=8)
+    assert builds.readable_bytes(peaks[8]) in str(refused.value)
+    assert not (tmp_path / "big").exists() and not shard_folder(tmp_path / "big").exists()
+    monkeypatch.undo()
+    assert _build(engine, tmp_path / "fits", rank=8).count == rows
+
+
 def test_an_interrupted_build_resumes_from_its_shards(engine_dirs, tmp_path, monkeypatch):
     engine = local_engine(engine_dirs[0], dtype=torch.float64)
     _build(engine, tmp_path / "reference", chunk_rows=20)
