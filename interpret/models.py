@@ -571,6 +571,8 @@ class TrackedModel:
         num_layers = len(blocks)
         if isinstance(tracked_layers, int) and tracked_layers > num_layers and self.generic:
             tracked_layers = self._clamped(tracked_layers, num_layers)
+        if isinstance(tracked_layers, int) and getattr(model.config, "is_encoder_decoder", False):
+            self._say_which_stack(block_prefix, final_prefix)
         if isinstance(tracked_layers, int) and not 0 <= tracked_layers <= num_layers:
             raise ValueError(
                 f"tracked_layers must be in [0, {num_layers}], 'classifier', 'lora' or 'modules:...', got "
@@ -593,6 +595,29 @@ class TrackedModel:
         named = dict(model.named_parameters())
         self._shapes = [named[n].shape for n in self.parameter_names]
         self._sizes = [named[n].numel() for n in self.parameter_names]
+
+    def _say_which_stack(self, block_prefix: str, final_prefix: str) -> None:
+        """An encoder-decoder has two block lists; a number of blocks counts the one that runs last (the
+        decoder's). Say so once, with the tracked set that names the other one's last block instead."""
+        tracked = block_prefix.rstrip(".")
+        others = [
+            (name, module)
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.ModuleList) and len(module) and name != tracked and "layers" in name
+        ]
+        if not others:
+            return
+        other, layers = max(others, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+        head = final_prefix.split(".")[0]
+        logging.getLogger("influence.models").warning(
+            "%s is an encoder-decoder: tracked_layers counts the blocks of %s, which run last; to track "
+            "the other stack's last block name it: --tracked-layers 'modules:%s.%d.*,%s'",
+            type(self.model).__name__,
+            tracked,
+            other,
+            len(layers) - 1,
+            head,
+        )
 
     def _clamped(self, tracked_layers: int, num_layers: int) -> int:
         """A block list that shares its weights across depth (ALBERT: one layer run N times) has fewer

@@ -112,6 +112,18 @@ def test_the_tracked_set_is_what_runs_after_the_blocks(family):
     assert _modules(classifier.parameter_names) == {HEADS[family][-1]}
 
 
+def test_an_encoder_decoder_says_which_stack_it_tracks_and_how_to_name_the_other(caplog):
+    """BART: a number of blocks counts the decoder's (they run last); the note names the encoder's last
+    block as a tracked set, and that tracked set is the encoder's block and the head."""
+    bart = TrackedModel(*family_classifier("bart"), tracked_layers=1)
+    assert all(".encoder." not in name for name in bart.parameter_names)
+    assert "modules:model.encoder.layers.1.*,classification_head" in caplog.text
+    other = TrackedModel(
+        *family_classifier("bart"), tracked_layers="modules:model.encoder.layers.1.*,classification_head"
+    )
+    assert {name.split(".")[1] for name in other.parameter_names if name.startswith("model.")} == {"encoder"}
+
+
 def test_blocks_shared_across_depth_clamp_tracked_layers_with_a_note(caplog):
     """ALBERT runs one layer ``num_hidden_layers`` times: asking for 2 blocks tracks its one, and says so;
     a list of distinct blocks still refuses more than it has."""
@@ -601,6 +613,11 @@ def test_a_lora_adapter_answers_end_to_end_and_its_index_is_refused_for_another_
         ("bert", "*.layer.1.attention.*,classifier", ("encoder.layer.1.attention.", "classifier.")),
         ("gpt2", "*.h.1.mlp.c_fc,score", ("h.1.mlp.c_fc.", "score.")),
         ("deberta-v2", "*.layer.0.output.dense", ("encoder.layer.0.output.dense.",)),
+        (
+            "bart",
+            "model.encoder.layers.1.*,classification_head",
+            ("encoder.layers.1.", "classification_head."),
+        ),
     ],
 )
 def test_tracked_modules_are_chosen_by_name_and_their_gradients_are_autograds(
