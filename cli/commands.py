@@ -361,7 +361,8 @@ def _config_label_names(model_dir: Path) -> list[str] | None:
 
 DEMO_CPU_EXAMPLES = 10_000
 """SST-2 rows the demo fine-tunes on without a GPU: its first answer comes within minutes of install on
-2 CPU cores (the whole set takes about 20 minutes there); ``--full`` or a GPU uses all 67,349."""
+2 CPU cores (the whole set takes about 9 minutes there: ``benchmarks/results/train_sst2.json``); ``--full``
+or a GPU uses all 67,349."""
 
 
 def _demo_examples(max_examples: int | None, full: bool) -> int | None:
@@ -379,7 +380,7 @@ def demo(
         typer.Option(help=f"Fine-tune on a subset [on CPU: {DEMO_CPU_EXAMPLES:,} rows; on a GPU: all]."),
     ] = None,
     full: Annotated[
-        bool, typer.Option(help="Fine-tune on all of SST-2 (about 20 min on 2 CPU cores).")
+        bool, typer.Option(help="Fine-tune on all of SST-2 (about 9 min on 2 CPU cores).")
     ] = False,
     text: str = DEMO_SENTENCE,
     port: int = 8000,

@@ -130,7 +130,8 @@ class LissaConfig(Checked):
     buys: the deterministic part of the recursion contracts by at least ``1 - damping/scale`` per step, so
     by J=1000 it is within 0.7% of its fixed point, but the *sampling* noise is not averaged away: against a
     converged conjugate-gradient solve of the same damped system (Hessian over 2,000 SST-2 rows) one
-    repetition is 15-20% off in relative norm (cosine 0.98-0.99) and T=4 repetitions 11-15% off. Raise
+    repetition is 22% off in relative norm (cosine 0.977), and J=500 with B=4 17% (cosine 0.987)
+    (``benchmarks/results/influence_query.json``, ``lissa_tradeoff``). Raise
     ``num_repetitions`` (in parallel on workers) or ``batch_size`` to cut it; ``exact`` (small tracked
     sets) has none. FastIF's published ``damp=5e-3, scale=1e4`` is ``damping=50`` here.
     """

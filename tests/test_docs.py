@@ -1,5 +1,6 @@
 """The README against the code: every ``influence ...`` line it shows runs against the real CLI's commands
-and options, and every ``INFLUENCE_*`` variable it names exists (and every setting is documented)."""
+and options, every ``INFLUENCE_*`` variable it names exists (and every setting is documented), and the
+measured numbers it quotes are the ones in ``benchmarks/results/``."""
 
 from __future__ import annotations
 
@@ -81,3 +82,65 @@ def test_every_variable_the_readme_names_exists_and_every_setting_is_documented(
     assert not undocumented, f"settings the README does not document: {sorted(undocumented)}"
     for name, where in OTHER_VARIABLES.items():
         assert name in (ROOT / where).read_text(), f"{name} is not read in {where}"
+
+
+# ------------------------------------------------------------------ numbers: each from its results file
+
+
+def _results(name: str) -> dict:
+    import json
+
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def _quoted_numbers() -> list[tuple[str, str]]:
+    """``(phrase, source)``: what the README says, rendered from the JSON the benchmark wrote."""
+    index, query = _results("gradient_index.json"), _results("influence_query.json")
+    table = {
+        (row["projection"], row["rank"]): row
+        for row in index["table_rank_x_preconditioner"]
+        if row["preconditioner"] == "fisher"
+    }
+    lissa = {(row["J"], row["B"], row["T"]): row for row in query["lissa_tradeoff"]}
+    soak, arenas = _results("soak.json"), _results("soak_glibc_default_arenas.json")
+    start = arenas["rss_mib"]["start"]
+    phrases = [
+        (f"`train_sst2.json`: {_results('train_sst2.json')['wall_seconds']:.0f} s", "train_sst2.json"),
+        (f"`gradient_index.json`: {index['build']['build_seconds']:.0f} s", "gradient_index.json"),
+        (
+            f"first_answer.json`: {_results('first_answer.json')['summary']['first_answer_seconds']:.0f} s",
+            "first_answer.json",
+        ),
+        (f"2,000 rows ({table['kfac', 16]['fit_seconds']:.0f} s on 2 CPU cores)", "gradient_index.json"),
+        (f"J=1000, B=1 is {lissa[1000, 1, 1]['relative_error']:.0%} from", "influence_query.json"),
+        (f"(cosine {lissa[1000, 1, 1]['cosine']:.3f})", "influence_query.json"),
+        (
+            f"is {lissa[500, 4, 1]['relative_error']:.0%} off (cosine {lissa[500, 4, 1]['cosine']:.3f})",
+            "influence_query.json",
+        ),
+        (
+            f"took {soak['default_parameters_one_request']['triggers']['seconds']:.0f} s on a one-CPU worker",
+            "soak.json",
+        ),
+        (
+            f"at {start:,.0f} MiB and grew +{arenas['rss_mib']['end'] - start:.0f} MiB",
+            "soak_glibc_default_arenas.json",
+        ),
+        (f"({soak['rss_mib']['start']:,.0f} -> {soak['rss_mib']['end']:,.0f} MiB;", "soak.json"),
+    ]
+    shown = [("random", 16), ("random", 32), ("kfac", 8), ("kfac", 16), ("kfac", 32)]  # the README's rows
+    for kind, rank in shown:
+        row = table[kind, rank]
+        cells = [row["recall_at_100_helpful"], row["recall_at_100_harmful"], row["spearman_all"]]
+        name = f"**{kind} {rank}** (default)" if (kind, rank) == ("kfac", 16) else f"{kind} {rank}"
+        rendered = " | ".join(f"{value + 1e-9:.2f}" for value in cells)  # half up: 0.905 -> 0.91
+        phrases.append((f"| {name} | {row['dim']:,} | {rendered} |", "gradient_index.json"))
+    return phrases
+
+
+@pytest.mark.parametrize(("phrase", "source"), _quoted_numbers())
+def test_the_readmes_numbers_are_the_results_files(phrase, source):
+    """Each measured number the README quotes is rendered here from the JSON its benchmark wrote: a rerun
+    that moves a number fails this test until the README says the new one."""
+    flat = " ".join(README.split())
+    assert " ".join(phrase.split()) in flat, f"README should say {phrase!r} (benchmarks/results/{source})"
