@@ -17,7 +17,11 @@ from interpret.data import DataSpec
 class Settings(BaseSettings):
     # Empty variables count as unset (compose passes ``INFLUENCE_WORKERS=`` when .env leaves it blank).
     model_config = SettingsConfigDict(
-        env_prefix="INFLUENCE_", env_file=".env", extra="ignore", env_ignore_empty=True
+        env_prefix="INFLUENCE_",
+        env_file=".env",
+        extra="ignore",
+        env_ignore_empty=True,
+        use_attribute_docstrings=True,  # each field's docstring is its description (docs/cli.md)
     )
 
     model_dir: Path = Path("artifacts/model")
@@ -31,38 +35,56 @@ class Settings(BaseSettings):
     """The model's training data (file or ``hub:NAME[/CFG]:SPLIT``); default: the one its card names. With
     neither, the service answers prediction, saliency and attacks, and says influence needs it."""
     train_text_column: str = "text"
+    """Column of ``INFLUENCE_TRAIN_DATA`` holding the text."""
     train_pair_column: str | None = None
+    """Column holding the second text of a pair (NLI); ``None``: single texts."""
     train_label_column: str = "label"
+    """Column holding integer labels (or the model's label names)."""
     train_id_column: str | None = None
+    """Column holding example ids; ``None``: row numbers."""
     train_max_examples: int | None = Field(None, ge=1)
     """The seeded subset of this many rows the model was trained on (``influence train --max-examples``)."""
     tracked_layers: str | None = None
+    """Tracked set (``2``, ``classifier``, ``lora``, ``modules:PATTERN,...``); ``None``: the card's."""
 
     workers: int | None = None
     """Ray actors; ``None``: one per GPU, else min(4, CPUs). ``RAY_ADDRESS`` joins a cluster."""
     cpus_per_worker: float = 1.0
+    """CPUs each Ray actor reserves."""
     gpus_per_worker: float | None = None
+    """GPUs each Ray actor reserves; ``None``: one where the cluster has GPUs."""
     max_retries: int = 2
+    """Times a part of a query whose actor died is re-run on a fresh actor."""
     deadline_s: float = Field(900.0, gt=0)
+    """Seconds a query may take on the workers before it stops with a timeout."""
 
     api_key: SecretStr | None = None
     """When set, every ``/v1`` request needs the ``X-API-Key`` header."""
     max_body_bytes: int = Field(1_000_000, gt=0)
+    """Largest request body (413 beyond)."""
     body_timeout_s: float = Field(10.0, gt=0)
     """Seconds a client may take between two parts of its request body (a body shorter than its
     Content-Length, or a trickle, gets 408 instead of holding a connection forever)."""
     max_header_bytes: int = Field(16_384, gt=0)
+    """Largest total size of a request's headers (431 beyond)."""
     max_headers: int = Field(100, gt=0)
+    """Most headers in one request (431 beyond)."""
     max_input_chars: int = Field(4_096, gt=0)
     """Characters per text (and per pair), checked before any tokenizer runs."""
     max_input_tokens: int = Field(128, gt=0)
+    """Word-pieces per input the model sees (longer inputs are truncated)."""
     max_batch: int = Field(32, gt=0)
+    """Inputs per request."""
     max_k: int = Field(10_000, gt=0)
+    """fastif candidates per query; also bounds a full scan and ``rerank``."""
     max_top: int = Field(100, gt=0)
+    """Helpful and harmful examples a query may return."""
     max_recursion_depth: int = Field(5_000, gt=0)
+    """LiSSA depth J per request."""
     max_cg_rows: int = Field(5_000, gt=0)
     """Training rows a CG solve may take its Hessian over (each CG iteration is one pass over them)."""
     max_repetitions: int = Field(8, gt=0)
+    """LiSSA repetitions T per request."""
     max_samples: int = Field(256, gt=0)
     """Saliency steps / samples per request (integrated gradients, SmoothGrad, LIME)."""
     max_attack_search: int = Field(100, gt=0)
@@ -76,22 +98,28 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(8, gt=0)
     """Requests computing at once; one more gets 429 with Retry-After instead of a queue."""
     retry_after_s: int = Field(5, gt=0)
+    """Seconds a 429 tells the client to wait (``Retry-After``) when no job will expire sooner."""
     keep_alive_s: int = Field(75, gt=0)
     """Seconds ``influence serve`` keeps an idle HTTP connection open. Longer than clients keep theirs
     (httpx: 5 s), so the client drops an idle connection first: with uvicorn's own default of 5 s, a
     client retrying after ``Retry-After: 5`` sent its request down a connection the server was closing
     and got a ReadError (seen once in 36 requests of benchmarks/service_load.py)."""
     s_test_cache_entries: int = Field(64, ge=0)
+    """``s_test`` vectors kept for repeated queries (0: no cache)."""
     s_test_cache_bytes: int = Field(2_000_000_000, ge=0)
+    """Bytes the ``s_test`` cache may hold."""
     job_ttl_s: float = Field(600.0, gt=0)
     """Seconds a succeeded job's result waits to be fetched."""
     failed_job_ttl_s: float = Field(60.0, gt=0)
     """Seconds a failed or cancelled job's status is kept."""
     max_jobs: int = Field(100, gt=0)
+    """Jobs the service keeps at once (queued, running or unfetched)."""
     max_jobs_per_client: int = Field(10, gt=0)
     """Jobs one client (API key and address) may have queued, running or unfetched."""
     allow_index_build_jobs: bool = True
+    """Whether ``POST /v1/jobs`` may build indexes (into the configured folders)."""
     trust_remote_code: bool = False
+    """Run model code shipped in the model folder (``auto_map``); off unless set."""
 
     def train_spec(self) -> DataSpec | None:
         """``INFLUENCE_TRAIN_DATA`` and its columns as a data spec; ``None``: the card's."""

@@ -144,3 +144,16 @@ def test_the_readmes_numbers_are_the_results_files(phrase, source):
     that moves a number fails this test until the README says the new one."""
     flat = " ".join(README.split())
     assert " ".join(phrase.split()) in flat, f"README should say {phrase!r} (benchmarks/results/{source})"
+
+
+def test_the_generated_cli_reference_is_up_to_date():
+    """``docs/cli.md`` is what ``python -m cli.reference`` writes from today's Typer app and settings."""
+    from cli.reference import REFERENCE, reference_markdown
+
+    assert REFERENCE.read_text() == reference_markdown(), (
+        "run `python -m cli.reference` and commit docs/cli.md"
+    )
+    assert (
+        "## `influence index build`" in REFERENCE.read_text()
+        and "`INFLUENCE_MAX_JOBS`" in REFERENCE.read_text()
+    )
