@@ -307,7 +307,8 @@ def serve(
         int | None, typer.Option(help="Ray actors [env INFLUENCE_WORKERS; one per GPU, else min(4, CPUs)].")
     ] = None,
 ) -> None:
-    """Serve the REST API (OpenAPI at /docs, a page at /); every other setting from INFLUENCE_* variables."""
+    """Serve the REST API (OpenAPI at /docs, a page at /); every other setting from INFLUENCE_* variables
+    (docs/cli.md lists them)."""
     import uvicorn
 
     from service.app import create_app

@@ -128,6 +128,25 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         ),
         (f"({soak['rss_mib']['start']:,.0f} -> {soak['rss_mib']['end']:,.0f} MiB;", "soak.json"),
     ]
+    summary = index["summary"]
+    phrases += [
+        (f"query takes {summary['gradient_query_p50_s']:.2f} s through REST (p50", "gradient_index.json"),
+        (f"the default preset {summary['fastif_query_p50_s']:.0f} s in the same run", "gradient_index.json"),
+        (
+            f"finds {summary['recall_at_100_helpful']:.2f} of the reference's top 100 helpful and "
+            f"{summary['recall_at_100_harmful']:.2f} of the top 100 harmful examples, Spearman "
+            f"{summary['spearman_all']:.2f}",
+            "gradient_index.json",
+        ),
+        (
+            f"lifts that to {summary['recall_at_100_helpful_rerank']:.2f} / "
+            f"{summary['recall_at_100_harmful_rerank']:.2f} in "
+            f"{summary['gradient_rerank_query_p50_s']:.0f} s",
+            "gradient_index.json",
+        ),
+        (f"({summary['build_seconds'] / 60:.1f} min in all for SST-2", "gradient_index.json"),
+        (f"example ({summary['index_bytes'] / 1e6:.0f} MB for SST-2", "gradient_index.json"),
+    ]
     shown = [("random", 16), ("random", 32), ("kfac", 8), ("kfac", 16), ("kfac", 32)]  # the README's rows
     for kind, rank in shown:
         row = table[kind, rank]
