@@ -164,6 +164,14 @@ def test_prediction_and_every_saliency_method(page, server):
         assert cells.nth(1).get_attribute("title").startswith(answer["tokens"][1])  # hover: the exact score
         if method == "integrated_gradients":
             assert "completeness gap" in page.inner_text("#saliency-out")
+            baseline = page.locator("#saliency-form select[name=baseline]")  # a choice, from the schema
+            assert baseline.input_value() == "auto"
+            assert baseline.locator("option").all_inner_texts() == ["auto", "zero", "mask"]
+            baseline.select_option("mask")
+            page.locator("#saliency-out").evaluate("node => node.innerHTML = ''")
+            page.click("#saliency-form button[type=submit]")
+            page.wait_for_selector("#saliency-out .tok")
+            assert "mask baseline" in page.inner_text("#saliency-out")
     _shoot(page, "saliency")
     assert "view=saliency" in page.url and "method=lime" in page.url  # a deep link to what is shown
 
