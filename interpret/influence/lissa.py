@@ -42,6 +42,7 @@ SCALE_BATCHES = 8
 POWER_STEPS = 10
 """Power-iteration HVPs per batch: 80 in all, 8% of the default J=1000, once per model and settings."""
 SCALE_DOUBLINGS = 3
+"""Times a repetition that diverges at a measured scale restarts at twice the scale."""
 
 
 class LissaDivergenceError(ArithmeticError):
