@@ -46,6 +46,15 @@ class _Scope:
 _current = threading.local()
 
 
+def current_context() -> RequestContext | None:
+    """The request the running thread works for (the innermost :meth:`Cancellations.scope`), or ``None``.
+
+    A call that is given no context inherits this one, so every worker call a job makes (an evaluation's
+    per-point queries, an audit's gradient shards) is bound by the job's id and deadline, not a fresh pair."""
+    scope: _Scope | None = getattr(_current, "scope", None)
+    return None if scope is None else scope.context
+
+
 def checkpoint() -> None:
     """Raise if the running thread's request was cancelled or is past its deadline (a step boundary)."""
     scope: _Scope | None = getattr(_current, "scope", None)
@@ -111,3 +120,8 @@ class Cancellations:
     def running(self) -> int:
         with self._lock:
             return sum(len(scopes) for scopes in self._running.values())
+
+    def requests(self) -> list[str]:
+        """The ids of the requests with a call running here, sorted."""
+        with self._lock:
+            return sorted(self._running)

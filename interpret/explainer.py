@@ -197,6 +197,10 @@ class Explainer:
         """Stop every call of ``request_id``, running or still to come; returns how many were running."""
         return self.cancellations.cancel(request_id)
 
+    def running_requests(self) -> list[str]:
+        """The requests with a call running here (a cancelled job's id leaves at its next step boundary)."""
+        return self.cancellations.requests()
+
     # ------------------------------------------------------------------------------ one sentence
 
     def _point(self, text: str, pair: str | None, label: int | None) -> TestPoint:

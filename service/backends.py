@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from interpret.attacks import AttackResult
-from interpret.cancellation import RequestContext
+from interpret.cancellation import RequestContext, current_context
 from interpret.config import Checked, QueryConfig
 from interpret.explainer import Explainer, Identity, STest, lissa_report
 from interpret.influence import TestPoint
@@ -27,7 +27,9 @@ class Backend(Protocol):
     """Where the model compute of a request runs: in this process, or on a Ray worker pool.
 
     ``context`` is the request's (its id and wall-clock deadline; never a cached value's): every call stops
-    at its next step boundary once the request is cancelled (``cancel``) or past its deadline."""
+    at its next step boundary once the request is cancelled (``cancel``) or past its deadline. A call given
+    none runs under the context of the thread's request (a job's, installed by ``Cancellations.scope``),
+    else under a fresh one."""
 
     identity: Identity
     num_workers: int
@@ -112,6 +114,10 @@ class Backend(Protocol):
 
     def cancel(self, request_id: str) -> None: ...
 
+    def running_requests(self) -> list[str]:
+        """The requests with a call running on the workers (sorted ids)."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
@@ -136,13 +142,17 @@ class LocalBackend:
         self.explainer = explainer
         self.identity = explainer.identity()
 
+    def _run(self, context: RequestContext | None, method: str, *args, **kwargs):
+        """``Explainer.run`` under the given context, else the one this thread works under (a job's)."""
+        return self.explainer.run(context or current_context(), method, *args, **kwargs)
+
     def ping(self) -> list[str | None]:
         return [self.explainer.ping()]
 
     def prepare(
         self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
     ) -> TestPoint:
-        return self.explainer.run(context, "prepare", text, pair, label)
+        return self._run(context, "prepare", text, pair, label)
 
     def start_s_test(
         self, text, pair, label, config: QueryConfig, context: RequestContext | None = None, curvature=None
@@ -151,7 +161,7 @@ class LocalBackend:
         return _LocalPending(text, pair, label, config, context, curvature)
 
     def finish_s_test(self, pending: _LocalPending, progress: bool = False) -> STest:
-        run, config, context = self.explainer.run, pending.config, pending.context
+        run, config, context = self._run, pending.config, pending.context
         point = (pending.text, pending.pair, pending.label)
         if config.exact:
             return STest([run(context, "solve", *point, config.lissa.damping)], None)
@@ -173,46 +183,47 @@ class LocalBackend:
 
     def score(self, s_test: STest, rows, block_size: int, progress: bool = False, context=None) -> np.ndarray:
         rows = np.asarray(rows)
-        return self.explainer.run(
-            context, "score_shard", rows, block_size, *s_test.vectors, progress=progress
-        )
+        return self._run(context, "score_shard", rows, block_size, *s_test.vectors, progress=progress)
 
     def s_test_nbytes(self, config: QueryConfig) -> int:
         return config.s_test_vectors * self.explainer.theta.numel() * self.explainer.theta.element_size()
 
     def projected_test_gradient(self, text, pair, label, projection: Projection, context=None) -> np.ndarray:
-        return self.explainer.run(context, "projected_test_gradient", text, pair, label, projection)
+        return self._run(context, "projected_test_gradient", text, pair, label, projection)
 
     def gradient_shards(
         self, chunks, projection: Projection, context=None
     ) -> Iterator[tuple[int, np.ndarray]]:
         for number, rows in enumerate(chunks):
-            yield number, self.explainer.run(context, "gradient_shard", rows, projection)
+            yield number, self._run(context, "gradient_shard", rows, projection)
 
     def kfac_factor_shards(self, chunks, rank: int, context=None) -> Iterator[tuple[int, dict]]:
         for number, rows in enumerate(chunks):
-            yield number, self.explainer.run(context, "kfac_factors", rows, rank)
+            yield number, self._run(context, "kfac_factors", rows, rank)
 
     def projected_training_hessian(self, projection: Projection, context=None) -> np.ndarray:
-        return self.explainer.run(context, "projected_training_hessian", projection)
+        return self._run(context, "projected_training_hessian", projection)
 
     def projection_layers(self, projection: Projection, context=None) -> list[dict]:
-        return self.explainer.run(context, "projection_layers", projection)
+        return self._run(context, "projection_layers", projection)
 
     def predict(self, texts, pairs, context=None) -> np.ndarray:
-        return self.explainer.run(context, "predict", texts, pairs)
+        return self._run(context, "predict", texts, pairs)
 
     def encode(self, texts, pairs, context=None) -> np.ndarray:
-        return self.explainer.run(context, "encode", texts, pairs)
+        return self._run(context, "encode", texts, pairs)
 
     def saliency(self, text, pair, method, label, params: Checked, context=None) -> SaliencyMap:
-        return self.explainer.run(context, "saliency", text, pair, method, label, params)
+        return self._run(context, "saliency", text, pair, method, label, params)
 
     def attack(self, text, pair, method, label, target, params: Checked, context=None) -> AttackResult:
-        return self.explainer.run(context, "attack", text, pair, method, label, target, params)
+        return self._run(context, "attack", text, pair, method, label, target, params)
 
     def cancel(self, request_id: str) -> None:
         self.explainer.cancel(request_id)
+
+    def running_requests(self) -> list[str]:
+        return self.explainer.running_requests()
 
     def shutdown(self) -> None:
         pass

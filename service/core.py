@@ -158,7 +158,7 @@ class InfluenceService:
             max_per_client=settings.max_jobs_per_client,
             failed_ttl_s=settings.failed_job_ttl_s,
             cancel=self.cancel,
-            deadline_s=settings.deadline_s,
+            deadline_s=settings.job_deadline,
         )
         self._index_lock = threading.Lock()
         self._heads = HeadCache()
@@ -414,12 +414,17 @@ class InfluenceService:
         """Run one evaluation or application (``service.evaluation.run_evaluation``)."""
         from service.evaluation import run_evaluation
 
-        work_dir = (self.settings.gradient_index_dir or Path(self.settings.model_dir)).parent
-        # One at a time (the audit's gradient shards, the error correction's model copy); the loops that
-        # run here in the service (refits, retrains, per-point queries) stop when the job is deleted.
+        # One at a time (the audit's gradient shards, the error correction's model copy). Under the job's
+        # context: the loops that run here (refits, retrains, per-point queries) and every worker call they
+        # make stop when the job is deleted or past its deadline.
         with self._index_lock, self._local_work.scope(context):
             return run_evaluation(
-                self.engine, request, self._heads, work_dir, self.settings.model_dir, progress
+                self.engine,
+                request,
+                self._heads,
+                self.settings.job_scratch_dir,
+                self.settings.model_dir,
+                progress,
             )
 
     def list_jobs(self, owner: str) -> JobList:

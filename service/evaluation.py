@@ -430,17 +430,20 @@ def run_evaluation(
     engine: Engine,
     request,
     heads: HeadCache,
-    work_dir: Path,
+    scratch_dir: Path,
     model_dir: Path,
     progress: Progress | None = None,
 ):
-    """One ``kind=evaluate`` job (``request`` is checked already): the report of ``request.task``."""
+    """One ``kind=evaluate`` job (``request`` is checked already): the report of ``request.task``. An
+    audit keeps its gradient shards in ``scratch_dir`` (each written whole, so a rerun resumes), apart
+    from the served indexes."""
     from service import applications
 
     config = EvaluationConfig(**request.model_dump(exclude={"task", "inputs", "methods"}))
     task = request.task
     if task == "audit":
-        self_influence, loss = applications.self_influence_and_loss(engine, work_dir / "audit-gradients")
+        shards = scratch_dir / "audit-gradients"
+        self_influence, loss = applications.self_influence_and_loss(engine, shards, progress=progress)
         report = applications.audit_report(engine.examples, self_influence, loss, config={"task": task})
         report.ranked = report.ranked[: config.limit]
         return report

@@ -68,7 +68,7 @@ class JobManager:
         max_per_client: int | None = None,
         failed_ttl_s: float | None = None,
         cancel: Callable[[str], None] | None = None,
-        deadline_s: float | None = None,
+        deadline_s: Callable[[str], float] | None = None,
     ):
         self.max_jobs, self.ttl_s, self.retry_after_s = max_jobs, ttl_s, retry_after_s
         self.max_per_client = max_per_client or max_jobs
@@ -120,8 +120,9 @@ class JobManager:
             if job.state != "queued":  # cancelled while it waited
                 return
             job.state = "running"
-        # The job's id is its request id (DELETE cancels by it); its deadline runs from its start.
-        deadline = time.time() + self.deadline_s if self.deadline_s is not None else None
+        # The job's id is its request id (DELETE cancels by it); its deadline (by kind) runs from its start
+        # and bounds the whole job: every worker call it makes carries this context.
+        deadline = time.time() + self.deadline_s(job.kind) if self.deadline_s is not None else None
         context = RequestContext(job.id, deadline)
 
         def progress(done: int, total: int) -> None:

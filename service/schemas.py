@@ -11,7 +11,7 @@ against ``Settings``, so each violation names the field and the configured limit
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
@@ -429,11 +429,15 @@ EvaluateRequest = create_model(
 )
 
 
+JobKind = Literal["influence", "saliency", "attack", "evaluate", "index_build"]
+JOB_KINDS: tuple[str, ...] = get_args(JobKind)
+
+
 class JobRequest(_Strict):
     """A job: an influence query over many inputs, an index build, or a saliency map or an attack too
     costly for a synchronous request. The field named after the kind holds its request."""
 
-    kind: Literal["influence", "index_build", "saliency", "attack", "evaluate"]
+    kind: JobKind
     influence: InfluenceRequest | None = Field(None, description="The query, for kind=influence.")  # type: ignore[valid-type]
     saliency: SaliencyRequest | None = Field(None, description="The request, for kind=saliency.")
     attack: AttackRequest | None = Field(None, description="The request, for kind=attack.")

@@ -6,12 +6,18 @@ are the operator's: where the model, data and index live, how many workers, and 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from interpret.data import DataSpec
+from service.schemas import JOB_KINDS
+
+HEAVY_JOB_DEADLINE_S = {"evaluate": 14_400.0, "index_build": 14_400.0}
+"""A heavy job's default deadline: four hours (a full audit or gradient-index build of SST-2 takes tens of
+minutes on CPUs). The other kinds get ``deadline_s``, as long as a synchronous query may take."""
 
 
 class Settings(BaseSettings):
@@ -116,10 +122,35 @@ class Settings(BaseSettings):
     """Jobs the service keeps at once (queued, running or unfetched)."""
     max_jobs_per_client: int = Field(10, gt=0)
     """Jobs one client (API key and address) may have queued, running or unfetched."""
+    job_deadline_s: dict[str, float] = Field(default_factory=lambda: dict(HEAVY_JOB_DEADLINE_S))
+    """Seconds a whole job may run from its start, by kind (JSON, e.g. ``{"evaluate": 3600}``): every
+    worker call it makes stops at this deadline. Kinds left out: evaluate and index_build 14400, the others
+    ``deadline_s``."""
+    scratch_dir: Path | None = None
+    """Where jobs keep their intermediate files (an audit's gradient shards, complete and resumable), apart
+    from the served indexes; ``None``: ``scratch`` beside the model folder."""
     allow_index_build_jobs: bool = True
     """Whether ``POST /v1/jobs`` may build indexes (into the configured folders)."""
     trust_remote_code: bool = False
     """Run model code shipped in the model folder (``auto_map``); off unless set."""
+
+    @field_validator("job_deadline_s")
+    @classmethod
+    def _known_kinds(cls, given: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(given) - set(JOB_KINDS))
+        if unknown:
+            raise ValueError(f"job_deadline_s names unknown job kinds {unknown}: use {', '.join(JOB_KINDS)}")
+        if any(not (seconds > 0 and math.isfinite(seconds)) for seconds in given.values()):
+            raise ValueError("job_deadline_s values must be finite seconds > 0")
+        return {**HEAVY_JOB_DEADLINE_S, **given}
+
+    def job_deadline(self, kind: str) -> float:
+        """Seconds a whole job of ``kind`` may run."""
+        return self.job_deadline_s.get(kind, self.deadline_s)
+
+    @property
+    def job_scratch_dir(self) -> Path:
+        return self.scratch_dir if self.scratch_dir is not None else Path(self.model_dir).parent / "scratch"
 
     def train_spec(self) -> DataSpec | None:
         """``INFLUENCE_TRAIN_DATA`` and its columns as a data spec; ``None``: the card's."""

@@ -157,6 +157,30 @@ def test_jobs_have_a_quota_per_client_a_list_a_cancel_and_a_short_life_when_fail
     assert http.post("/v1/jobs", json=failing, headers=alice).status_code == 202
 
 
+def test_a_jobs_deadline_is_set_by_its_kind_and_bounds_the_whole_job():
+    """Issue 23: a job's deadline is the operator's for its kind (INFLUENCE_JOB_DEADLINE_S), from its start;
+    heavy kinds default to four hours, the others to the synchronous deadline."""
+    from pydantic import ValidationError
+
+    from service.jobs import JobManager
+
+    settings = Settings(_env_file=None, deadline_s=30, job_deadline_s={"evaluate": 2})
+    kinds = ("evaluate", "index_build", "saliency")
+    assert [settings.job_deadline(kind) for kind in kinds] == [2, 14_400, 30]
+    with pytest.raises(ValidationError, match="unknown job kinds"):
+        Settings(_env_file=None, job_deadline_s={"evaluation": 2})
+    manager = JobManager(4, 60, deadline_s=settings.job_deadline)
+    seen: dict[str, RequestContext] = {}
+    try:
+        for kind in ("evaluate", "saliency"):
+            job = manager.submit(kind, lambda progress, context, kind=kind: seen.update({kind: context}), "a")
+            wait_for(lambda job=job: manager.list("a")[-1].finished_at is not None)
+            assert seen[kind].request_id == job.id
+    finally:
+        manager.shutdown()
+    assert 0 < seen["evaluate"].remaining() <= 2 < seen["saliency"].remaining() <= 30
+
+
 def test_deleting_a_running_job_stops_its_work(http, service):
     slow = {"kind": "influence", "influence": {"inputs": [{"text": QUERY}], "k": 5, "lissa": SLOW_LISSA}}
     headers = {"X-API-Key": "carol"}

@@ -268,7 +268,7 @@ def test_jobs_through_the_sync_client(http):
     assert failure.value.code == "lissa_diverged"  # the code the endpoint itself would answer with
 
 
-def test_evaluate_jobs_check_their_inputs_and_return_typed_reports(http):
+def test_evaluate_jobs_check_their_inputs_and_return_typed_reports(http, settings):
     """loo on the convex head, an influence map and an audit as jobs; bad runs are 422s naming the field."""
     client = InfluenceClient(http=http, backoff_s=0.01)
     labelled = [{"text": QUERY, "label": 1}, {"text": "dull and boring", "label": 0}]
@@ -285,6 +285,9 @@ def test_evaluate_jobs_check_their_inputs_and_return_typed_reports(http):
     assert [r.self_influence for r in ranked.ranked] == sorted(
         (r.self_influence for r in ranked.ranked), reverse=True
     )
+    # the audit's gradient shards live in the scratch folder, never beside the served indexes (issue 23)
+    assert list((settings.job_scratch_dir / "audit-gradients.shards").glob("shard-*.npy"))
+    assert not [path for path in settings.index_dir.parent.iterdir() if "audit" in path.name]
     with pytest.raises(BadRequestError, match=r"inputs\[0\]\.label"):
         client.submit_job(evaluate_request("loo", [QUERY]), kind="evaluate")
     with pytest.raises(BadRequestError, match="needs test points"):

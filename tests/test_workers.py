@@ -331,3 +331,63 @@ def test_the_heap_trim_returns_freed_pages_to_the_os():
     )
     released = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert int(released.stdout.strip()) > 100 * 2**20, released
+
+
+def test_an_evaluate_job_binds_every_worker_call_to_its_id_and_deadline(
+    pool, reference, engine_dirs, tmp_path
+):
+    """Issue 23: an evaluate job called the workers without its context, so every call got a fresh id and
+    its own deadline: a DELETEd recall job ran on, and ended `deadline_exceeded` naming another request."""
+    from service.builds import build_knn_index
+    from service.core import InfluenceService
+    from service.pipeline import knn_index_for
+    from service.schemas import JobRequest
+    from service.settings import Settings
+
+    engine = Engine(pool, reference.examples, None, reference.card, None, str(engine_dirs[0]))
+    build_knn_index(engine, tmp_path / "index")  # the pool's float64 features
+    engine.index = knn_index_for(tmp_path / "index", pool.identity)
+    inputs = [{"text": f"{QUERY} {n}", "label": n % 2} for n in range(8)]
+    recall = {"task": "recall", "inputs": inputs, "methods": ["fastif"]}
+    request = JobRequest(kind="evaluate", evaluate=recall)
+    replacements = pool.replacements
+
+    def settle(service: InfluenceService, job_id: str, timeout: float = 10.0):
+        limit = time.monotonic() + timeout
+        while (status := service.jobs.list("alice")[0]).finished_at is None:
+            assert time.monotonic() < limit, f"job still {status.state} after {timeout} s"
+            time.sleep(0.05)
+        return status
+
+    def wait_running(job_id: str) -> None:
+        limit = time.monotonic() + 60
+        while job_id not in pool.running_requests():  # the workers run the job's own id
+            assert time.monotonic() < limit, "the job's id never ran on a worker"
+            time.sleep(0.05)
+
+    settings = Settings(_env_file=None, model_dir=engine_dirs[0], index_dir=None, gradient_index_dir=None)
+    service = InfluenceService(settings, engine)
+    try:
+        job = service.submit_job(request, "alice")
+        wait_running(job.id)
+        service.jobs.cancel(job.id, "alice")
+        assert settle(service, job.id).state == "cancelled"
+        limit = time.monotonic() + 10
+        while pool.running_requests():  # every worker idle again, none replaced
+            assert time.monotonic() < limit, "a worker still runs the cancelled job"
+            time.sleep(0.05)
+        assert pool.replacements == replacements
+    finally:
+        service.jobs.shutdown()
+
+    settings = settings.model_copy(update={"job_deadline_s": {"evaluate": 2.0}})
+    service = InfluenceService(settings, engine)
+    try:
+        started = time.monotonic()
+        job = service.submit_job(request, "alice")
+        status = settle(service, job.id, timeout=15)
+        assert status.state == "failed" and status.error.code == "deadline_exceeded"
+        assert job.id in status.error.message  # the job's own deadline, not one call's
+        assert time.monotonic() - started < 15 and pool.replacements == replacements
+    finally:
+        service.jobs.shutdown()

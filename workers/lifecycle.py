@@ -7,6 +7,7 @@ start (and a replacement is refused) when one differs from the first or from wha
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -167,6 +168,17 @@ class WorkerSet:
             except WORKER_FAILURES:
                 names.append(None)
         return names
+
+    def running_requests(self, timeout: float = 5.0) -> list[str]:
+        """The requests with a call running on any worker (asked in the ``health`` group, so a busy worker
+        answers); a worker that does not answer within ``timeout`` is left out."""
+        refs = [actor.running_requests.options(concurrency_group="health").remote() for actor in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        running: set[str] = set()
+        for ref in ready:
+            with contextlib.suppress(*WORKER_FAILURES):
+                running.update(ray.get(ref))
+        return sorted(running)
 
     def shutdown(self) -> None:
         for actor in getattr(self, "_actors", []):

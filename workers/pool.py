@@ -78,6 +78,10 @@ class WorkerPool:
         """Stop the request's calls on every worker at their next step boundary."""
         self.workers.cancel(request_id)
 
+    def running_requests(self) -> list[str]:
+        """The requests with a call running on any worker."""
+        return self.workers.running_requests()
+
     def _one(self, name: str, method: str, args: tuple, context: RequestContext | None, group=None):
         call = Call(name, method, args, self.workers.slots(1)[0], self.runner.context(context), group=group)
         return self.runner.run([call])[0]["value"]

@@ -21,7 +21,7 @@ import ray
 from ray.exceptions import RayTaskError
 from tqdm.auto import tqdm
 
-from interpret.cancellation import DeadlineExceeded, RequestContext
+from interpret.cancellation import DeadlineExceeded, RequestContext, current_context
 from workers.cluster import WorkerPoolError, WorkerTimeoutError
 from workers.lifecycle import WORKER_FAILURES, WorkerSet
 
@@ -69,8 +69,9 @@ class Runner:
         self.workers, self.max_retries, self.deadline_s = workers, max_retries, deadline_s
 
     def context(self, context: RequestContext | None = None) -> RequestContext:
-        """The request's context, or one for a request starting now (a fresh id, the default deadline)."""
-        return context or RequestContext(uuid.uuid4().hex, time.time() + self.deadline_s)
+        """The request's context: the one given, else the one this thread works under (a job's), else one
+        for a request starting now (a fresh id, the default deadline)."""
+        return context or current_context() or RequestContext(uuid.uuid4().hex, time.time() + self.deadline_s)
 
     def start(self, calls: list[Call]) -> list[Call]:
         for call in calls:
