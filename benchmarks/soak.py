@@ -11,7 +11,14 @@ Starts ``influence serve`` (uvicorn + its own local Ray workers) with a shortene
 * job floods: jobs submitted until 429, then listed, fetched and cancelled;
 * oversized bodies (2 MB, by Content-Length and chunked) and slow bodies (shorter than their length);
 * light traffic: predictions and saliency maps;
-* a prober: ``/healthz`` every 0.2 s.
+* a prober: ``/healthz`` every 0.2 s;
+* evaluate-job churn (one client): a recall or audit job submitted, DELETEd once it runs, resubmitted;
+  every DELETEd job must end ``cancelled`` within 10 s, and no file of it may be left half-written;
+* a fairness probe (another client): a cheap interactive job every 2 s, its wait in the queue measured
+  while the heavy jobs and the job floods run.
+
+The churn and the probe are told apart from the rest by ``X-Forwarded-For`` (the server trusts it from
+loopback only), as separate clients behind a proxy would be.
 
 Reports every status code seen, the 5xx count, workers the pool replaced (``/metrics``), the ``/healthz``
 latency percentiles, and the resident memory of the server's process tree after a warm-up (a round of
@@ -23,6 +30,7 @@ indexed once into ``artifacts/soak/`` (about 2 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import signal
@@ -48,6 +56,21 @@ CACHE_ENTRIES = 8
 """The server's s_test cache bound in the soak (each entry pins 15 MB of MiniLM vectors in Ray's object
 store); the warm-up fills it, so a full cache is part of the starting memory."""
 INFLUENCE = str(Path(sys.executable).with_name("influence"))
+HEAVY_CLIENT, PROBE_CLIENT = "198.51.100.1", "198.51.100.2"
+"""The churn's and the probe's addresses (X-Forwarded-For, trusted from loopback)."""
+CANCEL_WITHIN_S = 10.0
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def orphan_files(scratch: Path, served: list[Path]) -> list[str]:
+    """Files a cancelled job left half-written: temporary files in the scratch folder, and anything an
+    evaluate job wrote beside the served indexes (their folders' siblings other than the indexes)."""
+    partial = [str(path) for path in scratch.rglob("tmp*")] if scratch.exists() else []
+    beside = {path for folder in served for path in folder.parent.iterdir()} - set(served)
+    return partial + [str(path) for path in beside if "audit" in path.name or path.name.endswith(".shards")]
 
 
 def prepare_model(rows: int) -> tuple[Path, Path]:
@@ -77,6 +100,8 @@ class Soak:
     def __init__(self, url: str, port: int, until: float, tally: Tally, texts: list[str], deadline: float):
         self.url, self.port, self.until, self.tally, self.texts = url, port, until, tally, texts
         self.deadline, self.healthz_ms = deadline, []
+        self.cancels: list[tuple[str | None, float]] = []  # (state after DELETE, seconds to reach it)
+        self.probe_waits: list[float] = []
 
     def running(self) -> bool:
         return time.monotonic() < self.until
@@ -156,6 +181,58 @@ class Soak:
                 text = random.choice(self.texts)
                 self.post(client, "/v1/predict", json={"inputs": [{"text": text}]})
                 self.post(client, "/v1/saliency", json={"text": text, "method": "simple_gradient"})
+
+    def evaluate_churn(self) -> None:
+        """Heavy jobs of one client, each DELETEd at a random point of its run, then resubmitted."""
+        inputs = [{"text": text, "label": 1} for text in self.texts[:4]]
+        jobs = [
+            {"kind": "evaluate", "evaluate": {"task": "recall", "inputs": inputs, "methods": ["fastif"]}},
+            {"kind": "evaluate", "evaluate": {"task": "audit"}},
+        ]
+        with httpx.Client(timeout=30, headers={"X-Forwarded-For": HEAVY_CLIENT}) as client:
+            for number in itertools.count():
+                if not self.running():
+                    return
+                response = self.post(client, "/v1/jobs", json=jobs[number % 2])
+                if response is None or response.status_code != 202:
+                    time.sleep(1)
+                    continue
+                job_id = response.json()["id"]
+                if not self._wait_state(client, job_id, lambda state: state != "queued", 120):
+                    continue
+                time.sleep(random.uniform(2, 10))
+                deleted = time.monotonic()
+                response = client.delete(f"{self.url}/v1/jobs/{job_id}")
+                self.tally.add(response.status_code)
+                if response.status_code != 200 or response.json()["state"] != "running":
+                    continue  # it finished first (a resumed audit): nothing to cancel
+                ended = self._wait_state(client, job_id, lambda state: state != "running", 60)
+                self.cancels.append((ended, time.monotonic() - deleted))
+
+    def _wait_state(self, client: httpx.Client, job_id: str, done, timeout: float) -> str | None:
+        """Poll the job until ``done(state)``; its state then, or ``None`` after ``timeout``."""
+        limit = time.monotonic() + timeout
+        while time.monotonic() < limit:
+            state = client.get(f"{self.url}/v1/jobs", timeout=30).json()["jobs"]
+            state = next((job["state"] for job in state if job["id"] == job_id), "gone")
+            if done(state):
+                return state
+            time.sleep(0.1)
+        return None
+
+    def fairness_probe(self) -> None:
+        """A cheap interactive job every 2 s from another client: seconds from submission to its start."""
+        job = {"kind": "saliency", "saliency": {"text": "a probe", "method": "simple_gradient"}}
+        with httpx.Client(timeout=30, headers={"X-Forwarded-For": PROBE_CLIENT}) as client:
+            while self.running():
+                submitted = time.monotonic()
+                response = self.post(client, "/v1/jobs", json=job)
+                if response is not None and response.status_code == 202:
+                    job_id = response.json()["id"]
+                    if self._wait_state(client, job_id, lambda state: state != "queued", 300):
+                        self.probe_waits.append(time.monotonic() - submitted)
+                    client.delete(f"{self.url}/v1/jobs/{job_id}")  # fetch-or-forget: keep the table small
+                time.sleep(2)
 
     def prober(self) -> None:
         with httpx.Client(timeout=30) as client:
@@ -273,6 +350,9 @@ def main() -> None:
         "INFLUENCE_JOB_TTL_S": "30",
         "INFLUENCE_BODY_TIMEOUT_S": "5",
         "INFLUENCE_S_TEST_CACHE_ENTRIES": str(CACHE_ENTRIES),
+        "INFLUENCE_TRUSTED_PROXIES": '["127.0.0.1"]',
+        "INFLUENCE_GRADIENT_INDEX_DIR": str(SOAK / "gradient-index"),  # not built: lets an audit run
+        "INFLUENCE_SCRATCH_DIR": str(SOAK / "scratch"),
     }
     command = [INFLUENCE, "serve", "--model", str(model), "--index", str(index), "--port", str(args.port)]
     command += ["--workers", str(args.workers)]
@@ -293,6 +373,7 @@ def main() -> None:
         tally = Tally()
         soak = Soak(url, args.port, time.monotonic() + 60 * args.minutes, tally, texts, args.deadline)
         clients = [soak.repeats, soak.disconnects, soak.job_floods, soak.bad_bodies, soak.light, soak.prober]
+        clients += [soak.evaluate_churn, soak.fairness_probe]
         threads = [threading.Thread(target=client, daemon=True) for client in clients]
         for thread in threads:
             thread.start()
@@ -302,6 +383,7 @@ def main() -> None:
         rss_end = settled_rss(process.pid, 30.0)
         processes_end, kinds_end = rss_by_process(process.pid), rss_kinds(process.pid)
         alive = process.poll() is None
+        orphans = orphan_files(SOAK / "scratch", [index])
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(60)
@@ -314,6 +396,10 @@ def main() -> None:
         "worker_kills": kills,
         "healthz_p99_ms": float(np.percentile(healthz, 99)),
         "rss_growth_pct": 100.0 * (rss_end - rss_start) / rss_start,
+        "jobs_cancelled_cleanly": bool(soak.cancels)
+        and all(state == "cancelled" and seconds <= CANCEL_WITHIN_S for state, seconds in soak.cancels),
+        "interactive_job_wait_p95_s": percentile(soak.probe_waits, 95),
+        "orphan_files": len(orphans),
     }
     write_result(
         "soak",
@@ -353,6 +439,17 @@ def main() -> None:
                 },
             },
             "server_alive_at_end": alive,
+            "evaluate_churn": {
+                "deleted": len(soak.cancels),
+                "states_after_delete": dict(Counter(str(state) for state, _ in soak.cancels)),
+                "seconds_to_cancelled_max": max((s for _, s in soak.cancels), default=None),
+                "orphans": orphans,
+            },
+            "fairness_probe": {
+                "jobs": len(soak.probe_waits),
+                "wait_p50_s": percentile(soak.probe_waits, 50),
+                "wait_max_s": max(soak.probe_waits, default=None),
+            },
         },
     )
 

@@ -203,6 +203,15 @@ class _Common:
         return request.model_dump(mode="json", exclude_none=False)
 
     @staticmethod
+    def _show(status: JobStatus, bar) -> None:
+        """The bar follows the job's progress; while it waits, it shows its place in the queue."""
+        bar.update(status.progress - bar.n)
+        if status.state == "queued" and status.queue_position is not None:
+            bar.set_postfix_str(f"queued, {status.queue_position} ahead, ~{status.estimated_start_s:g} s")
+        else:
+            bar.set_postfix_str(status.state)
+
+    @staticmethod
     def _finished(status: JobStatus) -> JobStatus | None:
         if status.state == "failed":
             error = status.error
@@ -311,7 +320,7 @@ class InfluenceClient(_Common):
         with tqdm(total=1.0, desc=f"job {job_id[:8]}", disable=not progress, unit="") as bar:
             while True:
                 status = self.job(job_id)
-                bar.update(status.progress - bar.n)
+                self._show(status, bar)
                 if self._finished(status) is not None:
                     return status
                 if limit is not None and time.monotonic() > limit:
@@ -413,7 +422,7 @@ class AsyncInfluenceClient(_Common):
         with tqdm(total=1.0, desc=f"job {job_id[:8]}", disable=not progress, unit="") as bar:
             while True:
                 status = await self.job(job_id)
-                bar.update(status.progress - bar.n)
+                self._show(status, bar)
                 if self._finished(status) is not None:
                     return status
                 if limit is not None and time.monotonic() > limit:

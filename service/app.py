@@ -6,8 +6,9 @@ uvicorn --factory service.app:create_app      (settings from INFLUENCE_* variabl
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
+import ipaddress
+import math
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service import errors
 from service.core import InfluenceService
 from service.errors import UnauthorizedError
+from service.jobs import Client
 from service.middleware import MeasureRequests, Metrics, RequestLimits
 from service.schemas import (
     AttackRequest,
@@ -42,32 +44,73 @@ from service.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 PAGE = Path(__file__).with_name("page.html")
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 408, 409, 413, 422, 429, 431, 499, 503, 504)}
+ERRORS = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 409, 413, 422, 429, 431, 499, 503, 504)
+}
 DISCONNECT_POLL_S = 0.5
 """How often a computing route checks that its client is still there (a gone client's work is cancelled)."""
 
 
+def _trusted(address: str, proxies: list[str]) -> bool:
+    for proxy in proxies:
+        try:
+            if ipaddress.ip_address(address) in ipaddress.ip_network(proxy, strict=False):
+                return True
+        except ValueError:  # a host name (or a malformed address): compared as text
+            if address == proxy:
+                return True
+    return False
+
+
+def client_address(request: Request, proxies: list[str]) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
+    ``X-Forwarded-For`` that is not one (a client can prepend anything to the header, not append)."""
+    address = request.client.host if request.client else "unknown"
+    if not _trusted(address, proxies):
+        return address
+    hops = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        address = hop[:64]  # an identity, not an echo of whatever was sent
+        if not _trusted(hop, proxies):
+            break
+    return address
+
+
 def client_of(request: Request) -> str:
-    """Who owns a job: the API key (a digest of it) and the client's address."""
-    key = request.headers.get(API_KEY_HEADER) or ""
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
-    return f"{digest}@{request.client.host if request.client else 'unknown'}"
+    """Who owns a job (set by the key check every ``/v1`` route runs first)."""
+    return request.state.client.id
 
 
-def _require_key(settings: Settings):
+def _identify(settings: Settings):
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+    keys = settings.named_keys()
 
-    async def check(key: str | None = Depends(header)) -> None:
-        expected = settings.api_key
-        if expected is None:
+    async def identify(request: Request, key: str | None = Depends(header)) -> None:
+        if not keys:  # no keys: an X-API-Key header proves nothing, so it names no one
+            address = client_address(request, settings.trusted_proxies)
+            request.state.client = Client(f"address:{address}", keyed=False)
             return
-        if key is None or not hmac.compare_digest(key, expected.get_secret_value()):
+        # every key compared in constant time, so the timing does not tell which one nearly matched
+        matches = [
+            name
+            for name, expected in keys.items()
+            if hmac.compare_digest((key or "").encode(), expected.encode())
+        ]
+        if not matches:
             raise UnauthorizedError(
                 f"missing or wrong {API_KEY_HEADER} header: this server requires an API key",
                 {"field": API_KEY_HEADER},
             )
+        request.state.client = Client(f"key:{matches[0]}", keyed=True)
 
-    return check
+    return identify
+
+
+def _with_retry_after(status: JobStatus, response: Response) -> JobStatus:
+    """A queued job's estimated start as ``Retry-After``: when polling again is worth it."""
+    if status.estimated_start_s is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(status.estimated_start_s)))
+    return status
 
 
 def _routes(service_of) -> APIRouter:
@@ -111,20 +154,22 @@ def _routes(service_of) -> APIRouter:
         return await run_in_threadpool(service_of(request).models)
 
     @router.post("/jobs", response_model=JobStatus, status_code=202, responses=ERRORS)
-    async def submit_job(body: JobRequest, request: Request) -> JobStatus:
+    async def submit_job(body: JobRequest, request: Request, response: Response) -> JobStatus:
         """Start a job: an influence query over many inputs, an index build, or a saliency map or attack
         beyond the synchronous budget. Poll GET /v1/jobs/{id}; DELETE cancels it."""
-        return await run_in_threadpool(service_of(request).submit_job, body, client_of(request))
+        status = await run_in_threadpool(service_of(request).submit_job, body, request.state.client)
+        return _with_retry_after(status, response)
 
     @router.get("/jobs", response_model=JobList, responses=ERRORS)
     async def jobs(request: Request) -> JobList:
-        """Your jobs (this API key and address), without their results."""
+        """Your jobs (this API key's, or this address's on a server without keys), without their results."""
         return service_of(request).list_jobs(client_of(request))
 
     @router.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
-    async def job(job_id: str, request: Request) -> JobStatus:
-        """State and progress; a finished job's result is returned once, then forgotten."""
-        return service_of(request).jobs.fetch(job_id, client_of(request))
+    async def job(job_id: str, request: Request, response: Response) -> JobStatus:
+        """State and progress (a queued job's place and estimated start, also as ``Retry-After``); a
+        finished job's result is returned once, then forgotten."""
+        return _with_retry_after(service_of(request).jobs.fetch(job_id, client_of(request)), response)
 
     @router.delete("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
     async def cancel_job(job_id: str, request: Request) -> JobStatus:
@@ -165,7 +210,7 @@ def create_app(settings: Settings | None = None, service: InfluenceService | Non
     def service_of(request: Request) -> InfluenceService:
         return request.app.state.service
 
-    app.include_router(_routes(service_of), prefix="/v1", dependencies=[Depends(_require_key(settings))])
+    app.include_router(_routes(service_of), prefix="/v1", dependencies=[Depends(_identify(settings))])
 
     @app.get("/healthz")
     async def healthz():

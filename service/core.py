@@ -35,9 +35,9 @@ from service.builds import (
     resolved_preconditioner,
 )
 from service.cache import STestCache
-from service.errors import BusyError, LimitExceededError, NotReadyError
+from service.errors import BusyError, ForbiddenError, LimitExceededError, NotReadyError
 from service.evaluation import HeadCache
-from service.jobs import JobManager, Progress
+from service.jobs import JOB_CLASSES, Client, JobManager, Progress
 from service.limits import (
     check_influence,
     check_inputs,
@@ -151,9 +151,11 @@ class InfluenceService:
         self.tokenizer = serialized(tokenizer)
         self.cache = STestCache(settings.s_test_cache_entries, settings.s_test_cache_bytes)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_s)
+        interactive = settings.interactive_jobs or max(2, self.engine.backend.num_workers)
         self.jobs = JobManager(
             settings.max_jobs,
             settings.job_ttl_s,
+            concurrency={"interactive": interactive, "heavy": settings.heavy_jobs},
             retry_after_s=settings.retry_after_s,
             max_per_client=settings.max_jobs_per_client,
             failed_ttl_s=settings.failed_job_ttl_s,
@@ -309,8 +311,9 @@ class InfluenceService:
 
     # ---------------------------------------------------------------- jobs
 
-    def submit_job(self, request: JobRequest, owner: str) -> JobStatus:
+    def submit_job(self, request: JobRequest, client: Client) -> JobStatus:
         """Check the job's request now (a bad one is a 422, not a failed job), then queue it."""
+        self._check_job_access(request.kind, client)
         body = getattr(request, request.kind, None)
         if request.kind != "index_build" and body is None:
             raise LimitExceededError(
@@ -336,7 +339,20 @@ class InfluenceService:
             self._check_index_build(request.factory)
             factory = request.factory
             work = lambda progress, context: self.build_index(factory, progress, context)  # noqa: E731
-        return self.jobs.submit(request.kind, work, owner)
+        return self.jobs.submit(request.kind, work, client.id)
+
+    def _check_job_access(self, kind: str, client: Client) -> None:
+        """Heavy kinds (evaluate, index builds) as INFLUENCE_HEAVY_JOB_CALLERS allows."""
+        callers = self.settings.heavy_job_callers
+        if JOB_CLASSES[kind] != "heavy" or callers == "everyone" or (callers == "keyed" and client.keyed):
+            return
+        who = "nobody" if callers == "nobody" else "callers with an API key (X-API-Key)"
+        raise ForbiddenError(
+            f"kind={kind} is a heavy job, which this server runs for {who} only "
+            "(INFLUENCE_HEAVY_JOB_CALLERS); run it offline with the CLI (`influence evaluate`, "
+            "`influence index build`)",
+            {"field": "kind", "value": kind},
+        )
 
     def _check_builds_allowed(self, directory: Path | None, variable: str) -> None:
         self.engine.training_examples("an index build")

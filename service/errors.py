@@ -44,6 +44,10 @@ class UnauthorizedError(ServiceError):
     status, code = 401, "unauthorized"
 
 
+class ForbiddenError(ServiceError):
+    status, code = 403, "forbidden"
+
+
 class BusyError(ServiceError):
     status, code = 429, "busy"
 

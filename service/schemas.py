@@ -489,6 +489,12 @@ class JobStatus(BaseModel):
     error: ErrorBody | None = None
     created_at: float
     finished_at: float | None = None
+    queue_position: int | None = Field(
+        None, ge=0, description="A queued job's place in the order its class starts jobs (0: next)."
+    )
+    estimated_start_s: float | None = Field(
+        None, ge=0, description="A queued job's estimated seconds until it starts (also in Retry-After)."
+    )
 
 
 class JobList(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,7 +66,15 @@ class Settings(BaseSettings):
     """Seconds a query may take on the workers before it stops with a timeout."""
 
     api_key: SecretStr | None = None
-    """When set, every ``/v1`` request needs the ``X-API-Key`` header."""
+    """When set, every ``/v1`` request needs the ``X-API-Key`` header (this key is the client named
+    ``default``)."""
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """Named API keys (JSON, ``{"alice": "KEY", ...}``): each name is one client, with its own job quota.
+    When any key is set (this or ``api_key``) every ``/v1`` request needs one; with none, a client is its
+    address and an ``X-API-Key`` header is ignored."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or networks (``10.0.0.0/8``) of reverse proxies whose ``X-Forwarded-For`` names the
+    client; from any other peer the header is ignored."""
     max_body_bytes: int = Field(1_000_000, gt=0)
     """Largest request body (413 beyond)."""
     body_timeout_s: float = Field(10.0, gt=0)
@@ -129,6 +138,12 @@ class Settings(BaseSettings):
     scratch_dir: Path | None = None
     """Where jobs keep their intermediate files (an audit's gradient shards, complete and resumable), apart
     from the served indexes; ``None``: ``scratch`` beside the model folder."""
+    interactive_jobs: int | None = Field(None, gt=0)
+    """Interactive jobs (influence, saliency, attack) running at once; ``None``: max(2, workers)."""
+    heavy_jobs: int = Field(1, gt=0)
+    """Heavy jobs (evaluate, index builds) running at once."""
+    heavy_job_callers: Literal["everyone", "keyed", "nobody"] = "everyone"
+    """Who may submit heavy jobs: anyone, only callers with a configured API key, or nobody."""
     allow_index_build_jobs: bool = True
     """Whether ``POST /v1/jobs`` may build indexes (into the configured folders)."""
     trust_remote_code: bool = False
@@ -143,6 +158,31 @@ class Settings(BaseSettings):
         if any(not (seconds > 0 and math.isfinite(seconds)) for seconds in given.values()):
             raise ValueError("job_deadline_s values must be finite seconds > 0")
         return {**HEAVY_JOB_DEADLINE_S, **given}
+
+    @field_validator("api_keys")
+    @classmethod
+    def _distinct_keys(cls, given: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        values = [key.get_secret_value() for key in given.values()]
+        if any(not name.strip() for name in given) or not all(values):
+            raise ValueError("api_keys needs a non-empty name and a non-empty key for each client")
+        if len(set(values)) < len(values):
+            raise ValueError("api_keys gives two clients the same key: each client needs its own")
+        return given
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, given: list[str]) -> list[str]:
+        for entry in given:
+            if not entry.strip() or any(character.isspace() for character in entry):
+                raise ValueError(f"trusted_proxies entry {entry!r} is not an address, a network or a host")
+        return given
+
+    def named_keys(self) -> dict[str, str]:
+        """Every configured API key by client name (``api_key`` is ``default``)."""
+        keys = {name: key.get_secret_value() for name, key in self.api_keys.items()}
+        if self.api_key is not None:
+            keys.setdefault("default", self.api_key.get_secret_value())
+        return keys
 
     def job_deadline(self, kind: str) -> float:
         """Seconds a whole job of ``kind`` may run."""

@@ -14,6 +14,7 @@ import time
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from clients import InfluenceClient, JobFailedError
 from interpret.cancellation import RequestCancelled, RequestContext
@@ -45,6 +46,7 @@ def settings(engine_dirs, tmp_path_factory) -> Settings:
         body_timeout_s=1.0,
         max_headers=40,
         max_header_bytes=4000,
+        trusted_proxies=["testclient"],  # the test client's peer: X-Forwarded-For names each client
     )
 
 
@@ -141,13 +143,16 @@ def test_an_index_build_checks_its_factory_before_any_work(http):
 
 
 def test_jobs_have_a_quota_per_client_a_list_a_cancel_and_a_short_life_when_failed(http, service):
-    alice, bob = {"X-API-Key": "alice"}, {"X-API-Key": "bob"}
+    alice, bob = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}
     failing = {"kind": "influence", "influence": {"inputs": [{"text": QUERY}], "k": 5}}
     failing["influence"]["lissa"] = {"recursion_depth": 50, "damping": 0.01, "scale": 1e-3}
     ids = [http.post("/v1/jobs", json=failing, headers=alice).json()["id"] for _ in range(3)]
     refused = http.post("/v1/jobs", json=failing, headers=alice)
     assert refused.status_code == 429 and "yours" in refused.json()["message"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 5  # when a place frees up, not a fixed guess
+    # issue 23: on a server without keys an invented X-API-Key names no one, so it buys no quota
+    invented = [{**alice, "X-API-Key": f"invented-{n}"} for n in range(3)]
+    assert [http.post("/v1/jobs", json=failing, headers=h).status_code for h in invented] == [429] * 3
     assert http.post("/v1/jobs", json=failing, headers=bob).status_code == 202  # others are not blocked
     listed = http.get("/v1/jobs", headers=alice).json()["jobs"]
     assert [job["id"] for job in listed] == ids and all(job["result"] is None for job in listed)
@@ -181,22 +186,150 @@ def test_a_jobs_deadline_is_set_by_its_kind_and_bounds_the_whole_job():
     assert 0 < seen["evaluate"].remaining() <= 2 < seen["saliency"].remaining() <= 30
 
 
-def test_deleting_a_running_job_stops_its_work(http, service):
+def test_deleting_a_running_job_stops_its_work(http, service, settings):
     slow = {"kind": "influence", "influence": {"inputs": [{"text": QUERY}], "k": 5, "lissa": SLOW_LISSA}}
-    headers = {"X-API-Key": "carol"}
+    headers = {"X-Forwarded-For": "203.0.113.3"}
     job = http.post("/v1/jobs", json=slow, headers=headers).json()
 
     def state() -> str:
         return http.get("/v1/jobs", headers=headers).json()["jobs"][0]["state"]
 
     wait_for(lambda: state() == "running")  # jobs of the tests before may still be ahead in the queue
-    client = InfluenceClient(api_key="carol", http=http)
-    assert [j.id for j in client.jobs().jobs] == [job["id"]]
-    assert client.cancel_job(job["id"]).state == "running"
-    wait_for(lambda: state() == "cancelled")
-    assert service.engine.backend.explainer.cancellations.running() == 0
-    with pytest.raises(JobFailedError, match="cancelled"):
-        client.wait_job(job["id"], poll_s=0.05, timeout=10, progress=False)
+    with TestClient(create_app(settings, service), headers=headers) as carol:
+        client = InfluenceClient(http=carol)
+        assert [j.id for j in client.jobs().jobs] == [job["id"]]
+        assert client.cancel_job(job["id"]).state == "running"
+        wait_for(lambda: state() == "cancelled")
+        assert service.engine.backend.explainer.cancellations.running() == 0
+        with pytest.raises(JobFailedError, match="cancelled"):
+            client.wait_job(job["id"], poll_s=0.05, timeout=10, progress=False)
+
+
+# ------------------------------------------------------------------ issue 23: scheduler and identity
+
+
+class Gate:
+    """Work that runs until the test opens its gate (or the job is cancelled): a job of known length."""
+
+    def __init__(self):
+        self.opened, self.started = threading.Event(), threading.Event()
+
+    def __call__(self, progress, context):
+        self.started.set()
+        while not self.opened.wait(0.02):
+            if time.time() > context.deadline:
+                raise TimeoutError("gate never opened")
+        return None
+
+
+def test_a_cheap_job_never_waits_behind_another_clients_heavy_one_and_clients_take_turns():
+    from service.jobs import JobManager
+
+    manager = JobManager(20, 60, concurrency={"interactive": 1, "heavy": 1}, deadline_s=lambda kind: 60.0)
+    gates = [Gate() for _ in range(5)]
+    try:
+        manager.submit("evaluate", gates[0], "address:a")  # a heavy job holds the heavy slot
+        gates[0].started.wait(5)
+        quick = manager.submit("saliency", lambda progress, context: None, "address:b")
+        wait_for(lambda: manager.fetch(quick.id, "address:b").state == "succeeded", timeout=5)
+        assert manager.list("address:a")[0].state == "running"  # b's job ran beside a's heavy one
+        # a fills the interactive queue first; b's one job is still next, a's come after, in order
+        for gate in gates[1:4]:
+            manager.submit("influence", gate, "address:a")
+        gates[1].started.wait(5)
+        late = manager.submit("influence", gates[4], "address:b")
+        assert (late.state, late.queue_position) == ("queued", 0)
+        waiting = [job for job in manager.list("address:a") if job.state == "queued"]
+        assert [job.queue_position for job in waiting] == [1, 2]
+        starts = [late.estimated_start_s] + [job.estimated_start_s for job in waiting]
+        assert starts == sorted(starts) and starts[0] >= 0
+        gates[1].opened.set()
+        gates[4].started.wait(5)  # b's job started before a's second one
+        assert not gates[2].started.is_set()
+    finally:
+        for gate in gates:
+            gate.opened.set()
+        manager.shutdown()
+
+
+def test_the_queue_shows_in_job_status_and_retry_after(http, service, settings):
+    from service.core import InfluenceService
+
+    narrow = InfluenceService(settings.model_copy(update={"interactive_jobs": 1}), service.engine)
+    slow = {"kind": "influence", "influence": {"inputs": [{"text": QUERY}], "k": 5, "lissa": SLOW_LISSA}}
+    try:
+        with TestClient(create_app(settings, narrow)) as client:
+            first = client.post("/v1/jobs", json=slow).json()
+            wait_for(lambda: client.get("/v1/jobs").json()["jobs"][0]["state"] == "running")
+            queued = client.post("/v1/jobs", json=slow)
+            assert queued.status_code == 202 and queued.json()["queue_position"] == 0
+            assert int(queued.headers["Retry-After"]) >= 1
+            polled = client.get(f"/v1/jobs/{queued.json()['id']}")
+            assert polled.json()["state"] == "queued" and "Retry-After" in polled.headers
+            for job in (queued.json(), first):
+                client.delete(f"/v1/jobs/{job['id']}")
+            wait_for(lambda: all(j["state"] == "cancelled" for j in client.get("/v1/jobs").json()["jobs"]))
+    finally:
+        narrow.jobs.shutdown()
+
+
+def test_keys_name_clients_with_their_own_quotas_and_heavy_jobs_can_be_reserved(service, settings):
+    from service.core import InfluenceService
+
+    keyed = settings.model_copy(
+        update={
+            "api_keys": {"alice": SecretStr("alice-key"), "bob": SecretStr("bob-key")},
+            "max_jobs_per_client": 1,
+            "heavy_job_callers": "keyed",
+        }
+    )
+    audit = {"kind": "evaluate", "evaluate": {"task": "lds_head", "inputs": [{"text": QUERY, "label": 1}]}}
+    slow = {"kind": "influence", "influence": {"inputs": [{"text": QUERY}], "k": 5, "lissa": SLOW_LISSA}}
+    served = InfluenceService(keyed, service.engine)
+    try:
+        with TestClient(create_app(keyed, served)) as client:
+            alice, bob = {"X-API-Key": "alice-key"}, {"X-API-Key": "bob-key"}
+            assert client.post("/v1/jobs", json=slow, headers={"X-API-Key": "mallory"}).status_code == 401
+            assert client.post("/v1/jobs", json=slow, headers=alice).status_code == 202
+            # the quota is alice's key's, wherever she calls from; bob's key has its own
+            moved = {**alice, "X-Forwarded-For": "198.51.100.7"}
+            assert client.post("/v1/jobs", json=slow, headers=moved).status_code == 429
+            assert client.post("/v1/jobs", json=audit, headers=bob).status_code == 202  # keyed: allowed
+            for headers in (alice, bob):
+                for job in client.get("/v1/jobs", headers=headers).json()["jobs"]:
+                    client.delete(f"/v1/jobs/{job['id']}", headers=headers)
+    finally:
+        served.jobs.shutdown()
+    for callers, status in (("keyed", 403), ("nobody", 403), ("everyone", 202)):
+        keyless = settings.model_copy(update={"heavy_job_callers": callers})
+        served = InfluenceService(keyless, service.engine)
+        try:
+            with TestClient(create_app(keyless, served)) as client:
+                response = client.post("/v1/jobs", json=audit)
+                assert response.status_code == status, response.text
+                if status == 403:
+                    assert "INFLUENCE_HEAVY_JOB_CALLERS" in response.json()["message"]
+        finally:
+            served.jobs.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "client"),
+    [
+        ("203.0.113.9", "1.2.3.4", [], "203.0.113.9"),  # not a proxy: the header is the client's own
+        ("10.0.0.2", "1.2.3.4", ["10.0.0.0/8"], "1.2.3.4"),
+        ("10.0.0.2", "6.6.6.6, 1.2.3.4, 10.0.0.5", ["10.0.0.0/8"], "1.2.3.4"),  # prepended hops ignored
+        ("10.0.0.2", "", ["10.0.0.0/8"], "10.0.0.2"),
+    ],
+)
+def test_forwarded_addresses_are_trusted_only_from_proxies(peer, forwarded, trusted, client):
+    from starlette.requests import Request
+
+    from service.app import client_address
+
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    request = Request({"type": "http", "client": (peer, 1234), "headers": headers})
+    assert client_address(request, trusted) == client
 
 
 # --------------------------------------------------------------------------------- 2. cancellation

@@ -340,6 +340,7 @@ def test_an_evaluate_job_binds_every_worker_call_to_its_id_and_deadline(
     its own deadline: a DELETEd recall job ran on, and ended `deadline_exceeded` naming another request."""
     from service.builds import build_knn_index
     from service.core import InfluenceService
+    from service.jobs import Client
     from service.pipeline import knn_index_for
     from service.schemas import JobRequest
     from service.settings import Settings
@@ -350,11 +351,11 @@ def test_an_evaluate_job_binds_every_worker_call_to_its_id_and_deadline(
     inputs = [{"text": f"{QUERY} {n}", "label": n % 2} for n in range(8)]
     recall = {"task": "recall", "inputs": inputs, "methods": ["fastif"]}
     request = JobRequest(kind="evaluate", evaluate=recall)
-    replacements = pool.replacements
+    replacements, alice = pool.replacements, Client("key:alice", keyed=True)
 
     def settle(service: InfluenceService, job_id: str, timeout: float = 10.0):
         limit = time.monotonic() + timeout
-        while (status := service.jobs.list("alice")[0]).finished_at is None:
+        while (status := service.jobs.list(alice.id)[0]).finished_at is None:
             assert time.monotonic() < limit, f"job still {status.state} after {timeout} s"
             time.sleep(0.05)
         return status
@@ -368,9 +369,9 @@ def test_an_evaluate_job_binds_every_worker_call_to_its_id_and_deadline(
     settings = Settings(_env_file=None, model_dir=engine_dirs[0], index_dir=None, gradient_index_dir=None)
     service = InfluenceService(settings, engine)
     try:
-        job = service.submit_job(request, "alice")
+        job = service.submit_job(request, alice)
         wait_running(job.id)
-        service.jobs.cancel(job.id, "alice")
+        service.jobs.cancel(job.id, alice.id)
         assert settle(service, job.id).state == "cancelled"
         limit = time.monotonic() + 10
         while pool.running_requests():  # every worker idle again, none replaced
@@ -384,7 +385,7 @@ def test_an_evaluate_job_binds_every_worker_call_to_its_id_and_deadline(
     service = InfluenceService(settings, engine)
     try:
         started = time.monotonic()
-        job = service.submit_job(request, "alice")
+        job = service.submit_job(request, alice)
         status = settle(service, job.id, timeout=15)
         assert status.state == "failed" and status.error.code == "deadline_exceeded"
         assert job.id in status.error.message  # the job's own deadline, not one call's
