@@ -13,7 +13,7 @@ import math
 import operator
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 SEED_MAX = 2**32 - 1
 """numpy and torch seeds are 32-bit; a larger seed is refused rather than truncated."""
@@ -262,6 +262,47 @@ def resolve_method(config: QueryConfig, has_gradient_index: bool, has_knn_index:
     return method
 
 
+def unused_knobs(config: QueryConfig, method: QueryMethod, solver: Solver) -> list[tuple[str, str]]:
+    """The settings of ``config`` moved off their defaults that the query it resolves to (``method``,
+    ``solver``) never reads, each with what would read it. A query is strict: a knob that would be
+    silently ignored (``k`` with the gradient index, ``rerank`` with a scan, ``cg_rows`` with LiSSA) is
+    refused instead, naming who uses it. A value equal to its default is never refused, so a client that
+    sends every field is served.
+
+    An ``s_test`` is solved by fastif and full, and by gradient only with ``rerank``; ``exact`` replaces
+    the solver; ``lissa.damping`` is read by the lissa, cg and exact solves, the other LiSSA fields by the
+    lissa solver only; the index solver takes its damping from the index."""
+    default, unused = QueryConfig(), []
+
+    def moved(name: str) -> bool:
+        return getattr(config, name) != getattr(default, name)
+
+    if method != "fastif" and config.k is not None and moved("k"):
+        unused.append(("k", "method='fastif' (its kNN candidates)"))
+    if method != "gradient" and config.rerank is not None:
+        unused.append(("rerank", "method='gradient' (the index's top K rescored)"))
+    if method == "gradient" and config.rerank is None:
+        solving = "method='fastif' or 'full', or method='gradient' with rerank"
+        for name in ("exact", "solver", "cg_rows", "cg_tolerance", "lissa"):
+            if moved(name):
+                unused.append((name, f"an s_test solve: {solving}"))
+        return unused
+    if config.exact and config.solver is not None:
+        unused.append(("solver", "exact=false (exact=true solves with the explicit Hessian)"))
+    if (solver != "cg" or config.exact) and (moved("cg_rows") or moved("cg_tolerance")):
+        unused.append(("cg_rows" if moved("cg_rows") else "cg_tolerance", "solver='cg'"))
+    lissa, lissa_default = asdict(config.lissa), asdict(default.lissa)
+    moved_lissa = [name for name in lissa if lissa[name] != lissa_default[name]]
+    reads = {"damping"} if solver in ("lissa", "cg") or config.exact else set()
+    if solver == "lissa" and not config.exact:
+        reads = set(lissa)
+    for name in moved_lissa:
+        if name not in reads:
+            user = "solver='lissa' or 'cg'" if name == "damping" else "solver='lissa'"
+            unused.append((f"lissa.{name}", user))
+    return unused
+
+
 Preconditioner = typing.Literal["fisher", "identity", "hessian"]
 IntegratedGradientsBaseline = typing.Literal["auto", "zero", "mask"]
 ProjectionKind = typing.Literal["kfac", "random"]
@@ -361,15 +402,19 @@ class IntegratedGradientsParams(Checked):
 @dataclass(frozen=True)
 class SmoothGradientParams(Checked):
     num_samples: int = setting(10, ge=1, doc="Noisy copies averaged.")
-    stdev: float = setting(0.01, ge=0, doc="Noise stdev as a fraction of the embeddings' range.")
+    stdev: float = setting(
+        0.01, ge=0, le=10, doc="Noise stdev as a fraction of the embeddings' range (AllenNLP: 0.01)."
+    )
     seed: int = setting(0, ge=0, le=SEED_MAX)
 
 
 @dataclass(frozen=True)
 class LimeParams(Checked):
     num_samples: int = setting(200, ge=2, doc="Word-deletion masks sampled.")
-    kernel_width: float = setting(0.25, gt=0, doc="Width of the exponential kernel on cosine distance.")
-    ridge: float = setting(1.0, gt=0, doc="L2 penalty of the weighted linear fit.")
+    kernel_width: float = setting(
+        0.25, gt=0, le=100, doc="Width of the exponential kernel on cosine distance."
+    )
+    ridge: float = setting(1.0, gt=0, le=1e6, doc="L2 penalty of the weighted linear fit.")
     seed: int = setting(0, ge=0, le=SEED_MAX)
 
 

@@ -159,6 +159,13 @@ def _texts(values: list, origin: str, column: str) -> list[str]:
     return [v.strip() for v in values]
 
 
+def require_words(text: str | None, field: str = "text") -> None:
+    """An input to explain or attack must hold words: an empty or whitespace-only one is refused by name
+    (instead of failing deep inside a method: LIME's sampler, an attack's search)."""
+    if text is not None and not text.strip():
+        raise ValueError(f"{field} is empty or only whitespace: give the words to explain")
+
+
 def load_examples(spec: DataSpec) -> ExampleSet:
     """Load one split; every problem raises :class:`DataFileError` naming the file and column."""
     dataset = _load_hub(spec.source) if spec.is_hub else _load_local(Path(spec.source))

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from fastapi.security import APIKeyHeader
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import errors
@@ -197,7 +198,10 @@ def create_app(settings: Settings | None = None, service: InfluenceService | Non
         if owned:
             app.state.service.shutdown()
 
-    app = FastAPI(
+    # FastAPI, with /docs (Swagger UI) served from the package: no CDN, works offline. No /redoc: ReDoc's
+    # bundle loads its logo from cdn.redoc.ly on every visit, whatever its options.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="fastif-service",
         version="1",
         description="Why did my text classifier say that? Influence, saliency and attacks.",
@@ -210,7 +214,8 @@ def create_app(settings: Settings | None = None, service: InfluenceService | Non
     def service_of(request: Request) -> InfluenceService:
         return request.app.state.service
 
-    app.include_router(_routes(service_of), prefix="/v1", dependencies=[Depends(_identify(settings))])
+    identify = Depends(_identify(settings))
+    app.include_router(_routes(service_of), prefix="/v1", dependencies=[identify])
 
     @app.get("/healthz")
     async def healthz():
@@ -220,8 +225,10 @@ def create_app(settings: Settings | None = None, service: InfluenceService | Non
     async def readyz(request: Request) -> Readiness:
         return await run_in_threadpool(service_of(request).readiness)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[identify])
     async def prometheus(request: Request):
+        """Counters for Prometheus; on a server with keys, behind one (they count other clients' cache
+        hits), so a scrape config sends ``X-API-Key`` (``http_headers``)."""
         service = service_of(request)
         metrics.in_flight.set(service.in_flight.count)
         metrics.cache_hits.set(service.cache.stats.hits)

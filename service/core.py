@@ -21,11 +21,14 @@ from interpret.checkpoint import TrainingDataMissingError
 from interpret.config import (
     ATTACK_PARAMETERS,
     SALIENCY_PARAMETERS,
+    Checked,
     GradientIndexConfig,
     LissaConfig,
     MethodUnavailableError,
     QueryConfig,
     resolve_method,
+    resolve_solver,
+    unused_knobs,
 )
 from interpret.models import parse_scope
 from service.builds import (
@@ -35,10 +38,11 @@ from service.builds import (
     resolved_preconditioner,
 )
 from service.cache import STestCache
-from service.errors import BusyError, ForbiddenError, LimitExceededError, NotReadyError
+from service.errors import BusyError, ForbiddenError, LimitExceededError, NotReadyError, field_prefix
 from service.evaluation import HeadCache
 from service.jobs import JOB_CLASSES, Client, JobManager, Progress
 from service.limits import (
+    check_full_scan,
     check_influence,
     check_inputs,
     check_method_parameters,
@@ -180,13 +184,29 @@ class InfluenceService:
     def check_influence(self, request) -> None:
         engine = self.engine
         engine.training_examples()
+        curvature = engine.gradient_index is not None and engine.gradient_index.curvature is not None
         try:
             config = query_config(request)
             method = resolve_method(config, engine.gradient_index is not None, engine.index is not None)
+            solver = resolve_solver(config, method, curvature)
         except MethodUnavailableError as error:
             value = getattr(request, error.field)
             raise LimitExceededError(str(error), {"field": error.field, "value": value}) from None
-        check_influence(request, self.settings, self.tokenizer, engine.identity, engine.num_examples, method)
+        unused = unused_knobs(config, method, solver)
+        if unused:
+            solves = method != "gradient" or config.rerank is not None
+            ran = f"method='{method}'" + (
+                f", solver='{'exact' if config.exact else solver}'" if solves else ""
+            )
+            reads = "; ".join(f"{name} is read by {user}" for name, user in unused)
+            raise LimitExceededError(
+                f"this query ({ran}) does not use {', '.join(name for name, _ in unused)}: {reads}. "
+                "Leave it out, or ask for what reads it",
+                {"field": unused[0][0], "method": method},
+            )
+        check_influence(
+            request, self.settings, self.tokenizer, engine.identity, engine.num_examples, method, solver
+        )
 
     def influence(
         self, request, context: RequestContext | None = None, progress: Progress | None = None
@@ -205,7 +225,7 @@ class InfluenceService:
                 if progress is not None:
                     progress(done, len(request.inputs))
             names = self.engine.identity.label_names
-            return influence_result(found, config, names, show_cache=False)  # another caller's history
+            return influence_result(found, config, names, disclose=False)
 
         threads = max(1, min(len(request.inputs), self.engine.backend.num_workers))
         with ThreadPoolExecutor(threads, thread_name_prefix="influence-query") as executor:
@@ -223,35 +243,42 @@ class InfluenceService:
         names = self.engine.identity.label_names
         return PredictResponse(predictions=[prediction(row, names) for row in rows])
 
-    def saliency(self, request, context: RequestContext | None = None, job: bool = False) -> SaliencyResponse:
-        """A saliency map; ``job=True`` (a job's own run) lifts the synchronous budget."""
+    def check_saliency(self, request, job: bool = False) -> Checked:
+        """A saliency request's text and parameters against the limits (the synchronous budget too, unless
+        it runs as a job): the same check at a job's submission as on the synchronous route."""
         check_text(request, self.settings, self.tokenizer, self.engine.identity)
         params = SALIENCY_PARAMETERS[request.method](**request.parameters.model_dump())
         check_method_parameters(params, self.settings)
         if not job:
             check_sync_work(request.method, params, self.settings)
+        return params
+
+    def saliency(self, request, context: RequestContext | None = None, job: bool = False) -> SaliencyResponse:
+        """A saliency map; ``job=True`` (a job's own run) lifts the synchronous budget."""
+        params = self.check_saliency(request, job)
         arguments = (request.text, request.text_pair, request.method, request.label, params)
         found = self.engine.backend.saliency(*arguments, context or self.new_context())
         return saliency_response(found, self.engine.identity.label_names)
 
     def attack(self, request, context: RequestContext | None = None, job: bool = False) -> AttackResponse:
         """An attack; ``job=True`` (a job's own run) lifts the synchronous budget."""
-        identity = self.engine.identity
-        self._check_attack_data(request)
-        check_text(request, self.settings, self.tokenizer, identity)
+        params = self.check_attack(request, job)
         target = getattr(request, "target", None)  # an index now: check_text resolved a name
+        arguments = (request.text, request.text_pair, request.method, request.label, target, params)
+        found = self.engine.backend.attack(*arguments, context or self.new_context())
+        return attack_response(found, self.engine.identity.label_names)
+
+    def check_attack(self, request, job: bool = False) -> Checked:
+        """An attack request against the limits, as :meth:`check_saliency`; a trigger search also needs
+        the training examples of the attacked class."""
+        if request.method == "triggers":
+            self.engine.training_examples("a trigger search")
+        check_text(request, self.settings, self.tokenizer, self.engine.identity)
         params = ATTACK_PARAMETERS[request.method](**request.parameters.model_dump())
         check_method_parameters(params, self.settings)
         if not job:
             check_sync_work(request.method, params, self.settings)
-        arguments = (request.text, request.text_pair, request.method, request.label, target, params)
-        found = self.engine.backend.attack(*arguments, context or self.new_context())
-        return attack_response(found, identity.label_names)
-
-    def _check_attack_data(self, request) -> None:
-        """Triggers search over training examples of the attacked class; the other attacks need none."""
-        if request.method == "triggers":
-            self.engine.training_examples("a trigger search")
+        return params
 
     def models(self) -> ModelsResponse:
         engine = self.engine
@@ -271,6 +298,7 @@ class InfluenceService:
             labels=list(engine.identity.label_names),
             takes_pairs=engine.identity.takes_pairs,
             limits=self.limits(),
+            full_scan_allowed=self.settings.allow_full_scan,
         )
         return ModelsResponse(models=[info])
 
@@ -320,25 +348,27 @@ class InfluenceService:
                 f"kind={request.kind} needs its request in the {request.kind!r} field",
                 {"field": request.kind},
             )
-        if request.kind == "influence":
-            self.check_influence(body)
-            work = lambda progress, context: self.influence(body, context, progress)  # noqa: E731
-        elif request.kind in ("saliency", "attack"):
-            if request.kind == "attack":
-                self._check_attack_data(body)
-            check_text(body, self.settings, self.tokenizer, self.engine.identity)
-            run = self.saliency if request.kind == "saliency" else self.attack
-            work = lambda progress, context: run(body, context, job=True)  # noqa: E731
-        elif request.kind == "evaluate":
-            self._check_evaluation(body)
-            work = lambda progress, context: self.evaluate(body, progress, context)  # noqa: E731
-        elif request.index_kind == "gradient":
-            config = self._check_gradient_build(request.gradient)
-            work = lambda progress, context: self.build_gradient_index(config, progress, context)  # noqa: E731
-        else:
-            self._check_index_build(request.factory)
-            factory = request.factory
-            work = lambda progress, context: self.build_index(factory, progress, context)  # noqa: E731
+        if request.kind == "index_build":
+            if request.index_kind == "gradient":
+                config = self._check_gradient_build(request.gradient)
+                work = lambda progress, context: self.build_gradient_index(config, progress, context)  # noqa: E731
+            else:
+                self._check_index_build(request.factory)
+                factory = request.factory
+                work = lambda progress, context: self.build_index(factory, progress, context)  # noqa: E731
+            return self.jobs.submit(request.kind, work, client.id)
+        with field_prefix(request.kind):  # the body's fields are named by their path in the job
+            if request.kind == "influence":
+                self.check_influence(body)
+                work = lambda progress, context: self.influence(body, context, progress)  # noqa: E731
+            elif request.kind == "evaluate":
+                self._check_evaluation(body)
+                work = lambda progress, context: self.evaluate(body, progress, context)  # noqa: E731
+            else:
+                check = self.check_saliency if request.kind == "saliency" else self.check_attack
+                check(body, job=True)
+                run = self.saliency if request.kind == "saliency" else self.attack
+                work = lambda progress, context: run(body, context, job=True)  # noqa: E731
         return self.jobs.submit(request.kind, work, client.id)
 
     def _check_job_access(self, kind: str, client: Client) -> None:
@@ -393,29 +423,24 @@ class InfluenceService:
         if task == "audit":
             if inputs:
                 raise LimitExceededError(
-                    "task=audit ranks the training set and takes no inputs", {"field": "evaluate.inputs"}
+                    "task=audit ranks the training set and takes no inputs", {"field": "inputs"}
                 )
             self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
             return
         if not inputs:
-            raise LimitExceededError(f"task={task} needs test points in inputs", {"field": "evaluate.inputs"})
+            raise LimitExceededError(f"task={task} needs test points in inputs", {"field": "inputs"})
         check_inputs(inputs, self.settings, self.tokenizer, self.engine.identity)
         if task in NEEDS_LABELS:
             for position, item in enumerate(inputs):
                 if item.label is None:
                     raise LimitExceededError(
                         f"task={task} is measured on true labels: give inputs[{position}].label",
-                        {"field": f"evaluate.inputs[{position}].label"},
+                        {"field": f"inputs[{position}].label"},
                     )
         if task == "error_correction":
             self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
-        if task == "recall" and self.engine.num_examples > self.settings.max_k:
-            raise LimitExceededError(
-                f"recall compares with a full scan of all {self.engine.num_examples} training examples, "
-                f"above this server's limit of {self.settings.max_k} (INFLUENCE_MAX_K); run "
-                "`influence evaluate recall` offline",
-                {"field": "evaluate.task", "value": task, "limit": self.settings.max_k},
-            )
+        if task == "recall":  # compares with a full scan of every training row
+            check_full_scan(self.settings, self.engine.num_examples, "task")
         for method in request.methods if task == "recall" else []:
             try:
                 resolve_method(
@@ -424,7 +449,7 @@ class InfluenceService:
                     self.engine.index is not None,
                 )
             except MethodUnavailableError as error:
-                raise LimitExceededError(str(error), {"field": "evaluate.methods", "value": method}) from None
+                raise LimitExceededError(str(error), {"field": "methods", "value": method}) from None
 
     def evaluate(self, request, progress: Progress, context: RequestContext | None = None):
         """Run one evaluation or application (``service.evaluation.run_evaluation``)."""

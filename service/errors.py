@@ -7,6 +7,7 @@ Domain errors subclass builtins (``ValueError`` for bad input, ``ArithmeticError
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +31,19 @@ class ServiceError(Exception):
     def __init__(self, message: str, detail: dict | list | None = None, headers: dict | None = None):
         super().__init__(message)
         self.message, self.detail, self.headers = message, detail, headers
+
+
+@contextmanager
+def field_prefix(prefix: str):
+    """Errors raised inside name their field by its full path in the request (a job's body sits under its
+    kind: ``saliency.parameters.steps``, ``evaluate.inputs[0].label``)."""
+    try:
+        yield
+    except ServiceError as error:
+        detail = error.detail
+        if isinstance(detail, dict) and detail.get("field") and not detail["field"].startswith(f"{prefix}."):
+            detail["field"] = f"{prefix}.{detail['field']}"
+        raise
 
 
 class LimitExceededError(ServiceError, ValueError):
@@ -95,9 +109,37 @@ def describe_error(error: Exception) -> dict:
     return {"code": "internal_error", "message": f"{type(error).__name__}: {error}", "detail": None}
 
 
+ECHO_CHARS = 200
+"""The most characters of a client's value an error echoes (a 100 kB id is not sent back twice)."""
+
+
+def capped(value):
+    """A client's value as an error may echo it: long strings cut to ``ECHO_CHARS``."""
+    if isinstance(value, str) and len(value) > ECHO_CHARS:
+        return f"{value[:ECHO_CHARS]}... ({len(value)} characters)"
+    return value
+
+
 def error_response(status: int, code: str, message: str, detail=None, headers=None) -> JSONResponse:
+    if isinstance(detail, dict) and "value" in detail:
+        detail = {**detail, "value": capped(detail["value"])}
     body = {"code": code, "message": message, "detail": detail}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(app, scope) -> list[str]:
+    """Every method some route serves at this path (a 405's ``Allow``: Starlette names only the first
+    route's, though ``/v1/jobs/{id}`` serves GET and DELETE from two)."""
+    from starlette.routing import Match
+
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.routes)
+    ]
 
 
 def _validation_message(errors: list[dict]) -> str:
@@ -124,7 +166,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        return error_response(error.status_code, code, str(error.detail), headers=headers or None)
 
     def domain_handler(status: int, code: str):
         async def handler(request: Request, error: Exception) -> JSONResponse:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from interpret.cancellation import RequestCancelled, RequestContext
-from service.errors import BusyError, NotFoundError, describe_error
+from service.errors import BusyError, NotFoundError, capped, describe_error
 from service.schemas import ErrorBody, JobStatus
 
 Progress = Callable[[int, int], None]
@@ -265,7 +265,7 @@ class JobManager:
         job = self._jobs.get(job_id)
         if job is None or job.owner != owner:  # another client's job does not exist for you
             raise NotFoundError(
-                f"no job {job_id!r}: it never existed, was already fetched, or expired "
+                f"no job {capped(job_id)!r}: it never existed, was already fetched, or expired "
                 f"({self.ttl_s:g} s after success, {self.failed_ttl_s:g} s after failure)",
                 {"field": "id", "value": job_id},
             )

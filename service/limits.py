@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Checked, resolve_label
+from interpret.data import require_words
 from interpret.explainer import Identity
 from service.errors import LimitExceededError
 from service.settings import Settings
@@ -42,6 +43,10 @@ def check_text(item, settings: Settings, tokenizer, identity: Identity, where: s
                 settings.max_input_chars,
                 "INFLUENCE_MAX_INPUT_CHARS",
             )
+        try:
+            require_words(value, f"{prefix}{name}")
+        except ValueError as error:
+            raise LimitExceededError(str(error), {"field": f"{prefix}{name}"}) from None
     if item.text_pair is not None and not identity.takes_pairs:
         raise LimitExceededError(
             f"{prefix}text_pair: this model was trained on single sentences; leave text_pair out",
@@ -65,18 +70,15 @@ def _label(value: int | str | None, identity: Identity, field: str) -> int | Non
 
 
 def check_influence(
-    request, settings: Settings, tokenizer, identity: Identity, num_examples: int, method: str
+    request, settings: Settings, tokenizer, identity: Identity, num_examples: int, method: str, solver: str
 ) -> None:
-    """Sizes of an influence request that ``method`` (already resolved) will run."""
+    """Sizes of an influence request that ``method`` and ``solver`` (already resolved) will run: a knob
+    neither reads is refused before (``unused_knobs``), and bounds only what runs."""
     check_inputs(request.inputs, settings, tokenizer, identity)
     if method == "fastif":  # k means nothing to the other methods
         _at_most("k", request.k, settings.max_k, "INFLUENCE_MAX_K")
-    if method == "full" and num_examples > settings.max_k:
-        raise LimitExceededError(
-            f"a full scan scores all {num_examples} training examples, above this server's limit of "
-            f"{settings.max_k} (INFLUENCE_MAX_K); give k, or use method='gradient'",
-            {"field": "k" if request.method is None else "method", "limit": settings.max_k, "value": None},
-        )
+    if method == "full":
+        check_full_scan(settings, num_examples, "k" if request.method is None else "method")
     if request.rerank is not None:
         _at_most("rerank", request.rerank, settings.max_k, "INFLUENCE_MAX_K")
     if request.solver == "cg" and request.cg_rows is None and num_examples > settings.max_cg_rows:
@@ -88,11 +90,30 @@ def check_influence(
     if request.solver == "cg" and request.cg_rows is not None:
         _at_most("cg_rows", request.cg_rows, settings.max_cg_rows, "INFLUENCE_MAX_CG_ROWS")
     _at_most("top", request.top, settings.max_top, "INFLUENCE_MAX_TOP")
+    solves = method != "gradient" or request.rerank is not None
+    if not solves or solver != "lissa" or request.exact:
+        return
     lissa = request.lissa
     depth = settings.max_recursion_depth
     _at_most("lissa.recursion_depth", lissa.recursion_depth, depth, "INFLUENCE_MAX_RECURSION_DEPTH")
     repetitions = settings.max_repetitions
     _at_most("lissa.num_repetitions", lissa.num_repetitions, repetitions, "INFLUENCE_MAX_REPETITIONS")
+
+
+def check_full_scan(settings: Settings, num_examples: int, field: str) -> None:
+    """A full scan needs the operator's consent (INFLUENCE_ALLOW_FULL_SCAN) and at most ``max_k`` rows."""
+    if not settings.allow_full_scan:
+        raise LimitExceededError(
+            f"a full scan scores all {num_examples} training examples, which this server does not allow "
+            "(INFLUENCE_ALLOW_FULL_SCAN); give k (fastif) or use method='gradient'",
+            {"field": field, "value": None},
+        )
+    if num_examples > settings.max_k:
+        raise LimitExceededError(
+            f"a full scan scores all {num_examples} training examples, above this server's limit of "
+            f"{settings.max_k} (INFLUENCE_MAX_K); give k, or use method='gradient'",
+            {"field": field, "limit": settings.max_k, "value": None},
+        )
 
 
 SAMPLE_PARAMETERS = ("steps", "num_samples")

@@ -33,7 +33,7 @@ def prediction(probabilities, names: Sequence[str]) -> Prediction:
     return Prediction(label=label, label_name=names[label], probabilities=values)
 
 
-def lissa_quality(report: LissaReport) -> LissaQuality:
+def lissa_quality(report: LissaReport, disclose: bool = True) -> LissaQuality:
     traces = report.norm_traces
     step = max(1, traces.shape[1] // TRACE_POINTS)
     config = {k: v for k, v in asdict(report.config).items() if k != "divergence_bound"}
@@ -44,17 +44,19 @@ def lissa_quality(report: LissaReport) -> LissaQuality:
         relative_spread=report.relative_spread,
         s_test_norm=report.s_test_norm,
         seconds=report.seconds,
-        workers=report.workers,
+        workers=report.workers if disclose else None,
         scales=report.scales,
         scale_measured=report.scale_measured,
     )
 
 
 def influence_result(
-    answer: InfluenceAnswer, config: QueryConfig, names: Sequence[str], show_cache: bool = True
+    answer: InfluenceAnswer, config: QueryConfig, names: Sequence[str], disclose: bool = True
 ) -> InfluenceResult:
     """An answer as the API's ``InfluenceResult`` (also what ``influence query --json`` prints); ``names``
-    are the model's label names."""
+    are the model's label names. ``disclose=False`` (the service) leaves out what only the machine's owner
+    may see: whether the ``s_test`` came from the cache (another caller's history) and which workers, by
+    node and PID, ran the repetitions."""
 
     def example(e) -> InfluentialExampleOut:
         return InfluentialExampleOut(**asdict(e), label_name=names[e.label])
@@ -68,11 +70,11 @@ def influence_result(
         label_used_name=names[answer.label_used],
         helpful=[example(e) for e in answer.helpful],
         harmful=[example(e) for e in answer.harmful],
-        quality=quality(answer, config, show_cache),
+        quality=quality(answer, config, disclose),
     )
 
 
-def quality(answer: InfluenceAnswer, config: QueryConfig, show_cache: bool) -> Quality:
+def quality(answer: InfluenceAnswer, config: QueryConfig, disclose: bool) -> Quality:
     """Which method answered, how, and how well: timings, the solver's report, the index's fidelity."""
     index_only = answer.method == "gradient" and config.rerank is None
     solved = not index_only
@@ -84,14 +86,21 @@ def quality(answer: InfluenceAnswer, config: QueryConfig, show_cache: bool) -> Q
         rerank=config.rerank if answer.method == "gradient" else None,
         solver=answer.solver,
         exact=config.exact and solved,
-        cached_s_test=answer.s_test_cached if show_cache and solved else None,
-        lissa=lissa_quality(answer.lissa) if answer.lissa is not None else None,
+        cached_s_test=answer.s_test_cached if disclose and solved else None,
+        lissa=lissa_quality(answer.lissa, disclose) if answer.lissa is not None else None,
         cg=CGQuality(**asdict(answer.cg)) if answer.cg is not None else None,
         gradient_index=answer.gradient_index,
     )
 
 
 def saliency_response(result: SaliencyMap, names: Sequence[str]) -> SaliencyResponse:
+    """The API's map; scores that are not finite (parameters that overflow the model) are refused, never
+    sent as ``null`` where the schema promises numbers."""
+    if not (np.isfinite(result.scores).all() and np.isfinite(result.raw_scores).all()):
+        raise ArithmeticError(
+            f"{result.method} gave scores that are not finite numbers: its parameters push the model out of "
+            "range (a smaller stdev, fewer steps); lower them"
+        )
     return SaliencyResponse(
         method=result.method,
         tokens=result.tokens,

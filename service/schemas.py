@@ -150,7 +150,9 @@ class LissaQuality(BaseModel):
     relative_spread: float = Field(description="Mean ||s_r - s_test|| / ||s_test|| over repetitions.")
     s_test_norm: float
     seconds: list[float]
-    workers: list[str] | None
+    workers: list[str] | None = Field(
+        None, description="The worker of each repetition (the CLI only: the service does not name them)."
+    )
     scales: list[float] | None = Field(
         description="Per repetition, the scale it ran at (config.scale is the largest)."
     )
@@ -288,6 +290,10 @@ class ModelInfo(BaseModel):
         default_factory=list, description="Label names in label order (id2label; 'label k' without one)."
     )
     takes_pairs: bool = Field(description="Whether inputs take a text_pair (NLI-style pair models).")
+    full_scan_allowed: bool = Field(
+        False,
+        description="Whether method='full' (every training row scored) is open (INFLUENCE_ALLOW_FULL_SCAN).",
+    )
     limits: dict[str, int] = Field(
         default_factory=dict, description="This server's size limits (INFLUENCE_MAX_*), by setting name."
     )

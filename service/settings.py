@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     """Inputs per request."""
     max_k: int = Field(10_000, gt=0)
     """fastif candidates per query; also bounds a full scan and ``rerank``."""
+    allow_full_scan: bool = False
+    """Whether a query may score every training row (``method=full``, or ``k=null``) and an evaluate
+    ``recall`` job may compare with one: the exact reference, but minutes of every worker per request."""
     max_top: int = Field(100, gt=0)
     """Helpful and harmful examples a query may return."""
     max_recursion_depth: int = Field(5_000, gt=0)

@@ -279,7 +279,9 @@ def test_the_service_starts_without_training_data_and_says_what_needs_it(plain_d
 
 def test_the_service_takes_the_training_data_from_its_setting(plain_dir, data_dir, monkeypatch):
     monkeypatch.setenv("INFLUENCE_TRAIN_DATA", str(data_dir / "train.tsv"))
-    settings = Settings(_env_file=None, model_dir=plain_dir, index_dir=None, gradient_index_dir=None)
+    settings = Settings(
+        _env_file=None, model_dir=plain_dir, index_dir=None, gradient_index_dir=None, allow_full_scan=True
+    )
     assert settings.train_spec().source == str(data_dir / "train.tsv")
     service = InfluenceService(settings, local_engine(plain_dir, settings.train_spec(), tracked_layers=1))
     try:

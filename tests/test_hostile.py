@@ -84,6 +84,9 @@ def wait_for(condition, timeout: float = 20.0) -> None:
         ({"method": "integrated_gradients", "parameters": {"steps": True}}, "parameters.steps"),
         ({"method": "simple_gradient", "label": "1"}, "label"),
         ({"method": "simple_gradient", "label": True}, "label"),
+        ({"method": "smooth_gradient", "parameters": {"stdev": 1e30}}, "parameters.stdev"),  # issue 23
+        ({"method": "lime", "parameters": {"ridge": 1e300}}, "parameters.ridge"),
+        ({"method": "lime", "text": " \t "}, "text is empty or only whitespace"),
     ],
 )
 def test_saliency_parameters_are_strict_and_named(http, body, named):
@@ -102,11 +105,100 @@ def test_saliency_parameters_are_strict_and_named(http, body, named):
         ({"method": "triggers", "parameters": {"num_tokens": 0}}, "parameters.num_tokens"),
         ({"method": "hotflip", "text_pair": "fun"}, "text_pair: this model was trained on single sentences"),
         ({"method": "triggers", "parameters": {"iterations": 10, "candidates": 20}}, "POST /v1/jobs"),
+        ({"method": "input_reduction", "text": "   "}, "text is empty or only whitespace"),
     ],
 )
 def test_attack_parameters_are_strict_named_and_budgeted(http, body, named):
     response = http.post("/v1/attack", json={"text": QUERY, **body})
     assert response.status_code == 422 and named in response.json()["message"], response.json()
+
+
+@pytest.mark.parametrize(
+    ("job", "field"),
+    [
+        (
+            {
+                "kind": "saliency",
+                "saliency": {"text": QUERY, "method": "lime", "parameters": {"num_samples": 10**6}},
+            },
+            "saliency.parameters.num_samples",
+        ),
+        (
+            {
+                "kind": "attack",
+                "attack": {"text": QUERY, "method": "hotflip", "parameters": {"candidates": 10**6}},
+            },
+            "attack.parameters.candidates",
+        ),
+        ({"kind": "attack", "attack": {"text": "  ", "method": "hotflip"}}, "attack.text"),
+        (
+            {"kind": "influence", "influence": {"inputs": [{"text": QUERY}], "k": 5, "rerank": 10}},
+            "influence.rerank",
+        ),
+        (
+            {"kind": "evaluate", "evaluate": {"task": "loo", "inputs": [{"text": QUERY}]}},
+            "evaluate.inputs[0].label",
+        ),
+    ],
+)
+def test_a_job_is_checked_at_submission_like_its_route_and_names_the_full_path(http, job, field):
+    """Issue 23: saliency and attack jobs above the limits were accepted (202) and failed later; job
+    errors named their field without the job's prefix."""
+    response = http.post("/v1/jobs", json=job)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("knobs", "field"),
+    [
+        ({"k": 5, "rerank": 10}, "rerank"),  # rerank is the gradient index's
+        ({"k": 5, "cg_rows": 50}, "cg_rows"),  # LiSSA reads no cg_rows
+        ({"k": 5, "solver": "cg", "cg_rows": 50, "lissa": {"recursion_depth": 7}}, "lissa.recursion_depth"),
+        ({"k": 5, "exact": True, "solver": "cg"}, "solver"),
+    ],
+)
+def test_a_knob_the_method_ignores_is_refused_by_name(http, knobs, field):
+    response = http.post("/v1/influence", json={"inputs": [{"text": QUERY}], **knobs})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["field"] == field and "is read by" in response.json()["message"]
+
+
+def test_which_knobs_each_method_reads():
+    """The rule behind the 422s, for the gradient index too (the hostile service has none)."""
+    from interpret.config import LissaConfig, QueryConfig, unused_knobs
+
+    def unused(ran_method, ran_solver, **knobs):
+        return [name for name, _ in unused_knobs(QueryConfig(**knobs), ran_method, ran_solver)]
+
+    assert unused("gradient", "lissa", k=10**12) == ["k"]
+    assert unused("gradient", "lissa", exact=True) == ["exact"]
+    assert unused("gradient", "cg", solver="cg") == ["solver"]
+    assert unused("gradient", "lissa", lissa=LissaConfig(recursion_depth=5)) == ["lissa"]
+    assert unused("gradient", "index", rerank=5, lissa=LissaConfig(damping=0.1)) == ["lissa.damping"]
+    assert unused("gradient", "cg", rerank=5, solver="cg", cg_rows=50, lissa=LissaConfig(damping=0.1)) == []
+    assert unused("full", "lissa", method="full", k=50) == ["k"]
+    assert unused("full", "lissa", rerank=5, k=None) == ["rerank"]
+    # a client that sends every field at its default is served
+    assert unused("gradient", "lissa", k=1000, solver=None, exact=False, lissa=LissaConfig()) == []
+    assert unused("fastif", "lissa", lissa=LissaConfig(recursion_depth=20, damping=0.1, scale=20.0)) == []
+
+
+def test_a_full_scan_needs_the_operators_consent(http, service, settings):
+    response = http.post("/v1/influence", json={"inputs": [{"text": QUERY}], "k": None})
+    assert response.status_code == 422 and "INFLUENCE_ALLOW_FULL_SCAN" in response.json()["message"]
+    assert http.get("/v1/models").json()["models"][0]["full_scan_allowed"] is False
+    audit = {"kind": "evaluate", "evaluate": {"task": "recall", "inputs": [{"text": QUERY, "label": 1}]}}
+    refused = http.post("/v1/jobs", json=audit)
+    assert refused.status_code == 422 and "INFLUENCE_ALLOW_FULL_SCAN" in refused.json()["message"]
+
+
+def test_no_response_names_a_worker_or_its_pid(http):
+    body = {"inputs": [{"text": QUERY}], "k": 5, "lissa": {"recursion_depth": 20, "scale": 20.0}}
+    response = http.post("/v1/influence", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["quality"]["lissa"]["workers"] is None
+    assert "pid" not in response.text.lower()
 
 
 # --------------------------------------------------------------------- 4. size checks, off the loop
@@ -295,6 +387,9 @@ def test_keys_name_clients_with_their_own_quotas_and_heavy_jobs_can_be_reserved(
             moved = {**alice, "X-Forwarded-For": "198.51.100.7"}
             assert client.post("/v1/jobs", json=slow, headers=moved).status_code == 429
             assert client.post("/v1/jobs", json=audit, headers=bob).status_code == 202  # keyed: allowed
+            # the counters (other clients' cache hits among them) are behind a key too
+            assert client.get("/metrics").status_code == 401
+            assert client.get("/metrics", headers=bob).status_code == 200
             for headers in (alice, bob):
                 for job in client.get("/v1/jobs", headers=headers).json()["jobs"]:
                     client.delete(f"/v1/jobs/{job['id']}", headers=headers)
@@ -419,6 +514,15 @@ def test_chunked_oversized_bodies_get_413_and_headers_are_bounded(http):
     many = {f"x-header-{i}": "1" for i in range(60)}
     assert http.get("/v1/models", headers=many).status_code == 431
     assert http.get("/v1/models", headers={"x-big": "y" * 5000}).json()["code"] == "headers_too_large"
+
+
+def test_a_405_names_every_method_of_the_path_and_errors_cap_what_they_echo(http):
+    """Issue 23: a 405 listed one method where the path serves two; a 100 kB job id came back twice."""
+    refused = http.post("/v1/jobs/abc", json={})
+    assert refused.status_code == 405 and refused.json()["code"] == "method_not_allowed"
+    assert {"GET", "DELETE"} <= {m.strip() for m in refused.headers["Allow"].split(",")}
+    missing = http.get(f"/v1/jobs/{'x' * 20_000}")
+    assert missing.status_code == 404 and len(missing.content) < 2_000
 
 
 def test_a_body_that_is_not_utf8_gets_a_4xx_in_the_error_shape(http):

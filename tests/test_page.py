@@ -83,6 +83,7 @@ def server(engine_dirs, tmp_path_factory):
         max_input_tokens=16,
         max_top=20,
         max_k=96,
+        allow_full_scan=True,  # the page offers a full scan only where the operator allows one
         deadline_s=120,
     )
     engine = local_engine(engine_dirs[0], index_dir=engine_dirs[1], gradient_index_dir=gradient_dir)
@@ -246,6 +247,20 @@ def test_errors_show_the_servers_message_and_nothing_leaves_the_server(page, ser
     assert message.startswith("422") and "INFLUENCE_MAX_INPUT_TOKENS" in message
     assert all(url.startswith(server) for url in page.requests), page.requests
     _shoot(page, "error")
+
+
+def test_the_api_docs_load_with_nothing_from_outside(page, server):
+    """Issue 23: /docs and /redoc loaded their scripts and fonts from a CDN (blank offline, and every
+    visit told a third party). With the network cut (every request outside the server aborted), /docs
+    renders the API; /redoc is gone (ReDoc's bundle fetches its logo from its CDN whatever its options)."""
+    page.route(
+        "**/*", lambda route: route.continue_() if route.request.url.startswith(server) else route.abort()
+    )
+    page.goto(f"{server}/docs")
+    page.wait_for_selector(".swagger-ui .opblock")
+    assert page.request.get(f"{server}/redoc").status == 404
+    outside = [url for url in page.requests if not url.startswith(server)]
+    assert outside == [], outside
 
 
 def test_the_api_key_stays_in_session_storage_and_the_page_fits_a_phone(browser, server):

@@ -366,7 +366,13 @@ def test_an_evaluate_job_binds_every_worker_call_to_its_id_and_deadline(
             assert time.monotonic() < limit, "the job's id never ran on a worker"
             time.sleep(0.05)
 
-    settings = Settings(_env_file=None, model_dir=engine_dirs[0], index_dir=None, gradient_index_dir=None)
+    settings = Settings(
+        _env_file=None,
+        model_dir=engine_dirs[0],
+        index_dir=None,
+        gradient_index_dir=None,
+        allow_full_scan=True,
+    )
     service = InfluenceService(settings, engine)
     try:
         job = service.submit_job(request, alice)

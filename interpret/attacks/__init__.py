@@ -11,6 +11,7 @@ from interpret.attacks.input_reduction import input_reduction
 from interpret.attacks.triggers import TriggerResult, flip_rate, search_trigger, trigger_attack, with_trigger
 from interpret.classifier import TextClassifier
 from interpret.config import ATTACK_PARAMETERS, TARGETED_ATTACKS, Checked, method_parameters
+from interpret.data import require_words
 
 ATTACK_METHODS = {"hotflip": hotflip, "input_reduction": input_reduction, "triggers": trigger_attack}
 assert ATTACK_METHODS.keys() == ATTACK_PARAMETERS.keys()
@@ -29,6 +30,8 @@ def attack(
 ) -> AttackResult:
     """Run an attack by name (parameters as their ``interpret.config`` dataclass, or by name);
     ``triggers`` searches over ``examples`` (the training set) of the class."""
+    require_words(text)
+    require_words(pair, "text_pair")
     if params is None:
         params = method_parameters("attack", ATTACK_PARAMETERS, method, parameters)
     if target is not None and method not in TARGETED_ATTACKS:

@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from interpret.classifier import TextClassifier
 from interpret.config import SALIENCY_PARAMETERS, Checked, method_parameters
+from interpret.data import require_words
 from interpret.saliency.base import SaliencyMap, encode_text
 from interpret.saliency.black_box import leave_one_out, lime
 from interpret.saliency.gradient import integrated_gradients, simple_gradient, smooth_gradient
@@ -35,6 +36,8 @@ def saliency(
     **parameters,
 ) -> SaliencyMap:
     """The named method's map; its parameters as their ``interpret.config`` dataclass, or by name."""
+    require_words(text)
+    require_words(pair, "text_pair")
     if params is None:
         params = method_parameters("saliency method", SALIENCY_PARAMETERS, method, parameters)
     return SALIENCY_METHODS[method](classifier, text, pair, label, **asdict(params))
