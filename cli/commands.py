@@ -311,6 +311,7 @@ def serve(
     (docs/cli.md lists them)."""
     import uvicorn
 
+    from cli.serving import uvicorn_options
     from service.app import create_app
     from service.core import InfluenceService
     from service.settings import Settings
@@ -342,7 +343,7 @@ def serve(
             host=host,
             port=port,
             log_level="info",
-            timeout_keep_alive=settings.keep_alive_s,
+            **uvicorn_options(settings),
         )
     finally:
         service.shutdown()

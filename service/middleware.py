@@ -62,17 +62,22 @@ class RequestLimits:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
             return await _refuse(self._too_large(int(length)), scope, receive, send)
-        body = bytearray()
+        body, settings = bytearray(), self.settings
+        # A gap of body_timeout_s between two parts, or body_deadline_s in all (a trickle of one byte every
+        # few seconds never stalls a gap but cannot hold the connection past the total).
+        deadline = time.monotonic() + settings.body_deadline_s
         while True:
+            remaining = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self.settings.body_timeout_s)
+                message = await asyncio.wait_for(receive(), max(0.0, min(settings.body_timeout_s, remaining)))
             except TimeoutError:
-                timeout = self.settings.body_timeout_s
-                stalled = RequestTimeoutError(
-                    f"the request body stalled for {timeout:g} s after {len(body)} bytes "
-                    "(INFLUENCE_BODY_TIMEOUT_S): send the whole body at once, with a correct Content-Length",
-                    {"field": "body"},
-                )
+                if remaining <= settings.body_timeout_s:
+                    why = f"took more than {settings.body_deadline_s:g} s in all (INFLUENCE_BODY_DEADLINE_S)"
+                else:
+                    why = f"stalled for {settings.body_timeout_s:g} s after {len(body)} bytes"
+                    why += " (INFLUENCE_BODY_TIMEOUT_S)"
+                stalled = RequestTimeoutError(f"the request body {why}", {"field": "body"})
+                stalled.message += ": send the whole body at once, with a correct Content-Length"
                 return await _refuse(stalled, scope, receive, send)
             if message["type"] == "http.disconnect":
                 return None  # the client left before its request was complete: nobody to answer

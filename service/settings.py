@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(10.0, gt=0)
     """Seconds a client may take between two parts of its request body (a body shorter than its
     Content-Length, or a trickle, gets 408 instead of holding a connection forever)."""
+    header_deadline_s: float = Field(10.0, gt=0)
+    """Seconds a client may take to send a request's line and headers under ``influence serve`` (a
+    trickle is disconnected; plain ``uvicorn`` has no such limit)."""
+    body_deadline_s: float = Field(30.0, gt=0)
+    """Seconds a client may take to send its whole request body (a trickle that never stalls
+    ``body_timeout_s`` is cut here: 408)."""
     max_header_bytes: int = Field(16_384, gt=0)
     """Largest total size of a request's headers (431 beyond)."""
     max_headers: int = Field(100, gt=0)

@@ -96,3 +96,16 @@ def is_descendant(pid: int, ancestor: int) -> bool:
         except (OSError, IndexError, ValueError):
             return False
     return False
+
+
+def processes_named(prefix: str) -> list[int]:
+    """The PIDs whose command line starts with ``prefix`` (a Ray actor's is ``ray::ClassName...``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(prefix.encode()):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids

@@ -6,6 +6,7 @@ cancels that stop work without killing workers) are in test_workers.py."""
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import socket
 import threading
@@ -16,6 +17,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from cli.serving import uvicorn_options
 from clients import InfluenceClient, JobFailedError
 from interpret.cancellation import RequestCancelled, RequestContext
 from service.app import create_app
@@ -44,6 +46,8 @@ def settings(engine_dirs, tmp_path_factory) -> Settings:
         max_jobs_per_client=3,
         failed_job_ttl_s=1.0,
         body_timeout_s=1.0,
+        body_deadline_s=3.0,
+        header_deadline_s=2.0,
         max_headers=40,
         max_header_bytes=4000,
         trusted_proxies=["testclient"],  # the test client's peer: X-Forwarded-For names each client
@@ -455,7 +459,10 @@ def test_a_cancelled_request_stops_at_the_next_step(service):
 def server(settings, service):
     """The app under uvicorn on loopback, in this process (the in-process backend, no Ray)."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(settings, service)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(settings)
+    )
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -505,6 +512,51 @@ def test_a_body_shorter_than_its_length_gets_408_not_a_hung_connection(server):
     answer = raw_request(server, head, b'{"inputs"')
     assert answer.startswith(b"HTTP/1.1 408") and b'"code":"request_timeout"' in answer
     assert time.monotonic() - started < 5
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_at_the_total_deadline(server):
+    """Issue 23: one byte every 0.8 s never stalls the 1 s gap, so the body was never cut off."""
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: 100\r\n\r\n"
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as connection:
+        connection.sendall(head)
+        answer = b""
+        for byte in b'{"inputs": [{"text": "a"}]}' * 4:
+            connection.sendall(bytes([byte]))
+            time.sleep(0.8)
+            connection.setblocking(False)
+            try:
+                answer = connection.recv(65536)
+            except BlockingIOError:
+                pass
+            finally:
+                connection.setblocking(True)
+            if answer:
+                break
+        while b"\r\n\r\n" in answer and len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+            answer += connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408") and b"INFLUENCE_BODY_DEADLINE_S" in answer, answer
+    assert time.monotonic() - started < 6  # body_deadline_s=3, not the 80 s the trickle would take
+
+
+def test_headers_trickled_byte_by_byte_are_cut_at_the_total_deadline(server):
+    """Issue 23: headers sent a byte at a time held the connection for ever (uvicorn has no deadline)."""
+    started, closed = time.monotonic(), None
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as connection:
+        for byte in b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-Trickle: " + b"a" * 400:
+            readable, _, _ = select.select([connection], [], [], 0)
+            if readable and connection.recv(1, socket.MSG_PEEK) == b"":
+                closed = time.monotonic()
+                break
+            try:
+                connection.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = time.monotonic()
+                break
+            time.sleep(0.2)
+    assert closed is not None, "the connection was never closed"
+    assert closed - started < 5  # header_deadline_s=2, not the 80 s the trickle would take
 
 
 def test_chunked_oversized_bodies_get_413_and_headers_are_bounded(http):
