@@ -73,6 +73,10 @@ class AuthenticationError(InfluenceAPIError):
     """401: missing or wrong API key."""
 
 
+class PermissionDeniedError(InfluenceAPIError):
+    """403: this server keeps the request for other callers (heavy jobs: ``INFLUENCE_HEAVY_JOB_CALLERS``)."""
+
+
 class NotFoundError(InfluenceAPIError):
     """404: no such job (or route)."""
 
@@ -89,7 +93,12 @@ class JobFailedError(InfluenceAPIError):
     """A job ended in state ``failed``; its error is in ``code``/``message``."""
 
 
-_ERROR_BY_STATUS = {401: AuthenticationError, 404: NotFoundError, 429: RateLimitedError}
+_ERROR_BY_STATUS = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: RateLimitedError,
+}
 _ERROR_BY_CODE = {"training_data_missing": TrainingDataMissingError}
 
 

@@ -281,9 +281,13 @@ def build_gradient_index(
     config: GradientIndexConfig | None = None,
     progress: Progress | None = None,
     context: RequestContext | None = None,
+    scratch: str | Path | None = None,
 ) -> GradientManifest:
     """Project every training gradient, fit the preconditioner, store ``u_z = (C + damping I)^-1 g~_z`` in
-    an inner-product index (atomically), then drop the shards. The factory string is checked first."""
+    an inner-product index (atomically), then drop the shards. The factory string is checked first.
+
+    The shards (each written whole, so an interrupted build resumes) are kept beside ``directory``, or in
+    ``scratch`` (the service's: nothing but the finished index lands beside the one it serves)."""
     config = config or GradientIndexConfig()
     check_gradient_factory(config.factory)
     engine.training_examples("a gradient index")
@@ -291,9 +295,10 @@ def build_gradient_index(
     check_build_memory(engine, config, spec, context)
     # One progress bar over both passes: the factor chunks of the fit, then the gradient shards.
     fit, shards = fit_chunks(engine, config), math.ceil(len(engine.examples) / config.chunk_rows)
-    projection = fit_projection(engine, directory, config, _offset(progress, 0, fit + shards), context)
+    work = Path(scratch) / Path(directory).name if scratch is not None else directory
+    projection = fit_projection(engine, work, config, _offset(progress, 0, fit + shards), context)
     gradients = projected_gradients(
-        engine, directory, config, projection, _offset(progress, fit, fit + shards), context
+        engine, work, config, projection, _offset(progress, fit, fit + shards), context
     )
     inverse = fit_inverse(engine, gradients, spec, projection, context)
     for start in range(0, len(gradients), ENCODE_CHUNK):
@@ -312,5 +317,5 @@ def build_gradient_index(
         projection,
         inverse.numpy() if projection.bases is not None else None,
     )
-    ShardStore(shard_folder(directory), {}).remove()
+    ShardStore(shard_folder(work), {}).remove()
     return manifest

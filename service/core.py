@@ -487,7 +487,8 @@ class InfluenceService:
         """Project every training gradient on the workers, write the gradient index, then swap it in."""
         engine, directory = self.engine, self.settings.gradient_index_dir
         with self._index_lock:
-            manifest = build_gradient_index(engine, directory, config, progress, context)
+            scratch = self.settings.job_scratch_dir
+            manifest = build_gradient_index(engine, directory, config, progress, context, scratch)
             engine.gradient_index = gradient_index_for(directory, engine.identity)
         return IndexBuildResult(index_manifest=asdict(manifest))
 

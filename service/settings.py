@@ -145,8 +145,9 @@ class Settings(BaseSettings):
     worker call it makes stops at this deadline. Kinds left out: evaluate and index_build 14400, the others
     ``deadline_s``."""
     scratch_dir: Path | None = None
-    """Where jobs keep their intermediate files (an audit's gradient shards, complete and resumable), apart
-    from the served indexes; ``None``: ``scratch`` beside the model folder."""
+    """Where jobs keep their intermediate files (the gradient shards of an audit or an index build, each
+    whole, so a rerun resumes), apart from the served indexes; ``None``: ``scratch`` beside the model
+    folder."""
     interactive_jobs: int | None = Field(None, gt=0)
     """Interactive jobs (influence, saliency, attack) running at once; ``None``: max(2, workers)."""
     heavy_jobs: int = Field(1, gt=0)

@@ -8,6 +8,7 @@ import torch
 
 from index import IndexMismatchError
 from index.gradient import load_gradient_index, shard_folder
+from interpret.cancellation import RequestCancelled
 from interpret.config import GradientIndexConfig, MethodUnavailableError, QueryConfig
 from interpret.influence import ExampleStates, LissaConfig, exact_s_test, training_hessian
 from interpret.influence.objective import loss_gradient, per_example_gradients
@@ -366,6 +367,34 @@ def test_an_interrupted_build_resumes_from_its_shards(engine_dirs, tmp_path, mon
     np.testing.assert_allclose(
         _vectors(tmp_path / "resumed", engine), _vectors(tmp_path / "reference", engine)
     )
+
+
+def test_a_build_given_a_scratch_folder_keeps_its_shards_there(engine_dirs, tmp_path, monkeypatch):
+    """Issue 23: the service's builds keep their shards in its scratch folder, never beside the index it
+    serves; a cancelled one leaves only whole shards there, and the rerun resumes from them."""
+    engine, scratch = local_engine(engine_dirs[0]), tmp_path / "scratch"
+    served = tmp_path / "served" / "gradient-index"
+    explainer, real = engine.backend.explainer, engine.backend.explainer.gradient_shard
+
+    def cancelled_after_two(rows, *args, done=[]):  # noqa: B006 (the count of shards computed)
+        if len(done) == 2:
+            raise RequestCancelled("the job was deleted")
+        done.append(rows)
+        return real(rows, *args)
+
+    monkeypatch.setattr(explainer, "gradient_shard", cancelled_after_two)
+    config = GradientIndexConfig(rank=4, damping=0.1, chunk_rows=20)
+    with pytest.raises(RequestCancelled):
+        build_gradient_index(engine, served, config, scratch=scratch)
+    assert len(list(shard_folder(scratch / "gradient-index").glob("shard-*.npy"))) == 2
+    assert not list(shard_folder(scratch / "gradient-index").glob("tmp*"))  # nothing half-written
+    assert not served.parent.exists()  # nothing beside the served index
+    rerun = []
+    monkeypatch.setattr(explainer, "gradient_shard", lambda rows, *a: rerun.append(rows) or real(rows, *a))
+    assert build_gradient_index(engine, served, config, scratch=scratch).count == 96
+    assert len(rerun) == 3  # 96 rows in 5 shards: only the 3 not finished before
+    assert sorted(path.name for path in served.parent.iterdir()) == ["gradient-index"]
+    assert not shard_folder(scratch / "gradient-index").exists()  # dropped once the index is written
 
 
 def test_a_bad_factory_fails_before_any_gradient(engine_dirs, tmp_path, monkeypatch):

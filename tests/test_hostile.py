@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from cli.serving import uvicorn_options
-from clients import InfluenceClient, JobFailedError
+from clients import InfluenceClient, JobFailedError, PermissionDeniedError, evaluate_request
 from interpret.cancellation import RequestCancelled, RequestContext
 from service.app import create_app
 from service.core import InfluenceService
@@ -408,6 +408,10 @@ def test_keys_name_clients_with_their_own_quotas_and_heavy_jobs_can_be_reserved(
                 assert response.status_code == status, response.text
                 if status == 403:
                     assert "INFLUENCE_HEAVY_JOB_CALLERS" in response.json()["message"]
+                    with pytest.raises(PermissionDeniedError, match="heavy job"):
+                        InfluenceClient(http=client).submit_job(
+                            evaluate_request("lds_head", [QUERY]), "evaluate"
+                        )
         finally:
             served.jobs.shutdown()
 
