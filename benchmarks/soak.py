@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
 from benchmarks.service_load import process_tree_rss, tree_rss_bytes, wait_ready
+from interpret.concurrency import HEAP_TRIM_INTERVAL_S
 from interpret.data import load_examples, sst2_spec
 
 SOAK = Path("artifacts/soak")
@@ -59,6 +60,9 @@ INFLUENCE = str(Path(sys.executable).with_name("influence"))
 HEAVY_CLIENT, PROBE_CLIENT = "198.51.100.1", "198.51.100.2"
 """The churn's and the probe's addresses (X-Forwarded-For, trusted from loopback)."""
 CANCEL_WITHIN_S = 10.0
+SETTLE_S = 2 * HEAP_TRIM_INTERVAL_S
+"""The quiet period before a memory reading: samples are taken over its second half, after at least one
+heap trim of every process (an audit's freed gigabyte stays resident until the API process trims)."""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -266,8 +270,9 @@ def warm_up(soak: Soak, texts: list[str], cache_entries: int) -> None:
         for text in texts[:cache_entries]:
             body = {"inputs": [{"text": text}], "k": 200, "top": 3, "lissa": {"recursion_depth": 100}}
             soak.post(client, "/v1/influence", json=body)
-    soak.until = time.monotonic() + 20
+    soak.until = time.monotonic() + 45
     clients = [soak.disconnects, soak.job_floods, soak.bad_bodies, soak.light]
+    clients += [soak.evaluate_churn, soak.fairness_probe]  # an audit's first use of the object store
     threads = [threading.Thread(target=client, daemon=True) for client in clients]
     for thread in threads:
         thread.start()
@@ -351,6 +356,7 @@ def main() -> None:
         "INFLUENCE_BODY_TIMEOUT_S": "5",
         "INFLUENCE_S_TEST_CACHE_ENTRIES": str(CACHE_ENTRIES),
         "INFLUENCE_TRUSTED_PROXIES": '["127.0.0.1"]',
+        "INFLUENCE_ALLOW_FULL_SCAN": "true",  # the churn's recall jobs compare with a full scan
         "INFLUENCE_GRADIENT_INDEX_DIR": str(SOAK / "gradient-index"),  # not built: lets an audit run
         "INFLUENCE_SCRATCH_DIR": str(SOAK / "scratch"),
     }
@@ -368,7 +374,7 @@ def main() -> None:
         warm_up(
             Soak(url, args.port, 0.0, Tally(), texts, args.deadline), texts[-CACHE_ENTRIES:], CACHE_ENTRIES
         )
-        rss_start, kills_start = settled_rss(process.pid, 30.0), replacements(url)
+        rss_start, kills_start = settled_rss(process.pid, SETTLE_S), replacements(url)
         processes_start, kinds_start = rss_by_process(process.pid), rss_kinds(process.pid)
         tally = Tally()
         soak = Soak(url, args.port, time.monotonic() + 60 * args.minutes, tally, texts, args.deadline)
@@ -380,7 +386,7 @@ def main() -> None:
         for thread in threads:
             thread.join()
         kills = replacements(url) - kills_start
-        rss_end = settled_rss(process.pid, 30.0)
+        rss_end = settled_rss(process.pid, SETTLE_S)
         processes_end, kinds_end = rss_by_process(process.pid), rss_kinds(process.pid)
         alive = process.poll() is None
         orphans = orphan_files(SOAK / "scratch", [index])

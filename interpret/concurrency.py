@@ -26,8 +26,10 @@ tokenizer share one lock, and proxies stay picklable and copyable like what they
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import threading
+import time
 import weakref
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -81,3 +83,36 @@ class SerializedTokenizer:
 def serialized(tokenizer) -> SerializedTokenizer:
     """``tokenizer`` made safe to share between threads (a proxy is returned as it is)."""
     return tokenizer if isinstance(tokenizer, SerializedTokenizer) else SerializedTokenizer(tokenizer)
+
+
+HEAP_TRIM_INTERVAL_S = 30.0
+_TRIM_LOCK = threading.Lock()
+_TRIMMING = False
+
+
+def trim_heap_periodically(interval_s: float = HEAP_TRIM_INTERVAL_S) -> bool:
+    """Return freed heap pages to the OS every ``interval_s`` (glibc ``malloc_trim``), on a daemon thread.
+
+    glibc keeps the pages of freed chunks resident inside its arenas, so a process that once ran a large
+    request (an actor's trigger search or big scoring block, the API's audit job) keeps that peak for good
+    and its resident memory creeps up under mixed traffic; ``malloc_trim(0)`` releases every free page, in
+    milliseconds. One thread per process, however often it is called. ``False`` where the C library is not
+    glibc (musl, macOS): nothing to do there.
+    """
+    global _TRIMMING
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    with _TRIM_LOCK:
+        if _TRIMMING:  # one thread per process: every service and actor calls this
+            return True
+        _TRIMMING = True
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            trim(0)
+
+    threading.Thread(target=loop, name="heap-trim", daemon=True).start()
+    return True

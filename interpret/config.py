@@ -111,6 +111,11 @@ def check_label(value: int | None, num_labels: int, field: str = "label") -> Non
         raise ValueError(f"{field}={value} is not a label of this model: use 0..{num_labels - 1}")
 
 
+MAX_DAMPING = 1e6
+"""Above this the damping term is all there is (scores ~ g.v / lambda) and the answer is no longer about
+the model: the bound keeps every response a finite, meaningful number."""
+
+
 @dataclass(frozen=True)
 class LissaConfig(Checked):
     """LiSSA knobs, named as in FastIF (Guo et al. 2021) and Koh & Liang (2017).
@@ -139,10 +144,11 @@ class LissaConfig(Checked):
     recursion_depth: int = setting(1000, ge=1, doc="J: recursion steps per repetition.")
     batch_size: int = setting(1, ge=1, le=4096, doc="B: training examples per Hessian-vector product.")
     num_repetitions: int = setting(1, ge=1, doc="T: independent repetitions, averaged.")
-    damping: float = setting(5.0, gt=0, doc="lambda in (H + lambda I)^-1.")
+    damping: float = setting(5.0, gt=0, le=MAX_DAMPING, doc="lambda in (H + lambda I)^-1.")
     scale: float | None = setting(
         None,
         gt=0,
+        le=1e12,
         doc="Must exceed half the largest batch Hessian eigenvalue; null: measured on sampled batches "
         "(power iteration), reported in the quality block.",
     )
@@ -332,7 +338,7 @@ class GradientIndexConfig(Checked):
         doc="fisher (empirical Fisher of the projected gradients), identity, or hessian (the projected "
         "explicit training Hessian: small tracked sets; unprojected, the exact influence).",
     )
-    damping: float = setting(5.0, gt=0, doc="lambda in (C + lambda I)^-1.")
+    damping: float = setting(5.0, gt=0, le=MAX_DAMPING, doc="lambda in (C + lambda I)^-1.")
     factory: str = setting("Flat", doc="FAISS factory string of the inner-product index.")
     chunk_rows: int = setting(1024, ge=1, doc="Training rows per shard: the resume and progress grain.")
 
@@ -363,7 +369,10 @@ class EvaluationConfig(Checked):
     fraction: float = setting(0.5, gt=0, le=0.99, doc="lds: share of the training rows in each subset.")
     seed: int = setting(0, ge=0, le=SEED_MAX, doc="Seed of the subsets, samples and splits.")
     damping: float = setting(
-        FASTIF_PRESET.damping, gt=0, doc="loo, lds: the convex head's L2 term (= the influence damping)."
+        FASTIF_PRESET.damping,
+        gt=0,
+        le=MAX_DAMPING,
+        doc="loo, lds: the convex head's L2 term (= the influence damping).",
     )
     top: int = setting(
         5,

@@ -115,6 +115,8 @@ class STest:
     vectors: list
     report: LissaReport | None
     cg: CGReport | None = None
+    seconds: float | None = None
+    """Wall time of the solve that made it (kept with it in the cache)."""
 
 
 def lissa_report(

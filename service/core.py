@@ -144,8 +144,9 @@ class InfluenceService:
     def __init__(self, settings: Settings, engine: Engine | None = None):
         from transformers import AutoTokenizer
 
-        from interpret.concurrency import serialized
+        from interpret.concurrency import serialized, trim_heap_periodically
 
+        trim_heap_periodically()  # an audit or an index build peaks here, in the API process, too
         self.settings = settings
         self.engine = engine if engine is not None else build_engine(settings)
         # For the limit checks, which every request thread runs at once.

@@ -11,7 +11,8 @@ Scheduling. Each kind belongs to a class (:data:`JOB_CLASSES`): *interactive* (i
 attack) or *heavy* (evaluate, index builds), and each class runs up to its own number of jobs at once, so
 a cheap query never waits behind a build. Within a class the next job to start is the oldest one of the
 client with the fewest jobs of that class running, ties going to the client whose last job started
-longest ago: every client gets its turn however many jobs another one queued. A queued job's status gives
+longest ago: every client gets its turn however many jobs another one queued. In a class with several
+slots no client holds them all, so a newcomer finds one open. A queued job's status gives
 its place in that order and an estimated start (from the recent run times of its class).
 """
 
@@ -170,11 +171,12 @@ class JobManager:
 
     # ------------------------------------------------------------------ the schedule
 
+    def _running(self, job_class: str) -> list[Job]:
+        return [job for job in self._jobs.values() if job.state == "running" and job.job_class == job_class]
+
     def _order(self, job_class: str) -> list[Job]:
         """The queued jobs of ``job_class`` in the order they will start (the fair order above)."""
-        running = Counter(
-            job.owner for job in self._jobs.values() if job.state == "running" and job.job_class == job_class
-        )
+        running = Counter(job.owner for job in self._running(job_class))
         last = {owner: tick for (name, owner), tick in self._last_start.items() if name == job_class}
         waiting: dict[str, list[Job]] = {}
         for job in self._jobs.values():
@@ -191,12 +193,17 @@ class JobManager:
         return order
 
     def _dispatch(self) -> None:
-        """Start queued jobs while their class has a free slot (called with the lock held)."""
+        """Start queued jobs while their class has a free slot (called with the lock held). A client runs
+        at most ``slots - 1`` jobs of a class with several slots, so one is always open to the next client:
+        without preemption, that is what keeps a newcomer's cheap job from waiting out a long one."""
         for job_class, slots in self.concurrency.items():
-            running = sum(
-                1 for job in self._jobs.values() if job.state == "running" and job.job_class == job_class
-            )
-            for job in self._order(job_class)[: max(0, slots - running)]:
+            running, cap = Counter(job.owner for job in self._running(job_class)), max(1, slots - 1)
+            for job in self._order(job_class):
+                if sum(running.values()) >= slots:
+                    break
+                if running[job.owner] >= cap:
+                    continue
+                running[job.owner] += 1
                 job.state, job.started_at = "running", time.time()
                 self._last_start[(job_class, job.owner)] = next(self._starts)
                 self._executors[job_class].submit(self._run, job)
@@ -207,11 +214,7 @@ class JobManager:
         for job_class, slots in self.concurrency.items():
             order = self._order(job_class)
             run_s = self._run_s[job_class]
-            remaining = [
-                max(0.0, run_s - (now - job.started_at))
-                for job in self._jobs.values()
-                if job.state == "running" and job.job_class == job_class and job.started_at is not None
-            ]
+            remaining = [max(0.0, run_s - (now - job.started_at)) for job in self._running(job_class)]
             starts = estimated_starts(remaining, slots, run_s, len(order))
             places.update({job.id: (position, starts[position]) for position, job in enumerate(order)})
         return places

@@ -252,6 +252,7 @@ def answer_query(
     s_test = cached
     if pending is not None:
         s_test = backend.finish_s_test(pending, progress)
+        s_test.seconds = time.perf_counter() - clock
         if cache is not None:
             cache.put(key, s_test, backend.s_test_nbytes(config))
     scores = candidates.scores
@@ -278,4 +279,5 @@ def answer_query(
         cg=None if s_test is None else s_test.cg,
         gradient_index=None if method != "gradient" else gradient_index_quality(engine.gradient_index),
         solver=("exact" if config.exact else solver) if needs_s_test else None,
+        s_test_seconds=None if s_test is None else s_test.seconds,
     )

@@ -127,6 +127,12 @@ def _quoted_numbers() -> list[tuple[str, str]]:
             "soak_glibc_default_arenas.json",
         ),
         (f"({soak['rss_mib']['start']:,.0f} -> {soak['rss_mib']['end']:,.0f} MiB;", "soak.json"),
+        (
+            f"{soak['evaluate_churn']['deleted']} DELETEd evaluate jobs all ended `cancelled` within "
+            f"{soak['evaluate_churn']['seconds_to_cancelled_max']:.1f} s",
+            "soak.json",
+        ),
+        (f"waited {soak['summary']['interactive_job_wait_p95_s']:.2f} s at p95", "soak.json"),
     ]
     summary = index["summary"]
     phrases += [

@@ -168,6 +168,12 @@ def test_a_knob_the_method_ignores_is_refused_by_name(http, knobs, field):
     assert response.json()["detail"]["field"] == field and "is read by" in response.json()["message"]
 
 
+@pytest.mark.parametrize(("lissa", "field"), [({"damping": 1e300}, "damping"), ({"scale": 1e300}, "scale")])
+def test_float_knobs_have_bounds_that_keep_answers_finite(http, lissa, field):
+    response = http.post("/v1/influence", json={"inputs": [{"text": QUERY}], "k": 5, "lissa": lissa})
+    assert response.status_code == 422 and field in response.json()["message"], response.text
+
+
 def test_which_knobs_each_method_reads():
     """The rule behind the 422s, for the gradient index too (the hostile service has none)."""
     from interpret.config import LissaConfig, QueryConfig, unused_knobs
@@ -344,6 +350,26 @@ def test_a_cheap_job_never_waits_behind_another_clients_heavy_one_and_clients_ta
         assert not gates[2].started.is_set()
     finally:
         for gate in gates:
+            gate.opened.set()
+        manager.shutdown()
+
+
+def test_no_client_holds_every_slot_of_a_class():
+    """With two interactive slots, one client's flood runs one job at a time beside the other slot, so
+    another client's job starts at once instead of waiting for one of the flood's to finish."""
+    from service.jobs import JobManager
+
+    manager = JobManager(20, 60, concurrency={"interactive": 2, "heavy": 1}, deadline_s=lambda kind: 60.0)
+    flood, probe = [Gate() for _ in range(3)], Gate()
+    try:
+        for gate in flood:
+            manager.submit("influence", gate, "address:a")
+        flood[0].started.wait(5)
+        assert [job.state for job in manager.list("address:a")] == ["running", "queued", "queued"]
+        manager.submit("saliency", probe, "address:b")
+        assert probe.started.wait(5) and not flood[1].started.is_set()
+    finally:
+        for gate in [*flood, probe]:
             gate.opened.set()
         manager.shutdown()
 

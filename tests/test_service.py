@@ -102,6 +102,9 @@ def test_a_refined_query_reuses_s_test(http, service):
     refined = refined.json()
     assert service.cache.stats.hits == hits + 1
     assert refined["results"][0]["helpful"][:3] == first["results"][0]["helpful"]
+    # issue 23: the hit is not disclosed, in its flag or in its timings (the solve's own time is reported)
+    timings = [answer["results"][0]["quality"]["timings_s"] for answer in (first, refined)]
+    assert timings[1]["s_test"] == timings[0]["s_test"] and timings[1]["total"] >= timings[1]["s_test"]
     other_seed = {**BODY, "inputs": [{"text": "a dull and boring film"}], "lissa": {**LISSA, "seed": 9}}
     assert http.post("/v1/influence", json=other_seed).status_code == 200
     assert service.cache.stats.hits == hits + 1

@@ -315,7 +315,7 @@ def test_the_heap_trim_returns_freed_pages_to_the_os():
     script = textwrap.dedent(
         """
         import os, time
-        from workers.actor import trim_heap_periodically
+        from interpret.concurrency import trim_heap_periodically
 
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -9,10 +9,7 @@ answers, and the heavy calls one at a time in the default group.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -21,6 +18,7 @@ import ray
 import torch
 
 from interpret.checkpoint import load_checkpoint
+from interpret.concurrency import trim_heap_periodically
 from interpret.data import DataSpec
 from interpret.explainer import Explainer
 from interpret.models import TrackedScope
@@ -52,31 +50,6 @@ class WorkerSpec:
                 spec, train_spec=replace(spec.train_spec, source=str(Path(spec.train_spec.source).resolve()))
             )
         return spec
-
-
-HEAP_TRIM_INTERVAL_S = 30.0
-
-
-def trim_heap_periodically(interval_s: float = HEAP_TRIM_INTERVAL_S) -> bool:
-    """Return freed heap pages to the OS every ``interval_s`` (glibc ``malloc_trim``), on a daemon thread.
-
-    glibc keeps the pages of freed chunks resident inside its arenas, so an actor that once ran a large
-    request (a trigger search, a big scoring block) keeps that peak for good and its resident memory creeps
-    up under mixed traffic; ``malloc_trim(0)`` releases every free page, in milliseconds. ``False`` where the
-    C library is not glibc (musl, macOS): nothing to do there.
-    """
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-
-    def loop() -> None:
-        while True:
-            time.sleep(interval_s)
-            trim(0)
-
-    threading.Thread(target=loop, name="heap-trim", daemon=True).start()
-    return True
 
 
 class InfluenceWorker(Explainer):

@@ -53,6 +53,8 @@ class InfluenceAnswer:
     """Settings and measured fidelity of the gradient index that answered."""
     solver: str | None = None
     """How ``s_test`` was solved (lissa, cg, index or exact); ``None`` when none was needed."""
+    s_test_seconds: float | None = None
+    """The solve's own wall time: this query's, or on a cache hit that of the query that made it."""
 
 
 @dataclass
