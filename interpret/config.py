@@ -268,6 +268,11 @@ def resolve_method(config: QueryConfig, has_gradient_index: bool, has_knn_index:
     return method
 
 
+def solves_s_test(method: QueryMethod, rerank: int | None) -> bool:
+    """Whether a query solves an ``s_test``: fastif and full always, the gradient index only to rerank."""
+    return method != "gradient" or rerank is not None
+
+
 def unused_knobs(config: QueryConfig, method: QueryMethod, solver: Solver) -> list[tuple[str, str]]:
     """The settings of ``config`` moved off their defaults that the query it resolves to (``method``,
     ``solver``) never reads, each with what would read it. A query is strict: a knob that would be
@@ -287,7 +292,7 @@ def unused_knobs(config: QueryConfig, method: QueryMethod, solver: Solver) -> li
         unused.append(("k", "method='fastif' (its kNN candidates)"))
     if method != "gradient" and config.rerank is not None:
         unused.append(("rerank", "method='gradient' (the index's top K rescored)"))
-    if method == "gradient" and config.rerank is None:
+    if not solves_s_test(method, config.rerank):
         solving = "method='fastif' or 'full', or method='gradient' with rerank"
         for name in ("exact", "solver", "cg_rows", "cg_tolerance", "lissa"):
             if moved(name):

@@ -28,6 +28,7 @@ from interpret.config import (
     QueryConfig,
     resolve_method,
     resolve_solver,
+    solves_s_test,
     unused_knobs,
 )
 from interpret.models import parse_scope
@@ -195,9 +196,9 @@ class InfluenceService:
             raise LimitExceededError(str(error), {"field": error.field, "value": value}) from None
         unused = unused_knobs(config, method, solver)
         if unused:
-            solves = method != "gradient" or config.rerank is not None
+            solved = solves_s_test(method, config.rerank)
             ran = f"method='{method}'" + (
-                f", solver='{'exact' if config.exact else solver}'" if solves else ""
+                f", solver='{'exact' if config.exact else solver}'" if solved else ""
             )
             reads = "; ".join(f"{name} is read by {user}" for name, user in unused)
             raise LimitExceededError(
@@ -244,15 +245,19 @@ class InfluenceService:
         names = self.engine.identity.label_names
         return PredictResponse(predictions=[prediction(row, names) for row in rows])
 
-    def check_saliency(self, request, job: bool = False) -> Checked:
-        """A saliency request's text and parameters against the limits (the synchronous budget too, unless
-        it runs as a job): the same check at a job's submission as on the synchronous route."""
+    def _check_method(self, request, parameters: dict, job: bool) -> Checked:
+        """A saliency or attack request's text and parameters (typed by ``parameters[method]``) against the
+        limits, the synchronous budget too unless it runs as a job: one check for the synchronous route and
+        for a job's submission."""
         check_text(request, self.settings, self.tokenizer, self.engine.identity)
-        params = SALIENCY_PARAMETERS[request.method](**request.parameters.model_dump())
+        params = parameters[request.method](**request.parameters.model_dump())
         check_method_parameters(params, self.settings)
         if not job:
             check_sync_work(request.method, params, self.settings)
         return params
+
+    def check_saliency(self, request, job: bool = False) -> Checked:
+        return self._check_method(request, SALIENCY_PARAMETERS, job)
 
     def saliency(self, request, context: RequestContext | None = None, job: bool = False) -> SaliencyResponse:
         """A saliency map; ``job=True`` (a job's own run) lifts the synchronous budget."""
@@ -270,16 +275,10 @@ class InfluenceService:
         return attack_response(found, self.engine.identity.label_names)
 
     def check_attack(self, request, job: bool = False) -> Checked:
-        """An attack request against the limits, as :meth:`check_saliency`; a trigger search also needs
-        the training examples of the attacked class."""
+        """As :meth:`_check_method`; a trigger search also needs the training examples of the class."""
         if request.method == "triggers":
             self.engine.training_examples("a trigger search")
-        check_text(request, self.settings, self.tokenizer, self.engine.identity)
-        params = ATTACK_PARAMETERS[request.method](**request.parameters.model_dump())
-        check_method_parameters(params, self.settings)
-        if not job:
-            check_sync_work(request.method, params, self.settings)
-        return params
+        return self._check_method(request, ATTACK_PARAMETERS, job)
 
     def models(self) -> ModelsResponse:
         engine = self.engine

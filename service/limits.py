@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Checked, resolve_label
+from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Checked, resolve_label, solves_s_test
 from interpret.data import require_words
 from interpret.explainer import Identity
 from service.errors import LimitExceededError
@@ -90,8 +90,7 @@ def check_influence(
     if request.solver == "cg" and request.cg_rows is not None:
         _at_most("cg_rows", request.cg_rows, settings.max_cg_rows, "INFLUENCE_MAX_CG_ROWS")
     _at_most("top", request.top, settings.max_top, "INFLUENCE_MAX_TOP")
-    solves = method != "gradient" or request.rerank is not None
-    if not solves or solver != "lissa" or request.exact:
+    if not solves_s_test(method, request.rerank) or solver != "lissa" or request.exact:
         return
     lissa = request.lissa
     depth = settings.max_recursion_depth

@@ -31,7 +31,7 @@ from interpret.checkpoint import (
     missing_data_message,
     read_card,
 )
-from interpret.config import QueryConfig, resolve_method, resolve_solver
+from interpret.config import QueryConfig, resolve_method, resolve_solver, solves_s_test
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.explainer import Explainer, Identity
 from interpret.influence import InfluenceAnswer, rank
@@ -229,7 +229,7 @@ def answer_query(
     # Encode first: a few milliseconds, and on a busy pool it would otherwise queue behind a repetition.
     point = backend.prepare(text, pair, label, context)
     timings["encode"] = time.perf_counter() - start
-    needs_s_test = method != "gradient" or config.rerank is not None
+    needs_s_test = solves_s_test(method, config.rerank)
     key = (engine.identity.model_fingerprint, text, pair, point.label, config.s_test_key)
     if solver == "index":  # which index's curvature: a rebuilt index gives another s_test
         key += (curvature.digest,)

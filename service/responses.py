@@ -8,7 +8,7 @@ from dataclasses import asdict
 import numpy as np
 
 from interpret.attacks import AttackResult
-from interpret.config import QueryConfig
+from interpret.config import QueryConfig, solves_s_test
 from interpret.influence import InfluenceAnswer, LissaReport
 from interpret.saliency import SaliencyMap
 from service.schemas import (
@@ -76,8 +76,8 @@ def influence_result(
 
 def quality(answer: InfluenceAnswer, config: QueryConfig, disclose: bool) -> Quality:
     """Which method answered, how, and how well: timings, the solver's report, the index's fidelity."""
-    index_only = answer.method == "gradient" and config.rerank is None
-    solved = not index_only
+    solved = solves_s_test(answer.method, config.rerank)
+    index_only = not solved
     timings = dict(answer.timings)
     if not disclose and answer.s_test_seconds is not None and "s_test" in timings:
         # Another caller's cached s_test must not show as a 0.003 s solve: report the solve's own time
