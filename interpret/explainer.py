@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +34,6 @@ from interpret.influence.lissa import (
     average_repetitions,
     curvature_scale,
     lissa_repetition,
-    ran_at,
     relative_spread,
 )
 from interpret.influence.preconditioner import projected_hessian, subspace_s_test
@@ -41,6 +42,8 @@ from interpret.influence.query import TestPoint, prepare_test_point
 from interpret.influence.scoring import score_rows
 from interpret.models import TrackedScope, encode_features, label_names
 from interpret.saliency import SaliencyMap, saliency
+
+T = TypeVar("T")
 
 MAX_PROJECTORS = 4
 """Projectors an explainer keeps built (one per loaded gradient index, plus a build's)."""
@@ -119,26 +122,17 @@ class STest:
     """Wall time of the solve that made it (kept with it in the cache)."""
 
 
-def lissa_report(
-    config: LissaConfig, repetitions: list[RepetitionReport], summary: STestSummary
-) -> LissaReport:
-    """The caller's view of T repetitions, wherever they ran."""
-    scales = [r.scale for r in repetitions]
-    return LissaReport(
-        ran_at(config, scales),
-        np.stack([r.trace for r in repetitions]),
-        summary.relative_spread,
-        summary.s_test_norm,
-        [r.seconds for r in repetitions],
-        [r.worker for r in repetitions],
-        scales,
-        config.scale is None,
-    )
-
-
 def parameters_digest(theta: torch.Tensor) -> str:
     """SHA-256 of the tracked parameter vector's bytes: equal digests mean bit-identical ``theta``."""
     return hashlib.sha256(theta.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def is_explainer_method(method: object) -> bool:
+    """Whether ``method`` is a public :class:`Explainer` method. Compared by qualified name, not identity:
+    a function sent to a Ray actor may arrive as a copy."""
+    name = getattr(method, "__name__", "")
+    own = getattr(Explainer, name, None) if isinstance(name, str) and not name.startswith("_") else None
+    return callable(own) and getattr(own, "__qualname__", None) == getattr(method, "__qualname__", 0)
 
 
 class Explainer:
@@ -189,11 +183,16 @@ class Explainer:
     def ping(self) -> str:
         return self.name
 
-    def run(self, context: RequestContext | None, method: str, *args, **kwargs):
-        """``method(*args)`` on behalf of a request: it stops at its next step boundary (raising
-        ``RequestCancelled`` or ``DeadlineExceeded``) once the request is cancelled or past its deadline."""
+    def run(self, context: RequestContext | None, method: Callable[..., T], *args, **kwargs) -> T:
+        """``method(self, *args)`` on behalf of a request, ``method`` being one of this class's own (passed
+        by reference, ``Explainer.prepare``, so a reader can follow a pool's call to it): it stops at its
+        next step boundary (raising ``RequestCancelled`` or ``DeadlineExceeded``) once the request is
+        cancelled or past its deadline."""
+        if not is_explainer_method(method):
+            raise TypeError(f"{method!r} is not a public method of Explainer")
         with self.cancellations.scope(context):
-            return getattr(self, method)(*args, **kwargs)
+            # Looked up by name on the instance, so that an override (a subclass's, a test's) runs.
+            return getattr(self, method.__name__)(*args, **kwargs)
 
     def cancel(self, request_id: str) -> int:
         """Stop every call of ``request_id``, running or still to come; returns how many were running."""
@@ -209,11 +208,9 @@ class Explainer:
         return prepare_test_point(self.tracked, self.theta, text, pair, label)
 
     def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint:
-        """Prediction, the label explained and the kNN features (``v`` is left out: it is rebuilt where
-        it is needed, which is cheaper than shipping it)."""
-        point = self._point(text, pair, label)
-        point.v = None
-        return point
+        """Prediction, the label explained and the kNN features, with no gradient: ``v`` is computed where
+        it is needed (cheaper than shipping it), and a gradient query takes its own, projected one."""
+        return prepare_test_point(self.tracked, self.theta, text, pair, label, gradient=False)
 
     def test_gradient(self, text: str, pair: str | None, label: int | None) -> np.ndarray:
         """``v = grad L(z_test)`` over the tracked parameters."""

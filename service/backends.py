@@ -7,20 +7,23 @@ they give the same answers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext, current_context
 from interpret.config import Checked, QueryConfig
-from interpret.explainer import Explainer, Identity, STest, lissa_report
+from interpret.explainer import Explainer, Identity, STest
 from interpret.influence import TestPoint
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.projection import Projection
+from interpret.s_test_plan import PlannedCall, finished_s_test, s_test_plan
 from interpret.saliency import SaliencyMap
+
+T = TypeVar("T")
 
 
 class Backend(Protocol):
@@ -123,12 +126,9 @@ class Backend(Protocol):
 
 @dataclass
 class _LocalPending:
-    text: str
-    pair: str | None
-    label: int | None
     config: QueryConfig
+    calls: list[PlannedCall]
     context: RequestContext | None
-    curvature: IndexCurvature | None = None
 
 
 class LocalBackend:
@@ -142,7 +142,7 @@ class LocalBackend:
         self.explainer = explainer
         self.identity = explainer.identity()
 
-    def _run(self, context: RequestContext | None, method: str, *args, **kwargs):
+    def _run(self, context: RequestContext | None, method: Callable[..., T], *args, **kwargs) -> T:
         """``Explainer.run`` under the given context, else the one this thread works under (a job's)."""
         return self.explainer.run(context or current_context(), method, *args, **kwargs)
 
@@ -152,72 +152,65 @@ class LocalBackend:
     def prepare(
         self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
     ) -> TestPoint:
-        return self._run(context, "prepare", text, pair, label)
+        return self._run(context, Explainer.prepare, text, pair, label)
 
     def start_s_test(
         self, text, pair, label, config: QueryConfig, context: RequestContext | None = None, curvature=None
     ) -> _LocalPending:
         # Computed in finish_s_test (with its progress bar): in one process nothing runs alongside.
-        return _LocalPending(text, pair, label, config, context, curvature)
+        return _LocalPending(config, s_test_plan(text, pair, label, config, curvature), context)
 
     def finish_s_test(self, pending: _LocalPending, progress: bool = False) -> STest:
-        run, config, context = self._run, pending.config, pending.context
-        point = (pending.text, pending.pair, pending.label)
-        if config.exact:
-            return STest([run(context, "solve", *point, config.lissa.damping)], None)
-        if config.solver == "cg":
-            arguments = (config.lissa.damping, config.cg_rows, config.cg_tolerance)
-            vector, report = run(context, "cg_solve", *point, *arguments)
-            return STest([vector], None, report)
-        if config.solver == "index":
-            curvature = pending.curvature
-            arguments = (curvature.projection, curvature.inverse, curvature.damping)
-            return STest([run(context, "index_solve", *point, *arguments)], None)
-        runs = [
-            run(context, "lissa_repetition", *point, config.lissa, r, progress)
-            for r in range(config.lissa.num_repetitions)
+        results = [
+            call.named(
+                self._run(
+                    pending.context,
+                    call.method,
+                    *call.args,
+                    **({"progress": progress} if call.reports_progress else {}),
+                )
+            )
+            for call in pending.calls
         ]
-        vectors = [vector for vector, _ in runs]
-        summary = self.explainer.summarize(*vectors)
-        return STest(vectors, lissa_report(config.lissa, [report for _, report in runs], summary))
+        return finished_s_test(pending.config, results, lambda vectors: self.explainer.summarize(*vectors))
 
     def score(self, s_test: STest, rows, block_size: int, progress: bool = False, context=None) -> np.ndarray:
         rows = np.asarray(rows)
-        return self._run(context, "score_shard", rows, block_size, *s_test.vectors, progress=progress)
+        return self._run(context, Explainer.score_shard, rows, block_size, *s_test.vectors, progress=progress)
 
     def s_test_nbytes(self, config: QueryConfig) -> int:
         return config.s_test_vectors * self.explainer.theta.numel() * self.explainer.theta.element_size()
 
     def projected_test_gradient(self, text, pair, label, projection: Projection, context=None) -> np.ndarray:
-        return self._run(context, "projected_test_gradient", text, pair, label, projection)
+        return self._run(context, Explainer.projected_test_gradient, text, pair, label, projection)
 
     def gradient_shards(
         self, chunks, projection: Projection, context=None
     ) -> Iterator[tuple[int, np.ndarray]]:
         for number, rows in enumerate(chunks):
-            yield number, self._run(context, "gradient_shard", rows, projection)
+            yield number, self._run(context, Explainer.gradient_shard, rows, projection)
 
     def kfac_factor_shards(self, chunks, rank: int, context=None) -> Iterator[tuple[int, dict]]:
         for number, rows in enumerate(chunks):
-            yield number, self._run(context, "kfac_factors", rows, rank)
+            yield number, self._run(context, Explainer.kfac_factors, rows, rank)
 
     def projected_training_hessian(self, projection: Projection, context=None) -> np.ndarray:
-        return self._run(context, "projected_training_hessian", projection)
+        return self._run(context, Explainer.projected_training_hessian, projection)
 
     def projection_layers(self, projection: Projection, context=None) -> list[dict]:
-        return self._run(context, "projection_layers", projection)
+        return self._run(context, Explainer.projection_layers, projection)
 
     def predict(self, texts, pairs, context=None) -> np.ndarray:
-        return self._run(context, "predict", texts, pairs)
+        return self._run(context, Explainer.predict, texts, pairs)
 
     def encode(self, texts, pairs, context=None) -> np.ndarray:
-        return self._run(context, "encode", texts, pairs)
+        return self._run(context, Explainer.encode, texts, pairs)
 
     def saliency(self, text, pair, method, label, params: Checked, context=None) -> SaliencyMap:
-        return self._run(context, "saliency", text, pair, method, label, params)
+        return self._run(context, Explainer.saliency, text, pair, method, label, params)
 
     def attack(self, text, pair, method, label, target, params: Checked, context=None) -> AttackResult:
-        return self._run(context, "attack", text, pair, method, label, target, params)
+        return self._run(context, Explainer.attack, text, pair, method, label, target, params)
 
     def cancel(self, request_id: str) -> None:
         self.explainer.cancel(request_id)

@@ -1,6 +1,7 @@
 """The FastIF query on the tiny model: kNN vs full scan, ranking, the exact path, the engine and its CLI."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,3 +142,31 @@ def test_cli_saliency_and_attack_print_json(engine_dirs):
     assert payload["outputs_after"][0]["label"] == payload["outputs_before"]["label"]
     wrong = runner.invoke(app, ["saliency", *base, "--param", "steps"])
     assert wrong.exit_code != 0 and "expected name=value" in wrong.output
+
+
+def test_every_solver_is_one_plan_of_explainer_methods_that_the_local_backend_runs(engine_dirs):
+    """The s_test plan names each call's ``Explainer`` method itself (no method travels as a string), and
+    the local backend's answer is the plan's: T LiSSA repetitions averaged, one call for the other solvers.
+    ``Explainer.run`` refuses anything that is not one of its own methods."""
+    from interpret.explainer import Explainer
+    from interpret.s_test_plan import s_test_plan
+
+    engine = local_engine(engine_dirs[0], dtype=torch.float64)
+    backend = engine.backend
+    lissa = QueryConfig(k=None, lissa=replace(LISSA, num_repetitions=3))
+    plan = s_test_plan(QUERY, None, None, lissa)
+    assert [c.method for c in plan] == [Explainer.lissa_repetition] * 3
+    assert [c.args[-1] for c in plan] == [0, 1, 2]  # each repetition its own seed stream
+    assert [c.method for c in s_test_plan(QUERY, None, None, QueryConfig(exact=True))] == [Explainer.solve]
+    cg = QueryConfig(k=None, solver="cg", cg_rows=40)
+    assert [c.method for c in s_test_plan(QUERY, None, None, cg)] == [Explainer.cg_solve]
+    with pytest.raises(ValueError, match="curvature"):
+        s_test_plan(QUERY, None, None, QueryConfig(rerank=5, solver="index"))
+
+    s_test = backend.finish_s_test(backend.start_s_test(QUERY, None, None, lissa))
+    assert len(s_test.vectors) == 3 and s_test.report.norm_traces.shape[0] == 3
+    by_hand = [backend.explainer.lissa_repetition(QUERY, None, None, lissa.lissa, r)[0] for r in range(3)]
+    np.testing.assert_allclose(np.mean(by_hand, axis=0), backend.explainer.average(*s_test.vectors))
+    for method in ("prepare", print):
+        with pytest.raises(TypeError, match="is not a public method of Explainer"):
+            backend.explainer.run(None, method, QUERY, None, None)

@@ -212,7 +212,7 @@ def test_a_deadline_or_a_cancel_stops_the_work_without_killing_the_worker(pool):
 
     pending = pool.start_s_test(QUERY, None, None, QueryConfig(lissa=SLOW), RequestContext("unwanted"))
     wait_until_running = pending.calls[0].actor.run.options(concurrency_group="health")
-    assert ray.get(wait_until_running.remote(None, "ping")) == pending.calls[0].worker
+    assert ray.get(wait_until_running.remote(None, Explainer.ping)) == pending.calls[0].worker
     pool.cancel("unwanted")
     with pytest.raises(RequestCancelled):
         pool.finish_s_test(pending)

@@ -15,7 +15,7 @@ Lifecycle and identity checks live in ``workers.lifecycle``, retries and deadlin
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +24,10 @@ import ray
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext
 from interpret.config import Checked, QueryConfig
-from interpret.explainer import Identity, STest, lissa_report
+from interpret.explainer import Explainer, Identity, STest, STestSummary
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.query import TestPoint
+from interpret.s_test_plan import finished_s_test, s_test_plan
 from interpret.saliency import SaliencyMap
 from workers.actor import WorkerSpec
 from workers.cluster import PoolSettings
@@ -82,7 +83,8 @@ class WorkerPool:
         """The requests with a call running on any worker."""
         return self.workers.running_requests()
 
-    def _one(self, name: str, method: str, args: tuple, context: RequestContext | None, group=None):
+    def _one(self, name: str, method: Callable, args: tuple, context: RequestContext | None, group=None):
+        """``method(*args)`` (an :class:`Explainer` method) on one worker; its value."""
         call = Call(name, method, args, self.workers.slots(1)[0], self.runner.context(context), group=group)
         return self.runner.run([call])[0]["value"]
 
@@ -90,7 +92,7 @@ class WorkerPool:
         self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
     ) -> TestPoint:
         """Prediction, label explained and kNN features of one input (computed on one worker)."""
-        return self._one("prepare", "prepare", (text, pair, label), context, "light")
+        return self._one("prepare", Explainer.prepare, (text, pair, label), context, "light")
 
     def start_s_test(
         self,
@@ -103,47 +105,21 @@ class WorkerPool:
     ) -> PendingSTest:
         """Start the T repetitions (or the one solve) and return at once."""
         context = self.runner.context(context)
-        if config.exact:
-            args = (text, pair, label, config.lissa.damping)
-            slot = self.workers.slots(1)[0]
-            calls = [Call("exact s_test", "solve", args, slot, context, keep=("value",))]
-        elif config.solver == "index":
-            inverse = self._shared(curvature.digest, curvature.inverse)
-            args = (text, pair, label, curvature.projection, inverse, curvature.damping)
-            slot = self.workers.slots(1)[0]
-            calls = [Call("index s_test", "index_solve", args, slot, context, keep=("value",))]
-        elif config.solver == "cg":
-            args = (text, pair, label, config.lissa.damping, config.cg_rows, config.cg_tolerance)
-            slot = self.workers.slots(1)[0]
-            outputs = ("vector", "report")
-            calls = [Call("CG s_test", "cg_solve", args, slot, context, outputs=outputs, keep=("vector",))]
-        else:
-            slots = self.workers.slots(config.lissa.num_repetitions)
-            calls = [
-                Call(
-                    f"LiSSA repetition {r}",
-                    "lissa_repetition",
-                    (text, pair, label, config.lissa, r),
-                    slot,
-                    context,
-                    outputs=("vector", "report"),
-                    keep=("vector",),
-                )
-                for r, slot in enumerate(slots)
-            ]
+        plan = s_test_plan(text, pair, label, config, curvature, self._shared)
+        calls = [
+            Call(planned.name, planned.method, planned.args, slot, context, planned.outputs, planned.keep)
+            for planned, slot in zip(plan, self.workers.slots(len(plan)), strict=True)
+        ]
         return PendingSTest(config, self.runner.start(calls), context)
 
     def finish_s_test(self, pending: PendingSTest, progress: bool = False) -> STest:
         """Wait for the repetitions (re-running lost ones); the report holds traces and spread."""
         results = self.runner.finish(pending.calls, "s_test" if progress else None)
-        if pending.config.exact or pending.config.solver == "index":
-            return STest([results[0]["value"]], None)
-        if pending.config.solver == "cg":
-            return STest([results[0]["vector"]], None, results[0]["report"])
-        vectors = [result["vector"] for result in results]
-        summary = self._one("summarize", "summarize", tuple(vectors), pending.context)
-        reports = [result["report"] for result in results]
-        return STest(vectors, lissa_report(pending.config.lissa, reports, summary))
+
+        def summarize(vectors: tuple) -> STestSummary:  # on a worker: the vectors stay in the object store
+            return self._one("summarize", Explainer.summarize, vectors, pending.context)
+
+        return finished_s_test(pending.config, results, summarize)
 
     def s_test_nbytes(self, config: QueryConfig) -> int:
         """Object-store bytes one finished ``s_test`` holds (T vectors, or one for the exact solve)."""
@@ -161,7 +137,7 @@ class WorkerPool:
 
     def average(self, s_test: STest, context: RequestContext | None = None) -> np.ndarray:
         """The averaged ``s_test`` brought to the driver (for tests and benchmarks; queries never need it)."""
-        return self._one("average", "average", tuple(s_test.vectors), context)
+        return self._one("average", Explainer.average, tuple(s_test.vectors), context)
 
     def score(
         self,
@@ -180,7 +156,7 @@ class WorkerPool:
         calls = [
             Call(
                 f"scoring shard {i} ({len(shard)} rows)",
-                "score_shard",
+                Explainer.score_shard,
                 (shard, block_size, *s_test.vectors),
                 slot,
                 context,
@@ -195,17 +171,19 @@ class WorkerPool:
     def projected_test_gradient(self, text, pair, label, projection, context=None) -> np.ndarray:
         """``g~_test`` through the index's projection, on one worker (a light call: one backward)."""
         args = (text, pair, label, projection)
-        return self._one("projected test gradient", "projected_test_gradient", args, context, "light")
+        return self._one("projected test gradient", Explainer.projected_test_gradient, args, context, "light")
 
     def gradient_shards(self, chunks, projection, context=None) -> Iterator[tuple[int, np.ndarray]]:
         """Projected gradients of each chunk of training rows (one chunk per worker at a time)."""
-        return self._waves("gradient shard", "gradient_shard", chunks, (projection,), context)
+        return self._waves("gradient shard", Explainer.gradient_shard, chunks, (projection,), context)
 
     def kfac_factor_shards(self, chunks, rank, context=None) -> Iterator[tuple[int, dict]]:
         """Kronecker factor sums of each chunk of the fit sample (one chunk per worker at a time)."""
-        return self._waves("factor shard", "kfac_factors", chunks, (rank,), context)
+        return self._waves("factor shard", Explainer.kfac_factors, chunks, (rank,), context)
 
-    def _waves(self, name: str, method: str, chunks, args: tuple, context) -> Iterator[tuple[int, object]]:
+    def _waves(
+        self, name: str, method: Callable, chunks, args: tuple, context
+    ) -> Iterator[tuple[int, object]]:
         """``method(chunk, *args)`` over the chunks, wave by wave over the workers; yields ``(chunk number,
         value)`` in order, so the caller can save (or add) each before the next wave."""
         for wave in range(0, len(chunks), self.num_workers):
@@ -218,12 +196,14 @@ class WorkerPool:
             yield from zip(numbers, (r["value"] for r in self.runner.run(calls)), strict=True)
 
     def projected_training_hessian(self, projection, context=None) -> np.ndarray:
-        return self._one("projected Hessian", "projected_training_hessian", (projection,), context)
+        return self._one("projected Hessian", Explainer.projected_training_hessian, (projection,), context)
 
     def projection_layers(self, projection, context=None) -> list[dict]:
-        return self._one("projection layers", "projection_layers", (projection,), context, "light")
+        return self._one("projection layers", Explainer.projection_layers, (projection,), context, "light")
 
-    def _sharded(self, method: str, texts: Sequence[str], pairs: Sequence[str] | None, context, group=None):
+    def _sharded(
+        self, method: Callable, texts: Sequence[str], pairs: Sequence[str] | None, context, group=None
+    ):
         context = self.runner.context(context)
         bounds = np.array_split(np.arange(len(texts)), min(len(texts), self.num_workers) or 1)
         calls = []
@@ -231,27 +211,27 @@ class WorkerPool:
             chunk_texts = [texts[j] for j in chunk]
             chunk_pairs = [pairs[j] for j in chunk] if pairs is not None else None
             arguments = (chunk_texts, chunk_pairs)
-            calls.append(Call(f"{method} chunk {i}", method, arguments, slot, context, group=group))
+            calls.append(Call(f"{method.__name__} chunk {i}", method, arguments, slot, context, group=group))
         return np.concatenate([r["value"] for r in self.runner.run(calls)])
 
     def encode(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, context: RequestContext | None = None
     ) -> np.ndarray:
         """kNN features of many texts, split over the workers."""
-        return self._sharded("encode", texts, pairs, context)
+        return self._sharded(Explainer.encode, texts, pairs, context)
 
     def predict(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, context: RequestContext | None = None
     ) -> np.ndarray:
         """Class probabilities ``[N, C]``, split over the workers."""
-        return self._sharded("predict", texts, pairs, context, "light")
+        return self._sharded(Explainer.predict, texts, pairs, context, "light")
 
     def saliency(
         self, text: str, pair: str | None, method: str, label: int | None, params: Checked, context=None
     ) -> SaliencyMap:
         """A saliency map computed on one worker, beside any long repetition."""
         return self._one(
-            f"saliency {method}", "saliency", (text, pair, method, label, params), context, "light"
+            f"saliency {method}", Explainer.saliency, (text, pair, method, label, params), context, "light"
         )
 
     def attack(
@@ -268,4 +248,4 @@ class WorkerPool:
         so it queues with the heavy calls instead of holding up the light ones."""
         group = None if method == "triggers" else "light"
         args = (text, pair, method, label, target, params)
-        return self._one(f"attack {method}", "attack", args, context, group)
+        return self._one(f"attack {method}", Explainer.attack, args, context, group)

@@ -1,6 +1,6 @@
 """Run calls on the pool's actors for a request, re-running a call whose actor died.
 
-A :class:`Call` names the explainer method, its arguments, the request it serves, the slot to run on, and
+A :class:`Call` holds the explainer method, its arguments, the request it serves, the slot to run on, and
 its outputs by name; outputs listed in ``keep`` stay in Ray's object store (their references are
 returned), the others are fetched. Every call runs through ``Explainer.run`` under its request's context,
 so at the request's deadline (or when the request is cancelled) the worker stops it at the next step
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
@@ -36,7 +37,8 @@ class Call:
 
     name: str
     """How errors and progress name it: "LiSSA repetition 0", "scoring shard 2 (500 rows)"."""
-    method: str
+    method: Callable
+    """The :class:`~interpret.explainer.Explainer` method itself (the actor's ``run`` checks it is one)."""
     args: tuple
     slot: int
     context: RequestContext

@@ -69,8 +69,15 @@ class TestPoint:
 
 
 def prepare_test_point(
-    tracked: TrackedModel, theta: torch.Tensor, text: str, pair: str | None, label: int | None
-):
+    tracked: TrackedModel,
+    theta: torch.Tensor,
+    text: str,
+    pair: str | None,
+    label: int | None,
+    gradient: bool = True,
+) -> TestPoint:
+    """The query's prediction, the label explained (``label``, else the predicted one), its kNN features
+    and, when ``gradient``, ``v = grad L(z_test)`` (one backward; ``None`` otherwise)."""
     encoded = tracked.encode([text], [pair] if pair is not None else None)
     state = tracked.frozen(encoded)
     with torch.no_grad():
@@ -79,7 +86,9 @@ def prepare_test_point(
     num_labels = probabilities.shape[0]
     check_label(label, num_labels)
     used = predicted if label is None else int(label)
-    v = loss_gradient(tracked, theta, state, torch.tensor([used], device=tracked.device))
+    v = None
+    if gradient:
+        v = loss_gradient(tracked, theta, state, torch.tensor([used], device=tracked.device))
     features = tracked.features(encoded).float().cpu().numpy()
     return TestPoint(predicted, probabilities.tolist(), used, features, v)
 
