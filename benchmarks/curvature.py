@@ -34,10 +34,10 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
+from engine.pipeline import local_engine
 from interpret.data import DataSpec, load_examples
 from interpret.influence.objective import per_example_gradients
 from interpret.training import TrainConfig, save_classifier, train_classifier
-from service.pipeline import local_engine
 from tests.conftest import synthetic_rows, write_tsv
 from tests.families import family_classifier
 

@@ -34,7 +34,7 @@ COMMAND = "python benchmarks/evaluate.py " + " ".join(sys.argv[1:])
 
 
 def _save(report, name: str, extra: dict | None = None) -> None:
-    from service.evaluation import write_report
+    from tasks.plots import write_report
 
     payload = report.model_dump(mode="json")
     write_report(report, PLOTS, name)  # the full report and its plot
@@ -44,9 +44,10 @@ def _save(report, name: str, extra: dict | None = None) -> None:
 
 def head(test_points: int, subsets: int, dampings: list[float]) -> None:
     """LOO and LDS on the convex head at each damping; the summary is the first's (the default)."""
+    from engine.pipeline import local_engine
     from interpret.evaluation.convex import augment
-    from service.evaluation import fit_head, head_features, lds_head, loo_head, sample_rows, write_report
-    from service.pipeline import local_engine
+    from tasks.evaluation import fit_head, head_features, lds_head, loo_head, sample_rows
+    from tasks.plots import write_report
 
     dev = load_examples(sst2_spec("dev"))
     engine = local_engine(ARTIFACTS / "model", index_dir=ARTIFACTS / "index")
@@ -91,8 +92,8 @@ def small_model(rows: int) -> Path:
 
 
 def tracked(rows: int, test_points: int, subsets: int) -> None:
-    from service.evaluation import ensure_indexes, lds_tracked, sample_rows
-    from service.pipeline import local_engine
+    from engine.pipeline import local_engine
+    from tasks.evaluation import ensure_indexes, lds_tracked, sample_rows
 
     model = small_model(rows)
     dev = load_examples(sst2_spec("dev"))
@@ -110,9 +111,9 @@ def tracked(rows: int, test_points: int, subsets: int) -> None:
 
 
 def audit(rows: int, noise: float) -> None:
+    from engine.pipeline import local_engine
     from interpret.checkpoint import read_card
-    from service.applications import audit_report, retrain_with_noise, self_influence_and_loss
-    from service.pipeline import local_engine
+    from tasks.applications import audit_report, retrain_with_noise, self_influence_and_loss
 
     work = ARTIFACTS / "audit"
     clock = time.perf_counter()
@@ -128,8 +129,8 @@ def audit(rows: int, noise: float) -> None:
 
 
 def influence_map() -> None:
-    from service.applications import influence_map as build_map
-    from service.pipeline import local_engine
+    from engine.pipeline import local_engine
+    from tasks.applications import influence_map as build_map
 
     engine = local_engine(ARTIFACTS / "model", gradient_index_dir=ARTIFACTS / "gradient-index")
     dev = load_examples(sst2_spec("dev"))
@@ -141,10 +142,10 @@ def influence_map() -> None:
 
 
 def correction(seeds: int) -> None:
+    from engine.pipeline import local_engine
     from interpret.checkpoint import read_card
     from interpret.models import TrackedModel, load_classifier
-    from service.applications import error_correction
-    from service.pipeline import local_engine
+    from tasks.applications import error_correction
 
     model = ARTIFACTS / "model"
     engine = local_engine(model, gradient_index_dir=ARTIFACTS / "gradient-index")

@@ -46,6 +46,8 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, write_result
+from engine.builds import build_gradient_index, build_knn_index, fit_projection, gradient_spec
+from engine.pipeline import answer_query, local_engine
 from index.gradient import read_gradient_manifest, record_fidelity
 from index.store import IndexMismatchError, read_manifest
 from interpret.config import GradientIndexConfig, QueryConfig
@@ -55,8 +57,6 @@ from interpret.influence.cg import cg_s_test
 from interpret.influence.preconditioner import gradient_index_scores, inverse_damped, second_moment
 from interpret.influence.projection import Projector
 from interpret.influence.scoring import score_rows
-from service.builds import build_gradient_index, build_knn_index, fit_projection, gradient_spec
-from service.pipeline import answer_query, local_engine
 
 CACHE = Path("artifacts/bench-gradient")
 RECALL_AT = (10, 100)

@@ -23,13 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
+from engine.pipeline import local_engine
 from interpret.data import load_examples, sst2_spec
 from interpret.influence import FASTIF_PRESET, LissaConfig, lissa_s_test, score_rows
 from interpret.influence.cg import cg_s_test
 from interpret.influence.metrics import correlations, recall_at_m
 from interpret.influence.query import prepare_test_point
 from interpret.models import length_sorted_batches
-from service.pipeline import local_engine
 
 KS = (100, 1000, 10000)
 CG_ROWS, CG_TOLERANCE = 2000, 1e-4

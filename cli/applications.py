@@ -23,11 +23,10 @@ from cli.common import (
     checked_options,
     data_spec,
     engine_for,
-    tqdm_progress,
+    run_task,
     training_for,
-    write_and_show,
 )
-from interpret.config import EvaluationConfig, GradientIndexConfig, QueryConfig
+from interpret.config import EvaluationConfig
 
 APPLICATIONS = ARTIFACTS / "applications"
 DEFAULTS = EvaluationConfig()
@@ -62,9 +61,9 @@ def audit(
     id_column: IdColumn = None,
 ) -> None:
     """Rank training rows by self-influence (and loss): the first rows to check for wrong labels."""
+    from engine.pipeline import local_engine
     from interpret.checkpoint import read_card
-    from service.applications import audit_report, retrain_with_noise, self_influence_and_loss
-    from service.pipeline import local_engine
+    from tasks.applications import retrain_with_noise
 
     if inject_noise is not None and not 0 < inject_noise < 1:
         raise typer.BadParameter(f"a share in (0, 1), got {inject_noise}", param_hint="--inject-noise")
@@ -85,14 +84,16 @@ def audit(
         config["source_rows"] = taken.tolist()
         train = None  # the noisy model's card names its own data
     engine = local_engine(model, train)
-    try:
-        self_influence, loss = self_influence_and_loss(
-            engine, work / "gradients", GradientIndexConfig(), tqdm_progress("gradients")
-        )
-        report = audit_report(engine.examples, self_influence, loss, flipped, seed, config)
-    finally:
-        engine.shutdown()
-    write_and_show(report, out, "audit")
+    run_task(
+        "audit",
+        engine,
+        out,
+        config=EvaluationConfig(seed=seed),
+        work_dir=work / "gradients",
+        flipped=flipped,
+        settings=config,
+        whole_ranking=True,
+    )
 
 
 @app.command("map")
@@ -113,21 +114,14 @@ def influence_map_command(
 ) -> None:
     """Which training rows drive which test predictions: a bipartite graph over the evaluation errors."""
     from interpret.data import load_examples
-    from service.applications import influence_map
 
-    checked_options(EvaluationConfig, top=top)
+    config = checked_options(EvaluationConfig, top=top)
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
     test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
     engine = engine_for(model, index, gradient_index, None, 900.0, gradient_optional=True, train=train)
-    try:
-        report = influence_map(
-            engine, test, None, top, QueryConfig(), max_points, tqdm_progress("test points")
-        )
-    finally:
-        engine.shutdown()
-    write_and_show(report, out, "influence_map")
+    run_task("influence_map", engine, out, config=config, test=test, max_points=max_points)
 
 
 @app.command()
@@ -148,28 +142,12 @@ def correct(
     id_column: IdColumn = None,
 ) -> None:
     """Fine-tune briefly on the errors' most helpful rows; compare with random and harmful rows."""
-    from interpret.checkpoint import DEFAULT_MAX_LENGTH, read_card
     from interpret.data import load_examples
-    from interpret.models import TrackedModel, load_classifier
-    from service.applications import correction_training, error_correction
 
-    checked_options(EvaluationConfig, seeds=seeds, top=top, learning_rate=learning_rate)
+    config = checked_options(EvaluationConfig, seeds=seeds, top=top, learning_rate=learning_rate)
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
     test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
-    card = read_card(model)
-    copy = TrackedModel(
-        *load_classifier(str(model)),
-        card.get("tracked_layers", 2),
-        card.get("max_length", DEFAULT_MAX_LENGTH),
-    )
-    train_config = correction_training(learning_rate)
     engine = engine_for(model, index, gradient_index, None, 900.0, gradient_optional=True, train=train)
-    try:
-        report = error_correction(
-            engine, copy, test, list(range(seeds)), top, train_config, QueryConfig(), tqdm_progress("seeds")
-        )
-    finally:
-        engine.shutdown()
-    write_and_show(report, out, "error_correction")
+    run_task("error_correction", engine, out, config=config, test=test, model_dir=model)

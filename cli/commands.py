@@ -233,7 +233,7 @@ def query(
     if url is not None:
         result = _remote_query(url, api_key, text, pair, label_value(label), config)
     else:
-        from service.pipeline import answer_query
+        from engine.pipeline import answer_query
         from service.responses import influence_result
 
         # the default folder may hold another model's index: then it is passed over, a named one is not

@@ -152,8 +152,8 @@ def engine_for(
 ):
     """The engine a local query or evaluation runs on, with whichever indexes exist; ``train`` is the
     ``--train`` data (``None``: the card's). Refused before the model loads when there is no data."""
+    from engine.pipeline import local_engine, pooled_engine
     from interpret.checkpoint import require_training_data
-    from service.pipeline import local_engine, pooled_engine
 
     require_training_data(model, train, needs)
     index_dir = index if index is not None and index.exists() else None
@@ -210,12 +210,24 @@ ReportFolder = Annotated[Path, typer.Option(help="Folder for the JSON and the PN
 
 def write_and_show(report, out: Path, name: str) -> None:
     """An evaluation's or application's report as JSON + PNG in ``out``; its summary on the console."""
-    from service.evaluation import write_report
+    from tasks.plots import write_report
 
     json_path, png_path = write_report(report, out, name)
     if report.summary:
         console.print(", ".join(f"{k} {v:.4g}" for k, v in report.summary.items()))
     console.print(f"wrote {json_path} and {png_path}")
+
+
+def run_task(name: str, engine, out: Path, **inputs) -> None:
+    """Task ``name`` of the registry (``tasks.registry``) on ``engine``, which is shut down after, with a
+    bar per stage; its report written and shown. ``inputs``: the other ``TaskInputs`` fields."""
+    from tasks.registry import TASKS, TaskInputs
+
+    try:
+        report = TASKS[name].run(TaskInputs(engine, progress=tqdm_progress, **inputs))
+    finally:
+        engine.shutdown()
+    write_and_show(report, out, name)
 
 
 def tqdm_progress(description: str):

@@ -22,6 +22,7 @@ from cli.common import (
     checked_options,
     data_spec,
     engine_for,
+    run_task,
     tqdm_progress,
     training_for,
     write_and_show,
@@ -82,21 +83,16 @@ def loo(
     id_column: IdColumn = None,
 ) -> None:
     """Leave-one-out on the convex head: predicted vs actual change of test losses (Pearson, Spearman)."""
-    from service.evaluation import fit_head, head_features, loo_head, sample_rows
+    from tasks.evaluation import sample_rows
 
-    checked_options(EvaluationConfig, m=m, damping=damping, seed=seed)
+    config = checked_options(EvaluationConfig, m=m, damping=damping, seed=seed)
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
     test = _test_set(eval_data, text_column, pair_column, label_column)
     engine = engine_for(model, index, None, None, 900.0, train=train)
-    try:
-        head = fit_head(engine, damping, tqdm_progress("features"))
-        rows = sample_rows(len(test), test_points, seed)
-        features = head_features(engine, test.subset(rows))
-    finally:
-        engine.shutdown()
-    write_and_show(loo_head(head, features, test, rows, m, tqdm_progress("leave one out")), out, "loo")
+    rows = sample_rows(len(test), test_points, seed)
+    run_task("loo", engine, out, config=config, test=test, rows=rows)
 
 
 @evaluate_app.command("lds")
@@ -138,18 +134,13 @@ def lds(
     """Linear datamodeling score: do summed scores rank retrained subsets by their test loss?"""
     from dataclasses import replace
 
-    from service.evaluation import (
-        ensure_indexes,
-        fit_head,
-        head_features,
-        lds_head,
-        lds_tracked,
-        sample_rows,
-    )
+    from tasks.evaluation import ensure_indexes, lds_tracked, sample_rows
 
     if scale not in ("head", "tracked"):
         raise typer.BadParameter("head or tracked", param_hint="--scale")
-    checked_options(EvaluationConfig, subsets=subsets, fraction=fraction, damping=damping, seed=seed)
+    evaluation = checked_options(
+        EvaluationConfig, subsets=subsets, fraction=fraction, damping=damping, seed=seed
+    )
     methods = _check_methods(methods, ["gradient", "fastif"]) if scale == "tracked" else methods
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
@@ -158,13 +149,7 @@ def lds(
     rows = sample_rows(len(test), test_points, seed)
     if scale == "head":
         engine = engine_for(model, index, None, None, 900.0, train=train)
-        try:
-            head = fit_head(engine, damping, tqdm_progress("features"))
-            features = head_features(engine, test.subset(rows))
-        finally:
-            engine.shutdown()
-        report = lds_head(head, features, test, rows, subsets, fraction, seed, tqdm_progress("retrain"))
-        write_and_show(report, out, "lds_head")
+        run_task("lds_head", engine, out, config=evaluation, test=test, rows=rows)
         return
     lissa = replace(FASTIF_PRESET, recursion_depth=recursion_depth, num_repetitions=repetitions)
     config = QueryConfig(k=k, lissa=lissa)
@@ -222,7 +207,7 @@ def recall(
     id_column: IdColumn = None,
 ) -> None:
     """recall@m of each method's helpful and harmful lists against a full scan of the same test points."""
-    from service.evaluation import method_scores, recall_report, sample_rows, shared_s_tests
+    from tasks.evaluation import sample_rows
 
     methods = _check_methods(methods, ["gradient", "fastif"])
     if reference not in ("full", "exact"):
@@ -233,15 +218,15 @@ def recall(
     test = _test_set(eval_data, text_column, pair_column, label_column)
     rows = sample_rows(len(test), test_points, seed)
     engine = engine_for(model, index, gradient_index, None, 900.0, train=train)
-    config, cache = QueryConfig(k=k), shared_s_tests()
-    try:
-        reference_scores = method_scores(
-            engine, test, rows, reference, config, cache, progress=tqdm_progress(reference)
-        )
-        scores = {
-            m: method_scores(engine, test, rows, m, config, cache, progress=tqdm_progress(m)) for m in methods
-        }
-    finally:
-        engine.shutdown()
-    settings = {"reference": reference, "test_rows": rows.tolist(), "k": k}
-    write_and_show(recall_report(scores, reference_scores, tuple(ms or (10, 100)), settings), out, "recall")
+    recall_at = tuple(ms or (10, 100))
+    run_task(
+        "recall",
+        engine,
+        out,
+        test=test,
+        rows=rows,
+        query=QueryConfig(k=k),
+        methods=methods,
+        reference=reference,
+        recall_at=recall_at,
+    )

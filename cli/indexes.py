@@ -87,8 +87,8 @@ def index_build(
     id_column: IdColumn = None,
 ) -> None:
     """Store a FAISS index + manifest of the training set: its kNN features, or its gradients."""
-    from service.builds import build_gradient_index, build_knn_index
-    from service.pipeline import local_engine, pooled_engine
+    from engine.builds import build_gradient_index, build_knn_index
+    from engine.pipeline import local_engine, pooled_engine
 
     if kind not in ("knn", "gradient"):
         raise typer.BadParameter("knn or gradient", param_hint="--kind")

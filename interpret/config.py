@@ -360,7 +360,7 @@ class GradientIndexConfig(Checked):
 
 
 EvaluationTask = typing.Literal["loo", "lds_head", "recall", "influence_map", "audit", "error_correction"]
-"""What ``influence evaluate`` and the applications run (``service.evaluation``, ``service.applications``)."""
+"""What ``influence evaluate`` and the applications run (``tasks.evaluation``, ``tasks.applications``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

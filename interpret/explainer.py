@@ -2,7 +2,7 @@
 
 :class:`Explainer` holds the model, tokenizer and training data and answers prepare / predict / encode /
 saliency / attack / test_gradient / one LiSSA repetition / the exact solve / a scoring shard. The local
-backend (``service.backends.LocalBackend``) calls it directly; the Ray actor (``workers.actor``) is this
+backend (``engine.backends.LocalBackend``) calls it directly; the Ray actor (``workers.actor``) is this
 class with placement added, and the pool picks each call's concurrency group. Vectors go in and out as
 numpy arrays so the same methods serve both: on Ray they cross the object store, read zero-copy on a node.
 """

@@ -1,7 +1,7 @@
 """The one ``s_test`` plan: which :class:`~interpret.explainer.Explainer` calls each solver needs, and how
 their results make an :class:`~interpret.explainer.STest`.
 
-Both backends execute the same plan: ``service.backends.LocalBackend`` one call after another in this
+Both backends execute the same plan: ``engine.backends.LocalBackend`` one call after another in this
 process, ``workers.pool.WorkerPool`` as parallel calls on Ray actors (LiSSA's T repetitions at once). A new
 solver is one branch here and an explainer method, nothing in either backend.
 """

@@ -1,1 +1,1 @@
-"""The request path and its entry points (CLI now; the FastAPI app lands with the service issue)."""
+"""The HTTP service: routes, the core, limits, jobs, middleware, settings and the wire schemas."""

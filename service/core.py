@@ -15,6 +15,14 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from engine.builds import (
+    build_gradient_index,
+    build_knn_index,
+    check_gradient_factory,
+    resolved_preconditioner,
+)
+from engine.cache import STestCache
+from engine.pipeline import Engine, answer_query, gradient_index_for, knn_index_for, pooled_engine
 from index import empty_index, read_manifest
 from interpret.cancellation import Cancellations, RequestContext
 from interpret.checkpoint import TrainingDataMissingError
@@ -32,15 +40,7 @@ from interpret.config import (
     unused_knobs,
 )
 from interpret.models import parse_scope
-from service.builds import (
-    build_gradient_index,
-    build_knn_index,
-    check_gradient_factory,
-    resolved_preconditioner,
-)
-from service.cache import STestCache
 from service.errors import BusyError, ForbiddenError, LimitExceededError, NotReadyError, field_prefix
-from service.evaluation import HeadCache
 from service.jobs import JOB_CLASSES, Client, JobManager, Progress
 from service.limits import (
     check_full_scan,
@@ -50,7 +50,6 @@ from service.limits import (
     check_sync_work,
     check_text,
 )
-from service.pipeline import Engine, answer_query, gradient_index_for, knn_index_for, pooled_engine
 from service.responses import attack_response, influence_result, prediction, saliency_response
 from service.schemas import (
     AttackResponse,
@@ -67,6 +66,7 @@ from service.schemas import (
     SaliencyResponse,
 )
 from service.settings import Settings
+from tasks.registry import TASKS, HeadCache, run_job
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -416,21 +416,19 @@ class InfluenceService:
 
     def _check_evaluation(self, request) -> None:
         """Everything a run needs, before it is queued: inputs (labelled where measured), sizes, switches."""
-        from service.evaluation import NEEDS_LABELS
-
         task, inputs = request.task, request.inputs
         self.engine.training_examples(f"task={task}")
-        if task == "audit":
+        if not TASKS[task].takes_inputs:
             if inputs:
                 raise LimitExceededError(
-                    "task=audit ranks the training set and takes no inputs", {"field": "inputs"}
+                    f"task={task} ranks the training set and takes no inputs", {"field": "inputs"}
                 )
             self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
             return
         if not inputs:
             raise LimitExceededError(f"task={task} needs test points in inputs", {"field": "inputs"})
         check_inputs(inputs, self.settings, self.tokenizer, self.engine.identity)
-        if task in NEEDS_LABELS:
+        if TASKS[task].needs_labels:
             for position, item in enumerate(inputs):
                 if item.label is None:
                     raise LimitExceededError(
@@ -452,14 +450,12 @@ class InfluenceService:
                 raise LimitExceededError(str(error), {"field": "methods", "value": method}) from None
 
     def evaluate(self, request, progress: Progress, context: RequestContext | None = None):
-        """Run one evaluation or application (``service.evaluation.run_evaluation``)."""
-        from service.evaluation import run_evaluation
-
+        """Run one evaluation or application (``tasks.registry.run_job``)."""
         # One at a time (the audit's gradient shards, the error correction's model copy). Under the job's
         # context: the loops that run here (refits, retrains, per-point queries) and every worker call they
         # make stop when the job is deleted or past its deadline.
         with self._index_lock, self._local_work.scope(context):
-            return run_evaluation(
+            return run_job(
                 self.engine,
                 request,
                 self._heads,

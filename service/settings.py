@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.cache import DEFAULT_MAX_BYTES
 from interpret.data import DataSpec
 from service.schemas import JOB_KINDS
 
@@ -130,7 +131,7 @@ class Settings(BaseSettings):
     and got a ReadError (seen once in 36 requests of benchmarks/service_load.py)."""
     s_test_cache_entries: int = Field(64, ge=0)
     """``s_test`` vectors kept for repeated queries (0: no cache)."""
-    s_test_cache_bytes: int = Field(2_000_000_000, ge=0)
+    s_test_cache_bytes: int = Field(DEFAULT_MAX_BYTES, ge=0)
     """Bytes the ``s_test`` cache may hold."""
     job_ttl_s: float = Field(600.0, gt=0)
     """Seconds a succeeded job's result waits to be fetched."""

@@ -354,6 +354,8 @@ def family_dirs(tmp_path_factory):
 def test_every_method_answers_on_every_family(family, family_dirs, tmp_path):
     """Trained on 200 rows, then: both index kinds, the three query kinds, five saliency maps and three
     attacks give sane answers, and no attack splits a word of the family's kind of tokenizer."""
+    from engine.builds import build_gradient_index
+    from engine.pipeline import answer_query, local_engine
     from index import build_index
     from interpret.attacks import hotflip, input_reduction, search_trigger
     from interpret.attacks.base import word_start_rule
@@ -361,8 +363,6 @@ def test_every_method_answers_on_every_family(family, family_dirs, tmp_path):
     from interpret.influence import LissaConfig
     from interpret.models import encode_features, model_fingerprint
     from interpret.saliency import SALIENCY_METHODS, TextClassifier, saliency
-    from service.builds import build_gradient_index
-    from service.pipeline import answer_query, local_engine
 
     folder = family_dirs(family)
     engine = local_engine(folder)
@@ -416,10 +416,10 @@ def test_the_families_that_failed_a_step_answer_at_the_default_knobs(family, fam
     """Issue 36's run: OPT's gradient-index build, ModernBERT's LiSSA at the default scale and BART's
     saliency failed. Every default here: the index's rank, preconditioner and damping; LiSSA's J=1000,
     B=1 and its measured scale (reported)."""
+    from engine.builds import build_gradient_index
+    from engine.pipeline import answer_query, local_engine
     from interpret.config import GradientIndexConfig, QueryConfig
     from interpret.saliency import TextClassifier, saliency
-    from service.builds import build_gradient_index
-    from service.pipeline import answer_query, local_engine
 
     folder = family_dirs(family)
     build_gradient_index(local_engine(folder), tmp_path / "grad", GradientIndexConfig())
@@ -446,9 +446,9 @@ def test_the_hessian_gradient_index_is_the_exact_influence_on_a_trained_tiny_mod
     encoder and a decoder alike. (The default ``fisher`` does not reach this: ``resolved_preconditioner``.)"""
     from scipy.stats import spearmanr
 
+    from engine.builds import build_gradient_index
+    from engine.pipeline import answer_query, gradient_index_for, local_engine
     from interpret.config import GradientIndexConfig, QueryConfig
-    from service.builds import build_gradient_index
-    from service.pipeline import answer_query, gradient_index_for, local_engine
 
     engine = local_engine(family_dirs(family), dtype=torch.float64)
     manifest = build_gradient_index(engine, tmp_path / "grad", GradientIndexConfig(preconditioner="hessian"))
@@ -473,13 +473,13 @@ def test_answers_not_shapes_on_a_separable_task(family, tmp_path):
     top 20 helpful rows share its label more often than chance (1/2) and than its harmful rows do, HotFlip
     lowers the confidence it attacks (or flips the label), and Input Reduction keeps the label while it
     removes words."""
+    from engine.builds import build_gradient_index
+    from engine.pipeline import answer_query, local_engine
     from interpret.attacks import hotflip, input_reduction
     from interpret.config import GradientIndexConfig, QueryConfig
     from interpret.data import DataSpec, load_examples
     from interpret.saliency import TextClassifier
     from interpret.training import TrainConfig, save_classifier, train_classifier
-    from service.builds import build_gradient_index
-    from service.pipeline import answer_query, local_engine
     from tests.conftest import synthetic_rows, write_tsv
 
     spec = DataSpec(str(write_tsv(tmp_path / "train.tsv", synthetic_rows(200, seed=5))))
@@ -511,9 +511,9 @@ def test_answers_not_shapes_on_a_separable_task(family, tmp_path):
 def test_a_zero_baseline_under_a_scale_invariant_norm_is_flagged_and_auto_leaves_it(family_dirs):
     """Qwen2's RMSNorm makes ``f(alpha x)`` flat for ``alpha > 0``: from the zero embedding the path never
     completes, the map says so; ``auto`` moves to the mask baseline and reports the gap it left."""
+    from engine.pipeline import local_engine
     from interpret.saliency import TextClassifier, saliency
     from interpret.saliency.gradient import FLAG_GAP
-    from service.pipeline import local_engine
 
     tracked = local_engine(family_dirs("qwen2")).backend.explainer.tracked
     classifier = TextClassifier(tracked.model, tracked.tokenizer)
@@ -584,12 +584,12 @@ def test_lora_tracks_the_adapter_and_its_influence_is_exact(family, adapters, ro
 
 
 def test_a_lora_adapter_answers_end_to_end_and_its_index_is_refused_for_another_set(adapters, tmp_path):
+    from engine.builds import build_gradient_index
+    from engine.pipeline import answer_query, local_engine
     from index import IndexMismatchError
     from interpret.checkpoint import write_card
     from interpret.config import GradientIndexConfig, QueryConfig
     from interpret.data import DataSpec
-    from service.builds import build_gradient_index
-    from service.pipeline import answer_query, local_engine
     from tests.conftest import synthetic_rows, write_tsv
 
     folder, adapted, _ = adapters("qwen2", torch.float32)

@@ -16,11 +16,11 @@ from cli import app
 from cli.commands import main
 from clients import BadRequestError, InfluenceClient
 from clients import TrainingDataMissingError as ClientTrainingDataMissing
+from engine.pipeline import local_engine
 from interpret.checkpoint import TrainingDataMissingError, load_checkpoint
 from interpret.models import label_names, load_classifier, set_label_names
 from service.app import create_app
 from service.core import InfluenceService
-from service.pipeline import local_engine
 from service.settings import Settings
 from tests.conftest import save_plain
 
@@ -415,9 +415,9 @@ def test_a_named_gradient_index_that_is_missing_or_unfinished_is_an_error_not_an
 def test_a_gradient_index_alone_makes_the_service_ready(plain_dir, data_dir, tmp_path):
     """The README's own-model set-up builds only the gradient index: the server is ready with it (the
     compose healthcheck reads /readyz), and not ready with training data but neither index."""
+    from engine.builds import build_gradient_index
     from interpret.config import GradientIndexConfig
     from interpret.data import DataSpec
-    from service.builds import build_gradient_index
 
     spec = DataSpec(str(data_dir / "train.tsv"))
     build_gradient_index(

@@ -28,7 +28,7 @@ from interpret.saliency import SALIENCY_METHODS
 from service import schemas
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("interpret", "index", "workers", "service", "clients", "cli")
+PACKAGES = ("interpret", "index", "workers", "engine", "tasks", "service", "clients", "cli")
 
 
 def test_request_schemas_take_defaults_and_bounds_from_the_library_configs():
@@ -142,9 +142,11 @@ ALLOWED = {
     "interpret": set(),
     "index": {"interpret"},
     "workers": {"interpret"},
-    "service": {"interpret", "index", "workers"},
-    "clients": {"service", "interpret"},
-    "cli": {"interpret", "index", "workers", "service", "clients"},
+    "engine": {"interpret", "index", "workers"},
+    "tasks": {"interpret", "index", "workers", "engine"},
+    "service": {"interpret", "index", "workers", "engine", "tasks"},
+    "clients": {"service", "tasks", "interpret"},
+    "cli": {"interpret", "index", "workers", "engine", "tasks", "service", "clients"},
 }
 ONLY_IN = {"ray": "workers", "faiss": "index", "fastapi": "service", "uvicorn": "cli"}
 

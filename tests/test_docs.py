@@ -134,6 +134,7 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         ),
         (f"waited {soak['summary']['interactive_job_wait_p95_s']:.2f} s at p95", "soak.json"),
     ]
+    phrases += _curvature_phrases(_results("curvature.json"))
     summary = index["summary"]
     phrases += [
         (f"query takes {summary['gradient_query_p50_s']:.2f} s through REST (p50", "gradient_index.json"),
@@ -161,6 +162,31 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         rendered = " | ".join(f"{value + 1e-9:.2f}" for value in cells)  # half up: 0.905 -> 0.91
         phrases.append((f"| {name} | {row['dim']:,} | {rendered} |", "gradient_index.json"))
     return phrases
+
+
+def _curvature_phrases(curvature: dict) -> list[tuple[str, str]]:
+    """The README's Fisher-against-Hessian sentence, from the trained (longest) run of each family."""
+    longest = max(run["epochs"] for run in curvature["runs"])
+    runs = {run["family"]: run for run in curvature["runs"] if run["epochs"] == longest}
+
+    def span(run: dict, name: str, digits: int) -> str:
+        values = [sentence[f"{name}_spearman"] for sentence in run["sentences"]]
+        return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+    bert, gpt2 = runs["bert"], runs["gpt2"]
+    return [
+        (
+            f"a tiny BERT trained to {bert['train_accuracy']:.0%} accuracy the Fisher ranks all rows at "
+            f"Spearman {span(bert, 'fisher', 3)} and the exact Gauss-Newton matrix (the bound of K-FAC, "
+            f"EK-FAC and any sampled Fisher) at {span(bert, 'ggn', 3)}; on a tiny GPT-2 trained to "
+            f"{gpt2['train_accuracy']:.0%} they fall to {span(gpt2, 'fisher', 2)} and "
+            f"{span(gpt2, 'ggn', 2)}, "
+            f"because its Hessian has negative curvature (eigenvalue {gpt2['hessian_eigen_min']:.2f}) and a "
+            f"top eigenvalue of {gpt2['hessian_eigen_max']:.0f} against the Gauss-Newton's "
+            f"{gpt2['ggn_eigen_max']:.0f}",
+            "curvature.json",
+        )
+    ]
 
 
 @pytest.mark.parametrize(("phrase", "source"), _quoted_numbers())

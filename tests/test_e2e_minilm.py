@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from engine.pipeline import answer_query, local_engine
 from interpret.influence import LissaConfig, QueryConfig
-from service.pipeline import answer_query, local_engine
 
 from .conftest import SHARED_SST2
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from engine.pipeline import local_engine
 from interpret.evaluation.convex import ConvexHead, augment, fit, objective_gradient, objective_hessian
 from interpret.evaluation.metrics import (
     bootstrap_interval,
@@ -24,7 +25,7 @@ from interpret.evaluation.retraining import RetrainCache, RetrainSpec, retrain
 from interpret.influence import ExampleStates, exact_s_test, training_hessian
 from interpret.influence.objective import loss_gradient, per_example_gradients
 from interpret.models import TrackedModel
-from service.applications import (
+from tasks.applications import (
     audit_report,
     error_correction,
     flip_recall,
@@ -32,8 +33,8 @@ from service.applications import (
     noisy_training_file,
     self_influence_and_loss,
 )
-from service.evaluation import lds_head, loo_head, recall_report, retrain_subsets, write_report
-from service.pipeline import local_engine
+from tasks.evaluation import lds_head, loo_head, recall_report, retrain_subsets
+from tasks.plots import write_report
 from tests.exactness import assert_same_solution, map_amplification
 
 
@@ -318,9 +319,9 @@ def test_noisy_file_flips_exactly_the_share_and_recall_counts_them(train_set, tm
 
 
 def test_self_influence_is_each_rows_score_against_itself(engine_dirs, tmp_path):
+    from engine.builds import fit_projection, projected_gradients
     from interpret.config import GradientIndexConfig
     from interpret.influence.preconditioner import inverse_damped
-    from service.builds import fit_projection, projected_gradients
 
     engine = local_engine(engine_dirs[0], dtype=torch.float64)
     config = GradientIndexConfig(rank=4, damping=0.1)
@@ -363,10 +364,10 @@ def test_influence_map_links_test_points_to_their_top_rows(engine_dirs, data_dir
 
 
 def test_error_correction_spends_the_same_budget_on_each_strategy(trained_tiny, data_dir, tmp_path):
+    from engine.builds import build_gradient_index
     from interpret.config import GradientIndexConfig, QueryConfig
     from interpret.data import DataSpec, load_examples
     from interpret.models import load_classifier
-    from service.builds import build_gradient_index
 
     engine = local_engine(trained_tiny)
     build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
@@ -442,10 +443,10 @@ def test_retrains_on_ray_tasks_equal_the_in_process_ones(trained_tiny, ray_local
 def test_lds_tracked_shares_one_s_test_between_fastif_and_full(trained_tiny, data_dir, tmp_path, monkeypatch):
     """fastif and full on the same test point: one LiSSA run, the second answered from the cache; no
     progress callback needed."""
+    from engine import backends
     from interpret.config import LissaConfig, QueryConfig
     from interpret.data import DataSpec, load_examples
-    from service import backends
-    from service.evaluation import ensure_indexes, lds_tracked
+    from tasks.evaluation import ensure_indexes, lds_tracked
 
     engine = ensure_indexes(local_engine(trained_tiny), ["fastif"], tmp_path)
     started = []
@@ -461,3 +462,62 @@ def test_lds_tracked_shares_one_s_test_between_fastif_and_full(trained_tiny, dat
         engine, trained_tiny, test, np.arange(3), ["fastif", "full"], tmp_path / "r", 3, 0.5, 0, config
     )
     assert len(started) == 3 and set(report.lds) == {"fastif", "full"}
+
+
+@pytest.mark.slow  # six commands end to end on the tiny model: about a minute
+def test_every_task_runs_from_the_cli_and_the_job_path_gives_the_same_report(engine_dirs, data_dir, tmp_path):
+    """Each CLI command writes its task's report (JSON and PNG) through the one registry, and a job given
+    the same test points as inputs (``tasks.registry.run_job``, what the service runs) measures the same
+    numbers: the two paths assemble a task in one place."""
+    from cli import app
+    from interpret.data import DataSpec, load_examples
+    from service.schemas import EvaluateRequest, TextInput
+    from tasks.evaluation import sample_rows
+    from tasks.registry import TASKS, HeadCache, run_job
+
+    model, index = engine_dirs
+    dev = str(data_dir / "dev.tsv")
+    common = ["--model", str(model), "--eval", dev, "--out", str(tmp_path), "--index", str(index)]
+    no_gradient = ["--gradient-index", str(tmp_path / "none")]  # fastif, from the kNN index
+    commands = {
+        "loo": ["evaluate", "loo", "--test-points", "3", "--m", "3", *common],
+        "lds_head": ["evaluate", "lds", "--test-points", "4", "--subsets", "6", *common],
+        "recall": [
+            "evaluate",
+            "recall",
+            "--method",
+            "fastif",
+            "--test-points",
+            "2",
+            "--k",
+            "20",
+            *common,
+            *no_gradient,
+        ],
+        "influence_map": ["map", *common, *no_gradient],
+        "error_correction": ["correct", "--seeds", "1", *common, *no_gradient],
+        "audit": ["audit", "--model", str(model), "--out", str(tmp_path), "--work", str(tmp_path / "w")],
+    }
+    assert set(commands) == set(TASKS)
+    reports = {}
+    for name, arguments in commands.items():
+        result = CliRunner().invoke(app, arguments)
+        assert result.exit_code == 0, (name, result.output)
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+        summary = reports[name]["summary"]
+        assert (summary or name == "audit") and all(
+            np.isfinite(v) for v in summary.values()
+        )  # audit: no flips
+    assert len(reports["audit"]["ranked"]) == 96  # the CLI exports every row
+
+    test = load_examples(DataSpec(dev))
+    rows = sample_rows(len(test), 3, 0)  # the CLI's sample for --test-points 3, seed 0
+    inputs = [TextInput(text=test.texts[r], label=int(test.labels[r])) for r in rows]
+    engine = local_engine(model, index_dir=index)
+    job = run_job(engine, EvaluateRequest(task="loo", inputs=inputs, m=3), HeadCache(), tmp_path, model)
+    for mine, theirs in zip(job.points, reports["loo"]["points"], strict=True):
+        np.testing.assert_allclose(mine.predicted, theirs["predicted"], rtol=1e-6)
+        np.testing.assert_allclose(mine.actual, theirs["actual"], rtol=1e-6)
+    audit = run_job(engine, EvaluateRequest(task="audit", limit=5), HeadCache(), tmp_path, model)
+    assert [r.row for r in audit.ranked] == [r["row"] for r in reports["audit"]["ranked"][:5]]

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from engine.builds import build_gradient_index
+from engine.pipeline import answer_query, local_engine
 from index import IndexMismatchError
 from index.gradient import load_gradient_index, shard_folder
 from interpret.cancellation import RequestCancelled
@@ -21,8 +23,6 @@ from interpret.influence.preconditioner import (
 )
 from interpret.influence.projection import Projection, Projector, eigen_bases
 from interpret.models import TrackedModel
-from service.builds import build_gradient_index
-from service.pipeline import answer_query, local_engine
 from tests.exactness import (
     assert_equal_up_to_rounding,
     assert_same_solution,
@@ -307,7 +307,7 @@ def test_shard_size_never_changes_the_index(engine_dirs, tmp_path, projection):
 
 
 def test_the_peak_memory_formula_counts_gradients_curvature_and_the_hessian():
-    from service.builds import build_peak_bytes
+    from engine.builds import build_peak_bytes
 
     assert build_peak_bytes(1000, 64, 500, "fisher") == 2 * 4 * 1000 * 64 + 4 * 8 * 64 * 64
     assert build_peak_bytes(1000, 64, 500, "hessian") - build_peak_bytes(1000, 64, 500, "fisher") == (
@@ -320,7 +320,7 @@ def test_a_build_the_machine_cannot_hold_is_refused_before_any_work_naming_a_ran
 ):
     """The estimate at the asked rank exceeds what is available, the one at half the rank does not: the
     error names both sizes and that rank, and nothing was computed or written."""
-    from service import builds
+    from engine import builds
 
     engine = local_engine(engine_dirs[0], dtype=torch.float64)
     rows, tracked = len(engine.examples), engine.identity.num_parameters

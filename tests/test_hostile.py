@@ -19,10 +19,10 @@ from pydantic import SecretStr
 
 from cli.serving import uvicorn_options
 from clients import InfluenceClient, JobFailedError, PermissionDeniedError, evaluate_request
+from engine.pipeline import local_engine
 from interpret.cancellation import RequestCancelled, RequestContext
 from service.app import create_app
 from service.core import InfluenceService
-from service.pipeline import local_engine
 from service.settings import Settings
 from tests.cluster import free_port
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.builds import build_gradient_index
+from engine.pipeline import local_engine
 from interpret.config import GradientIndexConfig
 from service.app import create_app
-from service.builds import build_gradient_index
 from service.core import InfluenceService
-from service.pipeline import local_engine
 from service.settings import Settings
 from tests.cluster import free_port
 from tests.conftest import save_plain

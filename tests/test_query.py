@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
+from engine.pipeline import answer_query, local_engine
 from interpret.influence import LissaConfig, QueryConfig, prepare_test_point, score_rows, training_hessian
-from service.pipeline import answer_query, local_engine
 
 LISSA = LissaConfig(recursion_depth=50, batch_size=4, damping=0.1, scale=20.0)
 QUERY = "the plot was good and fun"

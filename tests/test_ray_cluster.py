@@ -10,8 +10,8 @@ import tempfile
 import numpy as np
 import pytest
 
+from engine.pipeline import answer_query, local_engine
 from interpret.influence import LissaConfig, QueryConfig
-from service.pipeline import answer_query, local_engine
 from tests.cluster import BIN, free_port, ray_node, stop, token_env
 
 pytestmark = pytest.mark.slow  # a real two-node Ray cluster: not in the fast tier (pytest -m 'not slow')

@@ -25,10 +25,10 @@ from clients import (
     evaluate_request,
     influence_request,
 )
+from engine.pipeline import answer_query, local_engine
 from interpret.influence import LissaConfig, QueryConfig
 from service.app import create_app
 from service.core import InfluenceService
-from service.pipeline import answer_query, local_engine
 from service.settings import Settings
 
 QUERY = "the plot was good and fun"

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from clients import InfluenceClient
+from engine.pipeline import answer_query, local_engine
 from interpret.influence import LissaConfig, QueryConfig
-from service.pipeline import answer_query, local_engine
 from tests.cluster import free_port, start, stop, wait_ready
 
 pytestmark = pytest.mark.slow  # real servers and Ray: not in the fast tier (pytest -m 'not slow')

@@ -10,6 +10,9 @@ import pytest
 import ray
 import torch
 
+from engine.backends import LocalBackend
+from engine.cache import STestCache
+from engine.pipeline import Engine, answer_query
 from interpret.cancellation import RequestCancelled, RequestContext
 from interpret.checkpoint import load_checkpoint
 from interpret.config import ATTACK_PARAMETERS, IntegratedGradientsParams, method_parameters
@@ -24,9 +27,6 @@ from interpret.influence import (
 )
 from interpret.influence.objective import per_example_gradients
 from interpret.models import encode_features
-from service.backends import LocalBackend
-from service.cache import STestCache
-from service.pipeline import Engine, answer_query
 from tests.exactness import assert_same_solution, map_amplification
 from workers import (
     PoolSettings,
@@ -274,9 +274,9 @@ def test_pool_settings_are_validated():
 def test_a_gradient_index_built_on_the_pool_equals_the_in_process_one(pool, reference, tmp_path, chunk_rows):
     """Same arithmetic in another order (chunks projected and factors summed on the workers), so the
     element-wise tolerance stays tight: it is not a solve compared across BLAS kernels."""
+    from engine.builds import build_gradient_index
     from index.gradient import load_gradient_index
     from interpret.config import GradientIndexConfig
-    from service.builds import build_gradient_index
 
     config = GradientIndexConfig(rank=4, damping=0.1, chunk_rows=chunk_rows)
     local = Engine(LocalBackend(Explainer(reference)), reference.examples, None, {})
@@ -338,10 +338,10 @@ def test_an_evaluate_job_binds_every_worker_call_to_its_id_and_deadline(
 ):
     """Issue 23: an evaluate job called the workers without its context, so every call got a fresh id and
     its own deadline: a DELETEd recall job ran on, and ended `deadline_exceeded` naming another request."""
-    from service.builds import build_knn_index
+    from engine.builds import build_knn_index
+    from engine.pipeline import knn_index_for
     from service.core import InfluenceService
     from service.jobs import Client
-    from service.pipeline import knn_index_for
     from service.schemas import JobRequest
     from service.settings import Settings
 

@@ -22,7 +22,7 @@ def _retrain_task(spec, examples, rows: np.ndarray, threads: int):
 
 
 def ray_mapper(max_parallel: int | None = None, cpus_per_task: float = 1.0):
-    """A ``mapper(spec, examples, rows_list)`` for ``service.evaluation.retrain_subsets`` that runs each
+    """A ``mapper(spec, examples, rows_list)`` for ``tasks.evaluation.retrain_subsets`` that runs each
     retrain as a Ray task on the cluster this process joins (``RAY_ADDRESS``, else a local one) and yields
     ``(position, theta)`` as tasks finish, at most ``max_parallel`` at a time (``None``: as many as fit)."""
 

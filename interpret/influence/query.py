@@ -1,7 +1,7 @@
 """The pieces of a FastIF query that are not LiSSA or scoring: the test point, the ranking, the answer.
 
 The request path that strings them together (kNN search, ``s_test`` in-process or on Ray workers, scoring,
-ranking) is ``service.pipeline.answer_query``.
+ranking) is ``engine.pipeline.answer_query``.
 """
 
 from __future__ import annotations

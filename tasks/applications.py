@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.builds import fit_inverse, fit_projection, gradient_spec, over_examples, projected_gradients
+from engine.pipeline import Engine, answer_query
 from interpret.cancellation import checkpoint as step_boundary
 from interpret.config import EvaluationConfig, GradientIndexConfig, QueryConfig
 from interpret.data import ExampleSet
 from interpret.models import TrackedModel
 from interpret.training import TrainConfig, accuracy, fine_tune
-from service.builds import fit_inverse, fit_projection, gradient_spec, over_examples, projected_gradients
-from service.pipeline import Engine, answer_query
-from service.schemas import AuditReport, CorrectionReport, InfluenceMapReport, MapEdge, MapNode, RankedRow
+from tasks.reports import AuditReport, CorrectionReport, InfluenceMapReport, MapEdge, MapNode, RankedRow
 
 
 # ----------------------------------------------------------------------------------------------- audit

@@ -1,4 +1,5 @@
-"""One PNG per evaluation or application report (matplotlib, headless ``Agg``; imported only to draw)."""
+"""A report's files: its JSON and one PNG per evaluation or application report (matplotlib, headless
+``Agg``; imported only to draw)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel
+
+from interpret.storage import write_json_atomic
 
 
 def _figure(columns: int = 1):
@@ -32,6 +36,16 @@ def _save(plt, figure, path: Path) -> None:
         plt.close(figure)
         if os.path.exists(scratch):
             os.unlink(scratch)
+
+
+def write_report(report: BaseModel, directory: str | Path, name: str | None = None) -> tuple[Path, Path]:
+    """``<name>.json`` and ``<name>.png`` in ``directory`` (both written atomically)."""
+    directory = Path(directory)
+    name = name or report.kind
+    json_path, png_path = directory / f"{name}.json", directory / f"{name}.png"
+    write_json_atomic(json_path, report.model_dump(mode="json"))
+    plot_report(report, png_path)
+    return json_path, png_path
 
 
 def plot_report(report, path: str | Path) -> None:

@@ -8,7 +8,7 @@
 4. score the candidates with the one averaged ``s_test`` (unless the gradient index's scores are the
    answer), and rank: top helpful / harmful, with timings and the quality of what answered.
 
-Both backends present :class:`~service.backends.Backend` and run the same
+Both backends present :class:`~engine.backends.Backend` and run the same
 :class:`~interpret.explainer.Explainer` methods, so they give the same answers.
 """
 
@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.backends import Backend, LocalBackend
+from engine.cache import STestCache
 from index import FeatureIndex, IndexMismatchError, load_index, read_manifest
 from index.gradient import GradientIndex, load_gradient_index, read_gradient_manifest
 from interpret.cancellation import RequestContext
@@ -35,8 +37,6 @@ from interpret.config import QueryConfig, resolve_method, resolve_solver, solves
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.explainer import Explainer, Identity
 from interpret.influence import InfluenceAnswer, rank
-from service.backends import Backend, LocalBackend
-from service.cache import STestCache
 
 
 @dataclass

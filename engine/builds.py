@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.pipeline import Engine
 from index import Manifest, build_index, empty_index
 from index.gradient import GradientManifest, GradientSpec, ShardStore, shard_folder, write_gradient_index
 from interpret.cancellation import RequestContext
@@ -20,7 +21,6 @@ from interpret.influence.cg import cg_rows
 from interpret.influence.exact import MAX_EXACT_PARAMETERS
 from interpret.influence.preconditioner import inverse_damped, precondition, second_moment
 from interpret.influence.projection import Projection, eigen_bases
-from service.pipeline import Engine
 
 Progress = Callable[[int, int], None]
 

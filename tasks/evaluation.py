@@ -9,12 +9,12 @@
   subset) with the measured test loss; averaged over test points, with a bootstrap interval.
 * ``recall``: recall@m of a method's helpful and harmful lists against the full scan.
 
-Each run returns a typed report; :func:`write_report` stores it as one JSON and one plot.
+Each run returns a typed report (``tasks.reports``); ``tasks.plots.write_report`` stores it as one JSON
+and one plot; ``tasks.registry`` runs each by name.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -23,8 +23,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel
 
+from engine.builds import over_examples
+from engine.cache import DEFAULT_MAX_BYTES, STestCache
+from engine.pipeline import Engine, answer_query
 from interpret.cancellation import RequestContext
 from interpret.cancellation import checkpoint as step_boundary
 from interpret.checkpoint import DEFAULT_MAX_LENGTH
@@ -43,12 +45,7 @@ from interpret.evaluation.metrics import (
 from interpret.evaluation.retraining import RetrainCache, RetrainSpec, retrain, test_losses
 from interpret.influence.metrics import top_lists_recall
 from interpret.models import TrackedModel, load_classifier
-from interpret.storage import write_json_atomic
-from service.builds import over_examples
-from service.cache import STestCache
-from service.pipeline import Engine, answer_query
-from service.schemas import Interval, LdsReport, LooPoint, LooReport, RecallReport
-from service.settings import Settings
+from tasks.reports import Interval, LdsReport, LooPoint, LooReport, RecallReport
 
 EvaluatedMethod = Literal["gradient", "fastif", "full", "exact"]
 DEFAULTS = EvaluationConfig()
@@ -57,22 +54,10 @@ S_TEST_ENTRIES = 4
 
 
 def shared_s_tests() -> STestCache:
-    return STestCache(S_TEST_ENTRIES, Settings.model_fields["s_test_cache_bytes"].default)
+    return STestCache(S_TEST_ENTRIES, DEFAULT_MAX_BYTES)
 
 
 Progress = Callable[[int, int], None]
-
-
-def write_report(report: BaseModel, directory: str | Path, name: str | None = None) -> tuple[Path, Path]:
-    """``<name>.json`` and ``<name>.png`` in ``directory`` (both written atomically)."""
-    from service.plots import plot_report
-
-    directory = Path(directory)
-    name = name or report.kind
-    json_path, png_path = directory / f"{name}.json", directory / f"{name}.png"
-    write_json_atomic(json_path, report.model_dump(mode="json"))
-    plot_report(report, png_path)
-    return json_path, png_path
 
 
 def _none_for_nan(values: Iterable[float]) -> list[float | None]:
@@ -374,9 +359,9 @@ def recall_report(
 def ensure_indexes(engine: Engine, methods: Iterable[str], directory: str | Path) -> Engine:
     """Give the engine the indexes ``methods`` need: loaded from ``directory`` when one there fits the
     model, else built there (an LDS model trained on a few thousand rows builds both in seconds)."""
+    from engine.builds import build_gradient_index, build_knn_index
+    from engine.pipeline import gradient_index_for, knn_index_for
     from index.store import IndexMismatchError
-    from service.builds import build_gradient_index, build_knn_index
-    from service.pipeline import gradient_index_for, knn_index_for
 
     directory = Path(directory)
     if "fastif" in methods and engine.index is None:
@@ -393,84 +378,3 @@ def ensure_indexes(engine: Engine, methods: Iterable[str], directory: str | Path
             build_gradient_index(engine, directory / "gradient-index")
             engine.gradient_index = gradient_index_for(directory / "gradient-index", engine.identity)
     return engine
-
-
-# --------------------------------------------------------------------------------------- as a job
-NEEDS_LABELS = ("loo", "lds_head", "recall", "error_correction")
-"""Tasks measured on the test points' true labels: each input must carry one."""
-
-
-def examples_from_inputs(engine: Engine, inputs) -> ExampleSet:
-    """The request's inputs as an evaluation set (a missing label becomes the predicted one)."""
-    texts = [item.text for item in inputs]
-    pairs = [item.text_pair for item in inputs] if any(item.text_pair for item in inputs) else None
-    labels = np.array([-1 if item.label is None else item.label for item in inputs], dtype=np.int64)
-    if (labels < 0).any():
-        predicted = engine.backend.predict(texts, pairs).argmax(axis=1)
-        labels = np.where(labels < 0, predicted, labels)
-    ids = [f"input-{position}" for position in range(len(inputs))]
-    return ExampleSet(texts, pairs, labels, ids, "request", "request")
-
-
-class HeadCache:
-    """Fitted convex heads by damping: fitting encodes every training row once, so a service keeps them."""
-
-    def __init__(self):
-        self._heads: dict[float, ConvexHead] = {}
-        self._lock = threading.Lock()
-
-    def get(self, engine: Engine, damping: float, progress: Progress | None = None) -> ConvexHead:
-        with self._lock:
-            if damping not in self._heads:
-                self._heads[damping] = fit_head(engine, damping, progress)
-            return self._heads[damping]
-
-
-def run_evaluation(
-    engine: Engine,
-    request,
-    heads: HeadCache,
-    scratch_dir: Path,
-    model_dir: Path,
-    progress: Progress | None = None,
-):
-    """One ``kind=evaluate`` job (``request`` is checked already): the report of ``request.task``. An
-    audit keeps its gradient shards in ``scratch_dir`` (each written whole, so a rerun resumes), apart
-    from the served indexes."""
-    from service import applications
-
-    config = EvaluationConfig(**request.model_dump(exclude={"task", "inputs", "methods"}))
-    task = request.task
-    if task == "audit":
-        shards = scratch_dir / "audit-gradients"
-        self_influence, loss = applications.self_influence_and_loss(engine, shards, progress=progress)
-        report = applications.audit_report(engine.examples, self_influence, loss, config={"task": task})
-        report.ranked = report.ranked[: config.limit]
-        return report
-    test = examples_from_inputs(engine, request.inputs)
-    rows = np.arange(len(test))
-    if task == "influence_map":
-        return applications.influence_map(engine, test, rows, config.top, QueryConfig(), len(rows), progress)
-    if task == "error_correction":
-        model, tokenizer = load_classifier(str(model_dir))
-        card = engine.card
-        copy = TrackedModel(
-            model, tokenizer, engine.identity.tracked_layers, card.get("max_length", DEFAULT_MAX_LENGTH)
-        )
-        seeds, train_config = (
-            list(range(config.seeds)),
-            applications.correction_training(config.learning_rate),
-        )
-        return applications.error_correction(
-            engine, copy, test, seeds, config.top, train_config, None, progress
-        )
-    if task == "recall":
-        query, cache = QueryConfig(), shared_s_tests()
-        reference = method_scores(engine, test, rows, "full", query, cache, progress=progress)
-        scores = {m: method_scores(engine, test, rows, m, query, cache) for m in request.methods}
-        return recall_report(scores, reference, config={"reference": "full"})
-    head = heads.get(engine, config.damping)
-    features = head_features(engine, test)
-    if task == "loo":
-        return loo_head(head, features, test, rows, config.m, progress)
-    return lds_head(head, features, test, rows, config.subsets, config.fraction, config.seed, progress)

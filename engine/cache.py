@@ -12,6 +12,9 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+DEFAULT_MAX_BYTES = 2_000_000_000
+"""Bytes an ``s_test`` cache holds by default (``INFLUENCE_S_TEST_CACHE_BYTES``; an evaluation's own)."""
+
 
 @dataclass
 class CacheStats:

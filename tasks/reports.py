@@ -1,0 +1,115 @@
+"""The reports of the evaluation tasks and applications: what a job returns and ``influence evaluate``
+writes as JSON (and plots). Light (pydantic only), so the wire schemas and the clients import them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Interval(BaseModel):
+    low: float
+    high: float
+    level: float = 0.95
+
+
+class LooPoint(BaseModel):
+    test_row: int
+    train_rows: list[int]
+    predicted: list[float]
+    actual: list[float]
+
+
+class LooReport(BaseModel):
+    """Predicted vs actual leave-one-out change of the test loss on the convex head."""
+
+    kind: Literal["loo"] = "loo"
+    config: dict
+    points: list[LooPoint]
+    summary: dict[str, float]
+
+
+class LdsReport(BaseModel):
+    """Per method: LDS (mean over test points of the Spearman over subsets) with its interval."""
+
+    kind: Literal["lds"] = "lds"
+    scale: Literal["head", "tracked"]
+    config: dict
+    test_rows: list[int]
+    per_test: dict[str, list[float | None]] = Field(description="Method -> Spearman per test point.")
+    lds: dict[str, float]
+    intervals: dict[str, Interval]
+    seconds: dict[str, float] = Field(description="Retraining, and each method's scoring, in seconds.")
+    summary: dict[str, float]
+
+
+class RecallReport(BaseModel):
+    kind: Literal["recall"] = "recall"
+    config: dict
+    per_test: dict[str, list[float]] = Field(
+        description="'helpful@m' / 'harmful@m' -> one value per test point."
+    )
+    summary: dict[str, float]
+
+
+class RankedRow(BaseModel):
+    row: int
+    id: str
+    text: str
+    label: int
+    self_influence: float
+    loss: float
+    flipped: bool | None = None
+
+
+class AuditReport(BaseModel):
+    """Training rows ranked by self-influence (and by loss); with injected noise, what each finds."""
+
+    kind: Literal["audit"] = "audit"
+    config: dict
+    ranked: list[RankedRow] = Field(description="Every row, highest self-influence first.")
+    curves: dict[str, list[float]] = Field(
+        default_factory=dict, description="Ranking -> share of flipped labels found in its top 1%, 2%, ..."
+    )
+    top10_recall: dict[str, float] = Field(default_factory=dict)
+    summary: dict[str, float] = Field(default_factory=dict)
+
+
+class MapNode(BaseModel):
+    id: str
+    kind: Literal["test", "train"]
+    row: int
+    text: str
+    label: int
+    predicted: int | None = None
+    degree: int = Field(description="Edges at this node: for a training row, the test points it reaches.")
+
+
+class MapEdge(BaseModel):
+    source: str
+    target: str
+    score: float
+    side: Literal["helpful", "harmful"]
+
+
+class InfluenceMapReport(BaseModel):
+    """A bipartite graph: test points -> their top training rows (FastIF figure 5)."""
+
+    kind: Literal["influence_map"] = "influence_map"
+    config: dict
+    nodes: list[MapNode] = Field(description="Test points, then training rows by degree (most shared first).")
+    edges: list[MapEdge]
+    summary: dict[str, float]
+
+
+class CorrectionReport(BaseModel):
+    kind: Literal["error_correction"] = "error_correction"
+    config: dict
+    seeds: list[int]
+    baseline_accuracy: list[float] = Field(description="Held-out accuracy before fine-tuning, per seed.")
+    deltas: dict[str, list[float]] = Field(description="Strategy -> held-out accuracy change, per seed.")
+    budgets: list[int] = Field(
+        description="Training rows fine-tuned on, per seed (the same for each strategy)."
+    )
+    summary: dict[str, float]
