@@ -120,7 +120,7 @@ def influence_map_command(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
     test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
-    engine = engine_for(model, index, gradient_index, None, 900.0, gradient_optional=True, train=train)
+    engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
     run_task("influence_map", engine, out, config=config, test=test, max_points=max_points)
 
 
@@ -149,5 +149,5 @@ def correct(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
     test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
-    engine = engine_for(model, index, gradient_index, None, 900.0, gradient_optional=True, train=train)
+    engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
     run_task("error_correction", engine, out, config=config, test=test, model_dir=model)

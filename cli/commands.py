@@ -32,6 +32,7 @@ from cli.common import (
     tracked_scope,
     train_spec_of,
 )
+from interpret.cancellation import DEFAULT_DEADLINE_S
 from interpret.config import FASTIF_PRESET, QueryConfig
 
 
@@ -207,7 +208,7 @@ def query(
             "else a local one starts); 0: as many as fit. Default: in this process."
         ),
     ] = None,
-    deadline: Annotated[float, typer.Option(help="Seconds a worker query may take.")] = 900.0,
+    deadline: Annotated[float, typer.Option(help="Seconds a worker query may take.")] = DEFAULT_DEADLINE_S,
     url: Annotated[
         str | None, typer.Option(help="Ask a running service instead (e.g. http://127.0.0.1:8000).")
     ] = None,

@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from interpret.cancellation import DEFAULT_DEADLINE_S
+
 # Help texts name data sources like hub:NAME[/CONFIG]:SPLIT: plain text, never Rich markup.
 app = typer.Typer(
     help="FastIF-style influence functions for Hugging Face text classifiers.",
@@ -143,8 +145,8 @@ def engine_for(
     model: Path,
     index: Path | None,
     gradient_index: Path | None,
-    workers: int | None,
-    deadline: float,
+    workers: int | None = None,
+    deadline: float = DEFAULT_DEADLINE_S,
     gradient_optional: bool = False,
     train=None,
     needs: str = "influence",

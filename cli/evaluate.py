@@ -90,7 +90,7 @@ def loo(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
     test = _test_set(eval_data, text_column, pair_column, label_column)
-    engine = engine_for(model, index, None, None, 900.0, train=train)
+    engine = engine_for(model, index, None, train=train)
     rows = sample_rows(len(test), test_points, seed)
     run_task("loo", engine, out, config=config, test=test, rows=rows)
 
@@ -148,12 +148,12 @@ def lds(
     test = _test_set(eval_data, text_column, pair_column, label_column)
     rows = sample_rows(len(test), test_points, seed)
     if scale == "head":
-        engine = engine_for(model, index, None, None, 900.0, train=train)
+        engine = engine_for(model, index, None, train=train)
         run_task("lds_head", engine, out, config=evaluation, test=test, rows=rows)
         return
     lissa = replace(FASTIF_PRESET, recursion_depth=recursion_depth, num_repetitions=repetitions)
     config = QueryConfig(k=k, lissa=lissa)
-    engine = engine_for(model, index, gradient_index, None, 900.0, gradient_optional=True, train=train)
+    engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
     mapper = None
     if workers is not None:
         from workers.retraining import ray_mapper
@@ -217,7 +217,7 @@ def recall(
     )
     test = _test_set(eval_data, text_column, pair_column, label_column)
     rows = sample_rows(len(test), test_points, seed)
-    engine = engine_for(model, index, gradient_index, None, 900.0, train=train)
+    engine = engine_for(model, index, gradient_index, train=train)
     recall_at = tuple(ms or (10, 100))
     run_task(
         "recall",

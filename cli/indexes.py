@@ -21,7 +21,7 @@ from cli.common import (
     index_app,
     training_for,
 )
-from interpret.config import GradientIndexConfig
+from interpret.config import DEFAULT_FACTORY, DEFAULT_INDEX_KIND, DEFAULT_KNN_METRIC, GradientIndexConfig
 
 DEFAULTS = GradientIndexConfig()
 
@@ -44,14 +44,14 @@ def index_build(
     train_data: TrainData = None,
     kind: Annotated[
         str, typer.Option(help="knn (FastIF candidates) or gradient (projected, preconditioned gradients).")
-    ] = "knn",
+    ] = DEFAULT_INDEX_KIND,
     out: Annotated[
         Path | None, typer.Option(help="Index folder [artifacts/index; artifacts/gradient-index].")
     ] = None,
     factory: Annotated[
         str, typer.Option(help="FAISS factory string: Flat, IVF1024,Flat, HNSW32, ...")
-    ] = "Flat",
-    metric: Annotated[str, typer.Option(help="knn: l2 or ip.")] = "l2",
+    ] = DEFAULT_FACTORY,
+    metric: Annotated[str, typer.Option(help="knn: l2 or ip.")] = DEFAULT_KNN_METRIC,
     rank: Annotated[
         int,
         typer.Option(help="gradient: projection rank per side of each linear layer; 0: none (tiny models)."),

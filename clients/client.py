@@ -21,7 +21,8 @@ import httpx
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from interpret.config import QueryConfig
+from interpret.cancellation import DEFAULT_DEADLINE_S
+from interpret.config import DEFAULT_FACTORY, DEFAULT_INDEX_KIND, IndexKind, QueryConfig
 from service.schemas import (
     ATTACK_REQUEST,
     SALIENCY_REQUEST,
@@ -237,7 +238,7 @@ class InfluenceClient(_Common):
         self,
         base_url: str = DEFAULT_URL,
         api_key: str | None = None,
-        timeout: float = 900.0,
+        timeout: float = DEFAULT_DEADLINE_S,
         max_retries: int = 3,
         backoff_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
@@ -302,8 +303,8 @@ class InfluenceClient(_Common):
         self,
         request: InfluenceRequest | None = None,
         kind: str = "influence",
-        factory: str = "Flat",
-        index_kind: str = "knn",
+        factory: str = DEFAULT_FACTORY,
+        index_kind: IndexKind = DEFAULT_INDEX_KIND,
         gradient: dict | None = None,
     ):
         """Start a job: an ``InfluenceRequest`` over many inputs, a saliency or attack request,
@@ -344,7 +345,7 @@ class AsyncInfluenceClient(_Common):
         self,
         base_url: str = DEFAULT_URL,
         api_key: str | None = None,
-        timeout: float = 900.0,
+        timeout: float = DEFAULT_DEADLINE_S,
         max_retries: int = 3,
         backoff_s: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -408,8 +409,8 @@ class AsyncInfluenceClient(_Common):
         self,
         request: InfluenceRequest | None = None,
         kind: str = "influence",
-        factory: str = "Flat",
-        index_kind: str = "knn",
+        factory: str = DEFAULT_FACTORY,
+        index_kind: IndexKind = DEFAULT_INDEX_KIND,
         gradient: dict | None = None,
     ):
         body = self._body(job_request(request, kind, factory, index_kind, gradient))

@@ -16,7 +16,7 @@ from engine.pipeline import Engine
 from index import Manifest, build_index, empty_index
 from index.gradient import GradientManifest, GradientSpec, ShardStore, shard_folder, write_gradient_index
 from interpret.cancellation import RequestContext
-from interpret.config import GradientIndexConfig
+from interpret.config import DEFAULT_FACTORY, DEFAULT_KNN_METRIC, GradientIndexConfig, Metric
 from interpret.influence.cg import cg_rows
 from interpret.influence.exact import MAX_EXACT_PARAMETERS
 from interpret.influence.preconditioner import inverse_damped, precondition, second_moment
@@ -38,8 +38,8 @@ FACTORY_PROBE_DIM = 1024
 def build_knn_index(
     engine: Engine,
     directory: str | Path,
-    factory: str = "Flat",
-    metric: str = "l2",
+    factory: str = DEFAULT_FACTORY,
+    metric: Metric = DEFAULT_KNN_METRIC,
     progress: Progress | None = None,
     context: RequestContext | None = None,
 ) -> Manifest:

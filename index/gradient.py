@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from index.store import MANIFEST_FILE, IndexMismatchError, filled_index, read_index_folder, write_index_folder
+from interpret.config import DEFAULT_FACTORY
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.projection import Projection, bases_digest
 from interpret.storage import write_json_atomic
@@ -174,7 +175,7 @@ def write_gradient_index(
     data_fingerprint: str,
     spec: GradientSpec,
     layers: list,
-    factory: str = "Flat",
+    factory: str = DEFAULT_FACTORY,
     projection: Projection | None = None,
     inverse: np.ndarray | None = None,
 ) -> GradientManifest:

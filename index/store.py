@@ -12,14 +12,13 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import faiss
 import numpy as np
 
+from interpret.config import DEFAULT_FACTORY, DEFAULT_KNN_METRIC, Metric
 from interpret.storage import atomic_directory, write_json_atomic
 
-Metric = Literal["l2", "ip"]
 INDEX_FILE, ROWS_FILE, MANIFEST_FILE = "index.faiss", "rows.json", "manifest.json"
 _METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}
 
@@ -55,7 +54,7 @@ def _to_search_device(index: faiss.Index) -> faiss.Index:
         return index
 
 
-def empty_index(dim: int, factory: str, metric: Metric = "l2") -> faiss.Index:
+def empty_index(dim: int, factory: str, metric: Metric = DEFAULT_KNN_METRIC) -> faiss.Index:
     """An untrained index of this shape; raises ``ValueError`` naming a bad factory string or metric.
 
     Cheap: call it before encoding a training set, so a typo fails in milliseconds, not after the encode."""
@@ -145,8 +144,8 @@ def build_index(
     directory: str | Path,
     model_fingerprint: str,
     data_fingerprint: str,
-    factory: str = "Flat",
-    metric: Metric = "l2",
+    factory: str = DEFAULT_FACTORY,
+    metric: Metric = DEFAULT_KNN_METRIC,
 ) -> Manifest:
     """Index ``features`` (row i = training row i) and write the folder atomically."""
     features = np.ascontiguousarray(features, dtype=np.float32)

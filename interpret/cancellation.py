@@ -16,6 +16,9 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+DEFAULT_DEADLINE_S = 900.0
+"""Seconds a request (a query, one worker call, a client's wait) may take unless told otherwise."""
+
 
 class RequestCancelled(Exception):
     """The request was cancelled (its client disconnected, or its job was deleted)."""

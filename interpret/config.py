@@ -18,6 +18,18 @@ from dataclasses import asdict, dataclass, field, fields
 SEED_MAX = 2**32 - 1
 """numpy and torch seeds are 32-bit; a larger seed is refused rather than truncated."""
 
+DEFAULT_FACTORY = "Flat"
+"""Every index's FAISS factory string by default: an exact search (IVF or HNSW trade recall for speed)."""
+IndexKind = typing.Literal["knn", "gradient"]
+DEFAULT_INDEX_KIND: IndexKind = "knn"
+"""What ``influence index build`` and an ``index_build`` job build unless told: FastIF's kNN index."""
+JobKind = typing.Literal["influence", "saliency", "attack", "evaluate", "index_build"]
+"""What a service job runs (the wire's ``kind``; deadlines and scheduling classes are set per kind)."""
+JOB_KINDS: tuple[str, ...] = typing.get_args(JobKind)
+Metric = typing.Literal["l2", "ip"]
+DEFAULT_KNN_METRIC: Metric = "l2"
+"""The kNN index's distance (FastIF's); the gradient index is always inner product."""
+
 
 def setting(default, *, ge=None, gt=None, le=None, doc: str = "", api: bool = True):
     """A dataclass field with its bounds (``ge``/``gt``/``le``) and description in the metadata.
@@ -344,7 +356,7 @@ class GradientIndexConfig(Checked):
         "explicit training Hessian: small tracked sets; unprojected, the exact influence).",
     )
     damping: float = setting(5.0, gt=0, le=MAX_DAMPING, doc="lambda in (C + lambda I)^-1.")
-    factory: str = setting("Flat", doc="FAISS factory string of the inner-product index.")
+    factory: str = setting(DEFAULT_FACTORY, doc="FAISS factory string of the inner-product index.")
     chunk_rows: int = setting(1024, ge=1, doc="Training rows per shard: the resume and progress grain.")
 
     @property

@@ -133,7 +133,8 @@ def _routes(service_of) -> APIRouter:
 
     @router.post("/influence", response_model=InfluenceResponse, responses=ERRORS)
     async def influence(body: InfluenceRequest, request: Request) -> InfluenceResponse:
-        """Which training examples made each prediction (FastIF: kNN candidates + LiSSA s_test)."""
+        """Which training examples made each prediction: the gradient index (one search; the default when
+        one is loaded), FastIF's kNN candidates scored against a LiSSA ``s_test``, or a full scan."""
         return await computing(request, service_of(request).influence, body)
 
     @router.post("/predict", response_model=PredictResponse, responses=ERRORS)

@@ -49,6 +49,7 @@ from service.limits import (
     check_method_parameters,
     check_sync_work,
     check_text,
+    parameter_limits,
 )
 from service.responses import attack_response, influence_result, prediction, saliency_response
 from service.schemas import (
@@ -298,6 +299,7 @@ class InfluenceService:
             labels=list(engine.identity.label_names),
             takes_pairs=engine.identity.takes_pairs,
             limits=self.limits(),
+            parameter_limits=parameter_limits(self.settings),
             full_scan_allowed=self.settings.allow_full_scan,
         )
         return ModelsResponse(models=[info])

@@ -23,6 +23,12 @@ def _at_most(field: str, value: int, limit: int, setting: str) -> None:
         )
 
 
+def _bounded(field: str, value: int, parameter: str, settings: Settings) -> None:
+    """``_at_most`` the setting :data:`PARAMETER_LIMITS` names for ``parameter``."""
+    limit = PARAMETER_LIMITS[parameter]
+    _at_most(field, value, getattr(settings, limit), f"INFLUENCE_{limit.upper()}")
+
+
 def check_inputs(inputs, settings: Settings, tokenizer, identity: Identity) -> None:
     """Batch size, then each input."""
     _at_most("inputs", len(inputs), settings.max_batch, "INFLUENCE_MAX_BATCH")
@@ -76,11 +82,11 @@ def check_influence(
     neither reads is refused before (``unused_knobs``), and bounds only what runs."""
     check_inputs(request.inputs, settings, tokenizer, identity)
     if method == "fastif":  # k means nothing to the other methods
-        _at_most("k", request.k, settings.max_k, "INFLUENCE_MAX_K")
+        _bounded("k", request.k, "k", settings)
     if method == "full":
         check_full_scan(settings, num_examples, "k" if request.method is None else "method")
     if request.rerank is not None:
-        _at_most("rerank", request.rerank, settings.max_k, "INFLUENCE_MAX_K")
+        _bounded("rerank", request.rerank, "rerank", settings)
     if request.solver == "cg" and request.cg_rows is None and num_examples > settings.max_cg_rows:
         raise LimitExceededError(
             f"cg_rows=null takes the Hessian over all {num_examples} training examples, above this "
@@ -88,15 +94,13 @@ def check_influence(
             {"field": "cg_rows", "limit": settings.max_cg_rows, "value": None},
         )
     if request.solver == "cg" and request.cg_rows is not None:
-        _at_most("cg_rows", request.cg_rows, settings.max_cg_rows, "INFLUENCE_MAX_CG_ROWS")
-    _at_most("top", request.top, settings.max_top, "INFLUENCE_MAX_TOP")
+        _bounded("cg_rows", request.cg_rows, "cg_rows", settings)
+    _bounded("top", request.top, "top", settings)
     if not solves_s_test(method, request.rerank) or solver != "lissa" or request.exact:
         return
     lissa = request.lissa
-    depth = settings.max_recursion_depth
-    _at_most("lissa.recursion_depth", lissa.recursion_depth, depth, "INFLUENCE_MAX_RECURSION_DEPTH")
-    repetitions = settings.max_repetitions
-    _at_most("lissa.num_repetitions", lissa.num_repetitions, repetitions, "INFLUENCE_MAX_REPETITIONS")
+    _bounded("lissa.recursion_depth", lissa.recursion_depth, "recursion_depth", settings)
+    _bounded("lissa.num_repetitions", lissa.num_repetitions, "num_repetitions", settings)
 
 
 def check_full_scan(settings: Settings, num_examples: int, field: str) -> None:
@@ -115,9 +119,28 @@ def check_full_scan(settings: Settings, num_examples: int, field: str) -> None:
         )
 
 
-SAMPLE_PARAMETERS = ("steps", "num_samples")
-SEARCH_PARAMETERS = ("candidates", "max_flips", "beam_size", "num_tokens", "iterations")
 EXAMPLE_PARAMETERS = ("num_examples", "held_out")
+SEARCH_PARAMETERS = ("candidates", "max_flips", "beam_size", "num_tokens", "iterations")
+PARAMETER_LIMITS: dict[str, str] = {
+    "k": "max_k",
+    "rerank": "max_k",
+    "top": "max_top",
+    "cg_rows": "max_cg_rows",
+    "recursion_depth": "max_recursion_depth",
+    "num_repetitions": "max_repetitions",
+    **dict.fromkeys(("steps", "num_samples"), "max_samples"),
+    **dict.fromkeys(
+        ("candidates", "max_flips", "beam_size", "num_tokens", "iterations"), "max_attack_search"
+    ),
+    **dict.fromkeys(EXAMPLE_PARAMETERS, "max_trigger_examples"),
+}
+"""Request parameter (influence, LiSSA, saliency or attack) -> the operator's setting that bounds it: the
+one map the checks here and the page's forms (``ModelInfo.parameter_limits``) read."""
+
+
+def parameter_limits(settings: Settings) -> dict[str, int]:
+    """Each bounded request parameter's largest value on this server."""
+    return {name: getattr(settings, limit) for name, limit in PARAMETER_LIMITS.items()}
 
 
 def check_method_parameters(params: Checked, settings: Settings) -> None:
@@ -127,10 +150,8 @@ def check_method_parameters(params: Checked, settings: Settings) -> None:
         field = f"parameters.{name}"
         if value is None:
             continue
-        if name in SAMPLE_PARAMETERS:
-            _at_most(field, value, settings.max_samples, "INFLUENCE_MAX_SAMPLES")
-        elif name in SEARCH_PARAMETERS:
-            _at_most(field, value, settings.max_attack_search, "INFLUENCE_MAX_ATTACK_SEARCH")
+        if name in PARAMETER_LIMITS and name not in EXAMPLE_PARAMETERS:  # those two are bounded together
+            _bounded(field, value, name, settings)
     if set(EXAMPLE_PARAMETERS) <= values.keys():
         examples = sum(values[name] for name in EXAMPLE_PARAMETERS)
         _at_most(

@@ -11,17 +11,21 @@ against ``Settings``, so each violation names the field and the configured limit
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal, Union, get_args
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from interpret.config import (
     ATTACK_PARAMETERS,
+    DEFAULT_FACTORY,
+    DEFAULT_INDEX_KIND,
     SALIENCY_PARAMETERS,
     TARGETED_ATTACKS,
     EvaluationConfig,
     EvaluationTask,
     GradientIndexConfig,
+    IndexKind,
+    JobKind,
     LissaConfig,
     QueryConfig,
     type_hints,
@@ -305,6 +309,11 @@ class ModelInfo(BaseModel):
     limits: dict[str, int] = Field(
         default_factory=dict, description="This server's size limits (INFLUENCE_MAX_*), by setting name."
     )
+    parameter_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="The largest value this server takes for each bounded request parameter (k, top, "
+        "recursion_depth, a saliency method's steps, ...): what a form may offer.",
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -333,10 +342,6 @@ EvaluateRequest = create_model(
 )
 
 
-JobKind = Literal["influence", "saliency", "attack", "evaluate", "index_build"]
-JOB_KINDS: tuple[str, ...] = get_args(JobKind)
-
-
 class JobRequest(_Strict):
     """A job: an influence query over many inputs, an index build, or a saliency map or an attack too
     costly for a synchronous request. The field named after the kind holds its request."""
@@ -346,8 +351,8 @@ class JobRequest(_Strict):
     saliency: SaliencyRequest | None = Field(None, description="The request, for kind=saliency.")
     attack: AttackRequest | None = Field(None, description="The request, for kind=attack.")
     evaluate: EvaluateRequest | None = Field(None, description="The run, for kind=evaluate.")  # type: ignore[valid-type]
-    factory: str = Field("Flat", description="FAISS factory string, for kind=index_build (kNN).")
-    index_kind: Literal["knn", "gradient"] = Field("knn", description="Which index, for kind=index_build.")
+    factory: str = Field(DEFAULT_FACTORY, description="FAISS factory string, for kind=index_build (kNN).")
+    index_kind: IndexKind = Field(DEFAULT_INDEX_KIND, description="Which index, for kind=index_build.")
     gradient: GradientIndexParams | None = Field(  # type: ignore[valid-type]
         None, description="Gradient index settings, for kind=index_build with index_kind=gradient."
     )

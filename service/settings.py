@@ -14,8 +14,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.cache import DEFAULT_MAX_BYTES
+from interpret.cancellation import DEFAULT_DEADLINE_S
+from interpret.config import JOB_KINDS
 from interpret.data import DataSpec
-from service.schemas import JOB_KINDS
 
 HEAVY_JOB_DEADLINE_S = {"evaluate": 14_400.0, "index_build": 14_400.0}
 """A heavy job's default deadline: four hours (a full audit or gradient-index build of SST-2 takes tens of
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     """GPUs each Ray actor reserves; ``None``: one where the cluster has GPUs."""
     max_retries: int = 2
     """Times a part of a query whose actor died is re-run on a fresh actor."""
-    deadline_s: float = Field(900.0, gt=0)
+    deadline_s: float = Field(DEFAULT_DEADLINE_S, gt=0)
     """Seconds a query may take on the workers before it stops with a timeout."""
 
     api_key: SecretStr | None = None

@@ -1,9 +1,10 @@
 """What influence scores are for (FastIF, Guo et al. 2021, sections 5-6), as runs with typed reports:
 
-* :func:`audit`: rank training rows by self-influence ``g~_z^T (C + damping I)^-1 g~_z`` (the gradient
-  index's own projection and preconditioner) and by loss; rows that pull hard on their own loss are the
-  first to inspect for wrong labels. :func:`noisy_training_file` and :func:`flip_recall` are the check:
-  flip a seeded share of labels, retrain, count the flips each ranking puts in its top share.
+* :func:`self_influence_and_loss` and :func:`audit_report`: rank training rows by self-influence
+  ``g~_z^T (C + damping I)^-1 g~_z`` (the gradient index's own projection and preconditioner) and by
+  loss; rows that pull hard on their own loss are the first to inspect for wrong labels.
+  :func:`noisy_training_file` and :func:`flip_recall` are the check: flip a seeded share of labels,
+  retrain, count the flips each ranking puts in its top share.
 * :func:`influence_map`: for a set of test points (by default the evaluation set's errors), the bipartite
   graph of their top helpful and harmful training rows; rows shared by many test points first.
 * :func:`error_correction`: for misclassified points of one half of the evaluation set, fine-tune the

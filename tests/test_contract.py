@@ -97,17 +97,33 @@ def test_library_functions_cli_and_clients_use_the_same_defaults():
             assert build_options[spec.name].default == spec.default, spec.name
 
 
-def test_the_readme_and_the_demo_show_the_gradient_method():
+def test_the_readme_and_the_demo_show_the_gradient_method(tmp_path, monkeypatch):
+    """The README shows the gradient method; the demo, run from empty artifacts (its training, index
+    builds, query and server recorded, not run), builds both indexes and answers with the gradient one."""
     readme = (ROOT / "README.md").read_text()
     using = readme.split("## Using it")[1].split("\n## ")[0]
     rest = readme.split("## The REST service")[1].split("\n## ")[0]
     assert "index build --kind gradient" in using and "--method fastif" in using and "--rerank" in using
     assert "`method` (`gradient`" in rest and "index_kind=gradient" in rest
-    from cli.commands import demo
+    import cli.commands
+    import cli.indexes
 
-    source = inspect.getsource(demo)
-    assert '("knn", index_dir' in source and '("gradient", gradient_dir' in source
-    assert "index_build(model=model_dir, kind=kind" in source
+    calls = []
+    monkeypatch.setattr(cli.commands, "ARTIFACTS", tmp_path)
+    for module, name in ((cli.commands, "train"), (cli.indexes, "index_build")):
+        monkeypatch.setattr(module, name, lambda name=name, **options: calls.append((name, options)))
+    for name in ("query", "serve"):
+        monkeypatch.setattr(cli.commands, name, lambda name=name, **options: calls.append((name, options)))
+    cli.commands.demo(max_examples=100, full=False, text="a fine film", port=8123)
+    assert [name for name, _ in calls] == ["train", "index_build", "index_build", "query", "serve"]
+    builds = [options for name, options in calls if name == "index_build"]
+    assert [(b["kind"], b["out"]) for b in builds] == [
+        ("knn", tmp_path / "index"),
+        ("gradient", tmp_path / "gradient-index"),
+    ]
+    asked = dict(calls)["query"]
+    assert asked["gradient_index"] == tmp_path / "gradient-index" and asked["text"] == "a fine film"
+    assert dict(calls)["serve"]["port"] == 8123
 
 
 def _loaded_after(statement: str) -> set[str]:
@@ -166,6 +182,31 @@ def test_dependencies_point_one_way_and_heavy_libraries_stay_in_their_package():
                 ):
                     problems.append(f"{path.relative_to(ROOT)} imports {library} (only {home} may)")
     assert problems == []
+
+
+def test_the_http_service_is_at_most_four_floors_and_holds_no_evaluation():
+    """Inside ``service/`` the longest chain of imports (at any level of a module) is at most 4 modules
+    (app -> core -> limits -> settings), and the evaluation tasks live below it, in ``tasks/``."""
+    import ast
+    import functools
+
+    modules = {path.stem: path for path in (ROOT / "service").glob("*.py") if path.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        used = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("service."):
+                used.add(node.module.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "service":
+                used |= {alias.name for alias in node.names}
+        graph[name] = used & set(modules)
+
+    @functools.cache
+    def floors(name: str) -> int:
+        return 1 + max((floors(used) for used in graph[name]), default=0)
+
+    assert max(floors(name) for name in graph) <= 4, {name: floors(name) for name in graph}
+    assert not {"evaluation", "applications", "plots"} & set(modules)
 
 
 def test_train_help_renders():

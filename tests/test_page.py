@@ -18,7 +18,7 @@ import pytest
 
 from engine.builds import build_gradient_index
 from engine.pipeline import local_engine
-from interpret.config import GradientIndexConfig
+from interpret.config import EvaluationConfig, GradientIndexConfig, LissaConfig, QueryConfig
 from service.app import create_app
 from service.core import InfluenceService
 from service.settings import Settings
@@ -201,6 +201,21 @@ def _lissa_knobs(page, depth: str, repetitions: str | None = None) -> None:
 
 def test_influence_lists_quality_and_a_training_examples_saliency(page, server):
     _open(page, f"{server}/?view=influence")
+    # Every default and bound of the influence and map forms is the server's (schema and limits), none the
+    # page's own: k's default (1,000) capped at this server's max_k (96), the map's top the server's 5.
+    limits = httpx.get(f"{server}/v1/models").json()["models"][0]["parameter_limits"]
+    lissa = LissaConfig()
+    expected = {
+        "#inf-k": (str(min(QueryConfig().k, limits["k"])), str(limits["k"])),
+        "#inf-top": (str(QueryConfig().top), str(limits["top"])),
+        "#inf-depth": (str(lissa.recursion_depth), str(limits["recursion_depth"])),
+        "#inf-reps": (str(lissa.num_repetitions), str(limits["num_repetitions"])),
+        "#inf-damping": (f"{lissa.damping:g}", "1000000"),
+        "#map-top": (str(EvaluationConfig().top), "100"),  # a job's top: the schema's own bound
+    }
+    for selector, (value, maximum) in expected.items():
+        field = page.locator(selector)
+        assert (field.input_value(), field.get_attribute("max")) == (value, maximum), selector
     page.fill("#text", SENTENCE)
     page.select_option("#inf-method", "fastif")
     page.fill("#inf-top", "4")

@@ -233,6 +233,9 @@ def test_predict_models_health_and_metrics(http):
     assert model["labels"] == ["label 0", "label 1"]
     assert model["tracked_layers"] == 1 and model["workers"] == 1 and model["num_training_examples"] == 96
     assert model["index_manifest"]["count"] == 96 and model["tracked_parameters"] > 0
+    bounds = model["parameter_limits"]  # what the page's forms offer: each parameter's bound on this server
+    assert (bounds["k"], bounds["rerank"], bounds["top"], bounds["cg_rows"]) == (60, 60, 20, 50)
+    assert bounds["steps"] == bounds["num_samples"] == model["limits"]["max_samples"]
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {

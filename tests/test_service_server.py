@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +37,13 @@ class Server:
     log: Path
 
 
-@pytest.fixture(scope="module")
-def server(engine_dirs, tmp_path_factory):
+@contextlib.contextmanager
+def _serving(engine_dirs, folder: Path) -> Iterator[Server]:
+    """``influence serve`` on the tiny model with two local Ray workers, stopped on exit."""
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "INFLUENCE_API_KEY": "test-key"}
     env.pop("RAY_ADDRESS", None)
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = folder / "serve.log"
     command = [str(Path(sys.executable).with_name("influence")), "serve", "--model", str(engine_dirs[0])]
     command += ["--index", str(engine_dirs[1]), "--port", str(port), "--workers", "2"]
     process = start(command, env, log)
@@ -50,6 +53,12 @@ def server(engine_dirs, tmp_path_factory):
         yield Server(url, process, log)
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(engine_dirs, tmp_path_factory):
+    with _serving(engine_dirs, tmp_path_factory.mktemp("serve")) as running:
+        yield running
 
 
 def test_the_client_queries_a_running_service(server, engine_dirs):
@@ -95,10 +104,15 @@ def test_the_cli_asks_a_running_service_with_url(server):
     )
 
 
-def test_sigterm_lets_the_request_in_flight_finish_and_closes_the_service(server):
+def test_sigterm_lets_the_request_in_flight_finish_and_closes_the_service(engine_dirs, tmp_path):
     """``docker stop`` sends SIGTERM: uvicorn's graceful shutdown (not Ray's driver handler, which exits
-    at once) finishes the request in flight, runs the app's shutdown and exits. Runs last: it ends the
-    module's server."""
+    at once) finishes the request in flight, runs the app's shutdown and exits. On a server of its own, so
+    no other test depends on running before it."""
+    with _serving(engine_dirs, tmp_path) as server:
+        _sigterm_mid_request(server)
+
+
+def _sigterm_mid_request(server: Server) -> None:
     answers = []
 
     def ask() -> None:

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from interpret.cancellation import DEFAULT_DEADLINE_S
+
 
 class WorkerPoolError(RuntimeError):
     """A part of a query could not be finished by any worker (retries exhausted)."""
@@ -35,7 +37,7 @@ class PoolSettings:
     gpus_per_worker: float | None = None
     """``None``: 1 when the cluster has GPUs, else 0."""
     max_retries: int = 2
-    deadline_s: float = 900.0
+    deadline_s: float = DEFAULT_DEADLINE_S
     num_shards: int | None = None
     """Candidate shards per scoring call; ``None``: one per worker."""
 

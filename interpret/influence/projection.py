@@ -1,4 +1,5 @@
-"""Per-example gradients of the tracked linear layers, compressed by a factored random projection.
+"""Per-example gradients of the tracked linear layers, compressed by a factored projection (random, or
+``kfac``: fitted to the data, the default).
 
 For a linear layer ``y_t = W a_t + b`` applied at tokens ``t``, one example's gradient is
 ``G = sum_t delta_t [a_t; 1]^T`` (``delta_t = dL/dy_t``; the bias is the weight of a constant input 1).

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from interpret.config import check_label
+from interpret.config import QueryMethod, check_label
 from interpret.data import ExampleSet
 from interpret.influence.lissa import LissaReport
 from interpret.influence.objective import loss_gradient
@@ -43,10 +43,10 @@ class InfluenceAnswer:
     candidate_distances: np.ndarray | None
     lissa: LissaReport | None
     """``None`` for a solve (exact, CG) and for the gradient index without rerank."""
+    method: QueryMethod
+    """Which method answered: gradient, fastif or full."""
     timings: dict[str, float] = field(default_factory=dict)
     s_test_cached: bool = False
-    method: str = "fastif"
-    """Which method answered: gradient, fastif or full."""
     cg: object = None
     """The conjugate-gradient report (``interpret.explainer.CGReport``) when ``solver='cg'``."""
     gradient_index: dict | None = None
