@@ -17,6 +17,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -45,6 +46,8 @@ from service.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 PAGE = Path(__file__).with_name("page.html")
+STATIC = Path(__file__).with_name("static")
+"""The page's script and style, served as they are (no build step; linted by Biome in the test command)."""
 ERRORS = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 409, 413, 422, 429, 431, 499, 503, 504)
 }
@@ -240,6 +243,8 @@ def create_app(settings: Settings | None = None, service: InfluenceService | Non
     @app.get("/", include_in_schema=False)
     async def page():
         return HTMLResponse(PAGE.read_text())
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(MeasureRequests, metrics=metrics)
     app.add_middleware(RequestLimits, settings=settings)  # outermost: nothing runs for a refused request

@@ -248,6 +248,11 @@ def test_predict_models_health_and_metrics(http):
     metrics = http.get("/metrics").text
     assert 'influence_requests_total{route="/v1/predict",status="200"}' in metrics
     assert "/docs" in http.get("/").text and http.get("/openapi.json").status_code == 200
+    script = http.get("/static/page.js")  # the page's own script and style, served as they are
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert http.get("/static/page.css").status_code == 200
+    missing = http.get("/static/nothing.js")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
 def test_jobs_through_the_sync_client(http):
