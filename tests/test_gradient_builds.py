@@ -1,0 +1,221 @@
+"""Building a gradient index (engine.builds, index.gradient): shards that never change the answer, memory
+known first, resumable and cancellable builds, scratch folders, and a manifest that refuses what it was
+not built for."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.builds import build_gradient_index
+from engine.pipeline import local_engine
+from index import IndexMismatchError
+from index.gradient import load_gradient_index, shard_folder
+from interpret.cancellation import RequestCancelled
+from interpret.config import GradientIndexConfig
+from interpret.influence.projection import Projection
+
+QUERY = "the plot was good and fun"
+
+
+def _build(engine, folder, **settings):
+    config = GradientIndexConfig(**{"rank": 4, "damping": 0.1, **settings})
+    return build_gradient_index(engine, folder, config)
+
+
+def _vectors(folder, engine):
+    identity = engine.identity
+    index = load_gradient_index(folder, identity.model_fingerprint, identity.data_fingerprint, 1)
+    return index.index.reconstruct_n(0, index.manifest.count)
+
+
+@pytest.mark.parametrize("projection", ["kfac", "random"])
+def test_shard_size_never_changes_the_index(engine_dirs, tmp_path, projection):
+    """Same arithmetic in another order (rows projected in 1, 2 or 3 shards; float32 storage sets the
+    tolerance), so the element-wise tolerance stays tight: it is not a solve compared across BLAS
+    kernels."""
+    engine = local_engine(engine_dirs[0], dtype=torch.float64)
+    built = []
+    for chunk_rows in (96, 48, 32):  # 1, 2 and 3 shards
+        _build(engine, tmp_path / f"c{chunk_rows}", chunk_rows=chunk_rows, projection=projection)
+        built.append(_vectors(tmp_path / f"c{chunk_rows}", engine))
+        assert not shard_folder(tmp_path / f"c{chunk_rows}").exists()  # shards dropped once indexed
+    np.testing.assert_allclose(built[0], built[1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(built[0], built[2], rtol=1e-6, atol=1e-7)
+
+
+def test_the_peak_memory_formula_counts_gradients_curvature_and_the_hessian():
+    from engine.builds import build_peak_bytes
+
+    assert build_peak_bytes(1000, 64, 500, "fisher") == 2 * 4 * 1000 * 64 + 4 * 8 * 64 * 64
+    assert build_peak_bytes(1000, 64, 500, "hessian") - build_peak_bytes(1000, 64, 500, "fisher") == (
+        2 * 8 * 500 * 500
+    )
+
+
+def test_a_build_the_machine_cannot_hold_is_refused_before_any_work_naming_a_rank_that_fits(
+    engine_dirs, tmp_path, monkeypatch
+):
+    """The estimate at the asked rank exceeds what is available, the one at half the rank does not: the
+    error names both sizes and that rank, and nothing was computed or written."""
+    from engine import builds
+
+    engine = local_engine(engine_dirs[0], dtype=torch.float64)
+    rows, tracked = len(engine.examples), engine.identity.num_parameters
+    peaks = {
+        rank: builds.build_peak_bytes(rows, builds.projected_dim(engine, rank, 0), tracked, "fisher")
+        for rank in (4, 8)
+    }
+    assert peaks[4] < peaks[8]
+    monkeypatch.setattr(builds, "available_memory", lambda: (peaks[4] + peaks[8]) // 2)
+    monkeypatch.setattr(engine.backend.explainer, "kfac_factors", lambda *a: pytest.fail("work was done"))
+    with pytest.raises(builds.IndexTooLargeError, match=r"--rank 4\b") as refused:
+        _build(engine, tmp_path / "big", rank=8)
+    assert builds.readable_bytes(peaks[8]) in str(refused.value)
+    assert not (tmp_path / "big").exists() and not shard_folder(tmp_path / "big").exists()
+    monkeypatch.undo()
+    assert _build(engine, tmp_path / "fits", rank=8).count == rows
+
+
+def test_an_interrupted_build_resumes_from_its_shards(engine_dirs, tmp_path, monkeypatch):
+    engine = local_engine(engine_dirs[0], dtype=torch.float64)
+    _build(engine, tmp_path / "reference", chunk_rows=20)
+    explainer, calls = engine.backend.explainer, []
+    real = explainer.gradient_shard
+
+    def failing(rows, *args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("interrupted")
+        calls.append(len(rows))
+        return real(rows, *args)
+
+    monkeypatch.setattr(explainer, "gradient_shard", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _build(engine, tmp_path / "resumed", chunk_rows=20)
+    assert calls == [20, 19] and len(list(shard_folder(tmp_path / "resumed").glob("*.npy"))) == 2
+    assert (shard_folder(tmp_path / "resumed") / "bases.safetensors").is_file()  # the kfac fit, kept
+    assert not (tmp_path / "resumed").exists()  # nothing half-written where the index goes
+    calls.clear()
+    monkeypatch.setattr(
+        explainer, "gradient_shard", lambda rows, *a: calls.append(len(rows)) or real(rows, *a)
+    )
+    monkeypatch.setattr(explainer, "kfac_factors", lambda *a: pytest.fail("the fit was redone"))
+    _build(engine, tmp_path / "resumed", chunk_rows=20)
+    assert calls == [19, 19, 19]  # 96 rows in 5 shards: only the 3 not finished before
+    np.testing.assert_allclose(
+        _vectors(tmp_path / "resumed", engine), _vectors(tmp_path / "reference", engine)
+    )
+
+
+def test_a_build_given_a_scratch_folder_keeps_its_shards_there(engine_dirs, tmp_path, monkeypatch):
+    """Issue 23: the service's builds keep their shards in its scratch folder, never beside the index it
+    serves; a cancelled one leaves only whole shards there, and the rerun resumes from them."""
+    engine, scratch = local_engine(engine_dirs[0]), tmp_path / "scratch"
+    served = tmp_path / "served" / "gradient-index"
+    explainer, real = engine.backend.explainer, engine.backend.explainer.gradient_shard
+
+    def cancelled_after_two(rows, *args, done=[]):  # noqa: B006 (the count of shards computed)
+        if len(done) == 2:
+            raise RequestCancelled("the job was deleted")
+        done.append(rows)
+        return real(rows, *args)
+
+    monkeypatch.setattr(explainer, "gradient_shard", cancelled_after_two)
+    config = GradientIndexConfig(rank=4, damping=0.1, chunk_rows=20)
+    with pytest.raises(RequestCancelled):
+        build_gradient_index(engine, served, config, scratch=scratch)
+    assert len(list(shard_folder(scratch / "gradient-index").glob("shard-*.npy"))) == 2
+    assert not list(shard_folder(scratch / "gradient-index").glob("tmp*"))  # nothing half-written
+    assert not served.parent.exists()  # nothing beside the served index
+    rerun = []
+    monkeypatch.setattr(explainer, "gradient_shard", lambda rows, *a: rerun.append(rows) or real(rows, *a))
+    assert build_gradient_index(engine, served, config, scratch=scratch).count == 96
+    assert len(rerun) == 3  # 96 rows in 5 shards: only the 3 not finished before
+    assert sorted(path.name for path in served.parent.iterdir()) == ["gradient-index"]
+    assert not shard_folder(scratch / "gradient-index").exists()  # dropped once the index is written
+
+
+def test_a_bad_factory_fails_before_any_gradient(engine_dirs, tmp_path, monkeypatch):
+    engine = local_engine(engine_dirs[0])
+    monkeypatch.setattr(engine.backend.explainer, "gradient_shard", lambda *a: pytest.fail("computed"))
+    with pytest.raises(ValueError, match="factory"):
+        _build(engine, tmp_path / "bad", factory="IVF-nope")
+
+
+def test_the_manifest_refuses_other_weights_data_or_tracked_set(engine_dirs, tmp_path):
+    engine = local_engine(engine_dirs[0])
+    _build(engine, tmp_path / "g")
+    identity = engine.identity
+    with pytest.raises(IndexMismatchError, match="model fingerprint"):
+        load_gradient_index(tmp_path / "g", "0" * 64, identity.data_fingerprint, 1)
+    with pytest.raises(IndexMismatchError, match="data fingerprint"):
+        load_gradient_index(tmp_path / "g", identity.model_fingerprint, "0" * 64, 1)
+    with pytest.raises(IndexMismatchError, match="tracked_layers"):
+        load_gradient_index(tmp_path / "g", identity.model_fingerprint, identity.data_fingerprint, 2)
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert manifest["spec"] == {
+        "rank": 4,
+        "seed": 0,
+        "preconditioner": "fisher",
+        "damping": 0.1,
+        "tracked_layers": 1,
+        "projection": "kfac",
+        "fit_rows": 96,  # 2,000 asked, the tiny set has 96
+    }
+    with pytest.raises(IndexMismatchError, match="not a gradient index"):
+        local_engine(engine_dirs[0], gradient_index_dir=engine_dirs[1])
+
+
+def test_the_same_bases_with_another_damping_are_another_curvature(engine_dirs, tmp_path):
+    """The pool and the s_test cache key the index solver's inverse by the curvature's digest: the bases
+    alone would hand a rebuilt index (same sample, new damping) the old inverse."""
+    engine = local_engine(engine_dirs[0])
+    identity = engine.identity
+    fingerprints = (identity.model_fingerprint, identity.data_fingerprint, 1)
+    loaded = []
+    for damping in (0.1, 0.2):
+        _build(engine, tmp_path / f"d{damping}", damping=damping)
+        loaded.append(load_gradient_index(tmp_path / f"d{damping}", *fingerprints).curvature)
+    assert loaded[0].projection == loaded[1].projection
+    assert loaded[0].digest != loaded[1].digest and loaded[1].damping == 0.2
+
+
+def test_swapped_kfac_bases_are_refused_and_an_older_manifest_reads_as_random(engine_dirs, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    engine = local_engine(engine_dirs[0])
+    identity = engine.identity
+    fingerprints = (identity.model_fingerprint, identity.data_fingerprint, 1)
+    _build(engine, tmp_path / "g")
+    bases = load_file(str(tmp_path / "g" / "projection.safetensors"))
+    assert load_gradient_index(tmp_path / "g", *fingerprints).projection.kind == "kfac"
+    save_file({k: v[::-1].copy() for k, v in bases.items()}, str(tmp_path / "g" / "projection.safetensors"))
+    with pytest.raises(IndexMismatchError, match="SHA-256"):
+        load_gradient_index(tmp_path / "g", *fingerprints)
+
+    _build(engine, tmp_path / "r", projection="random")
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    for key in ("projection", "fit_rows"):  # what an index built before kfac existed lacks
+        manifest["spec"].pop(key)
+    manifest.pop("projection_sha256")
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(manifest))
+    older = load_gradient_index(tmp_path / "r", *fingerprints)
+    assert older.projection == Projection(4, 0) and older.spec.projection == "random"
+
+
+def test_a_stale_default_folder_is_passed_over_but_an_explicit_one_is_not(engine_dirs, tmp_path, caplog):
+    engine = local_engine(engine_dirs[0])
+    _build(engine, tmp_path / "g")
+    assert local_engine(engine_dirs[0], gradient_index_dir=tmp_path / "g").gradient_index is not None
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    (tmp_path / "g" / "manifest.json").write_text(json.dumps({**manifest, "model_fingerprint": "0" * 64}))
+    passed_over = local_engine(
+        engine_dirs[0], gradient_index_dir=tmp_path / "g", gradient_index_optional=True
+    )
+    assert passed_over.gradient_index is None and "answering without a gradient index" in caplog.text
+    with pytest.raises(IndexMismatchError, match="model fingerprint"):
+        local_engine(engine_dirs[0], gradient_index_dir=tmp_path / "g")
+
+
+# ------------------------------------------------------------------------------------------ query
