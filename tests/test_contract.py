@@ -246,3 +246,15 @@ def test_weight_decay_spares_biases_and_layer_norms(tiny_dir):
     assert {names[id(p)] for p in spared["params"]} >= {"classifier.bias", "bert.pooler.dense.bias"}
     assert any("LayerNorm.weight" in names[id(p)] for p in spared["params"])
     assert len(decayed["params"]) + len(spared["params"]) == len(tracked.parameter_names)
+
+
+def test_the_page_puts_html_into_the_document_only_through_its_one_escaping_helper():
+    """``service/static/page.js`` builds every piece of HTML with the ``html`` tag (which escapes each value
+    it interpolates) and inserts it only through ``render``/``append``, which refuse anything else: no
+    ``innerHTML`` or ``insertAdjacentHTML`` elsewhere, and no hand-escaping to forget."""
+    script = (ROOT / "service" / "static" / "page.js").read_text()
+    assert script.count("innerHTML") == 1 and "{ element.innerHTML = checked(fragment); }" in script
+    assert script.count("insertAdjacentHTML") == 1 and '("beforeend", checked(fragment))' in script
+    assert "outerHTML" not in script and "document.write" not in script
+    helpers = [line for line in script.splitlines() if "escapeHtml(" in line]
+    assert len(helpers) == 2, helpers  # used only inside the html helpers (piece, joined)

@@ -1,6 +1,19 @@
 // The page's behaviour (an ES module, served as-is: no build step): forms from /openapi.json, answers from the REST API.
 const $ = (id) => document.getElementById(id);
+// One escaping rule for every piece of HTML the page builds: html`...` escapes each value it interpolates,
+// unless that value is itself html (a fragment built the same way) or an array of such fragments, and only
+// render() and append() put HTML into the document, and only html.
 const escapeHtml = (value) => String(value).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+class Html { constructor(text) { this.text = text; } }
+const piece = (value) => value instanceof Html ? value.text : Array.isArray(value) ? value.map(piece).join("") : escapeHtml(value);
+const html = (strings, ...values) => new Html(strings.reduce((out, part, i) => out + part + (i < values.length ? piece(values[i]) : ""), ""));
+const joined = (items, separator) => new Html(items.map(piece).join(escapeHtml(separator)));
+function checked(fragment) {
+  if (!(fragment instanceof Html)) throw new TypeError("only html`...` fragments go into the page");
+  return fragment.text;
+}
+function render(element, fragment) { element.innerHTML = checked(fragment); }
+function append(element, fragment) { element.insertAdjacentHTML("beforeend", checked(fragment)); }
 const KEY_STORE = "influence-api-key";
 const state = {model: null, schema: null, view: "saliency", saliency: "simple_gradient", attack: "hotflip", job: null};
 
@@ -96,23 +109,22 @@ const camel = (name) => name.split("_").map((p) => p[0].toUpperCase() + p.slice(
 function parameterForm(form, method) {
   const schema = state.schema.components.schemas[`${camel(method)}Parameters`] || {properties: {}};
   const limits = parameterLimits();
-  form.innerHTML = `${Object.entries(schema.properties).map(([name, spec]) => {
+  const fields = Object.entries(schema.properties).map(([name, spec]) => {
     const type = (spec.anyOf ? spec.anyOf.find((s) => s.type !== "null") : spec) || {};
     const max = limits[name] !== undefined ? limits[name] : type.maximum;
     const min = type.minimum !== undefined ? type.minimum : type.exclusiveMinimum;
     const step = type.type === "integer" ? "1" : "any";
     const value = spec.default === null || spec.default === undefined ? "" : spec.default;
+    const label = name.replace(/_/g, " ");
     if (type.enum) {  // a choice (integrated gradients' baseline): a select of its values
-      const options = type.enum.map((choice) =>
-        `<option${choice === value ? " selected" : ""}>${escapeHtml(String(choice))}</option>`).join("");
-      return `<label title="${escapeHtml(spec.description || "")}">${escapeHtml(name.replace(/_/g, " "))}` +
-        `<select name="${name}">${options}</select></label>`;
+      const options = type.enum.map((choice) => choice === value ? html`<option selected>${choice}</option>` : html`<option>${choice}</option>`);
+      return html`<label title="${spec.description || ""}">${label}<select name="${name}">${options}</select></label>`;
     }
-    return `<label title="${escapeHtml(spec.description || "")}">${escapeHtml(name.replace(/_/g, " "))}` +
-      `<input name="${name}" type="number" step="${step}" value="${value}"` +
-      `${min !== undefined ? ` min="${min}"` : ""}${max !== undefined ? ` max="${max}"` : ""}` +
-      `${value === "" ? ' placeholder="default"' : ""}></label>`;
-  }).join("")}<button class="primary" type="submit">Run ${escapeHtml(method.replace(/_/g, " "))}</button>`;
+    const bounds = [min !== undefined ? html` min="${min}"` : html``, max !== undefined ? html` max="${max}"` : html``,
+      value === "" ? html` placeholder="default"` : html``];
+    return html`<label title="${spec.description || ""}">${label}<input name="${name}" type="number" step="${step}" value="${value}"${bounds}></label>`;
+  });
+  render(form, html`${fields}<button class="primary" type="submit">Run ${method.replace(/_/g, " ")}</button>`);
 }
 function parameters(form) {
   const out = {};
@@ -122,15 +134,15 @@ function parameters(form) {
 }
 
 // ------------------------------------------------------------------ prediction
-function labelName(label) {  // the model's id2label name, as /v1/models lists them
+function labelName(label) {  // the model's id2label name, as /v1/models lists them (raw text: html`` escapes it)
   const names = state.model?.labels;
-  return escapeHtml((names?.[label]) || `label ${label}`);
+  return names?.[label] || `label ${label}`;
 }
 function probabilityBars(container, prediction) {
-  container.innerHTML = prediction.probabilities.map((p, label) =>
-    `<span>${labelName(label)}${label === prediction.label ? " (predicted)" : ""}</span>` +
-    `<div class="bar" role="img" aria-label="${labelName(label)}: ${(100 * p).toFixed(1)}%"><span style="width:${(100 * p).toFixed(1)}%"></span></div>` +
-    `<span class="num">${p.toFixed(3)}</span>`).join("");
+  render(container, html`${prediction.probabilities.map((p, label) => {
+    const percent = `${(100 * p).toFixed(1)}%`, predicted = label === prediction.label ? " (predicted)" : "";
+    return html`<span>${labelName(label)}${predicted}</span><div class="bar" role="img" aria-label="${labelName(label)}: ${percent}"><span style="width:${percent}"></span></div><span class="num">${p.toFixed(3)}</span>`;
+  })}`);
 }
 async function predict() {
   const body = input();
@@ -155,37 +167,35 @@ function drawTokens(result) {
     // the text the piece covers (no ##, Ġ or ▁ markers); a word's later pieces sit against its first
     const shown = (result.pieces?.[i]) || token;
     const continues = !special && i > 0 && result.word_ids[i - 1] === result.word_ids[i];
-    return `<span class="tok${special ? " special" : ""}${continues ? " cont" : ""}" tabindex="0" data-score="${raw}" data-token="${escapeHtml(token)}" title="${escapeHtml(tip)}" ` +
-      `aria-label="${escapeHtml(tip)}" style="background:${special ? "transparent" : colour(raw, scale)}">${escapeHtml(shown)}</span>`;
+    const classes = `tok${special ? " special" : ""}${continues ? " cont" : ""}`;
+    const background = special ? "transparent" : colour(raw, scale);
+    return html`<span class="${classes}" tabindex="0" data-score="${raw}" data-token="${token}" title="${tip}" aria-label="${tip}" style="background:${background}">${shown}</span>`;
   });
-  return `<div class="tokens" aria-label="Saliency per word-piece">${pieces.join("")}</div>`;
+  return html`<div class="tokens" aria-label="Saliency per word-piece">${pieces}</div>`;
 }
 function saliencyHtml(result) {
   const extra = result.extra || {};
-  const gap = extra.completeness_gap !== undefined ? `<p>Integrated gradients completeness gap: <strong>${extra.completeness_gap.toPrecision(3)}</strong> ` +
-    `(sum of attributions ${Number(extra.sum_of_attributions).toPrecision(4)} vs f(input) - f(baseline) ${Number(extra.f_input_minus_f_baseline).toPrecision(4)}` +
-    (extra.baseline ? `; ${escapeHtml(String(extra.baseline))} baseline` : "") + `)</p>` : "";
-  const warnings = (result.warnings || []).map((w) => `<p class="notice" role="alert">${escapeHtml(w)}</p>`).join("");
-  return `<p class="legend"><i style="background:rgba(var(--pos),.85)"></i> supports ${labelName(result.label_explained)} ` +
-    `<i style="background:rgba(var(--neg),.85)"></i> opposes it. Hover or focus a piece for its score.</p>` + warnings + drawTokens(result) + gap;
+  const baseline = extra.baseline ? `; ${extra.baseline} baseline` : "";
+  const gap = extra.completeness_gap === undefined ? html`` : html`<p>Integrated gradients completeness gap: <strong>${extra.completeness_gap.toPrecision(3)}</strong> (sum of attributions ${Number(extra.sum_of_attributions).toPrecision(4)} vs f(input) - f(baseline) ${Number(extra.f_input_minus_f_baseline).toPrecision(4)}${baseline})</p>`;
+  const warnings = (result.warnings || []).map((w) => html`<p class="notice" role="alert">${w}</p>`);
+  return html`<p class="legend"><i style="background:rgba(var(--pos),.85)"></i> supports ${labelName(result.label_explained)} <i style="background:rgba(var(--neg),.85)"></i> opposes it. Hover or focus a piece for its score.</p>${warnings}${drawTokens(result)}${gap}`;
 }
 async function runSaliency() {
   say(`${state.saliency.replace(/_/g, " ")}...`);
   const result = await api("/v1/saliency", {...input(), method: state.saliency, parameters: parameters($("saliency-form"))});
-  $("saliency-out").innerHTML = saliencyHtml(result);
+  render($("saliency-out"), saliencyHtml(result));
   say("");
 }
 
 // ------------------------------------------------------------------ attacks
 function editedTokens(tokens, edits, side) {
   const marks = new Map(edits.map((e) => [e.position, e]));
-  return tokens.map((token, i) => {
+  return joined(tokens.map((token, i) => {
     const edit = marks.get(i);
-    if (!edit) return escapeHtml(token);
-    if (side === "before" && edit.before !== null) return `<del class="edit" title="${escapeHtml(`${edit.before} -> ${edit.after ?? "removed"}`)}">${escapeHtml(token)}</del>`;
-    if (side === "after" && edit.after !== null) return `<ins class="edit" title="${escapeHtml(`${edit.before ?? "inserted"} -> ${edit.after}`)}">${escapeHtml(token)}</ins>`;
-    return escapeHtml(token);
-  }).join(" ");
+    if (edit && side === "before" && edit.before !== null) return html`<del class="edit" title="${edit.before} -> ${edit.after ?? "removed"}">${token}</del>`;
+    if (edit && side === "after" && edit.after !== null) return html`<ins class="edit" title="${edit.before ?? "inserted"} -> ${edit.after}">${token}</ins>`;
+    return html`${token}`;
+  }), " ");
 }
 async function runAttack() {
   say(`${state.attack.replace(/_/g, " ")}...`);
@@ -194,15 +204,11 @@ async function runAttack() {
   const after = result.outputs_after[result.outputs_after.length - 1] || result.outputs_before;
   const before = result.outputs_before;
   const removed = result.edits.filter((e) => e.after === null);
-  const extra = Object.entries(result.extra || {}).map(([k, v]) => `<tr><td>${escapeHtml(k)}</td><td>${escapeHtml(v)}</td></tr>`).join("");
-  $("attack-out").innerHTML =
-    `<table><tr><th></th><th>sentence</th><th>label (p)</th></tr>` +
-    `<tr><td>original</td><td class="attack-original">${editedTokens(result.original, state.attack === "input_reduction" ? [] : result.edits, "before")}</td>` +
-    `<td class="num">${labelName(before.label)} (${before.probabilities[before.label].toFixed(3)})</td></tr>` +
-    `<tr><td>final</td><td class="attack-final">${editedTokens(final, result.edits, "after")}</td>` +
-    `<td class="num">${labelName(after.label)} (${after.probabilities[after.label].toFixed(3)})</td></tr></table>` +
-    `<p>${result.success ? "The label changed." : "The label did not change."} ${result.edits.length} edit(s)` +
-    `${removed.length ? `, ${removed.length} piece(s) removed` : ""}.</p>` + (extra ? `<table>${extra}</table>` : "");
+  const rows = Object.entries(result.extra || {}).map(([k, v]) => html`<tr><td>${k}</td><td>${v}</td></tr>`);
+  const extra = rows.length ? html`<table>${rows}</table>` : html``;
+  const original = editedTokens(result.original, state.attack === "input_reduction" ? [] : result.edits, "before");
+  const outcome = `${result.success ? "The label changed." : "The label did not change."} ${result.edits.length} edit(s)${removed.length ? `, ${removed.length} piece(s) removed` : ""}.`;
+  render($("attack-out"), html`<table><tr><th></th><th>sentence</th><th>label (p)</th></tr><tr><td>original</td><td class="attack-original">${original}</td><td class="num">${labelName(before.label)} (${before.probabilities[before.label].toFixed(3)})</td></tr><tr><td>final</td><td class="attack-final">${editedTokens(final, result.edits, "after")}</td><td class="num">${labelName(after.label)} (${after.probabilities[after.label].toFixed(3)})</td></tr></table><p>${outcome}</p>${extra}`);
   say("");
 }
 
@@ -235,17 +241,19 @@ async function runJob(body, progressBar, cancelButton) {
 
 // ------------------------------------------------------------------ influence
 function sparkline(values) {
-  if (!values || values.length < 2) return "";
+  if (!values || values.length < 2) return html``;
   const max = Math.max(...values), min = Math.min(...values), w = 120, h = 24;
   const points = values.map((v, i) => `${(i * w / (values.length - 1)).toFixed(1)},${(h - (max > min ? (v - min) / (max - min) : 0.5) * h).toFixed(1)}`).join(" ");
-  return `<svg width="${w}" height="${h}" role="img" aria-label="LiSSA norm trace"><polyline fill="none" stroke="#1d4ed8" stroke-width="1.5" points="${points}"/></svg>`;
+  return html`<svg width="${w}" height="${h}" role="img" aria-label="LiSSA norm trace"><polyline fill="none" stroke="#1d4ed8" stroke-width="1.5" points="${points}"/></svg>`;
 }
 function exampleList(examples, side) {
-  if (!examples.length) return "<p class=\"legend\">none of this sign</p>";
+  if (!examples.length) return html`<p class="legend">none of this sign</p>`;
   const scale = Math.max(...examples.map((e) => Math.abs(e.score)));
-  return `<table><tr><th>label</th><th>score</th><th>training example (click for its saliency)</th></tr>${examples.map((e, i) =>
-    `<tr><td>${labelName(e.label)}</td><td class="num">${e.score.toPrecision(3)}<div class="bar ${side === "helpful" ? "neg" : "posi"}"><span style="width:${(100 * Math.abs(e.score) / scale).toFixed(1)}%"></span></div></td>` +
-    `<td><button type="button" class="example" data-side="${side}" data-index="${i}">${escapeHtml(e.text)}${e.text_pair ? ` / ${escapeHtml(e.text_pair)}` : ""}</button><div class="example-saliency"></div></td></tr>`).join("")}</table>`;
+  const rows = examples.map((e, i) => {
+    const width = `${(100 * Math.abs(e.score) / scale).toFixed(1)}%`, pair = e.text_pair ? ` / ${e.text_pair}` : "";
+    return html`<tr><td>${labelName(e.label)}</td><td class="num">${e.score.toPrecision(3)}<div class="bar ${side === "helpful" ? "neg" : "posi"}"><span style="width:${width}"></span></div></td><td><button type="button" class="example" data-side="${side}" data-index="${i}">${e.text}${pair}</button><div class="example-saliency"></div></td></tr>`;
+  });
+  return html`<table><tr><th>label</th><th>score</th><th>training example (click for its saliency)</th></tr>${rows}</table>`;
 }
 // The method the server will run ("default": the gradient index when one is loaded, else fastif): the
 // server refuses a knob its method does not read, so the form sends only those that method reads.
@@ -268,12 +276,12 @@ async function runInfluence() {
   state.influence = result;
   const q = result.quality;
   const timings = Object.entries(q.timings_s).map(([k, v]) => `${k} ${v.toFixed(2)} s`).join(", ");
-  const lissa = q.lissa ? `<span>spread ${q.lissa.relative_spread.toFixed(3)}</span><span>norm trace ${sparkline(q.lissa.norm_trace[0])}</span>` : "";
-  $("influence-quality").innerHTML = `<span>method <strong>${escapeHtml(q.method)}</strong>${q.rerank ? ` (rerank ${q.rerank})` : ""}</span>` +
-    `<span>${q.candidates.toLocaleString()} examples scored</span><span>explaining ${labelName(result.label_used)}</span><span>${escapeHtml(timings)}</span>${lissa}` +
-    (q.cg ? `<span>CG residual ${q.cg.relative_residual.toExponential(1)}</span>` : "");
-  $("helpful").innerHTML = exampleList(result.helpful, "helpful");
-  $("harmful").innerHTML = exampleList(result.harmful, "harmful");
+  const lissa = q.lissa ? html`<span>spread ${q.lissa.relative_spread.toFixed(3)}</span><span>norm trace ${sparkline(q.lissa.norm_trace[0])}</span>` : html``;
+  const reranked = q.rerank ? ` (rerank ${q.rerank})` : "";
+  const cg = q.cg ? html`<span>CG residual ${q.cg.relative_residual.toExponential(1)}</span>` : html``;
+  render($("influence-quality"), html`<span>method <strong>${q.method}</strong>${reranked}</span><span>${q.candidates.toLocaleString()} examples scored</span><span>explaining ${labelName(result.label_used)}</span><span>${timings}</span>${lissa}${cg}`);
+  render($("helpful"), exampleList(result.helpful, "helpful"));
+  render($("harmful"), exampleList(result.harmful, "harmful"));
   say("");
 }
 async function exampleSaliency(button) {
@@ -282,7 +290,7 @@ async function exampleSaliency(button) {
   target.textContent = "...";
   const body = {text: example.text, label: example.label, method: "simple_gradient", parameters: {}};
   if (example.text_pair) body.text_pair = example.text_pair;
-  target.innerHTML = drawTokens(await api("/v1/saliency", body));
+  render(target, drawTokens(await api("/v1/saliency", body)));
 }
 
 // ------------------------------------------------------------------ influence map
@@ -294,26 +302,26 @@ function drawMap(report) {
   const place = new Map();
   for (const [i, n] of tests.entries()) place.set(n.id, [170, tests.length === 1 ? height / 2 : y(i, tests.length)]);
   for (const [i, n] of trains.entries()) place.set(n.id, [width - 300, trains.length === 1 ? height / 2 : y(i, trains.length)]);
-  const short = (t, n) => escapeHtml(t.length > n ? `${t.slice(0, n - 1)}…` : t);
+  const short = (t, n) => t.length > n ? `${t.slice(0, n - 1)}…` : t;
   const lines = report.edges.filter((e) => place.has(e.source) && place.has(e.target)).map((e) => {
     const [x1, y1] = place.get(e.source), [x2, y2] = place.get(e.target);
-    return `<line x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" stroke="rgb(${e.side === "helpful" ? "var(--pos)" : "var(--neg)"})" stroke-opacity=".55"><title>${e.side} ${e.score.toPrecision(3)}</title></line>`;
-  }).join("");
+    const stroke = `rgb(${e.side === "helpful" ? "var(--pos)" : "var(--neg)"})`;
+    return html`<line x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" stroke="${stroke}" stroke-opacity=".55"><title>${e.side} ${e.score.toPrecision(3)}</title></line>`;
+  });
   const nodes = [...tests, ...trains].map((n) => {
     const [x, yy] = place.get(n.id);
-    const text = n.kind === "test" ? `<text x="${x - 8}" y="${yy + 4}" text-anchor="end">${short(n.text, 26)}</text>` :
-      `<text x="${x + 8}" y="${yy + 4}">[${n.degree}] ${short(n.text, 40)}</text>`;
-    return `<circle cx="${x}" cy="${yy}" r="${4 + Math.min(6, n.degree)}" fill="${n.kind === "test" ? "#1d2127" : "#e9c46a"}"><title>${escapeHtml(n.text)}</title></circle>${text}`;
-  }).join("");
-  return `<p class="legend">Test points (left) to their top training examples (right; [n] = test points reached). Blue: helpful, red: harmful.</p>` +
-    `<svg viewBox="0 0 ${width} ${height}" width="100%" role="img" aria-label="Influence map">${lines}${nodes}</svg>`;
+    const text = n.kind === "test" ? html`<text x="${x - 8}" y="${yy + 4}" text-anchor="end">${short(n.text, 26)}</text>` :
+      html`<text x="${x + 8}" y="${yy + 4}">[${n.degree}] ${short(n.text, 40)}</text>`;
+    return html`<circle cx="${x}" cy="${yy}" r="${4 + Math.min(6, n.degree)}" fill="${n.kind === "test" ? "#1d2127" : "#e9c46a"}"><title>${n.text}</title></circle>${text}`;
+  });
+  return html`<p class="legend">Test points (left) to their top training examples (right; [n] = test points reached). Blue: helpful, red: harmful.</p><svg viewBox="0 0 ${width} ${height}" width="100%" role="img" aria-label="Influence map">${lines}${nodes}</svg>`;
 }
 async function runMap() {
   const lines = $("map-texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
   const inputs = (lines.length ? lines : [$("text").value.trim()]).map((text) => ({text}));
   say("drawing the influence map (a job)...");
   const report = await runJob({kind: "evaluate", evaluate: {task: "influence_map", inputs, top: Number($("map-top").value)}}, $("map-progress"));
-  $("map-out").innerHTML = drawMap(report);
+  render($("map-out"), drawMap(report));
   say("");
 }
 
@@ -363,11 +371,11 @@ async function start() {
     ? `${state.model.model_dir} (no training data: prediction, saliency and attacks only)`
     : `${state.model.model_dir} (${state.model.num_training_examples.toLocaleString()} training examples)`;
   $("pair-label").classList.toggle("hidden", !model.takes_pairs);
-  for (let label = 0; label < model.num_labels; label++) $("label").insertAdjacentHTML("beforeend", `<option value="${label}">${labelName(label)}</option>`);
+  for (let label = 0; label < model.num_labels; label++) append($("label"), html`<option value="${label}">${labelName(label)}</option>`);
   const methods = [["", "default"], ...(state.model?.gradient_index_manifest ? [["gradient", "gradient index"]] : []),
     ...(state.model?.index_manifest ? [["fastif", "fastif (kNN + LiSSA)"]] : []),
     ...(state.model?.full_scan_allowed ? [["full", "full scan"]] : [])];
-  $("inf-method").innerHTML = methods.map(([v, t]) => `<option value="${v}">${t}</option>`).join("");
+  render($("inf-method"), html`${methods.map(([v, t]) => html`<option value="${v}">${t}</option>`)}`);
   fillFixedForms();
   // k is fastif's alone and rerank the gradient index's: disabled (never blocking the form) otherwise
   const kApplies = () => { $("inf-k").disabled = resolvedMethod() !== "fastif"; $("inf-rerank").disabled = resolvedMethod() !== "gradient"; };
@@ -384,7 +392,7 @@ async function start() {
   }
   for (const kind of ["saliency", "attack"]) {
     const list = $(`${kind}-methods`);
-    list.innerHTML = kinds[kind].map((m) => `<button role="tab" type="button" data-method="${m}" aria-controls="${kind}-out">${m.replace(/_/g, " ")}</button>`).join("");
+    render(list, html`${kinds[kind].map((m) => html`<button role="tab" type="button" data-method="${m}" aria-controls="${kind}-out">${m.replace(/_/g, " ")}</button>`)}`);
     tabs(list, (button) => {
       state[kind] = button.dataset.method; select(list, button); parameterForm($(`${kind}-form`), state[kind]); updateLink();
     });
