@@ -123,6 +123,54 @@ def card_command(
     )
 
 
+ModelFolder = Annotated[Path, typer.Option(help="Model folder (or a PEFT adapter folder).")]
+
+
+@app.command("tracked")
+def tracked_command(
+    model: ModelFolder = ARTIFACTS / "model",
+    tracked_layers: TrackedLayers = None,
+    tracked_modules: TrackedModules = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Which parameters a tracked set selects (name, shape, count) before any build: the card's set unless
+    --tracked-layers or --tracked-modules names another."""
+    from interpret.checkpoint import DEFAULT_TRACKED_LAYERS, read_card
+    from interpret.models import TrackedModel, load_classifier
+
+    scope = tracked_scope(
+        tracked_layers, tracked_modules, read_card(model).get("tracked_layers", DEFAULT_TRACKED_LAYERS)
+    )
+    classifier, tokenizer = load_classifier(str(model), trust_remote_code=trust_remote_code)
+    try:
+        tracked = TrackedModel(classifier, tokenizer, scope)
+    except ValueError as error:
+        hint = "--tracked-modules" if tracked_modules else "--tracked-layers" if tracked_layers else None
+        raise typer.BadParameter(str(error), param_hint=hint) from None
+    shapes = {name: list(p.shape) for name, p in classifier.named_parameters()}
+    total = sum(p.numel() for p in classifier.parameters())
+    rows = [
+        {"name": name, "shape": shapes[name], "count": size}
+        for name, size in zip(tracked.parameter_names, tracked.parameter_sizes, strict=True)
+    ]
+    summary = {
+        "tracked_set": str(scope),
+        "parameters": rows,
+        "tracked": tracked.num_parameters,
+        "total": total,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table("parameter", "shape", "count", title=f"tracked set {scope!s} of {model}")
+    for row in rows:
+        table.add_row(row["name"], " x ".join(map(str, row["shape"])), f"{row['count']:,}")
+    console.print(table)
+    share = 100 * tracked.num_parameters / total
+    console.print(f"{tracked.num_parameters:,} of {total:,} parameters tracked ({share:.2f}%)")
+
+
 def _print_answer(result: dict, text: str) -> None:
     """A human view of one ``InfluenceResult`` (as a dict: local, or from a server)."""
     prediction, quality = result["prediction"], result["quality"]

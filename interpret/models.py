@@ -16,6 +16,7 @@ because running the frozen bottom once is what makes scoring cheap.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import inspect
 import json
@@ -74,6 +75,19 @@ def _matches(name: str, patterns: list[str]) -> bool:
     parts = name.split(".")
     owners = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
     return any(fnmatchcase(owner, pattern) for owner in owners for pattern in patterns)
+
+
+def closest_modules(parameter_names: list[str], patterns: list[str], count: int = 4) -> list[str]:
+    """The module names most like ``patterns`` (``difflib``'s ratio; wildcards read as text), for an
+    error about a pattern that selects nothing; the last modules when none is close."""
+    modules = sorted(
+        {".".join(n.split(".")[:i]) for n in parameter_names for i in range(1, n.count(".") + 1)}
+    )
+    close: list[str] = []
+    for pattern in patterns:
+        plain = pattern.replace("*", "").replace("?", "").strip(".")
+        close += [m for m in difflib.get_close_matches(plain, modules, n=count, cutoff=0.3) if m not in close]
+    return close[:count] or modules[-count:]
 
 
 def is_adapter(name: str) -> bool:
@@ -656,10 +670,9 @@ class TrackedModel:
         patterns = module_patterns(scope)
         chosen = [n for n in names if _matches(n, patterns)]
         if not chosen:
-            examples = ", ".join(sorted({n.rsplit(".", 1)[0] for n in names})[-4:])
             raise ValueError(
-                f"tracked modules {patterns} match no parameter of {type(self.model).__name__}; module "
-                f"names look like {examples}"
+                f"tracked modules {patterns} match no parameter of {type(self.model).__name__}; the closest "
+                f"module names: {', '.join(closest_modules(names, patterns))}"
             )
         return chosen
 

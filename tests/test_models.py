@@ -78,3 +78,38 @@ def test_fingerprint_tracks_weights_and_survives_save_load(tiny_dir, tmp_path):
     with torch.no_grad():
         model.classifier.bias[0] += 1e-3
     assert model_fingerprint(model) != before
+
+
+def test_influence_tracked_lists_what_a_tracked_set_selects_and_a_miss_names_the_closest_modules(tiny_dir):
+    """``influence tracked`` prints the parameters a set selects (names, shapes, counts) without building
+    anything; a pattern that selects nothing is a usage error naming module names close to it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    model, tokenizer = load_classifier(str(tiny_dir))
+    pattern = "*.attention.output.dense"
+    result = CliRunner().invoke(
+        app, ["tracked", "--model", str(tiny_dir), "--tracked-modules", pattern, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    expected = TrackedModel(model, tokenizer, f"modules:{pattern}")
+    assert [row["name"] for row in listed["parameters"]] == expected.parameter_names
+    assert listed["tracked"] == expected.num_parameters == sum(row["count"] for row in listed["parameters"])
+    assert listed["total"] == sum(p.numel() for p in model.parameters())
+    shapes = {name: list(p.shape) for name, p in model.named_parameters()}
+    assert all(row["shape"] == shapes[row["name"]] for row in listed["parameters"])
+
+    table = CliRunner().invoke(app, ["tracked", "--model", str(tiny_dir), "--tracked-layers", "classifier"])
+    assert (
+        table.exit_code == 0 and "classifier.weight" in table.output and "parameters tracked" in table.output
+    )
+
+    missed = CliRunner().invoke(
+        app, ["tracked", "--model", str(tiny_dir), "--tracked-modules", "*.atention.dense"]
+    )
+    assert missed.exit_code == 2 and "--tracked-modules" in missed.output
+    assert "closest module names" in missed.output and "attention" in missed.output.split("closest")[1]
