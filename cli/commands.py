@@ -63,17 +63,33 @@ def train(
         str | None,
         typer.Option(help="Names of labels 0..C-1, comma-separated (saved as id2label): negative,positive."),
     ] = None,
+    lora: Annotated[
+        str | None,
+        typer.Option(
+            help="Train a LoRA adapter (peft) instead, tracked as 'lora': r=8,alpha=16,targets=query,value "
+            "[,dropout=0.1]; the folder saved is the adapter, over --base-model."
+        ),
+    ] = None,
 ) -> None:
-    """Fine-tune the tracked layers of a classifier and save it (safetensors + card.json)."""
+    """Fine-tune the tracked layers of a classifier (or a LoRA adapter over it) and save it (safetensors +
+    card.json)."""
     from interpret.data import load_examples
     from interpret.models import set_label_names
-    from interpret.training import TrainConfig, save_classifier, train_classifier
+    from interpret.training import LoraSpec, TrainConfig, save_classifier, train_classifier
 
     train_spec = data_spec(train_data, "train", text_column, pair_column, label_column, max_examples)
     eval_spec = data_spec(eval_data, "eval", text_column, pair_column, label_column)
     train_set, eval_set = load_examples(train_spec), load_examples(eval_spec)
     config = TrainConfig(epochs, batch_size, learning_rate, weight_decay, seed=seed)
-    scope = tracked_scope(tracked_layers, tracked_modules)
+    if lora is not None and (tracked_layers or tracked_modules):
+        raise typer.BadParameter(
+            "an adapter is its own tracked set ('lora'): drop --tracked-*", param_hint="--lora"
+        )
+    try:
+        adapter = None if lora is None else LoraSpec.parse(lora)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--lora") from None
+    scope = "lora" if adapter is not None else tracked_scope(tracked_layers, tracked_modules)
     console.print(f"fine-tuning the tracked set ({scope}) on {len(train_set):,} examples")
     names = None if label_names is None else [n.strip() for n in label_names.split(",")]
     if names is not None and len(names) < max(train_set.num_labels, eval_set.num_labels):
@@ -82,7 +98,7 @@ def train(
             param_hint="--label-names",
         )
     tracked, report = train_classifier(
-        base_model, train_set, scope, config, len(names or ()) or None, eval_set
+        base_model, train_set, scope, config, len(names or ()) or None, eval_set, lora=adapter
     )
     if names is not None:
         set_label_names(tracked.model.config, names)

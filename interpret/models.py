@@ -254,9 +254,15 @@ def _load_adapter(
     base_name = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if not base_name:
         raise ValueError(f"{folder / ADAPTER_CONFIG}: no base_model_name_or_path; name the base model there")
+    saved = folder / "config.json"  # written by influence train --lora: the head's labels, by name
+    labels = json.loads(saved.read_text()).get("id2label") if saved.is_file() else None
+    if num_labels is None and labels:
+        num_labels = len(labels)
     base, tokenizer = load_classifier(
         base_name, num_labels, dtype, trust_remote_code, device, fresh_head=True
     )
+    if labels:
+        set_label_names(base.config, [labels[str(k)] for k in range(len(labels))])
     if any((folder / name).is_file() for name in TOKENIZER_FILES):
         from transformers import AutoTokenizer
 

@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from interpret.data import DataSpec, ExampleSet
-from interpret.models import TrackedModel, TrackedScope, length_sorted_batches, model_fingerprint
+from interpret.models import (
+    TrackedModel,
+    TrackedScope,
+    is_peft_model,
+    length_sorted_batches,
+    model_fingerprint,
+)
 from interpret.storage import atomic_directory, write_json_atomic
 
 CARD_FILE = "card.json"
@@ -49,6 +55,79 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+LORA_EXAMPLE = "r=8,alpha=16,targets=query,value"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA adapter to train instead of the model's own weights (``peft``'s ``LoraConfig``, task
+    ``SEQ_CLS``: the classification head is trained whole beside the adapter, as ``modules_to_save``)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ()
+    """Module names the adapter wraps (``query``, ``value``; ``q_proj``, ``v_proj``); empty: peft's
+    default for the model's family."""
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora r must be >= 1, got {self.r}")
+        if not self.alpha > 0:
+            raise ValueError(f"lora alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        """``r=8,alpha=16,targets=query,value[,dropout=0.1]``: a bare item after ``targets=`` is one more
+        target module."""
+        fields: dict[str, list[str]] = {}
+        key = None
+        for item in (part.strip() for part in text.split(",") if part.strip()):
+            if "=" in item:
+                key, value = (side.strip() for side in item.split("=", 1))
+                if key not in ("r", "alpha", "targets", "dropout"):
+                    raise ValueError(f"lora: unknown key {key!r} in {text!r}: use r, alpha, targets, dropout")
+                fields[key] = [value] if value else []
+            elif key == "targets":
+                fields[key].append(item)
+            else:
+                raise ValueError(
+                    f"lora: {item!r} in {text!r} is not key=value (r=8,alpha=16,targets=query,value)"
+                )
+        try:
+            return cls(
+                int(fields.get("r", [cls.r])[0]),
+                float(fields.get("alpha", [cls.alpha])[0]),
+                tuple(fields.get("targets", [])),
+                float(fields.get("dropout", [cls.dropout])[0]),
+            )
+        except (TypeError, ValueError, IndexError) as error:
+            raise ValueError(f"lora {text!r}: {error}") from None
+
+
+def with_adapter(model, spec: LoraSpec, base: str):
+    """``model`` wrapped in a fresh LoRA adapter (``peft.get_peft_model``); ``base`` is recorded as the
+    adapter's base (``base_model_name_or_path``), so the saved folder loads over it."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise ValueError("--lora trains a PEFT adapter: install peft (pip install peft)") from None
+    model.name_or_path = base
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.targets) or None,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:  # peft names the targets it could not find
+        raise ValueError(f"--lora targets={','.join(spec.targets)}: {error}") from None
 
 
 @dataclass
@@ -166,8 +245,10 @@ def train_classifier(
     eval_set: ExampleSet | None = None,
     max_length: int = 128,
     progress: bool = True,
+    lora: LoraSpec | None = None,
 ) -> tuple[TrackedModel, TrainReport]:
-    """Load ``base_model`` with a fresh head and fine-tune its tracked set on ``train``.
+    """Load ``base_model`` with a fresh head and fine-tune its tracked set on ``train``; with ``lora``, a
+    new LoRA adapter over it instead (and the tracked set is the adapter's weights and the head).
 
     The global torch seed is set to ``config.seed`` before the load, because the new head is initialised
     from it: the same base, data and config give the same weights (retraining for ``influence evaluate``
@@ -177,6 +258,9 @@ def train_classifier(
     torch.manual_seed(config.seed)
     labels = num_labels or max(train.num_labels, eval_set.num_labels if eval_set is not None else 0)
     model, tokenizer = load_classifier(base_model, num_labels=labels, fresh_head=True)
+    if lora is not None:
+        base = str(Path(base_model).resolve()) if Path(base_model).is_dir() else base_model
+        model, tracked_layers = with_adapter(model, lora, base), "lora"
     tracked = TrackedModel(model, tokenizer, tracked_layers, max_length)
     report = fine_tune(tracked, train, eval_set, config, progress)
     return tracked, report
@@ -208,6 +292,8 @@ def save_classifier(
     with atomic_directory(directory) as scratch:
         tracked.model.save_pretrained(scratch, safe_serialization=True)
         tracked.tokenizer.save_pretrained(scratch)
+        if is_peft_model(tracked.model):  # the adapter's head size and label names, read when it loads
+            tracked.model.config.save_pretrained(scratch)
         _write_labels(scratch, tracked.model.config)
         write_json_atomic(scratch / CARD_FILE, card)
     return card

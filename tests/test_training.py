@@ -40,3 +40,65 @@ def test_fine_tune_trains_only_tracked_parameters_and_saves_safetensors(tiny_dir
 def test_train_config_validation():
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig(learning_rate=0)
+
+
+def test_train_lora_saves_an_adapter_that_loads_with_its_card_labels_and_answers(
+    tiny_dir, data_dir, tmp_path
+):
+    """``influence train --lora``: a LoRA adapter over the base (peft, the head trained whole beside it),
+    saved as an adapter folder with its card; it loads over its base with the same weights (the card's
+    fingerprint), its label names, and exactly peft's trainable parameters tracked; a gradient index over it
+    answers a query."""
+    from peft import get_peft_model_state_dict
+    from typer.testing import CliRunner
+
+    from cli import app
+    from engine.builds import build_gradient_index
+    from engine.pipeline import answer_query, local_engine
+    from interpret.checkpoint import load_checkpoint
+    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.models import ADAPTER_CONFIG, is_adapter, label_names
+
+    out = tmp_path / "adapter"
+    arguments = [
+        "train",
+        "--base-model",
+        str(tiny_dir),
+        "--train",
+        str(data_dir / "train.tsv"),
+        "--out",
+        str(out),
+    ]
+    arguments += ["--eval", str(data_dir / "dev.tsv"), "--epochs", "2", "--batch-size", "16"]
+    arguments += ["--learning-rate", "1e-2", "--label-names", "neg,pos"]
+    result = CliRunner().invoke(app, [*arguments, "--lora", "r=4,alpha=8,targets=query,value"])
+    assert result.exit_code == 0, result.output
+    adapter = json.loads((out / ADAPTER_CONFIG).read_text())
+    assert (
+        adapter["r"] == 4
+        and adapter["lora_alpha"] == 8
+        and set(adapter["target_modules"]) == {"query", "value"}
+    )
+    assert adapter["base_model_name_or_path"] == str(tiny_dir.resolve())
+    card = json.loads((out / "card.json").read_text())
+    assert card["tracked_layers"] == "lora"
+
+    checkpoint = load_checkpoint(out)
+    tracked = checkpoint.tracked
+    assert checkpoint.fingerprint == card["model_fingerprint"]  # the same weights, loaded over the base
+    assert label_names(tracked.model.config) == ["neg", "pos"]
+    saved = get_peft_model_state_dict(tracked.model)  # what peft saved: the adapter and the head
+    assert tracked.num_parameters == sum(t.numel() for t in saved.values()) == 3 * 2 * (4 * 16 + 16 * 4) + 34
+    assert all(is_adapter(name) for name in tracked.parameter_names)
+
+    build_gradient_index(local_engine(out), tmp_path / "grad", GradientIndexConfig(rank=4))
+    answer = answer_query(
+        local_engine(out, gradient_index_dir=tmp_path / "grad"), "a good fun film", config=QueryConfig(top=3)
+    )
+    assert answer.method == "gradient" and len(answer.helpful) + len(answer.harmful) > 0
+
+    for bad, flag in ((["--lora", "r=4,oops"], "--lora"), (["--lora", "r=0"], "--lora")):
+        refused = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "x"), *bad])
+        assert refused.exit_code == 2 and flag in refused.output, refused.output
+    both = CliRunner().invoke(app, [*arguments, "--lora", "r=4", "--tracked-layers", "1"])
+    assert both.exit_code == 2 and "own tracked set" in both.output
