@@ -294,12 +294,12 @@ def save_classifier(
         tracked.tokenizer.save_pretrained(scratch)
         if is_peft_model(tracked.model):  # the adapter's head size and label names, read when it loads
             tracked.model.config.save_pretrained(scratch)
-        _write_labels(scratch, tracked.model.config)
+        keep_label_names(scratch, tracked.model.config)
         write_json_atomic(scratch / CARD_FILE, card)
     return card
 
 
-def _write_labels(folder: Path, config) -> None:
+def keep_label_names(folder: Path, config) -> None:
     """Keep ``id2label`` in the saved config even for two labels. transformers 5 leaves a two-label map
     out (two is its default), but some families default to another count (BART: 3), so the folder would
     load with a head of the wrong width and fail."""

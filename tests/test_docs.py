@@ -135,6 +135,15 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         (f"waited {soak['summary']['interactive_job_wait_p95_s']:.2f} s at p95", "soak.json"),
     ]
     phrases += _curvature_phrases(_results("curvature.json"))
+    families = _results("architectures.json")["summary"]
+    phrases.append(
+        (
+            f"generic path costs {families['minilm_generic_over_fast_build']:.2f}x the fast path's build, "
+            f"{families['minilm_generic_over_fast_query']:.2f}x its query and "
+            f"{families['minilm_generic_over_fast_lissa_step']:.2f}x its LiSSA step",
+            "architectures.json",
+        )
+    )
     summary = index["summary"]
     phrases += [
         (f"query takes {summary['gradient_query_p50_s']:.2f} s through REST (p50", "gradient_index.json"),
@@ -208,3 +217,12 @@ def test_the_generated_cli_reference_is_up_to_date():
         "## `influence index build`" in REFERENCE.read_text()
         and "`INFLUENCE_MAX_JOBS`" in REFERENCE.read_text()
     )
+
+
+def test_the_supported_families_table_is_the_benchmarks_own():
+    """The README's families table is what ``python benchmarks/architectures.py --table`` renders from
+    ``architectures.json`` (the test list's families, measured): rerun and paste, never edit by hand."""
+    from benchmarks.architectures import families_table
+
+    table = families_table(_results("architectures.json"))
+    assert table in README, "README: paste `python benchmarks/architectures.py --table`"
