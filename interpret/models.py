@@ -210,6 +210,8 @@ def load_classifier(
     kwargs: dict = {"attn_implementation": "eager", "trust_remote_code": trust_remote_code}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
+    if fresh_head:  # a classifier trained for another label count is a base too: its head is replaced
+        kwargs["ignore_mismatched_sizes"] = True
     # A fresh classification head is expected when fine-tuning a base model: keep that report quiet, and
     # the per-load weight bar too (a tiny model loads in milliseconds; a CLI's one-line error stays one).
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

@@ -294,6 +294,47 @@ def test_multi_class_text_pairs(family, train_set):
     assert ("token_type_ids" in encoded) == (family == "electra")  # where the family's tokenizer gives them
 
 
+@pytest.mark.parametrize("family", ["deberta-v2", "gpt2"])
+def test_a_four_label_pair_task_trains_indexes_and_answers(family, tmp_path):
+    """Issue 38: a 4-label text-pair task (label = 2 x the premise's sentiment + the hypothesis's) on a
+    non-BERT encoder and a decoder: influence train's functions (over a two-label base: its head is
+    replaced), both indexes, a gradient and a fastif query on a pair; the answer explains one of the four
+    labels and its rows carry their pairs."""
+    from engine.builds import build_gradient_index, build_knn_index
+    from engine.pipeline import answer_query, local_engine
+    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.data import DataSpec, load_examples
+    from interpret.influence import LissaConfig
+    from interpret.training import TrainConfig, save_classifier, train_classifier
+    from tests.conftest import synthetic_rows
+
+    first, second = synthetic_rows(160, seed=11), synthetic_rows(160, seed=12)
+    lines = [f"{a}\t{b}\t{2 * ya + yb}" for (a, ya), (b, yb) in zip(first, second, strict=True)]
+    (tmp_path / "pairs.tsv").write_text("text\tpair\tlabel\n" + "\n".join(lines) + "\n")
+    spec = DataSpec(str(tmp_path / "pairs.tsv"), pair_column="pair")
+    rows = load_examples(spec)
+    assert rows.num_labels == 4 and rows.pairs is not None
+    model, tokenizer = family_classifier(family, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    config = TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3)
+    tracked, report = train_classifier(str(tmp_path / "base"), rows, 1, config, max_length=48, progress=False)
+    assert int(tracked.model.config.num_labels) == 4 and np.isfinite(report.final_loss)
+    save_classifier(tmp_path / "model", tracked, str(tmp_path / "base"), rows, config, report, spec)
+    build_knn_index(local_engine(tmp_path / "model"), tmp_path / "knn")
+    build_gradient_index(local_engine(tmp_path / "model"), tmp_path / "grad", GradientIndexConfig(rank=4))
+    engine = local_engine(
+        tmp_path / "model", index_dir=tmp_path / "knn", gradient_index_dir=tmp_path / "grad"
+    )
+    assert engine.identity.num_labels == 4 and engine.identity.takes_pairs
+    lissa = LissaConfig(recursion_depth=20, batch_size=4, damping=0.1)
+    for query in (QueryConfig(top=3), QueryConfig(method="fastif", k=40, top=3, lissa=lissa)):
+        answer = answer_query(engine, "a great and lovely film", "the plot was dull", None, query)
+        assert answer.label_used in range(4) and len(answer.probabilities) == 4, query.method
+        assert len(answer.helpful) + len(answer.harmful) > 0 and np.isfinite(answer.candidate_scores).all()
+        assert all(example.text_pair for example in answer.helpful + answer.harmful)
+
+
 def test_segment_ids_follow_the_tokenizer_not_a_config_field(train_set):
     """A model whose config has no ``type_vocab_size`` (XLNet's has none) still gets the segment ids its
     tokenizer returns, in influence, saliency and attacks alike; a tokenizer that returns none gives none."""

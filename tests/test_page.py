@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from engine.builds import build_gradient_index
 from engine.pipeline import local_engine
@@ -95,6 +96,28 @@ def server(engine_dirs, tmp_path_factory):
 def bare_server(tiny_dir, tmp_path_factory):
     """A folder as another trainer leaves it (no card), with label names, served without training data."""
     folder = save_plain(tiny_dir, tmp_path_factory.mktemp("bare") / "their-model")
+    settings = Settings(_env_file=None, model_dir=folder, index_dir=None, gradient_index_dir=None)
+    with _serving(settings, local_engine(folder)) as url:
+        yield url
+
+
+DECODER_LABELS = ["grim", "glad <b>now</b>"]  # a name with markup: the page shows it as text
+
+
+@pytest.fixture(scope="module")
+def decoder_server(tmp_path_factory):
+    """A tiny GPT-2 classifier (byte-level BPE pieces) saved as any trainer leaves it, with label names
+    (one of them holding markup), served without training data."""
+    from interpret.models import set_label_names
+    from interpret.training import keep_label_names
+    from tests.families import family_classifier
+
+    folder = tmp_path_factory.mktemp("decoder") / "their-gpt2"
+    model, tokenizer = family_classifier("gpt2", dtype=torch.float32)
+    set_label_names(model.config, DECODER_LABELS)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    keep_label_names(folder, model.config)
     settings = Settings(_env_file=None, model_dir=folder, index_dir=None, gradient_index_dir=None)
     with _serving(settings, local_engine(folder)) as url:
         yield url
@@ -318,3 +341,28 @@ def test_a_model_without_training_data_shows_its_label_names_and_explains_the_in
     assert page.locator("#influence-form button[type=submit]").is_disabled()
     assert "no training data" in page.inner_text("#model-name")
     _shoot(page, "bare_model")
+
+
+def test_a_decoder_with_byte_level_pieces_shows_its_words_and_its_label_names(page, decoder_server):
+    """Issue 38: the page on a non-BERT family: a GPT-2 classifier's byte-level BPE pieces are shown as the
+    text they cover (no Ġ markers), its label names label the bars, the label choice and the saliency
+    legend, and a name holding markup is shown as text, never as HTML."""
+    _open(page, decoder_server)
+    page.fill("#text", SENTENCE)
+    page.click("#run")
+    page.wait_for_selector("#prediction-bars .bar")
+    bars = page.inner_text("#prediction-bars")
+    assert all(name in bars for name in DECODER_LABELS) and "label 0" not in bars
+    assert page.locator("#prediction-bars b").count() == 0  # the markup in a label name stayed text
+    options = page.locator("#label option")
+    assert [options.nth(i).inner_text() for i in range(1, 3)] == DECODER_LABELS
+    page.wait_for_selector("#saliency-out .tok")
+    pieces = page.locator("#saliency-out .tok:not(.special)")  # the words' pieces, not [SEP] and its kind
+    shown = pieces.all_inner_texts()
+    raw = [pieces.nth(i).get_attribute("data-token") for i in range(len(shown))]
+    assert any(token.startswith("\u0120") for token in raw)  # byte-level BPE marks a word's start with Ġ
+    assert not any("\u0120" in text for text in shown)
+    assert "".join(shown).replace(" ", "") == SENTENCE.replace(" ", "")
+    legend = page.inner_text("#saliency-out .legend")
+    assert any(f"supports {name}" in legend for name in DECODER_LABELS)
+    _shoot(page, "decoder_model")
