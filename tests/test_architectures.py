@@ -187,6 +187,21 @@ def test_the_unprojected_hessian_index_is_the_exact_influence(family, rows):
     _exact_index_check(_tracked(family, scope=0), rows, family)
 
 
+@pytest.mark.parametrize(
+    ("family", "patterns"),
+    [("bert", "*.layer.1.attention.output.dense,classifier"), ("gpt2", "*.h.1.mlp.c_fc,score")],
+)
+def test_the_influence_over_tracked_modules_is_the_exact_influence(family, patterns, rows):
+    """``modules:PATTERN,...`` (a block's middle, not its end, with the head): the projection-free,
+    Hessian-preconditioned index over exactly those parameters equals the explicit-Hessian influence."""
+    model, tokenizer = family_classifier(family)
+    model.set_attn_implementation("eager")  # as load_classifier loads: double backward needs it on CPU
+    tracked = TrackedModel(model, tokenizer, f"modules:{patterns}")
+    named = dict(model.named_parameters())
+    assert tracked.num_parameters == sum(named[name].numel() for name in tracked.parameter_names)
+    _exact_index_check(tracked, rows.subset(range(12)), f"{family} {patterns}")
+
+
 @pytest.mark.slow  # DeBERTa's block alone takes 20 s of explicit Hessian
 @pytest.mark.parametrize("family", ["deberta-v2", "xlm-roberta", "albert", "gpt2", "bart"])
 def test_with_a_block_tracked_the_unprojected_index_is_the_exact_influence(family, rows):

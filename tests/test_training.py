@@ -47,16 +47,16 @@ def test_train_lora_saves_an_adapter_that_loads_with_its_card_labels_and_answers
 ):
     """``influence train --lora``: a LoRA adapter over the base (peft, the head trained whole beside it),
     saved as an adapter folder with its card; it loads over its base with the same weights (the card's
-    fingerprint), its label names, and exactly peft's trainable parameters tracked; a gradient index over it
-    answers a query."""
+    fingerprint), its label names, and exactly peft's trainable parameters tracked; both indexes over it
+    answer a gradient and a fastif query."""
     from peft import get_peft_model_state_dict
     from typer.testing import CliRunner
 
     from cli import app
-    from engine.builds import build_gradient_index
+    from engine.builds import build_gradient_index, build_knn_index
     from engine.pipeline import answer_query, local_engine
     from interpret.checkpoint import load_checkpoint
-    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.config import GradientIndexConfig, LissaConfig, QueryConfig
     from interpret.models import ADAPTER_CONFIG, is_adapter, label_names
 
     out = tmp_path / "adapter"
@@ -92,10 +92,13 @@ def test_train_lora_saves_an_adapter_that_loads_with_its_card_labels_and_answers
     assert all(is_adapter(name) for name in tracked.parameter_names)
 
     build_gradient_index(local_engine(out), tmp_path / "grad", GradientIndexConfig(rank=4))
-    answer = answer_query(
-        local_engine(out, gradient_index_dir=tmp_path / "grad"), "a good fun film", config=QueryConfig(top=3)
-    )
-    assert answer.method == "gradient" and len(answer.helpful) + len(answer.harmful) > 0
+    build_knn_index(local_engine(out), tmp_path / "knn")
+    engine = local_engine(out, index_dir=tmp_path / "knn", gradient_index_dir=tmp_path / "grad")
+    lissa = LissaConfig(recursion_depth=20, batch_size=4, damping=0.1)
+    for query in (QueryConfig(top=3), QueryConfig(method="fastif", k=40, top=3, lissa=lissa)):
+        answer = answer_query(engine, "a good fun film", config=query)
+        assert len(answer.helpful) + len(answer.harmful) > 0 and np.isfinite(answer.candidate_scores).all()
+    assert answer.method == "fastif" and answer.lissa is not None
 
     for bad, flag in ((["--lora", "r=4,oops"], "--lora"), (["--lora", "r=0"], "--lora")):
         refused = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "x"), *bad])
