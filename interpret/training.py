@@ -95,9 +95,7 @@ class LoraSpec:
             elif key == "targets":
                 fields[key].append(item)
             else:
-                raise ValueError(
-                    f"lora: {item!r} in {text!r} is not key=value (r=8,alpha=16,targets=query,value)"
-                )
+                raise ValueError(f"lora: {item!r} in {text!r} is not key=value ({LORA_EXAMPLE})")
         try:
             return cls(
                 int(fields.get("r", [cls.r])[0]),
