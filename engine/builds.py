@@ -4,6 +4,7 @@ process, or sharded over the Ray workers), each checked before its expensive par
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -49,7 +50,12 @@ def build_knn_index(
     empty_index(identity.feature_dim, factory, metric)
     features = over_examples(engine.backend.encode, examples, progress, context)
     fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
-    return build_index(features, directory, *fingerprints, factory, metric)
+    return build_index(features, directory, *fingerprints, factory, metric, adapter_of(identity))
+
+
+def adapter_of(identity) -> dict | None:
+    """The adapter an index records (``Identity.adapter``, canonical JSON) as a JSON object."""
+    return None if identity.adapter is None else json.loads(identity.adapter)
 
 
 def over_examples(call, examples, progress: Progress | None = None, context=None) -> np.ndarray:
@@ -316,6 +322,7 @@ def build_gradient_index(
         config.factory,
         projection,
         inverse.numpy() if projection.bases is not None else None,
+        adapter_of(identity),
     )
     ShardStore(shard_folder(work), {}).remove()
     return manifest

@@ -73,6 +73,8 @@ class GradientManifest:
     faiss_version: str = faiss.__version__
     projection_sha256: str | None = None
     """SHA-256 of ``projection.safetensors`` (the fitted ``kfac`` bases and the inverse); null when seeded."""
+    adapter: dict | None = None
+    """The PEFT adapter the model is (type, base, rank, targets), or null for a plain model."""
 
 
 @dataclass
@@ -178,6 +180,7 @@ def write_gradient_index(
     factory: str = DEFAULT_FACTORY,
     projection: Projection | None = None,
     inverse: np.ndarray | None = None,
+    adapter: dict | None = None,
 ) -> GradientManifest:
     """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index, with
     the projection's fitted bases and the preconditioner's ``inverse`` when the projection has bases."""
@@ -200,6 +203,7 @@ def write_gradient_index(
         layers,
         datetime.now(UTC).isoformat(),
         projection_sha256=None if stored is None else bases_digest(stored),
+        adapter=adapter,
     )
     write_index_folder(
         directory, index, asdict(manifest), None if stored is None else {PROJECTION_FILE: stored}

@@ -38,6 +38,8 @@ class Manifest:
     created_at: str
     feature: str = "input of the final linear layer"
     faiss_version: str = faiss.__version__
+    adapter: dict | None = None
+    """The PEFT adapter the model is (type, base, rank, targets), or null for a plain model."""
 
 
 def gpu_available() -> bool:
@@ -146,6 +148,7 @@ def build_index(
     data_fingerprint: str,
     factory: str = DEFAULT_FACTORY,
     metric: Metric = DEFAULT_KNN_METRIC,
+    adapter: dict | None = None,
 ) -> Manifest:
     """Index ``features`` (row i = training row i) and write the folder atomically."""
     features = np.ascontiguousarray(features, dtype=np.float32)
@@ -160,6 +163,7 @@ def build_index(
         factory,
         len(features),
         datetime.now(UTC).isoformat(),
+        adapter=adapter,
     )
     write_index_folder(directory, index, asdict(manifest))
     return manifest

@@ -40,7 +40,7 @@ from interpret.influence.preconditioner import projected_hessian, subspace_s_tes
 from interpret.influence.projection import Projection, Projector
 from interpret.influence.query import TestPoint, prepare_test_point
 from interpret.influence.scoring import score_rows
-from interpret.models import TrackedScope, encode_features, label_names
+from interpret.models import TrackedScope, adapter_summary, encode_features, label_names
 from interpret.saliency import SaliencyMap, saliency
 
 T = TypeVar("T")
@@ -68,6 +68,8 @@ class Identity:
     num_examples: int
     takes_pairs: bool
     """Whether inputs may take a text_pair: the training data's form (any, when there is none)."""
+    adapter: str | None
+    """The PEFT adapter over the base (``interpret.models.adapter_summary``); ``None`` for a plain model."""
     worker: str
     device: str
 
@@ -176,6 +178,7 @@ class Explainer:
             None if examples is None else examples.fingerprint,
             0 if examples is None else len(examples),
             examples is None or examples.pairs is not None,
+            adapter_summary(tracked.model),
             self.name,
             str(tracked.device),
         )

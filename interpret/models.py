@@ -100,6 +100,28 @@ def is_peft_model(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
 
+def adapter_summary(model: nn.Module) -> str | None:
+    """A PEFT model's adapter as canonical JSON (its type, base, rank, alpha, target and saved modules),
+    what cards and index manifests record; ``None`` for a plain model. A string, so identities stay
+    hashable."""
+    if not is_peft_model(model):
+        return None
+    config = next(iter(model.peft_config.values()))
+
+    def names(value) -> list[str]:
+        return sorted({value} if isinstance(value, str) else set(value or []))
+
+    summary = {
+        "type": str(getattr(config.peft_type, "value", config.peft_type)),
+        "base": config.base_model_name_or_path,
+        "r": getattr(config, "r", None),
+        "alpha": getattr(config, "lora_alpha", None),
+        "targets": names(getattr(config, "target_modules", None)),
+        "modules_to_save": names(getattr(config, "modules_to_save", None)),
+    }
+    return json.dumps(summary, sort_keys=True)
+
+
 class UnsupportedModelError(ValueError):
     """A folder that cannot be explained as it is (no model, no tokenizer, no classification head, code
     not trusted) or an architecture whose blocks cannot be found; the message names the fix."""

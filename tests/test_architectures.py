@@ -3,6 +3,7 @@ of fourteen families (``tests/families.py``), against the HF forward, exact Hess
 in float64."""
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -656,6 +657,9 @@ def test_a_lora_adapter_answers_end_to_end_and_its_index_is_refused_for_another_
     assert engine.identity.tracked_layers == "lora" and engine.identity.num_parameters == trainable
     manifest = build_gradient_index(engine, tmp_path / "grad", GradientIndexConfig(rank=2, damping=0.1))
     assert manifest.spec["tracked_layers"] == "lora"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["adapter"]["r"] == 2 and card["adapter"]["base"].endswith("base")  # adapter and base named
+    assert manifest.adapter == card["adapter"]
     engine = local_engine(folder, gradient_index_dir=tmp_path / "grad")
     answer = answer_query(engine, "the plot was boring and fun", config=QueryConfig(top=3))
     assert len(answer.helpful) == 3 and len(answer.harmful) == 3 and answer.method == "gradient"

@@ -82,6 +82,9 @@ def test_train_lora_saves_an_adapter_that_loads_with_its_card_labels_and_answers
     assert adapter["base_model_name_or_path"] == str(tiny_dir.resolve())
     card = json.loads((out / "card.json").read_text())
     assert card["tracked_layers"] == "lora"
+    recorded = {"type": "LORA", "base": str(tiny_dir.resolve()), "r": 4, "alpha": 8}
+    assert {k: card["adapter"][k] for k in recorded} == recorded  # the card names the adapter and its base
+    assert card["adapter"]["targets"] == ["query", "value"] and card["adapter"]["modules_to_save"]
 
     checkpoint = load_checkpoint(out)
     tracked = checkpoint.tracked
@@ -91,8 +94,9 @@ def test_train_lora_saves_an_adapter_that_loads_with_its_card_labels_and_answers
     assert tracked.num_parameters == sum(t.numel() for t in saved.values()) == 3 * 2 * (4 * 16 + 16 * 4) + 34
     assert all(is_adapter(name) for name in tracked.parameter_names)
 
-    build_gradient_index(local_engine(out), tmp_path / "grad", GradientIndexConfig(rank=4))
-    build_knn_index(local_engine(out), tmp_path / "knn")
+    gradient = build_gradient_index(local_engine(out), tmp_path / "grad", GradientIndexConfig(rank=4))
+    knn = build_knn_index(local_engine(out), tmp_path / "knn")
+    assert gradient.adapter == knn.adapter == card["adapter"]  # every manifest names the adapter too
     engine = local_engine(out, index_dir=tmp_path / "knn", gradient_index_dir=tmp_path / "grad")
     lissa = LissaConfig(recursion_depth=20, batch_size=4, damping=0.1)
     for query in (QueryConfig(top=3), QueryConfig(method="fastif", k=40, top=3, lissa=lissa)):
