@@ -48,16 +48,19 @@ def test_train_lora_saves_an_adapter_that_loads_with_its_card_labels_and_answers
     """``influence train --lora``: a LoRA adapter over the base (peft, the head trained whole beside it),
     saved as an adapter folder with its card; it loads over its base with the same weights (the card's
     fingerprint), its label names, and exactly peft's trainable parameters tracked; both indexes over it
-    answer a gradient and a fastif query."""
+    answer a gradient and a fastif query; it is explained (saliency) and attacked like any model."""
     from peft import get_peft_model_state_dict
     from typer.testing import CliRunner
 
     from cli import app
     from engine.builds import build_gradient_index, build_knn_index
     from engine.pipeline import answer_query, local_engine
+    from interpret.attacks import hotflip
     from interpret.checkpoint import load_checkpoint
+    from interpret.classifier import TextClassifier
     from interpret.config import GradientIndexConfig, LissaConfig, QueryConfig
     from interpret.models import ADAPTER_CONFIG, is_adapter, label_names
+    from interpret.saliency import saliency
 
     out = tmp_path / "adapter"
     arguments = [
@@ -103,6 +106,10 @@ def test_train_lora_saves_an_adapter_that_loads_with_its_card_labels_and_answers
         answer = answer_query(engine, "a good fun film", config=query)
         assert len(answer.helpful) + len(answer.harmful) > 0 and np.isfinite(answer.candidate_scores).all()
     assert answer.method == "fastif" and answer.lissa is not None
+    classifier = TextClassifier.of(engine.backend.explainer.tracked)  # explained and attacked like any model
+    for method in ("simple_gradient", "integrated_gradients"):
+        assert np.isfinite(saliency(classifier, "a good fun film", method).scores).all(), method
+    assert hotflip(classifier, "a good fun film", max_flips=1).final
 
     for bad, flag in ((["--lora", "r=4,oops"], "--lora"), (["--lora", "r=0"], "--lora")):
         refused = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "x"), *bad])
