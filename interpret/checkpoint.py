@@ -19,7 +19,7 @@ import torch
 
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.influence.batches import ExampleStates
-from interpret.models import TrackedModel, TrackedScope, adapter_summary, load_classifier, model_fingerprint
+from interpret.models import TrackedModel, TrackedScope, adapter_record, load_classifier, model_fingerprint
 from interpret.storage import write_json_atomic
 from interpret.training import CARD_FILE
 
@@ -144,7 +144,7 @@ def write_card(
         "data_fingerprint": examples.fingerprint,
         "data_spec": asdict(train_spec),
         "tracked_layers": tracked.tracked_layers,
-        "adapter": None if (adapter := adapter_summary(model)) is None else json.loads(adapter),
+        "adapter": adapter_record(model),
         "max_length": max_length,
         "num_labels": int(model.config.num_labels),
         "num_examples": len(examples),

@@ -100,10 +100,9 @@ def is_peft_model(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
 
-def adapter_summary(model: nn.Module) -> str | None:
-    """A PEFT model's adapter as canonical JSON (its type, base, rank, alpha, target and saved modules),
-    what cards and index manifests record; ``None`` for a plain model. A string, so identities stay
-    hashable."""
+def adapter_record(model: nn.Module) -> dict | None:
+    """A PEFT model's adapter (its type, base, rank, alpha, target and saved modules): what cards and index
+    manifests record; ``None`` for a plain model."""
     if not is_peft_model(model):
         return None
     config = next(iter(model.peft_config.values()))
@@ -111,7 +110,7 @@ def adapter_summary(model: nn.Module) -> str | None:
     def names(value) -> list[str]:
         return sorted({value} if isinstance(value, str) else set(value or []))
 
-    summary = {
+    return {
         "type": str(getattr(config.peft_type, "value", config.peft_type)),
         "base": config.base_model_name_or_path,
         "r": getattr(config, "r", None),
@@ -119,7 +118,12 @@ def adapter_summary(model: nn.Module) -> str | None:
         "targets": names(getattr(config, "target_modules", None)),
         "modules_to_save": names(getattr(config, "modules_to_save", None)),
     }
-    return json.dumps(summary, sort_keys=True)
+
+
+def adapter_summary(model: nn.Module) -> str | None:
+    """:func:`adapter_record` as canonical JSON: a string, so identities that carry it stay hashable."""
+    record = adapter_record(model)
+    return None if record is None else json.dumps(record, sort_keys=True)
 
 
 class UnsupportedModelError(ValueError):

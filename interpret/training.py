@@ -29,7 +29,7 @@ from interpret.data import DataSpec, ExampleSet
 from interpret.models import (
     TrackedModel,
     TrackedScope,
-    adapter_summary,
+    adapter_record,
     is_peft_model,
     length_sorted_batches,
     model_fingerprint,
@@ -282,7 +282,7 @@ def save_classifier(
         "data_fingerprint": train.fingerprint,
         "data_spec": asdict(data_spec) if data_spec is not None else None,
         "tracked_layers": tracked.tracked_layers,
-        "adapter": None if (adapter := adapter_summary(tracked.model)) is None else json.loads(adapter),
+        "adapter": adapter_record(tracked.model),
         "max_length": tracked.max_length,
         "num_labels": int(tracked.model.config.num_labels),
         "train_config": asdict(config),
