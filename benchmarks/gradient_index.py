@@ -359,7 +359,9 @@ def main() -> None:
     parser.add_argument("--cg-rows", type=int, default=500)
     parser.add_argument("--rest-queries", type=int, default=4)
     parser.add_argument("--table-rows", type=int, default=8000)
-    parser.add_argument("--rank", type=int, default=GradientIndexConfig.rank, help="of the full build")
+    parser.add_argument(
+        "--rank", type=int, default=GradientIndexConfig.default("rank"), help="of the full build"
+    )
     parser.add_argument("--ranks", default="8,16,32", help="of the table; empty: keep the last run's table")
     parser.add_argument("--sizes", default="2000,8000")
     parser.add_argument("--rebuild", action="store_true")
@@ -439,8 +441,8 @@ def main() -> None:
             "rest": rest,
             "table_rank_x_preconditioner": table,
             "layer_norm_share_of_squared_gradient_norm": norm_share,
-            "default_config": asdict(GradientIndexConfig()),
-            "query_default": asdict(QueryConfig()),
+            "default_config": GradientIndexConfig().model_dump(),
+            "query_default": QueryConfig().model_dump(),
         },
     )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,7 @@ def tradeoff(engine: Bench, point, theta) -> dict:
     settings = [(250, 1, 1), (1000, 1, 1), (1000, 1, 4), (250, 4, 1), (500, 4, 1)]
     out = []
     for depth, batch, repetitions in settings:
-        config = replace(FASTIF_PRESET, recursion_depth=depth, batch_size=batch, num_repetitions=repetitions)
+        config = FASTIF_PRESET.replace(recursion_depth=depth, batch_size=batch, num_repetitions=repetitions)
         result, seconds = timed(lissa_s_test, engine.tracked, theta, point.v, engine.train, config)
         error = float((result.s_test - reference).norm() / reference.norm())
         cosine = float(torch.nn.functional.cosine_similarity(result.s_test, reference, dim=0))
@@ -185,13 +185,13 @@ def main() -> None:
     measured = speed(engine, first, theta, lissa)
     # Recall compares candidate sets under one s_test per query, so a shorter recursion serves (and keeps
     # 20 queries within minutes on 2 cores); the trade-off block shows what J=250 costs in accuracy.
-    recall_lissa = replace(lissa, recursion_depth=args.recall_depth)
+    recall_lissa = lissa.replace(recursion_depth=args.recall_depth)
     quality_block = quality(engine, theta, queries, recall_lissa, rng)
     # Candidates' scores from the kNN path vs the same rows of the full scan, and vs a LiSSA re-run
     # with another seed (the estimator's own noise, the ceiling any restriction is measured against).
     rows, _ = engine.index.search(first.features, 1000)
     restricted = score_rows(engine.tracked, theta, measured["s_test"], engine.train, rows)
-    reseeded = lissa_s_test(engine.tracked, theta, first.v, engine.train, replace(lissa, seed=lissa.seed + 1))
+    reseeded = lissa_s_test(engine.tracked, theta, first.v, engine.train, lissa.replace(seed=lissa.seed + 1))
     rerun = score_rows(engine.tracked, theta, reseeded.s_test, engine.train, rows)
     write_result(
         "influence_query",
@@ -203,13 +203,13 @@ def main() -> None:
             "train_examples": len(engine.train),
             "tracked_parameters": engine.tracked.num_parameters,
             "index": asdict(engine.index.manifest),
-            "lissa_preset": asdict(lissa),
+            "lissa_preset": lissa.model_dump(),
             "speed_one_query": {k: v for k, v in measured.items() if k not in ("s_test", "full_scores")},
             "lissa_tradeoff": tradeoff(engine, first, theta),
             "quality": {
                 k: v for k, v in quality_block.items() if k not in ("full_scores", "points", "s_tests")
             }
-            | {"lissa": asdict(recall_lissa)},
+            | {"lissa": recall_lissa.model_dump()},
             "k1000_candidates_vs_full_scan": correlations(restricted, measured["full_scores"][rows]),
             "k1000_candidates_lissa_seed_vs_seed": correlations(restricted, rerun),
         },

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +63,7 @@ def main() -> None:
     text = load_examples(sst2_spec("dev")).texts[0]
     config = QueryConfig(
         k=args.candidates,
-        lissa=replace(FASTIF_PRESET, recursion_depth=args.depth, num_repetitions=args.repetitions),
+        lissa=FASTIF_PRESET.replace(recursion_depth=args.depth, num_repetitions=args.repetitions),
     )
     device = "cuda" if args.gpus_per_worker > 0 else "cpu"
     checkpoint = load_checkpoint(args.model, device=device)

@@ -234,8 +234,10 @@ def query(
         str | None,
         typer.Option(help="gradient | fastif | full; default: gradient when its index exists, else fastif."),
     ] = None,
-    k: Annotated[int, typer.Option(help="fastif: kNN candidates to score.")] = QueryConfig.k,
-    top: Annotated[int, typer.Option(help="Helpful and harmful examples to show.")] = QueryConfig.top,
+    k: Annotated[int, typer.Option(help="fastif: kNN candidates to score.")] = QueryConfig.default("k"),
+    top: Annotated[int, typer.Option(help="Helpful and harmful examples to show.")] = QueryConfig.default(
+        "top"
+    ),
     rerank: Annotated[
         int | None, typer.Option(help="gradient: rescore the top K of each side with s_test.")
     ] = None,
@@ -245,8 +247,10 @@ def query(
             help="s_test solver: lissa, cg, or index (the kfac gradient index's curvature); "
             "default: index for a gradient rerank when the index has it, else lissa."
         ),
-    ] = QueryConfig.solver,
-    cg_rows: Annotated[int, typer.Option(help="cg: training rows of the Hessian.")] = QueryConfig.cg_rows,
+    ] = QueryConfig.default("solver"),
+    cg_rows: Annotated[int, typer.Option(help="cg: training rows of the Hessian.")] = QueryConfig.default(
+        "cg_rows"
+    ),
     full_scan: Annotated[bool, typer.Option(help="Same as --method full.")] = False,
     exact: Annotated[bool, typer.Option(help="Exact s_test (small tracked sets only).")] = False,
     model: Path = ARTIFACTS / "model",
@@ -290,7 +294,14 @@ def query(
     """Which training examples made this prediction: the gradient index, FastIF, or a full scan."""
     from interpret.config import LissaConfig, resolve_label
 
-    lissa = LissaConfig(recursion_depth, lissa_batch_size, repetitions, damping, scale, seed)
+    lissa = LissaConfig(
+        recursion_depth=recursion_depth,
+        batch_size=lissa_batch_size,
+        num_repetitions=repetitions,
+        damping=damping,
+        scale=scale,
+        seed=seed,
+    )
     method = "full" if full_scan else method
     config = QueryConfig(
         method=method, k=k, top=top, rerank=rerank, solver=solver, cg_rows=cg_rows, lissa=lissa, exact=exact
@@ -332,7 +343,7 @@ def _remote_query(url: str, api_key: str | None, text, pair, label, config: Quer
     from clients import InfluenceClient
     from service.schemas import TextInput
 
-    lissa = {k: v for k, v in asdict(config.lissa).items() if k != "divergence_bound"}
+    lissa = config.lissa.model_dump()
     options = {
         name: getattr(config, name) for name in ("method", "rerank", "solver", "cg_rows", "cg_tolerance")
     }
@@ -520,10 +531,19 @@ def main() -> None:
         if debug:
             raise
         if isinstance(error, _user_errors()):
-            typer.echo(f"error: {error}", err=True)
+            typer.echo(f"error: {_one_line(error)}", err=True)
             raise SystemExit(2) from None
         typer.echo(f"error: {_unexpected(error)}", err=True)
         raise SystemExit(1) from None
+
+
+def _one_line(error: Exception) -> str:
+    """A user error as one line: a library config's refusal (pydantic's, several lines) by its field."""
+    from pydantic import ValidationError
+
+    from interpret.config import describe_errors
+
+    return describe_errors(error.errors()) if isinstance(error, ValidationError) else str(error)
 
 
 def _unexpected(error: Exception) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from interpret.cancellation import DEFAULT_DEADLINE_S
+from interpret.config import Config
+
+C = TypeVar("C", bound=Config)
 
 # Help texts name data sources like hub:NAME[/CONFIG]:SPLIT: plain text, never Rich markup.
 app = typer.Typer(
@@ -194,15 +197,20 @@ def require_finished_gradient_index(directory: Path, model: Path) -> None:
     raise ValueError(f"{directory}: no gradient index there; build it with `{build}`")
 
 
-def checked_options(config_class, **values):
+def checked_options(config_class: type[C], **values) -> C:
     """A library config built from command options; a bad value is a usage error naming its flag (the
-    library's message starts with the field's name)."""
+    first field pydantic refused)."""
+    from pydantic import ValidationError
+
+    from interpret.config import describe_errors
+
     try:
         return config_class(**values)
-    except ValueError as error:
-        name = str(error).split(" ", 1)[0].rsplit(".", 1)[-1]
+    except ValidationError as error:
+        errors = error.errors()
+        name = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else ""
         flag = f"--{name.replace('_', '-')}" if name in values else None
-        raise typer.BadParameter(str(error), param_hint=flag) from None
+        raise typer.BadParameter(describe_errors(errors), param_hint=flag) from None
 
 
 ModelDir = Annotated[Path, typer.Option(help="Fine-tuned model folder.")]

@@ -123,7 +123,7 @@ def lds(
     ] = None,
     recursion_depth: Annotated[int, typer.Option(min=1)] = FASTIF_PRESET.recursion_depth,
     repetitions: Annotated[int, typer.Option(min=1)] = FASTIF_PRESET.num_repetitions,
-    k: Annotated[int, typer.Option(min=1, help="fastif: kNN candidates.")] = QueryConfig.k,
+    k: Annotated[int, typer.Option(min=1, help="fastif: kNN candidates.")] = QueryConfig.default("k"),
     out: ReportFolder = EVALUATION,
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,
@@ -132,7 +132,6 @@ def lds(
     id_column: IdColumn = None,
 ) -> None:
     """Linear datamodeling score: do summed scores rank retrained subsets by their test loss?"""
-    from dataclasses import replace
 
     from tasks.evaluation import ensure_indexes, lds_tracked, sample_rows
 
@@ -151,7 +150,7 @@ def lds(
         engine = engine_for(model, index, None, train=train)
         run_task("lds_head", engine, out, config=evaluation, test=test, rows=rows)
         return
-    lissa = replace(FASTIF_PRESET, recursion_depth=recursion_depth, num_repetitions=repetitions)
+    lissa = FASTIF_PRESET.replace(recursion_depth=recursion_depth, num_repetitions=repetitions)
     config = QueryConfig(k=k, lissa=lissa)
     engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
     mapper = None
@@ -198,7 +197,7 @@ def recall(
     eval_data: EvalData = None,
     test_points: TestPoints = 5,
     seed: Seed = 0,
-    k: Annotated[int, typer.Option(min=1, help="fastif: kNN candidates.")] = QueryConfig.k,
+    k: Annotated[int, typer.Option(min=1, help="fastif: kNN candidates.")] = QueryConfig.default("k"),
     out: ReportFolder = EVALUATION,
     text_column: TextColumn = "text",
     pair_column: PairColumn = None,

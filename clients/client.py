@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from interpret.cancellation import DEFAULT_DEADLINE_S
-from interpret.config import DEFAULT_FACTORY, DEFAULT_INDEX_KIND, IndexKind, QueryConfig
+from interpret.config import DEFAULT_FACTORY, DEFAULT_INDEX_KIND, IndexKind, LissaConfig, QueryConfig
 from service.schemas import (
     ATTACK_REQUEST,
     SALIENCY_REQUEST,
@@ -33,7 +33,6 @@ from service.schemas import (
     JobList,
     JobRequest,
     JobStatus,
-    LissaParams,
     ModelsResponse,
     PredictRequest,
     PredictResponse,
@@ -132,15 +131,15 @@ def _as_inputs(inputs: Inputs) -> list[TextInput]:
 
 def influence_request(
     inputs: Inputs,
-    k: int | None = QueryConfig.k,
-    top: int = QueryConfig.top,
+    k: int | None = QueryConfig.default("k"),
+    top: int = QueryConfig.default("top"),
     exact: bool = False,
-    lissa: LissaParams | dict | None = None,
+    lissa: LissaConfig | dict | None = None,
     **options,
 ) -> InfluenceRequest:
     """The request; ``options`` are its other fields by name: ``method`` (gradient | fastif | full),
     ``rerank``, ``solver`` (lissa | cg | index), ``cg_rows``, ``cg_tolerance``."""
-    lissa = lissa if isinstance(lissa, LissaParams) else LissaParams(**(lissa or {}))
+    lissa = lissa if isinstance(lissa, LissaConfig) else LissaConfig(**(lissa or {}))
     return InfluenceRequest(inputs=_as_inputs(inputs), k=k, top=top, exact=exact, lissa=lissa, **options)
 
 
@@ -274,8 +273,8 @@ class InfluenceClient(_Common):
     def influence(
         self,
         inputs: Inputs,
-        k: int | None = QueryConfig.k,
-        top: int = QueryConfig.top,
+        k: int | None = QueryConfig.default("k"),
+        top: int = QueryConfig.default("top"),
         exact: bool = False,
         lissa=None,
         **options,
@@ -381,8 +380,8 @@ class AsyncInfluenceClient(_Common):
     async def influence(
         self,
         inputs: Inputs,
-        k: int | None = QueryConfig.k,
-        top: int = QueryConfig.top,
+        k: int | None = QueryConfig.default("k"),
+        top: int = QueryConfig.default("top"),
         exact: bool = False,
         lissa=None,
         **options,

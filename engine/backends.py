@@ -15,7 +15,7 @@ import numpy as np
 
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext, current_context
-from interpret.config import Checked, QueryConfig
+from interpret.config import Config, QueryConfig
 from interpret.explainer import Explainer, Identity, STest
 from interpret.influence import TestPoint
 from interpret.influence.preconditioner import IndexCurvature
@@ -108,11 +108,11 @@ class Backend(Protocol):
     ) -> np.ndarray: ...
 
     def saliency(
-        self, text: str, pair: str | None, method: str, label: int | None, params: Checked, context=None
+        self, text: str, pair: str | None, method: str, label: int | None, params: Config, context=None
     ) -> SaliencyMap: ...
 
     def attack(
-        self, text: str, pair: str | None, method: str, label, target, params: Checked, context=None
+        self, text: str, pair: str | None, method: str, label, target, params: Config, context=None
     ) -> AttackResult: ...
 
     def cancel(self, request_id: str) -> None: ...
@@ -206,10 +206,10 @@ class LocalBackend:
     def encode(self, texts, pairs, context=None) -> np.ndarray:
         return self._run(context, Explainer.encode, texts, pairs)
 
-    def saliency(self, text, pair, method, label, params: Checked, context=None) -> SaliencyMap:
+    def saliency(self, text, pair, method, label, params: Config, context=None) -> SaliencyMap:
         return self._run(context, Explainer.saliency, text, pair, method, label, params)
 
-    def attack(self, text, pair, method, label, target, params: Checked, context=None) -> AttackResult:
+    def attack(self, text, pair, method, label, target, params: Config, context=None) -> AttackResult:
         return self._run(context, Explainer.attack, text, pair, method, label, target, params)
 
     def cancel(self, request_id: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from interpret.checkpoint import (
     missing_data_message,
     read_card,
 )
-from interpret.config import QueryConfig, resolve_method, resolve_solver, solves_s_test
+from interpret.config import SCORE_BATCH_SIZE, QueryConfig, resolve_method, resolve_solver, solves_s_test
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.explainer import Explainer, Identity
 from interpret.influence import InfluenceAnswer, rank
@@ -223,7 +223,7 @@ def answer_query(
     curvature = engine.gradient_index.curvature if engine.gradient_index is not None else None
     solver = resolve_solver(config, method, curvature is not None)
     if solver != config.solver:
-        config = replace(config, solver=solver)
+        config = config.replace(solver=solver)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     # Encode first: a few milliseconds, and on a busy pool it would otherwise queue behind a repetition.
@@ -259,7 +259,7 @@ def answer_query(
     if needs_s_test:
         timings["s_test"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        scores = backend.score(s_test, candidates.rows, config.score_batch_size, progress, context)
+        scores = backend.score(s_test, candidates.rows, SCORE_BATCH_SIZE, progress, context)
         timings["score"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - start
     helpful, harmful = rank(examples, candidates.rows, scores, candidates.distances, config.top)

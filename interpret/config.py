@@ -1,19 +1,19 @@
 """The contract's settings, each default and bound defined once: influence queries and per-method parameters.
 
-Frozen dataclasses, importable without torch: the REST schemas (``service.schemas``) build their request
-models from these classes, the interpret functions take their defaults from them, and ``__post_init__``
-checks every value against the bounds in its field's metadata, naming the field in the error. A change to
-a default or a bound is therefore one edit here, seen by the library, the CLI and the API alike.
+Frozen pydantic models, importable without torch. The interpret functions take their defaults from them,
+and the REST request models (``service.schemas``) are subclasses of them, so a change to a default, a bound
+or a description is one edit here, seen by the library, the CLI and the API alike. Validation is
+pydantic's alone (strict: no coercion, unknown names refused, floats finite); a bad value raises its
+``ValidationError`` (a ``ValueError``) naming the field, which :func:`describe_errors` puts on one line.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import operator
 import typing
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field
 
 SEED_MAX = 2**32 - 1
 """numpy and torch seeds are 32-bit; a larger seed is refused rather than truncated."""
@@ -31,76 +31,31 @@ DEFAULT_KNN_METRIC: Metric = "l2"
 """The kNN index's distance (FastIF's); the gradient index is always inner product."""
 
 
-def setting(default, *, ge=None, gt=None, le=None, doc: str = "", api: bool = True):
-    """A dataclass field with its bounds (``ge``/``gt``/``le``) and description in the metadata.
+class Config(BaseModel):
+    """A group of settings: frozen (hashable, so a cache can key on it), strict (``"1"`` and ``true`` are
+    not the integer 1), unknown names refused, floats finite. Built by keyword only."""
 
-    ``api=False`` keeps a field out of the REST schemas (an internal safety knob)."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "doc": doc, "api": api})
-
-
-def _allowed(hint) -> tuple[type, ...]:
-    """The Python types a field annotation admits (``int | None`` -> int, NoneType)."""
-    return typing.get_args(hint) or (hint,)
-
-
-_BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le))
-
-
-def _choices(hint) -> tuple | None:
-    """The values a ``Literal[...]`` (or ``Literal[...] | None``) annotation admits, else ``None``."""
-    for part in (hint, *typing.get_args(hint)):
-        if typing.get_origin(part) is typing.Literal:
-            return typing.get_args(part)
-    return None
-
-
-def check_field(owner: str, name: str, value, hint, metadata) -> None:
-    """Type (no bool for a number, finite floats, one of a Literal's values) and bounds of one value;
-    errors name ``owner.name``."""
-    allowed = _allowed(hint)
-    where = f"{owner}.{name}" if owner else name
-    if value is None:
-        if type(None) not in allowed:
-            raise ValueError(f"{where} must be given, got None")
-        return
-    choices = _choices(hint)
-    if choices is not None:
-        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
-            raise ValueError(f"{where} must be one of {list(choices)}, got {value!r}")
-        return
-    numeric = bool({int, float} & set(allowed))
-    if numeric and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ValueError(f"{where} must be a number, got {value!r}")
-    if int in allowed and float not in allowed and not isinstance(value, int):
-        raise ValueError(f"{where} must be an integer, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where} must be finite, got {value!r}")
-    for key, symbol, holds in _BOUNDS if numeric else ():
-        limit = metadata.get(key)
-        if limit is not None and not holds(value, limit):
-            raise ValueError(f"{where} must be {symbol} {limit}, got {value!r}")
-
-
-@functools.cache
-def type_hints(config_class: type) -> dict[str, object]:
-    """A config class's field annotations, resolved (they are strings under postponed evaluation)."""
-    return typing.get_type_hints(config_class)
-
-
-class Checked:
-    """Validates every field of a dataclass against its metadata after ``__init__``."""
-
-    def __post_init__(self) -> None:
-        hints = type_hints(type(self))
-        for spec in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, spec.name)
-            if isinstance(value, Checked):
-                continue  # a nested config checked itself
-            check_field(self.label(), spec.name, value, hints[spec.name], spec.metadata)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     @classmethod
-    def label(cls) -> str:
-        return ""
+    def default(cls, name: str) -> typing.Any:
+        """Field ``name``'s default: what a function's keyword or a command's option defaults to."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    def replace(self, **changes: object) -> Self:
+        """A copy with ``changes``, validated again (``model_copy(update=...)`` would skip the checks)."""
+        return type(self)(**{**dict(self), **changes})
+
+
+def describe_errors(errors: Sequence[typing.Mapping[str, object]]) -> str:
+    """Pydantic's errors (``ValidationError.errors()``) as one line: the first one's dotted field and
+    message, and how many more there are (request fields in ``body`` are named without it)."""
+    first = errors[0] if errors else {}
+    location = first.get("loc", ())
+    parts = location if isinstance(location, tuple | list) else ()
+    field = ".".join(str(part) for part in parts if part != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{field}: {first.get('msg', 'invalid')}{more}"
 
 
 def resolve_label(value: int | str | None, names: Sequence[str], field: str = "label") -> int | None:
@@ -128,8 +83,7 @@ MAX_DAMPING = 1e6
 the model: the bound keeps every response a finite, meaningful number."""
 
 
-@dataclass(frozen=True)
-class LissaConfig(Checked):
+class LissaConfig(Config):
     """LiSSA knobs, named as in FastIF (Guo et al. 2021) and Koh & Liang (2017).
 
     ``damping`` is the lambda added to the Hessian: LiSSA estimates ``(H + damping * I)^-1 v``.
@@ -153,26 +107,28 @@ class LissaConfig(Checked):
     sets) has none. FastIF's published ``damp=5e-3, scale=1e4`` is ``damping=50`` here.
     """
 
-    recursion_depth: int = setting(1000, ge=1, doc="J: recursion steps per repetition.")
-    batch_size: int = setting(1, ge=1, le=4096, doc="B: training examples per Hessian-vector product.")
-    num_repetitions: int = setting(1, ge=1, doc="T: independent repetitions, averaged.")
-    damping: float = setting(5.0, gt=0, le=MAX_DAMPING, doc="lambda in (H + lambda I)^-1.")
-    scale: float | None = setting(
+    recursion_depth: int = Field(1000, ge=1, description="J: recursion steps per repetition.")
+    batch_size: int = Field(1, ge=1, le=4096, description="B: training examples per Hessian-vector product.")
+    num_repetitions: int = Field(1, ge=1, description="T: independent repetitions, averaged.")
+    damping: float = Field(5.0, gt=0, le=MAX_DAMPING, description="lambda in (H + lambda I)^-1.")
+    scale: float | None = Field(
         None,
         gt=0,
         le=1e12,
-        doc="Must exceed half the largest batch Hessian eigenvalue; null: measured on sampled batches "
-        "(power iteration), reported in the quality block.",
+        description="Must exceed half the largest batch Hessian eigenvalue; null: measured on sampled "
+        "batches (power iteration), reported in the quality block.",
     )
-    seed: int = setting(0, ge=0, le=SEED_MAX, doc="Repetition r is seeded by (seed, r).")
-    divergence_bound: float = setting(10.0, gt=0, api=False)
-    """Stop when ``||h|| > divergence_bound * scale * ||v|| / damping``: the bound no convergent run with a
-    positive semi-definite Hessian can exceed (geometric series of ``I - (H + damping I) / scale``)."""
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Repetition r is seeded by (seed, r).")
 
-    @classmethod
-    def label(cls) -> str:
-        return "lissa"
 
+LISSA_DIVERGENCE_BOUND = 10.0
+"""LiSSA stops when ``||h|| > LISSA_DIVERGENCE_BOUND * scale * ||v|| / damping``: no convergent run with a
+positive semi-definite Hessian exceeds that bound (the geometric series of ``I - (H + damping I) /
+scale``) by this factor. A safety margin, not a knob a request sets."""
+
+SCORE_BATCH_SIZE = 128
+"""Candidates scored per forward-mode pass (``interpret.influence.scoring``): bounds a scoring shard's
+memory, not its result."""
 
 FASTIF_PRESET = LissaConfig()
 """B=1, J=1000, T=1: the default; see ``benchmarks/influence_query.py`` for the depth/batch trade-off."""
@@ -187,33 +143,35 @@ Solver = typing.Literal["lissa", "cg", "index"]
 ``index`` (the loaded ``kfac`` gradient index's own curvature, ``subspace_s_test``: one backward)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class QueryConfig(Checked):
+class QueryConfig(Config):
     """One influence query: which method, how many candidates, how ``s_test`` is solved, top-n to return.
 
     ``method=None`` picks ``gradient`` when a gradient index is loaded, else ``fastif`` (or ``full`` with
     ``k=None``); :func:`resolve_method` is that rule."""
 
-    method: QueryMethod | None = setting(  # noqa: RUF009 (a Literal: immutable)
-        None, doc="gradient | fastif | full; null: gradient when its index is loaded, else fastif."
+    method: QueryMethod | None = Field(
+        None, description="gradient | fastif | full; null: gradient when its index is loaded, else fastif."
     )
-    k: int | None = setting(1000, ge=1, doc="fastif: kNN candidates to score; null: every training example.")
-    top: int = setting(10, ge=1, doc="Helpful and harmful examples to return.")
-    rerank: int | None = setting(
-        None, ge=1, doc="gradient: rescore the top K of each side with s_test (solver), best of the 2K."
+    k: int | None = Field(
+        1000, ge=1, description="fastif: kNN candidates to score; null: every training example."
     )
-    solver: Solver | None = setting(  # noqa: RUF009 (a Literal: immutable)
+    top: int = Field(10, ge=1, description="Helpful and harmful examples to return.")
+    rerank: int | None = Field(
         None,
-        doc="How s_test is solved: lissa (the FastIF preset), cg, or index (the kfac gradient index's own "
-        "curvature); null: index for a gradient rerank when the index has it, else lissa.",
+        ge=1,
+        description="gradient: rescore the top K of each side with s_test (solver), best of the 2K.",
     )
-    cg_rows: int | None = setting(
-        2000, ge=1, doc="cg: training rows the Hessian is taken over (seeded); null: all of them."
+    solver: Solver | None = Field(
+        None,
+        description="How s_test is solved: lissa (the FastIF preset), cg, or index (the kfac gradient "
+        "index's own curvature); null: index for a gradient rerank when the index has it, else lissa.",
     )
-    cg_tolerance: float = setting(1e-4, gt=0, le=1, doc="cg: stop at this relative residual.")
-    lissa: LissaConfig = field(default_factory=LissaConfig)
-    exact: bool = setting(False, doc="Exact s_test by an explicit Hessian (small tracked sets).")
-    score_batch_size: int = setting(128, ge=1, api=False)
+    cg_rows: int | None = Field(
+        2000, ge=1, description="cg: training rows the Hessian is taken over (seeded); null: all of them."
+    )
+    cg_tolerance: float = Field(1e-4, gt=0, le=1, description="cg: stop at this relative residual.")
+    lissa: LissaConfig = Field(default_factory=LissaConfig)
+    exact: bool = Field(False, description="Exact s_test by an explicit Hessian (small tracked sets).")
 
     @property
     def s_test_vectors(self) -> int:
@@ -314,7 +272,7 @@ def unused_knobs(config: QueryConfig, method: QueryMethod, solver: Solver) -> li
         unused.append(("solver", "exact=false (exact=true solves with the explicit Hessian)"))
     if (solver != "cg" or config.exact) and (moved("cg_rows") or moved("cg_tolerance")):
         unused.append(("cg_rows" if moved("cg_rows") else "cg_tolerance", "solver='cg'"))
-    lissa, lissa_default = asdict(config.lissa), asdict(default.lissa)
+    lissa, lissa_default = config.lissa.model_dump(), default.lissa.model_dump()
     moved_lissa = [name for name in lissa if lissa[name] != lissa_default[name]]
     reads = {"damping"} if solver in ("lissa", "cg") or config.exact else set()
     if solver == "lissa" and not config.exact:
@@ -331,33 +289,37 @@ IntegratedGradientsBaseline = typing.Literal["auto", "zero", "mask"]
 ProjectionKind = typing.Literal["kfac", "random"]
 
 
-@dataclass(frozen=True)
-class GradientIndexConfig(Checked):
+class GradientIndexConfig(Config):
     """How a gradient index is built (``interpret.influence.projection`` and ``.preconditioner``).
 
     Defaults chosen by ``benchmarks/gradient_index.py`` (its table compares ranks and preconditioners
     against a converged full scan); ``damping`` is the same lambda as LiSSA's."""
 
-    rank: int | None = setting(
-        16, ge=1, le=256, doc="Projection rank per side of each linear layer; null: none (tiny models)."
+    rank: int | None = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Projection rank per side of each linear layer; null: none (tiny models).",
     )
-    projection: ProjectionKind = setting(  # noqa: RUF009 (a Literal: immutable)
+    projection: ProjectionKind = Field(
         "kfac",
-        doc="kfac (top eigenvectors of each layer's Kronecker factors, fitted on fit_rows training rows) "
-        "or random (seeded Gaussian).",
+        description="kfac (top eigenvectors of each layer's Kronecker factors, fitted on fit_rows training "
+        "rows) or random (seeded Gaussian).",
     )
-    fit_rows: int = setting(
-        2000, ge=1, doc="kfac: training rows (seeded sample) the Kronecker factors are summed over."
+    fit_rows: int = Field(
+        2000, ge=1, description="kfac: training rows (seeded sample) the Kronecker factors are summed over."
     )
-    seed: int = setting(0, ge=0, le=SEED_MAX, doc="Seed of the random projections and of kfac's sample.")
-    preconditioner: Preconditioner = setting(  # noqa: RUF009 (a Literal: immutable)
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="Seed of the random projections and of kfac's sample."
+    )
+    preconditioner: Preconditioner = Field(
         "fisher",
-        doc="fisher (empirical Fisher of the projected gradients), identity, or hessian (the projected "
-        "explicit training Hessian: small tracked sets; unprojected, the exact influence).",
+        description="fisher (empirical Fisher of the projected gradients), identity, or hessian (the "
+        "projected explicit training Hessian: small tracked sets; unprojected, the exact influence).",
     )
-    damping: float = setting(5.0, gt=0, le=MAX_DAMPING, doc="lambda in (C + lambda I)^-1.")
-    factory: str = setting(DEFAULT_FACTORY, doc="FAISS factory string of the inner-product index.")
-    chunk_rows: int = setting(1024, ge=1, doc="Training rows per shard: the resume and progress grain.")
+    damping: float = Field(5.0, gt=0, le=MAX_DAMPING, description="lambda in (C + lambda I)^-1.")
+    factory: str = Field(DEFAULT_FACTORY, description="FAISS factory string of the inner-product index.")
+    chunk_rows: int = Field(1024, ge=1, description="Training rows per shard: the resume and progress grain.")
 
     @property
     def fitted(self) -> bool:
@@ -375,76 +337,74 @@ EvaluationTask = typing.Literal["loo", "lds_head", "recall", "influence_map", "a
 """What ``influence evaluate`` and the applications run (``tasks.evaluation``, ``tasks.applications``)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class EvaluationConfig(Checked):
+class EvaluationConfig(Config):
     """Sizes and seeds of an evaluation or application run; the defaults fit 2 CPU cores (README)."""
 
-    m: int = setting(
-        10, ge=1, le=100, doc="loo: most influential rows removed, one at a time, per test point."
+    m: int = Field(
+        10, ge=1, le=100, description="loo: most influential rows removed, one at a time, per test point."
     )
-    subsets: int = setting(50, ge=2, le=1000, doc="lds: random subsets of the training rows retrained.")
-    fraction: float = setting(0.5, gt=0, le=0.99, doc="lds: share of the training rows in each subset.")
-    seed: int = setting(0, ge=0, le=SEED_MAX, doc="Seed of the subsets, samples and splits.")
-    damping: float = setting(
+    subsets: int = Field(50, ge=2, le=1000, description="lds: random subsets of the training rows retrained.")
+    fraction: float = Field(0.5, gt=0, le=0.99, description="lds: share of the training rows in each subset.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the subsets, samples and splits.")
+    damping: float = Field(
         FASTIF_PRESET.damping,
         gt=0,
         le=MAX_DAMPING,
-        doc="loo, lds: the convex head's L2 term (= the influence damping).",
+        description="loo, lds: the convex head's L2 term (= the influence damping).",
     )
-    top: int = setting(
+    top: int = Field(
         5,
         ge=1,
         le=100,
-        doc="influence_map: rows per side per test point; error_correction: helpful rows per error.",
+        description="influence_map: rows per side per test point; error_correction: helpful rows per error.",
     )
-    seeds: int = setting(
-        3, ge=1, le=20, doc="error_correction: random splits of the test points (seeds 0..n-1)."
+    seeds: int = Field(
+        3, ge=1, le=20, description="error_correction: random splits of the test points (seeds 0..n-1)."
     )
-    learning_rate: float = setting(
-        2e-5, gt=0, le=1, doc="error_correction: learning rate of the brief fine-tune."
+    learning_rate: float = Field(
+        2e-5, gt=0, le=1, description="error_correction: learning rate of the brief fine-tune."
     )
-    limit: int = setting(1000, ge=1, le=1_000_000, doc="audit: rows of the ranked list returned.")
+    limit: int = Field(1000, ge=1, le=1_000_000, description="audit: rows of the ranked list returned.")
 
 
 # ---------------------------------------------------------------------------------------------- saliency
 
 
-@dataclass(frozen=True)
-class NoParameters(Checked):
+class NoParameters(Config):
     """A method without tunable parameters."""
 
 
-@dataclass(frozen=True)
-class IntegratedGradientsParams(Checked):
-    steps: int = setting(10, ge=1, doc="Gauss-Legendre points on the path (AllenNLP takes 10 steps).")
-    baseline: IntegratedGradientsBaseline = setting(  # noqa: RUF009 (a Literal: immutable)
+class IntegratedGradientsParams(Config):
+    steps: int = Field(10, ge=1, description="Gauss-Legendre points on the path (AllenNLP takes 10 steps).")
+    baseline: IntegratedGradientsBaseline = Field(
         "auto",
-        doc="zero (AllenNLP: the all-zero embedding), mask (each word-piece's embedding replaced by the "
-        "mask token's; special tokens kept), or auto: zero, unless its completeness gap exceeds 0.05 (a "
+        description="zero (AllenNLP: the all-zero embedding), mask (each word-piece's embedding replaced by "
+        "the mask token's; special tokens kept), or auto: zero, unless its completeness gap exceeds 0.05 (a "
         "scale-invariant norm makes the path from zero degenerate: ModernBERT, Llama, Qwen2), then mask.",
     )
 
 
-@dataclass(frozen=True)
-class SmoothGradientParams(Checked):
-    num_samples: int = setting(10, ge=1, doc="Noisy copies averaged.")
-    stdev: float = setting(
-        0.01, ge=0, le=10, doc="Noise stdev as a fraction of the embeddings' range (AllenNLP: 0.01)."
+class SmoothGradientParams(Config):
+    num_samples: int = Field(10, ge=1, description="Noisy copies averaged.")
+    stdev: float = Field(
+        0.01, ge=0, le=10, description="Noise stdev as a fraction of the embeddings' range (AllenNLP: 0.01)."
     )
-    seed: int = setting(0, ge=0, le=SEED_MAX)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
-@dataclass(frozen=True)
-class LimeParams(Checked):
-    num_samples: int = setting(200, ge=2, doc="Word-deletion masks sampled.")
-    kernel_width: float = setting(
-        0.25, gt=0, le=100, doc="Width of the exponential kernel on cosine distance."
+class LimeParams(Config):
+    num_samples: int = Field(200, ge=2, description="Word-deletion masks sampled.")
+    kernel_width: float = Field(
+        0.25, gt=0, le=100, description="Width of the exponential kernel on cosine distance."
     )
-    ridge: float = setting(1.0, gt=0, le=1e6, doc="L2 penalty of the weighted linear fit.")
-    seed: int = setting(0, ge=0, le=SEED_MAX)
+    ridge: float = Field(1.0, gt=0, le=1e6, description="L2 penalty of the weighted linear fit.")
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
-SALIENCY_PARAMETERS: dict[str, type[Checked]] = {
+SaliencyMethod = typing.Literal[
+    "simple_gradient", "integrated_gradients", "smooth_gradient", "leave_one_out", "lime"
+]
+SALIENCY_PARAMETERS: dict[str, type[Config]] = {
     "simple_gradient": NoParameters,
     "integrated_gradients": IntegratedGradientsParams,
     "smooth_gradient": SmoothGradientParams,
@@ -457,36 +417,34 @@ SALIENCY_PARAMETERS: dict[str, type[Checked]] = {
 # ----------------------------------------------------------------------------------------------- attacks
 
 
-@dataclass(frozen=True)
-class HotFlipParams(Checked):
-    max_flips: int | None = setting(None, ge=1, doc="Flips at most; null: every editable piece.")
-    candidates: int = setting(10, ge=1, doc="First-order best replacements re-ranked by real loss.")
+class HotFlipParams(Config):
+    max_flips: int | None = Field(None, ge=1, description="Flips at most; null: every editable piece.")
+    candidates: int = Field(10, ge=1, description="First-order best replacements re-ranked by real loss.")
 
 
-@dataclass(frozen=True)
-class InputReductionParams(Checked):
-    beam_size: int = setting(3, ge=1, doc="Beam width (capped at the input length minus 3).")
+class InputReductionParams(Config):
+    beam_size: int = Field(3, ge=1, description="Beam width (capped at the input length minus 3).")
 
 
 TRIGGER_BATCH_SIZE = 32
 """Search examples per iteration of a trigger search (each candidate is scored on one such batch)."""
 
 
-@dataclass(frozen=True)
-class TriggerParams(Checked):
+class TriggerParams(Config):
     """Defaults sized for a synchronous request (a minute on a one-CPU MiniLM worker: see
     ``benchmarks/results/soak.json``); Wallace et al. search longer: raise ``iterations``/``candidates``
     in a job."""
 
-    num_tokens: int = setting(3, ge=1, doc="Trigger length in word-pieces.")
-    iterations: int = setting(3, ge=1, doc="Search iterations.")
-    candidates: int = setting(10, ge=1, doc="Replacement candidates per position and iteration.")
-    num_examples: int = setting(64, ge=1, doc="Training examples of the class searched on.")
-    held_out: int = setting(64, ge=1, doc="Other examples of the class the error rate is measured on.")
-    seed: int = setting(0, ge=0, le=SEED_MAX)
+    num_tokens: int = Field(3, ge=1, description="Trigger length in word-pieces.")
+    iterations: int = Field(3, ge=1, description="Search iterations.")
+    candidates: int = Field(10, ge=1, description="Replacement candidates per position and iteration.")
+    num_examples: int = Field(64, ge=1, description="Training examples of the class searched on.")
+    held_out: int = Field(64, ge=1, description="Other examples of the class the error rate is measured on.")
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
-ATTACK_PARAMETERS: dict[str, type[Checked]] = {
+AttackMethod = typing.Literal["hotflip", "input_reduction", "triggers"]
+ATTACK_PARAMETERS: dict[str, type[Config]] = {
     "hotflip": HotFlipParams,
     "input_reduction": InputReductionParams,
     "triggers": TriggerParams,
@@ -497,12 +455,12 @@ TARGETED_ATTACKS = ("hotflip", "triggers")
 """Attacks that take a target label (Input Reduction keeps the label it starts with)."""
 
 
-def method_parameters(kind: str, registry: dict[str, type[Checked]], method: str, given: dict) -> Checked:
+def method_parameters(kind: str, registry: dict[str, type[Config]], method: str, given: dict) -> Config:
     """``registry[method](**given)``, with unknown methods and names reported by name."""
     if method not in registry:
         raise ValueError(f"method must be one of {sorted(registry)}, got {method!r}")
     params_class = registry[method]
-    known = [spec.name for spec in fields(params_class)]
+    known = list(params_class.model_fields)
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ValueError(

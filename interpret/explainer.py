@@ -25,7 +25,7 @@ from interpret.cancellation import Cancellations, RequestContext
 from interpret.cancellation import checkpoint as step_boundary
 from interpret.checkpoint import Checkpoint, load_checkpoint
 from interpret.classifier import TextClassifier
-from interpret.config import Checked, LissaConfig
+from interpret.config import Config, LissaConfig
 from interpret.data import DataSpec
 from interpret.influence.cg import CGResult, cg_s_test
 from interpret.influence.exact import exact_s_test, training_hessian
@@ -226,12 +226,12 @@ class Explainer:
         return encode_features(self.tracked, texts, pairs, progress=progress)
 
     def saliency(
-        self, text: str, pair: str | None, method: str, label: int | None, params: Checked
+        self, text: str, pair: str | None, method: str, label: int | None, params: Config
     ) -> SaliencyMap:
         return saliency(self.classifier, text, method, pair, label, params)
 
     def attack(
-        self, text: str, pair: str | None, method: str, label: int | None, target: int | None, params: Checked
+        self, text: str, pair: str | None, method: str, label: int | None, target: int | None, params: Config
     ) -> AttackResult:
         examples = self.checkpoint.training("a trigger search")[0] if method == "triggers" else None
         return attack(self.classifier, text, method, pair, label, target, examples, params)

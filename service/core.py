@@ -27,11 +27,8 @@ from index import empty_index, read_manifest
 from interpret.cancellation import Cancellations, RequestContext
 from interpret.checkpoint import TrainingDataMissingError
 from interpret.config import (
-    ATTACK_PARAMETERS,
-    SALIENCY_PARAMETERS,
-    Checked,
+    Config,
     GradientIndexConfig,
-    LissaConfig,
     MethodUnavailableError,
     QueryConfig,
     resolve_method,
@@ -136,12 +133,6 @@ def public_card(card: dict) -> dict:
     return shown
 
 
-def query_config(request) -> QueryConfig:
-    """An ``InfluenceRequest`` as the library's config (same field names, same defaults)."""
-    given = request.model_dump(exclude={"inputs", "lissa"})
-    return QueryConfig(**given, lissa=LissaConfig(**request.lissa.model_dump()))
-
-
 class InfluenceService:
     def __init__(self, settings: Settings, engine: Engine | None = None):
         from transformers import AutoTokenizer
@@ -189,7 +180,7 @@ class InfluenceService:
         engine.training_examples()
         curvature = engine.gradient_index is not None and engine.gradient_index.curvature is not None
         try:
-            config = query_config(request)
+            config = request.config()
             method = resolve_method(config, engine.gradient_index is not None, engine.index is not None)
             solver = resolve_solver(config, method, curvature)
         except MethodUnavailableError as error:
@@ -216,7 +207,7 @@ class InfluenceService:
     ) -> InfluenceResponse:
         """Answer every input; several inputs run at once (up to one per worker), answered in order."""
         self.check_influence(request)
-        config, context = query_config(request), context or self.new_context()
+        config, context = request.config(), context or self.new_context()
         done, lock = 0, threading.Lock()
 
         def answer(item):
@@ -246,19 +237,19 @@ class InfluenceService:
         names = self.engine.identity.label_names
         return PredictResponse(predictions=[prediction(row, names) for row in rows])
 
-    def _check_method(self, request, parameters: dict, job: bool) -> Checked:
-        """A saliency or attack request's text and parameters (typed by ``parameters[method]``) against the
-        limits, the synchronous budget too unless it runs as a job: one check for the synchronous route and
-        for a job's submission."""
+    def _check_method(self, request, job: bool) -> Config:
+        """A saliency or attack request's text and parameters (the library's, already validated by their
+        model) against the limits, the synchronous budget too unless it runs as a job: one check for the
+        synchronous route and for a job's submission."""
         check_text(request, self.settings, self.tokenizer, self.engine.identity)
-        params = parameters[request.method](**request.parameters.model_dump())
+        params = request.parameters
         check_method_parameters(params, self.settings)
         if not job:
             check_sync_work(request.method, params, self.settings)
         return params
 
-    def check_saliency(self, request, job: bool = False) -> Checked:
-        return self._check_method(request, SALIENCY_PARAMETERS, job)
+    def check_saliency(self, request, job: bool = False) -> Config:
+        return self._check_method(request, job)
 
     def saliency(self, request, context: RequestContext | None = None, job: bool = False) -> SaliencyResponse:
         """A saliency map; ``job=True`` (a job's own run) lifts the synchronous budget."""
@@ -275,11 +266,11 @@ class InfluenceService:
         found = self.engine.backend.attack(*arguments, context or self.new_context())
         return attack_response(found, self.engine.identity.label_names)
 
-    def check_attack(self, request, job: bool = False) -> Checked:
+    def check_attack(self, request, job: bool = False) -> Config:
         """As :meth:`_check_method`; a trigger search also needs the training examples of the class."""
         if request.method == "triggers":
             self.engine.training_examples("a trigger search")
-        return self._check_method(request, ATTACK_PARAMETERS, job)
+        return self._check_method(request, job)
 
     def models(self) -> ModelsResponse:
         engine = self.engine
@@ -403,7 +394,7 @@ class InfluenceService:
 
     def _check_gradient_build(self, params) -> GradientIndexConfig:
         self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
-        config = GradientIndexConfig(**(params.model_dump() if params is not None else {}))
+        config = params if params is not None else GradientIndexConfig()
         try:
             check_gradient_factory(config.factory)
         except ValueError as error:

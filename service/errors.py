@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from interpret.cancellation import RequestCancelled
 from interpret.checkpoint import TrainingDataMissingError
+from interpret.config import describe_errors
 from interpret.influence.lissa import LissaDivergenceError
 from workers.cluster import WorkerMismatchError, WorkerPoolError, WorkerTimeoutError
 
@@ -142,13 +143,6 @@ def allowed_methods(app, scope) -> list[str]:
     ]
 
 
-def _validation_message(errors: list[dict]) -> str:
-    first = errors[0]
-    field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{field}: {first.get('msg', 'invalid')}{more}"
-
-
 def install(app: FastAPI) -> None:
     """Register the handlers: the only place where exceptions become HTTP responses."""
 
@@ -161,7 +155,7 @@ def install(app: FastAPI) -> None:
         errors = [
             {key: value for key, value in e.items() if key in ("loc", "msg", "type")} for e in error.errors()
         ]
-        return error_response(422, "invalid_request", _validation_message(errors), errors)
+        return error_response(422, "invalid_request", describe_errors(errors), errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -6,9 +6,7 @@ Types, defaults and always-wrong values are refused earlier, by the strict reque
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Checked, resolve_label, solves_s_test
+from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Config, resolve_label, solves_s_test
 from interpret.data import require_words
 from interpret.explainer import Identity
 from service.errors import LimitExceededError
@@ -143,9 +141,9 @@ def parameter_limits(settings: Settings) -> dict[str, int]:
     return {name: getattr(settings, limit) for name, limit in PARAMETER_LIMITS.items()}
 
 
-def check_method_parameters(params: Checked, settings: Settings) -> None:
+def check_method_parameters(params: Config, settings: Settings) -> None:
     """The operator's size limits on a saliency method's or an attack's parameters."""
-    values = asdict(params)
+    values = params.model_dump()
     for name, value in values.items():
         field = f"parameters.{name}"
         if value is None:
@@ -162,12 +160,12 @@ def check_method_parameters(params: Checked, settings: Settings) -> None:
         )
 
 
-def forward_passes(method: str, params: Checked) -> int:
+def forward_passes(method: str, params: Config) -> int:
     """Example forward passes a saliency method or an attack costs, roughly (what the synchronous budget
     counts): integrated gradients and SmoothGrad two per step or sample (forward and backward), LIME two
     per sample, a trigger search one batch per candidate per iteration plus the held-out evaluation,
     HotFlip and Input Reduction a few dozen."""
-    values = asdict(params)
+    values = params.model_dump()
     if method in ("integrated_gradients", "smooth_gradient", "lime"):
         return 2 * values.get("steps", values.get("num_samples", 1))
     if method == "triggers":
@@ -177,7 +175,7 @@ def forward_passes(method: str, params: Checked) -> int:
     return 64
 
 
-def check_sync_work(method: str, params: Checked, settings: Settings) -> None:
+def check_sync_work(method: str, params: Config, settings: Settings) -> None:
     """A synchronous request must fit the budget; a costlier one is pointed to a job."""
     cost, budget = forward_passes(method, params), settings.max_sync_forward_passes
     if cost > budget:

@@ -36,9 +36,8 @@ def prediction(probabilities, names: Sequence[str]) -> Prediction:
 def lissa_quality(report: LissaReport, disclose: bool = True) -> LissaQuality:
     traces = report.norm_traces
     step = max(1, traces.shape[1] // TRACE_POINTS)
-    config = {k: v for k, v in asdict(report.config).items() if k != "divergence_bound"}
     return LissaQuality(
-        config=config,
+        config=report.config,
         final_norm=[float(t[-1]) for t in traces],
         norm_trace=[[float(x) for x in t[step - 1 :: step]] for t in traces],
         relative_spread=report.relative_spread,

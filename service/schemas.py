@@ -1,34 +1,40 @@
 """Request and response bodies: one pydantic model per role. Pydantic and ``interpret.config`` only (no
 torch), so clients can import it.
 
-Request defaults and bounds are not written here: they are read from the ``interpret.config`` dataclasses
-the library itself uses (LiSSA, k/top, each saliency method's and attack's parameters), so the API, the
-CLI and the library cannot disagree. Requests are strict (no coercion, unknown fields refused, finite
-floats). The operator's limits (max k, max batch, max tokens, ...) are checked by ``service.limits``
-against ``Settings``, so each violation names the field and the configured limit.
+Request defaults, bounds and descriptions are not written here: the request models are subclasses of the
+``interpret.config`` models the library itself takes (``InfluenceRequest`` is a ``QueryConfig`` with
+inputs, each method's ``parameters`` is its library parameters model), so the API, the CLI and the
+library cannot disagree, and one validation engine checks them all. Requests are strict (no coercion,
+unknown fields refused, finite floats). The operator's limits (max k, max batch, max tokens, ...) are
+checked by ``service.limits`` against ``Settings``, so each violation names the field and the configured
+limit.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from interpret.config import (
-    ATTACK_PARAMETERS,
     DEFAULT_FACTORY,
     DEFAULT_INDEX_KIND,
-    SALIENCY_PARAMETERS,
-    TARGETED_ATTACKS,
+    AttackMethod,
     EvaluationConfig,
     EvaluationTask,
     GradientIndexConfig,
+    HotFlipParams,
     IndexKind,
+    InputReductionParams,
+    IntegratedGradientsParams,
     JobKind,
+    LimeParams,
     LissaConfig,
+    NoParameters,
     QueryConfig,
-    type_hints,
+    SaliencyMethod,
+    SmoothGradientParams,
+    TriggerParams,
 )
 from tasks.reports import (
     AuditReport,
@@ -39,34 +45,13 @@ from tasks.reports import (
     RecallReport,
 )
 
-SaliencyMethod = Literal[tuple(SALIENCY_PARAMETERS)]
-AttackMethod = Literal[tuple(ATTACK_PARAMETERS)]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class _Strict(BaseModel):
     """Requests: unknown fields refused, no coercion (``"1"`` and ``true`` are not the integer 1)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _fields_of(config_class: type) -> dict[str, tuple]:
-    """Pydantic fields from an ``interpret.config`` dataclass: its defaults, bounds and descriptions."""
-    out = {}
-    hints = type_hints(config_class)
-    for spec in dataclasses.fields(config_class):
-        meta = spec.metadata
-        if "api" not in meta or not meta["api"]:
-            continue  # an internal knob, or a nested config the caller lays out itself
-        bounds = {key: meta[key] for key in ("ge", "gt", "le") if meta.get(key) is not None}
-        if "float" in str(hints[spec.name]):
-            bounds["allow_inf_nan"] = False
-        out[spec.name] = (hints[spec.name], Field(spec.default, description=meta["doc"] or None, **bounds))
-    return out
-
-
-def _model_of(config_class: type, name: str, doc: str) -> type[_Strict]:
-    return create_model(name, __base__=_Strict, __doc__=doc, **_fields_of(config_class))
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class TextInput(_Strict):
@@ -81,61 +66,93 @@ class TextInput(_Strict):
     )
 
 
-LissaParams = _model_of(
-    LissaConfig,
-    "LissaParams",
-    "LiSSA knobs (FastIF names); defaults are the FastIF preset (README conventions).",
+class InfluenceRequest(QueryConfig):
+    """Which training examples made each prediction: the library's query settings, and the inputs."""
+
+    inputs: list[TextInput] = Field(min_length=1, description="One or more inputs, answered in order.")
+
+    def config(self) -> QueryConfig:
+        """The query settings alone, as the library takes them."""
+        return QueryConfig(**{name: getattr(self, name) for name in QueryConfig.model_fields})
+
+
+# ------------------------------------------------------------------------- saliency: one model per method
+
+
+class SimpleGradientRequest(TextInput):
+    method: Literal["simple_gradient"]
+    parameters: NoParameters = Field(default_factory=NoParameters)
+
+
+class IntegratedGradientsRequest(TextInput):
+    method: Literal["integrated_gradients"]
+    parameters: IntegratedGradientsParams = Field(default_factory=IntegratedGradientsParams)
+
+
+class SmoothGradientRequest(TextInput):
+    method: Literal["smooth_gradient"]
+    parameters: SmoothGradientParams = Field(default_factory=SmoothGradientParams)
+
+
+class LeaveOneOutRequest(TextInput):
+    method: Literal["leave_one_out"]
+    parameters: NoParameters = Field(default_factory=NoParameters)
+
+
+class LimeRequest(TextInput):
+    method: Literal["lime"]
+    parameters: LimeParams = Field(default_factory=LimeParams)
+
+
+# --------------------------------------------------------------------------- attacks: one model per method
+
+
+class _Targeted(TextInput):
+    target: int | str | None = Field(
+        None, description="Label to flip to, by index or by name; default: any other."
+    )
+
+
+class HotflipRequest(_Targeted):
+    method: Literal["hotflip"]
+    parameters: HotFlipParams = Field(default_factory=HotFlipParams)
+
+
+class InputReductionRequest(TextInput):
+    method: Literal["input_reduction"]
+    parameters: InputReductionParams = Field(default_factory=InputReductionParams)
+
+
+class TriggersRequest(_Targeted):
+    method: Literal["triggers"]
+    parameters: TriggerParams = Field(default_factory=TriggerParams)
+
+
+SaliencyRequest = Annotated[
+    SimpleGradientRequest
+    | IntegratedGradientsRequest
+    | SmoothGradientRequest
+    | LeaveOneOutRequest
+    | LimeRequest,
+    Field(discriminator="method"),
+]
+AttackRequest = Annotated[
+    HotflipRequest | InputReductionRequest | TriggersRequest, Field(discriminator="method")
+]
+
+
+def _by_method(*requests: type[TextInput]) -> dict[str, type[TextInput]]:
+    """Method name -> its request model (the ``method`` tag's one value)."""
+    return {request.model_fields["method"].annotation.__args__[0]: request for request in requests}  # type: ignore[union-attr]
+
+
+SALIENCY_REQUESTS = _by_method(
+    SimpleGradientRequest, IntegratedGradientsRequest, SmoothGradientRequest, LeaveOneOutRequest, LimeRequest
 )
-
-GradientIndexParams = _model_of(
-    GradientIndexConfig,
-    "GradientIndexParams",
-    "How the gradient index is built (projection kind, rank and seed, preconditioner, damping, FAISS "
-    "factory).",
-)
-
-InfluenceRequest = create_model(
-    "InfluenceRequest",
-    __base__=_Strict,
-    inputs=(list[TextInput], Field(min_length=1, description="One or more inputs, answered in order.")),
-    **_fields_of(QueryConfig),
-    lissa=(LissaParams, Field(default_factory=LissaParams)),
-)
-
-
-def _camel(name: str) -> str:
-    return "".join(part.title() for part in name.split("_"))
-
-
-def _method_requests(kind: str, registry: dict[str, type], extra) -> dict[str, type[_Strict]]:
-    """One request model per method: ``method`` is its tag, ``parameters`` its own typed model."""
-    requests = {}
-    for method, params_class in registry.items():
-        params = _model_of(params_class, f"{_camel(method)}Parameters", f"Parameters of {kind} {method}.")
-        requests[method] = create_model(
-            f"{_camel(method)}Request",
-            __base__=TextInput,
-            method=(Literal[method], ...),
-            parameters=(params, Field(default_factory=params)),
-            **extra(method),
-        )
-    return requests
-
-
-def _target(method: str) -> dict:
-    if method not in TARGETED_ATTACKS:
-        return {}
-    description = "Label to flip to, by index or by name; default: any other."
-    return {"target": (int | str | None, Field(None, description=description))}
-
-
-SALIENCY_REQUESTS = _method_requests("saliency method", SALIENCY_PARAMETERS, lambda method: {})
-ATTACK_REQUESTS = _method_requests("attack", ATTACK_PARAMETERS, _target)
-SaliencyRequest = Annotated[Union[tuple(SALIENCY_REQUESTS.values())], Field(discriminator="method")]  # noqa: UP007
-AttackRequest = Annotated[Union[tuple(ATTACK_REQUESTS.values())], Field(discriminator="method")]  # noqa: UP007
-SALIENCY_REQUEST = TypeAdapter(SaliencyRequest)
+ATTACK_REQUESTS = _by_method(HotflipRequest, InputReductionRequest, TriggersRequest)
+SALIENCY_REQUEST: TypeAdapter[SaliencyRequest] = TypeAdapter(SaliencyRequest)
 """``SALIENCY_REQUEST.validate_python({...})`` builds the right method's request (clients use it)."""
-ATTACK_REQUEST = TypeAdapter(AttackRequest)
+ATTACK_REQUEST: TypeAdapter[AttackRequest] = TypeAdapter(AttackRequest)
 
 
 class Prediction(BaseModel):
@@ -156,7 +173,7 @@ class InfluentialExampleOut(BaseModel):
 
 
 class LissaQuality(BaseModel):
-    config: LissaParams  # type: ignore[valid-type]
+    config: LissaConfig
     final_norm: list[float] = Field(description="Last ||h_J|| / scale of each repetition.")
     norm_trace: list[list[float]] = Field(description="||h_j|| / scale per repetition, every 1/50 of J.")
     relative_spread: float = Field(description="Mean ||s_r - s_test|| / ||s_test|| over repetitions.")
@@ -320,26 +337,23 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-EvaluateRequest = create_model(
-    "EvaluateRequest",
-    __base__=_Strict,
-    __doc__="An evaluation (loo, lds_head, recall) or an application (influence_map, audit, error_correction)"
-    ".",
-    task=(EvaluationTask, Field(description="Which run.")),
-    inputs=(
-        list[TextInput],
-        Field(
-            default_factory=list,
-            description="Test points. loo, lds_head, recall and error_correction need each one's true label; "
-            "influence_map explains each input's given or predicted label; audit takes none.",
-        ),
-    ),
-    methods=(
-        list[Literal["gradient", "fastif"]],
-        Field(default_factory=lambda: ["gradient"], min_length=1, description="recall: methods measured."),
-    ),
-    **_fields_of(EvaluationConfig),
-)
+class EvaluateRequest(EvaluationConfig):
+    """An evaluation (loo, lds_head, recall) or an application (influence_map, audit, error_correction):
+    the library's sizes and seeds, the task and its test points."""
+
+    task: EvaluationTask = Field(description="Which run.")
+    inputs: list[TextInput] = Field(
+        default_factory=list,
+        description="Test points. loo, lds_head, recall and error_correction need each one's true label; "
+        "influence_map explains each input's given or predicted label; audit takes none.",
+    )
+    methods: list[Literal["gradient", "fastif"]] = Field(
+        default_factory=lambda: ["gradient"], min_length=1, description="recall: methods measured."
+    )
+
+    def config(self) -> EvaluationConfig:
+        """The sizes and seeds alone, as the library takes them."""
+        return EvaluationConfig(**{name: getattr(self, name) for name in EvaluationConfig.model_fields})
 
 
 class JobRequest(_Strict):
@@ -347,13 +361,13 @@ class JobRequest(_Strict):
     costly for a synchronous request. The field named after the kind holds its request."""
 
     kind: JobKind
-    influence: InfluenceRequest | None = Field(None, description="The query, for kind=influence.")  # type: ignore[valid-type]
+    influence: InfluenceRequest | None = Field(None, description="The query, for kind=influence.")
     saliency: SaliencyRequest | None = Field(None, description="The request, for kind=saliency.")
     attack: AttackRequest | None = Field(None, description="The request, for kind=attack.")
-    evaluate: EvaluateRequest | None = Field(None, description="The run, for kind=evaluate.")  # type: ignore[valid-type]
+    evaluate: EvaluateRequest | None = Field(None, description="The run, for kind=evaluate.")
     factory: str = Field(DEFAULT_FACTORY, description="FAISS factory string, for kind=index_build (kNN).")
     index_kind: IndexKind = Field(DEFAULT_INDEX_KIND, description="Which index, for kind=index_build.")
-    gradient: GradientIndexParams | None = Field(  # type: ignore[valid-type]
+    gradient: GradientIndexConfig | None = Field(
         None, description="Gradient index settings, for kind=index_build with index_kind=gradient."
     )
 

@@ -177,7 +177,7 @@ def influence_map(
     the prediction it made); ``rows=None`` takes the evaluation set's errors (at most ``max_points``)."""
     predicted, errors = evaluation_errors(engine, test)
     rows = errors[:max_points] if rows is None else np.asarray(rows)
-    config = replace(config or QueryConfig(), top=top)
+    config = (config or QueryConfig()).replace(top=top)
     nodes: dict[str, MapNode] = {}
     edges: list[MapEdge] = []
     method = None
@@ -253,7 +253,7 @@ def error_correction(
     second half's accuracy change for each. ``tracked`` is a separate copy of the model (not the engine's,
     which keeps answering queries); its tracked parameters are restored after every run."""
     train_config = train_config or correction_training()
-    config = replace(config or QueryConfig(), top=top)
+    config = (config or QueryConfig()).replace(top=top)
     original = tracked.parameters().clone()
     deltas: dict[str, list[float]] = {"helpful": [], "random": [], "harmful": []}
     baselines, budgets = [], []

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -232,8 +231,8 @@ def method_scores(
 
 def _with_method(config: QueryConfig, method: EvaluatedMethod) -> QueryConfig:
     if method == "exact":
-        return replace(config, method="full", exact=True, k=None)
-    return replace(config, method=method, k=None if method == "full" else config.k, rerank=None)
+        return config.replace(method="full", exact=True, k=None)
+    return config.replace(method=method, k=None if method == "full" else config.k, rerank=None)
 
 
 def retrain_subsets(

@@ -250,7 +250,7 @@ def run_job(
     test = examples_from_inputs(engine, request.inputs) if task.takes_inputs else None
     inputs = TaskInputs(
         engine,
-        EvaluationConfig(**request.model_dump(exclude={"task", "inputs", "methods"})),
+        request.config(),
         test,
         None if test is None else np.arange(len(test)),  # every input (a map explains each, not errors)
         methods=tuple(request.methods),

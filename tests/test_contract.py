@@ -3,11 +3,11 @@ boundaries hold, and the model card describes exactly the rows trained on."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -20,9 +20,12 @@ from interpret.config import (
     ATTACK_PARAMETERS,
     FASTIF_PRESET,
     SALIENCY_PARAMETERS,
+    AttackMethod,
     EvaluationConfig,
+    GradientIndexConfig,
     LissaConfig,
     QueryConfig,
+    SaliencyMethod,
 )
 from interpret.saliency import SALIENCY_METHODS
 from service import schemas
@@ -32,54 +35,63 @@ PACKAGES = ("interpret", "index", "workers", "engine", "tasks", "service", "clie
 
 
 def test_request_schemas_take_defaults_and_bounds_from_the_library_configs():
-    def agrees(model, config_class) -> None:
-        for spec in dataclasses.fields(config_class):
-            if not spec.metadata.get("api", False):
-                assert spec.name not in model.model_fields or spec.name == "lissa"
-                continue
-            field = model.model_fields[spec.name]
-            assert field.default == spec.default, (config_class, spec.name)
-            bounds = {
-                key: getattr(m, key) for m in field.metadata for key in ("ge", "gt", "le") if hasattr(m, key)
-            }
-            for key in ("ge", "gt", "le"):
-                assert bounds.get(key) == spec.metadata[key], (config_class, spec.name, key)
+    """The REST request models are the library's configs (subclasses, or the configs as fields): every
+    config field is served with the library's default, bounds and description, and nothing is added but
+    the request's own fields."""
 
-    agrees(schemas.LissaParams, LissaConfig)
-    agrees(schemas.InfluenceRequest, QueryConfig)
-    agrees(schemas.EvaluateRequest, EvaluationConfig)
-    for registry, requests in (
-        (SALIENCY_PARAMETERS, schemas.SALIENCY_REQUESTS),
-        (ATTACK_PARAMETERS, schemas.ATTACK_REQUESTS),
+    def agrees(model, config_class, own: set[str] = frozenset()) -> None:
+        assert issubclass(model, config_class), (model, config_class)
+        assert set(model.model_fields) == set(config_class.model_fields) | own, model
+        for name, spec in config_class.model_fields.items():
+            field = model.model_fields[name]
+            assert field.default == spec.default and field.description == spec.description, (model, name)
+            assert field.metadata == spec.metadata, (model, name)  # the ge / gt / le bounds
+
+    agrees(schemas.InfluenceRequest, QueryConfig, {"inputs"})
+    agrees(schemas.EvaluateRequest, EvaluationConfig, {"task", "inputs", "methods"})
+    lissa = schemas.InfluenceRequest.model_fields["lissa"]
+    assert lissa.annotation is LissaConfig and lissa.get_default(call_default_factory=True) == FASTIF_PRESET
+    gradient = schemas.JobRequest.model_fields["gradient"].annotation
+    assert typing.get_args(gradient) == (GradientIndexConfig, type(None))
+    for registry, requests, names in (
+        (SALIENCY_PARAMETERS, schemas.SALIENCY_REQUESTS, SaliencyMethod),
+        (ATTACK_PARAMETERS, schemas.ATTACK_REQUESTS, AttackMethod),
     ):
-        assert registry.keys() == requests.keys()
+        assert registry.keys() == requests.keys() == set(typing.get_args(names))
         for method, params_class in registry.items():
-            agrees(requests[method].model_fields["parameters"].annotation, params_class)
+            parameters = requests[method].model_fields["parameters"]
+            assert parameters.annotation is params_class, method
+            assert parameters.get_default(call_default_factory=True) == params_class(), method
+    api_fields = {name for config in (QueryConfig, LissaConfig) for name in config.model_fields}
+    assert not api_fields & {"divergence_bound", "score_batch_size"}  # internal margins stay constants
 
 
 def test_library_functions_cli_and_clients_use_the_same_defaults():
     for registry, functions in ((SALIENCY_PARAMETERS, SALIENCY_METHODS), (ATTACK_PARAMETERS, ATTACK_METHODS)):
         for method, params_class in registry.items():
             signature = inspect.signature(functions[method]).parameters
-            for spec in dataclasses.fields(params_class):
-                assert signature[spec.name].default == spec.default, (method, spec.name)
+            for name, spec in params_class.model_fields.items():
+                assert signature[name].default == spec.default, (method, name)
     from cli.commands import query
     from clients import InfluenceClient, influence_request
 
     options = inspect.signature(query).parameters
-    assert options["k"].default == QueryConfig.k and options["top"].default == QueryConfig.top
+    assert options["k"].default == QueryConfig.default("k") and options["top"].default == QueryConfig.default(
+        "top"
+    )
     for name in ("recursion_depth", "damping", "scale", "seed"):
         assert options[name].default == getattr(FASTIF_PRESET, name)
     assert options["lissa_batch_size"].default == FASTIF_PRESET.batch_size
     for function in (influence_request, InfluenceClient.influence):
         parameters = inspect.signature(function).parameters
-        assert parameters["k"].default == QueryConfig.k and parameters["top"].default == QueryConfig.top
+        assert parameters["k"].default == QueryConfig.default("k") and parameters[
+            "top"
+        ].default == QueryConfig.default("top")
     for name in ("method", "rerank", "solver", "cg_rows"):
-        assert options[name].default == getattr(QueryConfig, name), name
+        assert options[name].default == QueryConfig.default(name), name
     from cli.applications import correct, influence_map_command
     from cli.evaluate import lds, loo
     from cli.indexes import index_build
-    from interpret.config import GradientIndexConfig
 
     for command, names in (
         (loo, ("m", "damping")),
@@ -87,14 +99,14 @@ def test_library_functions_cli_and_clients_use_the_same_defaults():
         (correct, ("seeds", "top")),
     ):
         for name in names:
-            assert inspect.signature(command).parameters[name].default == getattr(EvaluationConfig, name), (
-                name
-            )
-    assert inspect.signature(influence_map_command).parameters["top"].default == EvaluationConfig.top
+            assert inspect.signature(command).parameters[name].default == EvaluationConfig.default(name), name
+    assert inspect.signature(influence_map_command).parameters["top"].default == EvaluationConfig.default(
+        "top"
+    )
     build_options = inspect.signature(index_build).parameters
-    for spec in dataclasses.fields(GradientIndexConfig):
-        if spec.name != "factory":
-            assert build_options[spec.name].default == spec.default, spec.name
+    for name, spec in GradientIndexConfig.model_fields.items():
+        if name != "factory":
+            assert build_options[name].default == spec.default, name
 
 
 def test_the_readme_and_the_demo_show_the_gradient_method(tmp_path, monkeypatch):

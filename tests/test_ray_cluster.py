@@ -63,7 +63,11 @@ def test_query_runs_on_an_existing_cluster_through_ray_address(two_node_cluster,
     nodes = {worker.split("/")[0] for worker in workers}
     assert len(workers) == 2 and len(nodes) == 2  # one repetition on each node (one CPU each)
 
-    config = QueryConfig(k=25, top=3, lissa=LissaConfig(30, 4, 2, 0.1, 20.0))
+    config = QueryConfig(
+        k=25,
+        top=3,
+        lissa=LissaConfig(recursion_depth=30, batch_size=4, num_repetitions=2, damping=0.1, scale=20.0),
+    )
     local = answer_query(local_engine(model_dir, index_dir=index_dir), QUERY, config=config)
     assert [e["id"] for e in payload["helpful"]] == [e.id for e in local.helpful]
     assert [e["id"] for e in payload["harmful"]] == [e.id for e in local.harmful]

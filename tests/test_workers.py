@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -77,7 +76,7 @@ def test_pool_s_test_and_scores_equal_one_process(pool, reference, repetitions):
     """Same arithmetic in another order (repetitions on other processes, all-reduced; rows scored in 1 to
     70 shards), so the element-wise tolerance stays tight: it is not a solve compared across BLAS
     kernels."""
-    config = replace(LISSA, num_repetitions=repetitions)
+    config = LISSA.replace(num_repetitions=repetitions)
     expected = local_s_test(reference, config)
     s_test = pool_s_test(pool, config)
     report = s_test.report
@@ -97,7 +96,7 @@ def test_pool_s_test_and_scores_equal_one_process(pool, reference, repetitions):
 def test_pooled_query_answers_like_the_local_engine(pool, reference):
     """Same arithmetic in another order (the pool's workers against this process), so the element-wise
     tolerance stays tight: it is not a solve compared across BLAS kernels."""
-    config = QueryConfig(k=None, top=4, lissa=replace(LISSA, num_repetitions=2))
+    config = QueryConfig(k=None, top=4, lissa=LISSA.replace(num_repetitions=2))
     local = answer_query(local_engine_of(reference), QUERY, config=config)
     pooled = answer_query(Engine(pool, reference.examples, None, {}), QUERY, config=config)
     assert [e.id for e in pooled.helpful] == [e.id for e in local.helpful]
@@ -162,7 +161,7 @@ def test_killing_a_worker_mid_query_gives_the_same_answer(pool, reference):
     """A lost repetition or shard is re-run elsewhere. Same arithmetic in another order (a fresh worker
     re-runs the same seeded steps), so the element-wise tolerance stays tight: it is not a solve compared
     across BLAS kernels."""
-    config = replace(LISSA, num_repetitions=3, recursion_depth=400)
+    config = LISSA.replace(num_repetitions=3, recursion_depth=400)
     expected = local_s_test(reference, config)
     before = {ray.get(a.identity.remote()).worker for a in pool.workers.actors}
     pending = pool.start_s_test(QUERY, None, None, QueryConfig(lissa=config))
@@ -231,7 +230,7 @@ def test_a_cached_s_test_outlives_the_deadline_of_the_query_that_made_it(pool, r
     )
     time.sleep(max(0.0, 3.5 - first.timings["total"]))  # let the first request's deadline pass
     actors, replacements = pool.workers.actors, pool.replacements
-    refined = replace(config, top=5)
+    refined = config.replace(top=5)
     second = answer_query(
         engine, QUERY, config=refined, cache=cache, context=RequestContext("b", time.time() + 60)
     )

@@ -23,7 +23,7 @@ import ray
 
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext
-from interpret.config import Checked, QueryConfig
+from interpret.config import Config, QueryConfig
 from interpret.explainer import Explainer, Identity, STest, STestSummary
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.query import TestPoint
@@ -227,7 +227,7 @@ class WorkerPool:
         return self._sharded(Explainer.predict, texts, pairs, context, "light")
 
     def saliency(
-        self, text: str, pair: str | None, method: str, label: int | None, params: Checked, context=None
+        self, text: str, pair: str | None, method: str, label: int | None, params: Config, context=None
     ) -> SaliencyMap:
         """A saliency map computed on one worker, beside any long repetition."""
         return self._one(
@@ -241,7 +241,7 @@ class WorkerPool:
         method: str,
         label: int | None,
         target: int | None,
-        params: Checked,
+        params: Config,
         context=None,
     ) -> AttackResult:
         """An attack computed on one worker. A universal-trigger search runs over many training examples,

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from interpret.attacks.base import DEFAULT_IGNORE_TOKENS, AttackResult, WordEdit
 from interpret.attacks.hotflip import hotflip
 from interpret.attacks.input_reduction import input_reduction
 from interpret.attacks.triggers import TriggerResult, flip_rate, search_trigger, trigger_attack, with_trigger
 from interpret.classifier import TextClassifier
-from interpret.config import ATTACK_PARAMETERS, TARGETED_ATTACKS, Checked, method_parameters
+from interpret.config import ATTACK_PARAMETERS, TARGETED_ATTACKS, Config, method_parameters
 from interpret.data import require_words
 
 ATTACK_METHODS = {"hotflip": hotflip, "input_reduction": input_reduction, "triggers": trigger_attack}
@@ -25,7 +23,7 @@ def attack(
     label: int | None = None,
     target: int | None = None,
     examples=None,
-    params: Checked | None = None,
+    params: Config | None = None,
     **parameters,
 ) -> AttackResult:
     """Run an attack by name (parameters as their ``interpret.config`` dataclass, or by name);
@@ -39,10 +37,10 @@ def attack(
     if method == "triggers":
         if examples is None:
             raise ValueError("triggers need the training examples to search over")
-        return trigger_attack(classifier, text, pair, label, examples, target, **asdict(params))
+        return trigger_attack(classifier, text, pair, label, examples, target, **params.model_dump())
     if method == "input_reduction":
-        return input_reduction(classifier, text, pair, label, **asdict(params))
-    return hotflip(classifier, text, pair, label, target, **asdict(params))
+        return input_reduction(classifier, text, pair, label, **params.model_dump())
+    return hotflip(classifier, text, pair, label, target, **params.model_dump())
 
 
 __all__ = [

@@ -42,12 +42,12 @@ def hotflip(
     pair: str | None = None,
     label: int | None = None,
     target: int | None = None,
-    max_flips: int | None = HotFlipParams.max_flips,
-    candidates: int = HotFlipParams.candidates,
+    max_flips: int | None = HotFlipParams.default("max_flips"),
+    candidates: int = HotFlipParams.default("candidates"),
     ignore_tokens: tuple[str, ...] = DEFAULT_IGNORE_TOKENS,
 ) -> AttackResult:
     """Flip word-pieces until the prediction leaves ``label`` (default: predicted) or reaches ``target``."""
-    HotFlipParams(max_flips, candidates)  # the one check of the values
+    HotFlipParams(max_flips=max_flips, candidates=candidates)  # the one check of the values
     row = encode_ids(classifier, text, pair)
     original_ids = row["input_ids"].clone()
     before = probabilities(classifier, [row])[0]

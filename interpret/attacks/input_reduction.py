@@ -33,11 +33,11 @@ def input_reduction(
     text: str,
     pair: str | None = None,
     label: int | None = None,
-    beam_size: int = InputReductionParams.beam_size,
+    beam_size: int = InputReductionParams.default("beam_size"),
     ignore_tokens: tuple[str, ...] = DEFAULT_IGNORE_TOKENS,
 ) -> AttackResult:
     """The shortest input (word-pieces removed) that keeps the prediction ``label`` (default: predicted)."""
-    InputReductionParams(beam_size)  # the one check of the values
+    InputReductionParams(beam_size=beam_size)  # the one check of the values
     start = encode_ids(classifier, text, pair)
     before = probabilities(classifier, [start])[0]
     label = int(before.argmax()) if label is None else label

@@ -77,11 +77,11 @@ def search_trigger(
     texts: list[str],
     labels: list[int],
     target: int | None = None,
-    num_tokens: int = TriggerParams.num_tokens,
-    iterations: int = TriggerParams.iterations,
-    candidates: int = TriggerParams.candidates,
+    num_tokens: int = TriggerParams.default("num_tokens"),
+    iterations: int = TriggerParams.default("iterations"),
+    candidates: int = TriggerParams.default("candidates"),
     batch_size: int = TRIGGER_BATCH_SIZE,
-    seed: int = TriggerParams.seed,
+    seed: int = TriggerParams.default("seed"),
     ignore_tokens: tuple[str, ...] = DEFAULT_IGNORE_TOKENS,
 ) -> TriggerResult:
     if not texts or len(texts) != len(labels):
@@ -147,18 +147,25 @@ def trigger_attack(
     label: int | None,
     examples,
     target: int | None = None,
-    num_tokens: int = TriggerParams.num_tokens,
-    iterations: int = TriggerParams.iterations,
-    candidates: int = TriggerParams.candidates,
-    num_examples: int = TriggerParams.num_examples,
-    held_out: int = TriggerParams.held_out,
-    seed: int = TriggerParams.seed,
+    num_tokens: int = TriggerParams.default("num_tokens"),
+    iterations: int = TriggerParams.default("iterations"),
+    candidates: int = TriggerParams.default("candidates"),
+    num_examples: int = TriggerParams.default("num_examples"),
+    held_out: int = TriggerParams.default("held_out"),
+    seed: int = TriggerParams.default("seed"),
 ) -> AttackResult:
     """Search a trigger on training ``examples`` of the attacked class (``label``, default: the prediction
     for ``text``), report its error rate on other, held-out examples of that class, apply it to ``text``."""
     if pair is not None:
         raise ValueError("triggers are searched over single sentences; text_pair is not supported")
-    TriggerParams(num_tokens, iterations, candidates, num_examples, held_out, seed)  # the one check
+    TriggerParams(  # the one check of the values
+        num_tokens=num_tokens,
+        iterations=iterations,
+        candidates=candidates,
+        num_examples=num_examples,
+        held_out=held_out,
+        seed=seed,
+    )
     row = encode_ids(classifier, text)
     before = probabilities(classifier, [row])[0]
     label = int(before.argmax()) if label is None else label

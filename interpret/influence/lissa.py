@@ -21,7 +21,6 @@ the scale (at most :data:`SCALE_DOUBLINGS` times); at a given scale the divergen
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interpret.cancellation import checkpoint
-from interpret.config import LissaConfig
+from interpret.config import LISSA_DIVERGENCE_BOUND, LissaConfig
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import hessian_vector_product
 from interpret.models import TrackedModel
@@ -108,7 +107,7 @@ class STestResult:
 
 def ran_at(config: LissaConfig, scales: list[float]) -> LissaConfig:
     """``config`` with the scale the repetitions ran at (the largest, if a measured one was doubled)."""
-    return dataclasses.replace(config, scale=max(scales))
+    return config.replace(scale=max(scales))
 
 
 def sample_batches(
@@ -212,7 +211,7 @@ def _recursion(
     scale: float,
     progress: bool,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    bound = config.divergence_bound * scale * float(v.norm()) / config.damping
+    bound = LISSA_DIVERGENCE_BOUND * scale * float(v.norm()) / config.damping
     steps_per_load = max(1, _PREFETCH_EXAMPLES // config.batch_size)
     h = v.clone()
     trace = np.empty(config.recursion_depth)

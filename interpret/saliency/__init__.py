@@ -7,10 +7,8 @@ method's parameters as its ``interpret.config`` dataclass; every method returns 
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from interpret.classifier import TextClassifier
-from interpret.config import SALIENCY_PARAMETERS, Checked, method_parameters
+from interpret.config import SALIENCY_PARAMETERS, Config, method_parameters
 from interpret.data import require_words
 from interpret.saliency.base import SaliencyMap, encode_text
 from interpret.saliency.black_box import leave_one_out, lime
@@ -32,7 +30,7 @@ def saliency(
     method: str,
     pair: str | None = None,
     label: int | None = None,
-    params: Checked | None = None,
+    params: Config | None = None,
     **parameters,
 ) -> SaliencyMap:
     """The named method's map; its parameters as their ``interpret.config`` dataclass, or by name."""
@@ -40,7 +38,7 @@ def saliency(
     require_words(pair, "text_pair")
     if params is None:
         params = method_parameters("saliency method", SALIENCY_PARAMETERS, method, parameters)
-    return SALIENCY_METHODS[method](classifier, text, pair, label, **asdict(params))
+    return SALIENCY_METHODS[method](classifier, text, pair, label, **params.model_dump())
 
 
 __all__ = [

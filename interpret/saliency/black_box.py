@@ -79,10 +79,10 @@ def lime(
     text: str,
     pair: str | None = None,
     label: int | None = None,
-    num_samples: int = LimeParams.num_samples,
-    kernel_width: float = LimeParams.kernel_width,
-    ridge: float = LimeParams.ridge,
-    seed: int = LimeParams.seed,
+    num_samples: int = LimeParams.default("num_samples"),
+    kernel_width: float = LimeParams.default("kernel_width"),
+    ridge: float = LimeParams.default("ridge"),
+    seed: int = LimeParams.default("seed"),
 ) -> SaliencyMap:
     """LIME (Ribeiro et al. 2016) over words: a weighted ridge fit of ``p(label)`` on word-presence masks.
 
@@ -90,7 +90,9 @@ def lime(
     delete, chosen uniformly; weights ``sqrt(exp(-d^2 / kernel_width^2))`` with ``d`` the cosine distance
     of the mask to all-ones (LIME's distance x100 with width 25 is the same kernel).
     """
-    LimeParams(num_samples, kernel_width, ridge, seed)  # the one check of the values
+    LimeParams(
+        num_samples=num_samples, kernel_width=kernel_width, ridge=ridge, seed=seed
+    )  # the one check of the values
     encoded, probabilities, label = _prepared(classifier, text, pair, label)
     words = len(encoded.words)
     rng = np.random.default_rng(seed)

@@ -72,10 +72,10 @@ def integrated_gradients(
     text: str,
     pair: str | None = None,
     label: int | None = None,
-    steps: int = IntegratedGradientsParams.steps,
-    baseline: IntegratedGradientsBaseline = IntegratedGradientsParams.baseline,
+    steps: int = IntegratedGradientsParams.default("steps"),
+    baseline: IntegratedGradientsBaseline = IntegratedGradientsParams.default("baseline"),  # noqa: B008 (a str)
 ) -> SaliencyMap:
-    IntegratedGradientsParams(steps, baseline)  # the one check of the values
+    IntegratedGradientsParams(steps=steps, baseline=baseline)  # the one check of the values
     encoded, probabilities, label, forward, embeddings = _prepared(classifier, text, pair, label)
     gaps: dict[str, float] = {}
     for start in ("zero", "mask") if baseline == "auto" else (baseline,):
@@ -146,11 +146,11 @@ def smooth_gradient(
     text: str,
     pair: str | None = None,
     label: int | None = None,
-    num_samples: int = SmoothGradientParams.num_samples,
-    stdev: float = SmoothGradientParams.stdev,
-    seed: int = SmoothGradientParams.seed,
+    num_samples: int = SmoothGradientParams.default("num_samples"),
+    stdev: float = SmoothGradientParams.default("stdev"),
+    seed: int = SmoothGradientParams.default("seed"),
 ) -> SaliencyMap:
-    SmoothGradientParams(num_samples, stdev, seed)  # the one check of the values
+    SmoothGradientParams(num_samples=num_samples, stdev=stdev, seed=seed)  # the one check of the values
     encoded, probabilities, label, forward, embeddings = _prepared(classifier, text, pair, label)
     extra = forward_arguments(encoded)
     scale = float(stdev * (embeddings.detach().max() - embeddings.detach().min()))

@@ -94,7 +94,7 @@ const parameterLimits = () => (state.model?.parameter_limits) || {};
 // The influence and map forms: each field's default and bound from the server, none written here.
 function fillFixedForms() {
   const schemas = state.schema.components.schemas, limits = parameterLimits();
-  const influence = schemas.InfluenceRequest.properties, lissa = schemas.LissaParams.properties;
+  const influence = schemas.InfluenceRequest.properties, lissa = referenced(influence.lissa).properties;
   const fields = [["inf-k", "k", influence.k], ["inf-top", "top", influence.top], ["inf-rerank", "rerank", influence.rerank],
     ["inf-depth", "recursion_depth", lissa.recursion_depth], ["inf-reps", "num_repetitions", lissa.num_repetitions],
     ["inf-damping", "damping", lissa.damping], ["map-top", null, schemas.EvaluateRequest.properties.top]];  // a job's top: the schema's bound
@@ -105,9 +105,18 @@ function fillFixedForms() {
     if (spec.default !== null && spec.default !== undefined) $(id).value = max !== undefined ? Math.min(spec.default, max) : spec.default;
   }
 }
-const camel = (name) => name.split("_").map((p) => p[0].toUpperCase() + p.slice(1)).join("");
+// The schema a property points to ({"$ref": "#/components/schemas/Name"}, possibly under allOf).
+function referenced(spec) {
+  const ref = spec.$ref || spec.allOf?.[0]?.$ref;
+  return state.schema.components.schemas[ref.split("/").pop()];
+}
+// A method's parameters: the schema its request's `parameters` property points to.
+function parameterSchema(method) {
+  const request = Object.values(state.schema.components.schemas).find((s) => s.properties?.method?.const === method);
+  return request ? referenced(request.properties.parameters) : {properties: {}};
+}
 function parameterForm(form, method) {
-  const schema = state.schema.components.schemas[`${camel(method)}Parameters`] || {properties: {}};
+  const schema = parameterSchema(method);
   const limits = parameterLimits();
   const fields = Object.entries(schema.properties).map(([name, spec]) => {
     const type = (spec.anyOf ? spec.anyOf.find((s) => s.type !== "null") : spec) || {};
