@@ -25,7 +25,7 @@ from cli.common import (
 
 def _parameters(values: list[str]) -> dict:
     """``--param name=value`` pairs: integers, floats and true/false are parsed as such."""
-    out = {}
+    out: dict[str, bool | int | float] = {}
     for item in values:
         name, sep, raw = item.partition("=")
         if not sep:

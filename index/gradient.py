@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -60,20 +61,20 @@ class GradientSpec:
 class GradientManifest:
     model_fingerprint: str
     data_fingerprint: str
-    spec: dict
+    spec: dict[str, Any]
     dim: int
     factory: str
     count: int
-    layers: list
+    layers: list[dict[str, Any]]
     created_at: str
     kind: str = GRADIENT_KIND
     metric: str = "ip"
-    fidelity: dict | None = None
+    fidelity: dict[str, Any] | None = None
     """Measured against a converged full scan (``benchmarks/gradient_index.py`` records it); null until."""
     faiss_version: str = faiss.__version__
     projection_sha256: str | None = None
     """SHA-256 of ``projection.safetensors`` (the fitted ``kfac`` bases and the inverse); null when seeded."""
-    adapter: dict | None = None
+    adapter: dict[str, Any] | None = None
     """The PEFT adapter the model is (type, base, rank, targets), or null for a plain model."""
 
 
@@ -92,7 +93,9 @@ class GradientIndex:
     def __post_init__(self) -> None:
         self.spec = GradientSpec(**self.manifest.spec)
 
-    def search(self, test_gradient: np.ndarray, top: int) -> tuple[tuple, tuple]:
+    def search(
+        self, test_gradient: np.ndarray, top: int
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """``((rows, scores) helpful, (rows, scores) harmful)``, each best first; ``score = -ip``."""
         query = np.ascontiguousarray(test_gradient, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.manifest.dim:
@@ -110,7 +113,7 @@ class ShardStore:
     """Finished gradient shards of one build (and its fitted bases), beside its output folder; reused only
     with the same spec, model and data (a shard's JSON records them)."""
 
-    def __init__(self, directory: str | Path, identity: dict):
+    def __init__(self, directory: str | Path, identity: dict[str, Any]) -> None:
         self.directory = Path(directory)
         self.identity = identity
 
@@ -176,11 +179,11 @@ def write_gradient_index(
     model_fingerprint: str,
     data_fingerprint: str,
     spec: GradientSpec,
-    layers: list,
+    layers: list[dict[str, Any]],
     factory: str = DEFAULT_FACTORY,
     projection: Projection | None = None,
     inverse: np.ndarray | None = None,
-    adapter: dict | None = None,
+    adapter: dict[str, Any] | None = None,
 ) -> GradientManifest:
     """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index, with
     the projection's fitted bases and the preconditioner's ``inverse`` when the projection has bases."""
@@ -228,7 +231,7 @@ def read_gradient_manifest(directory: str | Path) -> GradientManifest:
         raise IndexMismatchError(f"{path}: unreadable manifest ({error}); rebuild the index") from error
 
 
-def record_fidelity(directory: str | Path, fidelity: dict) -> None:
+def record_fidelity(directory: str | Path, fidelity: dict[str, Any]) -> None:
     """Write measured fidelity numbers into the manifest (atomically): queries report them."""
     path = Path(directory) / MANIFEST_FILE
     payload = json.loads(path.read_text())

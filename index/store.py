@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -38,7 +39,7 @@ class Manifest:
     created_at: str
     feature: str = "input of the final linear layer"
     faiss_version: str = faiss.__version__
-    adapter: dict | None = None
+    adapter: dict[str, Any] | None = None
     """The PEFT adapter the model is (type, base, rank, targets), or null for a plain model."""
 
 
@@ -81,7 +82,10 @@ def filled_index(vectors: np.ndarray, factory: str, metric: Metric) -> faiss.Ind
 
 
 def write_index_folder(
-    directory: str | Path, index: faiss.Index, manifest: dict, arrays: dict[str, dict] | None = None
+    directory: str | Path,
+    index: faiss.Index,
+    manifest: dict[str, Any],
+    arrays: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> None:
     """``index.faiss``, ``rows.json`` and ``manifest.json`` (and each ``arrays`` entry, file name ->
     named arrays, as safetensors), replacing ``directory`` in one rename."""
@@ -136,7 +140,7 @@ class FeatureIndex:
             stored = faiss.downcast_index(self.index).reconstruct_n(0, self.index.ntotal)
         except RuntimeError:
             return None
-        out = np.empty_like(stored)
+        out: np.ndarray = np.empty_like(stored)
         out[self.rows] = stored
         return out
 
@@ -148,7 +152,7 @@ def build_index(
     data_fingerprint: str,
     factory: str = DEFAULT_FACTORY,
     metric: Metric = DEFAULT_KNN_METRIC,
-    adapter: dict | None = None,
+    adapter: dict[str, Any] | None = None,
 ) -> Manifest:
     """Index ``features`` (row i = training row i) and write the folder atomically."""
     features = np.ascontiguousarray(features, dtype=np.float32)

@@ -6,10 +6,12 @@ differentiate the whole model with respect to its input embeddings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from interpret.concurrency import lock_of, serialized
 from interpret.models import is_linear, linear_widths, takes_token_types
@@ -19,8 +21,8 @@ from interpret.models import is_linear, linear_widths, takes_token_types
 class TextClassifier:
     """Any Hugging Face sequence classifier and its tokenizer (no frozen/tracked split needed)."""
 
-    model: nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     max_length: int = 128
     _head: nn.Module | None = field(default=None, init=False, repr=False)
 
@@ -38,11 +40,18 @@ class TextClassifier:
 
     @property
     def embeddings(self) -> nn.Embedding:
-        return self.model.get_input_embeddings()
+        embeddings = self.model.get_input_embeddings()
+        assert isinstance(embeddings, nn.Embedding), type(embeddings)  # a text model's token table
+        return embeddings
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """The word-pieces of ``ids`` as the tokenizer spells them (``##ing``, ``Ġthe``)."""
+        tokens = self.tokenizer.convert_ids_to_tokens(list(ids))
+        return [tokens] if isinstance(tokens, str) else tokens
 
     @property
     def num_labels(self) -> int:
-        return int(self.model.config.num_labels)
+        return int(self.model.config.num_labels or 0)
 
     @property
     def head(self) -> nn.Module:

@@ -30,7 +30,11 @@ import ctypes
 import functools
 import threading
 import time
+import typing
 import weakref
+
+if typing.TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -80,9 +84,12 @@ class SerializedTokenizer:
         return f"SerializedTokenizer({self.wrapped!r})"
 
 
-def serialized(tokenizer) -> SerializedTokenizer:
-    """``tokenizer`` made safe to share between threads (a proxy is returned as it is)."""
-    return tokenizer if isinstance(tokenizer, SerializedTokenizer) else SerializedTokenizer(tokenizer)
+def serialized(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """``tokenizer`` made safe to share between threads (a proxy is returned as it is). Typed as the
+    tokenizer it wraps: the proxy forwards every call, method and property to it."""
+    if isinstance(tokenizer, SerializedTokenizer):
+        return tokenizer
+    return typing.cast("PreTrainedTokenizerBase", SerializedTokenizer(tokenizer))
 
 
 HEAP_TRIM_INTERVAL_S = 30.0

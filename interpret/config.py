@@ -179,7 +179,7 @@ class QueryConfig(Config):
         return 1 if self.exact or self.solver in ("cg", "index") else self.lissa.num_repetitions
 
     @property
-    def s_test_key(self) -> tuple:
+    def s_test_key(self) -> tuple[object, ...]:
         """What an ``s_test`` depends on besides the input: the cache key's config part."""
         if self.exact:
             return ("exact", self.lissa.damping)
@@ -256,7 +256,7 @@ def unused_knobs(config: QueryConfig, method: QueryMethod, solver: Solver) -> li
     default, unused = QueryConfig(), []
 
     def moved(name: str) -> bool:
-        return getattr(config, name) != getattr(default, name)
+        return bool(getattr(config, name) != getattr(default, name))
 
     if method != "fastif" and config.k is not None and moved("k"):
         unused.append(("k", "method='fastif' (its kNN candidates)"))
@@ -327,7 +327,7 @@ class GradientIndexConfig(Config):
         return self.projection == "kfac" and self.rank is not None
 
     @property
-    def identity(self) -> dict:
+    def identity(self) -> dict[str, object]:
         """The settings that change the stored gradients (a resumed build must share them)."""
         kfac = {"fit_rows": self.fit_rows} if self.fitted else {}
         return {"rank": self.rank, "seed": self.seed, "projection": self.projection, **kfac}
@@ -455,7 +455,9 @@ TARGETED_ATTACKS = ("hotflip", "triggers")
 """Attacks that take a target label (Input Reduction keeps the label it starts with)."""
 
 
-def method_parameters(kind: str, registry: dict[str, type[Config]], method: str, given: dict) -> Config:
+def method_parameters(
+    kind: str, registry: dict[str, type[Config]], method: str, given: dict[str, object]
+) -> Config:
     """``registry[method](**given)``, with unknown methods and names reported by name."""
     if method not in registry:
         raise ValueError(f"method must be one of {sorted(registry)}, got {method!r}")

@@ -25,12 +25,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from interpret.cancellation import checkpoint
 from interpret.concurrency import lock_of, serialized
@@ -105,7 +107,8 @@ def adapter_record(model: nn.Module) -> dict | None:
     manifests record; ``None`` for a plain model."""
     if not is_peft_model(model):
         return None
-    config = next(iter(model.peft_config.values()))
+    peft: Any = model  # a PeftModel: its peft_config is not an attribute torch's Module types
+    config = next(iter(peft.peft_config.values()))
 
     def names(value) -> list[str]:
         return sorted({value} if isinstance(value, str) else set(value or []))
@@ -370,10 +373,11 @@ class _Architecture:
     final_prefix: str
 
 
-def _bert_like(model: nn.Module) -> _Architecture:
+def _bert_like(model: PreTrainedModel) -> _Architecture:
     base_name = model.base_model_prefix
-    base = model.base_model
+    base: Any = model.base_model  # the family's own modules (embeddings, encoder, pooler)
     model_type = model.config.model_type
+    classifier: Any = model.classifier
 
     def embed(encoded: dict[str, torch.Tensor]) -> torch.Tensor:
         return base.embeddings(input_ids=encoded["input_ids"], token_type_ids=encoded.get("token_type_ids"))
@@ -396,7 +400,7 @@ def _bert_like(model: nn.Module) -> _Architecture:
 
     # RoBERTa-style head: dense + tanh on the first token, then ``out_proj``.
     def roberta_head(sequence: torch.Tensor, call: Callable[..., torch.Tensor]) -> torch.Tensor:
-        return torch.tanh(call("classifier.dense.", model.classifier.dense, sequence[:, 0]))
+        return torch.tanh(call("classifier.dense.", classifier.dense, sequence[:, 0]))
 
     return _Architecture(
         embed,
@@ -416,7 +420,7 @@ _ARCHITECTURES = {
 }
 
 
-def has_fast_path(model: nn.Module) -> bool:
+def has_fast_path(model: PreTrainedModel) -> bool:
     """Whether the model's family has the frozen-bottom split (run the frozen layers once, then only the
     tracked ones): BERT and RoBERTa-style encoders. Every other family, and any PEFT-wrapped model, takes
     the generic path."""
@@ -428,7 +432,7 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def takes_token_types(model: nn.Module) -> bool:
+def takes_token_types(model: PreTrainedModel) -> bool:
     """Whether the model's forward has a ``token_type_ids`` argument. Segment ids are passed when the
     tokenizer returns them (its ``model_input_names``: BERT's, ALBERT's, XLNet's, Funnel's do; RoBERTa's,
     GPT-2's, Llama's do not) and the forward takes them, whatever the config says: XLNet has no
@@ -440,7 +444,8 @@ def linear_widths(module: nn.Module) -> tuple[int, int]:
     """``(in, out)`` widths of a linear layer of either kind."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
-    return module.weight.shape[0], module.weight.shape[1]
+    weight = module.get_parameter("weight")  # Conv1D (GPT-2): [in, out]
+    return weight.shape[0], weight.shape[1]
 
 
 @dataclass
@@ -468,7 +473,7 @@ class _Run:
     calls: dict[str, int]
 
 
-def _run_once(model: nn.Module) -> _Run:
+def _run_once(model: PreTrainedModel) -> _Run:
     """One forward pass of a four-token input under ``no_grad``, with every module's entries and exits
     stamped. The ids avoid the pad token (decoders pool the last non-pad token) and end with the
     end-of-sequence token where there is one (BART's head pools on it)."""
@@ -512,7 +517,7 @@ def _run_once(model: nn.Module) -> _Run:
     return _Run(first_start, last_end, calls)
 
 
-def _generic_architecture(model: nn.Module) -> _Generic:
+def _generic_architecture(model: PreTrainedModel) -> _Generic:
     """The blocks are the ``nn.ModuleList`` holding the most parameters (the encoder or decoder layers of
     every transformers family; for an encoder-decoder, the decoder's, which run last); the final layer is
     the last linear layer to run whose output width is the number of labels; the head is every parameter
@@ -529,7 +534,7 @@ def _generic_architecture(model: nn.Module) -> _Generic:
     if not inside:
         raise UnsupportedModelError(f"{type(model).__name__}: its blocks ({block_name}) did not run")
     blocks_end = max(run.last_end[n] for n in inside)
-    num_labels = int(model.config.num_labels)
+    num_labels = int(model.config.num_labels or 0)
     finals = [
         n
         for n, m in model.named_modules()
@@ -565,11 +570,11 @@ def _generic_architecture(model: nn.Module) -> _Generic:
     )
 
 
-def _architecture(model: nn.Module) -> _Architecture:
+def _architecture(model: PreTrainedModel) -> _Architecture:
     return _ARCHITECTURES[model.config.model_type](model)
 
 
-def _ensure_padding(model: nn.Module, tokenizer) -> None:
+def _ensure_padding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Decoder classifiers (GPT-2, Llama, Qwen2) often ship without a pad token, and their HF class then
     refuses batches. Pad with the end-of-text token, as their model cards advise, and tell the config."""
     if getattr(tokenizer, "pad_token_id", None) is None and getattr(tokenizer, "eos_token", None) is not None:
@@ -605,8 +610,8 @@ class TrackedModel:
 
     def __init__(
         self,
-        model: nn.Module,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         tracked_layers: TrackedScope = 2,
         max_length: int = 128,
         generic: bool | None = None,
@@ -619,13 +624,15 @@ class TrackedModel:
         self.generic = (not has_fast_path(model) or chosen) if generic is None else generic
         if chosen and not self.generic:
             raise ValueError(f"tracked set {tracked_layers!r} needs the generic path (generic=None or True)")
+        self._arch: _Architecture | None
+        self._layout: _Generic | None
         if self.generic:
-            self.arch, self.layout = None, _generic_architecture(model)
+            self._arch, self._layout = None, _generic_architecture(model)
             blocks, block_prefix = self.layout.blocks, self.layout.block_prefix
             final_prefix = self.layout.final_prefix
             _ensure_padding(model, tokenizer)
         else:
-            self.arch, self.layout = _architecture(model), None
+            self._arch, self._layout = _architecture(model), None
             blocks, block_prefix, final_prefix = (
                 self.arch.layers,
                 self.arch.layer_prefix,
@@ -643,13 +650,14 @@ class TrackedModel:
                 f"{tracked_layers!r}"
             )
         self.tracked_layers: TrackedScope = tracked_layers
-        self.parameter_names = self._chosen_parameters(tracked_layers) if chosen else []
-        if chosen:  # the first block holding a tracked parameter (the blocks a fine-tune puts in train mode)
+        if isinstance(tracked_layers, str) and tracked_layers != "classifier":  # lora, modules:...
+            self.parameter_names = self._chosen_parameters(tracked_layers)
+            # the first block holding a tracked parameter (the blocks a fine-tune puts in train mode)
             holding = [i for i in range(num_layers) if self._holds_tracked(f"{block_prefix}{i}.")]
             self.first_tracked_layer = holding[0] if holding else num_layers
-        else:
+        else:  # a number of blocks, or "classifier" (none)
             self.first_tracked_layer = (
-                num_layers if tracked_layers == "classifier" else num_layers - tracked_layers
+                num_layers if isinstance(tracked_layers, str) else num_layers - tracked_layers
             )
             prefixes = [final_prefix]
             if tracked_layers != "classifier":
@@ -660,9 +668,24 @@ class TrackedModel:
         self._shapes = [named[n].shape for n in self.parameter_names]
         self._sizes = [named[n].numel() for n in self.parameter_names]
 
+    @property
+    def arch(self) -> _Architecture:
+        """The per-family fast path's pieces (only when ``generic`` is false)."""
+        if self._arch is None:
+            raise AttributeError("this model runs the generic path: it has no per-family architecture")
+        return self._arch
+
+    @property
+    def layout(self) -> _Generic:
+        """The generic path's blocks and head (only when ``generic`` is true)."""
+        if self._layout is None:
+            raise AttributeError("this model runs the per-family fast path: it has no generic layout")
+        return self._layout
+
     def _say_which_stack(self, block_prefix: str, final_prefix: str) -> None:
         """An encoder-decoder has two block lists; a number of blocks counts the one that runs last (the
         decoder's). Say so once, with the tracked set that names the other one's last block instead."""
+        assert self.layout.other_stack is not None  # called for encoder-decoders only
         other, length = self.layout.other_stack
         LOGGER.warning(
             "%s is an encoder-decoder: tracked_layers counts the blocks of %s, which run last; to track "
@@ -864,6 +887,7 @@ class TrackedModel:
         if self.generic:
             return self._generic_logits(theta, state)
         hidden = state.hidden
+        assert state.mask is not None  # the fast path's frozen states keep their mask
         additive = additive_attention_mask(state.mask, hidden.dtype)
         for i in range(self.first_tracked_layer, len(self.arch.layers)):
             hidden = call(f"{self.arch.layer_prefix}{i}.", self.arch.layers[i], hidden, additive)

@@ -87,7 +87,7 @@ CLIENT_CLOSED = 499
 """nginx's code for "the client closed the connection": a cancelled request's answer that nobody reads."""
 
 
-STATUS_BY_ERROR: list[tuple[type[BaseException], int, str]] = [
+STATUS_BY_ERROR: list[tuple[type[Exception], int, str]] = [
     (WorkerTimeoutError, 504, "deadline_exceeded"),
     (WorkerPoolError, 503, "workers_failed"),
     (WorkerMismatchError, 409, "workers_mismatch"),

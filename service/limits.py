@@ -6,7 +6,15 @@ Types, defaults and always-wrong values are refused earlier, by the strict reque
 
 from __future__ import annotations
 
-from interpret.config import ATTACK_PARAMETERS, TRIGGER_BATCH_SIZE, Config, resolve_label, solves_s_test
+from interpret.config import (
+    ATTACK_PARAMETERS,
+    TRIGGER_BATCH_SIZE,
+    Config,
+    QueryMethod,
+    Solver,
+    resolve_label,
+    solves_s_test,
+)
 from interpret.data import require_words
 from interpret.explainer import Identity
 from service.errors import LimitExceededError
@@ -74,7 +82,13 @@ def _label(value: int | str | None, identity: Identity, field: str) -> int | Non
 
 
 def check_influence(
-    request, settings: Settings, tokenizer, identity: Identity, num_examples: int, method: str, solver: str
+    request,
+    settings: Settings,
+    tokenizer,
+    identity: Identity,
+    num_examples: int,
+    method: QueryMethod,
+    solver: Solver,
 ) -> None:
     """Sizes of an influence request that ``method`` and ``solver`` (already resolved) will run: a knob
     neither reads is refused before (``unused_knobs``), and bounds only what runs."""

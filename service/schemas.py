@@ -36,14 +36,7 @@ from interpret.config import (
     SmoothGradientParams,
     TriggerParams,
 )
-from tasks.reports import (
-    AuditReport,
-    CorrectionReport,
-    InfluenceMapReport,
-    LdsReport,
-    LooReport,
-    RecallReport,
-)
+from tasks.reports import TaskReport
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -337,6 +330,10 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
+def _gradient_only() -> list[Literal["gradient", "fastif"]]:
+    return ["gradient"]
+
+
 class EvaluateRequest(EvaluationConfig):
     """An evaluation (loo, lds_head, recall) or an application (influence_map, audit, error_correction):
     the library's sizes and seeds, the task and its test points."""
@@ -348,7 +345,7 @@ class EvaluateRequest(EvaluationConfig):
         "influence_map explains each input's given or predicted label; audit takes none.",
     )
     methods: list[Literal["gradient", "fastif"]] = Field(
-        default_factory=lambda: ["gradient"], min_length=1, description="recall: methods measured."
+        default_factory=_gradient_only, min_length=1, description="recall: methods measured."
     )
 
     def config(self) -> EvaluationConfig:
@@ -396,19 +393,9 @@ class JobStatus(BaseModel):
     progress: float = Field(ge=0, le=1)
     done: int
     total: int
-    result: (
-        InfluenceResponse
-        | IndexBuildResult
-        | SaliencyResponse
-        | AttackResponse
-        | LooReport
-        | LdsReport
-        | RecallReport
-        | AuditReport
-        | InfluenceMapReport
-        | CorrectionReport
-        | None
-    ) = None
+    result: InfluenceResponse | IndexBuildResult | SaliencyResponse | AttackResponse | TaskReport | None = (
+        None
+    )
     error: ErrorBody | None = None
     created_at: float
     finished_at: float | None = None

@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
 
 from interpret.storage import write_json_atomic
+from tasks.reports import TaskReport
 
 
 def _figure(columns: int = 1):
@@ -38,7 +38,7 @@ def _save(plt, figure, path: Path) -> None:
             os.unlink(scratch)
 
 
-def write_report(report: BaseModel, directory: str | Path, name: str | None = None) -> tuple[Path, Path]:
+def write_report(report: TaskReport, directory: str | Path, name: str | None = None) -> tuple[Path, Path]:
     """``<name>.json`` and ``<name>.png`` in ``directory`` (both written atomically)."""
     directory = Path(directory)
     name = name or report.kind

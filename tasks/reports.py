@@ -113,3 +113,7 @@ class CorrectionReport(BaseModel):
         description="Training rows fine-tuned on, per seed (the same for each strategy)."
     )
     summary: dict[str, float]
+
+
+TaskReport = LooReport | LdsReport | RecallReport | AuditReport | InfluenceMapReport | CorrectionReport
+"""What a task returns (``tasks.registry``): one report model per task, each naming its ``kind``."""

@@ -51,7 +51,7 @@ class AttackResult:
 
 
 def tokens_of(classifier: TextClassifier, ids: torch.Tensor) -> list[str]:
-    return classifier.tokenizer.convert_ids_to_tokens(ids.tolist())
+    return classifier.tokens(ids.tolist())
 
 
 def encode_ids(classifier: TextClassifier, text: str, pair: str | None = None) -> dict[str, torch.Tensor]:
@@ -160,7 +160,7 @@ def editable_words(
     encoding = classifier.tokenizer(text, pair, truncation=True, max_length=classifier.max_length)
     ids = encoding["input_ids"]
     special = set(classifier.tokenizer.all_special_ids)
-    tokens = classifier.tokenizer.convert_ids_to_tokens(ids)
+    tokens = classifier.tokens(ids)
     words: dict[tuple[int, int], list[int]] = {}
     for position, (word, sequence) in enumerate(
         zip(encoding.word_ids(), encoding.sequence_ids(), strict=True)

@@ -91,6 +91,7 @@ def search_trigger(
     allowed = candidate_vocabulary(classifier, tuple(ignore_tokens))
     matrix = classifier.embeddings.weight.detach()
     start_id = classifier.tokenizer.convert_tokens_to_ids(classifier.tokenizer.tokenize(" the")[0])
+    assert isinstance(start_id, int)  # one token in, one id out
     if not allowed[start_id]:  # "the" is not one piece here: start from the first word-start entry
         start_id = int(allowed.nonzero()[0])
     trigger = torch.full((num_tokens,), start_id, device=classifier.device)
@@ -103,7 +104,7 @@ def search_trigger(
             classifier, batch, batch_labels, trigger, slot, target, matrix, allowed, candidates
         )
         trace.append(loss)
-    tokens = classifier.tokenizer.convert_ids_to_tokens(trigger.tolist())
+    tokens = classifier.tokens(trigger.tolist())
     return TriggerResult(tokens, trigger.tolist(), trace)
 
 
@@ -196,7 +197,7 @@ def trigger_attack(
     original, final = tokens_of(classifier, row["input_ids"]), tokens_of(classifier, attacked["input_ids"])
     edits = [WordEdit(slot + i, None, token) for i, token in enumerate(found.trigger)]
     reached = int(after.argmax()) == target if target is not None else int(after.argmax()) != label
-    extra = {
+    extra: dict[str, float | str] = {
         "trigger": " ".join(found.trigger),
         "held_out_examples": float(len(held_texts)),
         "held_out_error_rate_before": flip_rate(classifier, held_texts, [label] * len(held_texts), None),

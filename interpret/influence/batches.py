@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from interpret.data import ExampleSet
+from interpret.data import ExampleSet, Rows
 from interpret.models import FrozenState, TrackedModel, length_sorted_batches
 
 
@@ -22,35 +22,35 @@ class ExampleStates:
     def __len__(self) -> int:
         return len(self.examples)
 
-    def _frozen(self, rows: Sequence[int]) -> FrozenState:
+    def _frozen(self, rows: Rows) -> FrozenState:
         texts = [self.examples.texts[i] for i in rows]
         pairs = [self.examples.pairs[i] for i in rows] if self.examples.pairs is not None else None
         return self.tracked.frozen(self.tracked.encode(texts, pairs))
 
-    def labels(self, rows: Sequence[int]) -> torch.Tensor:
+    def labels(self, rows: Rows) -> torch.Tensor:
         return torch.as_tensor(
             self.examples.labels[np.asarray(rows, dtype=np.int64)], device=self.tracked.device
         )
 
-    def load(self, rows: Sequence[int]) -> tuple[FrozenState, torch.Tensor]:
+    def load(self, rows: Rows) -> tuple[FrozenState, torch.Tensor]:
         """States of ``rows`` in the order given (repeats allowed), built from length-sorted blocks."""
-        rows = np.asarray(rows, dtype=np.int64)
-        pairs = [self.examples.pairs[i] for i in rows] if self.examples.pairs is not None else None
+        order = np.asarray(rows, dtype=np.int64)
+        pairs = [self.examples.pairs[i] for i in order] if self.examples.pairs is not None else None
         blocks = []
         for positions in length_sorted_batches(
-            [self.examples.texts[i] for i in rows], self.block_size, pairs
+            [self.examples.texts[i] for i in order], self.block_size, pairs
         ):
-            blocks.append((positions, self._frozen(rows[positions])))
-        return _assemble(blocks, len(rows)), self.labels(rows)
+            blocks.append((positions, self._frozen(order[positions])))
+        return _assemble(blocks, len(order)), self.labels(order)
 
     def iter_blocks(
-        self, rows: Sequence[int], block_size: int
+        self, rows: Rows, block_size: int
     ) -> Iterator[tuple[np.ndarray, FrozenState, torch.Tensor]]:
         """``(positions into rows, states, labels)`` in length-sorted blocks: the fast way to scan rows."""
-        rows = np.asarray(rows, dtype=np.int64)
-        pairs = [self.examples.pairs[i] for i in rows] if self.examples.pairs is not None else None
-        for positions in length_sorted_batches([self.examples.texts[i] for i in rows], block_size, pairs):
-            yield positions, self._frozen(rows[positions]), self.labels(rows[positions])
+        order = np.asarray(rows, dtype=np.int64)
+        pairs = [self.examples.pairs[i] for i in order] if self.examples.pairs is not None else None
+        for positions in length_sorted_batches([self.examples.texts[i] for i in order], block_size, pairs):
+            yield positions, self._frozen(order[positions]), self.labels(order[positions])
 
 
 def _assemble(blocks: list[tuple[np.ndarray, FrozenState]], total: int) -> FrozenState:
@@ -68,8 +68,9 @@ def _assemble(blocks: list[tuple[np.ndarray, FrozenState]], total: int) -> Froze
     types = None if first.token_types is None else first.token_types.new_zeros((total, width))
     for positions, state in blocks:
         index = torch.as_tensor(positions)
+        assert state.mask is not None  # every block of one model is padded alike
         hidden[index, : state.hidden.shape[1]] = state.hidden
         mask[index, : state.mask.shape[1]] = state.mask
-        if types is not None:
+        if types is not None and state.token_types is not None:
             types[index, : state.token_types.shape[1]] = state.token_types
     return FrozenState(hidden, mask, types, first.padding_value)

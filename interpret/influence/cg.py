@@ -9,6 +9,7 @@ residual of 1e-2 in about 4 iterations. It is the ground truth that LiSSA's nois
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,14 @@ def cg_rows(num_examples: int, num_rows: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num_examples, num_rows, replace=False))
 
 
-def damped_hvp(tracked, theta, train: ExampleStates, rows: np.ndarray, damping: float, block_size: int = 64):
+def damped_hvp(
+    tracked: TrackedModel,
+    theta: torch.Tensor,
+    train: ExampleStates,
+    rows: np.ndarray,
+    damping: float,
+    block_size: int = 64,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> (H_M + damping I) x``, ``H_M`` the Hessian of the mean loss over ``rows`` (in blocks)."""
     blocks = [
         (len(positions), states, labels) for positions, states, labels in train.iter_blocks(rows, block_size)

@@ -6,6 +6,7 @@ This is the ground truth LiSSA is tested against, and a usable method when only 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from interpret.cancellation import checkpoint
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import mean_loss
-from interpret.models import TrackedModel
+from interpret.models import FrozenState, TrackedModel
 
 MAX_EXACT_PARAMETERS = 6000
 """An explicit P x P Hessian in float64 beyond this is hundreds of MB and a slow solve."""
@@ -54,13 +55,20 @@ def training_hessian(
     )
     for positions, states, labels in train.iter_blocks(np.arange(len(train)), block_size):
         checkpoint()
-        total += block_hessian(lambda t, s=states, y=labels: mean_loss(tracked, t, s, y), theta) * (
+        total += block_hessian(functools.partial(_block_loss, tracked, states, labels), theta) * (
             len(positions) / len(train)
         )
     return total
 
 
+def _block_loss(
+    tracked: TrackedModel, states: FrozenState, labels: torch.Tensor, theta: torch.Tensor
+) -> torch.Tensor:
+    return mean_loss(tracked, theta, states, labels)
+
+
 def exact_s_test(hessian_matrix: torch.Tensor, v: torch.Tensor, damping: float) -> torch.Tensor:
     """``(H + damping I)^-1 v`` by a dense solve."""
     eye = torch.eye(hessian_matrix.shape[0], dtype=hessian_matrix.dtype, device=hessian_matrix.device)
-    return torch.linalg.solve(hessian_matrix + damping * eye, v)
+    solution: torch.Tensor = torch.linalg.solve(hessian_matrix + damping * eye, v)
+    return solution

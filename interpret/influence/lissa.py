@@ -33,7 +33,7 @@ from interpret.cancellation import checkpoint
 from interpret.config import LISSA_DIVERGENCE_BOUND, LissaConfig
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import hessian_vector_product
-from interpret.models import TrackedModel
+from interpret.models import FrozenState, TrackedModel
 
 _PREFETCH_EXAMPLES = 256
 SCALE_BATCHES = 8
@@ -128,7 +128,12 @@ def sample_batches(
 
 
 def top_eigenvalue(
-    tracked: TrackedModel, theta: torch.Tensor, states, labels: torch.Tensor, steps: int, seed: int
+    tracked: TrackedModel,
+    theta: torch.Tensor,
+    states: FrozenState,
+    labels: torch.Tensor,
+    steps: int,
+    seed: int,
 ) -> float:
     """``|lambda|`` of largest magnitude of one batch's loss Hessian: ``steps`` power iterations
     ``u <- H u / ||H u||`` from a seeded Gaussian start, then ``||H u||`` (a lower bound that converges
@@ -188,7 +193,7 @@ def lissa_repetition(
     """One repetition: ``(s_test_r, norm trace [J], the scale it ran at)``. Without ``config.scale`` the
     scale is ``measured_scale`` (or measured here), doubled on divergence (module docstring)."""
     given = config.scale is not None
-    scale = config.scale if given else measured_scale or curvature_scale(tracked, theta, train, config)
+    scale = config.scale or measured_scale or curvature_scale(tracked, theta, train, config)
     doublings = 0 if given else SCALE_DOUBLINGS
     for doubling in range(doublings + 1):
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -23,7 +24,7 @@ def recall_at_m(candidates: np.ndarray, reference_scores: np.ndarray, m: int, mo
 
 
 def top_lists_recall(
-    reference_scores: np.ndarray, scores: np.ndarray, rows: np.ndarray, ms=(10, 100)
+    reference_scores: np.ndarray, scores: np.ndarray, rows: np.ndarray, ms: Sequence[int] = (10, 100)
 ) -> dict[str, float]:
     """recall@m of a method's own top-m lists, per side, against the reference over all rows: the method
     scored ``rows`` with ``scores``; keys ``recall_at_{m}_{side}``. ``influence evaluate recall`` and

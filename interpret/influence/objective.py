@@ -13,18 +13,25 @@ from torch.func import grad, vmap
 from interpret.models import FrozenState, TrackedModel
 
 
-def per_example_losses(tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
+def per_example_losses(
+    tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy of each example, ``[B]``."""
     return F.cross_entropy(tracked.logits(theta, state), labels, reduction="none")
 
 
-def mean_loss(tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
+def mean_loss(
+    tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor
+) -> torch.Tensor:
     return per_example_losses(tracked, theta, state, labels).mean()
 
 
-def loss_gradient(tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
+def loss_gradient(
+    tracked: TrackedModel, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor
+) -> torch.Tensor:
     """Gradient of the mean loss of a batch with respect to ``theta`` (``v`` for a test batch)."""
-    return grad(lambda t: mean_loss(tracked, t, state, labels))(theta)
+    gradient: torch.Tensor = grad(lambda t: mean_loss(tracked, t, state, labels))(theta)
+    return gradient
 
 
 def hessian_vector_product(
@@ -58,7 +65,8 @@ def per_example_gradients(
 
     def one(hidden: torch.Tensor, mask: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
         single = FrozenState(hidden[None], None if mask is None else mask[None])
-        return grad(lambda t: mean_loss(tracked, t, single, label[None]))(theta)
+        gradient: torch.Tensor = grad(lambda t: mean_loss(tracked, t, single, label[None]))(theta)
+        return gradient
 
     mask_dim = None if state.mask is None else 0
     return vmap(one, in_dims=(0, mask_dim, 0))(state.hidden, state.mask, labels)

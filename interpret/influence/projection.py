@@ -34,7 +34,10 @@ full scan gets every exact per-example gradient from one batched backward instea
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,7 +115,8 @@ class NormSlot:
 
     @property
     def width(self) -> int:
-        return int(self.module.weight.shape[0])
+        weight: torch.Tensor = self.module.weight  # type: ignore[assignment]  # a linear layer's
+        return int(weight.shape[0])
 
     @property
     def dim(self) -> int:
@@ -152,7 +156,7 @@ class Projection:
         return "random" if self.bases is None else "kfac"
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         return (self.rank, self.seed, self.digest)
 
     def __eq__(self, other: object) -> bool:
@@ -186,11 +190,16 @@ def eigen_bases(factors: dict[str, torch.Tensor], rank: int) -> dict[str, np.nda
     return out
 
 
-def _gaussian(rows: int, cols: int, seed: int, dtype, device) -> torch.Tensor:
+def _summed(parts: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of one layer's per-call contributions (one call, or one per use of a shared module)."""
+    return functools.reduce(operator.add, parts)
+
+
+def _gaussian(rows: int, cols: int, seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Seeded ``N(0, 1/rows)`` entries: ``E[P^T P] = I``. Drawn on the CPU in float64, so every device
     and dtype gets the same matrix."""
     generator = torch.Generator().manual_seed(seed)
-    matrix = torch.randn(rows, cols, generator=generator, dtype=torch.float64) / rows**0.5
+    matrix: torch.Tensor = torch.randn(rows, cols, generator=generator, dtype=torch.float64) / rows**0.5
     return matrix.to(dtype=dtype, device=device)
 
 
@@ -265,21 +274,23 @@ class Projector:
                     sides.append((f"{slot.name}:{side}", matrix.shape[1]))
         return sides
 
-    def describe(self) -> list[dict]:
+    def describe(self) -> list[dict[str, object]]:
         """Per layer: name and projected shape (the manifest records it)."""
         return [{"layer": s.name, "k_out": s.k_out, "k_in": s.k_in} for s in self.slots]
 
     # ----------------------------------------------------------------------------- the factored path
 
-    def _backward(self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor):
+    def _backward(
+        self, theta: torch.Tensor, state: FrozenState, labels: torch.Tensor
+    ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """Each tracked module's calls as ``(inputs, output gradients)`` pairs of the batch's summed
         cross-entropy, from one forward and backward (each example's loss reaches only its own activations,
         so the summed loss gives every example its own output gradients). A module used once per forward
         has one call; a shared one (ALBERT) has one per use."""
         captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-        def capture(name: str):
-            def hook(_module, inputs, output):
+        def capture(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+            def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
                 captured.setdefault(name, []).append((inputs[0].detach(), output))
 
             return hook
@@ -301,7 +312,7 @@ class Projector:
         return [[_unflattened(x, next(grads), tokens) for x, _ in module] for module in calls]
 
     @staticmethod
-    def _shared(calls, batch: int) -> bool:
+    def _shared(calls: list[list[tuple[torch.Tensor, torch.Tensor]]], batch: int) -> bool:
         """Whether some call ran on an input that every example shares (DeBERTa's relative-position
         embeddings through its attention projections): its output gradient is summed over the batch, so
         per-example factors of that call exist only one example at a time."""
@@ -315,11 +326,11 @@ class Projector:
             return torch.cat(rows)
         mask = None if state.mask is None else state.mask.to(theta.dtype)
         parts = [
-            sum(self._project(slot, x, grad, mask) for x, grad in module)
+            _summed(self._project(slot, x, grad, mask) for x, grad in module)
             for slot, module in zip(self.slots, calls, strict=False)
         ]
         for norm, uses in zip(self.norms, calls[len(self.slots) :], strict=True):
-            parts.append(sum(_norm_gradient(norm, x, grad, mask) for x, grad in uses))
+            parts.append(_summed(_norm_gradient(norm, x, grad, mask) for x, grad in uses))
         return torch.cat(parts, dim=1)
 
     def factors(
@@ -346,7 +357,9 @@ class Projector:
                         out[side] = out.get(side, 0) + (rows.T @ rows).double()
         return out
 
-    def _project(self, slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask) -> torch.Tensor:
+    def _project(
+        self, slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         if inputs.dim() == 2:  # pooler / classifier: one position per example
             inputs, grads = inputs[:, None], grads[:, None]
         elif (positions := _positions(inputs, mask)) is not None:  # pads carry no gradient; make it exact
@@ -456,7 +469,7 @@ def _positions(inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor 
 
 
 def _tokens(
-    slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask
+    slot: LinearSlot, inputs: torch.Tensor, grads: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer's tokens that reach the loss, as rows: ``([T, d_in (+1)], [T, d_out])``, the bias input 1
     appended. Pads are dropped, and so are the positions whose output gradient is exactly zero: a decoder's
@@ -473,13 +486,16 @@ def _tokens(
     return inputs, grads
 
 
-def _norm_gradient(norm: NormSlot, inputs: torch.Tensor, grads: torch.Tensor, mask) -> torch.Tensor:
+def _norm_gradient(
+    norm: NormSlot, inputs: torch.Tensor, grads: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """Per-example ``[dL/dw, dL/db]`` of a norm whose output is affine in its scale, ``y = s(w) * n(x) + b``
     with ``s(w) = w`` or ``1 + w``: ``sum_t delta_t * dy_t/dw`` and ``sum_t delta_t``. ``dy/dw`` is the output
     at ``w = 1`` minus the output at ``w = 0`` (the bias cancels), so no family's formula is written here."""
     if grads.dim() == 3 and (positions := _positions(grads, mask)) is not None:
         grads = grads * positions[..., None]
-    module, scale = norm.module, norm.module.weight.detach()
+    module: nn.Module = norm.module
+    scale = module.get_parameter("weight").detach()
     with torch.no_grad():
         at = {
             value: torch.func.functional_call(module, {"weight": torch.full_like(scale, value)}, (inputs,))

@@ -49,7 +49,7 @@ class InfluenceAnswer:
     s_test_cached: bool = False
     cg: object = None
     """The conjugate-gradient report (``interpret.explainer.CGReport``) when ``solver='cg'``."""
-    gradient_index: dict | None = None
+    gradient_index: dict[str, object] | None = None
     """Settings and measured fidelity of the gradient index that answered."""
     solver: str | None = None
     """How ``s_test`` was solved (lissa, cg, index or exact); ``None`` when none was needed."""

@@ -14,7 +14,6 @@ Two equal ways to compute a block of scores:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -23,6 +22,7 @@ from torch.func import jvp, vmap
 from tqdm.auto import tqdm
 
 from interpret.cancellation import checkpoint
+from interpret.data import Rows
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import per_example_gradients, per_example_losses
 from interpret.models import FrozenState, TrackedModel
@@ -45,7 +45,10 @@ def influence_scores(
         raise ValueError(f"method must be 'jvp' or 'per_example', got {method!r}")
 
     def directional(tangent: torch.Tensor) -> torch.Tensor:
-        return jvp(lambda t: per_example_losses(tracked, t, states, labels), (theta,), (tangent,))[1]
+        derivative: torch.Tensor = jvp(
+            lambda t: per_example_losses(tracked, t, states, labels), (theta,), (tangent,)
+        )[1]
+        return derivative
 
     return -(vmap(directional)(s_test) if s_test.dim() == 2 else directional(s_test))
 
@@ -55,13 +58,13 @@ def score_rows(
     theta: torch.Tensor,
     s_test: torch.Tensor,
     train: ExampleStates,
-    rows: Sequence[int],
+    rows: Rows,
     block_size: int = 128,
     method: ScoringMethod = "jvp",
     progress: bool = False,
 ) -> np.ndarray:
     """Scores of training ``rows`` (in that order), float64 ``[len(rows)]`` or ``[Q, len(rows)]``."""
-    rows = np.asarray(rows, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)  # one copy, indexed by block positions below
     out = np.empty((*s_test.shape[:-1], len(rows)), dtype=np.float64)
     bar = tqdm(total=len(rows), desc="score", unit="ex", disable=not progress)
     for positions, states, labels in train.iter_blocks(rows, block_size):

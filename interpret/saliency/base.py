@@ -8,6 +8,7 @@ of the word embedding table, before position and segment embeddings are added), 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,7 +82,7 @@ def encode_text(classifier: TextClassifier, text: str, pair: str | None = None) 
         for w, s in zip(raw_words, sequence_ids, strict=True)
     ]
     input_ids = encoding["input_ids"].to(classifier.device)
-    tokens = classifier.tokenizer.convert_ids_to_tokens(encoding["input_ids"][0].tolist())
+    tokens = classifier.tokens(encoding["input_ids"][0].tolist())
     words, spans = _words(encoding, word_ids, text, pair)
     pieces = _pieces(encoding, tokens, text, pair)
     return EncodedText(
@@ -115,8 +116,16 @@ def _pieces(encoding, tokens: list[str], text: str, pair: str | None) -> list[st
             continue
         start = max(span.start, taken[sequence])
         taken[sequence] = max(span.end, taken[sequence])
-        out.append((text if sequence == 0 else pair)[start : span.end].strip())
+        out.append(_source(text, pair, sequence)[start : span.end].strip())
     return out
+
+
+def _source(text: str, pair: str | None, sequence: int) -> str:
+    """The text a piece of sequence ``sequence`` (0: the text, 1: the pair) was cut from."""
+    if sequence == 0:
+        return text
+    assert pair is not None, "a piece of the second sequence without a pair"
+    return pair
 
 
 def _words(encoding, word_ids: list[int | None], text: str, pair: str | None):
@@ -130,7 +139,7 @@ def _words(encoding, word_ids: list[int | None], text: str, pair: str | None):
     for word in range(count):
         positions = spans[word]
         sequence = encoding.sequence_ids(0)[positions[0]]
-        source = text if sequence == 0 else pair
+        source = _source(text, pair, sequence)
         start = encoding.token_to_chars(0, positions[0]).start
         end = encoding.token_to_chars(0, positions[-1]).end
         words.append(source[start:end])
@@ -193,7 +202,7 @@ def token_map(
     attributions: torch.Tensor,
     label: int,
     probabilities: np.ndarray,
-    extra: dict[str, float | str] | None = None,
+    extra: Mapping[str, float | str] | None = None,
     warnings: list[str] | None = None,
 ) -> SaliencyMap:
     """From per-dimension attributions ``[S, D]``: raw = their sum per token (signed), normalised =
@@ -211,7 +220,7 @@ def token_map(
         scores.tolist(),
         label,
         probabilities.tolist(),
-        extra or {},
+        dict(extra or {}),
         encoded.pieces,
         warnings or [],
     )
@@ -223,7 +232,7 @@ def word_map(
     word_scores: np.ndarray,
     label: int,
     probabilities: np.ndarray,
-    extra: dict[str, float] | None = None,
+    extra: Mapping[str, float | str] | None = None,
 ) -> SaliencyMap:
     """From per-word scores: each word's score is shared equally by its word-pieces (specials get 0), so
     token scores sum to word scores; normalised = ``|s_w| / sum_w |s_w|``, shared the same way."""
@@ -242,6 +251,6 @@ def word_map(
         scores,
         label,
         probabilities.tolist(),
-        extra or {},
+        dict(extra or {}),
         encoded.pieces,
     )

@@ -166,5 +166,5 @@ def smooth_gradient(
             target=label,
             additional_forward_args=extra,
         )
-    report = {"noise_stdev": scale, "num_samples": float(num_samples)}
+    report: dict[str, float | str] = {"noise_stdev": scale, "num_samples": float(num_samples)}
     return token_map("smooth_gradient", encoded, attributions[0], label, probabilities, report)
