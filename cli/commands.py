@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -33,7 +34,11 @@ from cli.common import (
     train_spec_of,
 )
 from interpret.cancellation import DEFAULT_DEADLINE_S
-from interpret.config import FASTIF_PRESET, QueryConfig
+from interpret.config import FASTIF_PRESET, IndexKind, QueryConfig, QueryMethod, Solver
+
+if TYPE_CHECKING:
+    from index.gradient import GradientManifest
+    from index.store import Manifest
 
 
 @app.command()
@@ -180,8 +185,8 @@ def tracked_command(
         typer.echo(json.dumps(summary, indent=2))
         return
     table = Table("parameter", "shape", "count", title=f"tracked set {scope!s} of {model}")
-    for row in rows:
-        table.add_row(row["name"], " x ".join(map(str, row["shape"])), f"{row['count']:,}")
+    for name, size in zip(tracked.parameter_names, tracked.parameter_sizes, strict=True):
+        table.add_row(name, " x ".join(map(str, shapes[name])), f"{size:,}")
     console.print(table)
     share = 100 * tracked.num_parameters / total
     console.print(f"{tracked.num_parameters:,} of {total:,} parameters tracked ({share:.2f}%)")
@@ -231,8 +236,8 @@ def query(
         str | None, typer.Option(help="Label to explain, by index or name; default: the predicted one.")
     ] = None,
     method: Annotated[
-        str | None,
-        typer.Option(help="gradient | fastif | full; default: gradient when its index exists, else fastif."),
+        QueryMethod | None,
+        typer.Option(help="Default: gradient when its index exists, else fastif."),
     ] = None,
     k: Annotated[int, typer.Option(help="fastif: kNN candidates to score.")] = QueryConfig.default("k"),
     top: Annotated[int, typer.Option(help="Helpful and harmful examples to show.")] = QueryConfig.default(
@@ -242,12 +247,12 @@ def query(
         int | None, typer.Option(help="gradient: rescore the top K of each side with s_test.")
     ] = None,
     solver: Annotated[
-        str | None,
+        Solver | None,
         typer.Option(
             help="s_test solver: lissa, cg, or index (the kfac gradient index's curvature); "
             "default: index for a gradient rerank when the index has it, else lissa."
         ),
-    ] = QueryConfig.default("solver"),
+    ] = None,
     cg_rows: Annotated[int, typer.Option(help="cg: training rows of the Hessian.")] = QueryConfig.default(
         "cg_rows"
     ),
@@ -314,7 +319,7 @@ def query(
 
         # the default folder may hold another model's index: then it is passed over, a named one is not
         optional = gradient_index is None
-        if not optional and method not in ("full", "fastif"):
+        if gradient_index is not None and method not in ("full", "fastif"):
             require_finished_gradient_index(gradient_index, model)  # never a silent switch of method
         gradient_index = gradient_index or ARTIFACTS / "gradient-index"
         indexes = (
@@ -393,7 +398,7 @@ def serve(
     from service.settings import Settings
     from workers import connect
 
-    given = {
+    given: dict[str, Any] = {  # the options given; the rest come from INFLUENCE_* variables
         "model_dir": model,
         "index_dir": index,
         "gradient_index_dir": gradient_index,
@@ -489,10 +494,11 @@ def demo(
     # The cards record the saved weights' fingerprint, so no model load is needed to judge the cache;
     # the query below still checks each index against the weights it actually loads.
     fingerprint = read_card(model_dir).get("model_fingerprint")
-    for kind, directory, read in (
+    indexes: tuple[tuple[IndexKind, Path, Callable[[Path], Manifest | GradientManifest]], ...] = (
         ("knn", index_dir, read_manifest),
         ("gradient", gradient_dir, read_gradient_manifest),
-    ):
+    )
+    for kind, directory, read in indexes:
         try:
             fresh = read(directory).model_fingerprint == fingerprint
         except IndexMismatchError:

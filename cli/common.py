@@ -76,8 +76,13 @@ def data_spec(
 
     if source is None:
         return sst2_spec(split, max_examples)
-    columns = {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
-    return DataSpec(source, **columns, max_examples=max_examples)
+    return DataSpec(
+        source,
+        text_column=text_column,
+        pair_column=pair_column,
+        label_column=label_column,
+        max_examples=max_examples,
+    )
 
 
 def train_spec_of(
@@ -94,8 +99,14 @@ def train_spec_of(
 
     if train_data is None:
         return None
-    columns = {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
-    return DataSpec(train_data, **columns, id_column=id_column, max_examples=max_examples)
+    return DataSpec(
+        train_data,
+        text_column=text_column,
+        pair_column=pair_column,
+        label_column=label_column,
+        id_column=id_column,
+        max_examples=max_examples,
+    )
 
 
 def training_for(model: Path, train_data: str | None, *columns, needs: str = "influence"):
@@ -162,21 +173,30 @@ def engine_for(
 
     require_training_data(model, train, needs)
     index_dir = index if index is not None and index.exists() else None
-    gradient = {
-        "gradient_index_dir": gradient_index
-        if gradient_index is not None and gradient_index.exists()
-        else None,
-        "gradient_index_optional": gradient_optional,
-        "trust_remote_code": trust_remote_code,
-    }
+    gradient_dir = gradient_index if gradient_index is not None and gradient_index.exists() else None
     if workers is None:
-        return local_engine(model, train, index_dir=index_dir, **gradient)
+        return local_engine(
+            model,
+            train,
+            index_dir=index_dir,
+            gradient_index_dir=gradient_dir,
+            gradient_index_optional=gradient_optional,
+            trust_remote_code=trust_remote_code,
+        )
     from workers import PoolSettings
 
     if workers < 0:
         raise typer.BadParameter("0 (as many as fit) or a positive count", param_hint="--workers")
     settings = PoolSettings(num_workers=workers or None, deadline_s=deadline)
-    return pooled_engine(model, train, index_dir=index_dir, settings=settings, **gradient)
+    return pooled_engine(
+        model,
+        train,
+        index_dir=index_dir,
+        settings=settings,
+        gradient_index_dir=gradient_dir,
+        gradient_index_optional=gradient_optional,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def require_finished_gradient_index(directory: Path, model: Path) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -27,7 +28,7 @@ from cli.common import (
     training_for,
     write_and_show,
 )
-from interpret.config import FASTIF_PRESET, EvaluationConfig, QueryConfig
+from interpret.config import FASTIF_PRESET, EvaluatedMethod, EvaluationConfig, QueryConfig
 
 evaluate_app = typer.Typer(
     help="Measure influence scores against retraining (loo, lds) or the full scan (recall).",
@@ -53,14 +54,15 @@ def _test_set(eval_data, text_column, pair_column, label_column):
     return load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
 
 
-def _check_methods(methods: list[str] | None, default: list[str]) -> list[str]:
-    methods = methods or default
-    unknown = sorted(set(methods) - {"gradient", "fastif", "full", "exact"})
+def _check_methods(methods: list[str] | None, default: list[EvaluatedMethod]) -> list[EvaluatedMethod]:
+    """The ``--method`` values (Typer takes no list of choices), each one checked."""
+    known = typing.get_args(EvaluatedMethod)
+    unknown = sorted(set(methods or []) - set(known))
     if unknown:
         raise typer.BadParameter(
             f"unknown {unknown}: use gradient, fastif, full or exact", param_hint="--method"
         )
-    return methods
+    return [typing.cast(EvaluatedMethod, method) for method in methods] if methods else default
 
 
 @evaluate_app.command("loo")
@@ -98,7 +100,8 @@ def loo(
 @evaluate_app.command("lds")
 def lds(
     scale: Annotated[
-        str, typer.Option(help="head: the convex head on every row; tracked: the model's own tracked set.")
+        Literal["head", "tracked"],
+        typer.Option(help="head: the convex head on every row; tracked: the model's own tracked set."),
     ] = "head",
     model: ModelDir = ARTIFACTS / "model",
     train_data: TrainData = None,
@@ -135,12 +138,10 @@ def lds(
 
     from tasks.evaluation import ensure_indexes, lds_tracked, sample_rows
 
-    if scale not in ("head", "tracked"):
-        raise typer.BadParameter("head or tracked", param_hint="--scale")
     evaluation = checked_options(
         EvaluationConfig, subsets=subsets, fraction=fraction, damping=damping, seed=seed
     )
-    methods = _check_methods(methods, ["gradient", "fastif"]) if scale == "tracked" else methods
+    measured = _check_methods(methods, ["gradient", "fastif"])
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
@@ -164,13 +165,13 @@ def lds(
         bars.setdefault(stage, tqdm_progress(stage))(done, total)
 
     try:
-        ensure_indexes(engine, methods, cache)
+        ensure_indexes(engine, measured, cache)
         report = lds_tracked(
             engine,
             model,
             test,
             rows,
-            methods,
+            measured,
             cache / "retrains",
             subsets,
             fraction,
@@ -192,7 +193,9 @@ def recall(
     gradient_index: Annotated[Path, typer.Option(help="Gradient index folder.")] = ARTIFACTS
     / "gradient-index",
     methods: Methods = None,
-    reference: Annotated[str, typer.Option(help="full (LiSSA over every row) or exact.")] = "full",
+    reference: Annotated[
+        Literal["full", "exact"], typer.Option(help="full: LiSSA over every row; exact: small tracked sets.")
+    ] = "full",
     ms: Annotated[list[int] | None, typer.Option("--m", min=1, help="recall@m; repeat for several.")] = None,
     eval_data: EvalData = None,
     test_points: TestPoints = 5,
@@ -208,9 +211,7 @@ def recall(
     """recall@m of each method's helpful and harmful lists against a full scan of the same test points."""
     from tasks.evaluation import sample_rows
 
-    methods = _check_methods(methods, ["gradient", "fastif"])
-    if reference not in ("full", "exact"):
-        raise typer.BadParameter("full or exact", param_hint="--reference")
+    measured = _check_methods(methods, ["gradient", "fastif"])
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
@@ -225,7 +226,7 @@ def recall(
         test=test,
         rows=rows,
         query=QueryConfig(k=k),
-        methods=methods,
+        methods=measured,
         reference=reference,
         recall_at=recall_at,
     )

@@ -21,6 +21,7 @@ from cli.common import (
     label_value,
     train_spec_of,
 )
+from interpret.config import AttackMethod, SaliencyMethod
 
 
 def _parameters(values: list[str]) -> dict:
@@ -83,7 +84,8 @@ def predict_command(
     if url is not None:
         from clients import InfluenceClient
 
-        inputs = [{"text": t, "text_pair": p} for t, p in zip(text, pair or [None] * len(text), strict=True)]
+        pairs: list[str | None] = list(pair) if pair else [None] * len(text)
+        inputs = [{"text": t, "text_pair": p} for t, p in zip(text, pairs, strict=True)]
         with InfluenceClient(url, api_key=api_key) as client:
             result = client.predict(inputs).model_dump()
             names = client.models().models[0].labels
@@ -111,10 +113,7 @@ def predict_command(
 @app.command("saliency")
 def saliency_command(
     text: Annotated[str, typer.Option(help="The sentence to explain.")],
-    method: Annotated[
-        str,
-        typer.Option(help="simple_gradient, integrated_gradients, smooth_gradient, leave_one_out or lime."),
-    ] = "integrated_gradients",
+    method: Annotated[SaliencyMethod, typer.Option(help="The saliency method.")] = "integrated_gradients",
     pair: str | None = None,
     label: Label = None,
     param: Param = None,
@@ -168,7 +167,7 @@ def saliency_command(
 @app.command("attack")
 def attack_command(
     text: Annotated[str, typer.Option(help="The sentence to attack.")],
-    method: Annotated[str, typer.Option(help="hotflip, input_reduction or triggers.")] = "hotflip",
+    method: Annotated[AttackMethod, typer.Option(help="The attack.")] = "hotflip",
     pair: str | None = None,
     label: Annotated[
         str | None, typer.Option(help="Label attacked (index or name); default: predicted.")

@@ -21,7 +21,16 @@ from cli.common import (
     index_app,
     training_for,
 )
-from interpret.config import DEFAULT_FACTORY, DEFAULT_INDEX_KIND, DEFAULT_KNN_METRIC, GradientIndexConfig
+from interpret.config import (
+    DEFAULT_FACTORY,
+    DEFAULT_INDEX_KIND,
+    DEFAULT_KNN_METRIC,
+    GradientIndexConfig,
+    IndexKind,
+    Metric,
+    Preconditioner,
+    ProjectionKind,
+)
 
 DEFAULTS = GradientIndexConfig()
 
@@ -43,7 +52,8 @@ def index_build(
     model: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = ARTIFACTS / "model",
     train_data: TrainData = None,
     kind: Annotated[
-        str, typer.Option(help="knn (FastIF candidates) or gradient (projected, preconditioned gradients).")
+        IndexKind,
+        typer.Option(help="knn (FastIF candidates) or gradient (projected, preconditioned gradients)."),
     ] = DEFAULT_INDEX_KIND,
     out: Annotated[
         Path | None, typer.Option(help="Index folder [artifacts/index; artifacts/gradient-index].")
@@ -51,13 +61,13 @@ def index_build(
     factory: Annotated[
         str, typer.Option(help="FAISS factory string: Flat, IVF1024,Flat, HNSW32, ...")
     ] = DEFAULT_FACTORY,
-    metric: Annotated[str, typer.Option(help="knn: l2 or ip.")] = DEFAULT_KNN_METRIC,
+    metric: Annotated[Metric, typer.Option(help="knn: the distance.")] = DEFAULT_KNN_METRIC,
     rank: Annotated[
         int,
         typer.Option(help="gradient: projection rank per side of each linear layer; 0: none (tiny models)."),
-    ] = DEFAULTS.rank,
+    ] = DEFAULTS.rank or 0,
     projection: Annotated[
-        str,
+        ProjectionKind,
         typer.Option(
             help="gradient: kfac (top eigenvectors of each layer's Kronecker factors) or random (Gaussian)."
         ),
@@ -66,7 +76,7 @@ def index_build(
         int, typer.Option(help="gradient, kfac: training rows the Kronecker factors are fitted on.")
     ] = DEFAULTS.fit_rows,
     preconditioner: Annotated[
-        str,
+        Preconditioner,
         typer.Option(help="gradient: fisher, identity, or hessian (small tracked sets)."),
     ] = DEFAULTS.preconditioner,
     damping: Annotated[float, typer.Option(help="gradient: lambda in (C + lambda I)^-1.")] = DEFAULTS.damping,
@@ -90,8 +100,6 @@ def index_build(
     from engine.builds import build_gradient_index, build_knn_index
     from engine.pipeline import local_engine, pooled_engine
 
-    if kind not in ("knn", "gradient"):
-        raise typer.BadParameter("knn or gradient", param_hint="--kind")
     config = None
     if kind == "gradient":  # checked before the model loads
         config = GradientIndexConfig(
@@ -126,14 +134,14 @@ def index_build(
             trust_remote_code=trust_remote_code,
         )
     try:
-        if kind == "gradient":
+        if config is not None:  # kind == "gradient"
             out = out or ARTIFACTS / "gradient-index"
             bar, progress = _progress_bar("gradients")
             with bar:
-                manifest = build_gradient_index(engine, out, config, progress)
+                gradients = build_gradient_index(engine, out, config, progress)
             console.print(
-                f"indexed {manifest.count:,} gradients x {manifest.dim} ({config.projection} rank "
-                f"{config.rank}, {manifest.spec['preconditioner']}, damping {config.damping}) in {out}"
+                f"indexed {gradients.count:,} gradients x {gradients.dim} ({config.projection} rank "
+                f"{config.rank}, {gradients.spec['preconditioner']}, damping {config.damping}) in {out}"
             )
             return
         out = out or ARTIFACTS / "index"

@@ -19,7 +19,8 @@ REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 def commands_markdown() -> str:
     command = typer.main.get_command(app)
-    with typer.Context(command) as context:
+    context = typer.Context(command)
+    with context:
         return get_docs_for_click(obj=command, ctx=context, name="influence").strip()
 
 

@@ -22,7 +22,16 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from interpret.cancellation import DEFAULT_DEADLINE_S
-from interpret.config import DEFAULT_FACTORY, DEFAULT_INDEX_KIND, IndexKind, LissaConfig, QueryConfig
+from interpret.config import (
+    DEFAULT_FACTORY,
+    DEFAULT_INDEX_KIND,
+    EvaluationTask,
+    GradientIndexConfig,
+    IndexKind,
+    JobKind,
+    LissaConfig,
+    QueryConfig,
+)
 from service.schemas import (
     ATTACK_REQUEST,
     SALIENCY_REQUEST,
@@ -143,13 +152,20 @@ def influence_request(
     return InfluenceRequest(inputs=_as_inputs(inputs), k=k, top=top, exact=exact, lissa=lissa, **options)
 
 
-def job_request(request, kind: str, factory: str, index_kind: str, gradient: dict | None) -> JobRequest:
+def job_request(
+    request,
+    kind: JobKind,
+    factory: str,
+    index_kind: IndexKind,
+    gradient: GradientIndexConfig | dict | None,
+) -> JobRequest:
     """The job, with ``request`` in the field named after its kind (none for an index build)."""
     body = {kind: request} if request is not None and kind != "index_build" else {}
-    return JobRequest(kind=kind, factory=factory, index_kind=index_kind, gradient=gradient, **body)
+    settings = GradientIndexConfig(**gradient) if isinstance(gradient, dict) else gradient
+    return JobRequest(kind=kind, factory=factory, index_kind=index_kind, gradient=settings, **body)
 
 
-def evaluate_request(task: str, inputs: Inputs = (), **fields) -> EvaluateRequest:
+def evaluate_request(task: EvaluationTask, inputs: Inputs = (), **fields) -> EvaluateRequest:
     """A ``kind="evaluate"`` run: ``task`` (loo, lds_head, recall, influence_map, audit,
     error_correction), its test points, and the rest of ``EvaluateRequest`` by name (``m``, ``subsets``,
     ``damping``, ``top``, ``seeds``, ``methods``, ...)."""
@@ -260,6 +276,7 @@ class InfluenceClient(_Common):
         self, method: str, path: str, model: type[BaseModel], body: dict | None = None, repeatable=True
     ):
         for attempt in range(self.max_retries + 1):
+            outcome: httpx.Response | httpx.TransportError
             try:
                 outcome = self.http.request(method, path, json=body)
             except httpx.TransportError as error:
@@ -301,10 +318,10 @@ class InfluenceClient(_Common):
     def submit_job(
         self,
         request: InfluenceRequest | None = None,
-        kind: str = "influence",
+        kind: JobKind = "influence",
         factory: str = DEFAULT_FACTORY,
         index_kind: IndexKind = DEFAULT_INDEX_KIND,
-        gradient: dict | None = None,
+        gradient: GradientIndexConfig | dict | None = None,
     ):
         """Start a job: an ``InfluenceRequest`` over many inputs, a saliency or attack request,
         ``kind="evaluate"`` with an ``evaluate_request(...)``, or ``kind="index_build"`` (the kNN index, or
@@ -368,6 +385,7 @@ class AsyncInfluenceClient(_Common):
     ):
         for attempt in range(self.max_retries + 1):
             try:
+                outcome: httpx.Response | httpx.TransportError
                 outcome = await self.http.request(method, path, json=body)
             except httpx.TransportError as error:
                 outcome = error
@@ -407,10 +425,10 @@ class AsyncInfluenceClient(_Common):
     async def submit_job(
         self,
         request: InfluenceRequest | None = None,
-        kind: str = "influence",
+        kind: JobKind = "influence",
         factory: str = DEFAULT_FACTORY,
         index_kind: IndexKind = DEFAULT_INDEX_KIND,
-        gradient: dict | None = None,
+        gradient: GradientIndexConfig | dict | None = None,
     ):
         body = self._body(job_request(request, kind, factory, index_kind, gradient))
         return await self._call("POST", "/v1/jobs", JobStatus, body, repeatable=False)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext, current_context
 from interpret.config import Config, QueryConfig
-from interpret.explainer import Explainer, Identity, STest
+from interpret.explainer import Explainer, Identity, STest, STestSummary, result_as
 from interpret.influence import TestPoint
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.projection import Projection
@@ -57,7 +57,7 @@ class Backend(Protocol):
         """Start the ``s_test`` ``config.solver`` asks for (``index`` uses ``curvature``)."""
         ...
 
-    def finish_s_test(self, pending: object, progress: bool = False) -> STest: ...
+    def finish_s_test(self, pending: Any, progress: bool = False) -> STest: ...  # its own start's
 
     def score(
         self,
@@ -172,7 +172,11 @@ class LocalBackend:
             )
             for call in pending.calls
         ]
-        return finished_s_test(pending.config, results, lambda vectors: self.explainer.summarize(*vectors))
+
+        def summarize(vectors: tuple[object, ...]) -> STestSummary:
+            return self.explainer.summarize(*(result_as(np.ndarray, vector) for vector in vectors))
+
+        return finished_s_test(pending.config, results, summarize)
 
     def score(self, s_test: STest, rows, block_size: int, progress: bool = False, context=None) -> np.ndarray:
         rows = np.asarray(rows)

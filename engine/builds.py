@@ -49,8 +49,10 @@ def build_knn_index(
     examples, identity = engine.training_examples("a kNN index"), engine.identity
     empty_index(identity.feature_dim, factory, metric)
     features = over_examples(engine.backend.encode, examples, progress, context)
-    fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
-    return build_index(features, directory, *fingerprints, factory, metric, adapter_of(identity))
+    data = engine.data_fingerprint("a kNN index")
+    return build_index(
+        features, directory, identity.model_fingerprint, data, factory, metric, adapter_of(identity)
+    )
 
 
 def adapter_of(identity) -> dict | None:
@@ -103,7 +105,7 @@ def gradient_spec(engine: Engine, config: GradientIndexConfig) -> GradientSpec:
         config.damping,
         engine.identity.tracked_layers,
         "kfac" if config.fitted else "random",
-        min(config.fit_rows, len(engine.examples)) if config.fitted else None,
+        min(config.fit_rows, engine.num_examples) if config.fitted else None,
     )
 
 
@@ -117,7 +119,7 @@ def fit_chunks(engine: Engine, config: GradientIndexConfig) -> int:
     """Chunks of the ``kfac`` fit sample (0 for a seeded projection)."""
     if not config.fitted:
         return 0
-    return math.ceil(min(config.fit_rows, len(engine.examples)) / FIT_CHUNK)
+    return math.ceil(min(config.fit_rows, engine.num_examples) / FIT_CHUNK)
 
 
 def _offset(progress: Progress | None, before: int, total: int) -> Progress | None:
@@ -138,23 +140,24 @@ def fit_projection(
     seeded sample of ``fit_rows`` training rows (the Kronecker factors summed chunk by chunk over the
     workers, then :func:`eigen_bases`). Fitted bases are kept beside the shards, so a resumed build reuses
     them; ``progress(chunks done, chunks)`` as the factor chunks finish."""
-    if not config.fitted:
-        return Projection(config.rank, config.seed)
+    rank = config.rank
+    if not config.fitted or rank is None:  # fitted: kfac with a rank
+        return Projection(rank, config.seed)
     store = _shard_store(engine, directory, config)
     if (bases := store.load_bases()) is not None:
-        return Projection(config.rank, config.seed, bases)
-    rows = cg_rows(len(engine.examples), config.fit_rows, config.seed)
+        return Projection(rank, config.seed, bases)
+    rows = cg_rows(engine.num_examples, config.fit_rows, config.seed)
     chunks = np.array_split(rows, fit_chunks(engine, config))
     total: dict[str, torch.Tensor] = {}
-    for number, factors in engine.backend.kfac_factor_shards(chunks, config.rank, context):
-        for name, factor in factors.items():
-            factor = torch.tensor(factor, dtype=torch.float64)  # arrays off a worker are read-only
+    for number, factors in engine.backend.kfac_factor_shards(chunks, rank, context):
+        for name, array in factors.items():
+            factor = torch.tensor(array, dtype=torch.float64)  # arrays off a worker are read-only
             total[name] = total[name] + factor if name in total else factor
         if progress is not None:
             progress(number + 1, len(chunks))
-    bases = eigen_bases(total, config.rank)
+    bases = eigen_bases(total, rank)
     store.save_bases(bases)
-    return Projection(config.rank, config.seed, bases)
+    return Projection(rank, config.seed, bases)
 
 
 def projected_gradients(
@@ -168,7 +171,7 @@ def projected_gradients(
     """Every training row's projected gradient ``[N, d]`` (float32), computed in shards of
     ``config.chunk_rows`` kept beside ``directory`` so that an interrupted build resumes."""
     chunks = np.array_split(
-        np.arange(len(engine.examples)), math.ceil(len(engine.examples) / config.chunk_rows)
+        np.arange(engine.num_examples), math.ceil(engine.num_examples / config.chunk_rows)
     )
     store = _shard_store(engine, directory, config)
     done = {n: vectors for n, rows in enumerate(chunks) if (vectors := store.load(n, rows)) is not None}
@@ -248,7 +251,7 @@ def projected_dim(engine: Engine, rank: int | None, seed: int, context=None) -> 
 def check_build_memory(engine: Engine, config: GradientIndexConfig, spec: GradientSpec, context=None) -> int:
     """The build's estimated peak (:func:`build_peak_bytes`); :class:`IndexTooLargeError` before any work
     when this machine cannot hold it, naming the largest lower rank that fits."""
-    rows, tracked = len(engine.examples), engine.identity.num_parameters
+    rows, tracked = engine.num_examples, engine.identity.num_parameters
     dim = projected_dim(engine, config.rank, config.seed, context)
     need = build_peak_bytes(rows, dim, tracked, spec.preconditioner)
     available = available_memory()
@@ -300,7 +303,7 @@ def build_gradient_index(
     spec = gradient_spec(engine, config)
     check_build_memory(engine, config, spec, context)
     # One progress bar over both passes: the factor chunks of the fit, then the gradient shards.
-    fit, shards = fit_chunks(engine, config), math.ceil(len(engine.examples) / config.chunk_rows)
+    fit, shards = fit_chunks(engine, config), math.ceil(engine.num_examples / config.chunk_rows)
     work = Path(scratch) / Path(directory).name if scratch is not None else directory
     projection = fit_projection(engine, work, config, _offset(progress, 0, fit + shards), context)
     gradients = projected_gradients(
@@ -316,7 +319,7 @@ def build_gradient_index(
         gradients,
         directory,
         identity.model_fingerprint,
-        identity.data_fingerprint,
+        engine.data_fingerprint("a gradient index"),
         spec,
         layers,
         config.factory,

@@ -65,25 +65,33 @@ class Engine:
             raise TrainingDataMissingError(missing_data_message(Path(self.model_dir).name, what))
         return self.examples
 
+    def data_fingerprint(self, what: str = "influence") -> str:
+        """The training data's fingerprint (what an index records), or one line naming how to give it."""
+        fingerprint = self.identity.data_fingerprint
+        if fingerprint is None:
+            raise TrainingDataMissingError(missing_data_message(Path(self.model_dir).name, what))
+        return fingerprint
+
     def shutdown(self) -> None:
         self.backend.shutdown()
 
 
-def _without_data(directory: str | Path | None, identity: Identity, kind: str) -> bool:
-    """An index is never loaded for a model served without training data: its rows would have no texts.
-    Passed over with a warning (influence routes then say what is missing)."""
-    if directory is None or identity.data_fingerprint is not None:
-        return False
-    logging.getLogger("influence.service").warning(
-        "%s: not loaded, the model has no training data (pass it to use the %s index)", directory, kind
-    )
-    return True
+def _data_fingerprint(directory: str | Path, identity: Identity, kind: str) -> str | None:
+    """The training data an index in ``directory`` must match; ``None`` for a model served without
+    training data, whose index is never loaded (its rows would have no texts): passed over with a warning
+    (influence routes then say what is missing)."""
+    if identity.data_fingerprint is None:
+        logging.getLogger("influence.service").warning(
+            "%s: not loaded, the model has no training data (pass it to use the %s index)", directory, kind
+        )
+    return identity.data_fingerprint
 
 
 def knn_index_for(index_dir: str | Path | None, identity: Identity) -> FeatureIndex | None:
-    if index_dir is None or _without_data(index_dir, identity, "kNN"):
+    data = None if index_dir is None else _data_fingerprint(index_dir, identity, "kNN")
+    if index_dir is None or data is None:
         return None
-    return load_index(index_dir, identity.model_fingerprint, identity.data_fingerprint)
+    return load_index(index_dir, identity.model_fingerprint, data)
 
 
 def gradient_index_for(
@@ -91,11 +99,11 @@ def gradient_index_for(
 ) -> GradientIndex | None:
     """The gradient index, refused loudly when it does not fit the model; an ``optional`` one (a default
     folder nobody named, perhaps left by another model) is passed over with a warning instead."""
-    if directory is None or _without_data(directory, identity, "gradient"):
+    data = None if directory is None else _data_fingerprint(directory, identity, "gradient")
+    if directory is None or data is None:
         return None
-    fingerprints = (identity.model_fingerprint, identity.data_fingerprint)
     try:
-        return load_gradient_index(directory, *fingerprints, identity.tracked_layers)
+        return load_gradient_index(directory, identity.model_fingerprint, data, identity.tracked_layers)
     except IndexMismatchError as error:
         if not optional:
             raise
@@ -186,12 +194,12 @@ def _gradient_candidates(
 ) -> _Candidates:
     """One test gradient, projected like the index, and one search per side: with ``rerank=K`` the top K
     of each side become candidates for ``s_test`` scoring, else the index's scores are the answer."""
+    index = engine.gradient_index
+    assert index is not None  # resolve_method chose gradient: its index is loaded
     clock = time.perf_counter()
-    gradient = engine.backend.projected_test_gradient(
-        text, pair, label, engine.gradient_index.projection, context
-    )
+    gradient = engine.backend.projected_test_gradient(text, pair, label, index.projection, context)
     timings["test_gradient"] = time.perf_counter() - clock
-    helpful, harmful = engine.gradient_index.search(gradient, config.rerank or config.top)
+    helpful, harmful = index.search(gradient, config.rerank or config.top)
     rows = np.concatenate([helpful[0], harmful[0]])
     scores = np.concatenate([helpful[1], harmful[1]])
     rows, first = np.unique(rows, return_index=True)  # both sides meet only when top > N/2
@@ -230,8 +238,8 @@ def answer_query(
     point = backend.prepare(text, pair, label, context)
     timings["encode"] = time.perf_counter() - start
     needs_s_test = solves_s_test(method, config.rerank)
-    key = (engine.identity.model_fingerprint, text, pair, point.label, config.s_test_key)
-    if solver == "index":  # which index's curvature: a rebuilt index gives another s_test
+    key: tuple[object, ...] = (engine.identity.model_fingerprint, text, pair, point.label, config.s_test_key)
+    if curvature is not None and solver == "index":  # which index's curvature: a rebuilt one gives another
         key += (curvature.digest,)
     cached = cache.get(key) if cache is not None and needs_s_test else None
     clock = time.perf_counter()
@@ -243,6 +251,7 @@ def answer_query(
     if method == "gradient":
         candidates = _gradient_candidates(engine, text, pair, point.label, config, context, timings)
     elif method == "fastif":
+        assert engine.index is not None and config.k is not None  # resolve_method: fastif has both
         rows, distances = engine.index.search(point.features, min(config.k, len(examples)))
         candidates = _Candidates(rows, None, distances)
     else:
@@ -257,11 +266,14 @@ def answer_query(
             cache.put(key, s_test, backend.s_test_nbytes(config))
     scores = candidates.scores
     if needs_s_test:
+        assert s_test is not None  # cached, or solved just above
         timings["s_test"] = time.perf_counter() - clock
         clock = time.perf_counter()
         scores = backend.score(s_test, candidates.rows, SCORE_BATCH_SIZE, progress, context)
         timings["score"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - start
+    assert scores is not None  # the index's own scores, or the s_test scores
+    answered_by = engine.gradient_index if method == "gradient" else None
     helpful, harmful = rank(examples, candidates.rows, scores, candidates.distances, config.top)
     return InfluenceAnswer(
         point.predicted_label,
@@ -277,7 +289,7 @@ def answer_query(
         timings,
         s_test_cached=cached is not None,
         cg=None if s_test is None else s_test.cg,
-        gradient_index=None if method != "gradient" else gradient_index_quality(engine.gradient_index),
+        gradient_index=None if answered_by is None else gradient_index_quality(answered_by),
         solver=("exact" if config.exact else solver) if needs_s_test else None,
         s_test_seconds=None if s_test is None else s_test.seconds,
     )

@@ -19,7 +19,14 @@ import torch
 
 from interpret.data import DataSpec, ExampleSet, load_examples
 from interpret.influence.batches import ExampleStates
-from interpret.models import TrackedModel, TrackedScope, adapter_record, load_classifier, model_fingerprint
+from interpret.models import (
+    TrackedModel,
+    TrackedScope,
+    adapter_record,
+    label_count,
+    load_classifier,
+    model_fingerprint,
+)
 from interpret.storage import write_json_atomic
 from interpret.training import CARD_FILE
 
@@ -113,7 +120,7 @@ def load_checkpoint(
 
 def check_labels(tracked: TrackedModel, examples: ExampleSet) -> None:
     """Training labels must be labels of the model: a label past its head would index out of range."""
-    num_labels = int(tracked.model.config.num_labels)
+    num_labels = label_count(tracked.model.config)
     if examples.num_labels > num_labels:
         raise ValueError(
             f"{examples.source} has labels up to {examples.num_labels - 1}, but the model has {num_labels} "
@@ -146,7 +153,7 @@ def write_card(
         "tracked_layers": tracked.tracked_layers,
         "adapter": adapter_record(model),
         "max_length": max_length,
-        "num_labels": int(model.config.num_labels),
+        "num_labels": label_count(model.config),
         "num_examples": len(examples),
         "carded_at": datetime.now(UTC).isoformat(),
     }

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from interpret.concurrency import lock_of, serialized
-from interpret.models import is_linear, linear_widths, takes_token_types
+from interpret.models import is_linear, label_count, linear_widths, takes_token_types
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TextClassifier:
 
     @property
     def num_labels(self) -> int:
-        return int(self.model.config.num_labels or 0)
+        return label_count(self.model.config)
 
     @property
     def head(self) -> nn.Module:

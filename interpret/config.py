@@ -333,6 +333,9 @@ class GradientIndexConfig(Config):
         return {"rank": self.rank, "seed": self.seed, "projection": self.projection, **kfac}
 
 
+EvaluatedMethod = typing.Literal["gradient", "fastif", "full", "exact"]
+"""What an evaluation measures: a query method, or ``exact`` (the explicit Hessian's influence)."""
+
 EvaluationTask = typing.Literal["loo", "lds_head", "recall", "influence_map", "audit", "error_correction"]
 """What ``influence evaluate`` and the applications run (``tasks.evaluation``, ``tasks.applications``)."""
 

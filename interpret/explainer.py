@@ -27,7 +27,7 @@ from interpret.checkpoint import Checkpoint, load_checkpoint
 from interpret.classifier import TextClassifier
 from interpret.config import Config, LissaConfig
 from interpret.data import DataSpec
-from interpret.influence.cg import CGResult, cg_s_test
+from interpret.influence.cg import CGReport, CGResult, cg_s_test
 from interpret.influence.exact import exact_s_test, training_hessian
 from interpret.influence.lissa import (
     LissaReport,
@@ -40,7 +40,7 @@ from interpret.influence.preconditioner import projected_hessian, subspace_s_tes
 from interpret.influence.projection import Projection, Projector
 from interpret.influence.query import TestPoint, prepare_test_point
 from interpret.influence.scoring import score_rows
-from interpret.models import TrackedScope, adapter_summary, encode_features, label_names
+from interpret.models import TrackedScope, adapter_summary, encode_features, label_count, label_names
 from interpret.saliency import SaliencyMap, saliency
 
 T = TypeVar("T")
@@ -97,16 +97,6 @@ class RepetitionReport:
 
 
 @dataclass(frozen=True)
-class CGReport:
-    """How a conjugate-gradient ``s_test`` ended: the quality block reports it."""
-
-    relative_residual: float
-    iterations: int
-    rows: int
-    seconds: float
-
-
-@dataclass(frozen=True)
 class STestSummary:
     relative_spread: float
     s_test_norm: float
@@ -122,6 +112,14 @@ class STest:
     cg: CGReport | None = None
     seconds: float | None = None
     """Wall time of the solve that made it (kept with it in the cache)."""
+
+
+def result_as(kind: type[T], value: object) -> T:
+    """A remote call's result (results travel as ``object``) as the type its ``Explainer`` method
+    returns; anything else is a bug, refused by name."""
+    if not isinstance(value, kind):
+        raise TypeError(f"expected a {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def parameters_digest(theta: torch.Tensor) -> str:
@@ -171,7 +169,7 @@ class Explainer:
             parameters_digest(self.theta),
             tracked.num_parameters,
             tracked.tracked_layers,
-            int(tracked.model.config.num_labels),
+            label_count(tracked.model.config),
             tuple(label_names(tracked.model.config)),
             tracked.feature_dim,
             str(tracked.dtype).removeprefix("torch."),
@@ -207,8 +205,11 @@ class Explainer:
 
     # ------------------------------------------------------------------------------ one sentence
 
-    def _point(self, text: str, pair: str | None, label: int | None) -> TestPoint:
-        return prepare_test_point(self.tracked, self.theta, text, pair, label)
+    def _v(self, text: str, pair: str | None, label: int | None) -> torch.Tensor:
+        """``v = grad L(z_test)`` over the tracked parameters."""
+        v = prepare_test_point(self.tracked, self.theta, text, pair, label).v
+        assert v is not None  # prepare_test_point computes it unless told not to
+        return v
 
     def prepare(self, text: str, pair: str | None, label: int | None) -> TestPoint:
         """Prediction, the label explained and the kNN features, with no gradient: ``v`` is computed where
@@ -217,7 +218,7 @@ class Explainer:
 
     def test_gradient(self, text: str, pair: str | None, label: int | None) -> np.ndarray:
         """``v = grad L(z_test)`` over the tracked parameters."""
-        return self._point(text, pair, label).v.cpu().numpy()
+        return self._v(text, pair, label).cpu().numpy()
 
     def predict(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         return self.tracked.probabilities(texts, pairs)
@@ -249,7 +250,7 @@ class Explainer:
     ) -> tuple[np.ndarray, RepetitionReport]:
         """One repetition of ``s_test``, seeded by ``(config.seed, repetition)``: (vector, report)."""
         start = time.perf_counter()
-        v = self._point(text, pair, label).v
+        v = self._v(text, pair, label)
         train = self.checkpoint.training("influence")[1]
         measured = None if config.scale is not None else self._measured_scale(config)
         vector, trace, scale = lissa_repetition(
@@ -269,7 +270,7 @@ class Explainer:
 
     def solve(self, text: str, pair: str | None, label: int | None, damping: float) -> np.ndarray:
         """The exact ``(H + damping I)^-1 v`` (explicit training Hessian, built once; small tracked sets)."""
-        v = self._point(text, pair, label).v
+        v = self._v(text, pair, label)
         return exact_s_test(self._training_hessian(), v, damping).cpu().numpy()
 
     def cg_solve(
@@ -277,7 +278,7 @@ class Explainer:
     ) -> tuple[np.ndarray, CGReport]:
         """``(H_M + damping I)^-1 v`` by conjugate gradient over a seeded subset of M training rows."""
         start = time.perf_counter()
-        v, train = self._point(text, pair, label).v, self.checkpoint.training("influence")[1]
+        v, train = self._v(text, pair, label), self.checkpoint.training("influence")[1]
         result: CGResult = cg_s_test(self.tracked, self.theta, v, train, damping, num_rows, tolerance)
         report = CGReport(
             result.relative_residual, result.iterations, len(result.rows), time.perf_counter() - start
@@ -294,9 +295,9 @@ class Explainer:
         damping: float,
     ) -> np.ndarray:
         """``s_test`` from a ``kfac`` gradient index's curvature (``subspace_s_test``): one backward."""
-        v = self._point(text, pair, label).v
-        inverse = torch.tensor(inverse, device=v.device)  # off the object store: a read-only view
-        return subspace_s_test(v, self.projector(projection), inverse, damping).cpu().numpy()
+        v = self._v(text, pair, label)
+        curvature = torch.tensor(inverse, device=v.device)  # off the object store: a read-only view
+        return subspace_s_test(v, self.projector(projection), curvature, damping).cpu().numpy()
 
     # ------------------------------------------------------------------------------ gradient index
 

@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import logging
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from interpret.cancellation import checkpoint
 from interpret.concurrency import lock_of, serialized
@@ -215,7 +216,7 @@ def load_classifier(
     trust_remote_code: bool = False,
     device: str | torch.device = "cpu",
     fresh_head: bool = False,
-) -> tuple[nn.Module, object]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load an ``AutoModelForSequenceClassification`` and its tokenizer, in eval mode.
 
     A folder loads offline; a hub id loads from the hub unless ``HF_HUB_OFFLINE=1`` is set, in which
@@ -273,8 +274,12 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _load_adapter(
-    folder: Path, num_labels, dtype, trust_remote_code: bool, device
-) -> tuple[nn.Module, object]:
+    folder: Path,
+    num_labels: int | None,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    device: str | torch.device,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A PEFT adapter folder over its base (``base_model_name_or_path`` in its config): the base loads as
     any classifier, then ``PeftModel.from_pretrained`` puts the adapter on it. The tokenizer is the
     folder's own when it has one, else the base's."""
@@ -299,23 +304,32 @@ def _load_adapter(
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base, str(folder), is_trainable=False)
-    return model.to(device=device, dtype=dtype).eval(), tokenizer
+    # A PeftModel is not a PreTrainedModel, but it forwards the base's attributes (config, save_pretrained)
+    # and runs as one: every caller treats it as the classifier it wraps.
+    return typing.cast(PreTrainedModel, model.to(device=device, dtype=dtype).eval()), tokenizer
 
 
-def label_names(config) -> list[str]:
+def label_count(config: PretrainedConfig) -> int:
+    """How many labels a classifier's config has (transformers types it optional; a classifier's is set)."""
+    if config.num_labels is None:
+        raise ValueError(f"{type(config).__name__} has no num_labels: is this a sequence classifier?")
+    return int(config.num_labels)
+
+
+def label_names(config: PretrainedConfig) -> list[str]:
     """The model's label names from ``config.id2label``, in label order; ``label k`` where it has none, or
     only transformers' ``LABEL_k`` placeholders."""
-    count = int(config.num_labels)
+    count = label_count(config)
     given = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     if all(given.get(k, f"LABEL_{k}") == f"LABEL_{k}" for k in range(count)):
         return [f"label {k}" for k in range(count)]
     return [given.get(k) or f"label {k}" for k in range(count)]
 
 
-def set_label_names(config, names: Sequence[str]) -> None:
+def set_label_names(config: PretrainedConfig, names: Sequence[str]) -> None:
     """Write label names into the config (saved with the model): one per label, distinct."""
     names = [str(n).strip() for n in names]
-    if len(names) != int(config.num_labels) or len(set(names)) != len(names) or not all(names):
+    if len(names) != label_count(config) or len(set(names)) != len(names) or not all(names):
         raise ValueError(
             f"label names: give {config.num_labels} distinct, non-empty names (one per label, in label "
             f"order), got {list(names)}"
@@ -534,7 +548,7 @@ def _generic_architecture(model: PreTrainedModel) -> _Generic:
     if not inside:
         raise UnsupportedModelError(f"{type(model).__name__}: its blocks ({block_name}) did not run")
     blocks_end = max(run.last_end[n] for n in inside)
-    num_labels = int(model.config.num_labels or 0)
+    num_labels = label_count(model.config)
     finals = [
         n
         for n, m in model.named_modules()

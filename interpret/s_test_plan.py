@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from interpret.config import LissaConfig, QueryConfig
-from interpret.explainer import Explainer, RepetitionReport, STest, STestSummary
+from interpret.explainer import Explainer, RepetitionReport, STest, STestSummary, result_as
+from interpret.influence.cg import CGReport
 from interpret.influence.lissa import LissaReport, ran_at
 from interpret.influence.preconditioner import IndexCurvature
 
@@ -27,7 +28,7 @@ class PlannedCall:
     """How errors and progress name it: "LiSSA repetition 0"."""
     method: Callable[..., object]
     """The :class:`Explainer` method itself (unbound), so a reader or a tool can follow it."""
-    args: tuple
+    args: tuple[object, ...]
     outputs: tuple[str, ...] = ("value",)
     """Names of the method's return values (a tuple when there are several)."""
     keep: tuple[str, ...] = ()
@@ -37,7 +38,7 @@ class PlannedCall:
 
     def named(self, value: object) -> dict[str, object]:
         """The method's return value by output name."""
-        values = value if len(self.outputs) > 1 else (value,)
+        values = value if isinstance(value, tuple) and len(self.outputs) > 1 else (value,)
         return dict(zip(self.outputs, values, strict=True))
 
 
@@ -57,6 +58,7 @@ def s_test_plan(
     (``curvature``; ``share(digest, inverse)`` lets a pool send the inverse once per curvature), conjugate
     gradient, or LiSSA's T independent repetitions."""
     point = (text, pair, label)
+    args: tuple[object, ...]
     if config.exact:
         args = (*point, config.lissa.damping)
         return [PlannedCall("exact s_test", Explainer.solve, args, keep=("value",))]
@@ -85,16 +87,16 @@ def s_test_plan(
 def finished_s_test(
     config: QueryConfig,
     results: Sequence[Mapping[str, object]],
-    summarize: Callable[[tuple], STestSummary],
+    summarize: Callable[[tuple[object, ...]], STestSummary],
 ) -> STest:
     """The :class:`STest` from the plan's results (in plan order). LiSSA's repetitions are summarised by
     ``summarize(vectors)`` where the vectors are (a worker, on a pool)."""
     if config.exact or config.solver == "index":
         return STest([results[0]["value"]], None)
     if config.solver == "cg":
-        return STest([results[0]["vector"]], None, results[0]["report"])
+        return STest([results[0]["vector"]], None, result_as(CGReport, results[0]["report"]))
     vectors = [result["vector"] for result in results]
-    reports = [result["report"] for result in results]
+    reports = [result_as(RepetitionReport, result["report"]) for result in results]
     return STest(vectors, lissa_report(config.lissa, reports, summarize(tuple(vectors))))
 
 

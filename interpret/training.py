@@ -31,6 +31,7 @@ from interpret.models import (
     TrackedScope,
     adapter_record,
     is_peft_model,
+    label_count,
     length_sorted_batches,
     model_fingerprint,
 )
@@ -119,7 +120,7 @@ def with_adapter(model, spec: LoraSpec, base: str):
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=spec.r,
-        lora_alpha=spec.alpha,
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]  # declared int; PEFT divides it by r: floats work
         lora_dropout=spec.dropout,
         target_modules=list(spec.targets) or None,
     )
@@ -284,7 +285,7 @@ def save_classifier(
         "tracked_layers": tracked.tracked_layers,
         "adapter": adapter_record(tracked.model),
         "max_length": tracked.max_length,
-        "num_labels": int(tracked.model.config.num_labels),
+        "num_labels": label_count(tracked.model.config),
         "train_config": asdict(config),
         "report": asdict(report),
         "created_at": datetime.now(UTC).isoformat(),

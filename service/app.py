@@ -11,7 +11,7 @@ import ipaddress
 import math
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -48,7 +48,7 @@ API_KEY_HEADER = "X-API-Key"
 PAGE = Path(__file__).with_name("page.html")
 STATIC = Path(__file__).with_name("static")
 """The page's script and style, served as they are (no build step; linted by Biome in the test command)."""
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 409, 413, 422, 429, 431, 499, 503, 504)
 }
 DISCONNECT_POLL_S = 0.5

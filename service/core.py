@@ -23,7 +23,7 @@ from engine.builds import (
 )
 from engine.cache import STestCache
 from engine.pipeline import Engine, answer_query, gradient_index_for, knn_index_for, pooled_engine
-from index import empty_index, read_manifest
+from index import empty_index
 from interpret.cancellation import Cancellations, RequestContext
 from interpret.checkpoint import TrainingDataMissingError
 from interpret.config import (
@@ -38,7 +38,7 @@ from interpret.config import (
 )
 from interpret.models import parse_scope
 from service.errors import BusyError, ForbiddenError, LimitExceededError, NotReadyError, field_prefix
-from service.jobs import JOB_CLASSES, Client, JobManager, Progress
+from service.jobs import JOB_CLASSES, Client, JobManager, Progress, Work
 from service.limits import (
     check_full_scan,
     check_influence,
@@ -274,7 +274,7 @@ class InfluenceService:
 
     def models(self) -> ModelsResponse:
         engine = self.engine
-        manifest = read_manifest(self.settings.index_dir).__dict__ if engine.index is not None else None
+        manifest = asdict(engine.index.manifest) if engine.index is not None else None
         gradient = engine.gradient_index
         info = ModelInfo(
             model_dir=Path(self.settings.model_dir).name,
@@ -341,6 +341,7 @@ class InfluenceService:
                 f"kind={request.kind} needs its request in the {request.kind!r} field",
                 {"field": request.kind},
             )
+        work: Work
         if request.kind == "index_build":
             if request.index_kind == "gradient":
                 config = self._check_gradient_build(request.gradient)
@@ -465,6 +466,7 @@ class InfluenceService:
     ) -> IndexBuildResult:
         """Encode the training set on the workers, write the index atomically, then swap it in."""
         engine, index_dir = self.engine, self.settings.index_dir
+        assert index_dir is not None  # _check_builds_allowed refused the job otherwise
         with self._index_lock:  # one build at a time writes the folder
             manifest = build_knn_index(engine, index_dir, factory, progress=progress, context=context)
             engine.index = knn_index_for(index_dir, engine.identity)
@@ -475,6 +477,7 @@ class InfluenceService:
     ) -> IndexBuildResult:
         """Project every training gradient on the workers, write the gradient index, then swap it in."""
         engine, directory = self.engine, self.settings.gradient_index_dir
+        assert directory is not None  # _check_builds_allowed refused the job otherwise
         with self._index_lock:
             scratch = self.settings.job_scratch_dir
             manifest = build_gradient_index(engine, directory, config, progress, context, scratch)

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 from interpret.cancellation import RequestCancelled, RequestContext
 from service.errors import BusyError, NotFoundError, capped, describe_error
-from service.schemas import ErrorBody, JobStatus
+from service.schemas import ErrorBody, JobResult, JobState, JobStatus
 
 Progress = Callable[[int, int], None]
-Work = Callable[[Progress, RequestContext], object]
+Work = Callable[[Progress, RequestContext], JobResult]
 
 JOB_CLASSES: dict[str, str] = {
     "influence": "interactive",
@@ -65,10 +65,10 @@ class Job:
     kind: str
     owner: str
     work: Work | None = None
-    state: str = "queued"
+    state: JobState = "queued"
     done: int = 0
     total: int = 1
-    result: object = None
+    result: JobResult | None = None
     error: ErrorBody | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -214,7 +214,9 @@ class JobManager:
         for job_class, slots in self.concurrency.items():
             order = self._order(job_class)
             run_s = self._run_s[job_class]
-            remaining = [max(0.0, run_s - (now - job.started_at)) for job in self._running(job_class)]
+            remaining = [
+                max(0.0, run_s - (now - (job.started_at or now))) for job in self._running(job_class)
+            ]
             starts = estimated_starts(remaining, slots, run_s, len(order))
             places.update({job.id: (position, starts[position]) for position, job in enumerate(order)})
         return places
@@ -250,8 +252,12 @@ class JobManager:
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
 
+        work = job.work
+        assert work is not None  # dropped only once the job has finished
+        result: JobResult | None
+        state: JobState
         try:
-            result, state = job.work(progress, context), "succeeded"
+            result, state = work(progress, context), "succeeded"
         except RequestCancelled:
             result, state = None, "cancelled"
         except Exception as error:  # any failure is the job's outcome, reported to whoever polls
@@ -260,7 +266,7 @@ class JobManager:
         with self._lock:
             job.result, job.state, job.finished_at, job.work = result, state, time.time(), None
             if state == "succeeded":
-                seconds, job_class = job.finished_at - job.started_at, job.job_class
+                seconds, job_class = job.finished_at - (job.started_at or job.finished_at), job.job_class
                 self._run_s[job_class] += ESTIMATE_WEIGHT * (seconds - self._run_s[job_class])
             self._dispatch()
 

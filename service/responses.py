@@ -14,6 +14,7 @@ from interpret.saliency import SaliencyMap
 from service.schemas import (
     AttackResponse,
     CGQuality,
+    GradientIndexQuality,
     InfluenceResult,
     InfluentialExampleOut,
     LissaQuality,
@@ -76,7 +77,7 @@ def influence_result(
 def quality(answer: InfluenceAnswer, config: QueryConfig, disclose: bool) -> Quality:
     """Which method answered, how, and how well: timings, the solver's report, the index's fidelity."""
     solved = solves_s_test(answer.method, config.rerank)
-    index_only = not solved
+    index = answer.gradient_index
     timings = dict(answer.timings)
     if not disclose and answer.s_test_seconds is not None and "s_test" in timings:
         # Another caller's cached s_test must not show as a 0.003 s solve: report the solve's own time
@@ -86,7 +87,7 @@ def quality(answer: InfluenceAnswer, config: QueryConfig, disclose: bool) -> Qua
     return Quality(
         method=answer.method,
         timings_s=timings,
-        candidates=answer.gradient_index["count"] if index_only else len(answer.candidate_rows),
+        candidates=index["count"] if index is not None and not solved else len(answer.candidate_rows),
         k=config.k if answer.method == "fastif" else None,
         rerank=config.rerank if answer.method == "gradient" else None,
         solver=answer.solver,
@@ -94,7 +95,7 @@ def quality(answer: InfluenceAnswer, config: QueryConfig, disclose: bool) -> Qua
         cached_s_test=answer.s_test_cached if disclose and solved else None,
         lissa=lissa_quality(answer.lissa, disclose) if answer.lissa is not None else None,
         cg=CGQuality(**asdict(answer.cg)) if answer.cg is not None else None,
-        gradient_index=answer.gradient_index,
+        gradient_index=GradientIndexQuality(**index) if index is not None else None,
     )
 
 

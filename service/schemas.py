@@ -386,6 +386,10 @@ class Readiness(BaseModel):
     workers_answering: int
 
 
+JobResult = InfluenceResponse | IndexBuildResult | SaliencyResponse | AttackResponse | TaskReport
+"""What a succeeded job holds: the response of the route it stands for, or a task's report."""
+
+
 class JobStatus(BaseModel):
     id: str
     kind: str
@@ -393,9 +397,7 @@ class JobStatus(BaseModel):
     progress: float = Field(ge=0, le=1)
     done: int
     total: int
-    result: InfluenceResponse | IndexBuildResult | SaliencyResponse | AttackResponse | TaskReport | None = (
-        None
-    )
+    result: JobResult | None = None
     error: ErrorBody | None = None
     created_at: float
     finished_at: float | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from engine.pipeline import Engine, answer_query
 from interpret.cancellation import checkpoint as step_boundary
 from interpret.config import EvaluationConfig, GradientIndexConfig, QueryConfig
 from interpret.data import ExampleSet
+from interpret.influence.query import InfluentialExample
 from interpret.models import TrackedModel
 from interpret.training import TrainConfig, accuracy, fine_tune
 from tasks.reports import AuditReport, CorrectionReport, InfluenceMapReport, MapEdge, MapNode, RankedRow
@@ -48,7 +50,7 @@ def self_influence_and_loss(
     for start in range(0, len(gradients), 4096):
         block = gradients[start : start + 4096].astype(np.float64)
         self_influence[start : start + 4096] = ((block @ inverse) * block).sum(axis=1)
-    examples = engine.examples
+    examples = engine.training_examples()
     probabilities = over_examples(engine.backend.predict, examples)
     loss = -np.log(np.clip(probabilities[np.arange(len(examples)), examples.labels], 1e-12, None))
     return self_influence, loss
@@ -196,7 +198,11 @@ def influence_map(
             predicted=int(predicted[row]),
             degree=0,
         )
-        for side, examples in (("helpful", answer.helpful), ("harmful", answer.harmful)):
+        sides: tuple[tuple[Literal["helpful", "harmful"], list[InfluentialExample]], ...] = (
+            ("helpful", answer.helpful),
+            ("harmful", answer.harmful),
+        )
+        for side, examples in sides:
             for example in examples:
                 train_id = f"train:{example.id}"
                 node = nodes.setdefault(
@@ -277,7 +283,7 @@ def error_correction(
         # the same budget of the most harmful rows (strongest first), as many as there are
         strongest = sorted(chosen["harmful"], key=lambda row: -chosen["harmful"][row])
         harmful = np.array(strongest[:budget], dtype=np.int64)
-        random_rows = rng.choice(len(engine.examples), budget, replace=False)
+        random_rows = rng.choice(engine.num_examples, budget, replace=False)
         held = test.subset(held_out)
         baseline = accuracy(tracked, held)
         baselines.append(baseline)
@@ -287,7 +293,11 @@ def error_correction(
                 deltas[name].append(0.0)
                 continue
             fine_tune(
-                tracked, engine.examples.subset(rows), None, replace(train_config, seed=seed), progress=False
+                tracked,
+                engine.training_examples().subset(rows),
+                None,
+                replace(train_config, seed=seed),
+                progress=False,
             )
             deltas[name].append(accuracy(tracked, held) - baseline)
             _restore(tracked, original)

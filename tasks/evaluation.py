@@ -16,9 +16,8 @@ and one plot; ``tasks.registry`` runs each by name.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from engine.pipeline import Engine, answer_query
 from interpret.cancellation import RequestContext
 from interpret.cancellation import checkpoint as step_boundary
 from interpret.checkpoint import DEFAULT_MAX_LENGTH
-from interpret.config import EvaluationConfig, QueryConfig
+from interpret.config import EvaluatedMethod, EvaluationConfig, QueryConfig
 from interpret.data import ExampleSet
 from interpret.evaluation.convex import ConvexHead
 from interpret.evaluation.metrics import (
@@ -46,7 +45,6 @@ from interpret.influence.metrics import top_lists_recall
 from interpret.models import TrackedModel, load_classifier
 from tasks.reports import Interval, LdsReport, LooPoint, LooReport, RecallReport
 
-EvaluatedMethod = Literal["gradient", "fastif", "full", "exact"]
 DEFAULTS = EvaluationConfig()
 S_TEST_ENTRIES = 4
 """An evaluation's s_test cache: fastif and full on the same test point share one ``s_test``."""
@@ -82,8 +80,9 @@ def head_features(engine: Engine, examples: ExampleSet, progress: Progress | Non
 
 
 def fit_head(engine: Engine, damping: float, progress: Progress | None = None) -> ConvexHead:
-    features = head_features(engine, engine.examples, progress)
-    return ConvexHead.train(features, engine.examples.labels, engine.identity.num_labels, damping)
+    examples = engine.training_examples()
+    features = head_features(engine, examples, progress)
+    return ConvexHead.train(features, examples.labels, engine.identity.num_labels, damping)
 
 
 def loo_head(
@@ -118,9 +117,9 @@ def loo_head(
         )
         if progress is not None:
             progress(position + 1, len(test_rows))
-    predicted = np.concatenate([p.predicted for p in points])
-    actual = np.concatenate([p.actual for p in points])
-    pearson, spearman = pearson_spearman(predicted, actual)
+    pearson, spearman = pearson_spearman(
+        np.concatenate([p.predicted for p in points]), np.concatenate([p.actual for p in points])
+    )
     config = {"m": m, "damping": head.damping, "train_rows": head.num_examples, "test_points": len(test_rows)}
     return LooReport(
         config=config, points=points, summary={"loo_pearson_head": pearson, "loo_spearman_head": spearman}
@@ -204,7 +203,7 @@ def method_scores(
 ) -> np.ndarray:
     """A method's influence scores ``[T, N]`` of every training row on each test point's *true* label;
     rows a method does not score (fastif's non-candidates) get 0, i.e. "no influence"."""
-    scores = np.zeros((len(test_rows), len(engine.examples)))
+    scores = np.zeros((len(test_rows), engine.num_examples))
     for position, row in enumerate(test_rows):
         text = test.texts[row]
         pair = test.pairs[row] if test.pairs is not None else None
@@ -218,7 +217,7 @@ def method_scores(
             gradient = engine.backend.projected_test_gradient(
                 text, pair, label, engine.gradient_index.projection, context
             )
-            (rows, values), _ = engine.gradient_index.search(gradient, len(engine.examples))
+            (rows, values), _ = engine.gradient_index.search(gradient, engine.num_examples)
         else:
             query = _with_method(config or QueryConfig(), method)
             answer = answer_query(engine, text, pair, label, query, cache=cache, context=context)
@@ -267,7 +266,12 @@ def retrain_subsets(
         done += 1
         if progress is not None:
             progress(done, len(masks))
-    return thetas
+    return [_retrained(theta) for theta in thetas]
+
+
+def _retrained(theta: torch.Tensor | None) -> torch.Tensor:
+    assert theta is not None  # cached, or retrained above
+    return theta
 
 
 def lds_tracked(
@@ -288,14 +292,14 @@ def lds_tracked(
     random ``fraction``s of its training rows (cached in ``cache_dir``), and each method's scores of all
     rows on the test points' true labels."""
     spec = RetrainSpec.from_card(engine.card)
-    masks = random_subsets(len(engine.examples), subsets, fraction, seed)
+    masks = random_subsets(engine.num_examples, subsets, fraction, seed)
 
     def stage(name: str) -> Progress:
         return lambda done, total: progress(name, done, total) if progress is not None else None
 
     start = time.perf_counter()
     thetas = retrain_subsets(
-        spec, engine.examples, masks, RetrainCache(cache_dir), stage("retrain"), mapper=mapper
+        spec, engine.training_examples(), masks, RetrainCache(cache_dir), stage("retrain"), mapper=mapper
     )
     seconds = {"retrain": time.perf_counter() - start}
     model, tokenizer = load_classifier(str(model_dir))
@@ -307,7 +311,7 @@ def lds_tracked(
     # holds a few entries, not one per test point).
     s_test_cache, scores = shared_s_tests(), {}
     for method in methods:
-        scores[method], seconds[method] = np.zeros((len(test_rows), len(engine.examples))), 0.0
+        scores[method], seconds[method] = np.zeros((len(test_rows), engine.num_examples)), 0.0
     for position in range(len(test_rows)):
         for method in methods:
             clock = time.perf_counter()
@@ -320,7 +324,7 @@ def lds_tracked(
         "subsets": subsets,
         "fraction": fraction,
         "seed": seed,
-        "train_rows": len(engine.examples),
+        "train_rows": engine.num_examples,
         "retrain": spec.train_config,
         "tracked_layers": spec.tracked_layers,
         "k": (config or QueryConfig()).k,
@@ -338,7 +342,7 @@ def lds_tracked(
 
 # --------------------------------------------------------------------------------------- recall
 def recall_report(
-    scores: dict[str, np.ndarray],
+    scores: Mapping[str, np.ndarray],
     reference: np.ndarray,
     ms: tuple[int, ...] = (10, 100),
     config: dict | None = None,

@@ -20,7 +20,13 @@ from pydantic import BaseModel
 
 from engine.pipeline import Engine
 from interpret.checkpoint import DEFAULT_MAX_LENGTH
-from interpret.config import EvaluationConfig, EvaluationTask, GradientIndexConfig, QueryConfig
+from interpret.config import (
+    EvaluatedMethod,
+    EvaluationConfig,
+    EvaluationTask,
+    GradientIndexConfig,
+    QueryConfig,
+)
 from interpret.data import ExampleSet
 from interpret.evaluation.convex import ConvexHead
 from interpret.models import TrackedModel, load_classifier
@@ -35,7 +41,7 @@ from tasks.reports import (
 )
 
 Progress = Callable[[int, int], None]
-StageProgress = Callable[[str], Progress]
+StageProgress = Callable[[str], Progress | None]
 """A progress callback per named stage ("features", "leave one out"): the CLI draws a bar for each."""
 
 
@@ -69,9 +75,9 @@ class TaskInputs:
     """Positions in ``test`` evaluated. ``None``: all of them; for influence_map, the model's errors."""
     query: QueryConfig = field(default_factory=QueryConfig)
     """recall, influence_map, error_correction: how each test point is queried."""
-    methods: Sequence[str] = ("gradient",)
+    methods: Sequence[EvaluatedMethod] = ("gradient",)
     """recall: the methods measured."""
-    reference: str = "full"
+    reference: EvaluatedMethod = "full"
     """recall: the reference the methods are measured against (full, or exact)."""
     recall_at: tuple[int, ...] = (10, 100)
     """recall: the m of recall@m."""
@@ -91,10 +97,13 @@ class TaskInputs:
     """audit: return every ranked row (the CLI's export), not the first ``config.limit``."""
     progress: StageProgress = _no_progress
 
-    def test_rows(self) -> np.ndarray:
+    def test_points(self) -> ExampleSet:
         if self.test is None:
             raise ValueError("this task needs test points")
-        return np.arange(len(self.test)) if self.rows is None else self.rows
+        return self.test
+
+    def test_rows(self) -> np.ndarray:
+        return np.arange(len(self.test_points())) if self.rows is None else self.rows
 
 
 @dataclass(frozen=True)
@@ -110,14 +119,14 @@ class Task:
 def _head_features(inputs: TaskInputs) -> tuple[ConvexHead, np.ndarray, np.ndarray]:
     head = inputs.heads.get(inputs.engine, inputs.config.damping, inputs.progress("features"))
     rows = inputs.test_rows()
-    return head, evaluation.head_features(inputs.engine, inputs.test.subset(rows)), rows
+    return head, evaluation.head_features(inputs.engine, inputs.test_points().subset(rows)), rows
 
 
 def run_loo(inputs: TaskInputs) -> LooReport:
     """Leave-one-out on the convex head: predicted vs actual change of test losses."""
     head, features, rows = _head_features(inputs)
     progress = inputs.progress("leave one out")
-    return evaluation.loo_head(head, features, inputs.test, rows, inputs.config.m, progress)
+    return evaluation.loo_head(head, features, inputs.test_points(), rows, inputs.config.m, progress)
 
 
 def run_lds_head(inputs: TaskInputs) -> LdsReport:
@@ -127,7 +136,7 @@ def run_lds_head(inputs: TaskInputs) -> LdsReport:
     return evaluation.lds_head(
         head,
         features,
-        inputs.test,
+        inputs.test_points(),
         rows,
         config.subsets,
         config.fraction,
@@ -138,12 +147,12 @@ def run_lds_head(inputs: TaskInputs) -> LdsReport:
 
 def run_recall(inputs: TaskInputs) -> RecallReport:
     """recall@m of each method's helpful and harmful lists against a full scan (or the exact solve)."""
-    engine, test, rows, query = inputs.engine, inputs.test, inputs.test_rows(), inputs.query
+    engine, test, rows, query = inputs.engine, inputs.test_points(), inputs.test_rows(), inputs.query
     cache = evaluation.shared_s_tests()
     reference = evaluation.method_scores(
         engine, test, rows, inputs.reference, query, cache, progress=inputs.progress(inputs.reference)
     )
-    scores = {
+    scores: dict[str, np.ndarray] = {
         method: evaluation.method_scores(
             engine, test, rows, method, query, cache, progress=inputs.progress(method)
         )
@@ -163,7 +172,7 @@ def run_audit(inputs: TaskInputs) -> AuditReport:
         engine, work_dir, GradientIndexConfig(), inputs.progress("gradients")
     )
     report = applications.audit_report(
-        engine.examples, self_influence, loss, inputs.flipped, inputs.config.seed, inputs.settings
+        engine.training_examples(), self_influence, loss, inputs.flipped, inputs.config.seed, inputs.settings
     )
     if not inputs.whole_ranking:
         report.ranked = report.ranked[: inputs.config.limit]
@@ -174,11 +183,11 @@ def run_influence_map(inputs: TaskInputs) -> InfluenceMapReport:
     """Test points -> their top training rows, as a bipartite graph."""
     return applications.influence_map(
         inputs.engine,
-        inputs.test,
+        inputs.test_points(),
         inputs.rows,
         inputs.config.top,
         inputs.query,
-        inputs.max_points if inputs.max_points is not None else len(inputs.test),
+        inputs.max_points if inputs.max_points is not None else len(inputs.test_points()),
         inputs.progress("test points"),
     )
 
@@ -198,7 +207,7 @@ def run_error_correction(inputs: TaskInputs) -> CorrectionReport:
     return applications.error_correction(
         inputs.engine,
         tracked_copy(inputs.engine, inputs.model_dir),
-        inputs.test,
+        inputs.test_points(),
         list(range(config.seeds)),
         config.top,
         applications.correction_training(config.learning_rate),

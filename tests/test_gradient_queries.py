@@ -13,6 +13,7 @@ from interpret.influence.objective import per_example_gradients
 from interpret.influence.preconditioner import (
     subspace_s_test,
 )
+from interpret.influence.query import prepare_test_point
 
 QUERY = "the plot was good and fun"
 
@@ -47,8 +48,8 @@ def test_gradient_scores_equal_an_exact_full_scan(gradient_engine):
     explainer = gradient_engine.backend.explainer
     tracked, theta, train = explainer.tracked, explainer.theta, explainer.checkpoint.train
     states, labels = train.load(np.arange(n))
-    point = explainer._point(QUERY, None, None)
-    s_test = exact_s_test(training_hessian(tracked, theta, train), point.v, 0.1)
+    v = prepare_test_point(tracked, theta, QUERY, None, None).v
+    s_test = exact_s_test(training_hessian(tracked, theta, train), v, 0.1)
     expected = -(per_example_gradients(tracked, theta, states, labels) @ s_test).numpy()
     got = {e.row: e.score for e in answer.helpful + answer.harmful}
     rows = np.array(sorted(got))
@@ -83,9 +84,9 @@ def test_a_rerank_on_a_kfac_index_solves_with_its_curvature(kfac_engine):
     answer = answer_query(kfac_engine, QUERY, config=QueryConfig(top=3, rerank=10))
     assert answer.method == "gradient" and answer.lissa is None and answer.cg is None
     explainer, curvature = kfac_engine.backend.explainer, kfac_engine.gradient_index.curvature
-    point = explainer._point(QUERY, None, None)
+    v = prepare_test_point(explainer.tracked, explainer.theta, QUERY, None, None).v
     inverse = torch.from_numpy(curvature.inverse).double()
-    s_test = subspace_s_test(point.v, explainer.projector(curvature.projection), inverse, 0.1)
+    s_test = subspace_s_test(v, explainer.projector(curvature.projection), inverse, 0.1)
     tracked, train = explainer.tracked, explainer.checkpoint.train
     states, labels = train.load(answer.candidate_rows)
     expected = -(per_example_gradients(tracked, explainer.theta, states, labels) @ s_test).numpy()

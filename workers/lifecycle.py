@@ -44,7 +44,8 @@ class WorkerSet:
         resources = ray.cluster_resources()
         gpus = settings.gpus_per_worker
         self._gpus = gpus if gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
-        actor_class = ray.remote(concurrency_groups=InfluenceWorker.CONCURRENCY_GROUPS)(InfluenceWorker)
+        # Ray's typed overloads leave out concurrency_groups, which ray.remote takes for actor classes.
+        actor_class = ray.remote(concurrency_groups=InfluenceWorker.CONCURRENCY_GROUPS)(InfluenceWorker)  # type: ignore[call-overload]
         self._remote = actor_class.options(
             num_cpus=settings.cpus_per_worker,
             num_gpus=self._gpus,

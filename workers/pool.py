@@ -24,7 +24,7 @@ import ray
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext
 from interpret.config import Config, QueryConfig
-from interpret.explainer import Explainer, Identity, STest, STestSummary
+from interpret.explainer import Explainer, Identity, STest, STestSummary, result_as
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.query import TestPoint
 from interpret.s_test_plan import finished_s_test, s_test_plan
@@ -59,7 +59,7 @@ class WorkerPool:
         self.identity: Identity = self.workers.identity
         self._shared_lock = threading.Lock()
         self._shared_key: str | None = None
-        self._shared_ref = None
+        self._shared_ref: ray.ObjectRef | None = None
 
     @property
     def num_workers(self) -> int:
@@ -150,9 +150,9 @@ class WorkerPool:
     ) -> np.ndarray:
         """Scores of ``rows`` (in that order), sharded over the workers, within the request's deadline."""
         context = self.runner.context(context)
-        rows = np.asarray(rows, dtype=np.int64)
+        order = np.asarray(rows, dtype=np.int64)
         count = num_shards or self.settings.num_shards or self.num_workers
-        shards = [s for s in np.array_split(rows, count) if len(s)]
+        shards = [s for s in np.array_split(order, count) if len(s)]
         calls = [
             Call(
                 f"scoring shard {i} ({len(shard)} rows)",
@@ -175,11 +175,13 @@ class WorkerPool:
 
     def gradient_shards(self, chunks, projection, context=None) -> Iterator[tuple[int, np.ndarray]]:
         """Projected gradients of each chunk of training rows (one chunk per worker at a time)."""
-        return self._waves("gradient shard", Explainer.gradient_shard, chunks, (projection,), context)
+        shards = self._waves("gradient shard", Explainer.gradient_shard, chunks, (projection,), context)
+        return ((n, result_as(np.ndarray, value)) for n, value in shards)
 
     def kfac_factor_shards(self, chunks, rank, context=None) -> Iterator[tuple[int, dict]]:
         """Kronecker factor sums of each chunk of the fit sample (one chunk per worker at a time)."""
-        return self._waves("factor shard", Explainer.kfac_factors, chunks, (rank,), context)
+        shards = self._waves("factor shard", Explainer.kfac_factors, chunks, (rank,), context)
+        return ((n, result_as(dict, value)) for n, value in shards)
 
     def _waves(
         self, name: str, method: Callable, chunks, args: tuple, context

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError
@@ -49,7 +50,8 @@ class Call:
     """Concurrency group (``light`` for one-sentence calls); ``None``: the default, one at a time."""
     attempts: int = 0
     refs: dict[str, ray.ObjectRef] = field(default_factory=dict)
-    actor: object = None
+    actor: Any = None
+    """The Ray actor handle running it (its remote methods are attributes Ray makes at run time)."""
     worker: str = "?"
     result: dict[str, object] | None = None
 
@@ -83,7 +85,7 @@ class Runner:
     def _submit(self, call: Call) -> None:
         call.actor = self.workers.get(call.slot, call.hard_limit)
         call.worker = self.workers.names[call.slot]
-        options = {"num_returns": len(call.outputs)}
+        options: dict[str, object] = {"num_returns": len(call.outputs)}
         if call.group is not None:
             options["concurrency_group"] = call.group
         refs = call.actor.run.options(**options).remote(call.context, call.method, *call.args)
@@ -111,7 +113,11 @@ class Runner:
             raise
         finally:
             bar.close()
-        return [call.result for call in calls]
+        finished: list[dict[str, object]] = []
+        for call in calls:
+            assert call.result is not None  # every call was read, or this raised
+            finished.append(call.result)
+        return finished
 
     def run(self, calls: list[Call], progress: str | None = None) -> list[dict]:
         return self.finish(self.start(calls), progress)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from interpret.classifier import TextClassifier
+from interpret.config import AttackMethod
 
 DEFAULT_IGNORE_TOKENS = ("[UNK]", "[PAD]", "<unk>", "<pad>")
 
@@ -40,7 +41,7 @@ class WordEdit:
 class AttackResult:
     """AllenNLP's shape: ``original`` tokens, ``final`` token lists, model outputs before and after."""
 
-    method: str
+    method: AttackMethod
     original: list[str]
     final: list[list[str]]
     outputs_before: list[float]

@@ -21,6 +21,16 @@ from interpret.influence.objective import hessian_vector_product
 from interpret.models import TrackedModel
 
 
+@dataclass(frozen=True)
+class CGReport:
+    """How a conjugate-gradient ``s_test`` ended: the quality block reports it."""
+
+    relative_residual: float
+    iterations: int
+    rows: int
+    seconds: float
+
+
 @dataclass
 class CGResult:
     s_test: torch.Tensor

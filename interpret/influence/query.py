@@ -7,12 +7,14 @@ ranking) is ``engine.pipeline.answer_query``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from interpret.config import QueryMethod, check_label
 from interpret.data import ExampleSet
+from interpret.influence.cg import CGReport
 from interpret.influence.lissa import LissaReport
 from interpret.influence.objective import loss_gradient
 from interpret.models import TrackedModel
@@ -47,9 +49,9 @@ class InfluenceAnswer:
     """Which method answered: gradient, fastif or full."""
     timings: dict[str, float] = field(default_factory=dict)
     s_test_cached: bool = False
-    cg: object = None
-    """The conjugate-gradient report (``interpret.explainer.CGReport``) when ``solver='cg'``."""
-    gradient_index: dict[str, object] | None = None
+    cg: CGReport | None = None
+    """The conjugate-gradient report when ``solver='cg'``."""
+    gradient_index: dict[str, Any] | None = None
     """Settings and measured fidelity of the gradient index that answered."""
     solver: str | None = None
     """How ``s_test`` was solved (lissa, cg, index or exact); ``None`` when none was needed."""

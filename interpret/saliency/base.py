@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from interpret.classifier import TextClassifier
-from interpret.config import check_label
+from interpret.config import SaliencyMethod, check_label
 
 
 @dataclass
@@ -53,7 +53,7 @@ class EncodedText:
 class SaliencyMap:
     """Scores per word-piece: ``raw_scores`` signed (positive supports ``label``), ``scores`` normalised."""
 
-    method: str
+    method: SaliencyMethod
     tokens: list[str]
     word_ids: list[int | None]
     raw_scores: list[float]
@@ -197,7 +197,7 @@ def explained_label(classifier: TextClassifier, probabilities: np.ndarray, label
 
 
 def token_map(
-    method: str,
+    method: SaliencyMethod,
     encoded: EncodedText,
     attributions: torch.Tensor,
     label: int,
@@ -227,7 +227,7 @@ def token_map(
 
 
 def word_map(
-    method: str,
+    method: SaliencyMethod,
     encoded: EncodedText,
     word_scores: np.ndarray,
     label: int,
