@@ -17,6 +17,7 @@ from cli.common import (
     TrainData,
     TrainMaxExamples,
     TrustRemoteCode,
+    checked_options,
     console,
     index_app,
     training_for,
@@ -27,6 +28,7 @@ from interpret.config import (
     DEFAULT_KNN_METRIC,
     GradientIndexConfig,
     IndexKind,
+    IndexStorage,
     Metric,
     Preconditioner,
     ProjectionKind,
@@ -86,6 +88,30 @@ def index_build(
     chunk_rows: Annotated[
         int, typer.Option(help="gradient: rows per shard (the resume grain).")
     ] = DEFAULTS.chunk_rows,
+    storage: Annotated[
+        IndexStorage,
+        typer.Option(
+            help="gradient: how the vectors are held: float32 (exact, 4 bytes per dimension), float16, sq8, "
+            "or ivf-pq (product codes, candidates re-scored against float16 vectors on disk)."
+        ),
+    ] = DEFAULTS.storage,
+    ivf_lists: Annotated[
+        int | None, typer.Option(help="gradient, ivf-pq: coarse lists [4 sqrt(N), at most N/39].")
+    ] = DEFAULTS.ivf_lists,
+    pq_bytes: Annotated[
+        int | None,
+        typer.Option(help="gradient, ivf-pq: code bytes per row [a divisor of the width, ~width/8]."),
+    ] = DEFAULTS.pq_bytes,
+    nprobe: Annotated[
+        int, typer.Option(help="gradient, ivf-pq: lists searched per query.")
+    ] = DEFAULTS.nprobe,
+    max_index_bytes: Annotated[
+        int | None,
+        typer.Option(
+            envvar="INFLUENCE_MAX_INDEX_BYTES",
+            help="gradient: refuse, before any work, an index that would hold more bytes in memory.",
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Shard the work over N Ray workers (0: as many as fit).")
     ] = None,
@@ -102,7 +128,8 @@ def index_build(
 
     config = None
     if kind == "gradient":  # checked before the model loads
-        config = GradientIndexConfig(
+        config = checked_options(
+            GradientIndexConfig,
             rank=rank or None,
             projection=projection,
             fit_rows=fit_rows,
@@ -111,6 +138,10 @@ def index_build(
             damping=damping,
             factory=factory,
             chunk_rows=chunk_rows,
+            storage=storage,
+            ivf_lists=ivf_lists,
+            pq_bytes=pq_bytes,
+            nprobe=nprobe,
         )
     spec = training_for(
         model,
@@ -138,10 +169,11 @@ def index_build(
             out = out or ARTIFACTS / "gradient-index"
             bar, progress = _progress_bar("gradients")
             with bar:
-                gradients = build_gradient_index(engine, out, config, progress)
+                gradients = build_gradient_index(engine, out, config, progress, max_bytes=max_index_bytes)
             console.print(
                 f"indexed {gradients.count:,} gradients x {gradients.dim} ({config.projection} rank "
-                f"{config.rank}, {gradients.spec['preconditioner']}, damping {config.damping}) in {out}"
+                f"{config.rank}, {gradients.spec['preconditioner']}, damping {config.damping}, "
+                f"{gradients.storage}) in {out}"
             )
             return
         out = out or ARTIFACTS / "index"
@@ -153,3 +185,31 @@ def index_build(
         )
     finally:
         engine.shutdown()
+
+
+@index_app.command("info")
+def index_info(
+    index: Annotated[Path, typer.Option(help="Index folder (kNN or gradient).")] = ARTIFACTS
+    / "gradient-index",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """What an index holds and costs: rows, width, storage, resident bytes (what a load will take, checked
+    before it reads anything), its build's settings and measured fidelity."""
+    import json
+
+    from index.storage import readable_bytes
+    from index.summary import index_summary
+
+    summary = index_summary(index)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    resident = summary["resident_bytes"]
+    console.print(
+        f"{summary['kind']} index in {index}: {summary['count']:,} rows x {summary['dim']:,} "
+        f"({summary['storage']}, {summary['factory']}); about {readable_bytes(resident)} in memory, "
+        f"{resident / summary['count']:,.0f} bytes per row"
+    )
+    for key in ("storage_recall", "fidelity", "spec"):
+        if summary.get(key):
+            console.print(f"{key}: {json.dumps(summary[key])}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,23 @@ import torch
 
 from engine.pipeline import Engine
 from index import Manifest, build_index, empty_index
-from index.gradient import GradientManifest, GradientSpec, ShardStore, shard_folder, write_gradient_index
+from index.gradient import (
+    RECALL_PROBES,
+    GradientManifest,
+    GradientSpec,
+    ShardStore,
+    shard_folder,
+    write_gradient_index,
+)
+from index.storage import (
+    IndexTooLargeError,
+    StorageLayout,
+    available_memory,
+    check_resident,
+    readable_bytes,
+    resident_bytes,
+    storage_layout,
+)
 from interpret.cancellation import RequestContext
 from interpret.config import DEFAULT_FACTORY, DEFAULT_KNN_METRIC, GradientIndexConfig, Metric
 from interpret.influence.cg import cg_rows
@@ -208,11 +223,6 @@ def fit_inverse(
     return inverse_damped(curvature, spec.damping)
 
 
-class IndexTooLargeError(ValueError):
-    """A build would need more memory than the machine has; the message names the size and a rank that
-    fits."""
-
-
 def build_peak_bytes(rows: int, dim: int, tracked_parameters: int, preconditioner: str) -> int:
     """Resident bytes a gradient-index build peaks at, in the process that assembles it:
 
@@ -226,21 +236,6 @@ def build_peak_bytes(rows: int, dim: int, tracked_parameters: int, preconditione
     return peak
 
 
-def available_memory() -> int:
-    """Bytes this process can still take: ``MemAvailable`` (Linux), lowered to a container's cgroup limit
-    minus its use where one is set; total physical memory elsewhere."""
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    limit, usage = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
-    if limit.exists() and usage.exists() and limit.read_text().strip().isdigit():
-        available = min(available, int(limit.read_text()) - int(usage.read_text()))
-    return available
-
-
 def projected_dim(engine: Engine, rank: int | None, seed: int, context=None) -> int:
     """``d``: the width of one projected gradient at ``rank`` (a seeded projection has a fitted one's
     shape), from the backend's tracked model."""
@@ -248,11 +243,33 @@ def projected_dim(engine: Engine, rank: int | None, seed: int, context=None) -> 
     return sum(layer["k_out"] * layer["k_in"] for layer in layers)
 
 
-def check_build_memory(engine: Engine, config: GradientIndexConfig, spec: GradientSpec, context=None) -> int:
-    """The build's estimated peak (:func:`build_peak_bytes`); :class:`IndexTooLargeError` before any work
-    when this machine cannot hold it, naming the largest lower rank that fits."""
+def check_index_memory(
+    config: GradientIndexConfig, rows: int, dim: int, max_bytes: int | None
+) -> StorageLayout:
+    """The finished index's storage layout for ``rows`` vectors of width ``dim``, refused
+    (:class:`IndexTooLargeError`, naming the storages that fit) before any work when its resident bytes
+    exceed this machine's memory or ``max_bytes``."""
+    layout = storage_layout(
+        config.storage, rows, dim, config.factory, config.ivf_lists, config.pq_bytes, config.nprobe
+    )
+    inverse = 4 * dim * dim if config.fitted else 0  # a kfac index keeps its preconditioner's inverse
+    need = resident_bytes(layout, rows, dim, inverse)
+    check_resident(need, max_bytes, rows, dim, inverse)
+    return layout
+
+
+def probe_rows(count: int, seed: int) -> np.ndarray:
+    """The training rows whose projected gradients probe a compressed storage's recall (seeded)."""
+    return np.sort(np.random.default_rng(seed).choice(count, min(RECALL_PROBES, count), replace=False))
+
+
+def check_build_memory(
+    engine: Engine, config: GradientIndexConfig, spec: GradientSpec, dim: int, context=None
+) -> int:
+    """The build's estimated peak (:func:`build_peak_bytes`) for gradients of width ``dim``;
+    :class:`IndexTooLargeError` before any work when this machine cannot hold it, naming the largest lower
+    rank that fits."""
     rows, tracked = engine.num_examples, engine.identity.num_parameters
-    dim = projected_dim(engine, config.rank, config.seed, context)
     need = build_peak_bytes(rows, dim, tracked, spec.preconditioner)
     available = available_memory()
     if need <= available:
@@ -276,14 +293,6 @@ def check_build_memory(engine: Engine, config: GradientIndexConfig, spec: Gradie
     )
 
 
-def readable_bytes(count: int) -> str:
-    """``3.2 GiB``, ``512.0 MiB``, ``4.0 KiB``: the largest unit that keeps the number at least 1."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{count} B"
-
-
 def build_gradient_index(
     engine: Engine,
     directory: str | Path,
@@ -291,9 +300,12 @@ def build_gradient_index(
     progress: Progress | None = None,
     context: RequestContext | None = None,
     scratch: str | Path | None = None,
+    max_bytes: int | None = None,
 ) -> GradientManifest:
     """Project every training gradient, fit the preconditioner, store ``u_z = (C + damping I)^-1 g~_z`` in
-    an inner-product index (atomically), then drop the shards. The factory string is checked first.
+    an inner-product index held as ``config.storage`` says (atomically), then drop the shards. The factory
+    string, the build's peak memory and the finished index's resident bytes (against ``max_bytes``, the
+    operator's ``INFLUENCE_MAX_INDEX_BYTES``, too) are checked first.
 
     The shards (each written whole, so an interrupted build resumes) are kept beside ``directory``, or in
     ``scratch`` (the service's: nothing but the finished index lands beside the one it serves)."""
@@ -301,7 +313,9 @@ def build_gradient_index(
     check_gradient_factory(config.factory)
     engine.training_examples("a gradient index")
     spec = gradient_spec(engine, config)
-    check_build_memory(engine, config, spec, context)
+    dim = projected_dim(engine, config.rank, config.seed, context)
+    check_build_memory(engine, config, spec, dim, context)
+    layout = check_index_memory(config, engine.num_examples, dim, max_bytes)
     # One progress bar over both passes: the factor chunks of the fit, then the gradient shards.
     fit, shards = fit_chunks(engine, config), math.ceil(engine.num_examples / config.chunk_rows)
     work = Path(scratch) / Path(directory).name if scratch is not None else directory
@@ -310,6 +324,7 @@ def build_gradient_index(
         engine, work, config, projection, _offset(progress, fit, fit + shards), context
     )
     inverse = fit_inverse(engine, gradients, spec, projection, context)
+    probes = gradients[probe_rows(len(gradients), config.seed)].copy()  # queries for the storage's recall
     for start in range(0, len(gradients), ENCODE_CHUNK):
         block = torch.from_numpy(gradients[start : start + ENCODE_CHUNK])
         gradients[start : start + ENCODE_CHUNK] = precondition(block, inverse).numpy()
@@ -326,6 +341,8 @@ def build_gradient_index(
         projection,
         inverse.numpy() if projection.bases is not None else None,
         adapter_of(identity),
+        layout,
+        probes,
     )
     ShardStore(shard_folder(work), {}).remove()
     return manifest

@@ -26,6 +26,7 @@ from engine.backends import Backend, LocalBackend
 from engine.cache import STestCache
 from index import FeatureIndex, IndexMismatchError, load_index, read_manifest
 from index.gradient import GradientIndex, load_gradient_index, read_gradient_manifest
+from index.storage import IndexTooLargeError
 from interpret.cancellation import RequestContext
 from interpret.checkpoint import (
     TrainingDataMissingError,
@@ -95,16 +96,18 @@ def knn_index_for(index_dir: str | Path | None, identity: Identity) -> FeatureIn
 
 
 def gradient_index_for(
-    directory: str | Path | None, identity: Identity, optional: bool = False
+    directory: str | Path | None, identity: Identity, optional: bool = False, max_bytes: int | None = None
 ) -> GradientIndex | None:
-    """The gradient index, refused loudly when it does not fit the model; an ``optional`` one (a default
-    folder nobody named, perhaps left by another model) is passed over with a warning instead."""
+    """The gradient index, refused loudly when it does not fit the model, or this machine's memory or
+    ``max_bytes`` (``INFLUENCE_MAX_INDEX_BYTES``); an ``optional`` one (a default folder nobody named,
+    perhaps left by another model) is passed over with a warning instead."""
     data = None if directory is None else _data_fingerprint(directory, identity, "gradient")
     if directory is None or data is None:
         return None
+    fingerprint, tracked = identity.model_fingerprint, identity.tracked_layers
     try:
-        return load_gradient_index(directory, identity.model_fingerprint, data, identity.tracked_layers)
-    except IndexMismatchError as error:
+        return load_gradient_index(directory, fingerprint, data, tracked, max_bytes)
+    except (IndexMismatchError, IndexTooLargeError) as error:
         if not optional:
             raise
         logging.getLogger("influence.service").warning("%s; answering without a gradient index", error)
@@ -120,6 +123,7 @@ def local_engine(
     gradient_index_dir: str | Path | None = None,
     gradient_index_optional: bool = False,
     trust_remote_code: bool = False,
+    max_index_bytes: int | None = None,
 ) -> Engine:
     """The model, the training examples and the indexes, all in this process."""
     explainer = Explainer.load(
@@ -132,7 +136,7 @@ def local_engine(
         checkpoint.examples,
         knn_index_for(index_dir, identity),
         checkpoint.card,
-        gradient_index_for(gradient_index_dir, identity, gradient_index_optional),
+        gradient_index_for(gradient_index_dir, identity, gradient_index_optional, max_index_bytes),
         str(model_dir),
     )
 
@@ -147,6 +151,7 @@ def pooled_engine(
     trust_remote_code: bool = False,
     gradient_index_dir: str | Path | None = None,
     gradient_index_optional: bool = False,
+    max_index_bytes: int | None = None,
 ) -> Engine:
     """Model compute on a Ray worker pool; this process holds only the texts and the indexes."""
     from workers import PoolSettings, WorkerPool, WorkerSpec
@@ -165,7 +170,7 @@ def pooled_engine(
     try:
         indexes = (
             knn_index_for(index_dir, pool.identity),
-            gradient_index_for(gradient_index_dir, pool.identity, gradient_index_optional),
+            gradient_index_for(gradient_index_dir, pool.identity, gradient_index_optional, max_index_bytes),
         )
         return Engine(pool, examples, indexes[0], card, indexes[1], str(model_dir))
     except BaseException:
@@ -176,7 +181,14 @@ def pooled_engine(
 def gradient_index_quality(index: GradientIndex) -> dict:
     """What the quality block says of the gradient index that answered: its settings and fidelity."""
     manifest = index.manifest
-    return {"dim": manifest.dim, "count": manifest.count, **manifest.spec, "fidelity": manifest.fidelity}
+    return {
+        "dim": manifest.dim,
+        "count": manifest.count,
+        **manifest.spec,
+        "fidelity": manifest.fidelity,
+        "storage": manifest.storage,
+        "storage_recall": manifest.storage_recall,
+    }
 
 
 @dataclass

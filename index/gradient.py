@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +29,16 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index.storage import (
+    RESCORE_FACTOR,
+    RESCORE_FILE,
+    STORAGES,
+    StorageLayout,
+    check_resident,
+    resident_bytes,
+)
 from index.store import MANIFEST_FILE, IndexMismatchError, filled_index, read_index_folder, write_index_folder
-from interpret.config import DEFAULT_FACTORY
+from interpret.config import DEFAULT_FACTORY, IndexStorage
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.projection import Projection, bases_digest
 from interpret.storage import write_json_atomic
@@ -38,6 +47,8 @@ GRADIENT_KIND = "gradient"
 PROJECTION_FILE = "projection.safetensors"
 INVERSE_KEY = "preconditioner:inverse"
 """``(C + damping I)^-1`` in ``projection.safetensors`` beside the bases: the ``index`` solver's curvature."""
+RECALL_TOP, RECALL_PROBES = 100, 20
+"""A compressed storage's recall is measured at build time as recall@100 over 20 probe queries."""
 BASES_FILE = "bases.safetensors"
 """A build's fitted ``kfac`` bases beside its shards (so a resumed build projects with the same ones)."""
 
@@ -76,6 +87,22 @@ class GradientManifest:
     """SHA-256 of ``projection.safetensors`` (the fitted ``kfac`` bases and the inverse); null when seeded."""
     adapter: dict[str, Any] | None = None
     """The PEFT adapter the model is (type, base, rank, targets), or null for a plain model."""
+    storage: str = "float32"
+    """How the vectors are held (``index.storage``); indexes built before storages existed are float32."""
+    ivf_lists: int | None = None
+    pq_bytes: int | None = None
+    nprobe: int | None = None
+    """ivf-pq: its coarse lists, code bytes per row and lists searched per query."""
+    resident_bytes: int | None = None
+    """What the loaded index holds in memory (``index.storage.resident_bytes``), checked before a load."""
+    storage_recall: dict[str, Any] | None = None
+    """A compressed storage's recall@100 against the exact search over its own float32 vectors, measured
+    at build time with training rows' projected gradients as queries; null for an exact index."""
+
+    @property
+    def layout(self) -> StorageLayout:
+        storage = typing.cast(IndexStorage, self.storage)
+        return StorageLayout(storage, self.factory, self.ivf_lists, self.pq_bytes, self.nprobe)
 
 
 @dataclass
@@ -88,6 +115,8 @@ class GradientIndex:
     projection: Projection
     curvature: IndexCurvature | None = None
     """Present for a ``kfac`` index (orthonormal projection rows), which the ``index`` solver needs."""
+    rescore: np.ndarray | None = None
+    """ivf-pq: the float16 vectors (memory-mapped) its candidates are re-scored against."""
     spec: GradientSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,13 +129,30 @@ class GradientIndex:
         query = np.ascontiguousarray(test_gradient, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.manifest.dim:
             raise ValueError(f"test gradient has dim {query.shape[1]}, the index has {self.manifest.dim}")
-        top = min(top, self.manifest.count)
-        products, positions = self.index.search(np.concatenate([query, -query]), top)
-        sides = []
-        for side, sign in ((0, -1.0), (1, 1.0)):
-            keep = positions[side] >= 0
-            sides.append((self.rows[positions[side][keep]], sign * products[side][keep].astype(np.float64)))
-        return sides[0], sides[1]
+        (helpful, helpful_ip), (harmful, harmful_ip) = search_sides(self.index, query, top, self.rescore)
+        return (self.rows[helpful], -helpful_ip), (self.rows[harmful], -harmful_ip)
+
+
+def search_sides(
+    index: faiss.Index, query: np.ndarray, top: int, rescore: np.ndarray | None = None
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Index ids and inner products ``ip`` (float64) of the ``top`` largest and the ``top`` smallest inner
+    products with ``query`` ``[1, d]``, each best first. With ``rescore`` (ivf-pq's float16 vectors),
+    ``RESCORE_FACTOR x top`` candidates per side are searched by code and re-scored exactly against it."""
+    wanted = min(top, index.ntotal)
+    fetched = min(wanted * RESCORE_FACTOR, index.ntotal) if rescore is not None else wanted
+    products, positions = index.search(np.concatenate([query, -query]), fetched)
+    sides = []
+    for side, sign in ((0, 1.0), (1, -1.0)):
+        ids = positions[side][positions[side] >= 0]
+        if rescore is None:
+            sides.append((ids, sign * products[side][: len(ids)].astype(np.float64)))
+            continue
+        ids = np.sort(ids)  # in file order: the memory-mapped rows are read front to back
+        exact = np.asarray(rescore[ids], dtype=np.float32) @ query[0]
+        order = np.argsort(-sign * exact, kind="stable")[:wanted]
+        sides.append((ids[order], exact[order].astype(np.float64)))
+    return sides[0], sides[1]
 
 
 class ShardStore:
@@ -184,34 +230,80 @@ def write_gradient_index(
     projection: Projection | None = None,
     inverse: np.ndarray | None = None,
     adapter: dict[str, Any] | None = None,
+    layout: StorageLayout | None = None,
+    probes: np.ndarray | None = None,
 ) -> GradientManifest:
-    """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index, with
-    the projection's fitted bases and the preconditioner's ``inverse`` when the projection has bases."""
+    """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index held as
+    ``layout`` says (default: float32 in ``factory``), with the projection's fitted bases and the
+    preconditioner's ``inverse`` when the projection has bases. With ``probes`` (projected gradients, as
+    queries), a compressed index's recall against the exact search is measured and recorded."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError(f"vectors must be a non-empty [N, d] array, got shape {vectors.shape}")
-    index = filled_index(vectors, factory, "ip")
+    layout = layout or StorageLayout("float32", factory)
+    index = filled_index(vectors, layout.factory, "ip")
+    if layout.nprobe is not None:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", layout.nprobe)
+    rescore = vectors.astype(np.float16) if layout.storage == "ivf-pq" else None
     stored = None
     if projection is not None and projection.bases is not None:
         if inverse is None:
             raise ValueError("a kfac index stores its preconditioner's inverse: pass inverse")
         stored = {**projection.bases, INVERSE_KEY: np.asarray(inverse, dtype=np.float32)}
+    extra = 0 if stored is None else sum(array.nbytes for array in stored.values())
+    exact = layout.factory == "Flat"
     manifest = GradientManifest(
         model_fingerprint,
         data_fingerprint,
         asdict(spec),
         vectors.shape[1],
-        factory,
+        layout.factory,
         len(vectors),
         layers,
         datetime.now(UTC).isoformat(),
         projection_sha256=None if stored is None else bases_digest(stored),
         adapter=adapter,
+        storage=layout.storage,
+        ivf_lists=layout.ivf_lists,
+        pq_bytes=layout.pq_bytes,
+        nprobe=layout.nprobe,
+        resident_bytes=resident_bytes(layout, len(vectors), vectors.shape[1], extra),
+        storage_recall=None if exact or probes is None else storage_recall(index, vectors, probes, rescore),
     )
     write_index_folder(
-        directory, index, asdict(manifest), None if stored is None else {PROJECTION_FILE: stored}
+        directory,
+        index,
+        asdict(manifest),
+        None if stored is None else {PROJECTION_FILE: stored},
+        None if rescore is None else {RESCORE_FILE: rescore},
     )
     return manifest
+
+
+def storage_recall(
+    index: faiss.Index,
+    vectors: np.ndarray,
+    probes: np.ndarray,
+    rescore: np.ndarray | None = None,
+    top: int = RECALL_TOP,
+) -> dict[str, Any]:
+    """recall@``top`` of ``index`` (searched as queries are, re-scoring included) against the exact inner
+    products with its own float32 ``vectors``, for each probe ``[P, d]`` and each side, averaged."""
+    top = min(top, len(vectors))
+    exact = vectors @ np.ascontiguousarray(probes, dtype=np.float32).T  # [N, P]
+    found: dict[str, list[float]] = {"helpful": [], "harmful": []}
+    for column, probe in enumerate(np.ascontiguousarray(probes, dtype=np.float32)):
+        helpful, harmful = search_sides(index, probe[None], top, rescore)
+        best = np.argpartition(-exact[:, column], top - 1)[:top]
+        worst = np.argpartition(exact[:, column], top - 1)[:top]
+        found["helpful"].append(len(np.intersect1d(helpful[0], best)) / top)
+        found["harmful"].append(len(np.intersect1d(harmful[0], worst)) / top)
+    return {
+        "top": top,
+        "queries": len(probes),
+        "queries_are": "training rows' projected gradients",
+        **{f"recall_{side}": float(np.mean(values)) for side, values in found.items()},
+    }
 
 
 def read_gradient_manifest(directory: str | Path) -> GradientManifest:
@@ -240,9 +332,14 @@ def record_fidelity(directory: str | Path, fidelity: dict[str, Any]) -> None:
 
 
 def load_gradient_index(
-    directory: str | Path, model_fingerprint: str, data_fingerprint: str, tracked_layers: int | str
+    directory: str | Path,
+    model_fingerprint: str,
+    data_fingerprint: str,
+    tracked_layers: int | str,
+    max_bytes: int | None = None,
 ) -> GradientIndex:
-    """Load a gradient index built for exactly this model, data and tracked set, or refuse."""
+    """Load a gradient index built for exactly this model, data and tracked set, or refuse; refused too,
+    before anything is read, when its resident bytes exceed the machine's memory or ``max_bytes``."""
     manifest = read_gradient_manifest(directory)
     checks = (
         ("model fingerprint", manifest.model_fingerprint, model_fingerprint),
@@ -256,11 +353,50 @@ def load_gradient_index(
                 f"{directory}: gradient index was built for {what} {shown(stored)}, but the loaded model "
                 f"has {shown(expected)}; rebuild it with `influence index build --kind gradient`"
             )
-    index, rows = read_index_folder(directory, manifest.count)
-    if index.d != manifest.dim:
-        raise IndexMismatchError(f"{directory}: vectors have dim {index.d}, the manifest says {manifest.dim}")
+    count, dim = manifest.count, manifest.dim
+    need = manifest.resident_bytes or resident_bytes(manifest.layout, count, dim)
+    check_resident(need, max_bytes, count, dim, what=f"{directory}: the gradient index")
+    index, rows = read_index_folder(directory, count)
+    if index.d != dim:
+        raise IndexMismatchError(f"{directory}: vectors have dim {index.d}, the manifest says {dim}")
+    rescore = check_storage(directory, manifest, index)
+    if manifest.nprobe is not None:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", manifest.nprobe)
     projection, curvature = read_projection(directory, manifest)
-    return GradientIndex(index, rows, manifest, projection, curvature)
+    return GradientIndex(index, rows, manifest, projection, curvature, rescore)
+
+
+_STORAGE_CLASS = {"float16": "ScalarQuantizer", "sq8": "ScalarQuantizer", "ivf-pq": "IVFPQ"}
+"""The FAISS index class (name part, CPU or GPU) each compressed storage is held in."""
+
+
+def check_storage(directory: str | Path, manifest: GradientManifest, index: faiss.Index) -> np.ndarray | None:
+    """The index is held as its manifest's storage says, or refused; ivf-pq's float16 re-scoring vectors,
+    memory-mapped (one per row, the index's width), are returned."""
+    if manifest.storage not in STORAGES:
+        raise IndexMismatchError(f"{directory}: unknown storage {manifest.storage!r}; rebuild the index")
+    held = type(faiss.downcast_index(index)).__name__
+    wanted = _STORAGE_CLASS.get(manifest.storage)
+    if wanted is not None and wanted not in held:
+        raise IndexMismatchError(
+            f"{directory}: the manifest says storage {manifest.storage!r} but the index is a {held}; "
+            "rebuild it with `influence index build --kind gradient`"
+        )
+    if manifest.storage != "ivf-pq":
+        return None
+    path = Path(directory) / RESCORE_FILE
+    try:
+        rescore: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise IndexMismatchError(
+            f"{path}: unreadable re-scoring vectors ({error}); rebuild the index"
+        ) from error
+    if rescore.shape != (manifest.count, manifest.dim) or rescore.dtype != np.float16:
+        raise IndexMismatchError(
+            f"{path}: holds {rescore.dtype} {rescore.shape}, the index needs float16 "
+            f"({manifest.count}, {manifest.dim}); rebuild the index"
+        )
+    return rescore
 
 
 def read_projection(

@@ -86,14 +86,18 @@ def write_index_folder(
     index: faiss.Index,
     manifest: dict[str, Any],
     arrays: dict[str, dict[str, np.ndarray]] | None = None,
+    matrices: dict[str, np.ndarray] | None = None,
 ) -> None:
     """``index.faiss``, ``rows.json`` and ``manifest.json`` (and each ``arrays`` entry, file name ->
-    named arrays, as safetensors), replacing ``directory`` in one rename."""
+    named arrays, as safetensors; each ``matrices`` entry as one ``.npy``, which a reader can
+    memory-map), replacing ``directory`` in one rename."""
     from safetensors.numpy import save_file
 
     with atomic_directory(directory) as scratch:
         for name, tensors in (arrays or {}).items():
             save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(scratch / name))
+        for name, matrix in (matrices or {}).items():
+            np.save(scratch / name, np.ascontiguousarray(matrix), allow_pickle=False)
         faiss.write_index(index, str(scratch / INDEX_FILE))
         (scratch / ROWS_FILE).write_text(json.dumps(list(range(index.ntotal))))
         write_json_atomic(scratch / MANIFEST_FILE, manifest)

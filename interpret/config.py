@@ -13,7 +13,7 @@ import typing
 from collections.abc import Sequence
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SEED_MAX = 2**32 - 1
 """numpy and torch seeds are 32-bit; a larger seed is refused rather than truncated."""
@@ -284,6 +284,9 @@ def unused_knobs(config: QueryConfig, method: QueryMethod, solver: Solver) -> li
     return unused
 
 
+IndexStorage = typing.Literal["float32", "float16", "sq8", "ivf-pq"]
+"""How a gradient index holds its vectors (``index.storage``): bytes per row against recall."""
+DEFAULT_STORAGE: IndexStorage = "float32"
 Preconditioner = typing.Literal["fisher", "identity", "hessian"]
 IntegratedGradientsBaseline = typing.Literal["auto", "zero", "mask"]
 ProjectionKind = typing.Literal["kfac", "random"]
@@ -318,8 +321,38 @@ class GradientIndexConfig(Config):
         "projected explicit training Hessian: small tracked sets; unprojected, the exact influence).",
     )
     damping: float = Field(5.0, gt=0, le=MAX_DAMPING, description="lambda in (C + lambda I)^-1.")
-    factory: str = Field(DEFAULT_FACTORY, description="FAISS factory string of the inner-product index.")
+    factory: str = Field(
+        DEFAULT_FACTORY,
+        description="FAISS factory string of the inner-product index (storage=float32 only: the other "
+        "storages name their own).",
+    )
     chunk_rows: int = Field(1024, ge=1, description="Training rows per shard: the resume and progress grain.")
+    storage: IndexStorage = Field(
+        DEFAULT_STORAGE,
+        description="How the vectors are held in memory: float32 (exact), float16, sq8 (FAISS's 8-bit "
+        "scalar quantiser), or ivf-pq (IVF lists of product codes; each answer's candidates re-scored "
+        "exactly against float16 vectors kept on disk).",
+    )
+    ivf_lists: int | None = Field(
+        None, ge=1, le=1_000_000, description="ivf-pq: coarse lists (nlist); null: 4 sqrt(N), at most N/39."
+    )
+    pq_bytes: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="ivf-pq: code bytes per row (8-bit sub-quantisers; must divide the width); null: the "
+        "divisor of the width nearest width/8.",
+    )
+    nprobe: int = Field(32, ge=1, le=65_536, description="ivf-pq: lists searched per query.")
+
+    @model_validator(mode="after")
+    def _one_factory(self) -> Self:
+        if self.storage != "float32" and self.factory != DEFAULT_FACTORY:
+            raise ValueError(
+                f"factory={self.factory!r} applies to storage='float32'; storage={self.storage!r} names its "
+                "own index: drop factory"
+            )
+        return self
 
     @property
     def fitted(self) -> bool:

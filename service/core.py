@@ -93,6 +93,7 @@ def build_engine(settings: Settings) -> Engine:
         gradient_index_dir=_existing(settings.gradient_index_dir),
         # the default folder may hold another model's index: passed over, unlike one the operator named
         gradient_index_optional="gradient_index_dir" not in settings.model_fields_set,
+        max_index_bytes=settings.max_index_bytes,
     )
 
 
@@ -480,8 +481,9 @@ class InfluenceService:
         assert directory is not None  # _check_builds_allowed refused the job otherwise
         with self._index_lock:
             scratch = self.settings.job_scratch_dir
-            manifest = build_gradient_index(engine, directory, config, progress, context, scratch)
-            engine.gradient_index = gradient_index_for(directory, engine.identity)
+            budget = self.settings.max_index_bytes
+            manifest = build_gradient_index(engine, directory, config, progress, context, scratch, budget)
+            engine.gradient_index = gradient_index_for(directory, engine.identity, max_bytes=budget)
         return IndexBuildResult(index_manifest=asdict(manifest))
 
     def shutdown(self) -> None:

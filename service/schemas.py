@@ -19,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from interpret.config import (
     DEFAULT_FACTORY,
     DEFAULT_INDEX_KIND,
+    DEFAULT_STORAGE,
     AttackMethod,
     EvaluationConfig,
     EvaluationTask,
     GradientIndexConfig,
     HotFlipParams,
     IndexKind,
+    IndexStorage,
     InputReductionParams,
     IntegratedGradientsParams,
     JobKind,
@@ -206,6 +208,14 @@ class GradientIndexQuality(BaseModel):
     tracked_layers: int | str
     fidelity: dict | None = Field(
         description="Measured against a converged full scan (benchmarks/gradient_index.py); null if never."
+    )
+    storage: IndexStorage = Field(
+        DEFAULT_STORAGE, description="How the index holds its vectors (float32, float16, sq8, ivf-pq)."
+    )
+    storage_recall: dict | None = Field(
+        None,
+        description="A compressed storage's recall@100 (helpful, harmful) against the exact search over its "
+        "own vectors, measured at build time; null for an exact index.",
     )
 
 

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     gradient_index_dir: Path | None = Path("artifacts/gradient-index")
     """Gradient index folder (``influence index build --kind gradient``); when it exists it is loaded and
     ``gradient`` becomes the default method."""
+    max_index_bytes: int | None = Field(None, gt=0)
+    """Resident bytes a gradient index may take in this process (checked before a load or a build, which
+    is refused naming the storages that fit); ``None``: the machine's available memory."""
     train_data: str | None = None
     """The model's training data (file or ``hub:NAME[/CFG]:SPLIT``); default: the one its card names. With
     neither, the service answers prediction, saliency and attacks, and says influence needs it."""

@@ -1,0 +1,168 @@
+"""How a gradient index holds its vectors, and what that costs in memory before any of it is spent.
+
+Four storages trade bytes per row against recall (``benchmarks/scale.py`` measures them):
+
+* ``float32``: the vectors as computed, searched exactly (``4 d`` bytes per row);
+* ``float16``: FAISS's ``SQfp16`` (``2 d``), scores to float16 precision;
+* ``sq8``: FAISS's 8-bit scalar quantiser (``d``), one trained range per dimension;
+* ``ivf-pq``: an IVF coarse quantiser over product codes (``M`` bytes per row, plus an 8-byte id in its
+  list). A query searches ``nprobe`` lists for ``RESCORE_FACTOR x top`` candidates per side and re-scores
+  them exactly against float16 copies of the vectors kept on disk (``vectors.f16.npy``, memory-mapped, so
+  only the rows read stay resident): the scores it returns are the float16 vectors' inner products, for
+  whichever rows the codes let through.
+
+:func:`resident_bytes` is the one estimate of what a loaded index holds in memory; a build checks it
+against the budget before it starts and records the measured size in the manifest, and a load checks the
+recorded size before it reads anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import get_args
+
+from interpret.config import IndexStorage
+
+RESCORE_FACTOR = 4
+"""ivf-pq: candidates per side re-scored exactly, as a multiple of the rows asked for."""
+RESCORE_FILE = "vectors.f16.npy"
+"""ivf-pq: the float16 vectors its candidates are re-scored against (row i = index id i)."""
+MIN_POINTS_PER_LIST = 39
+"""FAISS's k-means wants about this many training points per centroid (it warns below)."""
+STORAGES: tuple[IndexStorage, ...] = get_args(IndexStorage)
+PQ_CENTROIDS = 256
+"""Centroids of each 8-bit product sub-quantiser (so PQ training needs at least this many rows)."""
+ROW_ID_BYTES = 8
+"""Each row's training-row number, held beside the index as int64."""
+
+
+class IndexTooLargeError(ValueError):
+    """An index would need more memory than the machine or the configured budget has; the message names
+    the size and what would fit."""
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """One storage made concrete for ``count`` rows of width ``dim``: its FAISS factory and sizes."""
+
+    storage: IndexStorage
+    factory: str
+    ivf_lists: int | None = None
+    pq_bytes: int | None = None
+    nprobe: int | None = None
+
+
+def default_lists(count: int) -> int:
+    """``4 sqrt(N)`` coarse lists, at most ``N / 39`` (each centroid gets its training points), at least 1."""
+    return max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_LIST))
+
+
+def default_pq_bytes(dim: int) -> int:
+    """The divisor of ``dim`` nearest ``dim / 8``: eight dimensions per 8-bit code, 1/32 of float32."""
+    divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+    return min(divisors, key=lambda m: (abs(m - dim / 8), m))
+
+
+def storage_layout(
+    storage: IndexStorage,
+    count: int,
+    dim: int,
+    factory: str,
+    ivf_lists: int | None = None,
+    pq_bytes: int | None = None,
+    nprobe: int = 32,
+) -> StorageLayout:
+    """The FAISS factory string and sizes of ``storage`` for these vectors; ``factory`` is float32's own."""
+    if storage == "float32":
+        return StorageLayout(storage, factory)
+    if storage == "float16":
+        return StorageLayout(storage, "SQfp16")
+    if storage == "sq8":
+        return StorageLayout(storage, "SQ8")
+    if count < PQ_CENTROIDS:
+        raise ValueError(
+            f"storage='ivf-pq' trains {PQ_CENTROIDS} centroids per code byte and needs at least that many "
+            f"rows, got {count}: use float16 or sq8"
+        )
+    lists = ivf_lists if ivf_lists is not None else default_lists(count)
+    code = pq_bytes if pq_bytes is not None else default_pq_bytes(dim)
+    if dim % code:
+        raise ValueError(f"pq_bytes={code} must divide the vectors' width {dim}: try {default_pq_bytes(dim)}")
+    if lists > max(1, count // MIN_POINTS_PER_LIST):
+        raise ValueError(
+            f"ivf_lists={lists} is too many for {count:,} rows (k-means wants {MIN_POINTS_PER_LIST} rows per "
+            f"list): use at most {max(1, count // MIN_POINTS_PER_LIST)}, or null"
+        )
+    return StorageLayout(storage, f"IVF{lists},PQ{code}", lists, code, min(nprobe, lists))
+
+
+def resident_bytes(layout: StorageLayout, count: int, dim: int, extra: int = 0) -> int:
+    """Bytes a loaded index holds in memory: its vectors or codes, its row ids and ``extra`` (the fitted
+    projection and inverse). ``ivf-pq``: codes and list ids, the coarse centroids and the PQ codebooks
+    (``256`` centroids per sub-quantiser); its float16 re-scoring copy is mapped from disk, not held."""
+    per_row = {"float32": 4 * dim, "float16": 2 * dim, "sq8": dim}.get(layout.storage)
+    if per_row is not None:
+        vectors = count * per_row + (2 * 4 * dim if layout.storage == "sq8" else 0)
+    else:
+        assert layout.ivf_lists is not None and layout.pq_bytes is not None  # storage_layout set them
+        vectors = count * (layout.pq_bytes + 8) + layout.ivf_lists * dim * 4 + PQ_CENTROIDS * dim * 4
+    return vectors + count * ROW_ID_BYTES + extra
+
+
+def readable_bytes(count: int) -> str:
+    """``3.2 GiB``, ``512.0 MiB``, ``4.0 KiB``: the largest unit that keeps the number at least 1."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def available_memory() -> int:
+    """Bytes this process can still take: ``MemAvailable`` (Linux), lowered to a container's cgroup limit
+    minus its use where one is set; total physical memory elsewhere."""
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    limit, usage = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
+    if limit.exists() and usage.exists() and limit.read_text().strip().isdigit():
+        available = min(available, int(limit.read_text()) - int(usage.read_text()))
+    return available
+
+
+def check_resident(
+    need: int, budget: int | None, count: int, dim: int, extra: int = 0, what: str = "a gradient index"
+) -> None:
+    """Refuse (:class:`IndexTooLargeError`) when ``need`` bytes exceed this machine's available memory or
+    the configured ``budget`` (``INFLUENCE_MAX_INDEX_BYTES``), naming the storages that would fit."""
+    available = available_memory()
+    limit = available if budget is None else min(available, budget)
+    if need <= limit:
+        return
+    by_budget = budget is not None and budget < available
+    holder = "the budget INFLUENCE_MAX_INDEX_BYTES" if by_budget else "this machine"
+    sizes = {storage: _resident(storage, count, dim, extra) for storage in STORAGES}
+    fitting = [f"{storage} ({readable_bytes(size)})" for storage, size in sizes.items() if 0 < size <= limit]
+    advice = (
+        f"build it with --storage {fitting[0].split()[0]} ({', '.join(fitting)} fit)"
+        if fitting
+        else "no storage fits: raise the budget, or use fewer rows or a lower rank"
+    )
+    raise IndexTooLargeError(
+        f"{what} of {count:,} rows x {dim:,} dimensions needs about {readable_bytes(need)} in memory and "
+        f"{holder} allows {readable_bytes(limit)}: {advice}"
+    )
+
+
+def _resident(storage: IndexStorage, count: int, dim: int, extra: int) -> int:
+    """``storage``'s resident bytes at its defaults; 0 where it cannot hold these rows (too few for IVF)."""
+    try:
+        layout = storage_layout(storage, count, dim, "Flat")
+    except ValueError:
+        return 0
+    return resident_bytes(layout, count, dim, extra)
