@@ -96,7 +96,7 @@ def index_build(
         ),
     ] = DEFAULTS.storage,
     ivf_lists: Annotated[
-        int | None, typer.Option(help="gradient, ivf-pq: coarse lists [4 sqrt(N), at most N/39].")
+        int | None, typer.Option(help="gradient, ivf-pq: coarse lists [sqrt(N), at most N/39].")
     ] = DEFAULTS.ivf_lists,
     pq_bytes: Annotated[
         int | None,

@@ -56,8 +56,10 @@ class StorageLayout:
 
 
 def default_lists(count: int) -> int:
-    """``4 sqrt(N)`` coarse lists, at most ``N / 39`` (each centroid gets its training points), at least 1."""
-    return max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_LIST))
+    """``sqrt(N)`` coarse lists (about ``sqrt(N)`` rows each), at most ``N / 39`` (each centroid gets its
+    training points), at least 1. FAISS's guide suggests 4-16 ``sqrt(N)`` for faster scans; their k-means
+    costs 4-16 times as much to build, which ``benchmarks/scale.py`` measures on 2 cores."""
+    return max(1, min(round(math.sqrt(count)), count // MIN_POINTS_PER_LIST))
 
 
 def default_pq_bytes(dim: int) -> int:
@@ -82,21 +84,30 @@ def storage_layout(
         return StorageLayout(storage, "SQfp16")
     if storage == "sq8":
         return StorageLayout(storage, "SQ8")
+    lists = check_storage_rows(storage, count, ivf_lists)
+    code = pq_bytes if pq_bytes is not None else default_pq_bytes(dim)
+    if dim % code:
+        raise ValueError(f"pq_bytes={code} must divide the vectors' width {dim}: try {default_pq_bytes(dim)}")
+    return StorageLayout(storage, f"IVF{lists},PQ{code}", lists, code, min(nprobe, lists))
+
+
+def check_storage_rows(storage: IndexStorage, count: int, ivf_lists: int | None = None) -> int:
+    """What ``count`` rows allow (checked before any gradient is computed): ivf-pq needs ``PQ_CENTROIDS``
+    rows to train its codes and ``MIN_POINTS_PER_LIST`` per coarse list. Returns the lists (0 without)."""
+    if storage != "ivf-pq":
+        return 0
     if count < PQ_CENTROIDS:
         raise ValueError(
             f"storage='ivf-pq' trains {PQ_CENTROIDS} centroids per code byte and needs at least that many "
             f"rows, got {count}: use float16 or sq8"
         )
     lists = ivf_lists if ivf_lists is not None else default_lists(count)
-    code = pq_bytes if pq_bytes is not None else default_pq_bytes(dim)
-    if dim % code:
-        raise ValueError(f"pq_bytes={code} must divide the vectors' width {dim}: try {default_pq_bytes(dim)}")
     if lists > max(1, count // MIN_POINTS_PER_LIST):
         raise ValueError(
             f"ivf_lists={lists} is too many for {count:,} rows (k-means wants {MIN_POINTS_PER_LIST} rows per "
             f"list): use at most {max(1, count // MIN_POINTS_PER_LIST)}, or null"
         )
-    return StorageLayout(storage, f"IVF{lists},PQ{code}", lists, code, min(nprobe, lists))
+    return lists
 
 
 def resident_bytes(layout: StorageLayout, count: int, dim: int, extra: int = 0) -> int:

@@ -334,7 +334,7 @@ class GradientIndexConfig(Config):
         "exactly against float16 vectors kept on disk).",
     )
     ivf_lists: int | None = Field(
-        None, ge=1, le=1_000_000, description="ivf-pq: coarse lists (nlist); null: 4 sqrt(N), at most N/39."
+        None, ge=1, le=1_000_000, description="ivf-pq: coarse lists (nlist); null: sqrt(N), at most N/39."
     )
     pq_bytes: int | None = Field(
         None,

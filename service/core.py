@@ -24,6 +24,7 @@ from engine.builds import (
 from engine.cache import STestCache
 from engine.pipeline import Engine, answer_query, gradient_index_for, knn_index_for, pooled_engine
 from index import empty_index
+from index.storage import check_storage_rows
 from interpret.cancellation import Cancellations, RequestContext
 from interpret.checkpoint import TrainingDataMissingError
 from interpret.config import (
@@ -407,6 +408,11 @@ class InfluenceService:
         except ValueError as error:
             detail = {"field": "gradient.preconditioner", "value": config.preconditioner}
             raise LimitExceededError(str(error), detail) from None
+        try:
+            check_storage_rows(config.storage, self.engine.num_examples, config.ivf_lists)
+        except ValueError as error:
+            detail = {"field": "gradient.storage", "value": config.storage}
+            raise LimitExceededError(f"gradient.{error}", detail) from None
         return config
 
     def _check_evaluation(self, request) -> None:

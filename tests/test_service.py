@@ -342,6 +342,17 @@ def test_a_gradient_index_job_makes_gradient_the_default_method(settings, engine
         assert fastif.method == "fastif" and fastif.candidates == 30
         models = client.models().models[0]
         assert models.gradient_index_manifest["spec"]["rank"] == 4
+        assert quality.gradient_index.storage == "float32" and quality.gradient_index.storage_recall is None
+        with pytest.raises(
+            BadRequestError, match=r"gradient\.storage='ivf-pq' .* at least that many rows, got 96"
+        ):
+            client.submit_job(kind="index_build", index_kind="gradient", gradient={"storage": "ivf-pq"})
+        job = client.submit_job(
+            kind="index_build", index_kind="gradient", gradient={**gradient, "storage": "sq8"}
+        )
+        assert client.wait_job(job.id, poll_s=0.05, timeout=120, progress=False).state == "succeeded"
+        held = client.influence(QUERY, top=3).results[0].quality.gradient_index
+        assert held.storage == "sq8" and held.storage_recall["queries"] == 20
     service.shutdown()
 
 

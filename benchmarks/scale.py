@@ -1,0 +1,413 @@
+"""What each gradient-index storage costs and keeps, on SST-2 and on synthetic indexes of 200k and 1M rows.
+
+    python benchmarks/scale.py [--queries 20] [--synthetic 200000,1000000] [--budget-gb 8]
+
+Needs ``artifacts/model`` and its float32 gradient index ``artifacts/gradient-index`` (``influence train``,
+then ``influence index build --kind gradient``: the default kfac rank 16, Fisher, damping 5). Stages, each
+cached in ``artifacts/bench-scale/`` so a rerun resumes:
+
+1. **Queries**: the projected test gradients of ``--queries`` seeded SST-2 dev sentences (the vectors a
+   query searches with).
+2. **SST-2** (67,349 rows): the stored float32 vectors re-held in each storage (``index.storage``); per
+   storage its bytes per row, build seconds, query p50/p95 (top 100 per side, the product's own search
+   code, re-scoring included) and recall@100 of helpful and harmful against the float32 index's own top 100.
+3. **Synthetic** 200k and 1M rows drawn like the SST-2 vectors: each row a Dirichlet(1,1,1) mixture of
+   three random stored rows plus Gaussian noise with the stored rows' covariance (its top 64 eigen-directions
+   and the remaining variance spread evenly), scaled to half its size. Built in chunks of 50k rows (as a
+   streamed build would), each storage in its own process, so each peak RSS is its own: build seconds,
+   peak RSS, query p50/p95 and recall@100 against the exact inner products over the same vectors (computed
+   by streaming them). A storage whose resident bytes exceed ``--budget-gb`` is skipped and says so.
+4. **Extrapolation**: resident bytes and per-shard query latency at 10M and 100M rows over S shards, from
+   the measured bytes per row and a line through the 200k and 1M latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_result
+from index.gradient import GradientIndex, load_gradient_index, search_sides, write_gradient_index
+from index.storage import RESCORE_FILE, STORAGES, resident_bytes, storage_layout
+
+CACHE = Path("artifacts/bench-scale")
+TOP = 100
+CHUNK = 50_000
+SOURCE_ROWS = 20_000
+NOISE_DIRECTIONS = 64
+NOISE_SCALE = 0.5
+SHARDS = (1, 4, 16, 64)
+
+
+def _cached(name: str, compute):
+    path = CACHE / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+    return value
+
+
+def query_gradients(count: int) -> np.ndarray:
+    """The projected test gradients of ``count`` seeded SST-2 dev sentences, through the index's own
+    projection (cached as .npy)."""
+    path = CACHE / f"queries-{count}.npy"
+    if path.is_file():
+        return np.load(path)
+    from engine.pipeline import local_engine
+    from interpret.data import load_examples, sst2_spec
+
+    engine = local_engine("artifacts/model", gradient_index_dir="artifacts/gradient-index")
+    assert engine.gradient_index is not None
+    dev = load_examples(sst2_spec("dev"))
+    rows = np.random.default_rng(0).choice(len(dev), count, replace=False)
+    projection = engine.gradient_index.projection
+    queries = np.stack(
+        [engine.backend.projected_test_gradient(dev.texts[r], None, None, projection) for r in rows]
+    ).astype(np.float32)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, queries)
+    return queries
+
+
+def _served() -> GradientIndex:
+    from index.gradient import read_gradient_manifest
+
+    manifest = read_gradient_manifest("artifacts/gradient-index")
+    return load_gradient_index(
+        "artifacts/gradient-index", manifest.model_fingerprint, manifest.data_fingerprint, 2
+    )
+
+
+def _timed_searches(search, queries: np.ndarray, repeats: int = 3) -> tuple[list, dict[str, float]]:
+    """Each query's answer and the p50/p95 of its best-of-``repeats`` latency (a warm cache, as served)."""
+    answers, seconds = [], []
+    for query in queries:
+        best = float("inf")
+        for _ in range(repeats):
+            clock = time.perf_counter()
+            answer = search(query)
+            best = min(best, time.perf_counter() - clock)
+        answers.append(answer)
+        seconds.append(best)
+    return answers, {"p50_s": float(np.percentile(seconds, 50)), "p95_s": float(np.percentile(seconds, 95))}
+
+
+def _recall(answers, truth) -> dict[str, float]:
+    """Mean recall@TOP of each side: ``answers``/``truth`` hold ``(helpful ids, harmful ids)`` per query."""
+    out = {}
+    for side, name in ((0, "helpful"), (1, "harmful")):
+        found = [len(np.intersect1d(a[side], t[side])) / TOP for a, t in zip(answers, truth, strict=True)]
+        out[f"recall_at_{TOP}_{name}"] = float(np.mean(found))
+    return out
+
+
+def sst2_stage(queries: np.ndarray) -> dict:
+    """Every storage over the served index's own float32 vectors; recall against the float32 answers."""
+    served = _served()
+    vectors = served.index.reconstruct_n(0, served.manifest.count)
+    count, dim = vectors.shape
+    results, truth = {}, None
+    for storage in STORAGES:
+        layout = storage_layout(storage, count, dim, "Flat")
+        with tempfile.TemporaryDirectory(dir=CACHE) as folder:
+            clock = time.perf_counter()
+            manifest = served.manifest
+            write_gradient_index(
+                vectors,
+                folder,
+                manifest.model_fingerprint,
+                manifest.data_fingerprint,
+                served.spec,
+                [],
+                layout=layout,
+            )
+            build_s = time.perf_counter() - clock
+            index = load_gradient_index(folder, manifest.model_fingerprint, manifest.data_fingerprint, 2)
+
+            def search(query, index=index):
+                (helpful, _), (harmful, _) = index.search(query, TOP)
+                return helpful, harmful
+
+            answers, latency = _timed_searches(search, queries)
+        truth = truth if truth is not None else answers  # float32 comes first: the reference
+        results[storage] = {
+            "factory": layout.factory,
+            "bytes_per_row": resident_bytes(layout, count, dim) / count,
+            "build_s": build_s,
+            **latency,
+            **_recall(answers, truth),
+        }
+        print(storage, json.dumps(results[storage]), flush=True)
+    return {"rows": count, "dim": dim, "storages": results}
+
+
+def _source() -> dict[str, np.ndarray]:
+    """What synthetic rows are drawn from: a seeded sample of stored SST-2 vectors, the top eigen-directions
+    of their covariance (scaled by the root eigenvalues) and the rest of the variance per dimension."""
+    path = CACHE / "source.npz"
+    if path.is_file():
+        return dict(np.load(path))
+    served = _served()
+    rows = np.sort(np.random.default_rng(1).choice(served.manifest.count, SOURCE_ROWS, replace=False))
+    sample = np.stack([served.index.reconstruct(int(r)) for r in rows]).astype(np.float32)
+    centred = sample - sample.mean(0)
+    covariance = centred.T.astype(np.float64) @ centred / len(sample)
+    values, vectors = np.linalg.eigh(covariance)
+    top = np.argsort(values)[::-1][:NOISE_DIRECTIONS]
+    directions = (vectors[:, top] * np.sqrt(np.clip(values[top], 0, None))).astype(np.float32)
+    residual = float(max(values.sum() - values[top].sum(), 0.0) / covariance.shape[0])
+    source = {"sample": sample, "directions": directions, "residual": np.array(residual)}
+    np.savez(path, **source)
+    return source
+
+
+def synthetic_chunk(source: dict[str, np.ndarray], number: int, size: int) -> np.ndarray:
+    """Chunk ``number`` of a synthetic index (seeded by it): Dirichlet mixtures of three stored rows plus
+    covariance-shaped Gaussian noise (module docstring)."""
+    rng = np.random.default_rng(1000 + number)
+    sample, directions = source["sample"], source["directions"]
+    weights = rng.dirichlet(np.ones(3), size).astype(np.float32)
+    picks = rng.integers(0, len(sample), (size, 3))
+    mixed = np.einsum("nk,nkd->nd", weights, sample[picks])
+    noise = rng.standard_normal((size, directions.shape[1]), dtype=np.float32) @ directions.T
+    noise += np.sqrt(float(source["residual"])) * rng.standard_normal(
+        (size, sample.shape[1]), dtype=np.float32
+    )
+    return (mixed + NOISE_SCALE * noise).astype(np.float32)
+
+
+def _chunks(rows: int) -> list[tuple[int, int]]:
+    return [(n, min(CHUNK, rows - start)) for n, start in enumerate(range(0, rows, CHUNK))]
+
+
+def exact_truth(rows: int, queries: np.ndarray) -> list[tuple[list[int], list[int]]]:
+    """Each query's exact top ``TOP`` ids per side over the synthetic rows, streamed chunk by chunk."""
+    source = _source()
+    best = np.full((len(queries), 0), 0, dtype=np.int64)
+    best_scores = np.empty((len(queries), 0), dtype=np.float32)
+    worst, worst_scores = best.copy(), best_scores.copy()
+    offset = 0
+    for number, size in _chunks(rows):
+        products = (synthetic_chunk(source, number, size) @ queries.T).T  # [Q, size]
+        ids = np.broadcast_to(np.arange(offset, offset + size), products.shape)
+        best, best_scores = _keep(
+            np.hstack([best, ids]), np.hstack([best_scores, products]), TOP, largest=True
+        )
+        worst, worst_scores = _keep(np.hstack([worst, ids]), np.hstack([worst_scores, products]), TOP, False)
+        offset += size
+    return [(b.tolist(), w.tolist()) for b, w in zip(best, worst, strict=True)]
+
+
+def _keep(ids: np.ndarray, scores: np.ndarray, top: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-scores if largest else scores, axis=1, kind="stable")[:, :top]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def one_synthetic(rows: int, storage: str, queries_path: str, truth_path: str) -> dict:
+    """One storage over ``rows`` synthetic rows, built chunk by chunk in this process (its own peak RSS)."""
+    import faiss
+
+    source, queries = _source(), np.load(queries_path)
+    truth = json.loads(Path(truth_path).read_text())
+    dim = source["sample"].shape[1]
+    layout = storage_layout(storage, rows, dim, "Flat")
+    index = faiss.index_factory(dim, layout.factory, faiss.METRIC_INNER_PRODUCT)
+    clock = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=CACHE) as folder:
+        rescore = None
+        if storage == "ivf-pq":
+            path = Path(folder) / RESCORE_FILE
+            rescore = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, dim))
+        if not index.is_trained:  # on a sample as large as FAISS's k-means uses (256 per centroid)
+            wanted = min(rows, 256 * max(layout.ivf_lists or 1, 256 if storage == "ivf-pq" else 1), 100_000)
+            train = np.concatenate([synthetic_chunk(source, n, s) for n, s in _chunks(wanted)])[:wanted]
+            index.train(train)
+            del train
+        offset = 0
+        for number, size in _chunks(rows):
+            chunk = synthetic_chunk(source, number, size)
+            index.add(chunk)
+            if rescore is not None:
+                rescore[offset : offset + size] = chunk.astype(np.float16)
+            offset += size
+        if rescore is not None:
+            rescore.flush()
+            rescore = np.load(Path(folder) / RESCORE_FILE, mmap_mode="r")
+        if layout.nprobe is not None:
+            faiss.ParameterSpace().set_index_parameter(index, "nprobe", layout.nprobe)
+        build_s = time.perf_counter() - clock
+
+        def search(query):
+            (helpful, _), (harmful, _) = search_sides(index, query[None], TOP, rescore)
+            return helpful, harmful
+
+        answers, latency = _timed_searches(search, queries)
+    return {
+        "factory": layout.factory,
+        "bytes_per_row": resident_bytes(layout, rows, dim) / rows,
+        "build_s": build_s,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        **latency,
+        **_recall(answers, truth),
+    }
+
+
+def synthetic_stage(rows: int, queries: np.ndarray, budget_gb: float) -> dict:
+    queries_path = CACHE / f"queries-{len(queries)}.npy"
+    _cached(f"truth-{rows}", lambda: exact_truth(rows, queries))  # written once, read by each process
+    truth_path = CACHE / f"truth-{rows}.json"
+    dim = _source()["sample"].shape[1]
+    results = {}
+    for storage in STORAGES:
+        need = resident_bytes(storage_layout(storage, rows, dim, "Flat"), rows, dim)
+        if need > budget_gb * 1e9:
+            results[storage] = {"skipped": f"needs {need / 1e9:.1f} GB, past the {budget_gb} GB budget"}
+            continue
+
+        def run(storage=storage):
+            command = [sys.executable, __file__, "--one", f"{rows},{storage},{queries_path},{truth_path}"]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            return json.loads(output.strip().splitlines()[-1])
+
+        results[storage] = _cached(f"synthetic-{rows}-{storage}", run)
+        print(rows, storage, json.dumps(results[storage]), flush=True)
+    return {"rows": rows, "dim": dim, "storages": results}
+
+
+def extrapolate(synthetic: dict[int, dict]) -> dict:
+    """Resident GB and per-shard p50 at 10M and 100M rows over S shards: bytes from the 1M bytes per row,
+    latency from the line through the measured sizes (each shard searches N/S rows; shards run at once)."""
+    sizes = sorted(synthetic)
+    table = {}
+    for storage in STORAGES:
+        points = [(n, synthetic[n]["storages"][storage]) for n in sizes]
+        measured = [(n, r["p50_s"]) for n, r in points if "p50_s" in r]
+        if len(measured) < 2:
+            continue
+        (n0, t0), (n1, t1) = measured[0], measured[-1]
+        slope = (t1 - t0) / (n1 - n0)
+        per_row = (
+            points[-1][1].get("bytes_per_row") or synthetic[sizes[0]]["storages"][storage]["bytes_per_row"]
+        )
+        table[storage] = {
+            f"{total // 1_000_000}M": {
+                f"{shards}_shards": {
+                    "resident_gb_total": total * per_row / 1e9,
+                    "resident_gb_per_shard": total * per_row / shards / 1e9,
+                    "p50_s_per_shard": max(t0, t0 + slope * (total / shards - n0)),
+                }
+                for shards in SHARDS
+            }
+            for total in (10_000_000, 100_000_000)
+        }
+    return table
+
+
+def scale_table(payload: dict) -> str:
+    """The README's Scale table, rendered from ``scale.json`` (``--table`` prints it; ``tests/test_docs.py``
+    checks the README carries exactly this): per storage, SST-2's bytes per row and recall against
+    float32, and each synthetic size's query p50 and recall against the exact search."""
+    sizes = sorted(payload["synthetic"], key=int)
+    header = ["storage", "bytes per row", "SST-2 recall@100 vs float32", "SST-2 p50 ms"]
+    header += [f"{int(n) // 1000:,}k rows: p50 ms / recall@100 / peak RSS GB" for n in sizes]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for storage in STORAGES:
+        sst2 = payload["sst2"]["storages"][storage]
+        cells = [
+            storage,
+            f"{sst2['bytes_per_row']:,.0f}",
+            f"{min(sst2['recall_at_100_helpful'], sst2['recall_at_100_harmful']):.3f}",
+            f"{sst2['p50_s'] * 1000:.1f}",
+        ]
+        for n in sizes:
+            result = payload["synthetic"][n]["storages"][storage]
+            if "skipped" in result:
+                cells.append(result["skipped"])
+                continue
+            recall = min(result["recall_at_100_helpful"], result["recall_at_100_harmful"])
+            cells.append(f"{result['p50_s'] * 1000:.1f} / {recall:.3f} / {result['peak_rss_gb']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--table", action="store_true", help="Print the README's table from the stored results."
+    )
+    parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--synthetic", default="200000,1000000")
+    parser.add_argument("--budget-gb", type=float, default=8.0)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.table:
+        from benchmarks.common import RESULTS
+
+        print(scale_table(json.loads((RESULTS / "scale.json").read_text())))
+        return
+    if args.one:
+        rows, storage, queries_path, truth_path = args.one.split(",")
+        print(json.dumps(one_synthetic(int(rows), storage, queries_path, truth_path)))
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    queries = query_gradients(args.queries)
+    sst2 = _cached("sst2", lambda: sst2_stage(queries))
+    synthetic = {int(n): synthetic_stage(int(n), queries, args.budget_gb) for n in args.synthetic.split(",")}
+    largest = synthetic[max(synthetic)]["storages"]
+    meets = [
+        s
+        for s in STORAGES
+        if "recall_at_100_helpful" in largest[s]
+        and min(largest[s]["recall_at_100_helpful"], largest[s]["recall_at_100_harmful"]) >= 0.95
+    ]
+    best = min(meets, key=lambda s: largest[s]["bytes_per_row"]) if meets else None
+    sst2_best = min(STORAGES, key=lambda s: sst2["storages"][s]["bytes_per_row"]) if best is None else best
+    summary = {
+        "bytes_per_row_float32": sst2["storages"]["float32"]["bytes_per_row"],
+        "best_storage": best,
+        "bytes_per_row_best": largest[best]["bytes_per_row"] if best else None,
+        "recall_at_100_best_vs_float32_sst2": min(
+            sst2["storages"][sst2_best]["recall_at_100_helpful"],
+            sst2["storages"][sst2_best]["recall_at_100_harmful"],
+        ),
+        "query_p50_s_1m_best": largest[best]["p50_s"] if best else None,
+        "recall_at_100_1m_best": (
+            min(largest[best]["recall_at_100_helpful"], largest[best]["recall_at_100_harmful"])
+            if best
+            else None
+        ),
+        "rss_gb_1m_best": largest[best]["peak_rss_gb"] if best else None,
+    }
+    write_result(
+        "scale",
+        {
+            "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+            "summary": summary,
+            "queries": f"{args.queries} seeded SST-2 dev sentences' projected test gradients",
+            "synthetic_rows_are": (
+                f"Dirichlet(1,1,1) mixtures of 3 of {SOURCE_ROWS:,} stored SST-2 vectors plus "
+                f"{NOISE_SCALE} x Gaussian noise with their covariance (top {NOISE_DIRECTIONS} directions + "
+                "the rest spread evenly); built in chunks of 50k rows, one process per storage"
+            ),
+            "sst2": sst2,
+            "synthetic": {str(n): v for n, v in synthetic.items()},
+            "extrapolation": extrapolate(synthetic),
+            "not_yet_measured": "shards (issue 25 item 3) and add/remove (item 4) land in later slices",
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
