@@ -72,9 +72,13 @@ def query_gradients(count: int) -> np.ndarray:
     assert engine.gradient_index is not None
     dev = load_examples(sst2_spec("dev"))
     rows = np.random.default_rng(0).choice(len(dev), count, replace=False)
-    projection = engine.gradient_index.projection
+    projection, backend = engine.gradient_index.projection, engine.backend
+    labels = [backend.prepare(dev.texts[r], None, None).label for r in rows]  # the predicted, as queried
     queries = np.stack(
-        [engine.backend.projected_test_gradient(dev.texts[r], None, None, projection) for r in rows]
+        [
+            backend.projected_test_gradient(dev.texts[r], None, y, projection)
+            for r, y in zip(rows, labels, strict=True)
+        ]
     ).astype(np.float32)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, queries)

@@ -226,3 +226,12 @@ def test_the_supported_families_table_is_the_benchmarks_own():
 
     table = families_table(_results("architectures.json"))
     assert table in README, "README: paste `python benchmarks/architectures.py --table`"
+
+
+def test_the_scale_table_is_the_benchmarks_own():
+    """The README's Scale table is what ``python benchmarks/scale.py --table`` renders from ``scale.json``
+    (every storage on SST-2 and on the synthetic sizes, measured): rerun and paste, never edit by hand."""
+    from benchmarks.scale import scale_table
+
+    table = scale_table(_results("scale.json"))
+    assert table in README, "README: paste `python benchmarks/scale.py --table`"
