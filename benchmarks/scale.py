@@ -380,7 +380,6 @@ def main() -> None:
     sst2_best = min(STORAGES, key=lambda s: sst2["storages"][s]["bytes_per_row"]) if best is None else best
     summary = {
         "bytes_per_row_float32": sst2["storages"]["float32"]["bytes_per_row"],
-        "best_storage": best,
         "bytes_per_row_best": largest[best]["bytes_per_row"] if best else None,
         "recall_at_100_best_vs_float32_sst2": min(
             sst2["storages"][sst2_best]["recall_at_100_helpful"],
@@ -399,6 +398,7 @@ def main() -> None:
         {
             "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
             "summary": summary,
+            "best_storage": best,
             "queries": f"{args.queries} seeded SST-2 dev sentences' projected test gradients",
             "synthetic_rows_are": (
                 f"Dirichlet(1,1,1) mixtures of 3 of {SOURCE_ROWS:,} stored SST-2 vectors plus "

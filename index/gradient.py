@@ -36,9 +36,11 @@ from index.storage import (
     StorageLayout,
     check_resident,
     resident_bytes,
+    storage_layout,
 )
 from index.store import MANIFEST_FILE, IndexMismatchError, filled_index, read_index_folder, write_index_folder
 from interpret.config import DEFAULT_FACTORY, IndexStorage
+from interpret.influence.metrics import recall_at_m
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.projection import Projection, bases_digest
 from interpret.storage import write_json_atomic
@@ -103,6 +105,11 @@ class GradientManifest:
     def layout(self) -> StorageLayout:
         storage = typing.cast(IndexStorage, self.storage)
         return StorageLayout(storage, self.factory, self.ivf_lists, self.pq_bytes, self.nprobe)
+
+    @property
+    def memory_bytes(self) -> int:
+        """What a load will hold: the recorded estimate, or one made now for a manifest from before."""
+        return self.resident_bytes or resident_bytes(self.layout, self.count, self.dim)
 
 
 @dataclass
@@ -240,7 +247,7 @@ def write_gradient_index(
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError(f"vectors must be a non-empty [N, d] array, got shape {vectors.shape}")
-    layout = layout or StorageLayout("float32", factory)
+    layout = layout or storage_layout("float32", len(vectors), vectors.shape[1], factory)
     index = filled_index(vectors, layout.factory, "ip")
     if layout.nprobe is not None:
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", layout.nprobe)
@@ -290,14 +297,13 @@ def storage_recall(
     """recall@``top`` of ``index`` (searched as queries are, re-scoring included) against the exact inner
     products with its own float32 ``vectors``, for each probe ``[P, d]`` and each side, averaged."""
     top = min(top, len(vectors))
-    exact = vectors @ np.ascontiguousarray(probes, dtype=np.float32).T  # [N, P]
+    probes = np.ascontiguousarray(probes, dtype=np.float32)
+    scores = -(vectors @ probes.T)  # [N, P]: each row's exact influence score for each probe
     found: dict[str, list[float]] = {"helpful": [], "harmful": []}
-    for column, probe in enumerate(np.ascontiguousarray(probes, dtype=np.float32)):
+    for column, probe in enumerate(probes):
         helpful, harmful = search_sides(index, probe[None], top, rescore)
-        best = np.argpartition(-exact[:, column], top - 1)[:top]
-        worst = np.argpartition(exact[:, column], top - 1)[:top]
-        found["helpful"].append(len(np.intersect1d(helpful[0], best)) / top)
-        found["harmful"].append(len(np.intersect1d(harmful[0], worst)) / top)
+        found["helpful"].append(recall_at_m(helpful[0], scores[:, column], top, "helpful"))
+        found["harmful"].append(recall_at_m(harmful[0], scores[:, column], top, "harmful"))
     return {
         "top": top,
         "queries": len(probes),
@@ -354,8 +360,7 @@ def load_gradient_index(
                 f"has {shown(expected)}; rebuild it with `influence index build --kind gradient`"
             )
     count, dim = manifest.count, manifest.dim
-    need = manifest.resident_bytes or resident_bytes(manifest.layout, count, dim)
-    check_resident(need, max_bytes, count, dim, what=f"{directory}: the gradient index")
+    check_resident(manifest.memory_bytes, max_bytes, count, dim, what=f"{directory}: the gradient index")
     index, rows = read_index_folder(directory, count)
     if index.d != dim:
         raise IndexMismatchError(f"{directory}: vectors have dim {index.d}, the manifest says {dim}")

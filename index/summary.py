@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from index.gradient import GRADIENT_KIND, read_gradient_manifest
-from index.storage import ROW_ID_BYTES, resident_bytes
+from index.storage import ROW_ID_BYTES
 from index.store import INDEX_FILE, MANIFEST_FILE, IndexMismatchError, read_manifest
 
 
@@ -22,8 +22,7 @@ def index_summary(directory: str | Path) -> dict[str, Any]:
         raise IndexMismatchError(f"{path}: no readable index manifest ({error}); build the index") from error
     if kind == GRADIENT_KIND:
         gradient = read_gradient_manifest(directory)
-        need = gradient.resident_bytes or resident_bytes(gradient.layout, gradient.count, gradient.dim)
-        return {**asdict(gradient), "kind": GRADIENT_KIND, "resident_bytes": need}
+        return {**asdict(gradient), "kind": GRADIENT_KIND, "resident_bytes": gradient.memory_bytes}
     knn = read_manifest(directory)
     stored = (Path(directory) / INDEX_FILE).stat().st_size + knn.count * ROW_ID_BYTES
     return {**asdict(knn), "kind": "knn", "storage": "float32", "resident_bytes": stored}

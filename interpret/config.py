@@ -42,6 +42,11 @@ class Config(BaseModel):
         """Field ``name``'s default: what a function's keyword or a command's option defaults to."""
         return cls.model_fields[name].get_default(call_default_factory=True)
 
+    @classmethod
+    def of(cls, source: BaseModel) -> Self:
+        """This config's fields taken from ``source``: a request model that extends it with its own."""
+        return cls(**{name: getattr(source, name) for name in cls.model_fields})
+
     def replace(self, **changes: object) -> Self:
         """A copy with ``changes``, validated again (``model_copy(update=...)`` would skip the checks)."""
         return type(self)(**{**dict(self), **changes})

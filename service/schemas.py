@@ -68,7 +68,7 @@ class InfluenceRequest(QueryConfig):
 
     def config(self) -> QueryConfig:
         """The query settings alone, as the library takes them."""
-        return QueryConfig(**{name: getattr(self, name) for name in QueryConfig.model_fields})
+        return QueryConfig.of(self)
 
 
 # ------------------------------------------------------------------------- saliency: one model per method
@@ -360,7 +360,7 @@ class EvaluateRequest(EvaluationConfig):
 
     def config(self) -> EvaluationConfig:
         """The sizes and seeds alone, as the library takes them."""
-        return EvaluationConfig(**{name: getattr(self, name) for name in EvaluationConfig.model_fields})
+        return EvaluationConfig.of(self)
 
 
 class JobRequest(_Strict):

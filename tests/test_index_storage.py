@@ -214,6 +214,14 @@ def test_index_info_reports_rows_storage_and_resident_bytes(tmp_path):
     assert f"{ROWS:,} rows x {DIM}" in shown.output and "ivf-pq" in shown.output
 
 
-def test_layout_of_an_old_manifest_is_float32():
-    layout = StorageLayout("float32", "Flat")
-    assert resident_bytes(layout, 10, 4) == 10 * (16 + 8)
+def test_a_manifest_from_before_storages_loads_as_float32_with_its_bytes_estimated(tmp_path):
+    vectors = _vectors()
+    _write(tmp_path / "old", "float32", vectors)
+    path = tmp_path / "old" / "manifest.json"
+    new_fields = ("storage", "ivf_lists", "pq_bytes", "nprobe", "resident_bytes", "storage_recall")
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in new_fields}
+    path.write_text(json.dumps(old))
+    manifest = _load(tmp_path / "old").manifest
+    assert manifest.storage == "float32" and manifest.resident_bytes is None
+    assert manifest.layout == StorageLayout("float32", "Flat")
+    assert manifest.memory_bytes == ROWS * (4 * DIM + 8)
