@@ -171,7 +171,7 @@ def reference_scores(args, engine, s_tests: np.ndarray) -> tuple[np.ndarray, dic
 def gradient_quality(engine, index, queries, labels, reference) -> tuple[list[dict], np.ndarray]:
     """Recall and Spearman of the built index (its float32 vectors), per query."""
     explainer = engine.backend.explainer
-    stored = torch.from_numpy(index.index.reconstruct_n(0, index.manifest.count))
+    stored = torch.from_numpy(index.vectors())
     out, all_scores = [], []
     for q, text in enumerate(queries):
         test_gradient = torch.from_numpy(

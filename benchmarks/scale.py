@@ -37,7 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
-from index.gradient import GradientIndex, load_gradient_index, search_sides, write_gradient_index
+from index.gradient import GradientIndex, load_gradient_index, write_gradient_index
+from index.shards import search_sides
 from index.storage import RESCORE_FILE, STORAGES, resident_bytes, storage_layout
 
 CACHE = Path("artifacts/bench-scale")
@@ -120,7 +121,7 @@ def _recall(answers, truth) -> dict[str, float]:
 def sst2_stage(queries: np.ndarray) -> dict:
     """Every storage over the served index's own float32 vectors; recall against the float32 answers."""
     served = _served()
-    vectors = served.index.reconstruct_n(0, served.manifest.count)
+    vectors = served.vectors()
     count, dim = vectors.shape
     results, truth = {}, None
     for storage in STORAGES:
@@ -165,7 +166,7 @@ def _source() -> dict[str, np.ndarray]:
         return dict(np.load(path))
     served = _served()
     rows = np.sort(np.random.default_rng(1).choice(served.manifest.count, SOURCE_ROWS, replace=False))
-    sample = np.stack([served.index.reconstruct(int(r)) for r in rows]).astype(np.float32)
+    sample = served.vectors()[rows]
     centred = sample - sample.mean(0)
     covariance = centred.T.astype(np.float64) @ centred / len(sample)
     values, vectors = np.linalg.eigh(covariance)

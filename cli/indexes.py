@@ -105,11 +105,18 @@ def index_build(
     nprobe: Annotated[
         int, typer.Option(help="gradient, ivf-pq: lists searched per query.")
     ] = DEFAULTS.nprobe,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="gradient: cut the index into N shards, searched alone and merged (the same answers); a "
+            "Ray pool holds each on its own actor [1, or as many as fit --max-index-bytes each]."
+        ),
+    ] = DEFAULTS.shards,
     max_index_bytes: Annotated[
         int | None,
         typer.Option(
             envvar="INFLUENCE_MAX_INDEX_BYTES",
-            help="gradient: refuse, before any work, an index that would hold more bytes in memory.",
+            help="gradient: refuse, before any work, an index or shard that would hold more bytes.",
         ),
     ] = None,
     workers: Annotated[
@@ -142,6 +149,7 @@ def index_build(
             ivf_lists=ivf_lists,
             pq_bytes=pq_bytes,
             nprobe=nprobe,
+            shards=shards,
         )
     spec = training_for(
         model,
@@ -210,6 +218,9 @@ def index_info(
         f"({summary['storage']}, {summary['factory']}); about {readable_bytes(resident)} in memory, "
         f"{resident / summary['count']:,.0f} bytes per row"
     )
+    if summary.get("shards", 1) > 1:
+        counts = ", ".join(f"{count:,}" for count in summary["shard_counts"])
+        console.print(f"{summary['shards']} shards (one Ray actor each when served): {counts} rows")
     for key in ("storage_recall", "fidelity", "spec"):
         if summary.get(key):
             console.print(f"{key}: {json.dumps(summary[key])}")

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from index.gradient import GradientManifest, local_shards
+from index.shards import ShardSearcher
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext, current_context
 from interpret.config import Config, QueryConfig
@@ -121,6 +124,13 @@ class Backend(Protocol):
         """The requests with a call running on the workers (sorted ids)."""
         ...
 
+    def serve_shards(
+        self, directory: Path, manifest: GradientManifest, max_bytes: int | None
+    ) -> ShardSearcher:
+        """Who holds a gradient index's shards (``index.gradient.ServeShards``): this process, or one Ray
+        actor per shard."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
@@ -221,6 +231,11 @@ class LocalBackend:
 
     def running_requests(self) -> list[str]:
         return self.explainer.running_requests()
+
+    def serve_shards(
+        self, directory: Path, manifest: GradientManifest, max_bytes: int | None
+    ) -> ShardSearcher:
+        return local_shards(directory, manifest, max_bytes)
 
     def shutdown(self) -> None:
         pass

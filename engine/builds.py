@@ -32,7 +32,7 @@ from index.storage import (
     storage_layout,
 )
 from interpret.cancellation import RequestContext
-from interpret.config import DEFAULT_FACTORY, DEFAULT_KNN_METRIC, GradientIndexConfig, Metric
+from interpret.config import AUTO_SHARDS, DEFAULT_FACTORY, DEFAULT_KNN_METRIC, GradientIndexConfig, Metric
 from interpret.influence.cg import cg_rows
 from interpret.influence.exact import MAX_EXACT_PARAMETERS
 from interpret.influence.preconditioner import inverse_damped, precondition, second_moment
@@ -245,17 +245,34 @@ def projected_dim(engine: Engine, rank: int | None, seed: int, context=None) -> 
 
 def check_index_memory(
     config: GradientIndexConfig, rows: int, dim: int, max_bytes: int | None
-) -> StorageLayout:
-    """The finished index's storage layout for ``rows`` vectors of width ``dim``, refused
-    (:class:`IndexTooLargeError`, naming the storages that fit) before any work when its resident bytes
-    exceed this machine's memory or ``max_bytes``."""
+) -> tuple[StorageLayout, int]:
+    """The finished index's storage layout for ``rows`` vectors of width ``dim`` and its shard count
+    (``config.shards``, or when unset the fewest whose largest fits ``max_bytes``), refused
+    (:class:`IndexTooLargeError`, naming the storages that fit) before any work when one shard exceeds
+    this machine's memory or ``max_bytes``. One shard is loaded with the queries' projection and inverse."""
     layout = storage_layout(
         config.storage, rows, dim, config.factory, config.ivf_lists, config.pq_bytes, config.nprobe
     )
-    inverse = 4 * dim * dim if config.fitted else 0  # a kfac index keeps its preconditioner's inverse
-    need = resident_bytes(layout, rows, dim, inverse)
-    check_resident(need, max_bytes, rows, dim, inverse)
-    return layout
+    shards = config.shards or fewest_shards(layout, rows, dim, max_bytes)
+    if shards > rows:
+        raise ValueError(f"shards={shards} is more than the {rows:,} training rows: use at most {rows}")
+    largest = -(-rows // shards)
+    inverse = 4 * dim * dim if config.fitted and shards == 1 else 0  # a kfac index keeps its inverse
+    check_resident(resident_bytes(layout, largest, dim, inverse), max_bytes, largest, dim, inverse)
+    return layout, shards
+
+
+def fewest_shards(layout: StorageLayout, rows: int, dim: int, max_bytes: int | None) -> int:
+    """The fewest shards (at most ``AUTO_SHARDS``) whose largest holds at most ``max_bytes``: 1 without a
+    budget; ``AUTO_SHARDS`` when none fits, which the budget check then refuses (a smaller storage, or
+    ``shards`` named, fits)."""
+    if max_bytes is None:
+        return 1
+    most = min(rows, AUTO_SHARDS)
+    shards = min(most, max(1, -(-resident_bytes(layout, rows, dim) // max_bytes)))
+    while shards < most and resident_bytes(layout, -(-rows // shards), dim) > max_bytes:
+        shards += 1  # each shard repeats the trained quantiser: the even split may fall just short
+    return shards
 
 
 def probe_rows(count: int, seed: int) -> np.ndarray:
@@ -315,13 +332,13 @@ def build_gradient_index(
     spec = gradient_spec(engine, config)
     dim = projected_dim(engine, config.rank, config.seed, context)
     check_build_memory(engine, config, spec, dim, context)
-    layout = check_index_memory(config, engine.num_examples, dim, max_bytes)
-    # One progress bar over both passes: the factor chunks of the fit, then the gradient shards.
-    fit, shards = fit_chunks(engine, config), math.ceil(engine.num_examples / config.chunk_rows)
+    layout, shards = check_index_memory(config, engine.num_examples, dim, max_bytes)
+    # One progress bar over both passes: the factor chunks of the fit, then the gradient chunks.
+    fit, chunks = fit_chunks(engine, config), math.ceil(engine.num_examples / config.chunk_rows)
     work = Path(scratch) / Path(directory).name if scratch is not None else directory
-    projection = fit_projection(engine, work, config, _offset(progress, 0, fit + shards), context)
+    projection = fit_projection(engine, work, config, _offset(progress, 0, fit + chunks), context)
     gradients = projected_gradients(
-        engine, work, config, projection, _offset(progress, fit, fit + shards), context
+        engine, work, config, projection, _offset(progress, fit, fit + chunks), context
     )
     inverse = fit_inverse(engine, gradients, spec, projection, context)
     probes = gradients[probe_rows(len(gradients), config.seed)].copy()  # queries for the storage's recall
@@ -343,6 +360,7 @@ def build_gradient_index(
         adapter_of(identity),
         layout,
         probes,
+        shards,
     )
     ShardStore(shard_folder(work), {}).remove()
     return manifest

@@ -74,6 +74,8 @@ class Engine:
         return fingerprint
 
     def shutdown(self) -> None:
+        if self.gradient_index is not None:
+            self.gradient_index.close()
         self.backend.shutdown()
 
 
@@ -96,17 +98,19 @@ def knn_index_for(index_dir: str | Path | None, identity: Identity) -> FeatureIn
 
 
 def gradient_index_for(
-    directory: str | Path | None, identity: Identity, optional: bool = False, max_bytes: int | None = None
+    directory: str | Path | None, backend: Backend, optional: bool = False, max_bytes: int | None = None
 ) -> GradientIndex | None:
-    """The gradient index, refused loudly when it does not fit the model, or this machine's memory or
+    """The gradient index, its shards held where the backend says (this process, or one Ray actor each),
+    refused loudly when it does not fit the model, or the memory of the process holding a shard or
     ``max_bytes`` (``INFLUENCE_MAX_INDEX_BYTES``); an ``optional`` one (a default folder nobody named,
     perhaps left by another model) is passed over with a warning instead."""
+    identity = backend.identity
     data = None if directory is None else _data_fingerprint(directory, identity, "gradient")
     if directory is None or data is None:
         return None
     fingerprint, tracked = identity.model_fingerprint, identity.tracked_layers
     try:
-        return load_gradient_index(directory, fingerprint, data, tracked, max_bytes)
+        return load_gradient_index(directory, fingerprint, data, tracked, max_bytes, backend.serve_shards)
     except (IndexMismatchError, IndexTooLargeError) as error:
         if not optional:
             raise
@@ -136,7 +140,7 @@ def local_engine(
         checkpoint.examples,
         knn_index_for(index_dir, identity),
         checkpoint.card,
-        gradient_index_for(gradient_index_dir, identity, gradient_index_optional, max_index_bytes),
+        gradient_index_for(gradient_index_dir, backend, gradient_index_optional, max_index_bytes),
         str(model_dir),
     )
 
@@ -170,7 +174,7 @@ def pooled_engine(
     try:
         indexes = (
             knn_index_for(index_dir, pool.identity),
-            gradient_index_for(gradient_index_dir, pool.identity, gradient_index_optional, max_index_bytes),
+            gradient_index_for(gradient_index_dir, pool, gradient_index_optional, max_index_bytes),
         )
         return Engine(pool, examples, indexes[0], card, indexes[1], str(model_dir))
     except BaseException:

@@ -1,9 +1,10 @@
 """The gradient index: every training example's projected, preconditioned gradient in a FAISS
 inner-product index, so an influence query over the whole training set is one search.
 
-A folder holds ``index.faiss``, ``rows.json`` and ``manifest.json`` (model and data fingerprints, the
-projection's kind, rank and seed, the preconditioner and its damping) and, for a ``kfac`` projection, its
-fitted bases in ``projection.safetensors`` (their SHA-256 in the manifest), written in one atomic rename.
+A folder holds ``manifest.json`` (model and data fingerprints, the projection's kind, rank and seed, the
+preconditioner and its damping, the storage and the shards), the vectors (``index.faiss`` and ``rows.json``,
+or one subfolder of them per shard: ``index.shards``) and, for a ``kfac`` projection, its fitted bases in
+``projection.safetensors`` (their SHA-256 in the manifest), written in one atomic rename.
 The build computes gradients in shards kept in a side folder (``<out>.shards/``: one ``.npy`` of float32
 vectors and one JSON of rows and settings per shard, each written atomically; the fitted bases too), so an
 interrupted build resumes where it stopped and a build split over workers writes the same shards as one
@@ -21,6 +22,7 @@ import os
 import shutil
 import tempfile
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,21 +31,22 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.storage import (
-    RESCORE_FACTOR,
-    RESCORE_FILE,
-    STORAGES,
-    StorageLayout,
-    check_resident,
-    resident_bytes,
-    storage_layout,
+from index.shards import (
+    IndexShard,
+    LocalShards,
+    SearchSides,
+    ShardSearcher,
+    filled_shards,
+    load_shard,
+    write_shards,
 )
-from index.store import MANIFEST_FILE, IndexMismatchError, filled_index, read_index_folder, write_index_folder
+from index.storage import StorageLayout, check_resident, resident_bytes, storage_layout
+from index.store import MANIFEST_FILE, IndexMismatchError
 from interpret.config import DEFAULT_FACTORY, IndexStorage
 from interpret.influence.metrics import recall_at_m
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.projection import Projection, bases_digest
-from interpret.storage import write_json_atomic
+from interpret.storage import atomic_directory, write_json_atomic
 
 GRADIENT_KIND = "gradient"
 PROJECTION_FILE = "projection.safetensors"
@@ -100,6 +103,9 @@ class GradientManifest:
     storage_recall: dict[str, Any] | None = None
     """A compressed storage's recall@100 against the exact search over its own float32 vectors, measured
     at build time with training rows' projected gradients as queries; null for an exact index."""
+    shards: int = 1
+    shard_counts: list[int] | None = None
+    """Rows of each shard, in row order (``index.shards``); null for one shard (all ``count`` rows)."""
 
     @property
     def layout(self) -> StorageLayout:
@@ -111,19 +117,26 @@ class GradientManifest:
         """What a load will hold: the recorded estimate, or one made now for a manifest from before."""
         return self.resident_bytes or resident_bytes(self.layout, self.count, self.dim)
 
+    @property
+    def counts(self) -> list[int]:
+        """Rows of each shard."""
+        return self.shard_counts or [self.count]
+
+    def shard_bytes(self, number: int) -> int:
+        """What the process that holds shard ``number`` alone holds (the projection stays with queries)."""
+        return resident_bytes(self.layout, self.counts[number], self.dim)
+
 
 @dataclass
 class GradientIndex:
-    """A loaded gradient index: ``search(g~_test, top)`` gives the most helpful and most harmful rows."""
+    """A loaded gradient index: ``search(g~_test, top)`` gives the most helpful and most harmful rows. Its
+    vectors are held by ``shards``: in this process, or by Ray actors (then this process holds none)."""
 
-    index: faiss.Index
-    rows: np.ndarray
+    shards: ShardSearcher
     manifest: GradientManifest
     projection: Projection
     curvature: IndexCurvature | None = None
     """Present for a ``kfac`` index (orthonormal projection rows), which the ``index`` solver needs."""
-    rescore: np.ndarray | None = None
-    """ivf-pq: the float16 vectors (memory-mapped) its candidates are re-scored against."""
     spec: GradientSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -136,30 +149,19 @@ class GradientIndex:
         query = np.ascontiguousarray(test_gradient, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.manifest.dim:
             raise ValueError(f"test gradient has dim {query.shape[1]}, the index has {self.manifest.dim}")
-        (helpful, helpful_ip), (harmful, harmful_ip) = search_sides(self.index, query, top, self.rescore)
-        return (self.rows[helpful], -helpful_ip), (self.rows[harmful], -harmful_ip)
+        (helpful, helpful_ip), (harmful, harmful_ip) = self.shards.search(query, top)
+        return (helpful, -helpful_ip), (harmful, -harmful_ip)
 
+    def close(self) -> None:
+        """Let go of the shards (a Ray actor per shard is stopped)."""
+        self.shards.close()
 
-def search_sides(
-    index: faiss.Index, query: np.ndarray, top: int, rescore: np.ndarray | None = None
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Index ids and inner products ``ip`` (float64) of the ``top`` largest and the ``top`` smallest inner
-    products with ``query`` ``[1, d]``, each best first. With ``rescore`` (ivf-pq's float16 vectors),
-    ``RESCORE_FACTOR x top`` candidates per side are searched by code and re-scored exactly against it."""
-    wanted = min(top, index.ntotal)
-    fetched = min(wanted * RESCORE_FACTOR, index.ntotal) if rescore is not None else wanted
-    products, positions = index.search(np.concatenate([query, -query]), fetched)
-    sides = []
-    for side, sign in ((0, 1.0), (1, -1.0)):
-        ids = positions[side][positions[side] >= 0]
-        if rescore is None:
-            sides.append((ids, sign * products[side][: len(ids)].astype(np.float64)))
-            continue
-        ids = np.sort(ids)  # in file order: the memory-mapped rows are read front to back
-        exact = np.asarray(rescore[ids], dtype=np.float32) @ query[0]
-        order = np.argsort(-sign * exact, kind="stable")[:wanted]
-        sides.append((ids[order], exact[order].astype(np.float64)))
-    return sides[0], sides[1]
+    def vectors(self) -> np.ndarray:
+        """Every stored vector ``[N, d]`` in training-row order (for checks and benchmarks): the shards
+        must be held in this process."""
+        if not isinstance(self.shards, LocalShards):
+            raise ValueError("the index's vectors are held by Ray actors: load it here to read them")
+        return self.shards.vectors()
 
 
 class ShardStore:
@@ -239,26 +241,27 @@ def write_gradient_index(
     adapter: dict[str, Any] | None = None,
     layout: StorageLayout | None = None,
     probes: np.ndarray | None = None,
+    shards: int = 1,
 ) -> GradientManifest:
     """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index held as
-    ``layout`` says (default: float32 in ``factory``), with the projection's fitted bases and the
-    preconditioner's ``inverse`` when the projection has bases. With ``probes`` (projected gradients, as
-    queries), a compressed index's recall against the exact search is measured and recorded."""
+    ``layout`` says (default: float32 in ``factory``), cut into ``shards`` shards (``index.shards``), with
+    the projection's fitted bases and the preconditioner's ``inverse`` when the projection has bases. With
+    ``probes`` (projected gradients, as queries), a compressed index's recall against the exact search is
+    measured and recorded."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError(f"vectors must be a non-empty [N, d] array, got shape {vectors.shape}")
     layout = layout or storage_layout("float32", len(vectors), vectors.shape[1], factory)
-    index = filled_index(vectors, layout.factory, "ip")
-    if layout.nprobe is not None:
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", layout.nprobe)
-    rescore = vectors.astype(np.float16) if layout.storage == "ivf-pq" else None
+    filled = filled_shards(vectors, layout, shards)
     stored = None
     if projection is not None and projection.bases is not None:
         if inverse is None:
             raise ValueError("a kfac index stores its preconditioner's inverse: pass inverse")
         stored = {**projection.bases, INVERSE_KEY: np.asarray(inverse, dtype=np.float32)}
     extra = 0 if stored is None else sum(array.nbytes for array in stored.values())
+    counts = [len(shard.rows) for shard in filled]
     exact = layout.factory == "Flat"
+    recall = None if exact or probes is None else storage_recall(LocalShards(filled).search, vectors, probes)
     manifest = GradientManifest(
         model_fingerprint,
         data_fingerprint,
@@ -274,34 +277,33 @@ def write_gradient_index(
         ivf_lists=layout.ivf_lists,
         pq_bytes=layout.pq_bytes,
         nprobe=layout.nprobe,
-        resident_bytes=resident_bytes(layout, len(vectors), vectors.shape[1], extra),
-        storage_recall=None if exact or probes is None else storage_recall(index, vectors, probes, rescore),
+        resident_bytes=sum(resident_bytes(layout, n, vectors.shape[1]) for n in counts) + extra,
+        storage_recall=recall,
+        shards=shards,
+        shard_counts=None if shards == 1 else counts,
     )
-    write_index_folder(
-        directory,
-        index,
-        asdict(manifest),
-        None if stored is None else {PROJECTION_FILE: stored},
-        None if rescore is None else {RESCORE_FILE: rescore},
-    )
+    with atomic_directory(directory) as scratch:
+        if stored is not None:
+            from safetensors.numpy import save_file
+
+            save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(scratch / PROJECTION_FILE))
+        write_shards(scratch, filled)
+        write_json_atomic(scratch / MANIFEST_FILE, asdict(manifest))
     return manifest
 
 
 def storage_recall(
-    index: faiss.Index,
-    vectors: np.ndarray,
-    probes: np.ndarray,
-    rescore: np.ndarray | None = None,
-    top: int = RECALL_TOP,
+    search: SearchSides, vectors: np.ndarray, probes: np.ndarray, top: int = RECALL_TOP
 ) -> dict[str, Any]:
-    """recall@``top`` of ``index`` (searched as queries are, re-scoring included) against the exact inner
-    products with its own float32 ``vectors``, for each probe ``[P, d]`` and each side, averaged."""
+    """recall@``top`` of ``search`` (an index searched as queries are, re-scoring included) against the
+    exact inner products with its own float32 ``vectors``, for each probe ``[P, d]`` and each side,
+    averaged."""
     top = min(top, len(vectors))
     probes = np.ascontiguousarray(probes, dtype=np.float32)
     scores = -(vectors @ probes.T)  # [N, P]: each row's exact influence score for each probe
     found: dict[str, list[float]] = {"helpful": [], "harmful": []}
     for column, probe in enumerate(probes):
-        helpful, harmful = search_sides(index, probe[None], top, rescore)
+        helpful, harmful = search(probe[None], top)
         found["helpful"].append(recall_at_m(helpful[0], scores[:, column], top, "helpful"))
         found["harmful"].append(recall_at_m(harmful[0], scores[:, column], top, "harmful"))
     return {
@@ -337,15 +339,22 @@ def record_fidelity(directory: str | Path, fidelity: dict[str, Any]) -> None:
     write_json_atomic(path, payload)
 
 
+ServeShards = Callable[[Path, GradientManifest, "int | None"], ShardSearcher]
+"""Who holds a loaded index's shards, given its folder, manifest and memory budget: ``workers.shards``
+starts one Ray actor per shard; by default this process loads them all (:func:`local_shards`)."""
+
+
 def load_gradient_index(
     directory: str | Path,
     model_fingerprint: str,
     data_fingerprint: str,
     tracked_layers: int | str,
     max_bytes: int | None = None,
+    serve: ServeShards | None = None,
 ) -> GradientIndex:
-    """Load a gradient index built for exactly this model, data and tracked set, or refuse; refused too,
-    before anything is read, when its resident bytes exceed the machine's memory or ``max_bytes``."""
+    """Load a gradient index built for exactly this model, data and tracked set, or refuse; its shards are
+    held by ``serve`` (by default, here). Refused too, before any vector is read, when what one process
+    holds exceeds its machine's memory or ``max_bytes``."""
     manifest = read_gradient_manifest(directory)
     checks = (
         ("model fingerprint", manifest.model_fingerprint, model_fingerprint),
@@ -359,49 +368,37 @@ def load_gradient_index(
                 f"{directory}: gradient index was built for {what} {shown(stored)}, but the loaded model "
                 f"has {shown(expected)}; rebuild it with `influence index build --kind gradient`"
             )
-    count, dim = manifest.count, manifest.dim
-    check_resident(manifest.memory_bytes, max_bytes, count, dim, what=f"{directory}: the gradient index")
-    index, rows = read_index_folder(directory, count)
-    if index.d != dim:
-        raise IndexMismatchError(f"{directory}: vectors have dim {index.d}, the manifest says {dim}")
-    rescore = check_storage(directory, manifest, index)
-    if manifest.nprobe is not None:
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", manifest.nprobe)
+    if len(manifest.counts) != manifest.shards or sum(manifest.counts) != manifest.count:
+        raise IndexMismatchError(
+            f"{directory}: the manifest's {manifest.shards} shards hold {manifest.counts} rows, not "
+            f"{manifest.count}; rebuild the index"
+        )
     projection, curvature = read_projection(directory, manifest)
-    return GradientIndex(index, rows, manifest, projection, curvature, rescore)
+    shards = (serve or local_shards)(Path(directory), manifest, max_bytes)
+    return GradientIndex(shards, manifest, projection, curvature)
 
 
-_STORAGE_CLASS = {"float16": "ScalarQuantizer", "sq8": "ScalarQuantizer", "ivf-pq": "IVFPQ"}
-"""The FAISS index class (name part, CPU or GPU) each compressed storage is held in."""
+def local_shards(directory: Path, manifest: GradientManifest, max_bytes: int | None) -> LocalShards:
+    """Every shard loaded in this process, after checking that all of them fit it."""
+    what = f"{directory}: the gradient index"
+    check_resident(manifest.memory_bytes, max_bytes, manifest.count, manifest.dim, what=what)
+    return LocalShards([read_shard(directory, manifest, n) for n in range(manifest.shards)])
 
 
-def check_storage(directory: str | Path, manifest: GradientManifest, index: faiss.Index) -> np.ndarray | None:
-    """The index is held as its manifest's storage says, or refused; ivf-pq's float16 re-scoring vectors,
-    memory-mapped (one per row, the index's width), are returned."""
-    if manifest.storage not in STORAGES:
-        raise IndexMismatchError(f"{directory}: unknown storage {manifest.storage!r}; rebuild the index")
-    held = type(faiss.downcast_index(index)).__name__
-    wanted = _STORAGE_CLASS.get(manifest.storage)
-    if wanted is not None and wanted not in held:
-        raise IndexMismatchError(
-            f"{directory}: the manifest says storage {manifest.storage!r} but the index is a {held}; "
-            "rebuild it with `influence index build --kind gradient`"
-        )
-    if manifest.storage != "ivf-pq":
-        return None
-    path = Path(directory) / RESCORE_FILE
-    try:
-        rescore: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise IndexMismatchError(
-            f"{path}: unreadable re-scoring vectors ({error}); rebuild the index"
-        ) from error
-    if rescore.shape != (manifest.count, manifest.dim) or rescore.dtype != np.float16:
-        raise IndexMismatchError(
-            f"{path}: holds {rescore.dtype} {rescore.shape}, the index needs float16 "
-            f"({manifest.count}, {manifest.dim}); rebuild the index"
-        )
-    return rescore
+def load_gradient_shard(
+    directory: str | Path, manifest: GradientManifest, number: int, max_bytes: int | None = None
+) -> IndexShard:
+    """Shard ``number`` alone (what one Ray actor holds), refused before it is read when it exceeds this
+    machine's memory or ``max_bytes``."""
+    rows, what = manifest.counts[number], f"{directory}: shard {number} of the gradient index"
+    check_resident(manifest.shard_bytes(number), max_bytes, rows, manifest.dim, what=what)
+    return read_shard(directory, manifest, number)
+
+
+def read_shard(directory: str | Path, manifest: GradientManifest, number: int) -> IndexShard:
+    """Shard ``number``'s files, checked against the manifest."""
+    count, dim = manifest.counts[number], manifest.dim
+    return load_shard(directory, manifest.shards, number, count, dim, manifest.layout)
 
 
 def read_projection(

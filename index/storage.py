@@ -162,7 +162,8 @@ def check_resident(
     advice = (
         f"build it with --storage {fitting[0].split()[0]} ({', '.join(fitting)} fit)"
         if fitting
-        else "no storage fits: raise the budget, or use fewer rows or a lower rank"
+        else "no storage fits: raise the budget, cut the index into more shards (--shards), or use fewer "
+        "rows or a lower rank"
     )
     raise IndexTooLargeError(
         f"{what} of {count:,} rows x {dim:,} dimensions needs about {readable_bytes(need)} in memory and "

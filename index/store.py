@@ -81,26 +81,19 @@ def filled_index(vectors: np.ndarray, factory: str, metric: Metric) -> faiss.Ind
     return index
 
 
-def write_index_folder(
-    directory: str | Path,
-    index: faiss.Index,
-    manifest: dict[str, Any],
-    arrays: dict[str, dict[str, np.ndarray]] | None = None,
-    matrices: dict[str, np.ndarray] | None = None,
-) -> None:
-    """``index.faiss``, ``rows.json`` and ``manifest.json`` (and each ``arrays`` entry, file name ->
-    named arrays, as safetensors; each ``matrices`` entry as one ``.npy``, which a reader can
-    memory-map), replacing ``directory`` in one rename."""
-    from safetensors.numpy import save_file
-
+def write_index_folder(directory: str | Path, index: faiss.Index, manifest: dict[str, Any]) -> None:
+    """``index.faiss``, ``rows.json`` and ``manifest.json``, replacing ``directory`` in one rename."""
     with atomic_directory(directory) as scratch:
-        for name, tensors in (arrays or {}).items():
-            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(scratch / name))
-        for name, matrix in (matrices or {}).items():
-            np.save(scratch / name, np.ascontiguousarray(matrix), allow_pickle=False)
-        faiss.write_index(index, str(scratch / INDEX_FILE))
-        (scratch / ROWS_FILE).write_text(json.dumps(list(range(index.ntotal))))
+        write_index_files(scratch, index, np.arange(index.ntotal))
         write_json_atomic(scratch / MANIFEST_FILE, manifest)
+
+
+def write_index_files(folder: Path, index: faiss.Index, rows: np.ndarray) -> None:
+    """``index.faiss`` and ``rows.json`` (the training row of each stored vector, in id order) in ``folder``,
+    a scratch folder that is renamed into place whole."""
+    folder.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(folder / INDEX_FILE))
+    (folder / ROWS_FILE).write_text(json.dumps([int(row) for row in rows]))
 
 
 def read_index_folder(directory: str | Path, count: int) -> tuple[faiss.Index, np.ndarray]:

@@ -297,6 +297,12 @@ IntegratedGradientsBaseline = typing.Literal["auto", "zero", "mask"]
 ProjectionKind = typing.Literal["kfac", "random"]
 
 
+MAX_SHARDS = 1024
+"""Shards of one gradient index at most: one Ray actor each."""
+AUTO_SHARDS = 16
+"""The most shards a build picks by itself to fit the budget; more must be asked for."""
+
+
 class GradientIndexConfig(Config):
     """How a gradient index is built (``interpret.influence.projection`` and ``.preconditioner``).
 
@@ -349,6 +355,14 @@ class GradientIndexConfig(Config):
         "divisor of the width nearest width/8.",
     )
     nprobe: int = Field(32, ge=1, le=65_536, description="ivf-pq: lists searched per query.")
+    shards: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SHARDS,
+        description="Shards the index is cut into (contiguous runs of rows, searched alone and merged: the "
+        "same answers); a Ray pool holds each on its own actor. null: one, or as many (up to "
+        f"{AUTO_SHARDS}) as it takes for each to fit INFLUENCE_MAX_INDEX_BYTES.",
+    )
 
     @model_validator(mode="after")
     def _one_factory(self) -> Self:

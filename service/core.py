@@ -489,7 +489,9 @@ class InfluenceService:
             scratch = self.settings.job_scratch_dir
             budget = self.settings.max_index_bytes
             manifest = build_gradient_index(engine, directory, config, progress, context, scratch, budget)
-            engine.gradient_index = gradient_index_for(directory, engine.identity, max_bytes=budget)
+            # The index it replaces is dropped, not closed: a query still searching it finishes, and Ray
+            # stops its shard actors once nothing refers to them.
+            engine.gradient_index = gradient_index_for(directory, engine.backend, max_bytes=budget)
         return IndexBuildResult(index_manifest=asdict(manifest))
 
     def shutdown(self) -> None:

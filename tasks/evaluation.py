@@ -375,9 +375,9 @@ def ensure_indexes(engine: Engine, methods: Iterable[str], directory: str | Path
             engine.index = knn_index_for(directory / "index", engine.identity)
     if "gradient" in methods and engine.gradient_index is None:
         engine.gradient_index = gradient_index_for(
-            directory / "gradient-index", engine.identity, optional=True
+            directory / "gradient-index", engine.backend, optional=True
         )
         if engine.gradient_index is None:
             build_gradient_index(engine, directory / "gradient-index")
-            engine.gradient_index = gradient_index_for(directory / "gradient-index", engine.identity)
+            engine.gradient_index = gradient_index_for(directory / "gradient-index", engine.backend)
     return engine

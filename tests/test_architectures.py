@@ -511,7 +511,7 @@ def test_the_hessian_gradient_index_is_the_exact_influence_on_a_trained_tiny_mod
     manifest = build_gradient_index(engine, tmp_path / "grad", GradientIndexConfig(preconditioner="hessian"))
     assert manifest.spec["preconditioner"] == "hessian" and manifest.spec["rank"] == 16
     # The same explainer: its training Hessian, built for the index, is the exact answer's too.
-    engine.gradient_index = gradient_index_for(tmp_path / "grad", engine.identity, False)
+    engine.gradient_index = gradient_index_for(tmp_path / "grad", engine.backend, False)
     for text in ("the plot was boring and fun", "a gorgeous witty movie"):
         exact = answer_query(engine, text, config=QueryConfig(method="full", exact=True, top=100))
         index = answer_query(engine, text, config=QueryConfig(top=100))

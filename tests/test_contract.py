@@ -169,7 +169,7 @@ def _imports(path: Path) -> set[str]:
 ALLOWED = {
     "interpret": set(),
     "index": {"interpret"},
-    "workers": {"interpret"},
+    "workers": {"interpret", "index"},  # a shard actor holds an index shard (workers.shards)
     "engine": {"interpret", "index", "workers"},
     "tasks": {"interpret", "index", "workers", "engine"},
     "service": {"interpret", "index", "workers", "engine", "tasks"},

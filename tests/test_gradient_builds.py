@@ -27,7 +27,7 @@ def _build(engine, folder, **settings):
 def _vectors(folder, engine):
     identity = engine.identity
     index = load_gradient_index(folder, identity.model_fingerprint, identity.data_fingerprint, 1)
-    return index.index.reconstruct_n(0, index.manifest.count)
+    return index.vectors()
 
 
 @pytest.mark.parametrize("projection", ["kfac", "random"])

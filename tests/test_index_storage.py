@@ -12,7 +12,6 @@ from engine.builds import build_gradient_index
 from engine.pipeline import answer_query, local_engine
 from index import IndexMismatchError
 from index.gradient import (
-    RESCORE_FILE,
     GradientSpec,
     load_gradient_index,
     read_gradient_manifest,
@@ -20,6 +19,7 @@ from index.gradient import (
     write_gradient_index,
 )
 from index.storage import (
+    RESCORE_FILE,
     STORAGES,
     IndexTooLargeError,
     StorageLayout,
@@ -175,7 +175,7 @@ def test_a_build_past_the_budget_is_refused_before_any_work(engine_dirs, tmp_pat
     monkeypatch.setattr(engine.backend.explainer, "gradient_shard", lambda *a: pytest.fail("work was done"))
     config = GradientIndexConfig(rank=4, damping=0.1)
     with pytest.raises(IndexTooLargeError, match=r"needs about .* in memory and the budget"):
-        build_gradient_index(engine, tmp_path / "big", config, max_bytes=1000)
+        build_gradient_index(engine, tmp_path / "big", config, max_bytes=100)  # less than one row
     assert not (tmp_path / "big").exists() and not shard_folder(tmp_path / "big").exists()
 
 
@@ -218,10 +218,12 @@ def test_a_manifest_from_before_storages_loads_as_float32_with_its_bytes_estimat
     vectors = _vectors()
     _write(tmp_path / "old", "float32", vectors)
     path = tmp_path / "old" / "manifest.json"
-    new_fields = ("storage", "ivf_lists", "pq_bytes", "nprobe", "resident_bytes", "storage_recall")
+    new_fields = ("storage", "ivf_lists", "pq_bytes", "nprobe", "resident_bytes", "storage_recall", "shards")
+    new_fields += ("shard_counts",)
     old = {k: v for k, v in json.loads(path.read_text()).items() if k not in new_fields}
     path.write_text(json.dumps(old))
     manifest = _load(tmp_path / "old").manifest
     assert manifest.storage == "float32" and manifest.resident_bytes is None
     assert manifest.layout == StorageLayout("float32", "Flat")
     assert manifest.memory_bytes == ROWS * (4 * DIM + 8)
+    assert manifest.shards == 1 and manifest.counts == [ROWS]

@@ -287,7 +287,7 @@ def test_a_gradient_index_built_on_the_pool_equals_the_in_process_one(pool, refe
         load_gradient_index(tmp_path / name, identity.model_fingerprint, identity.data_fingerprint, 1)
         for name in ("local", "pool")
     ]
-    vectors = [index.index.reconstruct_n(0, 96) for index in indexes]
+    vectors = [index.vectors() for index in indexes]
     np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-6)
     assert indexes[0].projection.kind == "kfac"  # the factor fit ran on the workers: the same bases
     for name, basis in indexes[0].projection.bases.items():
@@ -397,3 +397,29 @@ def test_an_evaluate_job_binds_every_worker_call_to_its_id_and_deadline(
         assert time.monotonic() - started < 15 and pool.replacements == replacements
     finally:
         service.jobs.shutdown()
+
+
+def test_a_sharded_gradient_index_is_searched_on_shard_actors_like_in_process(pool, reference, tmp_path):
+    """A pooled engine holds no training vectors: each of the 3 shards is on its own actor, the query's
+    answer is the in-process engine's (same rows, same scores)."""
+    from engine.builds import build_gradient_index
+    from engine.pipeline import gradient_index_for
+    from index.shards import LocalShards
+    from interpret.config import GradientIndexConfig
+    from workers.shards import ShardActors
+
+    local = Engine(LocalBackend(Explainer(reference)), reference.examples, None, {})
+    build_gradient_index(local, tmp_path / "grad", GradientIndexConfig(rank=4, damping=0.1, shards=3))
+    local.gradient_index = gradient_index_for(tmp_path / "grad", local.backend)
+    pooled = Engine(pool, reference.examples, None, {}, gradient_index_for(tmp_path / "grad", pool))
+    try:
+        assert isinstance(local.gradient_index.shards, LocalShards)
+        assert isinstance(pooled.gradient_index.shards, ShardActors)
+        assert len(pooled.gradient_index.shards.actors) == 3
+        config = QueryConfig(top=8)
+        answers = [answer_query(engine, QUERY, config=config) for engine in (local, pooled)]
+        assert [e.id for e in answers[1].helpful] == [e.id for e in answers[0].helpful]
+        assert [e.id for e in answers[1].harmful] == [e.id for e in answers[0].harmful]
+        np.testing.assert_allclose(answers[1].candidate_scores, answers[0].candidate_scores, rtol=1e-6)
+    finally:
+        pooled.gradient_index.close()

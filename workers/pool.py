@@ -17,10 +17,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
 
+from index.gradient import GradientManifest
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext
 from interpret.config import Config, QueryConfig
@@ -33,6 +35,7 @@ from workers.actor import WorkerSpec
 from workers.cluster import PoolSettings
 from workers.lifecycle import WorkerSet
 from workers.runner import Call, Runner
+from workers.shards import ShardActors
 
 
 @dataclass
@@ -196,6 +199,10 @@ class WorkerPool:
                 for n, slot in zip(numbers, slots, strict=True)
             ]
             yield from zip(numbers, (r["value"] for r in self.runner.run(calls)), strict=True)
+
+    def serve_shards(self, directory: Path, manifest: GradientManifest, max_bytes: int | None) -> ShardActors:
+        """One Ray actor per shard of the gradient index (``workers.shards``): this process holds none."""
+        return ShardActors(directory, manifest, max_bytes, self.settings.deadline_s)
 
     def projected_training_hessian(self, projection, context=None) -> np.ndarray:
         return self._one("projected Hessian", Explainer.projected_training_hessian, (projection,), context)

@@ -1,0 +1,225 @@
+"""A gradient index in shards: each a contiguous run of training rows, searched alone, answers merged.
+
+One shard is the index folder itself (``index.faiss``, ``rows.json`` and, for ivf-pq, ``vectors.f16.npy``:
+the layout from before shards existed). ``S > 1`` shards are subfolders ``shard-00000/`` ... of the index
+folder, each with the same three files; ``rows.json`` holds the training rows (global numbers) of the
+shard's ids. Every shard's index is a copy of one index trained on all the vectors (the scalar quantiser's
+ranges, the IVF centroids and PQ codebooks), then filled with the shard's rows, so each row gets the code
+it would get unsharded and the merged answer of any storage is the unsharded one: for ``float32``
+(``Flat``) the same rows with the same scores, which the tests check with 1, 2 and 3 shards.
+
+A query searches each shard for its own top of each side (in this process, :class:`LocalShards`, or on one
+Ray actor per shard, ``workers.shards``) and :func:`merge_sides` keeps the best of the union: every row of
+the global top ``k`` is in its own shard's top ``k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+from index.storage import RESCORE_FACTOR, RESCORE_FILE, STORAGES, StorageLayout
+from index.store import IndexMismatchError, empty_index, read_index_folder, write_index_files
+
+Side = tuple[np.ndarray, np.ndarray]
+"""Training rows and their inner products ``ip`` with the query (float64), best first."""
+Sides = tuple[Side, Side]
+"""The largest inner products (helpful) and the smallest (harmful)."""
+
+_STORAGE_CLASS = {"float16": "ScalarQuantizer", "sq8": "ScalarQuantizer", "ivf-pq": "IVFPQ"}
+"""The FAISS index class (name part, CPU or GPU) each compressed storage is held in."""
+
+
+def shard_directory(directory: str | Path, shards: int, number: int) -> Path:
+    """Where shard ``number`` of ``shards`` lives: the index folder itself when there is one."""
+    return Path(directory) if shards == 1 else Path(directory) / f"shard-{number:05d}"
+
+
+def shard_rows(count: int, shards: int) -> list[np.ndarray]:
+    """The training rows of each shard: ``count`` rows cut into ``shards`` contiguous runs, sizes within
+    one of each other."""
+    if not 1 <= shards <= count:
+        raise ValueError(f"shards={shards} must be between 1 and the {count:,} rows")
+    return [np.asarray(rows, dtype=np.int64) for rows in np.array_split(np.arange(count), shards)]
+
+
+def search_sides(index: faiss.Index, query: np.ndarray, top: int, rescore: np.ndarray | None = None) -> Sides:
+    """Index ids and inner products ``ip`` (float64) of the ``top`` largest and the ``top`` smallest inner
+    products with ``query`` ``[1, d]``, each best first. With ``rescore`` (ivf-pq's float16 vectors),
+    ``RESCORE_FACTOR x top`` candidates per side are searched by code and re-scored exactly against it."""
+    wanted = min(top, index.ntotal)
+    fetched = min(wanted * RESCORE_FACTOR, index.ntotal) if rescore is not None else wanted
+    products, positions = index.search(np.concatenate([query, -query]), fetched)
+    sides = []
+    for side, sign in ((0, 1.0), (1, -1.0)):
+        ids = positions[side][positions[side] >= 0]
+        if rescore is None:
+            sides.append((ids, sign * products[side][: len(ids)].astype(np.float64)))
+            continue
+        ids = np.sort(ids)  # in file order: the memory-mapped rows are read front to back
+        exact = row_products(rescore[ids], query[0])
+        order = np.argsort(-sign * exact, kind="stable")[:wanted]
+        sides.append((ids[order], exact[order]))
+    return sides[0], sides[1]
+
+
+RESCORE_BLOCK = 512
+"""Candidate rows re-scored per step (bounds the float64 copy)."""
+
+
+def row_products(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``rows @ query`` in float64, each row summed alone (numpy's pairwise sum over that row): a row's
+    product does not depend on which or how many rows come with it, as a BLAS matrix-vector product's may
+    (its kernels treat blocks and tails differently), so a shard re-scores a row exactly as one index does."""
+    query64 = np.asarray(query, dtype=np.float64)
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), RESCORE_BLOCK):
+        block = np.asarray(rows[start : start + RESCORE_BLOCK], dtype=np.float64)
+        out[start : start + RESCORE_BLOCK] = (block * query64).sum(axis=1)
+    return out
+
+
+def merge_sides(parts: Sequence[Sides], top: int) -> Sides:
+    """The ``top`` largest (helpful) and smallest (harmful) inner products over every shard's answer; equal
+    products keep shard order, then each shard's own order."""
+    merged = []
+    for side, sign in ((0, -1.0), (1, 1.0)):
+        rows = np.concatenate([part[side][0] for part in parts])
+        products = np.concatenate([part[side][1] for part in parts])
+        order = np.argsort(sign * products, kind="stable")[:top]
+        merged.append((rows[order], products[order]))
+    return merged[0], merged[1]
+
+
+@dataclass
+class IndexShard:
+    """One loaded shard: its FAISS index, the training row of each id, ivf-pq's re-scoring vectors."""
+
+    index: faiss.Index
+    rows: np.ndarray
+    rescore: np.ndarray | None = None
+
+    def search(self, query: np.ndarray, top: int) -> Sides:
+        """This shard's top of each side, in training rows."""
+        (helpful, helpful_ip), (harmful, harmful_ip) = search_sides(self.index, query, top, self.rescore)
+        return (self.rows[helpful], helpful_ip), (self.rows[harmful], harmful_ip)
+
+
+class ShardSearcher(Protocol):
+    """Where the shards of a loaded gradient index are held: this process, or Ray actors."""
+
+    def search(self, query: np.ndarray, top: int) -> Sides: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LocalShards:
+    """Every shard held in this process, searched one after another."""
+
+    shards: list[IndexShard]
+
+    def search(self, query: np.ndarray, top: int) -> Sides:
+        return merge_sides([shard.search(query, top) for shard in self.shards], top)
+
+    def close(self) -> None:
+        self.shards = []
+
+    def vectors(self) -> np.ndarray:
+        """Every stored vector ``[N, d]`` in training-row order, as the storage decodes it."""
+        count = sum(len(shard.rows) for shard in self.shards)
+        out = np.empty((count, self.shards[0].index.d), dtype=np.float32)
+        for shard in self.shards:
+            out[shard.rows] = faiss.downcast_index(shard.index).reconstruct_n(0, len(shard.rows))
+        return out
+
+
+def filled_shards(vectors: np.ndarray, layout: StorageLayout, shards: int) -> list[IndexShard]:
+    """``vectors`` (row i = training row i) held as ``layout`` says, in ``shards`` shards that share one
+    trained quantiser (trained on all rows, so a row's code does not depend on its shard)."""
+    template = empty_index(vectors.shape[1], layout.factory, "ip")
+    if not template.is_trained:
+        template.train(vectors)
+    if layout.nprobe is not None:
+        faiss.ParameterSpace().set_index_parameter(template, "nprobe", layout.nprobe)
+    filled = []
+    for rows in shard_rows(len(vectors), shards):
+        index = faiss.clone_index(template)
+        index.add(vectors[rows])
+        rescore = vectors[rows].astype(np.float16) if layout.storage == "ivf-pq" else None
+        filled.append(IndexShard(index, rows, rescore))
+    return filled
+
+
+def write_shards(folder: Path, shards: list[IndexShard]) -> None:
+    """Each shard's files into its place under ``folder`` (a scratch folder renamed into place whole)."""
+    for number, shard in enumerate(shards):
+        place = shard_directory(folder, len(shards), number)
+        write_index_files(place, shard.index, shard.rows)
+        if shard.rescore is not None:
+            np.save(place / RESCORE_FILE, np.ascontiguousarray(shard.rescore), allow_pickle=False)
+
+
+def load_shard(
+    directory: str | Path,
+    shards: int,
+    number: int,
+    count: int,
+    dim: int,
+    layout: StorageLayout,
+) -> IndexShard:
+    """Shard ``number`` of ``shards`` (``count`` rows of width ``dim``), refused when its files do not
+    hold what the manifest says."""
+    place = shard_directory(directory, shards, number)
+    if not (place / "rows.json").is_file():
+        raise IndexMismatchError(
+            f"{place}: shard {number} of {shards} is missing; rebuild the index with "
+            "`influence index build --kind gradient`"
+        )
+    index, rows = read_index_folder(place, count)
+    if index.d != dim:
+        raise IndexMismatchError(f"{place}: vectors have dim {index.d}, the manifest says {dim}")
+    rescore = check_storage(place, layout, index, count, dim)
+    if layout.nprobe is not None:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", layout.nprobe)
+    return IndexShard(index, rows, rescore)
+
+
+def check_storage(
+    place: Path, layout: StorageLayout, index: faiss.Index, count: int, dim: int
+) -> np.ndarray | None:
+    """The shard's index is held as the manifest's storage says, or refused; ivf-pq's float16 re-scoring
+    vectors, memory-mapped (one per row, the index's width), are returned."""
+    if layout.storage not in STORAGES:
+        raise IndexMismatchError(f"{place}: unknown storage {layout.storage!r}; rebuild the index")
+    held = type(faiss.downcast_index(index)).__name__
+    wanted = _STORAGE_CLASS.get(layout.storage)
+    if wanted is not None and wanted not in held:
+        raise IndexMismatchError(
+            f"{place}: the manifest says storage {layout.storage!r} but the index is a {held}; "
+            "rebuild it with `influence index build --kind gradient`"
+        )
+    if layout.storage != "ivf-pq":
+        return None
+    path = place / RESCORE_FILE
+    try:
+        rescore: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise IndexMismatchError(
+            f"{path}: unreadable re-scoring vectors ({error}); rebuild the index"
+        ) from error
+    if rescore.shape != (count, dim) or rescore.dtype != np.float16:
+        raise IndexMismatchError(
+            f"{path}: holds {rescore.dtype} {rescore.shape}, the index needs float16 "
+            f"({count}, {dim}); rebuild the index"
+        )
+    return rescore
+
+
+SearchSides = Callable[[np.ndarray, int], Sides]
+"""``search(query [1, d], top)``: what :func:`index.gradient.storage_recall` measures."""
