@@ -17,7 +17,11 @@ cached in ``artifacts/bench-scale/`` so a rerun resumes:
    streamed build would), each storage in its own process, so each peak RSS is its own: build seconds,
    peak RSS, query p50/p95 and recall@100 against the exact inner products over the same vectors (computed
    by streaming them). A storage whose resident bytes exceed ``--budget-gb`` is skipped and says so.
-4. **Extrapolation**: resident bytes and per-shard query latency at 10M and 100M rows over S shards, from
+4. **Shards** (``--shard-rows``, 1M): the synthetic rows as a float32 (Flat) index in 1 shard, searched in
+   this process, and in 2 shards, each held and searched by its own local Ray actor (``workers.shards``,
+   the service's path); whether the answers are identical (rows and scores) and the latency of each. The
+   folders are written shard by shard through the product's own files, so no process holds two shards.
+5. **Extrapolation**: resident bytes and per-shard query latency at 10M and 100M rows over S shards, from
    the measured bytes per row and a line through the 200k and 1M latencies.
 """
 
@@ -30,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +297,88 @@ def synthetic_stage(rows: int, queries: np.ndarray, budget_gb: float) -> dict:
     return {"rows": rows, "dim": dim, "storages": results}
 
 
+def write_synthetic_shards(folder: Path, rows: int, shards: int) -> float:
+    """``rows`` synthetic rows as a float32 Flat gradient index of ``shards`` shards in ``folder``, written
+    one shard at a time (each filled chunk by chunk) in the product's layout; its build seconds."""
+    import faiss
+
+    from index.gradient import GradientManifest, read_gradient_manifest
+    from index.shards import shard_directory, shard_rows
+    from index.store import MANIFEST_FILE, write_index_files
+    from interpret.storage import atomic_directory, write_json_atomic
+
+    served = read_gradient_manifest("artifacts/gradient-index")
+    source = _source()
+    dim = source["sample"].shape[1]
+    clock = time.perf_counter()
+    with atomic_directory(folder) as scratch:
+        runs = shard_rows(rows, shards)
+        for number, run in enumerate(runs):
+            index = faiss.IndexFlatIP(dim)
+            for chunk, size in _chunks(rows):
+                start = chunk * CHUNK
+                if start < run[-1] + 1 and start + size > run[0]:
+                    vectors = synthetic_chunk(source, chunk, size)
+                    index.add(vectors[max(run[0] - start, 0) : run[-1] + 1 - start])
+            write_index_files(shard_directory(scratch, shards, number), index, run)
+            del index
+        manifest = GradientManifest(
+            "synthetic",
+            "synthetic",
+            served.spec,
+            dim,
+            "Flat",
+            rows,
+            [],
+            datetime.now(UTC).isoformat(),
+            resident_bytes=resident_bytes(storage_layout("float32", rows, dim, "Flat"), rows, dim),
+            shards=shards,
+            shard_counts=None if shards == 1 else [len(run) for run in runs],
+        )
+        write_json_atomic(scratch / MANIFEST_FILE, asdict(manifest))
+    return time.perf_counter() - clock
+
+
+def shards_stage(rows: int, queries: np.ndarray) -> dict:
+    """1 shard in this process against 2 shards on 2 local Ray actors, over the same float32 rows."""
+    from workers import connect
+    from workers.shards import ShardActors
+
+    folders = {shards: CACHE / f"shards-{rows}-{shards}" for shards in (1, 2)}
+    build_s = {}
+    for shards, folder in folders.items():
+        if not (folder / "manifest.json").is_file():
+            build_s[shards] = write_synthetic_shards(folder, rows, shards)
+    tracked = json.loads((folders[1] / "manifest.json").read_text())["spec"]["tracked_layers"]
+
+    def measure(folder: Path, serve=None) -> tuple[list, dict]:
+        clock = time.perf_counter()
+        index = load_gradient_index(folder, "synthetic", "synthetic", tracked, serve=serve)
+        load_s = time.perf_counter() - clock
+        try:
+            answers, latency = _timed_searches(lambda query: index.search(query, TOP), queries)
+        finally:
+            index.close()
+        return answers, {**latency, "load_s": load_s}
+
+    one, one_latency = measure(folders[1])
+    connect(num_cpus=2)
+    two, two_latency = measure(folders[2], lambda d, m, b: ShardActors(d, m, b, deadline_s=1800.0))
+    identical = all(
+        np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        for x, y in zip(one, two, strict=True)
+        for a, b in zip(x, y, strict=True)
+    )
+    return {
+        "rows": rows,
+        "storage": "float32 (Flat)",
+        "build_s": build_s,
+        "one_shard_in_process": one_latency,
+        "two_shards_on_two_ray_actors": two_latency,
+        "identical": identical,
+    }
+
+
 def extrapolate(synthetic: dict[int, dict]) -> dict:
     """Resident GB and per-shard p50 at 10M and 100M rows over S shards: bytes from the 1M bytes per row,
     latency from the line through the measured sizes (each shard searches N/S rows; shards run at once)."""
@@ -355,6 +443,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--synthetic", default="200000,1000000")
     parser.add_argument("--budget-gb", type=float, default=8.0)
+    parser.add_argument("--shard-rows", type=int, default=1_000_000)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.table:
@@ -370,6 +459,7 @@ def main() -> None:
     queries = query_gradients(args.queries)
     sst2 = _cached("sst2", lambda: sst2_stage(queries))
     synthetic = {int(n): synthetic_stage(int(n), queries, args.budget_gb) for n in args.synthetic.split(",")}
+    shards = _cached(f"shards-{args.shard_rows}", lambda: shards_stage(args.shard_rows, queries))
     largest = synthetic[max(synthetic)]["storages"]
     meets = [
         s
@@ -393,6 +483,7 @@ def main() -> None:
             else None
         ),
         "rss_gb_1m_best": largest[best]["peak_rss_gb"] if best else None,
+        "shards_identical": shards["identical"],
     }
     write_result(
         "scale",
@@ -408,8 +499,9 @@ def main() -> None:
             ),
             "sst2": sst2,
             "synthetic": {str(n): v for n, v in synthetic.items()},
+            "shards": shards,
             "extrapolation": extrapolate(synthetic),
-            "not_yet_measured": "shards (issue 25 item 3) and add/remove (item 4) land in later slices",
+            "not_yet_measured": "add/remove (issue 25 item 4) lands in a later slice",
         },
     )
 

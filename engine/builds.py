@@ -31,6 +31,7 @@ from index.storage import (
     resident_bytes,
     storage_layout,
 )
+from index.vectors import TRAIN_ROWS, ChunkedVectors
 from interpret.cancellation import RequestContext
 from interpret.config import AUTO_SHARDS, DEFAULT_FACTORY, DEFAULT_KNN_METRIC, GradientIndexConfig, Metric
 from interpret.influence.cg import cg_rows
@@ -182,9 +183,10 @@ def projected_gradients(
     projection: Projection,
     progress: Progress | None = None,
     context: RequestContext | None = None,
-) -> np.ndarray:
-    """Every training row's projected gradient ``[N, d]`` (float32), computed in shards of
-    ``config.chunk_rows`` kept beside ``directory`` so that an interrupted build resumes."""
+) -> ChunkedVectors:
+    """Every training row's projected gradient ``[N, d]`` (float32), computed in chunks of
+    ``config.chunk_rows`` kept beside ``directory`` (so that an interrupted build resumes) and read back
+    from there memory-mapped: no process holds them all."""
     chunks = np.array_split(
         np.arange(engine.num_examples), math.ceil(engine.num_examples / config.chunk_rows)
     )
@@ -200,37 +202,43 @@ def projected_gradients(
         if not done:  # the first shard tells the width: check the factory string before the rest
             empty_index(vectors.shape[1], config.factory, "ip")
         store.save(number, chunks[number], vectors)
-        done[number] = vectors
+        done[number] = store.mapped(number)  # read back from disk: this chunk is let go
         if progress is not None:
             progress(len(done), len(chunks))
-    return np.concatenate([done[n] for n in range(len(chunks))])
+    return ChunkedVectors([done[n] for n in range(len(chunks))])
 
 
 def fit_inverse(
-    engine: Engine, gradients: np.ndarray, spec: GradientSpec, projection: Projection, context=None
+    engine: Engine, gradients: ChunkedVectors, spec: GradientSpec, projection: Projection, context=None
 ) -> torch.Tensor:
-    """``(C + damping I)^-1`` of the chosen curvature (``interpret.influence.preconditioner``)."""
-    dim = gradients.shape[1]
+    """``(C + damping I)^-1`` of the chosen curvature (``interpret.influence.preconditioner``); the
+    Fisher's sum is streamed over the gradients' chunks."""
+    dim = gradients.dim
     if spec.preconditioner == "identity":
         curvature = torch.zeros(dim, dim, dtype=torch.float64)
     elif spec.preconditioner == "hessian":
         curvature = torch.from_numpy(engine.backend.projected_training_hessian(projection, context))
     else:
         curvature = torch.zeros(dim, dim, dtype=torch.float64)
-        for start in range(0, len(gradients), ENCODE_CHUNK):
-            curvature += second_moment(torch.from_numpy(gradients[start : start + ENCODE_CHUNK]))
-        curvature /= len(gradients)
+        for block in gradients.blocks():
+            curvature += second_moment(torch.from_numpy(block))
+        curvature /= gradients.count
     return inverse_damped(curvature, spec.damping)
 
 
-def build_peak_bytes(rows: int, dim: int, tracked_parameters: int, preconditioner: str) -> int:
-    """Resident bytes a gradient-index build peaks at, in the process that assembles it:
+def build_peak_bytes(
+    rows: int, dim: int, tracked_parameters: int, preconditioner: str, held: int, chunk_rows: int
+) -> int:
+    """Resident bytes a gradient-index build peaks at, in the process that writes it (the gradients stay
+    on disk, memory-mapped, and stream into one shard at a time):
 
-    * the projected gradients twice, ``2 * 4 N d`` (the float32 array and FAISS's copy as it is written);
+    * ``held``: the largest shard as the finished index holds it (``index.storage.resident_bytes``);
+    * what its quantiser is trained on, at most ``TRAIN_ROWS`` rows, ``4 min(N, TRAIN_ROWS) d``, and
+      a chunk being read and preconditioned, ``3 * 8 * chunk_rows * d`` (float64 copies);
     * the ``d x d`` curvature in float64 and the eigendecomposition that inverts it, ``4 * 8 d^2`` (the
       matrix, its eigenvectors, the inverse and LAPACK's workspace);
     * for ``hessian``, the explicit ``P x P`` training Hessian and its projection, ``2 * 8 P^2``."""
-    peak = 2 * 4 * rows * dim + 4 * 8 * dim * dim
+    peak = held + 4 * min(rows, TRAIN_ROWS) * dim + 3 * 8 * chunk_rows * dim + 4 * 8 * dim * dim
     if preconditioner == "hessian":
         peak += 2 * 8 * tracked_parameters * tracked_parameters
     return peak
@@ -281,26 +289,30 @@ def probe_rows(count: int, seed: int) -> np.ndarray:
 
 
 def check_build_memory(
-    engine: Engine, config: GradientIndexConfig, spec: GradientSpec, dim: int, context=None
+    engine: Engine, config: GradientIndexConfig, spec: GradientSpec, dim: int, shards: int, context=None
 ) -> int:
-    """The build's estimated peak (:func:`build_peak_bytes`) for gradients of width ``dim``;
-    :class:`IndexTooLargeError` before any work when this machine cannot hold it, naming the largest lower
-    rank that fits."""
+    """The build's estimated peak (:func:`build_peak_bytes`) for gradients of width ``dim`` written in
+    ``shards`` shards; :class:`IndexTooLargeError` before any work when this machine cannot hold it,
+    naming the largest lower rank that fits."""
     rows, tracked = engine.num_examples, engine.identity.num_parameters
-    need = build_peak_bytes(rows, dim, tracked, spec.preconditioner)
-    available = available_memory()
+    largest = -(-rows // shards)
+
+    def peak(width: int) -> int:
+        pq_bytes = config.pq_bytes if width == dim else None  # a named code size fits only its own width
+        layout = storage_layout(
+            config.storage, rows, width, config.factory, config.ivf_lists, pq_bytes, config.nprobe
+        )
+        held = resident_bytes(layout, largest, width)
+        return build_peak_bytes(rows, width, tracked, spec.preconditioner, held, config.chunk_rows)
+
+    need, available = peak(dim), available_memory()
     if need <= available:
         return need
     fits = None
     rank = config.rank or 256
     while rank > 1 and fits is None:
         rank //= 2
-        if (
-            build_peak_bytes(
-                rows, projected_dim(engine, rank, config.seed, context), tracked, spec.preconditioner
-            )
-            <= available
-        ):
+        if peak(projected_dim(engine, rank, config.seed, context)) <= available:
             fits = rank
     advice = f"build with --rank {fits} or fewer rows" if fits else "track fewer parameters or use fewer rows"
     raise IndexTooLargeError(
@@ -331,8 +343,8 @@ def build_gradient_index(
     engine.training_examples("a gradient index")
     spec = gradient_spec(engine, config)
     dim = projected_dim(engine, config.rank, config.seed, context)
-    check_build_memory(engine, config, spec, dim, context)
     layout, shards = check_index_memory(config, engine.num_examples, dim, max_bytes)
+    check_build_memory(engine, config, spec, dim, shards, context)
     # One progress bar over both passes: the factor chunks of the fit, then the gradient chunks.
     fit, chunks = fit_chunks(engine, config), math.ceil(engine.num_examples / config.chunk_rows)
     work = Path(scratch) / Path(directory).name if scratch is not None else directory
@@ -341,14 +353,11 @@ def build_gradient_index(
         engine, work, config, projection, _offset(progress, fit, fit + chunks), context
     )
     inverse = fit_inverse(engine, gradients, spec, projection, context)
-    probes = gradients[probe_rows(len(gradients), config.seed)].copy()  # queries for the storage's recall
-    for start in range(0, len(gradients), ENCODE_CHUNK):
-        block = torch.from_numpy(gradients[start : start + ENCODE_CHUNK])
-        gradients[start : start + ENCODE_CHUNK] = precondition(block, inverse).numpy()
+    probes = gradients.take(probe_rows(gradients.count, config.seed))  # queries for the storage's recall
     identity = engine.identity
     layers = engine.backend.projection_layers(projection, context)
     manifest = write_gradient_index(
-        gradients,
+        gradients.with_transform(lambda block: precondition(torch.from_numpy(block), inverse).numpy()),
         directory,
         identity.model_fingerprint,
         engine.data_fingerprint("a gradient index"),

@@ -31,17 +31,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.shards import (
-    IndexShard,
-    LocalShards,
-    SearchSides,
-    ShardSearcher,
-    filled_shards,
-    load_shard,
-    write_shards,
-)
+from index.shards import IndexShard, LocalShards, ShardSearcher, Sides, load_shard, write_shards
 from index.storage import StorageLayout, check_resident, resident_bytes, storage_layout
 from index.store import MANIFEST_FILE, IndexMismatchError
+from index.vectors import ChunkedVectors
 from interpret.config import DEFAULT_FACTORY, IndexStorage
 from interpret.influence.metrics import recall_at_m
 from interpret.influence.preconditioner import IndexCurvature
@@ -176,7 +169,8 @@ class ShardStore:
         return self.directory / f"shard-{number:05d}.npy", self.directory / f"shard-{number:05d}.json"
 
     def load(self, number: int, rows: np.ndarray) -> np.ndarray | None:
-        """The shard's vectors if it was finished for exactly these rows and this identity, else None."""
+        """The shard's vectors (memory-mapped) if it was finished for exactly these rows and this identity,
+        else None."""
         vectors_path, meta_path = self._paths(number)
         if not (vectors_path.is_file() and meta_path.is_file()):
             return None
@@ -184,10 +178,15 @@ class ShardStore:
             meta = json.loads(meta_path.read_text())
             if meta.get("identity") != self.identity or meta.get("rows") != rows.tolist():
                 return None
-            vectors = np.load(vectors_path, allow_pickle=False)
+            vectors = self.mapped(number)
         except (OSError, ValueError):
             return None  # a torn or foreign file: recompute the shard
-        return vectors if vectors.shape[0] == len(rows) else None
+        return vectors if vectors.ndim == 2 and vectors.shape[0] == len(rows) else None
+
+    def mapped(self, number: int) -> np.ndarray:
+        """Shard ``number``'s saved vectors, memory-mapped (read from disk as they are used)."""
+        vectors: np.ndarray = np.load(self._paths(number)[0], mmap_mode="r", allow_pickle=False)
+        return vectors
 
     def save(self, number: int, rows: np.ndarray, vectors: np.ndarray) -> None:
         vectors_path, meta_path = self._paths(number)
@@ -229,7 +228,7 @@ def shard_folder(directory: str | Path) -> Path:
 
 
 def write_gradient_index(
-    vectors: np.ndarray,
+    vectors: np.ndarray | ChunkedVectors,
     directory: str | Path,
     model_fingerprint: str,
     data_fingerprint: str,
@@ -243,67 +242,64 @@ def write_gradient_index(
     probes: np.ndarray | None = None,
     shards: int = 1,
 ) -> GradientManifest:
-    """Store preconditioned vectors ``[N, d]`` (row i = training row i) in an inner-product index held as
-    ``layout`` says (default: float32 in ``factory``), cut into ``shards`` shards (``index.shards``), with
-    the projection's fitted bases and the preconditioner's ``inverse`` when the projection has bases. With
-    ``probes`` (projected gradients, as queries), a compressed index's recall against the exact search is
-    measured and recorded."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or len(vectors) == 0:
-        raise ValueError(f"vectors must be a non-empty [N, d] array, got shape {vectors.shape}")
-    layout = layout or storage_layout("float32", len(vectors), vectors.shape[1], factory)
-    filled = filled_shards(vectors, layout, shards)
+    """Store preconditioned vectors ``[N, d]`` (row i = training row i; an array, or chunks streamed one
+    shard at a time) in an inner-product index held as ``layout`` says (default: float32 in ``factory``),
+    cut into ``shards`` shards (``index.shards``), with the projection's fitted bases and the
+    preconditioner's ``inverse`` when the projection has bases. With ``probes`` (projected gradients, as
+    queries), a compressed index's recall against the exact search is measured and recorded."""
+    if isinstance(vectors, np.ndarray):
+        if vectors.ndim != 2 or len(vectors) == 0:
+            raise ValueError(f"vectors must be a non-empty [N, d] array, got shape {vectors.shape}")
+        vectors = ChunkedVectors([vectors])
+    count, dim = vectors.count, vectors.dim
+    layout = layout or storage_layout("float32", count, dim, factory)
     stored = None
     if projection is not None and projection.bases is not None:
         if inverse is None:
             raise ValueError("a kfac index stores its preconditioner's inverse: pass inverse")
         stored = {**projection.bases, INVERSE_KEY: np.asarray(inverse, dtype=np.float32)}
     extra = 0 if stored is None else sum(array.nbytes for array in stored.values())
-    counts = [len(shard.rows) for shard in filled]
-    exact = layout.factory == "Flat"
-    recall = None if exact or probes is None else storage_recall(LocalShards(filled).search, vectors, probes)
-    manifest = GradientManifest(
-        model_fingerprint,
-        data_fingerprint,
-        asdict(spec),
-        vectors.shape[1],
-        layout.factory,
-        len(vectors),
-        layers,
-        datetime.now(UTC).isoformat(),
-        projection_sha256=None if stored is None else bases_digest(stored),
-        adapter=adapter,
-        storage=layout.storage,
-        ivf_lists=layout.ivf_lists,
-        pq_bytes=layout.pq_bytes,
-        nprobe=layout.nprobe,
-        resident_bytes=sum(resident_bytes(layout, n, vectors.shape[1]) for n in counts) + extra,
-        storage_recall=recall,
-        shards=shards,
-        shard_counts=None if shards == 1 else counts,
-    )
+    measured = probes if layout.factory != "Flat" and probes is not None else None
+    top = min(RECALL_TOP, count)
     with atomic_directory(directory) as scratch:
         if stored is not None:
             from safetensors.numpy import save_file
 
             save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(scratch / PROJECTION_FILE))
-        write_shards(scratch, filled)
+        counts, answers = write_shards(scratch, vectors, layout, shards, measured, top)
+        manifest = GradientManifest(
+            model_fingerprint,
+            data_fingerprint,
+            asdict(spec),
+            dim,
+            layout.factory,
+            count,
+            layers,
+            datetime.now(UTC).isoformat(),
+            projection_sha256=None if stored is None else bases_digest(stored),
+            adapter=adapter,
+            storage=layout.storage,
+            ivf_lists=layout.ivf_lists,
+            pq_bytes=layout.pq_bytes,
+            nprobe=layout.nprobe,
+            resident_bytes=sum(resident_bytes(layout, n, dim) for n in counts) + extra,
+            storage_recall=None if measured is None else storage_recall(answers, vectors, measured, top),
+            shards=shards,
+            shard_counts=None if shards == 1 else counts,
+        )
         write_json_atomic(scratch / MANIFEST_FILE, asdict(manifest))
     return manifest
 
 
 def storage_recall(
-    search: SearchSides, vectors: np.ndarray, probes: np.ndarray, top: int = RECALL_TOP
+    answers: list[Sides], vectors: ChunkedVectors, probes: np.ndarray, top: int = RECALL_TOP
 ) -> dict[str, Any]:
-    """recall@``top`` of ``search`` (an index searched as queries are, re-scoring included) against the
-    exact inner products with its own float32 ``vectors``, for each probe ``[P, d]`` and each side,
+    """recall@``top`` of each probe's ``answers`` (the index searched as queries are, re-scoring included)
+    against the exact inner products of the probes ``[P, d]`` with the float32 ``vectors``, each side,
     averaged."""
-    top = min(top, len(vectors))
-    probes = np.ascontiguousarray(probes, dtype=np.float32)
-    scores = -(vectors @ probes.T)  # [N, P]: each row's exact influence score for each probe
+    scores = -vectors.products(np.ascontiguousarray(probes, dtype=np.float32))  # [N, P] influence scores
     found: dict[str, list[float]] = {"helpful": [], "harmful": []}
-    for column, probe in enumerate(probes):
-        helpful, harmful = search(probe[None], top)
+    for column, (helpful, harmful) in enumerate(answers):
         found["helpful"].append(recall_at_m(helpful[0], scores[:, column], top, "helpful"))
         found["harmful"].append(recall_at_m(harmful[0], scores[:, column], top, "harmful"))
     return {

@@ -15,7 +15,7 @@ the global top ``k`` is in its own shard's top ``k``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +25,7 @@ import numpy as np
 
 from index.storage import RESCORE_FACTOR, RESCORE_FILE, STORAGES, StorageLayout
 from index.store import IndexMismatchError, empty_index, read_index_folder, write_index_files
+from index.vectors import ChunkedVectors
 
 Side = tuple[np.ndarray, np.ndarray]
 """Training rows and their inner products ``ip`` with the query (float64), best first."""
@@ -139,30 +140,59 @@ class LocalShards:
         return out
 
 
-def filled_shards(vectors: np.ndarray, layout: StorageLayout, shards: int) -> list[IndexShard]:
-    """``vectors`` (row i = training row i) held as ``layout`` says, in ``shards`` shards that share one
-    trained quantiser (trained on all rows, so a row's code does not depend on its shard)."""
-    template = empty_index(vectors.shape[1], layout.factory, "ip")
+def trained_template(vectors: ChunkedVectors, layout: StorageLayout) -> faiss.Index:
+    """An empty index of ``layout``, its quantiser trained on ``vectors``' training sample: every shard is a
+    copy of it (so a row's code does not depend on its shard)."""
+    template = empty_index(vectors.dim, layout.factory, "ip")
     if not template.is_trained:
-        template.train(vectors)
+        template.train(vectors.training_sample())
     if layout.nprobe is not None:
         faiss.ParameterSpace().set_index_parameter(template, "nprobe", layout.nprobe)
-    filled = []
-    for rows in shard_rows(len(vectors), shards):
-        index = faiss.clone_index(template)
-        index.add(vectors[rows])
-        rescore = vectors[rows].astype(np.float16) if layout.storage == "ivf-pq" else None
-        filled.append(IndexShard(index, rows, rescore))
-    return filled
+    return template
 
 
-def write_shards(folder: Path, shards: list[IndexShard]) -> None:
-    """Each shard's files into its place under ``folder`` (a scratch folder renamed into place whole)."""
-    for number, shard in enumerate(shards):
-        place = shard_directory(folder, len(shards), number)
-        write_index_files(place, shard.index, shard.rows)
-        if shard.rescore is not None:
-            np.save(place / RESCORE_FILE, np.ascontiguousarray(shard.rescore), allow_pickle=False)
+def fill_shard(template: faiss.Index, vectors: ChunkedVectors, rows: np.ndarray, place: Path) -> IndexShard:
+    """A copy of ``template`` holding ``rows`` (a contiguous run), read block by block; ivf-pq's float16
+    re-scoring copy is written into ``place`` as it goes (memory-mapped, not held)."""
+    index = faiss.clone_index(template)
+    rescore = None
+    if "IVF" in type(faiss.downcast_index(template)).__name__:
+        place.mkdir(parents=True, exist_ok=True)
+        shape = (len(rows), vectors.dim)
+        rescore = np.lib.format.open_memmap(place / RESCORE_FILE, mode="w+", dtype=np.float16, shape=shape)
+    done = 0
+    for block in vectors.blocks(int(rows[0]), int(rows[-1]) + 1):
+        index.add(block)
+        if rescore is not None:
+            rescore[done : done + len(block)] = block.astype(np.float16)
+        done += len(block)
+    if rescore is not None:
+        rescore.flush()
+    return IndexShard(index, rows, rescore)
+
+
+def write_shards(
+    folder: Path,
+    vectors: ChunkedVectors,
+    layout: StorageLayout,
+    shards: int,
+    probes: np.ndarray | None,
+    top: int,
+) -> tuple[list[int], list[Sides]]:
+    """Fill and write each shard of ``vectors`` into ``folder`` (a scratch folder renamed into place
+    whole), one at a time, so only the shard being filled is resident. Returns each shard's row count and,
+    for each of the ``probes`` ``[P, d]``, its merged answer (top ``top`` per side)."""
+    template = trained_template(vectors, layout)
+    found: list[list[Sides]] = [[] for _ in range(0 if probes is None else len(probes))]
+    runs = shard_rows(vectors.count, shards)
+    for number, rows in enumerate(runs):
+        place = shard_directory(folder, shards, number)
+        shard = fill_shard(template, vectors, rows, place)
+        write_index_files(place, shard.index, rows)
+        for answers, probe in zip(found, probes if probes is not None else [], strict=True):
+            answers.append(shard.search(probe[None], top))
+        del shard
+    return [len(rows) for rows in runs], [merge_sides(answers, top) for answers in found]
 
 
 def load_shard(
@@ -219,7 +249,3 @@ def check_storage(
             f"({count}, {dim}); rebuild the index"
         )
     return rescore
-
-
-SearchSides = Callable[[np.ndarray, int], Sides]
-"""``search(query [1, d], top)``: what :func:`index.gradient.storage_recall` measures."""

@@ -46,10 +46,9 @@ def self_influence_and_loss(
     projection = fit_projection(engine, work_dir, config)
     gradients = projected_gradients(engine, work_dir, config, projection, progress)
     inverse = fit_inverse(engine, gradients, spec, projection).numpy()
-    self_influence = np.empty(len(gradients))
-    for start in range(0, len(gradients), 4096):
-        block = gradients[start : start + 4096].astype(np.float64)
-        self_influence[start : start + 4096] = ((block @ inverse) * block).sum(axis=1)
+    self_influence = np.concatenate(
+        [((block.astype(np.float64) @ inverse) * block).sum(axis=1) for block in gradients.blocks()]
+    )
     examples = engine.training_examples()
     probabilities = over_examples(engine.backend.predict, examples)
     loss = -np.log(np.clip(probabilities[np.arange(len(examples)), examples.labels], 1e-12, None))

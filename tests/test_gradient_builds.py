@@ -45,13 +45,18 @@ def test_shard_size_never_changes_the_index(engine_dirs, tmp_path, projection):
     np.testing.assert_allclose(built[0], built[2], rtol=1e-6, atol=1e-7)
 
 
-def test_the_peak_memory_formula_counts_gradients_curvature_and_the_hessian():
+def test_the_peak_memory_formula_counts_one_shard_a_chunk_curvature_and_the_hessian():
+    """The gradients stay on disk: the peak holds the largest shard, the quantiser's training sample, one
+    chunk being preconditioned, the curvature and (hessian) the explicit Hessian; never all the rows."""
     from engine.builds import build_peak_bytes
+    from index.vectors import TRAIN_ROWS
 
-    assert build_peak_bytes(1000, 64, 500, "fisher") == 2 * 4 * 1000 * 64 + 4 * 8 * 64 * 64
-    assert build_peak_bytes(1000, 64, 500, "hessian") - build_peak_bytes(1000, 64, 500, "fisher") == (
-        2 * 8 * 500 * 500
-    )
+    held = 123_456
+    fisher = build_peak_bytes(1000, 64, 500, "fisher", held, 100)
+    assert fisher == held + 4 * 1000 * 64 + 3 * 8 * 100 * 64 + 4 * 8 * 64 * 64
+    assert build_peak_bytes(1000, 64, 500, "hessian", held, 100) - fisher == 2 * 8 * 500 * 500
+    many = build_peak_bytes(10 * TRAIN_ROWS, 64, 500, "fisher", held, 100)
+    assert many - build_peak_bytes(TRAIN_ROWS, 64, 500, "fisher", held, 100) == 0  # rows add only to held
 
 
 def test_a_build_the_machine_cannot_hold_is_refused_before_any_work_naming_a_rank_that_fits(
@@ -63,10 +68,12 @@ def test_a_build_the_machine_cannot_hold_is_refused_before_any_work_naming_a_ran
 
     engine = local_engine(engine_dirs[0], dtype=torch.float64)
     rows, tracked = len(engine.examples), engine.identity.num_parameters
-    peaks = {
-        rank: builds.build_peak_bytes(rows, builds.projected_dim(engine, rank, 0), tracked, "fisher")
-        for rank in (4, 8)
-    }
+    config = builds.GradientIndexConfig()
+    peaks = {}
+    for rank in (4, 8):
+        dim = builds.projected_dim(engine, rank, 0)
+        held = builds.resident_bytes(builds.storage_layout("float32", rows, dim, "Flat"), rows, dim)
+        peaks[rank] = builds.build_peak_bytes(rows, dim, tracked, "fisher", held, config.chunk_rows)
     assert peaks[4] < peaks[8]
     monkeypatch.setattr(builds, "available_memory", lambda: (peaks[4] + peaks[8]) // 2)
     monkeypatch.setattr(engine.backend.explainer, "kfac_factors", lambda *a: pytest.fail("work was done"))
