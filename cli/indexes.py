@@ -224,3 +224,68 @@ def index_info(
     for key in ("storage_recall", "fidelity", "spec"):
         if summary.get(key):
             console.print(f"{key}: {json.dumps(summary[key])}")
+
+
+@index_app.command("remove")
+def index_remove(
+    index: Annotated[Path, typer.Option(help="Gradient index folder.")] = ARTIFACTS / "gradient-index",
+    rows: Annotated[
+        str | None,
+        typer.Option(help="Training rows to leave out of answers, comma-separated (an answer's row)."),
+    ] = None,
+    ids: Annotated[
+        str | None,
+        typer.Option(
+            help="Training example ids to leave out, comma-separated (an answer's id; needs the data)."
+        ),
+    ] = None,
+    model: Annotated[Path, typer.Option(help="Model folder whose card names the training data (--ids).")] = (
+        ARTIFACTS / "model"
+    ),
+    train_data: TrainData = None,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
+) -> None:
+    """Leave training rows out of every later answer of a gradient index (and of the kNN and full paths of
+    a server that loads it). Recorded in its manifest at once; the vectors stay, so a rebuild brings the
+    rows back. A running server sees it once the index is reloaded."""
+    from index.gradient import read_gradient_manifest, remove_gradient_rows
+    from interpret.checkpoint import card_data_spec, read_card
+    from interpret.data import load_examples
+
+    if (rows is None) == (ids is None):
+        raise typer.BadParameter("name the rows to remove with --rows or with --ids (one of them)")
+    if rows is not None:
+        try:
+            chosen = [int(row) for row in rows.split(",") if row.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--rows takes row numbers, got {rows!r}") from None
+    else:
+        assert ids is not None
+        columns = (text_column, pair_column, label_column, train_max_examples, id_column)
+        spec = training_for(model, train_data, *columns, needs="--ids") or card_data_spec(read_card(model))
+        assert spec is not None  # training_for refused a model whose card names no data
+        examples = load_examples(spec)
+        if examples.fingerprint != read_gradient_manifest(index).data_fingerprint:
+            raise typer.BadParameter(
+                f"--ids: the training data {examples.source} is not the data the index was built on; pass "
+                "that data's --train"
+            )
+        named = [identifier.strip() for identifier in ids.split(",") if identifier.strip()]
+        try:
+            chosen = examples.rows_of(named).tolist()
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+    try:
+        manifest = remove_gradient_rows(index, chosen)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    latest = (manifest.history or [{}])[-1]
+    console.print(
+        f"removed {latest.get('newly_removed', 0):,} rows ({len(chosen):,} named); "
+        f"{len(manifest.removed_rows or []):,} of {manifest.count:,} rows are now left out of answers "
+        f"from {index}"
+    )

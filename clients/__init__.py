@@ -14,6 +14,7 @@ from clients.client import (
     TrainingDataMissingError,
     evaluate_request,
     influence_request,
+    remove_request,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "TrainingDataMissingError",
     "evaluate_request",
     "influence_request",
+    "remove_request",
 ]

@@ -37,6 +37,7 @@ from service.schemas import (
     SALIENCY_REQUEST,
     AttackResponse,
     EvaluateRequest,
+    IndexRemoveRequest,
     InfluenceRequest,
     InfluenceResponse,
     JobList,
@@ -49,6 +50,9 @@ from service.schemas import (
     TextInput,
 )
 
+JobBody = BaseModel
+"""A job's request: an ``InfluenceRequest``, ``EvaluateRequest``, saliency or attack request, or an
+``IndexRemoveRequest``, by the job's kind."""
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = (429, 503)
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -163,6 +167,12 @@ def job_request(
     body = {kind: request} if request is not None and kind != "index_build" else {}
     settings = GradientIndexConfig(**gradient) if isinstance(gradient, dict) else gradient
     return JobRequest(kind=kind, factory=factory, index_kind=index_kind, gradient=settings, **body)
+
+
+def remove_request(rows: list[int] | None = None, ids: list[str] | None = None) -> IndexRemoveRequest:
+    """A ``kind="index_remove"`` job: training rows (an answer's ``row``) or ids (its ``id``) to leave out of
+    every later answer of the served gradient index."""
+    return IndexRemoveRequest(rows=rows, ids=ids)
 
 
 def evaluate_request(task: EvaluationTask, inputs: Inputs = (), **fields) -> EvaluateRequest:
@@ -317,15 +327,16 @@ class InfluenceClient(_Common):
 
     def submit_job(
         self,
-        request: InfluenceRequest | None = None,
+        request: JobBody | None = None,
         kind: JobKind = "influence",
         factory: str = DEFAULT_FACTORY,
         index_kind: IndexKind = DEFAULT_INDEX_KIND,
         gradient: GradientIndexConfig | dict | None = None,
     ):
         """Start a job: an ``InfluenceRequest`` over many inputs, a saliency or attack request,
-        ``kind="evaluate"`` with an ``evaluate_request(...)``, or ``kind="index_build"`` (the kNN index, or
-        ``index_kind="gradient"`` with its settings in ``gradient``)."""
+        ``kind="evaluate"`` with an ``evaluate_request(...)``, ``kind="index_build"`` (the kNN index, or
+        ``index_kind="gradient"`` with its settings in ``gradient``), or ``kind="index_remove"`` with a
+        ``remove_request(...)``."""
         body = self._body(job_request(request, kind, factory, index_kind, gradient))
         return self._call("POST", "/v1/jobs", JobStatus, body, repeatable=False)
 
@@ -424,7 +435,7 @@ class AsyncInfluenceClient(_Common):
 
     async def submit_job(
         self,
-        request: InfluenceRequest | None = None,
+        request: JobBody | None = None,
         kind: JobKind = "influence",
         factory: str = DEFAULT_FACTORY,
         index_kind: IndexKind = DEFAULT_INDEX_KIND,

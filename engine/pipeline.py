@@ -73,6 +73,13 @@ class Engine:
             raise TrainingDataMissingError(missing_data_message(Path(self.model_dir).name, what))
         return fingerprint
 
+    @property
+    def removed_rows(self) -> np.ndarray:
+        """Training rows removed from answers (``influence index remove`` on the gradient index): left out
+        whatever the method, so a removed row never comes back through the kNN index or a full scan."""
+        manifest = None if self.gradient_index is None else self.gradient_index.manifest
+        return np.asarray([] if manifest is None else manifest.removed_rows or [], dtype=np.int64)
+
     def shutdown(self) -> None:
         if self.gradient_index is not None:
             self.gradient_index.close()
@@ -204,6 +211,15 @@ class _Candidates:
     scores: np.ndarray | None = None
     distances: np.ndarray | None = None
 
+    def without(self, removed: np.ndarray) -> _Candidates:
+        """These candidates less the ``removed`` rows."""
+        keep = ~np.isin(self.rows, removed)
+        return _Candidates(
+            self.rows[keep],
+            None if self.scores is None else self.scores[keep],
+            None if self.distances is None else self.distances[keep],
+        )
+
 
 def _gradient_candidates(
     engine: Engine, text, pair, label, config: QueryConfig, context, timings: dict
@@ -272,6 +288,8 @@ def answer_query(
         candidates = _Candidates(rows, None, distances)
     else:
         candidates = _Candidates(np.arange(len(examples)))
+    if len(removed := engine.removed_rows):  # the gradient index's shards left them out already
+        candidates = candidates.without(removed)
     timings["search"] = time.perf_counter() - search_clock - timings.get("test_gradient", 0.0)
 
     s_test = cached

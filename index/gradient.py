@@ -17,12 +17,14 @@ most harmful the smallest (searched as the largest with ``-g~_test``).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +101,10 @@ class GradientManifest:
     shards: int = 1
     shard_counts: list[int] | None = None
     """Rows of each shard, in row order (``index.shards``); null for one shard (all ``count`` rows)."""
+    removed_rows: list[int] | None = None
+    """Training rows left out of every answer (``influence index remove``), sorted; null: none."""
+    history: list[dict[str, Any]] | None = None
+    """What changed the index after its build, oldest first (``remove_gradient_rows``)."""
 
     @property
     def layout(self) -> StorageLayout:
@@ -114,6 +120,12 @@ class GradientManifest:
     def counts(self) -> list[int]:
         """Rows of each shard."""
         return self.shard_counts or [self.count]
+
+    def hidden(self, number: int) -> np.ndarray:
+        """The removed rows that shard ``number`` holds."""
+        removed = np.asarray(self.removed_rows or [], dtype=np.int64)
+        start = sum(self.counts[:number])
+        return removed[(removed >= start) & (removed < start + self.counts[number])]
 
     def shard_bytes(self, number: int) -> int:
         """What the process that holds shard ``number`` alone holds (the projection stays with queries)."""
@@ -327,6 +339,35 @@ def read_gradient_manifest(directory: str | Path) -> GradientManifest:
         raise IndexMismatchError(f"{path}: unreadable manifest ({error}); rebuild the index") from error
 
 
+def remove_gradient_rows(directory: str | Path, rows: Sequence[int]) -> GradientManifest:
+    """Leave training ``rows`` out of every later answer of the index in ``directory``: recorded in its
+    manifest (rewritten atomically, with a history entry naming how many rows and their SHA-256), the
+    vectors untouched, so it takes milliseconds and a rebuild brings them back. Rows already removed stay
+    so; a row the index does not hold is refused, naming it. A served index sees it once reloaded."""
+    manifest = read_gradient_manifest(directory)
+    asked = np.unique(np.asarray(list(rows), dtype=np.int64))
+    if len(asked) == 0:
+        raise ValueError("no rows to remove: name at least one training row")
+    outside = asked[(asked < 0) | (asked >= manifest.count)]
+    if len(outside):
+        raise ValueError(
+            f"rows {outside[:5].tolist()} are not in the index, which holds rows 0 to {manifest.count - 1}"
+        )
+    before = manifest.removed_rows or []
+    removed = np.union1d(before, asked).astype(np.int64)
+    entry = {
+        "op": "remove",
+        "rows": len(asked),
+        "newly_removed": int(len(removed) - len(before)),
+        "rows_sha256": hashlib.sha256(",".join(map(str, asked.tolist())).encode()).hexdigest(),
+        "at": datetime.now(UTC).isoformat(),
+    }
+    history = [*(manifest.history or []), entry]
+    updated = dataclasses.replace(manifest, removed_rows=removed.tolist(), history=history)
+    write_json_atomic(Path(directory) / MANIFEST_FILE, asdict(updated))
+    return updated
+
+
 def record_fidelity(directory: str | Path, fidelity: dict[str, Any]) -> None:
     """Write measured fidelity numbers into the manifest (atomically): queries report them."""
     path = Path(directory) / MANIFEST_FILE
@@ -393,8 +434,8 @@ def load_gradient_shard(
 
 def read_shard(directory: str | Path, manifest: GradientManifest, number: int) -> IndexShard:
     """Shard ``number``'s files, checked against the manifest."""
-    count, dim = manifest.counts[number], manifest.dim
-    return load_shard(directory, manifest.shards, number, count, dim, manifest.layout)
+    count, dim, hidden = manifest.counts[number], manifest.dim, manifest.hidden(number)
+    return load_shard(directory, manifest.shards, number, count, dim, manifest.layout, hidden)
 
 
 def read_projection(

@@ -16,7 +16,7 @@ the global top ``k`` is in its own shard's top ``k``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -99,16 +99,24 @@ def merge_sides(parts: Sequence[Sides], top: int) -> Sides:
 
 @dataclass
 class IndexShard:
-    """One loaded shard: its FAISS index, the training row of each id, ivf-pq's re-scoring vectors."""
+    """One loaded shard: its FAISS index, the training row of each id, ivf-pq's re-scoring vectors and the
+    rows removed from answers (``influence index remove``)."""
 
     index: faiss.Index
     rows: np.ndarray
     rescore: np.ndarray | None = None
+    hidden: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def search(self, query: np.ndarray, top: int) -> Sides:
-        """This shard's top of each side, in training rows."""
-        (helpful, helpful_ip), (harmful, harmful_ip) = search_sides(self.index, query, top, self.rescore)
-        return (self.rows[helpful], helpful_ip), (self.rows[harmful], harmful_ip)
+        """This shard's top of each side, in training rows, removed rows left out: it searches for as many
+        more as it has removed, so an exact storage still returns its true top ``top`` of the rest."""
+        sides = search_sides(self.index, query, top + len(self.hidden), self.rescore)
+        kept = []
+        for ids, products in sides:
+            rows = self.rows[ids]
+            keep = ~np.isin(rows, self.hidden)
+            kept.append((rows[keep][:top], products[keep][:top]))
+        return kept[0], kept[1]
 
 
 class ShardSearcher(Protocol):
@@ -202,9 +210,10 @@ def load_shard(
     count: int,
     dim: int,
     layout: StorageLayout,
+    hidden: np.ndarray | None = None,
 ) -> IndexShard:
     """Shard ``number`` of ``shards`` (``count`` rows of width ``dim``), refused when its files do not
-    hold what the manifest says."""
+    hold what the manifest says; ``hidden``: its rows removed from answers."""
     place = shard_directory(directory, shards, number)
     if not (place / "rows.json").is_file():
         raise IndexMismatchError(
@@ -217,7 +226,7 @@ def load_shard(
     rescore = check_storage(place, layout, index, count, dim)
     if layout.nprobe is not None:
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", layout.nprobe)
-    return IndexShard(index, rows, rescore)
+    return IndexShard(index, rows, rescore, np.empty(0, np.int64) if hidden is None else hidden)
 
 
 def check_storage(

@@ -23,7 +23,7 @@ DEFAULT_FACTORY = "Flat"
 IndexKind = typing.Literal["knn", "gradient"]
 DEFAULT_INDEX_KIND: IndexKind = "knn"
 """What ``influence index build`` and an ``index_build`` job build unless told: FastIF's kNN index."""
-JobKind = typing.Literal["influence", "saliency", "attack", "evaluate", "index_build"]
+JobKind = typing.Literal["influence", "saliency", "attack", "evaluate", "index_build", "index_remove"]
 """What a service job runs (the wire's ``kind``; deadlines and scheduling classes are set per kind)."""
 JOB_KINDS: tuple[str, ...] = typing.get_args(JobKind)
 Metric = typing.Literal["l2", "ip"]

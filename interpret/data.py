@@ -66,6 +66,16 @@ class ExampleSet:
     def num_labels(self) -> int:
         return int(self.labels.max()) + 1 if len(self.labels) else 0
 
+    def rows_of(self, ids: list[str]) -> np.ndarray:
+        """The row of each id (as answers show them); ``ValueError`` naming ids this set does not hold."""
+        positions = {identifier: row for row, identifier in enumerate(self.ids)}
+        unknown = [identifier for identifier in ids if identifier not in positions]
+        if unknown:
+            raise ValueError(
+                f"ids {unknown[:5]} are not in the training data {self.source} ({len(unknown)} unknown)"
+            )
+        return np.asarray([positions[identifier] for identifier in ids], dtype=np.int64)
+
     def subset(self, rows: np.ndarray | list[int]) -> ExampleSet:
         """A slice of this set; the fingerprint changes because the data does."""
         rows = list(map(int, rows))

@@ -24,6 +24,7 @@ from engine.builds import (
 from engine.cache import STestCache
 from engine.pipeline import Engine, answer_query, gradient_index_for, knn_index_for, pooled_engine
 from index import empty_index
+from index.gradient import remove_gradient_rows
 from index.storage import check_storage_rows
 from interpret.cancellation import Cancellations, RequestContext
 from interpret.checkpoint import TrainingDataMissingError
@@ -53,6 +54,7 @@ from service.responses import attack_response, influence_result, prediction, sal
 from service.schemas import (
     AttackResponse,
     IndexBuildResult,
+    IndexRemoveRequest,
     InfluenceResponse,
     JobList,
     JobRequest,
@@ -353,6 +355,11 @@ class InfluenceService:
                 factory = request.factory
                 work = lambda progress, context: self.build_index(factory, progress, context)  # noqa: E731
             return self.jobs.submit(request.kind, work, client.id)
+        if request.kind == "index_remove":
+            assert request.index_remove is not None  # checked above: the body is required
+            rows = self._check_index_remove(request.index_remove)
+            work = lambda progress, context: self.remove_rows(rows)  # noqa: E731
+            return self.jobs.submit(request.kind, work, client.id)
         with field_prefix(request.kind):  # the body's fields are named by their path in the job
             if request.kind == "influence":
                 self.check_influence(body)
@@ -414,6 +421,33 @@ class InfluenceService:
             detail = {"field": "gradient.storage", "value": config.storage}
             raise LimitExceededError(f"gradient.{error}", detail) from None
         return config
+
+    def _check_index_remove(self, request: IndexRemoveRequest) -> list[int]:
+        """The training rows an index_remove job leaves out, each checked against the loaded gradient
+        index before the job is queued (an unknown id or row is a 422 naming it)."""
+        self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
+        index = self.engine.gradient_index
+        if index is None:
+            raise LimitExceededError(
+                "kind=index_remove needs a loaded gradient index: build one first (kind=index_build, "
+                "index_kind=gradient)",
+                {"field": "kind", "value": "index_remove"},
+            )
+        rows = request.rows
+        if request.ids is not None:
+            try:
+                rows = self.engine.training_examples().rows_of(request.ids).tolist()
+            except ValueError as error:
+                raise LimitExceededError(f"index_remove.{error}", {"field": "index_remove.ids"}) from None
+        assert rows is not None  # IndexRemoveRequest holds rows or ids
+        outside = [row for row in rows if not 0 <= row < index.manifest.count]
+        if outside:
+            raise LimitExceededError(
+                f"index_remove.rows {outside[:5]} are not in the gradient index, which holds rows 0 to "
+                f"{index.manifest.count - 1}",
+                {"field": "index_remove.rows", "value": outside[:5]},
+            )
+        return rows
 
     def _check_evaluation(self, request) -> None:
         """Everything a run needs, before it is queued: inputs (labelled where measured), sizes, switches."""
@@ -491,6 +525,17 @@ class InfluenceService:
             manifest = build_gradient_index(engine, directory, config, progress, context, scratch, budget)
             # The index it replaces is dropped, not closed: a query still searching it finishes, and Ray
             # stops its shard actors once nothing refers to them.
+            engine.gradient_index = gradient_index_for(directory, engine.backend, max_bytes=budget)
+        return IndexBuildResult(index_manifest=asdict(manifest))
+
+    def remove_rows(self, rows: list[int]) -> IndexBuildResult:
+        """Record the rows in the gradient index's manifest (``index.gradient.remove_gradient_rows``), then
+        load it again so its shards leave them out; queries keep the old index until it is swapped in."""
+        engine, directory = self.engine, self.settings.gradient_index_dir
+        assert directory is not None  # _check_builds_allowed refused the job otherwise
+        with self._index_lock:
+            manifest = remove_gradient_rows(directory, rows)
+            budget = self.settings.max_index_bytes
             engine.gradient_index = gradient_index_for(directory, engine.backend, max_bytes=budget)
         return IndexBuildResult(index_manifest=asdict(manifest))
 

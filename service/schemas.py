@@ -12,9 +12,9 @@ limit.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from interpret.config import (
     DEFAULT_FACTORY,
@@ -41,6 +41,8 @@ from interpret.config import (
 from tasks.reports import TaskReport
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+MAX_REMOVED_ROWS = 1_000_000
+"""Rows one index_remove job names at most."""
 
 
 class _Strict(BaseModel):
@@ -363,6 +365,23 @@ class EvaluateRequest(EvaluationConfig):
         return EvaluationConfig.of(self)
 
 
+class IndexRemoveRequest(_Strict):
+    """Training rows to leave out of every later answer (``influence index remove``), by row or by id."""
+
+    rows: list[int] | None = Field(
+        None, min_length=1, max_length=MAX_REMOVED_ROWS, description="Training rows (an answer's row)."
+    )
+    ids: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_REMOVED_ROWS, description="Training example ids (an answer's id)."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        if (self.rows is None) == (self.ids is None):
+            raise ValueError("name the rows to remove by rows or by ids (one of them)")
+        return self
+
+
 class JobRequest(_Strict):
     """A job: an influence query over many inputs, an index build, or a saliency map or an attack too
     costly for a synchronous request. The field named after the kind holds its request."""
@@ -376,6 +395,9 @@ class JobRequest(_Strict):
     index_kind: IndexKind = Field(DEFAULT_INDEX_KIND, description="Which index, for kind=index_build.")
     gradient: GradientIndexConfig | None = Field(
         None, description="Gradient index settings, for kind=index_build with index_kind=gradient."
+    )
+    index_remove: IndexRemoveRequest | None = Field(
+        None, description="The rows to leave out of the gradient index's answers, for kind=index_remove."
     )
 
 

@@ -356,6 +356,41 @@ def test_a_gradient_index_job_makes_gradient_the_default_method(settings, engine
     service.shutdown()
 
 
+def test_an_index_remove_job_leaves_rows_out_of_answers(settings, tmp_path):
+    """Rows named by row or by id leave the served answers once the job succeeds; unknown ones are a 422
+    naming the field, before anything is written."""
+    from clients import remove_request
+    from engine.builds import build_gradient_index
+    from interpret.config import GradientIndexConfig
+    from service.schemas import IndexRemoveRequest
+
+    settings = settings.model_copy(update={"gradient_index_dir": tmp_path / "gradient-index"})
+    engine = local_engine(settings.model_dir, index_dir=settings.index_dir)
+    build_gradient_index(engine, settings.gradient_index_dir, GradientIndexConfig(rank=4, damping=0.1))
+    service = InfluenceService(
+        settings, local_engine(settings.model_dir, gradient_index_dir=settings.gradient_index_dir)
+    )
+    with TestClient(create_app(settings, service)) as http:
+        client = InfluenceClient(http=http, backoff_s=0.01)
+        before = client.influence(QUERY, top=3).results[0]
+        with pytest.raises(BadRequestError, match=r"index_remove\.ids \['nope'\] are not in the training"):
+            client.submit_job(IndexRemoveRequest(ids=["nope"]), kind="index_remove")
+        with pytest.raises(BadRequestError, match=r"index_remove\.rows \[96\] are not in the gradient index"):
+            client.submit_job(IndexRemoveRequest(rows=[3, 96]), kind="index_remove")
+        both = {"kind": "index_remove", "index_remove": {"rows": [1], "ids": ["1"]}}
+        refused = http.post("/v1/jobs", json=both)
+        assert refused.status_code == 422 and "by rows or by ids" in refused.text
+        request = remove_request(rows=[before.helpful[0].row])
+        done = client.wait_job(client.submit_job(request, kind="index_remove").id, poll_s=0.05, timeout=60)
+        assert done.result.index_manifest["removed_rows"] == [before.helpful[0].row]
+        request = IndexRemoveRequest(ids=[before.harmful[0].id])
+        client.wait_job(client.submit_job(request, kind="index_remove").id, poll_s=0.05, timeout=60)
+        after = client.influence(QUERY, top=3).results[0]
+        assert [e.row for e in after.helpful][:2] == [e.row for e in before.helpful][1:3]
+        assert before.harmful[0].row not in {e.row for e in after.harmful}
+    service.shutdown()
+
+
 def test_async_client_over_asgi_transport(settings, service):
     async def scenario():
         transport = httpx.ASGITransport(app=create_app(settings, service))
