@@ -21,7 +21,12 @@ cached in ``artifacts/bench-scale/`` so a rerun resumes:
    this process, and in 2 shards, each held and searched by its own local Ray actor (``workers.shards``,
    the service's path); whether the answers are identical (rows and scores) and the latency of each. The
    folders are written shard by shard through the product's own files, so no process holds two shards.
-5. **Extrapolation**: resident bytes and per-shard query latency at 10M and 100M rows over S shards, from
+5. **Growth** (``--growth``, on by default): the model's index over SST-2 less its last 10,000 rows, then
+   ``influence index add`` of those rows (projected with the index's projection, its Fisher kept), against
+   a rebuild over all of SST-2, timed in the same run; and how far the grown index's answers are from the
+   rebuild's (recall@100 of each side over the 20 dev sentences: the rebuild refits the kfac bases and
+   the Fisher, so they differ).
+6. **Extrapolation**: resident bytes and per-shard query latency at 10M and 100M rows over S shards, from
    the measured bytes per row and a line through the 200k and 1M latencies.
 """
 
@@ -379,6 +384,74 @@ def shards_stage(rows: int, queries: np.ndarray) -> dict:
     }
 
 
+GROWTH_ROWS = 10_000
+
+
+def growth_stage(queries_count: int) -> dict:
+    """Build over SST-2 less its last GROWTH_ROWS rows, add them, rebuild over all; times and overlap."""
+    from engine.builds import add_to_gradient_index, build_gradient_index
+    from engine.pipeline import answer_query, local_engine
+    from interpret.config import QueryConfig
+    from interpret.data import DataSpec, load_examples, sst2_spec
+
+    folder = CACHE / "growth"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = Path(sst2_spec("train").source).read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    base, added = folder / "base.tsv", folder / "added.tsv"
+    base.write_text("\n".join([header, *rows[:-GROWTH_ROWS]]) + "\n")
+    added.write_text("\n".join([header, *rows[-GROWTH_ROWS:]]) + "\n")
+    seconds = {}
+
+    def timed(name, work):
+        if not (folder / f"{name}.s").is_file():
+            clock = time.perf_counter()
+            work()
+            (folder / f"{name}.s").write_text(str(time.perf_counter() - clock))
+        seconds[name] = float((folder / f"{name}.s").read_text())
+
+    timed(
+        "base_build",
+        lambda: build_gradient_index(local_engine("artifacts/model", DataSpec(str(base))), folder / "grown"),
+    )
+    timed(
+        "add",
+        lambda: add_to_gradient_index(
+            local_engine("artifacts/model", DataSpec(str(added))), folder / "grown", DataSpec(str(added))
+        ),
+    )
+    timed(
+        "rebuild",
+        lambda: build_gradient_index(local_engine("artifacts/model", sst2_spec("train")), folder / "rebuilt"),
+    )
+    dev = load_examples(sst2_spec("dev"))
+    texts = [dev.texts[r] for r in np.random.default_rng(0).choice(len(dev), queries_count, replace=False)]
+    answers = {}
+    for name, spec in (("grown", DataSpec(str(base))), ("rebuilt", sst2_spec("train"))):
+        engine = local_engine("artifacts/model", spec, gradient_index_dir=folder / name)
+        assert engine.gradient_index is not None and len(engine.examples) == len(rows)
+        answers[name] = [answer_query(engine, text, config=QueryConfig(top=TOP)) for text in texts]
+    overlap = {
+        side: float(
+            np.mean(
+                [
+                    len({e.row for e in getattr(g, side)} & {e.row for e in getattr(r, side)}) / TOP
+                    for g, r in zip(answers["grown"], answers["rebuilt"], strict=True)
+                ]
+            )
+        )
+        for side in ("helpful", "harmful")
+    }
+    return {
+        "rows_before": len(rows) - GROWTH_ROWS,
+        "rows_added": GROWTH_ROWS,
+        "base_build_s": seconds["base_build"],
+        "add_s": seconds["add"],
+        "rebuild_s": seconds["rebuild"],
+        "recall_at_100_grown_vs_rebuild": overlap,
+    }
+
+
 def extrapolate(synthetic: dict[int, dict]) -> dict:
     """Resident GB and per-shard p50 at 10M and 100M rows over S shards: bytes from the 1M bytes per row,
     latency from the line through the measured sizes (each shard searches N/S rows; shards run at once)."""
@@ -444,6 +517,7 @@ def main() -> None:
     parser.add_argument("--synthetic", default="200000,1000000")
     parser.add_argument("--budget-gb", type=float, default=8.0)
     parser.add_argument("--shard-rows", type=int, default=1_000_000)
+    parser.add_argument("--no-growth", action="store_true", help="Skip the add-against-rebuild stage.")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.table:
@@ -460,6 +534,7 @@ def main() -> None:
     sst2 = _cached("sst2", lambda: sst2_stage(queries))
     synthetic = {int(n): synthetic_stage(int(n), queries, args.budget_gb) for n in args.synthetic.split(",")}
     shards = _cached(f"shards-{args.shard_rows}", lambda: shards_stage(args.shard_rows, queries))
+    growth = None if args.no_growth else _cached("growth", lambda: growth_stage(args.queries))
     largest = synthetic[max(synthetic)]["storages"]
     meets = [
         s
@@ -484,6 +559,8 @@ def main() -> None:
         ),
         "rss_gb_1m_best": largest[best]["peak_rss_gb"] if best else None,
         "shards_identical": shards["identical"],
+        "add_10k_seconds": None if growth is None else growth["add_s"],
+        "rebuild_seconds": None if growth is None else growth["rebuild_s"],
     }
     write_result(
         "scale",
@@ -500,8 +577,8 @@ def main() -> None:
             "sst2": sst2,
             "synthetic": {str(n): v for n, v in synthetic.items()},
             "shards": shards,
+            "growth": growth,
             "extrapolation": extrapolate(synthetic),
-            "not_yet_measured": "add/remove (issue 25 item 4) lands in a later slice",
         },
     )
 

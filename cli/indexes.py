@@ -226,6 +226,60 @@ def index_info(
             console.print(f"{key}: {json.dumps(summary[key])}")
 
 
+@index_app.command("add")
+def index_add(
+    train_data: Annotated[
+        str,
+        typer.Option(
+            "--train", help="The new rows (file or hub:NAME[/CFG]:SPLIT), with the training data's columns."
+        ),
+    ],
+    index: Annotated[Path, typer.Option(help="Gradient index folder.")] = ARTIFACTS / "gradient-index",
+    model: Annotated[Path, typer.Option(help="The model the index was built for.")] = ARTIFACTS / "model",
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows per gradient chunk (the resume grain).")
+    ] = DEFAULTS.chunk_rows,
+    workers: Annotated[
+        int | None, typer.Option(help="Project the new rows on N Ray workers (0: as many as fit).")
+    ] = None,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Append new training rows to a gradient index without touching its rows: projected with its own
+    projection, preconditioned with its kept Fisher inverse (not refitted), written as one new shard in one
+    atomic step (an interrupted add leaves the index as it was and resumes). Engines that load the index
+    then load these rows after the training data; restart a server to serve them."""
+    from engine.builds import add_to_gradient_index
+    from engine.pipeline import local_engine, pooled_engine
+    from interpret.data import DataSpec
+
+    spec = DataSpec(train_data, text_column, pair_column, label_column, id_column, train_max_examples)
+    if workers is None:
+        engine = local_engine(model, spec, trust_remote_code=trust_remote_code)
+    else:
+        from workers import PoolSettings
+
+        settings = PoolSettings(num_workers=workers or None)
+        engine = pooled_engine(model, spec, settings=settings, trust_remote_code=trust_remote_code)
+    try:
+        bar, progress = _progress_bar("gradients")
+        with bar:
+            grown = add_to_gradient_index(engine, index, spec, chunk_rows, progress)
+    except ValueError as error:  # the index cannot take these rows: named before any work
+        raise typer.BadParameter(str(error)) from None
+    finally:
+        engine.shutdown()
+    latest = (grown.history or [{}])[-1]
+    console.print(
+        f"added {latest.get('rows', 0):,} rows as shard {grown.shards - 1} in "
+        f"{latest.get('seconds', 0):.1f} s: {index} now holds {grown.count:,} rows in {grown.shards} shards"
+    )
+
+
 @index_app.command("remove")
 def index_remove(
     index: Annotated[Path, typer.Option(help="Gradient index folder.")] = ARTIFACTS / "gradient-index",
@@ -252,7 +306,8 @@ def index_remove(
     """Leave training rows out of every later answer of a gradient index (and of the kNN and full paths of
     a server that loads it). Recorded in its manifest at once; the vectors stay, so a rebuild brings the
     rows back. A running server sees it once the index is reloaded."""
-    from index.gradient import read_gradient_manifest, remove_gradient_rows
+    from index.gradient import read_gradient_manifest
+    from index.growth import remove_gradient_rows
     from interpret.checkpoint import card_data_spec, read_card
     from interpret.data import load_examples
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +20,13 @@ from index.gradient import (
     GradientManifest,
     GradientSpec,
     ShardStore,
+    read_gradient_manifest,
+    read_inverse,
+    read_projection,
     shard_folder,
     write_gradient_index,
 )
+from index.growth import append_rows, check_growable
 from index.storage import (
     IndexTooLargeError,
     StorageLayout,
@@ -31,9 +36,18 @@ from index.storage import (
     resident_bytes,
     storage_layout,
 )
+from index.store import IndexMismatchError
 from index.vectors import TRAIN_ROWS, ChunkedVectors
 from interpret.cancellation import RequestContext
-from interpret.config import AUTO_SHARDS, DEFAULT_FACTORY, DEFAULT_KNN_METRIC, GradientIndexConfig, Metric
+from interpret.config import (
+    AUTO_SHARDS,
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_FACTORY,
+    DEFAULT_KNN_METRIC,
+    GradientIndexConfig,
+    Metric,
+)
+from interpret.data import DataSpec
 from interpret.influence.cg import cg_rows
 from interpret.influence.exact import MAX_EXACT_PARAMETERS
 from interpret.influence.preconditioner import inverse_damped, precondition, second_moment
@@ -322,6 +336,52 @@ def check_build_memory(
     )
 
 
+def add_to_gradient_index(
+    engine: Engine,
+    directory: str | Path,
+    spec: DataSpec,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    context: RequestContext | None = None,
+) -> GradientManifest:
+    """Append the engine's training rows (the new rows, read from ``spec``) to the gradient index in
+    ``directory`` as one new shard (``index.growth.append_rows``): their gradients projected with the
+    index's own projection, in chunks kept beside it (an interrupted add resumes, and the old index stays
+    as it was), and preconditioned with its kept inverse: the Fisher is not refitted, so the stored rows
+    keep their vectors and an add costs what projecting the new rows costs. Checked before any work: the
+    model and tracked set, that the index can grow, and that these rows are new to it."""
+    manifest = read_gradient_manifest(directory)
+    identity = engine.identity
+    built_for = (manifest.model_fingerprint, manifest.spec.get("tracked_layers"))
+    if built_for != (identity.model_fingerprint, identity.tracked_layers):
+        raise IndexMismatchError(
+            f"{directory}: the index was built for another model or tracked set (model "
+            f"{manifest.model_fingerprint[:12]}, tracked {built_for[1]!r}); add rows with the model it was "
+            "built for"
+        )
+    fingerprint = engine.data_fingerprint("rows to add")
+    check_growable(directory, manifest, fingerprint)
+    inverse = torch.from_numpy(read_inverse(directory, manifest)).double()
+    projection, _ = read_projection(directory, manifest)
+    built = manifest.spec
+    config = GradientIndexConfig(
+        rank=built["rank"],
+        projection=built.get("projection", "random"),
+        seed=built["seed"],
+        fit_rows=built.get("fit_rows") or GradientIndexConfig().fit_rows,
+        preconditioner=built["preconditioner"],
+        damping=built["damping"],
+        chunk_rows=chunk_rows,
+    )
+    work = Path(directory).with_name(Path(directory).name + ".add")
+    clock = time.perf_counter()
+    gradients = projected_gradients(engine, work, config, projection, progress, context)
+    vectors = gradients.with_transform(lambda block: precondition(torch.from_numpy(block), inverse).numpy())
+    grown = append_rows(directory, vectors, spec, fingerprint, time.perf_counter() - clock)
+    ShardStore(shard_folder(work), {}).remove()
+    return grown
+
+
 def build_gradient_index(
     engine: Engine,
     directory: str | Path,
@@ -365,7 +425,7 @@ def build_gradient_index(
         layers,
         config.factory,
         projection,
-        inverse.numpy() if projection.bases is not None else None,
+        inverse.numpy(),
         adapter_of(identity),
         layout,
         probes,

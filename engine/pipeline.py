@@ -35,7 +35,7 @@ from interpret.checkpoint import (
     read_card,
 )
 from interpret.config import SCORE_BATCH_SIZE, QueryConfig, resolve_method, resolve_solver, solves_s_test
-from interpret.data import DataSpec, ExampleSet, load_examples
+from interpret.data import AddedRows, DataSpec, ExampleSet, load_examples, with_added_rows
 from interpret.explainer import Explainer, Identity
 from interpret.influence import InfluenceAnswer, rank
 
@@ -125,6 +125,17 @@ def gradient_index_for(
         return None
 
 
+def added_rows_of(directory: str | Path | None) -> AddedRows | None:
+    """The rows the gradient index in ``directory`` added after its training data (``influence index add``),
+    which an engine loads after it; None without an index there or additions."""
+    if directory is None or not (Path(directory) / "manifest.json").is_file():
+        return None
+    try:
+        return read_gradient_manifest(directory).added_rows
+    except IndexMismatchError:  # a kNN index or a torn manifest: loading the index says so
+        return None
+
+
 def local_engine(
     model_dir: str | Path,
     train_spec: DataSpec | None = None,
@@ -136,9 +147,11 @@ def local_engine(
     trust_remote_code: bool = False,
     max_index_bytes: int | None = None,
 ) -> Engine:
-    """The model, the training examples and the indexes, all in this process."""
+    """The model, the training examples (and the rows the gradient index added) and the indexes, all in
+    this process."""
+    added = added_rows_of(gradient_index_dir)
     explainer = Explainer.load(
-        model_dir, train_spec, tracked_layers, dtype, trust_remote_code=trust_remote_code
+        model_dir, train_spec, tracked_layers, dtype, trust_remote_code=trust_remote_code, added=added
     )
     backend = LocalBackend(explainer)
     checkpoint, identity = explainer.checkpoint, backend.identity
@@ -169,14 +182,15 @@ def pooled_engine(
 
     card = read_card(model_dir)
     train_spec = train_spec or card_data_spec(card)
-    examples = load_examples(train_spec) if train_spec is not None else None
+    added = added_rows_of(gradient_index_dir)
+    examples = with_added_rows(load_examples(train_spec), added) if train_spec is not None else None
     expected = {"data_fingerprint": None if examples is None else examples.fingerprint}
     # every worker must hold the weights the indexes were built with (none is loaded without data)
     if examples is not None and index_dir is not None:
         expected["model_fingerprint"] = read_manifest(index_dir).model_fingerprint
     elif examples is not None and gradient_index_dir is not None and not gradient_index_optional:
         expected["model_fingerprint"] = read_gradient_manifest(gradient_index_dir).model_fingerprint
-    spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype, trust_remote_code)
+    spec = WorkerSpec(str(model_dir), train_spec, tracked_layers, dtype, trust_remote_code, added=added)
     pool = WorkerPool(spec, settings or PoolSettings(), expected)
     try:
         indexes = (

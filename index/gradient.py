@@ -17,14 +17,12 @@ most harmful the smallest (searched as the largest with ``-g~_test``).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +36,7 @@ from index.storage import StorageLayout, check_resident, resident_bytes, storage
 from index.store import MANIFEST_FILE, IndexMismatchError
 from index.vectors import ChunkedVectors
 from interpret.config import DEFAULT_FACTORY, IndexStorage
+from interpret.data import AddedRows, DataSpec
 from interpret.influence.metrics import recall_at_m
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.projection import Projection, bases_digest
@@ -46,6 +45,9 @@ from interpret.storage import atomic_directory, write_json_atomic
 GRADIENT_KIND = "gradient"
 PROJECTION_FILE = "projection.safetensors"
 INVERSE_KEY = "preconditioner:inverse"
+PRECONDITIONER_FILE = "preconditioner.safetensors"
+"""A seeded projection's ``(C + damping I)^-1`` (a kfac index keeps it in ``projection.safetensors``): what
+rows added later are preconditioned with."""
 """``(C + damping I)^-1`` in ``projection.safetensors`` beside the bases: the ``index`` solver's curvature."""
 RECALL_TOP, RECALL_PROBES = 100, 20
 """A compressed storage's recall is measured at build time as recall@100 over 20 probe queries."""
@@ -101,6 +103,13 @@ class GradientManifest:
     shards: int = 1
     shard_counts: list[int] | None = None
     """Rows of each shard, in row order (``index.shards``); null for one shard (all ``count`` rows)."""
+    inverse_sha256: str | None = None
+    """SHA-256 of ``preconditioner.safetensors`` (a seeded projection's inverse); null for kfac or before."""
+    data_chain: list[str] | None = None
+    """The training data's fingerprint, then each added set's (``influence index add``); null: never grown.
+    ``data_fingerprint`` is then their ``interpret.data.chain_fingerprint``."""
+    additions: list[dict[str, Any]] | None = None
+    """Each added set: its data spec (absolute source), fingerprint, rows, first row and time."""
     removed_rows: list[int] | None = None
     """Training rows left out of every answer (``influence index remove``), sorted; null: none."""
     history: list[dict[str, Any]] | None = None
@@ -120,6 +129,13 @@ class GradientManifest:
     def counts(self) -> list[int]:
         """Rows of each shard."""
         return self.shard_counts or [self.count]
+
+    @property
+    def added_rows(self) -> AddedRows | None:
+        """The rows this index added after its training data, as an engine loads them."""
+        if not self.additions or not self.data_chain:
+            return None
+        return AddedRows(self.data_chain[0], tuple(DataSpec(**added["spec"]) for added in self.additions))
 
     def hidden(self, number: int) -> np.ndarray:
         """The removed rows that shard ``number`` holds."""
@@ -257,8 +273,9 @@ def write_gradient_index(
     """Store preconditioned vectors ``[N, d]`` (row i = training row i; an array, or chunks streamed one
     shard at a time) in an inner-product index held as ``layout`` says (default: float32 in ``factory``),
     cut into ``shards`` shards (``index.shards``), with the projection's fitted bases and the
-    preconditioner's ``inverse`` when the projection has bases. With ``probes`` (projected gradients, as
-    queries), a compressed index's recall against the exact search is measured and recorded."""
+    preconditioner's ``inverse`` (kept beside a seeded projection too, so rows can be added later). With
+    ``probes`` (projected gradients, as queries), a compressed index's recall against the exact search is
+    measured and recorded."""
     if isinstance(vectors, np.ndarray):
         if vectors.ndim != 2 or len(vectors) == 0:
             raise ValueError(f"vectors must be a non-empty [N, d] array, got shape {vectors.shape}")
@@ -270,6 +287,7 @@ def write_gradient_index(
         if inverse is None:
             raise ValueError("a kfac index stores its preconditioner's inverse: pass inverse")
         stored = {**projection.bases, INVERSE_KEY: np.asarray(inverse, dtype=np.float32)}
+    kept = None if stored is not None or inverse is None else {INVERSE_KEY: np.asarray(inverse, np.float32)}
     extra = 0 if stored is None else sum(array.nbytes for array in stored.values())
     measured = probes if layout.factory != "Flat" and probes is not None else None
     top = min(RECALL_TOP, count)
@@ -278,6 +296,10 @@ def write_gradient_index(
             from safetensors.numpy import save_file
 
             save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(scratch / PROJECTION_FILE))
+        if kept is not None:
+            from safetensors.numpy import save_file
+
+            save_file(kept, str(scratch / PRECONDITIONER_FILE))
         counts, answers = write_shards(scratch, vectors, layout, shards, measured, top)
         manifest = GradientManifest(
             model_fingerprint,
@@ -289,6 +311,7 @@ def write_gradient_index(
             layers,
             datetime.now(UTC).isoformat(),
             projection_sha256=None if stored is None else bases_digest(stored),
+            inverse_sha256=None if kept is None else bases_digest(kept),
             adapter=adapter,
             storage=layout.storage,
             ivf_lists=layout.ivf_lists,
@@ -337,35 +360,6 @@ def read_gradient_manifest(directory: str | Path) -> GradientManifest:
         return GradientManifest(**payload)
     except (json.JSONDecodeError, TypeError) as error:
         raise IndexMismatchError(f"{path}: unreadable manifest ({error}); rebuild the index") from error
-
-
-def remove_gradient_rows(directory: str | Path, rows: Sequence[int]) -> GradientManifest:
-    """Leave training ``rows`` out of every later answer of the index in ``directory``: recorded in its
-    manifest (rewritten atomically, with a history entry naming how many rows and their SHA-256), the
-    vectors untouched, so it takes milliseconds and a rebuild brings them back. Rows already removed stay
-    so; a row the index does not hold is refused, naming it. A served index sees it once reloaded."""
-    manifest = read_gradient_manifest(directory)
-    asked = np.unique(np.asarray(list(rows), dtype=np.int64))
-    if len(asked) == 0:
-        raise ValueError("no rows to remove: name at least one training row")
-    outside = asked[(asked < 0) | (asked >= manifest.count)]
-    if len(outside):
-        raise ValueError(
-            f"rows {outside[:5].tolist()} are not in the index, which holds rows 0 to {manifest.count - 1}"
-        )
-    before = manifest.removed_rows or []
-    removed = np.union1d(before, asked).astype(np.int64)
-    entry = {
-        "op": "remove",
-        "rows": len(asked),
-        "newly_removed": int(len(removed) - len(before)),
-        "rows_sha256": hashlib.sha256(",".join(map(str, asked.tolist())).encode()).hexdigest(),
-        "at": datetime.now(UTC).isoformat(),
-    }
-    history = [*(manifest.history or []), entry]
-    updated = dataclasses.replace(manifest, removed_rows=removed.tolist(), history=history)
-    write_json_atomic(Path(directory) / MANIFEST_FILE, asdict(updated))
-    return updated
 
 
 def record_fidelity(directory: str | Path, fidelity: dict[str, Any]) -> None:
@@ -447,21 +441,40 @@ def read_projection(
     spec = manifest.spec
     if manifest.projection_sha256 is None:
         return Projection(spec.get("rank"), spec.get("seed", 0)), None
-    from safetensors.numpy import load_file
-
-    path = Path(directory) / PROJECTION_FILE
-    try:
-        bases = load_file(str(path))
-    except (OSError, ValueError) as error:
-        raise IndexMismatchError(
-            f"{path}: unreadable projection bases ({error}); rebuild the index"
-        ) from error
-    if bases_digest(bases) != manifest.projection_sha256:
-        raise IndexMismatchError(
-            f"{path}: the projection bases do not match the manifest's SHA-256; rebuild the index with "
-            "`influence index build --kind gradient`"
-        )
+    bases = _read_checked(Path(directory) / PROJECTION_FILE, manifest.projection_sha256, "projection bases")
     inverse = bases.pop(INVERSE_KEY)
     projection = Projection(spec.get("rank"), spec.get("seed", 0), bases)
     damping = float(spec["damping"])
     return projection, IndexCurvature(projection, inverse, damping, manifest.projection_sha256)
+
+
+def read_inverse(directory: str | Path, manifest: GradientManifest) -> np.ndarray:
+    """The ``(C + damping I)^-1`` the index's rows were preconditioned with (rows added later get the same),
+    checked against its SHA-256; refused for an index built before it was kept."""
+    if manifest.projection_sha256 is not None:
+        _, curvature = read_projection(directory, manifest)
+        assert curvature is not None  # a kfac index: its inverse is beside the bases
+        return np.asarray(curvature.inverse)
+    if manifest.inverse_sha256 is None:
+        raise IndexMismatchError(
+            f"{directory}: this index was built before it kept its preconditioner; rebuild it with "
+            "`influence index build --kind gradient` to add rows to it"
+        )
+    stored = _read_checked(Path(directory) / PRECONDITIONER_FILE, manifest.inverse_sha256, "preconditioner")
+    return stored[INVERSE_KEY]
+
+
+def _read_checked(path: Path, digest: str, what: str) -> dict[str, np.ndarray]:
+    """A safetensors file of the index whose SHA-256 (``bases_digest``) must be the manifest's."""
+    from safetensors.numpy import load_file
+
+    try:
+        arrays = load_file(str(path))
+    except (OSError, ValueError) as error:
+        raise IndexMismatchError(f"{path}: unreadable {what} ({error}); rebuild the index") from error
+    if bases_digest(arrays) != digest:
+        raise IndexMismatchError(
+            f"{path}: the {what} do not match the manifest's SHA-256; rebuild the index with "
+            "`influence index build --kind gradient`"
+        )
+    return arrays

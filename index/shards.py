@@ -32,6 +32,10 @@ Side = tuple[np.ndarray, np.ndarray]
 Sides = tuple[Side, Side]
 """The largest inner products (helpful) and the smallest (harmful)."""
 
+QUANTISER_FILE = "quantiser.faiss"
+"""A trained storage's empty, trained index (ranges, centroids, codebooks): every shard, and each shard
+``influence index add`` appends, is a copy of it."""
+
 _STORAGE_CLASS = {"float16": "ScalarQuantizer", "sq8": "ScalarQuantizer", "ivf-pq": "IVFPQ"}
 """The FAISS index class (name part, CPU or GPU) each compressed storage is held in."""
 
@@ -159,9 +163,13 @@ def trained_template(vectors: ChunkedVectors, layout: StorageLayout) -> faiss.In
     return template
 
 
-def fill_shard(template: faiss.Index, vectors: ChunkedVectors, rows: np.ndarray, place: Path) -> IndexShard:
-    """A copy of ``template`` holding ``rows`` (a contiguous run), read block by block; ivf-pq's float16
-    re-scoring copy is written into ``place`` as it goes (memory-mapped, not held)."""
+def fill_shard(
+    template: faiss.Index, vectors: ChunkedVectors, rows: np.ndarray, place: Path, start: int | None = None
+) -> IndexShard:
+    """A copy of ``template`` holding training ``rows`` (a contiguous run), read block by block from
+    ``vectors`` at ``start`` (default: ``rows[0]``); ivf-pq's float16 re-scoring copy is written into
+    ``place`` as it goes (memory-mapped, not held)."""
+    first = int(rows[0]) if start is None else start
     index = faiss.clone_index(template)
     rescore = None
     if "IVF" in type(faiss.downcast_index(template)).__name__:
@@ -169,7 +177,7 @@ def fill_shard(template: faiss.Index, vectors: ChunkedVectors, rows: np.ndarray,
         shape = (len(rows), vectors.dim)
         rescore = np.lib.format.open_memmap(place / RESCORE_FILE, mode="w+", dtype=np.float16, shape=shape)
     done = 0
-    for block in vectors.blocks(int(rows[0]), int(rows[-1]) + 1):
+    for block in vectors.blocks(first, first + len(rows)):
         index.add(block)
         if rescore is not None:
             rescore[done : done + len(block)] = block.astype(np.float16)
@@ -191,6 +199,8 @@ def write_shards(
     whole), one at a time, so only the shard being filled is resident. Returns each shard's row count and,
     for each of the ``probes`` ``[P, d]``, its merged answer (top ``top`` per side)."""
     template = trained_template(vectors, layout)
+    if not empty_index(vectors.dim, layout.factory, "ip").is_trained:  # a trained storage: keep its quantiser
+        faiss.write_index(template, str(folder / QUANTISER_FILE))  # rows added later are coded with it
     found: list[list[Sides]] = [[] for _ in range(0 if probes is None else len(probes))]
     runs = shard_rows(vectors.count, shards)
     for number, rows in enumerate(runs):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from interpret.data import DataSpec, ExampleSet, load_examples
+from interpret.data import AddedRows, DataSpec, ExampleSet, load_examples, with_added_rows
 from interpret.influence.batches import ExampleStates
 from interpret.models import (
     TrackedModel,
@@ -90,8 +90,10 @@ def load_checkpoint(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    added: AddedRows | None = None,
 ) -> Checkpoint:
-    """Load the model and its training data; the card supplies whatever is not given.
+    """Load the model and its training data (with the rows a gradient index ``added`` after them); the
+    card supplies whatever is not given.
 
     When the data is the card's own, it must be exactly the rows the model was trained on (the card's
     data fingerprint): influence over rows the model never saw would be silently wrong. With no data
@@ -114,6 +116,7 @@ def load_checkpoint(
             f"{model_dir}: card.json names {train_spec.source}, but those {len(examples)} rows are not the "
             "rows the model was trained on (data fingerprint differs): retrain, or pass the training data"
         )
+    examples = with_added_rows(examples, added)
     check_labels(tracked, examples)
     return Checkpoint(card, tracked, examples, ExampleStates(tracked, examples), fingerprint, str(model_dir))
 

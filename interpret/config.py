@@ -297,6 +297,8 @@ IntegratedGradientsBaseline = typing.Literal["auto", "zero", "mask"]
 ProjectionKind = typing.Literal["kfac", "random"]
 
 
+DEFAULT_CHUNK_ROWS = 1024
+"""Training rows whose gradients a build (or an add) computes and saves at a time."""
 MAX_SHARDS = 1024
 """Shards of one gradient index at most: one Ray actor each."""
 AUTO_SHARDS = 16
@@ -337,7 +339,11 @@ class GradientIndexConfig(Config):
         description="FAISS factory string of the inner-product index (storage=float32 only: the other "
         "storages name their own).",
     )
-    chunk_rows: int = Field(1024, ge=1, description="Training rows per shard: the resume and progress grain.")
+    chunk_rows: int = Field(
+        DEFAULT_CHUNK_ROWS,
+        ge=1,
+        description="Training rows per chunk of gradients: the resume and progress grain.",
+    )
     storage: IndexStorage = Field(
         DEFAULT_STORAGE,
         description="How the vectors are held in memory: float32 (exact), float16, sq8 (FAISS's 8-bit "

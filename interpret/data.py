@@ -207,6 +207,52 @@ def load_examples(spec: DataSpec) -> ExampleSet:
     return examples.subset(np.sort(rng.choice(len(examples), spec.max_examples, replace=False)))
 
 
+def chain_fingerprint(fingerprints: Sequence[str]) -> str:
+    """The fingerprint of sets appended in order: the first set's own when alone, else a SHA-256 of the
+    parts' fingerprints (what a grown gradient index records as its data fingerprint)."""
+    if len(fingerprints) == 1:
+        return fingerprints[0]
+    return hashlib.sha256("+".join(fingerprints).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AddedRows:
+    """Rows appended to a training set after a gradient index was built over it (``influence index add``):
+    their sources in order, and the fingerprint of the set they extend."""
+
+    base_fingerprint: str
+    specs: tuple[DataSpec, ...]
+
+
+def with_added_rows(examples: ExampleSet, added: AddedRows | None) -> ExampleSet:
+    """``examples`` with the added rows appended, when they extend exactly this set (else unchanged: an
+    index grown over other data is then refused by its data fingerprint). An added source without an id
+    column numbers its rows after the rows before it; an id that appears twice is refused."""
+    if added is None or not added.specs or examples.fingerprint != added.base_fingerprint:
+        return examples
+    parts = [examples]
+    for spec in added.specs:
+        part = load_examples(spec)
+        if (part.pairs is None) != (examples.pairs is None):
+            raise DataFileError(
+                f"{part.source}: added rows must have a second text exactly when the training data does"
+            )
+        offset = sum(len(p) for p in parts)
+        ids = part.ids if spec.id_column is not None else [str(offset + i) for i in range(len(part))]
+        parts.append(ExampleSet(part.texts, part.pairs, part.labels, ids, part.fingerprint, part.source))
+    ids = [identifier for part in parts for identifier in part.ids]
+    if len(set(ids)) != len(ids):
+        raise DataFileError(f"{added.specs[-1].source}: added rows repeat ids of the rows before them")
+    return ExampleSet(
+        [text for part in parts for text in part.texts],
+        None if examples.pairs is None else [pair for part in parts for pair in part.pairs or []],
+        np.concatenate([part.labels for part in parts]),
+        ids,
+        chain_fingerprint([part.fingerprint for part in parts]),
+        examples.source,
+    )
+
+
 LOCAL_SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 """Where SST-2 lies on our machines and in CI (``../shared`` beside the checkout)."""
 

@@ -26,7 +26,7 @@ from interpret.cancellation import checkpoint as step_boundary
 from interpret.checkpoint import Checkpoint, load_checkpoint
 from interpret.classifier import TextClassifier
 from interpret.config import Config, LissaConfig
-from interpret.data import DataSpec
+from interpret.data import AddedRows, DataSpec
 from interpret.influence.cg import CGReport, CGResult, cg_s_test
 from interpret.influence.exact import exact_s_test, training_hessian
 from interpret.influence.lissa import (
@@ -159,8 +159,11 @@ class Explainer:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         trust_remote_code: bool = False,
+        added: AddedRows | None = None,
     ) -> Explainer:
-        return cls(load_checkpoint(model_dir, train_spec, tracked_layers, dtype, device, trust_remote_code))
+        return cls(
+            load_checkpoint(model_dir, train_spec, tracked_layers, dtype, device, trust_remote_code, added)
+        )
 
     def identity(self) -> Identity:
         checkpoint, tracked, examples = self.checkpoint, self.tracked, self.checkpoint.examples

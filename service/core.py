@@ -24,7 +24,7 @@ from engine.builds import (
 from engine.cache import STestCache
 from engine.pipeline import Engine, answer_query, gradient_index_for, knn_index_for, pooled_engine
 from index import empty_index
-from index.gradient import remove_gradient_rows
+from index.growth import remove_gradient_rows
 from index.storage import check_storage_rows
 from interpret.cancellation import Cancellations, RequestContext
 from interpret.checkpoint import TrainingDataMissingError

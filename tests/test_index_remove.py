@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from index.gradient import GradientSpec, read_gradient_manifest, remove_gradient_rows, write_gradient_index
+from index.gradient import GradientSpec, read_gradient_manifest, write_gradient_index
+from index.growth import remove_gradient_rows
 from index.storage import storage_layout
 
 SPEC = GradientSpec(rank=None, seed=0, preconditioner="identity", damping=1.0, tracked_layers=1)

@@ -165,7 +165,7 @@ def test_shard_actors_answer_like_one_index_and_replace_a_killed_one(ray_local, 
         assert index.shards.replacements == 1
     finally:
         index.close()
-    from index.gradient import remove_gradient_rows
+    from index.growth import remove_gradient_rows
 
     removed = [int(expected[0][0][0][0]), int(expected[0][1][0][0])]  # the first query's best of each side
     remove_gradient_rows(tmp_path / "cut", removed)

@@ -423,3 +423,33 @@ def test_a_sharded_gradient_index_is_searched_on_shard_actors_like_in_process(po
         np.testing.assert_allclose(answers[1].candidate_scores, answers[0].candidate_scores, rtol=1e-6)
     finally:
         pooled.gradient_index.close()
+
+
+def test_workers_load_the_rows_a_gradient_index_added(ray_local, engine_dirs, data_dir, tmp_path):
+    """A pooled engine over a grown index: every worker holds the added rows after the training data, so
+    a full scan on the pool scores them as the local engine does."""
+    from engine.builds import add_to_gradient_index, build_gradient_index
+    from engine.pipeline import local_engine, pooled_engine
+    from interpret.config import GradientIndexConfig
+    from interpret.data import DataSpec
+    from tests.conftest import synthetic_rows, write_tsv
+
+    added = DataSpec(str(write_tsv(tmp_path / "new.tsv", synthetic_rows(20, seed=9))))
+    config = GradientIndexConfig(rank=4, damping=0.1)
+    build_gradient_index(local_engine(engine_dirs[0], dtype=torch.float64), tmp_path / "g", config)
+    add_to_gradient_index(local_engine(engine_dirs[0], added, dtype=torch.float64), tmp_path / "g", added)
+    local = local_engine(engine_dirs[0], dtype=torch.float64, gradient_index_dir=tmp_path / "g")
+    settings = PoolSettings(num_workers=1)
+    pooled = pooled_engine(
+        engine_dirs[0], dtype="float64", settings=settings, gradient_index_dir=tmp_path / "g"
+    )
+    try:
+        assert len(pooled.examples) == len(local.examples) == 116
+        config = QueryConfig(top=4, method="full", k=None, lissa=LISSA.replace(num_repetitions=1))
+        answers = [answer_query(engine, QUERY, config=config) for engine in (local, pooled)]
+        assert len(answers[1].candidate_rows) == 116
+        np.testing.assert_allclose(answers[1].candidate_scores, answers[0].candidate_scores, rtol=1e-8)
+        gradient = [answer_query(engine, QUERY, config=QueryConfig(top=4)) for engine in (local, pooled)]
+        assert [e.id for e in gradient[1].helpful] == [e.id for e in gradient[0].helpful]
+    finally:
+        pooled.shutdown()

@@ -19,7 +19,7 @@ import torch
 
 from interpret.checkpoint import load_checkpoint
 from interpret.concurrency import trim_heap_periodically
-from interpret.data import DataSpec
+from interpret.data import AddedRows, DataSpec
 from interpret.explainer import Explainer
 from interpret.models import TrackedScope
 
@@ -35,6 +35,8 @@ class WorkerSpec:
     trust_remote_code: bool = False
     threads: int | None = None
     """torch intra-op threads; ``None``: the CPUs Ray assigned to the actor."""
+    added: AddedRows | None = None
+    """Rows a gradient index added after the training data (``interpret.data.with_added_rows``)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float64", "bfloat16", "float16"):
@@ -49,7 +51,7 @@ class WorkerSpec:
             spec = replace(
                 spec, train_spec=replace(spec.train_spec, source=str(Path(spec.train_spec.source).resolve()))
             )
-        return spec
+        return spec  # added rows' sources are recorded absolute (index.gradient.add_rows)
 
 
 class InfluenceWorker(Explainer):
@@ -68,6 +70,7 @@ class InfluenceWorker(Explainer):
             getattr(torch, spec.dtype),
             device,
             spec.trust_remote_code,
+            spec.added,
         )
         super().__init__(checkpoint, name=f"{context.get_node_id()[:12]}/pid{os.getpid()}/{device}")
         trim_heap_periodically()
