@@ -447,6 +447,9 @@ def growth_stage(queries_count: int) -> dict:
         "rows_added": GROWTH_ROWS,
         "base_build_s": seconds["base_build"],
         "add_s": seconds["add"],
+        "add_projection_s": json.loads((folder / "grown" / "manifest.json").read_text())["history"][-1][
+            "seconds"
+        ],
         "rebuild_s": seconds["rebuild"],
         "recall_at_100_grown_vs_rebuild": overlap,
     }

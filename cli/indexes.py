@@ -221,6 +221,12 @@ def index_info(
     if summary.get("shards", 1) > 1:
         counts = ", ".join(f"{count:,}" for count in summary["shard_counts"])
         console.print(f"{summary['shards']} shards (one Ray actor each when served): {counts} rows")
+    for added in summary.get("additions") or []:
+        console.print(
+            f"added {added['rows']:,} rows from row {added['first_row']:,}: {added['spec']['source']}"
+        )
+    if summary.get("removed_rows"):
+        console.print(f"{len(summary['removed_rows']):,} rows removed from answers (influence index remove)")
     for key in ("storage_recall", "fidelity", "spec"):
         if summary.get(key):
             console.print(f"{key}: {json.dumps(summary[key])}")

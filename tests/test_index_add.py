@@ -147,3 +147,28 @@ def test_index_add_on_the_command_line(engine_dirs, new_rows, tmp_path):
     assert "added 40 rows as shard 1" in said and "now holds 136 rows in 2 shards" in said
     again = CliRunner().invoke(app, command, terminal_width=200)
     assert again.exit_code == 2 and "already in the index" in again.output
+    runner = CliRunner()
+    assert (
+        runner.invoke(app, ["index", "remove", "--index", str(tmp_path / "g"), "--rows", "100"]).exit_code
+        == 0
+    )
+    info = runner.invoke(app, ["index", "info", "--index", str(tmp_path / "g")], terminal_width=300)
+    said = " ".join(info.output.split())
+    assert "added 40 rows from row 96" in said and "1 rows removed from answers" in said
+
+
+def test_a_changed_added_set_breaks_the_chain_and_is_refused(engine_dirs, new_rows, tmp_path):
+    """The added rows are read from their source at every load: edited, their fingerprint no longer
+    continues the index's chain, and the index is refused by its data fingerprint."""
+    from engine.pipeline import gradient_index_for
+
+    model, (added, _) = engine_dirs[0], new_rows
+    build_gradient_index(local_engine(model), tmp_path / "g", FIXED)
+    add_to_gradient_index(local_engine(model, added), tmp_path / "g", added)
+    engine = local_engine(model, gradient_index_dir=tmp_path / "g")
+    assert len(engine.examples) == 136
+    path = tmp_path / "new.tsv"
+    path.write_text(path.read_text().replace("\t1\n", "\t0\n", 1))  # one label flipped
+    with pytest.raises(IndexMismatchError, match="data fingerprint"):
+        local_engine(model, gradient_index_dir=tmp_path / "g")
+    assert gradient_index_for(tmp_path / "g", engine.backend) is not None  # the engine loaded before edits
