@@ -26,7 +26,10 @@ cached in ``artifacts/bench-scale/`` so a rerun resumes:
    a rebuild over all of SST-2, timed in the same run; and how far the grown index's answers are from the
    rebuild's (recall@100 of each side over the 20 dev sentences: the rebuild refits the kfac bases and
    the Fisher, so they differ).
-6. **Extrapolation**: resident bytes and per-shard query latency at 10M and 100M rows over S shards, from
+6. **Coarse lists** (``--no-coarse`` skips it): where ivf-pq loses recall. IVF over the SST-2 vectors
+   with exact (Flat) lists, so the codes play no part: recall@100 of each side against float32 and p50,
+   for ``sqrt(N)`` and ``4 sqrt(N)`` lists at several ``nprobe``.
+7. **Extrapolation**: resident bytes and per-shard query latency at 10M and 100M rows over S shards, from
    the measured bytes per row and a line through the 200k and 1M latencies.
 """
 
@@ -384,6 +387,35 @@ def shards_stage(rows: int, queries: np.ndarray) -> dict:
     }
 
 
+COARSE_PROBES = (32, 64, 128, 256)
+
+
+def coarse_stage(queries: np.ndarray) -> dict:
+    """IVF-Flat over the served SST-2 vectors: the coarse quantiser's own recall at each list count and
+    nprobe (the lists are searched exactly, so any miss is the coarse assignment's)."""
+    import faiss
+
+    vectors = _served().vectors()
+    count, dim = vectors.shape
+    truth = [(np.argsort(-(vectors @ q))[:TOP], np.argsort(vectors @ q)[:TOP]) for q in queries]
+    results = {}
+    for lists in (round(np.sqrt(count)), 4 * round(np.sqrt(count))):
+        index = faiss.index_factory(dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.add(vectors)
+        for nprobe in (p for p in COARSE_PROBES if p <= lists):
+            index.nprobe = nprobe
+
+            def search(query, index=index):
+                (helpful, _), (harmful, _) = search_sides(index, query[None], TOP)
+                return helpful, harmful
+
+            answers, latency = _timed_searches(search, queries)
+            results[f"IVF{lists} nprobe={nprobe}"] = {**latency, **_recall(answers, truth)}
+            print(lists, nprobe, json.dumps(results[f"IVF{lists} nprobe={nprobe}"]), flush=True)
+    return results
+
+
 GROWTH_ROWS = 10_000
 
 
@@ -521,6 +553,7 @@ def main() -> None:
     parser.add_argument("--budget-gb", type=float, default=8.0)
     parser.add_argument("--shard-rows", type=int, default=1_000_000)
     parser.add_argument("--no-growth", action="store_true", help="Skip the add-against-rebuild stage.")
+    parser.add_argument("--no-coarse", action="store_true", help="Skip the coarse-list recall stage.")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.table:
@@ -538,6 +571,7 @@ def main() -> None:
     synthetic = {int(n): synthetic_stage(int(n), queries, args.budget_gb) for n in args.synthetic.split(",")}
     shards = _cached(f"shards-{args.shard_rows}", lambda: shards_stage(args.shard_rows, queries))
     growth = None if args.no_growth else _cached("growth", lambda: growth_stage(args.queries))
+    coarse = None if args.no_coarse else _cached("coarse", lambda: coarse_stage(queries))
     largest = synthetic[max(synthetic)]["storages"]
     meets = [
         s
@@ -581,6 +615,7 @@ def main() -> None:
             "synthetic": {str(n): v for n, v in synthetic.items()},
             "shards": shards,
             "growth": growth,
+            "coarse_lists": coarse,
             "extrapolation": extrapolate(synthetic),
         },
     )
