@@ -20,6 +20,7 @@ from index.gradient import (
     GradientManifest,
     GradientSpec,
     ShardStore,
+    check_built_for,
     read_gradient_manifest,
     read_inverse,
     read_projection,
@@ -36,7 +37,6 @@ from index.storage import (
     resident_bytes,
     storage_layout,
 )
-from index.store import IndexMismatchError
 from index.vectors import TRAIN_ROWS, ChunkedVectors
 from interpret.cancellation import RequestContext
 from interpret.config import (
@@ -240,6 +240,11 @@ def fit_inverse(
     return inverse_damped(curvature, spec.damping)
 
 
+def preconditioned(gradients: ChunkedVectors, inverse: torch.Tensor) -> ChunkedVectors:
+    """The gradients read as ``u_z = (C + damping I)^-1 g~_z``, block by block (what an index stores)."""
+    return gradients.with_transform(lambda block: precondition(torch.from_numpy(block), inverse).numpy())
+
+
 def build_peak_bytes(
     rows: int, dim: int, tracked_parameters: int, preconditioner: str, held: int, chunk_rows: int
 ) -> int:
@@ -351,14 +356,7 @@ def add_to_gradient_index(
     keep their vectors and an add costs what projecting the new rows costs. Checked before any work: the
     model and tracked set, that the index can grow, and that these rows are new to it."""
     manifest = read_gradient_manifest(directory)
-    identity = engine.identity
-    built_for = (manifest.model_fingerprint, manifest.spec.get("tracked_layers"))
-    if built_for != (identity.model_fingerprint, identity.tracked_layers):
-        raise IndexMismatchError(
-            f"{directory}: the index was built for another model or tracked set (model "
-            f"{manifest.model_fingerprint[:12]}, tracked {built_for[1]!r}); add rows with the model it was "
-            "built for"
-        )
+    check_built_for(directory, manifest, engine.identity.model_fingerprint, engine.identity.tracked_layers)
     fingerprint = engine.data_fingerprint("rows to add")
     check_growable(directory, manifest, fingerprint)
     inverse = torch.from_numpy(read_inverse(directory, manifest)).double()
@@ -376,8 +374,9 @@ def add_to_gradient_index(
     work = Path(directory).with_name(Path(directory).name + ".add")
     clock = time.perf_counter()
     gradients = projected_gradients(engine, work, config, projection, progress, context)
-    vectors = gradients.with_transform(lambda block: precondition(torch.from_numpy(block), inverse).numpy())
-    grown = append_rows(directory, vectors, spec, fingerprint, time.perf_counter() - clock)
+    grown = append_rows(
+        directory, preconditioned(gradients, inverse), spec, fingerprint, time.perf_counter() - clock
+    )
     ShardStore(shard_folder(work), {}).remove()
     return grown
 
@@ -417,7 +416,7 @@ def build_gradient_index(
     identity = engine.identity
     layers = engine.backend.projection_layers(projection, context)
     manifest = write_gradient_index(
-        gradients.with_transform(lambda block: precondition(torch.from_numpy(block), inverse).numpy()),
+        preconditioned(gradients, inverse),
         directory,
         identity.model_fingerprint,
         engine.data_fingerprint("a gradient index"),

@@ -302,7 +302,7 @@ def answer_query(
         candidates = _Candidates(rows, None, distances)
     else:
         candidates = _Candidates(np.arange(len(examples)))
-    if len(removed := engine.removed_rows):  # the gradient index's shards left them out already
+    if method != "gradient" and len(removed := engine.removed_rows):  # its shards left them out already
         candidates = candidates.without(removed)
     timings["search"] = time.perf_counter() - search_clock - timings.get("test_gradient", 0.0)
 

@@ -45,10 +45,10 @@ from interpret.storage import atomic_directory, write_json_atomic
 GRADIENT_KIND = "gradient"
 PROJECTION_FILE = "projection.safetensors"
 INVERSE_KEY = "preconditioner:inverse"
+"""``(C + damping I)^-1`` in ``projection.safetensors`` beside the bases: the ``index`` solver's curvature."""
 PRECONDITIONER_FILE = "preconditioner.safetensors"
 """A seeded projection's ``(C + damping I)^-1`` (a kfac index keeps it in ``projection.safetensors``): what
 rows added later are preconditioned with."""
-"""``(C + damping I)^-1`` in ``projection.safetensors`` beside the bases: the ``index`` solver's curvature."""
 RECALL_TOP, RECALL_PROBES = 100, 20
 """A compressed storage's recall is measured at build time as recall@100 over 20 probe queries."""
 BASES_FILE = "bases.safetensors"
@@ -113,7 +113,7 @@ class GradientManifest:
     removed_rows: list[int] | None = None
     """Training rows left out of every answer (``influence index remove``), sorted; null: none."""
     history: list[dict[str, Any]] | None = None
-    """What changed the index after its build, oldest first (``remove_gradient_rows``)."""
+    """What changed the index after its build, oldest first (``index.growth``: remove, add)."""
 
     @property
     def layout(self) -> StorageLayout:
@@ -124,6 +124,11 @@ class GradientManifest:
     def memory_bytes(self) -> int:
         """What a load will hold: the recorded estimate, or one made now for a manifest from before."""
         return self.resident_bytes or resident_bytes(self.layout, self.count, self.dim)
+
+    @property
+    def chain(self) -> list[str]:
+        """The fingerprints of the data the index holds: its training data's, then each added set's."""
+        return self.data_chain or [self.data_fingerprint]
 
     @property
     def counts(self) -> list[int]:
@@ -291,15 +296,13 @@ def write_gradient_index(
     extra = 0 if stored is None else sum(array.nbytes for array in stored.values())
     measured = probes if layout.factory != "Flat" and probes is not None else None
     top = min(RECALL_TOP, count)
+    arrays = {PROJECTION_FILE: stored, PRECONDITIONER_FILE: kept}
     with atomic_directory(directory) as scratch:
-        if stored is not None:
-            from safetensors.numpy import save_file
+        from safetensors.numpy import save_file
 
-            save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(scratch / PROJECTION_FILE))
-        if kept is not None:
-            from safetensors.numpy import save_file
-
-            save_file(kept, str(scratch / PRECONDITIONER_FILE))
+        for name, tensors in arrays.items():
+            if tensors is not None:
+                save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(scratch / name))
         counts, answers = write_shards(scratch, vectors, layout, shards, measured, top)
         manifest = GradientManifest(
             model_fingerprint,
@@ -387,18 +390,7 @@ def load_gradient_index(
     held by ``serve`` (by default, here). Refused too, before any vector is read, when what one process
     holds exceeds its machine's memory or ``max_bytes``."""
     manifest = read_gradient_manifest(directory)
-    checks = (
-        ("model fingerprint", manifest.model_fingerprint, model_fingerprint),
-        ("data fingerprint", manifest.data_fingerprint, data_fingerprint),
-        ("tracked_layers", manifest.spec.get("tracked_layers"), tracked_layers),
-    )
-    for what, stored, expected in checks:
-        if stored != expected:
-            shown = (lambda v: str(v)[:12]) if "fingerprint" in what else repr
-            raise IndexMismatchError(
-                f"{directory}: gradient index was built for {what} {shown(stored)}, but the loaded model "
-                f"has {shown(expected)}; rebuild it with `influence index build --kind gradient`"
-            )
+    check_built_for(directory, manifest, model_fingerprint, tracked_layers, data_fingerprint)
     if len(manifest.counts) != manifest.shards or sum(manifest.counts) != manifest.count:
         raise IndexMismatchError(
             f"{directory}: the manifest's {manifest.shards} shards hold {manifest.counts} rows, not "
@@ -407,6 +399,28 @@ def load_gradient_index(
     projection, curvature = read_projection(directory, manifest)
     shards = (serve or local_shards)(Path(directory), manifest, max_bytes)
     return GradientIndex(shards, manifest, projection, curvature)
+
+
+def check_built_for(
+    directory: str | Path,
+    manifest: GradientManifest,
+    model_fingerprint: str,
+    tracked_layers: int | str,
+    data_fingerprint: str | None = None,
+) -> None:
+    """Refuse an index built for another model, tracked set or (unless ``None``) training data."""
+    checks = (
+        ("model fingerprint", manifest.model_fingerprint, model_fingerprint),
+        ("data fingerprint", manifest.data_fingerprint, data_fingerprint),
+        ("tracked_layers", manifest.spec.get("tracked_layers"), tracked_layers),
+    )
+    for what, stored, expected in checks:
+        if expected is not None and stored != expected:
+            shown = (lambda v: str(v)[:12]) if "fingerprint" in what else repr
+            raise IndexMismatchError(
+                f"{directory}: gradient index was built for {what} {shown(stored)}, but the loaded model "
+                f"has {shown(expected)}; rebuild it with `influence index build --kind gradient`"
+            )
 
 
 def local_shards(directory: Path, manifest: GradientManifest, max_bytes: int | None) -> LocalShards:

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from index.gradient import GradientManifest, read_gradient_manifest
-from index.shards import QUANTISER_FILE, fill_shard, shard_directory
+from index.shards import QUANTISER_FILE, fill_shard, needs_training, shard_directory
 from index.storage import RESCORE_FILE, resident_bytes
 from index.store import (
     INDEX_FILE,
@@ -80,13 +80,11 @@ def remove_gradient_rows(directory: str | Path, rows: Sequence[int]) -> Gradient
 def check_growable(directory: str | Path, manifest: GradientManifest, fingerprint: str) -> None:
     """Refuse, before any gradient is computed, an add the index cannot take: a trained storage whose
     quantiser was not kept, or rows already added or already its training data."""
-    chain = manifest.data_chain or [manifest.data_fingerprint]
-    if fingerprint in chain:
+    if fingerprint in manifest.chain:
         raise ValueError(
             f"{directory}: these rows are already in the index (data fingerprint {fingerprint[:12]})"
         )
-    trained = not empty_index(manifest.dim, manifest.factory, "ip").is_trained
-    if trained and not (Path(directory) / QUANTISER_FILE).is_file():
+    if needs_training(manifest.dim, manifest.factory) and not (Path(directory) / QUANTISER_FILE).is_file():
         raise IndexMismatchError(
             f"{directory}: a {manifest.storage} index built before it kept its quantiser; rebuild it with "
             "`influence index build --kind gradient` to add rows to it"
@@ -115,16 +113,16 @@ def append_rows(
     if vectors.dim != manifest.dim:
         raise IndexMismatchError(f"{directory}: new rows have width {vectors.dim}, the index {manifest.dim}")
     count, added = manifest.count, vectors.count
-    chain = [*(manifest.data_chain or [manifest.data_fingerprint]), fingerprint]
+    chain = [*manifest.chain, fingerprint]
     with atomic_directory(directory) as scratch:
         _link_existing(directory, scratch, manifest.shards)
         rows = np.arange(count, count + added)
         place = shard_directory(scratch, manifest.shards + 1, manifest.shards)
-        shard = fill_shard(template_of(directory, manifest), vectors, rows, place, start=0)
+        rescored = manifest.storage == "ivf-pq"
+        shard = fill_shard(template_of(directory, manifest), vectors, rows, place, rescored, start=0)
         write_index_files(place, shard.index, rows)
         del shard
-        source = str(Path(spec.source).resolve()) if Path(spec.source).exists() else spec.source
-        addition = {"spec": asdict(dataclasses.replace(spec, source=source)), "fingerprint": fingerprint}
+        addition = {"spec": asdict(spec.with_absolute_source()), "fingerprint": fingerprint}
         updated = dataclasses.replace(
             manifest,
             count=count + added,

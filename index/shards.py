@@ -152,6 +152,12 @@ class LocalShards:
         return out
 
 
+def needs_training(dim: int, factory: str) -> bool:
+    """Whether an index of this factory must be trained before rows are added (a scalar quantiser's
+    ranges, IVF centroids, PQ codebooks): its trained quantiser is then kept for rows added later."""
+    return not empty_index(dim, factory, "ip").is_trained
+
+
 def trained_template(vectors: ChunkedVectors, layout: StorageLayout) -> faiss.Index:
     """An empty index of ``layout``, its quantiser trained on ``vectors``' training sample: every shard is a
     copy of it (so a row's code does not depend on its shard)."""
@@ -164,15 +170,20 @@ def trained_template(vectors: ChunkedVectors, layout: StorageLayout) -> faiss.In
 
 
 def fill_shard(
-    template: faiss.Index, vectors: ChunkedVectors, rows: np.ndarray, place: Path, start: int | None = None
+    template: faiss.Index,
+    vectors: ChunkedVectors,
+    rows: np.ndarray,
+    place: Path,
+    rescored: bool,
+    start: int | None = None,
 ) -> IndexShard:
     """A copy of ``template`` holding training ``rows`` (a contiguous run), read block by block from
-    ``vectors`` at ``start`` (default: ``rows[0]``); ivf-pq's float16 re-scoring copy is written into
-    ``place`` as it goes (memory-mapped, not held)."""
+    ``vectors`` at ``start`` (default: ``rows[0]``); when ``rescored`` (ivf-pq), the float16 re-scoring
+    copy is written into ``place`` as it goes (memory-mapped, not held)."""
     first = int(rows[0]) if start is None else start
     index = faiss.clone_index(template)
     rescore = None
-    if "IVF" in type(faiss.downcast_index(template)).__name__:
+    if rescored:
         place.mkdir(parents=True, exist_ok=True)
         shape = (len(rows), vectors.dim)
         rescore = np.lib.format.open_memmap(place / RESCORE_FILE, mode="w+", dtype=np.float16, shape=shape)
@@ -199,13 +210,13 @@ def write_shards(
     whole), one at a time, so only the shard being filled is resident. Returns each shard's row count and,
     for each of the ``probes`` ``[P, d]``, its merged answer (top ``top`` per side)."""
     template = trained_template(vectors, layout)
-    if not empty_index(vectors.dim, layout.factory, "ip").is_trained:  # a trained storage: keep its quantiser
+    if needs_training(vectors.dim, layout.factory):
         faiss.write_index(template, str(folder / QUANTISER_FILE))  # rows added later are coded with it
     found: list[list[Sides]] = [[] for _ in range(0 if probes is None else len(probes))]
     runs = shard_rows(vectors.count, shards)
     for number, rows in enumerate(runs):
         place = shard_directory(folder, shards, number)
-        shard = fill_shard(template, vectors, rows, place)
+        shard = fill_shard(template, vectors, rows, place, layout.storage == "ivf-pq")
         write_index_files(place, shard.index, rows)
         for answers, probe in zip(found, probes if probes is not None else [], strict=True):
             answers.append(shard.search(probe[None], top))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,12 @@ class DataSpec:
     @property
     def is_hub(self) -> bool:
         return self.source.startswith("hub:")
+
+    def with_absolute_source(self) -> DataSpec:
+        """This spec with a local file's path made absolute (read from another working directory or
+        process); a hub name, or a path that does not exist here, as it is."""
+        path = Path(self.source)
+        return replace(self, source=str(path.resolve())) if path.exists() else self
 
 
 @dataclass

@@ -254,3 +254,16 @@ def test_a_streamed_write_equals_one_from_an_array(tmp_path, monkeypatch, storag
     expected = _answers(_load(tmp_path / "array"), queries)
     assert_same_answers(_answers(_load(tmp_path / "streamed"), queries), expected)
     assert_same_answers(_answers(_load(tmp_path / "cut"), queries), expected)
+
+
+def test_only_ivf_pq_keeps_a_rescoring_copy(tmp_path):
+    """A float32 index in IVF lists is searched exactly and keeps no float16 copy; ivf-pq one per shard."""
+    from index.gradient import write_gradient_index
+    from index.storage import RESCORE_FILE
+
+    vectors = _vectors()
+    lists = storage_layout("float32", ROWS, DIM, "IVF4,Flat")
+    write_gradient_index(vectors, tmp_path / "ivf", "model", "data", SPEC, [], layout=lists, shards=2)
+    _write(tmp_path / "pq", vectors, "ivf-pq", shards=2)
+    assert not list((tmp_path / "ivf").rglob(RESCORE_FILE))
+    assert len(list((tmp_path / "pq").rglob(RESCORE_FILE))) == 2

@@ -47,11 +47,9 @@ class WorkerSpec:
         spec = self
         if Path(spec.model_dir).exists():
             spec = replace(spec, model_dir=str(Path(spec.model_dir).resolve()))
-        if spec.train_spec is not None and Path(spec.train_spec.source).exists():
-            spec = replace(
-                spec, train_spec=replace(spec.train_spec, source=str(Path(spec.train_spec.source).resolve()))
-            )
-        return spec  # added rows' sources are recorded absolute (index.gradient.add_rows)
+        if spec.train_spec is not None:
+            spec = replace(spec, train_spec=spec.train_spec.with_absolute_source())
+        return spec  # added rows' sources are recorded absolute (index.growth.append_rows)
 
 
 class InfluenceWorker(Explainer):
