@@ -92,7 +92,9 @@ def index_build(
         IndexStorage,
         typer.Option(
             help="gradient: how the vectors are held: float32 (exact, 4 bytes per dimension), float16, sq8, "
-            "or ivf-pq (product codes, candidates re-scored against float16 vectors on disk)."
+            "ivf-pq (product codes) or pca-sq8 (8-bit codes of the top principal directions: the least "
+            "memory at recall 1.0 in benchmarks/scale.py); the last two re-score candidates against float16 "
+            "vectors on disk."
         ),
     ] = DEFAULTS.storage,
     ivf_lists: Annotated[
@@ -105,6 +107,12 @@ def index_build(
     nprobe: Annotated[
         int, typer.Option(help="gradient, ivf-pq: lists searched per query.")
     ] = DEFAULTS.nprobe,
+    pca_dim: Annotated[
+        int | None,
+        typer.Option(
+            help="gradient, pca-sq8: principal directions kept, one code byte each [256, at most the width]."
+        ),
+    ] = DEFAULTS.pca_dim,
     shards: Annotated[
         int | None,
         typer.Option(
@@ -149,6 +157,7 @@ def index_build(
             ivf_lists=ivf_lists,
             pq_bytes=pq_bytes,
             nprobe=nprobe,
+            pca_dim=pca_dim,
             shards=shards,
         )
     spec = training_for(

@@ -35,8 +35,10 @@ from interpret.config import (
 from service.schemas import (
     ATTACK_REQUEST,
     SALIENCY_REQUEST,
+    AddedRow,
     AttackResponse,
     EvaluateRequest,
+    IndexAddRequest,
     IndexRemoveRequest,
     InfluenceRequest,
     InfluenceResponse,
@@ -52,7 +54,7 @@ from service.schemas import (
 
 JobBody = BaseModel
 """A job's request: an ``InfluenceRequest``, ``EvaluateRequest``, saliency or attack request, or an
-``IndexRemoveRequest``, by the job's kind."""
+``IndexRemoveRequest`` or ``IndexAddRequest``, by the job's kind."""
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = (429, 503)
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -173,6 +175,12 @@ def remove_request(rows: list[int] | None = None, ids: list[str] | None = None) 
     """A ``kind="index_remove"`` job: training rows (an answer's ``row``) or ids (its ``id``) to leave out of
     every later answer of the served gradient index."""
     return IndexRemoveRequest(rows=rows, ids=ids)
+
+
+def add_request(rows: Sequence[AddedRow | dict]) -> IndexAddRequest:
+    """A ``kind="index_add"`` job: training rows (``{"text", "label"}``, with ``text_pair`` and ``id`` as
+    the training data has them) appended to the served gradient index and served from then on."""
+    return IndexAddRequest(rows=[row if isinstance(row, AddedRow) else AddedRow(**row) for row in rows])
 
 
 def evaluate_request(task: EvaluationTask, inputs: Inputs = (), **fields) -> EvaluateRequest:
@@ -335,8 +343,8 @@ class InfluenceClient(_Common):
     ):
         """Start a job: an ``InfluenceRequest`` over many inputs, a saliency or attack request,
         ``kind="evaluate"`` with an ``evaluate_request(...)``, ``kind="index_build"`` (the kNN index, or
-        ``index_kind="gradient"`` with its settings in ``gradient``), or ``kind="index_remove"`` with a
-        ``remove_request(...)``."""
+        ``index_kind="gradient"`` with its settings in ``gradient``), ``kind="index_remove"`` with a
+        ``remove_request(...)``, or ``kind="index_add"`` with an ``add_request(...)``."""
         body = self._body(job_request(request, kind, factory, index_kind, gradient))
         return self._call("POST", "/v1/jobs", JobStatus, body, repeatable=False)
 

@@ -19,6 +19,7 @@ from index.shards import ShardSearcher
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext, current_context
 from interpret.config import Config, QueryConfig
+from interpret.data import AddedRows, DataSpec
 from interpret.explainer import Explainer, Identity, STest, STestSummary, result_as
 from interpret.influence import TestPoint
 from interpret.influence.preconditioner import IndexCurvature
@@ -43,6 +44,11 @@ class Backend(Protocol):
     """Workers killed and replaced so far (a dead or hung one; never a cancelled or late request)."""
 
     def ping(self) -> list[str | None]: ...
+
+    def load_added_rows(self, train_spec: DataSpec, added: AddedRows | None) -> None:
+        """Serve ``train_spec``'s rows with ``added`` after them on every worker (those started later
+        too), and take the identity that names them."""
+        ...
 
     def prepare(
         self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None
@@ -158,6 +164,9 @@ class LocalBackend:
 
     def ping(self) -> list[str | None]:
         return [self.explainer.ping()]
+
+    def load_added_rows(self, train_spec: DataSpec, added: AddedRows | None) -> None:
+        self.identity = self.explainer.load_added_rows(train_spec, added)
 
     def prepare(
         self, text: str, pair: str | None, label: int | None, context: RequestContext | None = None

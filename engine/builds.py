@@ -278,7 +278,14 @@ def check_index_memory(
     (:class:`IndexTooLargeError`, naming the storages that fit) before any work when one shard exceeds
     this machine's memory or ``max_bytes``. One shard is loaded with the queries' projection and inverse."""
     layout = storage_layout(
-        config.storage, rows, dim, config.factory, config.ivf_lists, config.pq_bytes, config.nprobe
+        config.storage,
+        rows,
+        dim,
+        config.factory,
+        config.ivf_lists,
+        config.pq_bytes,
+        config.nprobe,
+        config.pca_dim,
     )
     shards = config.shards or fewest_shards(layout, rows, dim, max_bytes)
     if shards > rows:
@@ -317,9 +324,16 @@ def check_build_memory(
     largest = -(-rows // shards)
 
     def peak(width: int) -> int:
-        pq_bytes = config.pq_bytes if width == dim else None  # a named code size fits only its own width
+        named = width == dim  # a named code size or pca width fits only its own width
         layout = storage_layout(
-            config.storage, rows, width, config.factory, config.ivf_lists, pq_bytes, config.nprobe
+            config.storage,
+            rows,
+            width,
+            config.factory,
+            config.ivf_lists,
+            config.pq_bytes if named else None,
+            config.nprobe,
+            config.pca_dim if named else None,
         )
         held = resident_bytes(layout, largest, width)
         return build_peak_bytes(rows, width, tracked, spec.preconditioner, held, config.chunk_rows)

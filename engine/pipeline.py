@@ -80,6 +80,12 @@ class Engine:
         manifest = None if self.gradient_index is None else self.gradient_index.manifest
         return np.asarray([] if manifest is None else manifest.removed_rows or [], dtype=np.int64)
 
+    def load_added_rows(self, train_spec: DataSpec, added: AddedRows | None) -> None:
+        """Serve ``train_spec``'s rows with ``added`` after them (a gradient index grew under this engine):
+        on the workers first, then the texts here; load the grown index after it."""
+        self.backend.load_added_rows(train_spec, added)
+        self.examples = with_added_rows(load_examples(train_spec), added)
+
     def shutdown(self) -> None:
         if self.gradient_index is not None:
             self.gradient_index.close()
@@ -284,7 +290,15 @@ def answer_query(
     point = backend.prepare(text, pair, label, context)
     timings["encode"] = time.perf_counter() - start
     needs_s_test = solves_s_test(method, config.rerank)
-    key: tuple[object, ...] = (engine.identity.model_fingerprint, text, pair, point.label, config.s_test_key)
+    identity = engine.identity  # the training set too: LiSSA samples it, and rows may be added under us
+    key: tuple[object, ...] = (
+        identity.model_fingerprint,
+        identity.data_fingerprint,
+        text,
+        pair,
+        point.label,
+        config.s_test_key,
+    )
     if curvature is not None and solver == "index":  # which index's curvature: a rebuilt one gives another
         key += (curvature.digest,)
     cached = cache.get(key) if cache is not None and needs_s_test else None

@@ -95,6 +95,8 @@ class GradientManifest:
     pq_bytes: int | None = None
     nprobe: int | None = None
     """ivf-pq: its coarse lists, code bytes per row and lists searched per query."""
+    pca_dim: int | None = None
+    """pca-sq8: the principal directions its codes keep."""
     resident_bytes: int | None = None
     """What the loaded index holds in memory (``index.storage.resident_bytes``), checked before a load."""
     storage_recall: dict[str, Any] | None = None
@@ -118,7 +120,7 @@ class GradientManifest:
     @property
     def layout(self) -> StorageLayout:
         storage = typing.cast(IndexStorage, self.storage)
-        return StorageLayout(storage, self.factory, self.ivf_lists, self.pq_bytes, self.nprobe)
+        return StorageLayout(storage, self.factory, self.ivf_lists, self.pq_bytes, self.nprobe, self.pca_dim)
 
     @property
     def memory_bytes(self) -> int:
@@ -320,6 +322,7 @@ def write_gradient_index(
             ivf_lists=layout.ivf_lists,
             pq_bytes=layout.pq_bytes,
             nprobe=layout.nprobe,
+            pca_dim=layout.pca_dim,
             resident_bytes=sum(resident_bytes(layout, n, dim) for n in counts) + extra,
             storage_recall=None if measured is None else storage_recall(answers, vectors, measured, top),
             shards=shards,

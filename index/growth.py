@@ -118,8 +118,9 @@ def append_rows(
         _link_existing(directory, scratch, manifest.shards)
         rows = np.arange(count, count + added)
         place = shard_directory(scratch, manifest.shards + 1, manifest.shards)
-        rescored = manifest.storage == "ivf-pq"
-        shard = fill_shard(template_of(directory, manifest), vectors, rows, place, rescored, start=0)
+        shard = fill_shard(
+            template_of(directory, manifest), vectors, rows, place, manifest.layout.rescored, start=0
+        )
         write_index_files(place, shard.index, rows)
         del shard
         addition = {"spec": asdict(spec.with_absolute_source()), "fingerprint": fingerprint}

@@ -1,6 +1,7 @@
 """A gradient index in shards: each a contiguous run of training rows, searched alone, answers merged.
 
-One shard is the index folder itself (``index.faiss``, ``rows.json`` and, for ivf-pq, ``vectors.f16.npy``:
+One shard is the index folder itself (``index.faiss``, ``rows.json`` and, for ivf-pq and pca-sq8,
+``vectors.f16.npy``:
 the layout from before shards existed). ``S > 1`` shards are subfolders ``shard-00000/`` ... of the index
 folder, each with the same three files; ``rows.json`` holds the training rows (global numbers) of the
 shard's ids. Every shard's index is a copy of one index trained on all the vectors (the scalar quantiser's
@@ -15,6 +16,7 @@ the global top ``k`` is in its own shard's top ``k``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,12 @@ QUANTISER_FILE = "quantiser.faiss"
 """A trained storage's empty, trained index (ranges, centroids, codebooks): every shard, and each shard
 ``influence index add`` appends, is a copy of it."""
 
-_STORAGE_CLASS = {"float16": "ScalarQuantizer", "sq8": "ScalarQuantizer", "ivf-pq": "IVFPQ"}
+_STORAGE_CLASS = {
+    "float16": "ScalarQuantizer",
+    "sq8": "ScalarQuantizer",
+    "ivf-pq": "IVFPQ",
+    "pca-sq8": "PreTransform",
+}
 """The FAISS index class (name part, CPU or GPU) each compressed storage is held in."""
 
 
@@ -53,9 +60,11 @@ def shard_rows(count: int, shards: int) -> list[np.ndarray]:
     return [np.asarray(rows, dtype=np.int64) for rows in np.array_split(np.arange(count), shards)]
 
 
-def search_sides(index: faiss.Index, query: np.ndarray, top: int, rescore: np.ndarray | None = None) -> Sides:
+def search_sides(
+    index: faiss.Index, query: np.ndarray, top: int, rescore: RowFile | np.ndarray | None = None
+) -> Sides:
     """Index ids and inner products ``ip`` (float64) of the ``top`` largest and the ``top`` smallest inner
-    products with ``query`` ``[1, d]``, each best first. With ``rescore`` (ivf-pq's float16 vectors),
+    products with ``query`` ``[1, d]``, each best first. With ``rescore`` (the float16 vectors on disk),
     ``RESCORE_FACTOR x top`` candidates per side are searched by code and re-scored exactly against it."""
     wanted = min(top, index.ntotal)
     fetched = min(wanted * RESCORE_FACTOR, index.ntotal) if rescore is not None else wanted
@@ -66,7 +75,7 @@ def search_sides(index: faiss.Index, query: np.ndarray, top: int, rescore: np.nd
         if rescore is None:
             sides.append((ids, sign * products[side][: len(ids)].astype(np.float64)))
             continue
-        ids = np.sort(ids)  # in file order: the memory-mapped rows are read front to back
+        ids = np.sort(ids)  # in file order: the rows on disk are read front to back
         exact = row_products(rescore[ids], query[0])
         order = np.argsort(-sign * exact, kind="stable")[:wanted]
         sides.append((ids[order], exact[order]))
@@ -75,6 +84,39 @@ def search_sides(index: faiss.Index, query: np.ndarray, top: int, rescore: np.nd
 
 RESCORE_BLOCK = 512
 """Candidate rows re-scored per step (bounds the float64 copy)."""
+
+
+class RowFile:
+    """A re-scored storage's float16 copy (an ``.npy`` file), read row by row with ``pread``: nothing of
+    it is mapped into the process, so it stays in the page cache, not in the process's resident memory.
+    (A memory map's touched pages count as resident, and the kernel maps whole runs of pages around each
+    row read: ``benchmarks/scale.py`` saw 6.2 GB of a 6.7 GB copy mapped after 20 queries at 1M rows.)"""
+
+    def __init__(self, path: str | Path):
+        header = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header, maps nothing yet
+        self.path, self.shape, self.dtype = Path(path), header.shape, header.dtype
+        self.offset = int(header.offset)
+        del header
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows ``[len(rows), d]`` (any order); each run of consecutive rows is one read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        width = int(self.shape[1]) * self.dtype.itemsize
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        with self.path.open("rb") as handle:
+            for run in np.split(np.arange(len(ordered)), breaks):
+                if not len(run):
+                    continue
+                first = int(ordered[run[0]])
+                data = os.pread(handle.fileno(), width * len(run), self.offset + first * width)
+                out[order[run]] = np.frombuffer(data, dtype=self.dtype).reshape(len(run), -1)
+        return out
 
 
 def row_products(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -103,12 +145,12 @@ def merge_sides(parts: Sequence[Sides], top: int) -> Sides:
 
 @dataclass
 class IndexShard:
-    """One loaded shard: its FAISS index, the training row of each id, ivf-pq's re-scoring vectors and the
+    """One loaded shard: its FAISS index, the training row of each id, the re-scoring vectors and the
     rows removed from answers (``influence index remove``)."""
 
     index: faiss.Index
     rows: np.ndarray
-    rescore: np.ndarray | None = None
+    rescore: RowFile | None = None
     hidden: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def search(self, query: np.ndarray, top: int) -> Sides:
@@ -144,11 +186,15 @@ class LocalShards:
         self.shards = []
 
     def vectors(self) -> np.ndarray:
-        """Every stored vector ``[N, d]`` in training-row order, as the storage decodes it."""
+        """Every stored vector ``[N, d]`` in training-row order: as the storage decodes it, or the float16
+        re-scoring copy where there is one (the vectors answers are scored with)."""
         count = sum(len(shard.rows) for shard in self.shards)
         out = np.empty((count, self.shards[0].index.d), dtype=np.float32)
         for shard in self.shards:
-            out[shard.rows] = faiss.downcast_index(shard.index).reconstruct_n(0, len(shard.rows))
+            if shard.rescore is not None:
+                out[shard.rows] = shard.rescore[np.arange(len(shard.rows))]
+            else:
+                out[shard.rows] = faiss.downcast_index(shard.index).reconstruct_n(0, len(shard.rows))
         return out
 
 
@@ -158,12 +204,50 @@ def needs_training(dim: int, factory: str) -> bool:
     return not empty_index(dim, factory, "ip").is_trained
 
 
+PCA_ROWS = 65_536
+"""Rows of the training sample pca-sq8's principal directions are fitted on at most (a seeded subset):
+enough for a 4,096-wide second moment, and a quarter of the sample's cost."""
+
+
+def principal_directions(sample: np.ndarray, width: int) -> np.ndarray:
+    """The ``width`` leading eigenvectors ``V`` of the uncentred second moment ``M = X^T X / n`` of the
+    rows of ``X``, as rows ``[width, d]`` (float32, orthonormal). Over the span of the sample's rows,
+    ``q . x ~ (V q) . (V x)`` with the least squared error any rank-``width`` map has (Eckart-Young), and
+    with no per-row offset, as centring (PCA on ``X - mean``) would add."""
+    moment = np.zeros((sample.shape[1], sample.shape[1]), dtype=np.float64)
+    for start in range(0, len(sample), 8192):  # float32 products, summed in float64
+        block = np.asarray(sample[start : start + 8192], dtype=np.float32)
+        moment += block.T @ block
+    values, vectors = np.linalg.eigh(moment / len(sample))
+    return np.ascontiguousarray(vectors[:, np.argsort(values)[::-1][:width]].T, dtype=np.float32)
+
+
+def principal_index(directions: np.ndarray) -> faiss.Index:
+    """An empty pca-sq8 index: ``directions`` ``[r, d]`` as a fixed linear map (no offset), then an 8-bit
+    scalar quantiser over the ``r`` coordinates, inner product (the quantiser still to train)."""
+    width, dim = directions.shape
+    transform = faiss.LinearTransform(dim, width, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(directions, np.float32).ravel(), transform.A)
+    transform.is_trained = True
+    codes = faiss.IndexScalarQuantizer(width, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    return faiss.clone_index(faiss.IndexPreTransform(transform, codes))  # a copy that owns its parts
+
+
 def trained_template(vectors: ChunkedVectors, layout: StorageLayout) -> faiss.Index:
     """An empty index of ``layout``, its quantiser trained on ``vectors``' training sample: every shard is a
-    copy of it (so a row's code does not depend on its shard)."""
-    template = empty_index(vectors.dim, layout.factory, "ip")
-    if not template.is_trained:
-        template.train(vectors.training_sample())
+    copy of it (so a row's code does not depend on its shard). pca-sq8 fits its directions on (a seeded
+    ``PCA_ROWS`` of) the sample first, then its code ranges on the projected sample."""
+    sample = vectors.training_sample() if needs_training(vectors.dim, layout.factory) else None
+    if layout.storage == "pca-sq8":
+        assert sample is not None and layout.pca_dim is not None
+        fit = sample
+        if len(sample) > PCA_ROWS:
+            fit = sample[np.sort(np.random.default_rng(0).choice(len(sample), PCA_ROWS, replace=False))]
+        template = principal_index(principal_directions(fit, layout.pca_dim))
+    else:
+        template = empty_index(vectors.dim, layout.factory, "ip")
+    if sample is not None:
+        template.train(sample)
     if layout.nprobe is not None:
         faiss.ParameterSpace().set_index_parameter(template, "nprobe", layout.nprobe)
     return template
@@ -178,8 +262,8 @@ def fill_shard(
     start: int | None = None,
 ) -> IndexShard:
     """A copy of ``template`` holding training ``rows`` (a contiguous run), read block by block from
-    ``vectors`` at ``start`` (default: ``rows[0]``); when ``rescored`` (ivf-pq), the float16 re-scoring
-    copy is written into ``place`` as it goes (memory-mapped, not held)."""
+    ``vectors`` at ``start`` (default: ``rows[0]``); when ``rescored`` (ivf-pq, pca-sq8), the float16
+    re-scoring copy is written into ``place`` as it goes (memory-mapped, not held)."""
     first = int(rows[0]) if start is None else start
     index = faiss.clone_index(template)
     rescore = None
@@ -193,9 +277,11 @@ def fill_shard(
         if rescore is not None:
             rescore[done : done + len(block)] = block.astype(np.float16)
         done += len(block)
-    if rescore is not None:
-        rescore.flush()
-    return IndexShard(index, rows, rescore)
+    if rescore is None:
+        return IndexShard(index, rows)
+    rescore.flush()
+    del rescore
+    return IndexShard(index, rows, RowFile(place / RESCORE_FILE))
 
 
 def write_shards(
@@ -216,7 +302,7 @@ def write_shards(
     runs = shard_rows(vectors.count, shards)
     for number, rows in enumerate(runs):
         place = shard_directory(folder, shards, number)
-        shard = fill_shard(template, vectors, rows, place, layout.storage == "ivf-pq")
+        shard = fill_shard(template, vectors, rows, place, layout.rescored)
         write_index_files(place, shard.index, rows)
         for answers, probe in zip(found, probes if probes is not None else [], strict=True):
             answers.append(shard.search(probe[None], top))
@@ -252,9 +338,9 @@ def load_shard(
 
 def check_storage(
     place: Path, layout: StorageLayout, index: faiss.Index, count: int, dim: int
-) -> np.ndarray | None:
-    """The shard's index is held as the manifest's storage says, or refused; ivf-pq's float16 re-scoring
-    vectors, memory-mapped (one per row, the index's width), are returned."""
+) -> RowFile | None:
+    """The shard's index is held as the manifest's storage says, or refused; a re-scored storage's float16
+    vectors (one per row, the index's width) are returned, read from disk as they are asked for."""
     if layout.storage not in STORAGES:
         raise IndexMismatchError(f"{place}: unknown storage {layout.storage!r}; rebuild the index")
     held = type(faiss.downcast_index(index)).__name__
@@ -264,16 +350,16 @@ def check_storage(
             f"{place}: the manifest says storage {layout.storage!r} but the index is a {held}; "
             "rebuild it with `influence index build --kind gradient`"
         )
-    if layout.storage != "ivf-pq":
+    if not layout.rescored:
         return None
     path = place / RESCORE_FILE
     try:
-        rescore: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+        rescore = RowFile(path)
     except (OSError, ValueError) as error:
         raise IndexMismatchError(
             f"{path}: unreadable re-scoring vectors ({error}); rebuild the index"
         ) from error
-    if rescore.shape != (count, dim) or rescore.dtype != np.float16:
+    if tuple(rescore.shape) != (count, dim) or rescore.dtype != np.float16:
         raise IndexMismatchError(
             f"{path}: holds {rescore.dtype} {rescore.shape}, the index needs float16 "
             f"({count}, {dim}); rebuild the index"

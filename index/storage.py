@@ -1,15 +1,20 @@
 """How a gradient index holds its vectors, and what that costs in memory before any of it is spent.
 
-Four storages trade bytes per row against recall (``benchmarks/scale.py`` measures them):
+Five storages trade bytes per row against recall (``benchmarks/scale.py`` measures them):
 
 * ``float32``: the vectors as computed, searched exactly (``4 d`` bytes per row);
 * ``float16``: FAISS's ``SQfp16`` (``2 d``), scores to float16 precision;
 * ``sq8``: FAISS's 8-bit scalar quantiser (``d``), one trained range per dimension;
 * ``ivf-pq``: an IVF coarse quantiser over product codes (``M`` bytes per row, plus an 8-byte id in its
   list). A query searches ``nprobe`` lists for ``RESCORE_FACTOR x top`` candidates per side and re-scores
-  them exactly against float16 copies of the vectors kept on disk (``vectors.f16.npy``, memory-mapped, so
-  only the rows read stay resident): the scores it returns are the float16 vectors' inner products, for
-  whichever rows the codes let through.
+  them exactly against float16 copies of the vectors kept on disk (``vectors.f16.npy``, read row by row, so
+  none of it is resident): the scores it returns are the float16 vectors' inner products, for
+  whichever rows the codes let through;
+* ``pca-sq8``: each vector projected onto the top ``r`` principal directions of the stored vectors
+  (eigenvectors of their uncentred second moment ``X^T X / n``: the rank-``r`` map that best keeps inner
+  products), held as ``r`` 8-bit codes and scanned whole; its candidates are re-scored like ivf-pq's. No
+  coarse lists, so no row is skipped by a list it was filed in: ``benchmarks/scale.py`` found ivf-pq's
+  misses there.
 
 :func:`resident_bytes` is the one estimate of what a loaded index holds in memory; a build checks it
 against the budget before it starts and records the measured size in the manifest, and a load checks the
@@ -24,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from interpret.config import IndexStorage
+from interpret.config import DEFAULT_PCA_DIM, IndexStorage
 
 RESCORE_FACTOR = 4
-"""ivf-pq: candidates per side re-scored exactly, as a multiple of the rows asked for."""
+"""ivf-pq, pca-sq8: candidates per side re-scored exactly, as a multiple of the rows asked for."""
 RESCORE_FILE = "vectors.f16.npy"
-"""ivf-pq: the float16 vectors its candidates are re-scored against (row i = index id i)."""
+"""ivf-pq, pca-sq8: the float16 vectors their candidates are re-scored against (row i = index id i)."""
+RESCORED_STORAGES: tuple[IndexStorage, ...] = ("ivf-pq", "pca-sq8")
+"""The storages whose codes only pick candidates, re-scored against ``RESCORE_FILE``."""
 MIN_POINTS_PER_LIST = 39
 """FAISS's k-means wants about this many training points per centroid (it warns below)."""
 STORAGES: tuple[IndexStorage, ...] = get_args(IndexStorage)
@@ -53,6 +60,12 @@ class StorageLayout:
     ivf_lists: int | None = None
     pq_bytes: int | None = None
     nprobe: int | None = None
+    pca_dim: int | None = None
+
+    @property
+    def rescored(self) -> bool:
+        """Whether its codes only pick candidates, re-scored against the float16 copy on disk."""
+        return self.storage in RESCORED_STORAGES
 
 
 def default_lists(count: int) -> int:
@@ -76,14 +89,24 @@ def storage_layout(
     ivf_lists: int | None = None,
     pq_bytes: int | None = None,
     nprobe: int = 32,
+    pca_dim: int | None = None,
 ) -> StorageLayout:
-    """The FAISS factory string and sizes of ``storage`` for these vectors; ``factory`` is float32's own."""
+    """The FAISS factory string and sizes of ``storage`` for these vectors; ``factory`` is float32's own.
+    pca-sq8's factory names its shape; its transform is our uncentred one (``index.shards``), not FAISS's
+    ``PCA``, which centres the vectors and so adds a per-row term to every inner product."""
     if storage == "float32":
         return StorageLayout(storage, factory)
     if storage == "float16":
         return StorageLayout(storage, "SQfp16")
     if storage == "sq8":
         return StorageLayout(storage, "SQ8")
+    if storage == "pca-sq8":
+        width = pca_dim if pca_dim is not None else min(DEFAULT_PCA_DIM, dim)
+        if width > dim:
+            raise ValueError(
+                f"pca_dim={width} must be at most the vectors' width {dim}: use {min(DEFAULT_PCA_DIM, dim)}"
+            )
+        return StorageLayout(storage, f"PCA{width},SQ8", pca_dim=width)
     lists = check_storage_rows(storage, count, ivf_lists)
     code = pq_bytes if pq_bytes is not None else default_pq_bytes(dim)
     if dim % code:
@@ -113,10 +136,14 @@ def check_storage_rows(storage: IndexStorage, count: int, ivf_lists: int | None 
 def resident_bytes(layout: StorageLayout, count: int, dim: int, extra: int = 0) -> int:
     """Bytes a loaded index holds in memory: its vectors or codes, its row ids and ``extra`` (the fitted
     projection and inverse). ``ivf-pq``: codes and list ids, the coarse centroids and the PQ codebooks
-    (``256`` centroids per sub-quantiser); its float16 re-scoring copy is mapped from disk, not held."""
+    (``256`` centroids per sub-quantiser); ``pca-sq8``: ``r`` code bytes per row, the ``r x d`` directions
+    and the code ranges. The float16 re-scoring copy of either is read from disk, not held."""
     per_row = {"float32": 4 * dim, "float16": 2 * dim, "sq8": dim}.get(layout.storage)
     if per_row is not None:
         vectors = count * per_row + (2 * 4 * dim if layout.storage == "sq8" else 0)
+    elif layout.storage == "pca-sq8":
+        assert layout.pca_dim is not None  # storage_layout set it
+        vectors = count * layout.pca_dim + layout.pca_dim * dim * 4 + 2 * 4 * layout.pca_dim
     else:
         assert layout.ivf_lists is not None and layout.pq_bytes is not None  # storage_layout set them
         vectors = count * (layout.pq_bytes + 8) + layout.ivf_lists * dim * 4 + PQ_CENTROIDS * dim * 4

@@ -11,7 +11,7 @@ prediction, saliency and the HotFlip / Input Reduction attacks need no training 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,6 +119,14 @@ def load_checkpoint(
     examples = with_added_rows(examples, added)
     check_labels(tracked, examples)
     return Checkpoint(card, tracked, examples, ExampleStates(tracked, examples), fingerprint, str(model_dir))
+
+
+def with_training(checkpoint: Checkpoint, train_spec: DataSpec, added: AddedRows | None) -> Checkpoint:
+    """``checkpoint`` serving ``train_spec``'s rows with ``added`` after them (rows a gradient index gained
+    under a running server): the same model, a new training set and its states."""
+    examples = with_added_rows(load_examples(train_spec), added)
+    check_labels(checkpoint.tracked, examples)
+    return replace(checkpoint, examples=examples, train=ExampleStates(checkpoint.tracked, examples))
 
 
 def check_labels(tracked: TrackedModel, examples: ExampleSet) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from interpret.storage import write_text_atomic
+
 Rows = Sequence[int] | np.ndarray
 """Row numbers of an :class:`ExampleSet`: a list, a range or an integer array."""
 
@@ -228,6 +230,23 @@ class AddedRows:
 
     base_fingerprint: str
     specs: tuple[DataSpec, ...]
+
+
+def write_rows(folder: str | Path, rows: Sequence[dict], like: DataSpec) -> DataSpec:
+    """``rows`` (each ``text``, ``text_pair``, ``label``, ``id``) as a JSON-lines file in ``folder`` under
+    ``like``'s column names, named by its content and written atomically (the same rows give the same
+    file, hence the same fingerprint); the spec that reads it back."""
+    columns = {"text": like.text_column, "text_pair": like.pair_column, "label": like.label_column}
+    columns["id"] = like.id_column
+    lines = [
+        json.dumps({columns[key]: value for key, value in row.items() if columns.get(key)}, sort_keys=True)
+        for row in rows
+    ]
+    content = "\n".join(lines) + "\n"
+    path = Path(folder).resolve() / f"rows-{hashlib.sha256(content.encode()).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        write_text_atomic(path, content)
+    return DataSpec(str(path), like.text_column, like.pair_column, like.label_column, like.id_column)
 
 
 def with_added_rows(examples: ExampleSet, added: AddedRows | None) -> ExampleSet:

@@ -23,7 +23,7 @@ import torch
 from interpret.attacks import AttackResult, attack
 from interpret.cancellation import Cancellations, RequestContext
 from interpret.cancellation import checkpoint as step_boundary
-from interpret.checkpoint import Checkpoint, load_checkpoint
+from interpret.checkpoint import Checkpoint, load_checkpoint, with_training
 from interpret.classifier import TextClassifier
 from interpret.config import Config, LissaConfig
 from interpret.data import AddedRows, DataSpec
@@ -186,6 +186,16 @@ class Explainer:
 
     def ping(self) -> str:
         return self.name
+
+    def load_added_rows(self, train_spec: DataSpec, added: AddedRows | None) -> Identity:
+        """Serve ``train_spec``'s rows with ``added`` after them (a gradient index grew under a running
+        server): the checkpoint is swapped whole, so a call sees the old set or the new one, and what was
+        cached over the old set (the training Hessian, LiSSA's scales) is dropped. Its new identity."""
+        self.checkpoint = with_training(self.checkpoint, train_spec, added)
+        self._hessian = None
+        with self._scales_lock:
+            self._scales = {}
+        return self.identity()
 
     def run(self, context: RequestContext | None, method: Callable[..., T], *args, **kwargs) -> T:
         """``method(self, *args)`` on behalf of a request, ``method`` being one of this class's own (passed

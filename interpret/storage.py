@@ -12,10 +12,17 @@ from pathlib import Path
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``text`` (UTF-8) at ``path``, written beside it, synced, then renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as handle:
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(handle.name, path)

@@ -16,18 +16,27 @@ from dataclasses import asdict
 from pathlib import Path
 
 from engine.builds import (
+    add_to_gradient_index,
     build_gradient_index,
     build_knn_index,
     check_gradient_factory,
     resolved_preconditioner,
 )
 from engine.cache import STestCache
-from engine.pipeline import Engine, answer_query, gradient_index_for, knn_index_for, pooled_engine
+from engine.pipeline import (
+    Engine,
+    answer_query,
+    gradient_index_for,
+    knn_index_for,
+    local_engine,
+    pooled_engine,
+)
 from index import empty_index
-from index.growth import remove_gradient_rows
+from index.gradient import GradientIndex
+from index.growth import check_growable, remove_gradient_rows
 from index.storage import check_storage_rows
 from interpret.cancellation import Cancellations, RequestContext
-from interpret.checkpoint import TrainingDataMissingError
+from interpret.checkpoint import TrainingDataMissingError, card_data_spec
 from interpret.config import (
     Config,
     GradientIndexConfig,
@@ -38,6 +47,7 @@ from interpret.config import (
     solves_s_test,
     unused_knobs,
 )
+from interpret.data import DataFileError, DataSpec, load_examples, write_rows
 from interpret.models import parse_scope
 from service.errors import BusyError, ForbiddenError, LimitExceededError, NotReadyError, field_prefix
 from service.jobs import JOB_CLASSES, Client, JobManager, Progress, Work
@@ -53,6 +63,7 @@ from service.limits import (
 from service.responses import attack_response, influence_result, prediction, saliency_response
 from service.schemas import (
     AttackResponse,
+    IndexAddRequest,
     IndexBuildResult,
     IndexRemoveRequest,
     InfluenceResponse,
@@ -360,6 +371,11 @@ class InfluenceService:
             rows = self._check_index_remove(request.index_remove)
             work = lambda progress, context: self.remove_rows(rows)  # noqa: E731
             return self.jobs.submit(request.kind, work, client.id)
+        if request.kind == "index_add":
+            assert request.index_add is not None  # checked above: the body is required
+            added = self._check_index_add(request.index_add)
+            work = lambda progress, context: self.add_rows(added, progress, context)  # noqa: E731
+            return self.jobs.submit(request.kind, work, client.id)
         with field_prefix(request.kind):  # the body's fields are named by their path in the job
             if request.kind == "influence":
                 self.check_influence(body)
@@ -422,17 +438,22 @@ class InfluenceService:
             raise LimitExceededError(f"gradient.{error}", detail) from None
         return config
 
-    def _check_index_remove(self, request: IndexRemoveRequest) -> list[int]:
-        """The training rows an index_remove job leaves out, each checked against the loaded gradient
-        index before the job is queued (an unknown id or row is a 422 naming it)."""
+    def _served_gradient_index(self, kind: str) -> GradientIndex:
+        """The loaded gradient index a job of ``kind`` changes, where this server allows index jobs."""
         self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
         index = self.engine.gradient_index
         if index is None:
             raise LimitExceededError(
-                "kind=index_remove needs a loaded gradient index: build one first (kind=index_build, "
+                f"kind={kind} needs a loaded gradient index: build one first (kind=index_build, "
                 "index_kind=gradient)",
-                {"field": "kind", "value": "index_remove"},
+                {"field": "kind", "value": kind},
             )
+        return index
+
+    def _check_index_remove(self, request: IndexRemoveRequest) -> list[int]:
+        """The training rows an index_remove job leaves out, each checked against the loaded gradient
+        index before the job is queued (an unknown id or row is a 422 naming it)."""
+        index = self._served_gradient_index("index_remove")
         rows = request.rows
         if request.ids is not None:
             try:
@@ -448,6 +469,44 @@ class InfluenceService:
                 {"field": "index_remove.rows", "value": outside[:5]},
             )
         return rows
+
+    def _train_spec(self) -> DataSpec:
+        """The training data this server loaded: its setting, else the model card's."""
+        spec = self.settings.train_spec() or card_data_spec(self.engine.card)
+        assert spec is not None  # training_examples() refused a server without data before this
+        return spec.with_absolute_source()
+
+    def _check_index_add(self, request: IndexAddRequest) -> DataSpec:
+        """The rows of an index_add job, checked one by one before it is queued (a 422 names the row and
+        the field), then written as a file beside the gradient index (named by its content); its spec."""
+        index, directory = self._served_gradient_index("index_add"), self.settings.gradient_index_dir
+        assert directory is not None  # _served_gradient_index refused it otherwise
+        examples, spec = self.engine.training_examples("an index add"), self._train_spec()
+        known = set(examples.ids)
+        for position, row in enumerate(request.rows):
+            where = f"index_add.rows[{position}]"
+            check_text(row, self.settings, self.tokenizer, self.engine.identity, where)
+            if (row.text_pair is None) != (examples.pairs is None):
+                has = "has no second text: leave" if examples.pairs is None else "has a second text: give"
+                raise LimitExceededError(
+                    f"{where}.text_pair: the training data {has} text_pair", {"field": f"{where}.text_pair"}
+                )
+            if (row.id is None) != (spec.id_column is None):
+                has = "numbers its rows: leave the id out" if spec.id_column is None else "has ids: give one"
+                raise LimitExceededError(f"{where}.id: the training data {has}", {"field": f"{where}.id"})
+            if row.id is not None and row.id in known:
+                raise LimitExceededError(
+                    f"{where}.id {row.id!r} is already a training row's id", {"field": f"{where}.id"}
+                )
+            if row.id is not None:
+                known.add(row.id)
+        folder = directory.with_name(directory.name + ".added")
+        added = write_rows(folder, [row.model_dump() for row in request.rows], spec)
+        try:
+            check_growable(directory, index.manifest, load_examples(added).fingerprint)
+        except (ValueError, DataFileError) as error:
+            raise LimitExceededError(f"index_add.rows: {error}", {"field": "index_add.rows"}) from None
+        return added
 
     def _check_evaluation(self, request) -> None:
         """Everything a run needs, before it is queued: inputs (labelled where measured), sizes, switches."""
@@ -535,6 +594,29 @@ class InfluenceService:
         assert directory is not None  # _check_builds_allowed refused the job otherwise
         with self._index_lock:
             manifest = remove_gradient_rows(directory, rows)
+            budget = self.settings.max_index_bytes
+            engine.gradient_index = gradient_index_for(directory, engine.backend, max_bytes=budget)
+        return IndexBuildResult(index_manifest=asdict(manifest))
+
+    def add_rows(self, added: DataSpec, progress: Progress, ctx: RequestContext) -> IndexBuildResult:
+        """Project the added rows (``engine.builds.add_to_gradient_index``, on a model loaded here for
+        them), append them to the gradient index, then serve them: the workers and this process load them
+        after the training data, and the grown index is swapped in."""
+        engine, directory = self.engine, self.settings.gradient_index_dir
+        assert directory is not None  # _check_builds_allowed refused the job otherwise
+        tracked = self.settings.tracked_layers
+        with self._index_lock:
+            newcomer = local_engine(
+                self.settings.model_dir,
+                added,
+                tracked_layers=parse_scope(tracked) if tracked is not None else None,
+                trust_remote_code=self.settings.trust_remote_code,
+            )
+            try:
+                manifest = add_to_gradient_index(newcomer, directory, added, progress=progress, context=ctx)
+            finally:
+                newcomer.shutdown()
+            engine.load_added_rows(self._train_spec(), manifest.added_rows)
             budget = self.settings.max_index_bytes
             engine.gradient_index = gradient_index_for(directory, engine.backend, max_bytes=budget)
         return IndexBuildResult(index_manifest=asdict(manifest))

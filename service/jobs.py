@@ -43,6 +43,7 @@ JOB_CLASSES: dict[str, str] = {
     "evaluate": "heavy",
     "index_build": "heavy",
     "index_remove": "heavy",  # it rewrites the served index, so it is allowed as builds are
+    "index_add": "heavy",
 }
 """Each job kind's scheduling class."""
 FIRST_ESTIMATE_S = {"interactive": 10.0, "heavy": 600.0}

@@ -43,6 +43,8 @@ from tasks.reports import TaskReport
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_REMOVED_ROWS = 1_000_000
 """Rows one index_remove job names at most."""
+MAX_ADDED_ROWS = 100_000
+"""Rows one index_add job carries at most (a larger set: ``influence index add`` on a file)."""
 
 
 class _Strict(BaseModel):
@@ -212,7 +214,8 @@ class GradientIndexQuality(BaseModel):
         description="Measured against a converged full scan (benchmarks/gradient_index.py); null if never."
     )
     storage: IndexStorage = Field(
-        DEFAULT_STORAGE, description="How the index holds its vectors (float32, float16, sq8, ivf-pq)."
+        DEFAULT_STORAGE,
+        description="How the index holds its vectors (float32, float16, sq8, ivf-pq, pca-sq8).",
     )
     storage_recall: dict | None = Field(
         None,
@@ -382,6 +385,23 @@ class IndexRemoveRequest(_Strict):
         return self
 
 
+class AddedRow(TextInput):
+    """A training row to add: its text (and second text, exactly when the training data has one) and its
+    label; its id when the training data has an id column."""
+
+    label: int | str = Field(description="Its label, by index or by name (as /v1/models lists them).")
+    id: str | None = Field(
+        None, min_length=1, description="Its id: required when the training data has ids, else left out."
+    )
+
+
+class IndexAddRequest(_Strict):
+    """Training rows to append to the served gradient index (``influence index add``): projected with its
+    projection, preconditioned with its kept Fisher, then served with their texts."""
+
+    rows: list[AddedRow] = Field(min_length=1, max_length=MAX_ADDED_ROWS, description="The new rows.")
+
+
 class JobRequest(_Strict):
     """A job: an influence query over many inputs, an index build, or a saliency map or an attack too
     costly for a synchronous request. The field named after the kind holds its request."""
@@ -398,6 +418,9 @@ class JobRequest(_Strict):
     )
     index_remove: IndexRemoveRequest | None = Field(
         None, description="The rows to leave out of the gradient index's answers, for kind=index_remove."
+    )
+    index_add: IndexAddRequest | None = Field(
+        None, description="The rows to append to the gradient index, for kind=index_add."
     )
 
 

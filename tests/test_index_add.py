@@ -71,18 +71,25 @@ def test_an_add_equals_a_fresh_build_over_the_union(engine_dirs, new_rows, tmp_p
     assert len(full.candidate_rows) == 136  # the explainer scores the added rows too
 
 
-def test_an_add_keeps_the_stored_rows_and_the_fisher(engine_dirs, new_rows, tmp_path):
-    """A kfac / Fisher / sq8 index: the stored rows' vectors and the preconditioner are unchanged, the new
-    shard is coded with the kept quantiser; the same rows cannot be added twice."""
+@pytest.mark.parametrize("storage", ["sq8", "pca-sq8"])
+def test_an_add_keeps_the_stored_rows_and_the_fisher(engine_dirs, new_rows, tmp_path, storage):
+    """A kfac / Fisher / sq8 (or pca-sq8) index: the stored rows' vectors and the preconditioner are
+    unchanged, the new shard is coded with the kept quantiser (pca-sq8: the same principal directions);
+    the same rows cannot be added twice."""
     model, (added, _) = engine_dirs[0], new_rows
     engine = local_engine(model, dtype=torch.float64)
-    config = GradientIndexConfig(rank=4, damping=0.1, storage="sq8", chunk_rows=16)
+    pca_dim = 8 if storage == "pca-sq8" else None
+    config = GradientIndexConfig(rank=4, damping=0.1, storage=storage, pca_dim=pca_dim, chunk_rows=16)
     built = build_gradient_index(engine, tmp_path / "g", config)
     assert (tmp_path / "g" / QUANTISER_FILE).is_file()
     before = _loaded(engine, tmp_path / "g").vectors()
     newcomer = local_engine(model, added, dtype=torch.float64)
     grown = add_to_gradient_index(newcomer, tmp_path / "g", added)
-    assert grown.projection_sha256 == built.projection_sha256 and grown.storage == "sq8"
+    assert grown.projection_sha256 == built.projection_sha256 and grown.storage == storage
+    if storage == "pca-sq8":
+        maps = [_directions(tmp_path / "g" / f"shard-{n:05d}" / "index.faiss") for n in (0, 1)]
+        assert maps[0].shape == (8 * grown.dim,)
+        np.testing.assert_array_equal(maps[0], maps[1])
     grown_engine = local_engine(model, dtype=torch.float64, gradient_index_dir=tmp_path / "g")
     np.testing.assert_array_equal(grown_engine.gradient_index.vectors()[:96], before)
     with pytest.raises(ValueError, match="already in the index"):
@@ -90,6 +97,15 @@ def test_an_add_keeps_the_stored_rows_and_the_fisher(engine_dirs, new_rows, tmp_
     with pytest.raises(ValueError, match="already in the index"):
         add_to_gradient_index(engine, tmp_path / "g", DataSpec(engine.examples.source))
     assert json.loads((tmp_path / "g" / "manifest.json").read_text())["count"] == 136
+
+
+def _directions(path) -> np.ndarray:
+    """A pca-sq8 shard's linear map, as stored."""
+    import faiss
+
+    index = faiss.read_index(str(path))  # held while its transform is read: it owns it
+    transform = faiss.downcast_VectorTransform(index.chain.at(0))
+    return faiss.vector_to_array(transform.A).copy()
 
 
 def test_an_interrupted_add_leaves_the_index_intact_and_resumes(engine_dirs, new_rows, tmp_path, monkeypatch):

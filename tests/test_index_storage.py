@@ -18,6 +18,7 @@ from index.gradient import (
     shard_folder,
     write_gradient_index,
 )
+from index.shards import RowFile, principal_directions
 from index.storage import (
     RESCORE_FILE,
     STORAGES,
@@ -105,6 +106,46 @@ def test_ivf_pq_rescores_its_candidates_exactly_against_float16_vectors(tmp_path
     assert recall["recall_helpful"] >= 0.8 and recall["recall_harmful"] >= 0.8, recall
 
 
+def test_the_rescoring_rows_are_read_from_the_file_in_any_order(tmp_path):
+    stored = np.random.default_rng(3).standard_normal((50, 6)).astype(np.float16)
+    np.save(tmp_path / "v.npy", stored)
+    rows = RowFile(tmp_path / "v.npy")
+    assert (rows.shape, rows.dtype, len(rows)) == ((50, 6), np.float16, 50)
+    for pick in ([7, 3, 4, 5, 49, 0, 3], [], list(range(50))):
+        np.testing.assert_array_equal(rows[np.asarray(pick, dtype=np.int64)], stored[pick])
+
+
+def test_principal_directions_are_the_top_right_singular_vectors():
+    """The uncentred second moment's eigenvectors are X's right singular vectors (X = U S V^T gives
+    X^T X = V S^2 V^T): the same subspace, each direction up to its sign."""
+    sample = _vectors(4) + 3.0  # an offset centring would remove: the directions must keep it
+    ours = principal_directions(sample, 5)
+    _, _, right = np.linalg.svd(sample.astype(np.float64), full_matrices=False)
+    np.testing.assert_allclose(np.abs(ours @ right[:5].T), np.eye(5), atol=1e-4)
+    np.testing.assert_allclose(ours @ ours.T, np.eye(5), atol=1e-5)
+
+
+def test_pca_sq8_rescores_its_candidates_exactly_and_finds_the_top(tmp_path):
+    """Its codes keep 8 of 48 directions (the rows hold 6 shared ones plus noise, and an offset): each
+    returned row's score is its float16 vector's exact inner product, and the exact top is found."""
+    vectors = _vectors(5) + 1.0
+    manifest = _write(tmp_path / "pca", "pca-sq8", vectors, pca_dim=8)
+    assert (manifest.pca_dim, manifest.factory) == (8, "PCA8,SQ8")
+    assert manifest.resident_bytes == ROWS * (8 + 8) + 8 * DIM * 4 + 2 * 4 * 8  # codes, rows, map, ranges
+    index = _load(tmp_path / "pca")
+    stored = np.load(tmp_path / "pca" / RESCORE_FILE)
+    np.testing.assert_array_equal(stored, vectors.astype(np.float16))
+    query = vectors[13] * 0.5 - 0.5
+    best, worst = _exact_top(stored.astype(np.float32), query, 25)
+    (helpful, helpful_scores), (harmful, harmful_scores) = index.search(query, 25)
+    for rows, scores in ((helpful, helpful_scores), (harmful, harmful_scores)):
+        exact = -(stored[rows].astype(np.float32) @ query.astype(np.float32))
+        np.testing.assert_allclose(scores, exact, rtol=1e-6, atol=1e-6)
+    assert len(np.intersect1d(helpful, best)) >= 24 and len(np.intersect1d(harmful, worst)) >= 24
+    recall = manifest.storage_recall
+    assert recall["recall_helpful"] >= 0.95 and recall["recall_harmful"] >= 0.95, recall
+
+
 def test_the_recorded_recall_is_what_a_search_finds(tmp_path):
     """The manifest's recall is recomputed here from the loaded index and the exact products."""
     vectors = _vectors(2)
@@ -138,6 +179,15 @@ def test_layouts_are_checked_and_sized():
         storage_layout("ivf-pq", ROWS, DIM, "Flat", ivf_lists=100)
     with pytest.raises(ValueError, match="use float16 or sq8"):
         storage_layout("ivf-pq", 100, DIM, "Flat")
+    pca = storage_layout("pca-sq8", 10**6, 3360, "Flat")
+    assert (pca.pca_dim, pca.rescored) == (256, True) and storage_layout(
+        "pca-sq8", 10, 48, "Flat"
+    ).pca_dim == 48
+    assert resident_bytes(pca, 10**6, 3360) / 10**6 < 300  # 256 code bytes and an 8-byte row number
+    with pytest.raises(ValueError, match="pca_dim=64 must be at most the vectors' width 48: use 48"):
+        storage_layout("pca-sq8", ROWS, DIM, "Flat", pca_dim=64)
+    with pytest.raises(ValueError, match="pca_dim applies to storage='pca-sq8', not 'sq8': drop pca_dim"):
+        GradientIndexConfig(storage="sq8", pca_dim=64)
     with pytest.raises(ValueError, match="drop factory"):
         GradientIndexConfig(storage="sq8", factory="HNSW32")
 

@@ -391,6 +391,57 @@ def test_an_index_remove_job_leaves_rows_out_of_answers(settings, tmp_path):
     service.shutdown()
 
 
+def test_an_index_add_job_serves_the_new_rows(settings, tmp_path):
+    """Rows sent in an index_add job are projected, appended and served with their texts once it
+    succeeds, answered as a server started on the grown index answers. Bad
+    rows are a 422 naming the row and field, and the same rows twice are refused."""
+    from clients import add_request
+    from engine.builds import build_gradient_index
+    from interpret.config import GradientIndexConfig
+
+    update = {
+        "gradient_index_dir": tmp_path / "gradient-index",
+        "max_top": 100,
+        "allow_full_scan": True,
+        "max_k": 200,
+    }
+    settings = settings.model_copy(update=update)
+    engine = local_engine(settings.model_dir, index_dir=settings.index_dir)
+    build_gradient_index(engine, settings.gradient_index_dir, GradientIndexConfig(rank=4, damping=0.1))
+    service = InfluenceService(
+        settings, local_engine(settings.model_dir, gradient_index_dir=settings.gradient_index_dir)
+    )
+    count = service.engine.num_examples
+    with TestClient(create_app(settings, service)) as http:
+        client = InfluenceClient(http=http, backoff_s=0.01)
+        before = client.influence(QUERY, top=3).results[0]
+        rows = [{"text": QUERY, "label": before.label_used}, {"text": "a dull and tired film", "label": 0}]
+        with pytest.raises(BadRequestError, match=r"index_add\.rows\[1\]\.id: the training data numbers"):
+            client.submit_job(add_request([rows[0], {**rows[1], "id": "x"}]), kind="index_add")
+        with pytest.raises(BadRequestError, match=r"index_add\.rows\[0\]\.text_pair: .* leave text_pair out"):
+            client.submit_job(add_request([{**rows[0], "text_pair": "and more"}]), kind="index_add")
+        with pytest.raises(BadRequestError, match=r"index_add\.rows\[0\]\.label"):
+            client.submit_job(add_request([{**rows[0], "label": 7}]), kind="index_add")
+        job = client.submit_job(add_request(rows), kind="index_add")
+        done = client.wait_job(job.id, poll_s=0.05, timeout=120)
+        assert done.result.index_manifest["count"] == count + 2
+        assert service.engine.num_examples == service.engine.identity.num_examples == count + 2
+        after = client.influence(QUERY, top=count + 2).results[0]  # every row, each side
+        restarted = local_engine(settings.model_dir, gradient_index_dir=settings.gradient_index_dir)
+        expected = answer_query(restarted, QUERY, config=QueryConfig(top=count + 2))
+        for side in ("helpful", "harmful"):  # served as a server started on the grown index serves it
+            got, want = getattr(after, side), getattr(expected, side)
+            assert [(e.row, e.id, e.text) for e in got] == [(e.row, e.id, e.text) for e in want]
+        shown = {e.row: (e.id, e.text) for e in after.helpful}
+        assert shown[count] == (str(count), QUERY) and shown[count + 1] == (str(count + 1), rows[1]["text"])
+        full = client.influence(QUERY, top=count + 2, method="full", k=None, lissa=LISSA).results[0]
+        scored = {e.row for e in full.helpful + full.harmful}
+        assert {count, count + 1} <= scored and max(scored) == count + 1  # the explainer scores them too
+        with pytest.raises(BadRequestError, match=r"index_add\.rows: .* already in the index"):
+            client.submit_job(add_request(rows), kind="index_add")
+    service.shutdown()
+
+
 def test_async_client_over_asgi_transport(settings, service):
     async def scenario():
         transport = httpx.ASGITransport(app=create_app(settings, service))

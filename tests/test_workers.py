@@ -453,3 +453,44 @@ def test_workers_load_the_rows_a_gradient_index_added(ray_local, engine_dirs, da
         assert [e.id for e in gradient[1].helpful] == [e.id for e in gradient[0].helpful]
     finally:
         pooled.shutdown()
+
+
+def test_a_running_pool_takes_rows_added_under_it(ray_local, engine_dirs, tmp_path):
+    """What the service's index_add job does: a pool started before the add loads the added rows on every
+    worker and scores them as an engine started after it; a worker replaced later loads them too (and
+    passes the check against the new data fingerprint)."""
+    from engine.builds import add_to_gradient_index, build_gradient_index
+    from engine.pipeline import gradient_index_for, local_engine, pooled_engine
+    from interpret.checkpoint import card_data_spec, read_card
+    from interpret.config import GradientIndexConfig
+    from interpret.data import DataSpec
+    from tests.conftest import synthetic_rows, write_tsv
+
+    added = DataSpec(str(write_tsv(tmp_path / "new.tsv", synthetic_rows(12, seed=11))))
+    build_gradient_index(
+        local_engine(engine_dirs[0], dtype=torch.float64), tmp_path / "g", GradientIndexConfig()
+    )
+    settings = PoolSettings(num_workers=2)
+    pooled = pooled_engine(
+        engine_dirs[0], dtype="float64", settings=settings, gradient_index_dir=tmp_path / "g"
+    )
+    try:
+        grown = add_to_gradient_index(
+            local_engine(engine_dirs[0], added, dtype=torch.float64), tmp_path / "g", added
+        )
+        train = card_data_spec(read_card(engine_dirs[0]))
+        pooled.load_added_rows(train.with_absolute_source(), grown.added_rows)
+        pooled.gradient_index = gradient_index_for(tmp_path / "g", pooled.backend)
+        assert pooled.identity.data_fingerprint == grown.data_fingerprint and pooled.num_examples == 108
+        local = local_engine(engine_dirs[0], dtype=torch.float64, gradient_index_dir=tmp_path / "g")
+        config = QueryConfig(top=4, method="full", k=None, lissa=LISSA.replace(num_repetitions=2))
+        expected = answer_query(local, QUERY, config=config)
+        answered = answer_query(pooled, QUERY, config=config)
+        assert len(answered.candidate_rows) == 108
+        np.testing.assert_allclose(answered.candidate_scores, expected.candidate_scores, rtol=1e-8)
+        ray.kill(pooled.backend.workers.actors[0])
+        replaced = answer_query(pooled, QUERY, config=config)  # a repetition lands on the new worker
+        np.testing.assert_allclose(replaced.candidate_scores, expected.candidate_scores, rtol=1e-8)
+        assert pooled.backend.replacements >= 1
+    finally:
+        pooled.shutdown()

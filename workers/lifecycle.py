@@ -102,6 +102,11 @@ class WorkerSet:
                 f"{problem}: every worker must load the same model folder and training data as the index"
             )
 
+    def expect(self, **values: object) -> None:
+        """What a worker started from now on must report (``Identity`` fields), beside the pool's own."""
+        with self._lock:
+            self._expected.update(values)
+
     @property
     def size(self) -> int:
         return len(self._actors)

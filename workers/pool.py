@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from index.gradient import GradientManifest
 from interpret.attacks import AttackResult
 from interpret.cancellation import RequestContext
 from interpret.config import Config, QueryConfig
+from interpret.data import AddedRows, DataSpec
 from interpret.explainer import Explainer, Identity, STest, STestSummary, result_as
 from interpret.influence.preconditioner import IndexCurvature
 from interpret.influence.query import TestPoint
@@ -74,6 +75,24 @@ class WorkerPool:
 
     def ping(self) -> list[str | None]:
         return self.workers.ping()
+
+    def load_added_rows(self, train_spec: DataSpec, added: AddedRows | None) -> None:
+        """Every worker serves ``train_spec``'s rows with ``added`` after them; a worker started later (a
+        replacement) loads them from its spec, and is checked against the new data fingerprint."""
+        self.workers.spec = replace(self.workers.spec, train_spec=train_spec, added=added)
+        calls = [
+            Call(
+                "load_added_rows",
+                Explainer.load_added_rows,
+                (train_spec, added),
+                slot,
+                self.runner.context(None),
+            )
+            for slot in range(self.workers.size)
+        ]
+        identities = [result_as(Identity, result["value"]) for result in self.runner.run(calls)]
+        self.workers.expect(data_fingerprint=identities[0].data_fingerprint)
+        self.identity = self.workers.identity = identities[0]
 
     def shutdown(self) -> None:
         self.workers.shutdown()
