@@ -61,6 +61,32 @@ def flip_recall(scores: np.ndarray, flipped: np.ndarray, share: float) -> float:
     return float(flipped[top].sum() / max(1, flipped.sum()))
 
 
+def average_ranks(scores: np.ndarray) -> np.ndarray:
+    """Each row's rank among ``scores``, 1 for the lowest, equal scores sharing their mean rank."""
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    _, group, sizes = np.unique(scores, return_inverse=True, return_counts=True)
+    return (np.bincount(group, weights=ranks) / sizes)[group]
+
+
+def rank_average(*scores: np.ndarray) -> np.ndarray:
+    """``mean_k rank_k(z) / n``: each row's mean rank percentile under every score, so rows high on all of
+    them come first whatever each score's scale (self-influence spans decades, the loss does not)."""
+    return np.mean([average_ranks(values) / len(values) for values in scores], axis=0)
+
+
+def flip_auc(scores: np.ndarray, flipped: np.ndarray) -> float:
+    """``P(score(flipped row) > score(kept row))``, ties counting half: the Mann-Whitney
+    ``U = sum_{flipped} rank - n_1 (n_1 + 1) / 2`` over ``n_1 n_0``. 0.5 is chance."""
+    flipped = np.asarray(flipped, dtype=bool)
+    n_flipped, n_kept = int(flipped.sum()), int((~flipped).sum())
+    if not n_flipped or not n_kept:
+        return float("nan")
+    wins = average_ranks(scores)[flipped].sum() - n_flipped * (n_flipped + 1) / 2
+    return float(wins / (n_flipped * n_kept))
+
+
 def recall_curve(scores: np.ndarray, flipped: np.ndarray, points: int = 100) -> list[float]:
     order = np.argsort(-scores, kind="stable")
     found = np.cumsum(flipped[order]) / max(1, flipped.sum())
@@ -92,12 +118,18 @@ def audit_report(
     report = AuditReport(config=config or {}, ranked=ranked)
     if flipped is not None:
         random_scores = np.random.default_rng(seed).random(len(examples))
-        rankings = {"self_influence": self_influence, "loss": loss, "random": random_scores}
+        rankings = {
+            "self_influence": self_influence,
+            "loss": loss,
+            "combined": rank_average(self_influence, loss),
+            "random": random_scores,
+        }
         report.curves = {name: recall_curve(values, flipped) for name, values in rankings.items()}
         report.top10_recall = {name: flip_recall(values, flipped, 0.10) for name, values in rankings.items()}
         for name, values in rankings.items():
             report.summary[f"{name}_top10_recall"] = report.top10_recall[name]
             report.summary[f"{name}_top5_recall"] = flip_recall(values, flipped, 0.05)
+            report.summary[f"{name}_auc"] = flip_auc(values, flipped)
         report.summary["flipped"] = float(flipped.sum())
     return report
 

@@ -27,10 +27,13 @@ from interpret.influence.objective import loss_gradient, per_example_gradients
 from interpret.models import TrackedModel
 from tasks.applications import (
     audit_report,
+    average_ranks,
     error_correction,
+    flip_auc,
     flip_recall,
     influence_map,
     noisy_training_file,
+    rank_average,
     self_influence_and_loss,
 )
 from tasks.evaluation import lds_head, loo_head, recall_report, retrain_subsets
@@ -318,6 +321,21 @@ def test_noisy_file_flips_exactly_the_share_and_recall_counts_them(train_set, tm
     assert flip_recall(scores, flipped, 0.1) == 1.0 and flip_recall(-scores, flipped, 0.1) == 0.0
 
 
+def test_the_audits_auc_and_rank_average_against_direct_counts():
+    """AUC is the share of (flipped, kept) pairs the score orders right, ties half, counted pair by pair;
+    the rank average puts a row high on both scores first, whatever their scales."""
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.standard_normal(40), 1)  # rounded: ties happen
+    flipped = rng.random(40) < 0.3
+    pairs = scores[flipped][:, None] - scores[~flipped][None, :]
+    direct = ((pairs > 0) + 0.5 * (pairs == 0)).mean()
+    assert flip_auc(scores, flipped) == pytest.approx(direct, abs=1e-12)
+    assert flip_auc(np.where(flipped, 1.0, 0.0), flipped) == 1.0
+    np.testing.assert_array_equal(average_ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+    big, small = np.array([1e6, 1.0, 1e3, 10.0]), np.array([0.3, 0.2, 0.4, 0.1])
+    np.testing.assert_allclose(rank_average(big, small), [(4 + 3) / 8, (1 + 2) / 8, (3 + 4) / 8, (2 + 1) / 8])
+
+
 def test_self_influence_is_each_rows_score_against_itself(engine_dirs, tmp_path):
     from engine.builds import fit_projection, projected_gradients
     from interpret.config import GradientIndexConfig
@@ -335,6 +353,7 @@ def test_self_influence_is_each_rows_score_against_itself(engine_dirs, tmp_path)
     flipped = np.zeros(len(loss), dtype=bool)
     flipped[np.argsort(-loss)[:5]] = True
     report = audit_report(engine.examples, self_influence, loss, flipped)
+    assert report.summary["loss_auc"] == 1.0 and set(report.top10_recall) >= {"combined", "random"}
     assert report.top10_recall["loss"] == 1.0 and next(r.row for r in report.ranked) == int(
         np.argmax(self_influence)
     )
