@@ -19,6 +19,7 @@ from cli.common import (
     TrustRemoteCode,
     checked_options,
     console,
+    engine_for,
     index_app,
     training_for,
 )
@@ -139,7 +140,6 @@ def index_build(
 ) -> None:
     """Store a FAISS index + manifest of the training set: its kNN features, or its gradients."""
     from engine.builds import build_gradient_index, build_knn_index
-    from engine.pipeline import local_engine, pooled_engine
 
     config = None
     if kind == "gradient":  # checked before the model loads
@@ -170,17 +170,9 @@ def index_build(
         id_column,
         needs=f"a {kind} index",
     )
-    if workers is None:
-        engine = local_engine(model, spec, trust_remote_code=trust_remote_code)
-    else:
-        from workers import PoolSettings
-
-        engine = pooled_engine(
-            model,
-            spec,
-            settings=PoolSettings(num_workers=workers or None),
-            trust_remote_code=trust_remote_code,
-        )
+    engine = engine_for(
+        model, None, None, workers, train=spec, needs=f"a {kind} index", trust_remote_code=trust_remote_code
+    )
     try:
         if config is not None:  # kind == "gradient"
             out = out or ARTIFACTS / "gradient-index"
@@ -269,17 +261,10 @@ def index_add(
     atomic step (an interrupted add leaves the index as it was and resumes). Engines that load the index
     then load these rows after the training data; restart a server to serve them."""
     from engine.builds import add_to_gradient_index
-    from engine.pipeline import local_engine, pooled_engine
     from interpret.data import DataSpec
 
     spec = DataSpec(train_data, text_column, pair_column, label_column, id_column, train_max_examples)
-    if workers is None:
-        engine = local_engine(model, spec, trust_remote_code=trust_remote_code)
-    else:
-        from workers import PoolSettings
-
-        settings = PoolSettings(num_workers=workers or None)
-        engine = pooled_engine(model, spec, settings=settings, trust_remote_code=trust_remote_code)
+    engine = engine_for(model, None, None, workers, train=spec, trust_remote_code=trust_remote_code)
     try:
         bar, progress = _progress_bar("gradients")
         with bar:

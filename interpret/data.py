@@ -236,8 +236,12 @@ def write_rows(folder: str | Path, rows: Sequence[dict], like: DataSpec) -> Data
     """``rows`` (each ``text``, ``text_pair``, ``label``, ``id``) as a JSON-lines file in ``folder`` under
     ``like``'s column names, named by its content and written atomically (the same rows give the same
     file, hence the same fingerprint); the spec that reads it back."""
-    columns = {"text": like.text_column, "text_pair": like.pair_column, "label": like.label_column}
-    columns["id"] = like.id_column
+    columns = {
+        "text": like.text_column,
+        "text_pair": like.pair_column,
+        "label": like.label_column,
+        "id": like.id_column,
+    }
     lines = [
         json.dumps({columns[key]: value for key, value in row.items() if columns.get(key)}, sort_keys=True)
         for row in rows

@@ -582,20 +582,24 @@ class InfluenceService:
             scratch = self.settings.job_scratch_dir
             budget = self.settings.max_index_bytes
             manifest = build_gradient_index(engine, directory, config, progress, context, scratch, budget)
-            # The index it replaces is dropped, not closed: a query still searching it finishes, and Ray
-            # stops its shard actors once nothing refers to them.
-            engine.gradient_index = gradient_index_for(directory, engine.backend, max_bytes=budget)
+            self._swap_gradient_index(directory)
         return IndexBuildResult(index_manifest=asdict(manifest))
+
+    def _swap_gradient_index(self, directory: Path) -> None:
+        """Load the gradient index in ``directory`` (its budget checked) and serve it. The index it replaces
+        is dropped, not closed: a query still searching it finishes, and Ray stops its shard actors once
+        nothing refers to them."""
+        budget = self.settings.max_index_bytes
+        self.engine.gradient_index = gradient_index_for(directory, self.engine.backend, max_bytes=budget)
 
     def remove_rows(self, rows: list[int]) -> IndexBuildResult:
         """Record the rows in the gradient index's manifest (``index.gradient.remove_gradient_rows``), then
         load it again so its shards leave them out; queries keep the old index until it is swapped in."""
-        engine, directory = self.engine, self.settings.gradient_index_dir
+        directory = self.settings.gradient_index_dir
         assert directory is not None  # _check_builds_allowed refused the job otherwise
         with self._index_lock:
             manifest = remove_gradient_rows(directory, rows)
-            budget = self.settings.max_index_bytes
-            engine.gradient_index = gradient_index_for(directory, engine.backend, max_bytes=budget)
+            self._swap_gradient_index(directory)
         return IndexBuildResult(index_manifest=asdict(manifest))
 
     def add_rows(self, added: DataSpec, progress: Progress, ctx: RequestContext) -> IndexBuildResult:
@@ -617,8 +621,7 @@ class InfluenceService:
             finally:
                 newcomer.shutdown()
             engine.load_added_rows(self._train_spec(), manifest.added_rows)
-            budget = self.settings.max_index_bytes
-            engine.gradient_index = gradient_index_for(directory, engine.backend, max_bytes=budget)
+            self._swap_gradient_index(directory)
         return IndexBuildResult(index_manifest=asdict(manifest))
 
     def shutdown(self) -> None:
