@@ -1,13 +1,17 @@
 """Can the scores be trusted, and what are they good for? ``influence evaluate`` and the applications on
 SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"``) and a PNG beside it.
 
-    python benchmarks/evaluate.py [--parts head,tracked,audit,map,correction]
+    python benchmarks/evaluate.py [--parts head,tracked,views,audit,map,correction]
 
 * ``head``: LOO and LDS of the exact influence on the convex head over all 67,349 rows
   (``artifacts/model`` + its flat kNN index give the features); ``evaluate_head.json``.
 * ``tracked``: LDS of the gradient index and of FastIF on the default tracked set (last two layers + head)
   of MiniLM fine-tuned on 2,000 rows; retrains cached in ``artifacts/evaluate-small/``;
   ``evaluate_lds_tracked.json``.
+* ``views``: the demo's gradient index, raw and normalised (``normalize=true``), side by side: on
+  ``--view-points`` seeded dev sentences, the share of the top-10 helpful rows carrying the explained label
+  and of the top-10 harmful rows carrying another; then the LDS of each view on the ``tracked`` part's
+  retrains (the same model, rows, subsets and test points); ``views.json``.
 * ``audit``: 10% of the labels of 5,000 rows flipped, retrained; flips found by self-influence, loss and
   random in their top 5% / 10%; ``audit.json``.
 * ``map``: the influence map of the dev errors (gradient index); ``influence_map.json``.
@@ -20,6 +24,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -110,6 +116,92 @@ def tracked(rows: int, test_points: int, subsets: int) -> None:
     _save(report, "evaluate_lds_tracked", {"model_rows": rows})
 
 
+VIEWS = {"raw": False, "normalized": True}
+"""The gradient index's two views: ``normalize`` off (the raw influence) and on (cosines)."""
+VIEWS_LDS = ("gradient", "gradient_normalized")
+"""The views' LDS: the gradient index's scores raw and normalised (``tasks.evaluation``'s method names)."""
+
+
+SHOWN = "a gorgeous, witty, seductive movie."
+"""The sentence issue 26 found wrong-looking answers for: its top rows in each view are kept in the JSON."""
+
+
+def label_agreement(engine, texts: list[str], top: int = 10) -> dict:
+    """Per view, over ``texts``: the mean share of the top-``top`` helpful rows that carry the explained
+    label, and of the top harmful rows that carry another label (the checks a user makes by eye); the
+    overlap of the two views' lists; and how much larger the top harmful score is than the top helpful."""
+    from engine.pipeline import answer_query
+
+    found: dict[str, dict[str, list[float]]] = {view: {} for view in VIEWS}
+    lists: dict[str, list[set[int]]] = {view: [] for view in VIEWS}
+    for text in texts:
+        for view, normalize in VIEWS.items():
+            answer = answer_query(engine, text, config=QueryConfig(top=top, normalize=normalize))
+            label, helpful, harmful = answer.label_used, answer.helpful, answer.harmful
+            agree, disagree = [e.label == label for e in helpful], [e.label != label for e in harmful]
+            ratio = abs(harmful[0].score / helpful[0].score) if helpful and harmful else float("nan")
+            shares = {
+                "label_agreement_helpful": np.mean(agree) if agree else 0.0,
+                "label_disagreement_harmful": np.mean(disagree) if disagree else 0.0,
+                "harmful_over_helpful_top_score": ratio,
+            }
+            for key, value in shares.items():
+                found[view].setdefault(key, []).append(float(value))
+            lists[view].append({e.row for e in helpful})
+    overlap = [
+        len(a & b) / max(len(a | b), 1) for a, b in zip(lists["raw"], lists["normalized"], strict=True)
+    ]
+    means = {view: {k: float(np.nanmean(v)) for k, v in values.items()} for view, values in found.items()}
+    return {**means, "helpful_jaccard_raw_vs_normalized": float(np.mean(overlap))}
+
+
+def views(points: int, rows: int, test_points: int, subsets: int) -> None:
+    from engine.pipeline import answer_query, local_engine
+    from tasks.evaluation import ensure_indexes, lds_tracked, sample_rows
+
+    engine = local_engine(ARTIFACTS / "model", gradient_index_dir=ARTIFACTS / "gradient-index")
+    dev = load_examples(sst2_spec("dev"))
+    clock = time.perf_counter()
+    agreement = label_agreement(engine, [dev.texts[r] for r in sample_rows(len(dev), points, 0)])
+    agreement_seconds = time.perf_counter() - clock
+    shown = {}
+    for view, normalize in VIEWS.items():
+        answer = answer_query(engine, SHOWN, config=QueryConfig(top=5, normalize=normalize))
+        shown[view] = {
+            side: [{"label": e.label, "score": e.score, "text": e.text} for e in getattr(answer, side)]
+            for side in ("helpful", "harmful")
+        }
+    engine.shutdown()
+    print(agreement, flush=True)
+    model = small_model(rows)
+    small = local_engine(model)
+    ensure_indexes(small, list(VIEWS_LDS), SMALL)
+    test_rows = sample_rows(len(dev), test_points, 0)
+    report = lds_tracked(small, model, dev, test_rows, list(VIEWS_LDS), SMALL / "retrains", subsets, 0.5, 0)
+    summary = {
+        "raw_label_agreement_helpful": agreement["raw"]["label_agreement_helpful"],
+        "normalized_label_agreement_helpful": agreement["normalized"]["label_agreement_helpful"],
+        "raw_label_disagreement_harmful": agreement["raw"]["label_disagreement_harmful"],
+        "normalized_label_disagreement_harmful": agreement["normalized"]["label_disagreement_harmful"],
+        "lds_tracked_gradient": report.lds["gradient"],
+        "lds_tracked_gradient_normalized": report.lds["gradient_normalized"],
+        "lds_tracked_ci_halfwidth": report.summary["lds_tracked_ci_halfwidth"],
+        "view_points": points,
+    }
+    write_result(
+        "views",
+        {
+            "command": COMMAND,
+            "summary": summary,
+            "label_agreement": agreement,
+            "label_agreement_seconds": agreement_seconds,
+            "shown": {"text": SHOWN, **shown},
+            "lds": report.model_dump(mode="json"),
+            "model_rows": rows,
+        },
+    )
+
+
 def audit(rows: int, noise: float) -> None:
     from engine.pipeline import local_engine
     from interpret.checkpoint import read_card
@@ -159,7 +251,7 @@ def correction(seeds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", default="head,tracked,audit,map,correction")
+    parser.add_argument("--parts", default="head,tracked,views,audit,map,correction")
     parser.add_argument("--test-points", type=int, default=100, help="head: test points of the LDS")
     parser.add_argument("--subsets", type=int, default=100, help="head: subsets of the LDS")
     parser.add_argument(
@@ -170,6 +262,7 @@ def main() -> None:
     parser.add_argument("--small-rows", type=int, default=2000)
     parser.add_argument("--small-test-points", type=int, default=20)
     parser.add_argument("--small-subsets", type=int, default=32)
+    parser.add_argument("--view-points", type=int, default=100, help="views: dev sentences")
     parser.add_argument("--audit-rows", type=int, default=5000)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
@@ -178,6 +271,8 @@ def main() -> None:
         head(args.test_points, args.subsets, [float(d) for d in args.dampings.split(",")])
     if "tracked" in parts:
         tracked(args.small_rows, args.small_test_points, args.small_subsets)
+    if "views" in parts:
+        views(args.view_points, args.small_rows, args.small_test_points, args.small_subsets)
     if "audit" in parts:
         audit(args.audit_rows, 0.1)
     if "map" in parts:

@@ -197,6 +197,7 @@ def _print_answer(result: dict, text: str) -> None:
     prediction, quality = result["prediction"], result["quality"]
     probability = prediction["probabilities"][prediction["label"]]
     how = quality["method"] + (f" (rerank {quality['rerank']})" if quality.get("rerank") else "")
+    how += " (normalised: scores are cosines)" if quality.get("normalize") else ""
     console.print(
         f"[bold]{text}[/bold]\npredicted {prediction['label_name']} (p={probability:.3f}); "
         f"explaining {result['label_used_name']}; method {how}, {quality['candidates']:,} training "
@@ -258,6 +259,13 @@ def query(
     ),
     full_scan: Annotated[bool, typer.Option(help="Same as --method full.")] = False,
     exact: Annotated[bool, typer.Option(help="Exact s_test (small tracked sets only).")] = False,
+    normalize: Annotated[
+        bool,
+        typer.Option(
+            help="gradient: rank by the cosine in the preconditioned space (relative influence), not the "
+            "raw score, which favours rows with large gradients."
+        ),
+    ] = False,
     model: Path = ARTIFACTS / "model",
     train_data: TrainData = None,
     index: Path = ARTIFACTS / "index",
@@ -309,7 +317,15 @@ def query(
     )
     method = "full" if full_scan else method
     config = QueryConfig(
-        method=method, k=k, top=top, rerank=rerank, solver=solver, cg_rows=cg_rows, lissa=lissa, exact=exact
+        method=method,
+        k=k,
+        top=top,
+        rerank=rerank,
+        solver=solver,
+        cg_rows=cg_rows,
+        lissa=lissa,
+        exact=exact,
+        normalize=normalize,
     )
     if url is not None:
         result = _remote_query(url, api_key, text, pair, label_value(label), config)
@@ -350,7 +366,8 @@ def _remote_query(url: str, api_key: str | None, text, pair, label, config: Quer
 
     lissa = config.lissa.model_dump()
     options = {
-        name: getattr(config, name) for name in ("method", "rerank", "solver", "cg_rows", "cg_tolerance")
+        name: getattr(config, name)
+        for name in ("method", "rerank", "solver", "cg_rows", "cg_tolerance", "normalize")
     }
     with InfluenceClient(url, api_key=api_key) as client:
         item = TextInput(text=text, text_pair=pair, label=label)

@@ -228,6 +228,12 @@ def index_info(
         )
     if summary.get("removed_rows"):
         console.print(f"{len(summary['removed_rows']):,} rows removed from answers (influence index remove)")
+    if summary["kind"] == "gradient":
+        console.print(
+            f"normalised view (--normalize): {summary['norms']} norms kept"
+            if summary.get("norms")
+            else "normalised view (--normalize): unavailable, built before norms were kept; rebuild to add it"
+        )
     for key in ("storage_recall", "fidelity", "spec"):
         if summary.get(key):
             console.print(f"{key}: {json.dumps(summary[key])}")

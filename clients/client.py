@@ -153,7 +153,8 @@ def influence_request(
     **options,
 ) -> InfluenceRequest:
     """The request; ``options`` are its other fields by name: ``method`` (gradient | fastif | full),
-    ``rerank``, ``solver`` (lissa | cg | index), ``cg_rows``, ``cg_tolerance``."""
+    ``rerank``, ``solver`` (lissa | cg | index), ``cg_rows``, ``cg_tolerance``, ``normalize`` (the
+    gradient index's cosine view)."""
     lissa = lissa if isinstance(lissa, LissaConfig) else LissaConfig(**(lissa or {}))
     return InfluenceRequest(inputs=_as_inputs(inputs), k=k, top=top, exact=exact, lissa=lissa, **options)
 

@@ -34,7 +34,15 @@ from interpret.checkpoint import (
     missing_data_message,
     read_card,
 )
-from interpret.config import SCORE_BATCH_SIZE, QueryConfig, resolve_method, resolve_solver, solves_s_test
+from interpret.config import (
+    SCORE_BATCH_SIZE,
+    MethodUnavailableError,
+    QueryConfig,
+    normalizes,
+    resolve_method,
+    resolve_solver,
+    solves_s_test,
+)
 from interpret.data import AddedRows, DataSpec, ExampleSet, load_examples, with_added_rows
 from interpret.explainer import Explainer, Identity
 from interpret.influence import InfluenceAnswer, rank
@@ -251,7 +259,7 @@ def _gradient_candidates(
     clock = time.perf_counter()
     gradient = engine.backend.projected_test_gradient(text, pair, label, index.projection, context)
     timings["test_gradient"] = time.perf_counter() - clock
-    helpful, harmful = index.search(gradient, config.rerank or config.top)
+    helpful, harmful = index.search(gradient, config.rerank or config.top, config.normalize)
     rows = np.concatenate([helpful[0], harmful[0]])
     scores = np.concatenate([helpful[1], harmful[1]])
     rows, first = np.unique(rows, return_index=True)  # both sides meet only when top > N/2
@@ -284,6 +292,13 @@ def answer_query(
     solver = resolve_solver(config, method, curvature is not None)
     if solver != config.solver:
         config = config.replace(solver=solver)
+    if config.normalize and not normalizes(method, config.rerank):
+        raise MethodUnavailableError(
+            f"normalize=true divides the gradient index's own scores by its rows' norms: it needs "
+            f"method='gradient' without rerank, not method='{method}'"
+            + (f" with rerank={config.rerank}" if config.rerank else ""),
+            "normalize",
+        )
     timings: dict[str, float] = {}
     start = time.perf_counter()
     # Encode first: a few milliseconds, and on a busy pool it would otherwise queue behind a repetition.

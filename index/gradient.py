@@ -35,7 +35,7 @@ from index.shards import IndexShard, LocalShards, ShardSearcher, Sides, load_sha
 from index.storage import StorageLayout, check_resident, resident_bytes, storage_layout
 from index.store import MANIFEST_FILE, IndexMismatchError
 from index.vectors import ChunkedVectors
-from interpret.config import DEFAULT_FACTORY, IndexStorage
+from interpret.config import DEFAULT_FACTORY, IndexStorage, MethodUnavailableError
 from interpret.data import AddedRows, DataSpec
 from interpret.influence.metrics import recall_at_m
 from interpret.influence.preconditioner import IndexCurvature
@@ -116,6 +116,10 @@ class GradientManifest:
     """Training rows left out of every answer (``influence index remove``), sorted; null: none."""
     history: list[dict[str, Any]] | None = None
     """What changed the index after its build, oldest first (``index.growth``: remove, add)."""
+    norms: str | None = None
+    """What each shard's ``norms.npy`` holds, which the normalised view divides by: ``preconditioned``
+    (``||A^-1/2 g~_z||``, the test's norm taken the same way) or ``plain`` (rows stored as given, no
+    preconditioner: ``||u_z||`` and ``||g~_test||``); null: built before norms were kept."""
 
     @property
     def layout(self) -> StorageLayout:
@@ -165,20 +169,54 @@ class GradientIndex:
     projection: Projection
     curvature: IndexCurvature | None = None
     """Present for a ``kfac`` index (orthonormal projection rows), which the ``index`` solver needs."""
+    inverse: np.ndarray | None = None
+    """``(C + damping I)^-1``, for the test's norm in the normalised view (an index with ``preconditioned``
+    norms); None otherwise."""
     spec: GradientSpec = field(init=False)
 
     def __post_init__(self) -> None:
         self.spec = GradientSpec(**self.manifest.spec)
 
+    def require_norms(self) -> None:
+        """Refuse the normalised view, naming the rebuild, on an index built before it kept its norms."""
+        if self.manifest.norms is None:
+            raise MethodUnavailableError(
+                "normalize=true needs a gradient index that keeps its rows' norms, and this one was built "
+                "before it did: rebuild it with `influence index build --kind gradient`, or leave normalize "
+                "out for the raw scores",
+                "normalize",
+            )
+
+    def test_norm(self, query: np.ndarray) -> float:
+        """The test gradient's norm, taken as the rows' are (``manifest.norms``): ``||A^-1/2 g~_test||`` =
+        ``sqrt(|g~_test . A^-1 g~_test|)``, or ``||g~_test||`` for ``plain`` norms."""
+        vector = np.asarray(query, dtype=np.float64).ravel()
+        if self.manifest.norms == "preconditioned":
+            assert self.inverse is not None  # loaded with the index (load_gradient_index)
+            return float(np.sqrt(abs(vector @ (np.asarray(self.inverse, np.float64) @ vector))))
+        return float(np.linalg.norm(vector))
+
     def search(
-        self, test_gradient: np.ndarray, top: int
+        self, test_gradient: np.ndarray, top: int, normalize: bool = False
     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """``((rows, scores) helpful, (rows, scores) harmful)``, each best first; ``score = -ip``."""
+        """``((rows, scores) helpful, (rows, scores) harmful)``, each best first; ``score = -ip``.
+
+        ``normalize``: ranked and scored by the cosine of the test and training gradients in the
+        preconditioned space, ``score = -g~_test . u_z / (||A^-1/2 g~_test|| ||A^-1/2 g~_z||)`` (in
+        ``[-1, 1]`` for a positive definite ``A``). It orders rows as RelatIF's relative influence
+        ``I(z, test) / sqrt(I(z, z))`` does (the test's norm is one constant), so a row no longer ranks
+        high for its gradient's size alone."""
         query = np.ascontiguousarray(test_gradient, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.manifest.dim:
             raise ValueError(f"test gradient has dim {query.shape[1]}, the index has {self.manifest.dim}")
-        (helpful, helpful_ip), (harmful, harmful_ip) = self.shards.search(query, top)
-        return (helpful, -helpful_ip), (harmful, -harmful_ip)
+        if normalize:
+            self.require_norms()
+        (helpful, helpful_ip), (harmful, harmful_ip) = self.shards.search(query, top, normalize)
+        scale = 1.0
+        if normalize:
+            test = self.test_norm(query)
+            scale = 1.0 / test if test > 0 else 0.0
+        return (helpful, -helpful_ip * scale), (harmful, -harmful_ip * scale)
 
     def close(self) -> None:
         """Let go of the shards (a Ray actor per shard is stopped)."""
@@ -295,7 +333,9 @@ def write_gradient_index(
             raise ValueError("a kfac index stores its preconditioner's inverse: pass inverse")
         stored = {**projection.bases, INVERSE_KEY: np.asarray(inverse, dtype=np.float32)}
     kept = None if stored is not None or inverse is None else {INVERSE_KEY: np.asarray(inverse, np.float32)}
-    extra = 0 if stored is None else sum(array.nbytes for array in stored.values())
+    # the test's norm in the normalised view is taken with the inverse: loaded with the index, so counted
+    extra = sum(array.nbytes for held in (stored, kept) if held is not None for array in held.values())
+    norms_kind = "plain" if vectors.transform is None else None if inverse is None else "preconditioned"
     measured = probes if layout.factory != "Flat" and probes is not None else None
     top = min(RECALL_TOP, count)
     arrays = {PROJECTION_FILE: stored, PRECONDITIONER_FILE: kept}
@@ -327,6 +367,7 @@ def write_gradient_index(
             storage_recall=None if measured is None else storage_recall(answers, vectors, measured, top),
             shards=shards,
             shard_counts=None if shards == 1 else counts,
+            norms=norms_kind,
         )
         write_json_atomic(scratch / MANIFEST_FILE, asdict(manifest))
     return manifest
@@ -400,8 +441,11 @@ def load_gradient_index(
             f"{manifest.count}; rebuild the index"
         )
     projection, curvature = read_projection(directory, manifest)
+    inverse = None
+    if manifest.norms == "preconditioned":
+        inverse = curvature.inverse if curvature is not None else read_inverse(directory, manifest)
     shards = (serve or local_shards)(Path(directory), manifest, max_bytes)
-    return GradientIndex(shards, manifest, projection, curvature)
+    return GradientIndex(shards, manifest, projection, curvature, inverse)
 
 
 def check_built_for(
@@ -446,7 +490,8 @@ def load_gradient_shard(
 def read_shard(directory: str | Path, manifest: GradientManifest, number: int) -> IndexShard:
     """Shard ``number``'s files, checked against the manifest."""
     count, dim, hidden = manifest.counts[number], manifest.dim, manifest.hidden(number)
-    return load_shard(directory, manifest.shards, number, count, dim, manifest.layout, hidden)
+    normed = manifest.norms is not None
+    return load_shard(directory, manifest.shards, number, count, dim, manifest.layout, hidden, normed)
 
 
 def read_projection(

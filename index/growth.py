@@ -29,7 +29,7 @@ import numpy as np
 
 from index.gradient import GradientManifest, read_gradient_manifest
 from index.shards import QUANTISER_FILE, fill_shard, needs_training, shard_directory
-from index.storage import RESCORE_FILE, resident_bytes
+from index.storage import NORMS_FILE, RESCORE_FILE, resident_bytes
 from index.store import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -42,7 +42,7 @@ from index.vectors import ChunkedVectors
 from interpret.data import DataSpec, chain_fingerprint
 from interpret.storage import atomic_directory, write_json_atomic
 
-SHARD_FILES = (INDEX_FILE, ROWS_FILE, RESCORE_FILE)
+SHARD_FILES = (INDEX_FILE, ROWS_FILE, RESCORE_FILE, NORMS_FILE)
 """A shard's own files (a one-shard index keeps them at the top of its folder)."""
 
 

@@ -20,12 +20,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
 
-from index.storage import RESCORE_FACTOR, RESCORE_FILE, STORAGES, StorageLayout
+from index.storage import NORMS_FILE, RESCORE_FACTOR, RESCORE_FILE, STORAGES, StorageLayout
 from index.store import IndexMismatchError, empty_index, read_index_folder, write_index_files
 from index.vectors import ChunkedVectors
 
@@ -79,6 +79,66 @@ def search_sides(
         exact = row_products(rescore[ids], query[0])
         order = np.argsort(-sign * exact, kind="stable")[:wanted]
         sides.append((ids[order], exact[order]))
+    return sides[0], sides[1]
+
+
+SCAN_BLOCK = 8192
+"""Rows decoded per step when the normalised view scans a compressed shard's codes."""
+
+
+def code_products(index: faiss.Index, query: np.ndarray) -> np.ndarray:
+    """Every stored vector's inner product with ``query`` ``[1, d]`` as the index holds it (its codes
+    decoded; pca-sq8's in its principal coordinates), float32, in id order: the scan the normalised view
+    makes, which no inner-product search can (a row's weight ``1 / norm`` is not part of its code). A
+    float32 shard is read in place; a compressed one is decoded ``SCAN_BLOCK`` rows at a time."""
+    held = faiss.downcast_index(index)
+    if isinstance(held, faiss.IndexPreTransform):
+        chain: Any = held.chain  # a SWIG vector (faiss's stubs call it a list)
+        for step in range(chain.size()):
+            query = faiss.downcast_VectorTransform(chain.at(step)).apply(query)
+        return code_products(held.index, query)
+    count, vector = held.ntotal, np.asarray(query[0], dtype=np.float32)
+    if isinstance(held, faiss.IndexFlat):
+        stored = faiss.rev_swig_ptr(held.get_xb(), count * held.d).reshape(count, held.d)
+        return np.asarray(stored @ vector, dtype=np.float32)
+    out = np.empty(count, dtype=np.float32)
+    for start in range(0, count, SCAN_BLOCK):
+        block = held.reconstruct_n(start, min(SCAN_BLOCK, count - start))
+        out[start : start + len(block)] = block @ vector
+    return out
+
+
+def normalized_sides(
+    index: faiss.Index,
+    query: np.ndarray,
+    top: int,
+    norms: np.ndarray,
+    rescore: RowFile | None = None,
+    left_out: np.ndarray | None = None,
+) -> Sides:
+    """Index ids and normalised inner products ``ip_z / norm_z`` of the ``top`` largest and smallest, each
+    best first, over every id but ``left_out``: a full scan of the codes (:func:`code_products`). With
+    ``rescore``, ``RESCORE_FACTOR x top`` per side are re-scored exactly against the float16 vectors. A
+    row whose norm is 0 (a zero gradient) scores 0."""
+    safe = np.where(norms > 0, norms, 1.0).astype(np.float64)
+    values = np.where(norms > 0, code_products(index, query) / safe, 0.0)
+    keep = np.ones(len(values), dtype=bool)
+    if left_out is not None:
+        keep[left_out] = False
+    ids = np.flatnonzero(keep)
+    wanted = min(top, len(ids))
+    fetched = min(wanted * RESCORE_FACTOR, len(ids)) if rescore is not None else wanted
+    sides = []
+    for sign in (1.0, -1.0):
+        ranked = -sign * values[ids]
+        chosen = ids[np.argpartition(ranked, fetched - 1)[:fetched]] if fetched else ids[:0]
+        if rescore is not None:
+            chosen = np.sort(chosen)  # file order, as search_sides reads them
+            found = np.where(norms[chosen] > 0, row_products(rescore[chosen], query[0]) / safe[chosen], 0.0)
+        else:
+            found = values[chosen]
+        order = np.lexsort((chosen, -sign * found))[:wanted]  # ties: the lower id first, in any shard
+        sides.append((chosen[order], found[order].astype(np.float64)))
     return sides[0], sides[1]
 
 
@@ -152,10 +212,22 @@ class IndexShard:
     rows: np.ndarray
     rescore: RowFile | None = None
     hidden: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    norms: np.ndarray | None = None
+    """Each id's norm in the preconditioned space (the normalised view); None: built before they were kept."""
 
-    def search(self, query: np.ndarray, top: int) -> Sides:
+    def search(self, query: np.ndarray, top: int, normalize: bool = False) -> Sides:
         """This shard's top of each side, in training rows, removed rows left out: it searches for as many
-        more as it has removed, so an exact storage still returns its true top ``top`` of the rest."""
+        more as it has removed, so an exact storage still returns its true top ``top`` of the rest. With
+        ``normalize``, ranked by ``ip / norm`` (:func:`normalized_sides`), and those are the values."""
+        if normalize:
+            if self.norms is None:
+                raise IndexMismatchError(
+                    "this gradient index was built before it kept its rows' norms: rebuild it with "
+                    "`influence index build --kind gradient` for the normalised view"
+                )
+            left_out = np.flatnonzero(np.isin(self.rows, self.hidden))
+            found = normalized_sides(self.index, query, top, self.norms, self.rescore, left_out)
+            return (self.rows[found[0][0]], found[0][1]), (self.rows[found[1][0]], found[1][1])
         sides = search_sides(self.index, query, top + len(self.hidden), self.rescore)
         kept = []
         for ids, products in sides:
@@ -168,7 +240,7 @@ class IndexShard:
 class ShardSearcher(Protocol):
     """Where the shards of a loaded gradient index are held: this process, or Ray actors."""
 
-    def search(self, query: np.ndarray, top: int) -> Sides: ...
+    def search(self, query: np.ndarray, top: int, normalize: bool = False) -> Sides: ...
 
     def close(self) -> None: ...
 
@@ -179,8 +251,8 @@ class LocalShards:
 
     shards: list[IndexShard]
 
-    def search(self, query: np.ndarray, top: int) -> Sides:
-        return merge_sides([shard.search(query, top) for shard in self.shards], top)
+    def search(self, query: np.ndarray, top: int, normalize: bool = False) -> Sides:
+        return merge_sides([shard.search(query, top, normalize) for shard in self.shards], top)
 
     def close(self) -> None:
         self.shards = []
@@ -263,25 +335,29 @@ def fill_shard(
 ) -> IndexShard:
     """A copy of ``template`` holding training ``rows`` (a contiguous run), read block by block from
     ``vectors`` at ``start`` (default: ``rows[0]``); when ``rescored`` (ivf-pq, pca-sq8), the float16
-    re-scoring copy is written into ``place`` as it goes (memory-mapped, not held)."""
+    re-scoring copy is written into ``place`` as it goes (memory-mapped, not held), and every row's
+    preconditioned norm (``NORMS_FILE``, for the normalised view) after it."""
     first = int(rows[0]) if start is None else start
     index = faiss.clone_index(template)
+    place.mkdir(parents=True, exist_ok=True)
     rescore = None
     if rescored:
-        place.mkdir(parents=True, exist_ok=True)
         shape = (len(rows), vectors.dim)
         rescore = np.lib.format.open_memmap(place / RESCORE_FILE, mode="w+", dtype=np.float16, shape=shape)
+    norms = np.empty(len(rows), dtype=np.float32)
     done = 0
-    for block in vectors.blocks(first, first + len(rows)):
+    for block, block_norms in vectors.blocks_with_norms(first, first + len(rows)):
         index.add(block)
         if rescore is not None:
             rescore[done : done + len(block)] = block.astype(np.float16)
+        norms[done : done + len(block)] = block_norms
         done += len(block)
+    np.save(place / NORMS_FILE, norms, allow_pickle=False)
     if rescore is None:
-        return IndexShard(index, rows)
+        return IndexShard(index, rows, norms=norms)
     rescore.flush()
     del rescore
-    return IndexShard(index, rows, RowFile(place / RESCORE_FILE))
+    return IndexShard(index, rows, RowFile(place / RESCORE_FILE), norms=norms)
 
 
 def write_shards(
@@ -318,9 +394,11 @@ def load_shard(
     dim: int,
     layout: StorageLayout,
     hidden: np.ndarray | None = None,
+    normed: bool = False,
 ) -> IndexShard:
     """Shard ``number`` of ``shards`` (``count`` rows of width ``dim``), refused when its files do not
-    hold what the manifest says; ``hidden``: its rows removed from answers."""
+    hold what the manifest says; ``hidden``: its rows removed from answers; ``normed``: the manifest says
+    its rows' norms are kept."""
     place = shard_directory(directory, shards, number)
     if not (place / "rows.json").is_file():
         raise IndexMismatchError(
@@ -333,7 +411,22 @@ def load_shard(
     rescore = check_storage(place, layout, index, count, dim)
     if layout.nprobe is not None:
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", layout.nprobe)
-    return IndexShard(index, rows, rescore, np.empty(0, np.int64) if hidden is None else hidden)
+    norms = read_norms(place / NORMS_FILE, count) if normed else None
+    return IndexShard(index, rows, rescore, np.empty(0, np.int64) if hidden is None else hidden, norms)
+
+
+def read_norms(path: Path, count: int) -> np.ndarray:
+    """A shard's kept norms, one finite float32 per row, or refused naming the rebuild."""
+    try:
+        norms: np.ndarray = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise IndexMismatchError(f"{path}: unreadable row norms ({error}); rebuild the index") from error
+    if norms.shape != (count,) or norms.dtype != np.float32 or not np.isfinite(norms).all():
+        raise IndexMismatchError(
+            f"{path}: holds {norms.dtype} {norms.shape}, the shard needs {count} finite float32 norms; "
+            "rebuild the index with `influence index build --kind gradient`"
+        )
+    return norms
 
 
 def check_storage(

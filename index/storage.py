@@ -35,6 +35,9 @@ RESCORE_FACTOR = 4
 """ivf-pq, pca-sq8: candidates per side re-scored exactly, as a multiple of the rows asked for."""
 RESCORE_FILE = "vectors.f16.npy"
 """ivf-pq, pca-sq8: the float16 vectors their candidates are re-scored against (row i = index id i)."""
+NORMS_FILE = "norms.npy"
+"""Each row's norm in the preconditioned space (``index.vectors.preconditioned_norms``, row i = index id
+i), what the normalised view divides by."""
 RESCORED_STORAGES: tuple[IndexStorage, ...] = ("ivf-pq", "pca-sq8")
 """The storages whose codes only pick candidates, re-scored against ``RESCORE_FILE``."""
 MIN_POINTS_PER_LIST = 39
@@ -44,6 +47,8 @@ PQ_CENTROIDS = 256
 """Centroids of each 8-bit product sub-quantiser (so PQ training needs at least this many rows)."""
 ROW_ID_BYTES = 8
 """Each row's training-row number, held beside the index as int64."""
+NORM_BYTES = 4
+"""Each row's preconditioned norm (``NORMS_FILE``), held as float32 for the normalised view."""
 
 
 class IndexTooLargeError(ValueError):
@@ -134,8 +139,8 @@ def check_storage_rows(storage: IndexStorage, count: int, ivf_lists: int | None 
 
 
 def resident_bytes(layout: StorageLayout, count: int, dim: int, extra: int = 0) -> int:
-    """Bytes a loaded index holds in memory: its vectors or codes, its row ids and ``extra`` (the fitted
-    projection and inverse). ``ivf-pq``: codes and list ids, the coarse centroids and the PQ codebooks
+    """Bytes a loaded index holds in memory: its vectors or codes, its row ids and norms and ``extra`` (the
+    fitted projection and inverse). ``ivf-pq``: codes and list ids, the coarse centroids and the PQ codebooks
     (``256`` centroids per sub-quantiser); ``pca-sq8``: ``r`` code bytes per row, the ``r x d`` directions
     and the code ranges. The float16 re-scoring copy of either is read from disk, not held."""
     per_row = {"float32": 4 * dim, "float16": 2 * dim, "sq8": dim}.get(layout.storage)
@@ -147,7 +152,7 @@ def resident_bytes(layout: StorageLayout, count: int, dim: int, extra: int = 0) 
     else:
         assert layout.ivf_lists is not None and layout.pq_bytes is not None  # storage_layout set them
         vectors = count * (layout.pq_bytes + 8) + layout.ivf_lists * dim * 4 + PQ_CENTROIDS * dim * 4
-    return vectors + count * ROW_ID_BYTES + extra
+    return vectors + count * (ROW_ID_BYTES + NORM_BYTES) + extra
 
 
 def readable_bytes(count: int) -> str:

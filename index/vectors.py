@@ -46,13 +46,18 @@ class ChunkedVectors:
         block = np.array(block, dtype=np.float32)  # a copy: memory-mapped chunks are read-only
         return block if self.transform is None else np.ascontiguousarray(self.transform(block), np.float32)
 
-    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-        """Rows ``start:stop`` in order, one block per chunk they touch."""
+    def _slices(self, start: int, stop: int | None) -> Iterator[np.ndarray]:
+        """Rows ``start:stop`` as they are stored (before the transform), one slice per chunk they touch."""
         stop = self.count if stop is None else stop
         for number, chunk in enumerate(self.chunks):
             first, last = int(self._starts[number]), int(self._starts[number + 1])
             if first < stop and last > start:
-                yield self._read(chunk[max(start - first, 0) : min(stop, last) - first])
+                yield chunk[max(start - first, 0) : min(stop, last) - first]
+
+    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Rows ``start:stop`` in order, one block per chunk they touch."""
+        for piece in self._slices(start, stop):
+            yield self._read(piece)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The given rows (any order), as ``[len(rows), d]``."""
@@ -68,6 +73,15 @@ class ChunkedVectors:
         """Every row's inner products with ``queries`` ``[P, d]``: ``[N, P]`` float32, streamed."""
         return np.concatenate([block @ queries.T for block in self.blocks()])
 
+    def blocks_with_norms(
+        self, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """As :meth:`blocks`, each block with its rows' :func:`preconditioned_norms`."""
+        for piece in self._slices(start, stop):
+            raw = np.array(piece, dtype=np.float32)
+            stored = self._read(raw)
+            yield stored, preconditioned_norms(raw if self.transform is not None else stored, stored)
+
     def training_sample(self, seed: int = 0) -> np.ndarray:
         """What a quantiser is trained on: every row up to ``TRAIN_ROWS``, else a seeded sample of that
         many (the same whatever the shard count, so the shards share one quantiser)."""
@@ -75,3 +89,14 @@ class ChunkedVectors:
             return np.concatenate(list(self.blocks()))
         rows = np.sort(np.random.default_rng(seed).choice(self.count, TRAIN_ROWS, replace=False))
         return self.take(rows)
+
+
+def preconditioned_norms(gradients: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """Each row's norm in the preconditioned space, ``sqrt(|g~_z . u_z|)`` with ``u_z = A^-1 g~_z``
+    (``A = C + damping I``), which is ``||A^-1/2 g~_z||``: the square root of the row's self-influence under
+    the index's curvature, RelatIF's denominator. Dividing ``g~_test . u_z`` by it (and by the test's own
+    ``||A^-1/2 g~_test||``) gives the cosine of the two gradients in the space where the index's curvature
+    is the identity. Rows stored without a transform pass themselves as ``gradients``: their plain norm.
+    The absolute value keeps a row real under an indefinite (``hessian``) curvature. Float32 ``[B]``."""
+    products = np.einsum("ij,ij->i", np.asarray(gradients, np.float64), np.asarray(stored, np.float64))
+    return np.asarray(np.sqrt(np.abs(products)), dtype=np.float32)

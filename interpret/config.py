@@ -179,6 +179,12 @@ class QueryConfig(Config):
     cg_tolerance: float = Field(1e-4, gt=0, le=1, description="cg: stop at this relative residual.")
     lissa: LissaConfig = Field(default_factory=LissaConfig)
     exact: bool = Field(False, description="Exact s_test by an explicit Hessian (small tracked sets).")
+    normalize: bool = Field(
+        False,
+        description="gradient: rank and score by the cosine of the test and training gradients in the "
+        "index's preconditioned space (RelatIF's relative influence, in [-1, 1]), not the raw influence, "
+        "which favours rows with large gradients.",
+    )
 
     @property
     def s_test_vectors(self) -> int:
@@ -250,6 +256,12 @@ def solves_s_test(method: QueryMethod, rerank: int | None) -> bool:
     return method != "gradient" or rerank is not None
 
 
+def normalizes(method: QueryMethod, rerank: int | None) -> bool:
+    """Whether a query can give the normalised view: the gradient index without rerank (its scores are
+    the index's own, and it keeps the norms they are divided by)."""
+    return method == "gradient" and rerank is None
+
+
 def unused_knobs(config: QueryConfig, method: QueryMethod, solver: Solver) -> list[tuple[str, str]]:
     """The settings of ``config`` moved off their defaults that the query it resolves to (``method``,
     ``solver``) never reads, each with what would read it. A query is strict: a knob that would be
@@ -269,6 +281,8 @@ def unused_knobs(config: QueryConfig, method: QueryMethod, solver: Solver) -> li
         unused.append(("k", "method='fastif' (its kNN candidates)"))
     if method != "gradient" and config.rerank is not None:
         unused.append(("rerank", "method='gradient' (the index's top K rescored)"))
+    if config.normalize and not normalizes(method, config.rerank):
+        unused.append(("normalize", "method='gradient' without rerank (the index's own vectors and norms)"))
     if not solves_s_test(method, config.rerank):
         solving = "method='fastif' or 'full', or method='gradient' with rerank"
         for name in ("exact", "solver", "cg_rows", "cg_tolerance", "lissa"):
@@ -407,8 +421,22 @@ class GradientIndexConfig(Config):
         return {"rank": self.rank, "seed": self.seed, "projection": self.projection, **kfac}
 
 
-EvaluatedMethod = typing.Literal["gradient", "fastif", "full", "exact"]
-"""What an evaluation measures: a query method, or ``exact`` (the explicit Hessian's influence)."""
+EvaluatedMethod = typing.Literal["gradient", "gradient_normalized", "fastif", "full", "exact"]
+"""What an evaluation measures: a query method, ``gradient_normalized`` (the gradient index's normalised
+view) or ``exact`` (the explicit Hessian's influence)."""
+
+
+def evaluated_query(config: QueryConfig, method: EvaluatedMethod) -> QueryConfig:
+    """The query that gives an evaluated method's scores of every training row (no rerank; fastif keeps
+    its ``k``)."""
+    if method == "exact":
+        return config.replace(method="full", exact=True, k=None, rerank=None, normalize=False)
+    if method == "gradient_normalized":
+        return config.replace(method="gradient", normalize=True, rerank=None)
+    return config.replace(
+        method=method, k=None if method == "full" else config.k, rerank=None, normalize=False
+    )
+
 
 EvaluationTask = typing.Literal["loo", "lds_head", "recall", "influence_map", "audit", "error_correction"]
 """What ``influence evaluate`` and the applications run (``tasks.evaluation``, ``tasks.applications``)."""

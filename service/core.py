@@ -42,6 +42,7 @@ from interpret.config import (
     GradientIndexConfig,
     MethodUnavailableError,
     QueryConfig,
+    evaluated_query,
     resolve_method,
     resolve_solver,
     solves_s_test,
@@ -198,6 +199,8 @@ class InfluenceService:
             config = request.config()
             method = resolve_method(config, engine.gradient_index is not None, engine.index is not None)
             solver = resolve_solver(config, method, curvature)
+            if config.normalize and method == "gradient" and engine.gradient_index is not None:
+                engine.gradient_index.require_norms()
         except MethodUnavailableError as error:
             value = getattr(request, error.field)
             raise LimitExceededError(str(error), {"field": error.field, "value": value}) from None
@@ -535,11 +538,11 @@ class InfluenceService:
             check_full_scan(self.settings, self.engine.num_examples, "task")
         for method in request.methods if task == "recall" else []:
             try:
-                resolve_method(
-                    QueryConfig(method=method),
-                    self.engine.gradient_index is not None,
-                    self.engine.index is not None,
-                )
+                query = evaluated_query(QueryConfig(), method)
+                gradient_index = self.engine.gradient_index
+                resolve_method(query, gradient_index is not None, self.engine.index is not None)
+                if query.normalize and gradient_index is not None:
+                    gradient_index.require_norms()
             except MethodUnavailableError as error:
                 raise LimitExceededError(str(error), {"field": "methods", "value": method}) from None
 

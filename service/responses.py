@@ -90,6 +90,7 @@ def quality(answer: InfluenceAnswer, config: QueryConfig, disclose: bool) -> Qua
         candidates=index["count"] if index is not None and not solved else len(answer.candidate_rows),
         k=config.k if answer.method == "fastif" else None,
         rerank=config.rerank if answer.method == "gradient" else None,
+        normalize=config.normalize,
         solver=answer.solver,
         exact=config.exact and solved,
         cached_s_test=answer.s_test_cached if disclose and solved else None,

@@ -167,7 +167,10 @@ class InfluentialExampleOut(BaseModel):
     text_pair: str | None
     label: int
     label_name: str
-    score: float = Field(description="Positive = harmful (up-weighting raises the test loss).")
+    score: float = Field(
+        description="Positive = harmful (up-weighting raises the test loss); with normalize, the cosine in "
+        "the preconditioned space, in [-1, 1]."
+    )
     distance: float | None = Field(description="kNN distance in feature space; null for full scans.")
 
 
@@ -230,6 +233,9 @@ class Quality(BaseModel):
     candidates: int = Field(description="Training examples scored (gradient: the whole index).")
     k: int | None
     rerank: int | None = None
+    normalize: bool = Field(
+        False, description="Whether scores are cosines in the preconditioned space (the normalised view)."
+    )
     solver: str | None = Field(None, description="How s_test was solved; null when none was needed.")
     exact: bool
     cached_s_test: bool | None = Field(
@@ -345,7 +351,10 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-def _gradient_only() -> list[Literal["gradient", "fastif"]]:
+RecallMethod = Literal["gradient", "gradient_normalized", "fastif"]
+
+
+def _gradient_only() -> list[RecallMethod]:
     return ["gradient"]
 
 
@@ -359,8 +368,10 @@ class EvaluateRequest(EvaluationConfig):
         description="Test points. loo, lds_head, recall and error_correction need each one's true label; "
         "influence_map explains each input's given or predicted label; audit takes none.",
     )
-    methods: list[Literal["gradient", "fastif"]] = Field(
-        default_factory=_gradient_only, min_length=1, description="recall: methods measured."
+    methods: list[RecallMethod] = Field(
+        default_factory=_gradient_only,
+        min_length=1,
+        description="recall: methods measured (gradient_normalized: the gradient index's normalised view).",
     )
 
     def config(self) -> EvaluationConfig:

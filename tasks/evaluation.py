@@ -28,7 +28,7 @@ from engine.pipeline import Engine, answer_query
 from interpret.cancellation import RequestContext
 from interpret.cancellation import checkpoint as step_boundary
 from interpret.checkpoint import DEFAULT_MAX_LENGTH
-from interpret.config import EvaluatedMethod, EvaluationConfig, QueryConfig
+from interpret.config import EvaluatedMethod, EvaluationConfig, QueryConfig, evaluated_query
 from interpret.data import ExampleSet
 from interpret.evaluation.convex import ConvexHead
 from interpret.evaluation.metrics import (
@@ -208,7 +208,8 @@ def method_scores(
         text = test.texts[row]
         pair = test.pairs[row] if test.pairs is not None else None
         label = int(test.labels[row])
-        if method == "gradient":
+        query = evaluated_query(config or QueryConfig(), method)
+        if query.method == "gradient":
             if engine.gradient_index is None:
                 raise ValueError(
                     "method=gradient needs a gradient index: "
@@ -217,21 +218,15 @@ def method_scores(
             gradient = engine.backend.projected_test_gradient(
                 text, pair, label, engine.gradient_index.projection, context
             )
-            (rows, values), _ = engine.gradient_index.search(gradient, engine.num_examples)
+            found, _ = engine.gradient_index.search(gradient, engine.num_examples, query.normalize)
+            rows, values = found
         else:
-            query = _with_method(config or QueryConfig(), method)
             answer = answer_query(engine, text, pair, label, query, cache=cache, context=context)
             rows, values = answer.candidate_rows, answer.candidate_scores
         scores[position, rows] = values
         if progress is not None:
             progress(position + 1, len(test_rows))
     return scores
-
-
-def _with_method(config: QueryConfig, method: EvaluatedMethod) -> QueryConfig:
-    if method == "exact":
-        return config.replace(method="full", exact=True, k=None)
-    return config.replace(method=method, k=None if method == "full" else config.k, rerank=None)
 
 
 def retrain_subsets(
@@ -373,7 +368,7 @@ def ensure_indexes(engine: Engine, methods: Iterable[str], directory: str | Path
         except (IndexMismatchError, FileNotFoundError):
             build_knn_index(engine, directory / "index")
             engine.index = knn_index_for(directory / "index", engine.identity)
-    if "gradient" in methods and engine.gradient_index is None:
+    if {"gradient", "gradient_normalized"} & set(methods) and engine.gradient_index is None:
         engine.gradient_index = gradient_index_for(
             directory / "gradient-index", engine.backend, optional=True
         )

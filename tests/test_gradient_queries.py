@@ -124,3 +124,50 @@ def test_a_method_without_its_index_is_refused_by_name(engine_dirs):
         QueryConfig(method="fast")
     with pytest.raises(ValueError, match=r"\nrerank\n  Input should be greater than or equal to 1"):
         QueryConfig(rerank=0)
+
+
+def test_the_normalised_view_is_the_exact_cosine_in_the_preconditioned_space(gradient_engine):
+    """Unprojected + Hessian preconditioner: every normalised score is the cosine of the test and training
+    gradients under ``(H + damping I)^-1``, computed here from the explicit Hessian; the ranking is
+    RelatIF's ``I(z, test) / sqrt(|I(z, z)|)``."""
+    n = len(gradient_engine.examples)
+    answer = answer_query(gradient_engine, QUERY, config=QueryConfig(top=n, normalize=True))
+    explainer = gradient_engine.backend.explainer
+    tracked, theta, train = explainer.tracked, explainer.theta, explainer.checkpoint.train
+    states, labels = train.load(np.arange(n))
+    v = prepare_test_point(tracked, theta, QUERY, None, None).v
+    damped = training_hessian(tracked, theta, train) + 0.1 * torch.eye(len(v), dtype=torch.float64)
+    gradients = per_example_gradients(tracked, theta, states, labels)
+    solved = torch.linalg.solve(damped, gradients.T).T  # (H + damping I)^-1 g_z, row by row
+    relative = -(solved @ v) / torch.sqrt((solved * gradients).sum(1).abs())
+    expected = (relative / torch.sqrt((v @ torch.linalg.solve(damped, v)).abs())).numpy()
+    got = {e.row: e.score for e in answer.helpful + answer.harmful}
+    rows = np.array(sorted(got))
+    np.testing.assert_allclose([got[r] for r in rows], expected[rows], rtol=1e-4, atol=1e-6)
+    assert np.abs(expected).max() <= 1  # (H + damping I) is positive definite here: true cosines
+    best = np.argsort(expected, kind="stable")[: len(answer.helpful)]
+    assert [e.row for e in answer.helpful] == best.tolist()
+
+
+def test_the_normalised_view_is_refused_where_no_index_scores(gradient_engine):
+    for config in (QueryConfig(normalize=True, rerank=5), QueryConfig(normalize=True, method="full")):
+        with pytest.raises(
+            MethodUnavailableError, match=r"normalize=true .* method='gradient' without rerank"
+        ):
+            answer_query(gradient_engine, QUERY, config=config)
+
+
+def test_evaluations_measure_the_normalised_view_as_a_method(gradient_engine):
+    """``gradient_normalized`` (an ``influence evaluate`` method) scores every row as the query does."""
+    from tasks.evaluation import method_scores
+
+    examples = gradient_engine.examples
+    scores = method_scores(gradient_engine, examples, np.array([3]), "gradient_normalized")[0]
+    label = int(examples.labels[3])
+    config = QueryConfig(top=len(examples), normalize=True)
+    answer = answer_query(gradient_engine, examples.texts[3], label=label, config=config)
+    np.testing.assert_allclose(scores[answer.candidate_rows], answer.candidate_scores, rtol=1e-6)
+    raw = method_scores(gradient_engine, examples, np.array([3]), "gradient")[0]
+    assert scores[3] == pytest.approx(-1, abs=1e-6)  # the row itself: the same gradient
+    assert np.abs(scores).max() <= 1 + 1e-6  # cosines
+    assert np.argsort(raw).tolist() != np.argsort(scores).tolist()  # a view of its own, not a rescaling

@@ -160,6 +160,12 @@ def test_shard_actors_answer_like_one_index_and_replace_a_killed_one(ray_local, 
     index = _load(tmp_path / "cut", _actors)
     try:
         assert_same_answers(_answers(index, queries), expected)
+        normalized = _load(tmp_path / "cut").search(queries[0], 50, normalize=True)
+        for (rows, scores), (rows_local, scores_local) in zip(
+            index.search(queries[0], 50, normalize=True), normalized, strict=True
+        ):
+            np.testing.assert_array_equal(rows, rows_local)
+            np.testing.assert_allclose(scores, scores_local, rtol=1e-6)
         ray_local.kill(index.shards.actors[1])
         assert_same_answers(_answers(index, queries), expected)
         assert index.shards.replacements == 1
@@ -213,6 +219,7 @@ def test_index_info_names_the_shards(tmp_path):
     result = CliRunner().invoke(app, ["index", "info", "--index", str(tmp_path / "cut")], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "3 shards (one Ray actor each when served): 234, 233, 233 rows" in result.output
+    assert "normalised view (--normalize): plain norms kept" in result.output
 
 
 def test_chunked_vectors_read_rows_in_order_through_the_transform():

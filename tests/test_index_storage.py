@@ -131,7 +131,9 @@ def test_pca_sq8_rescores_its_candidates_exactly_and_finds_the_top(tmp_path):
     vectors = _vectors(5) + 1.0
     manifest = _write(tmp_path / "pca", "pca-sq8", vectors, pca_dim=8)
     assert (manifest.pca_dim, manifest.factory) == (8, "PCA8,SQ8")
-    assert manifest.resident_bytes == ROWS * (8 + 8) + 8 * DIM * 4 + 2 * 4 * 8  # codes, rows, map, ranges
+    assert (
+        manifest.resident_bytes == ROWS * (8 + 8 + 4) + 8 * DIM * 4 + 2 * 4 * 8
+    )  # codes, rows, norms, map, ranges
     index = _load(tmp_path / "pca")
     stored = np.load(tmp_path / "pca" / RESCORE_FILE)
     np.testing.assert_array_equal(stored, vectors.astype(np.float16))
@@ -168,7 +170,8 @@ def test_layouts_are_checked_and_sized():
     sizes = {
         storage: resident_bytes(storage_layout(storage, ROWS, DIM, "Flat"), ROWS, DIM) for storage in STORAGES
     }
-    assert sizes["float32"] == ROWS * (4 * DIM + 8) and sizes["float16"] == ROWS * (2 * DIM + 8)
+    per_row = 8 + 4  # each row's id and its norm (the normalised view)
+    assert sizes["float32"] == ROWS * (4 * DIM + per_row) and sizes["float16"] == ROWS * (2 * DIM + per_row)
     assert sizes["float32"] > sizes["float16"] > sizes["sq8"]
     million = storage_layout("ivf-pq", 10**6, 3360, "Flat")  # MiniLM's width at rank 16
     assert (million.ivf_lists, million.pq_bytes) == (1000, 420)
@@ -275,5 +278,5 @@ def test_a_manifest_from_before_storages_loads_as_float32_with_its_bytes_estimat
     manifest = _load(tmp_path / "old").manifest
     assert manifest.storage == "float32" and manifest.resident_bytes is None
     assert manifest.layout == StorageLayout("float32", "Flat")
-    assert manifest.memory_bytes == ROWS * (4 * DIM + 8)
+    assert manifest.memory_bytes == ROWS * (4 * DIM + 8 + 4)  # vectors, row ids, norms
     assert manifest.shards == 1 and manifest.counts == [ROWS]

@@ -118,6 +118,7 @@ def test_a_refined_query_reuses_s_test(http, service):
         ({"k": None}, "a full scan scores all 96"),
         ({"method": "gradient"}, "method='gradient' needs a gradient index"),
         ({"rerank": 61}, "rerank is read by method='gradient'"),
+        ({"normalize": True}, "normalize is read by method='gradient' without rerank"),
         ({"solver": "cg", "cg_rows": 51, "lissa": {"damping": 0.1}}, "INFLUENCE_MAX_CG_ROWS"),
         ({"top": 21}, "INFLUENCE_MAX_TOP"),
         ({"lissa": {**LISSA, "recursion_depth": 61}}, "lissa.recursion_depth=61"),
@@ -333,6 +334,12 @@ def test_a_gradient_index_job_makes_gradient_the_default_method(settings, engine
         assert quality.gradient_index.rank == 4 and quality.gradient_index.preconditioner == "fisher"
         assert all(e.score < 0 for e in after.helpful) and all(e.score > 0 for e in after.harmful)
         assert quality.gradient_index.projection == "kfac" and quality.gradient_index.fit_rows == 96
+        normalized = client.influence(QUERY, top=3, normalize=True).results[0]
+        assert normalized.quality.normalize and not quality.normalize
+        assert all(-1 <= e.score < 0 for e in normalized.helpful)
+        assert all(0 < e.score <= 1 for e in normalized.harmful)
+        with pytest.raises(BadRequestError, match="normalize is read by method='gradient' without rerank"):
+            client.influence(QUERY, top=3, rerank=5, normalize=True)
         reranked = client.influence(QUERY, top=3, rerank=5).results[0].quality
         assert reranked.method == "gradient" and reranked.rerank == 5 and reranked.solver == "index"
         assert reranked.candidates <= 10 and reranked.lissa is None  # the index's curvature: no LiSSA

@@ -37,10 +37,10 @@ class ShardServer:
         self.shard = load_gradient_shard(directory, manifest, number, max_bytes)
         return len(self.shard.rows)
 
-    def search(self, query: np.ndarray, top: int) -> Sides:
+    def search(self, query: np.ndarray, top: int, normalize: bool = False) -> Sides:
         if self.shard is None:
             raise RuntimeError("search before load: the shard actor holds no shard")
-        return self.shard.search(query, top)
+        return self.shard.search(query, top, normalize)
 
 
 class ShardActors:
@@ -78,10 +78,10 @@ class ShardActors:
         except RayTaskError as error:  # the shard's own refusal (too large, mismatched files)
             raise (error.cause or error) from None
 
-    def search(self, query: np.ndarray, top: int) -> Sides:
+    def search(self, query: np.ndarray, top: int, normalize: bool = False) -> Sides:
         """Every shard's top of each side, merged; a shard whose actor died is reloaded and searched again."""
         actors = list(self.actors)
-        refs = [actor.search.remote(query, top) for actor in actors]
+        refs = [actor.search.remote(query, top, normalize) for actor in actors]
         ray.wait(refs, num_returns=len(refs), timeout=self.deadline_s)
         parts = []
         for number, ref in enumerate(refs):
@@ -89,7 +89,7 @@ class ShardActors:
                 parts.append(self._get([ref], f"searching shard {number}")[0])
             except WORKER_FAILURES:
                 replacement = self._replace(number, actors[number])
-                retried = replacement.search.remote(query, top)
+                retried = replacement.search.remote(query, top, normalize)
                 try:
                     parts.append(self._get([retried], f"searching shard {number} again")[0])
                 except WORKER_FAILURES as error:

@@ -280,13 +280,14 @@ async function runInfluence() {
   if (method) body.method = method;
   if (resolved === "fastif") body.k = Number($("inf-k").value);
   if (rerank) body.rerank = rerank;
+  if ($("inf-view").value && !$("inf-view").disabled) body.normalize = true;
   say("explaining (a job: progress below, cancel any time)...");
   const result = (await runJob({kind: "influence", influence: body}, $("inf-progress"), $("inf-cancel"))).results[0];
   state.influence = result;
   const q = result.quality;
   const timings = Object.entries(q.timings_s).map(([k, v]) => `${k} ${v.toFixed(2)} s`).join(", ");
   const lissa = q.lissa ? html`<span>spread ${q.lissa.relative_spread.toFixed(3)}</span><span>norm trace ${sparkline(q.lissa.norm_trace[0])}</span>` : html``;
-  const reranked = q.rerank ? ` (rerank ${q.rerank})` : "";
+  const reranked = (q.rerank ? ` (rerank ${q.rerank})` : "") + (q.normalize ? " (normalised: scores are cosines)" : "");
   const cg = q.cg ? html`<span>CG residual ${q.cg.relative_residual.toExponential(1)}</span>` : html``;
   render($("influence-quality"), html`<span>method <strong>${q.method}</strong>${reranked}</span><span>${q.candidates.toLocaleString()} examples scored</span><span>explaining ${labelName(result.label_used)}</span><span>${timings}</span>${lissa}${cg}`);
   render($("helpful"), exampleList(result.helpful, "helpful"));
@@ -386,9 +387,16 @@ async function start() {
     ...(state.model?.full_scan_allowed ? [["full", "full scan"]] : [])];
   render($("inf-method"), html`${methods.map(([v, t]) => html`<option value="${v}">${t}</option>`)}`);
   fillFixedForms();
-  // k is fastif's alone and rerank the gradient index's: disabled (never blocking the form) otherwise
-  const kApplies = () => { $("inf-k").disabled = resolvedMethod() !== "fastif"; $("inf-rerank").disabled = resolvedMethod() !== "gradient"; };
+  // k is fastif's alone, rerank the gradient index's, and the normalised view the index's without a
+  // rerank: disabled (never blocking the form) otherwise
+  const kApplies = () => {
+    const gradient = resolvedMethod() === "gradient";
+    $("inf-k").disabled = resolvedMethod() !== "fastif";
+    $("inf-rerank").disabled = !gradient;
+    $("inf-view").disabled = !gradient || Boolean($("inf-rerank").value);
+  };
   $("inf-method").addEventListener("change", kApplies);
+  $("inf-rerank").addEventListener("input", kApplies);
   kApplies();
   if (state.model?.influence_unavailable) explainMissingData(state.model.influence_unavailable);
 
