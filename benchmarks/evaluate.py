@@ -137,6 +137,7 @@ def label_agreement(engine, texts: list[str], top: int = 10) -> dict:
     for text in texts:
         for view, normalize in VIEWS.items():
             answer = answer_query(engine, text, config=QueryConfig(top=top, normalize=normalize))
+            found[view].setdefault("query_seconds", []).append(answer.timings["total"])
             label, helpful, harmful = answer.label_used, answer.helpful, answer.harmful
             agree, disagree = [e.label == label for e in helpful], [e.label != label for e in harmful]
             ratio = abs(harmful[0].score / helpful[0].score) if helpful and harmful else float("nan")
@@ -151,7 +152,10 @@ def label_agreement(engine, texts: list[str], top: int = 10) -> dict:
     overlap = [
         len(a & b) / max(len(a | b), 1) for a, b in zip(lists["raw"], lists["normalized"], strict=True)
     ]
+    seconds = {view: values.pop("query_seconds") for view, values in found.items()}
     means = {view: {k: float(np.nanmean(v)) for k, v in values.items()} for view, values in found.items()}
+    for view, values in seconds.items():  # in-process answers: test gradient and search, no REST
+        means[view]["query_p50_s"] = float(np.median(values))
     return {**means, "helpful_jaccard_raw_vs_normalized": float(np.mean(overlap))}
 
 
@@ -186,6 +190,8 @@ def views(points: int, rows: int, test_points: int, subsets: int) -> None:
         "lds_tracked_gradient": report.lds["gradient"],
         "lds_tracked_gradient_normalized": report.lds["gradient_normalized"],
         "lds_tracked_ci_halfwidth": report.summary["lds_tracked_ci_halfwidth"],
+        "lds_retrains": subsets,
+        "lds_test_points": test_points,
         "view_points": points,
     }
     write_result(
@@ -202,6 +208,10 @@ def views(points: int, rows: int, test_points: int, subsets: int) -> None:
     )
 
 
+DEFAULT_AUDIT_ROWS = 5000
+"""The audit's noisy subset: ``--audit-rows`` (67,349 for all of SST-2, written as ``audit_67349_rows``)."""
+
+
 def audit(rows: int, noise: float) -> None:
     from engine.pipeline import local_engine
     from interpret.checkpoint import read_card
@@ -213,12 +223,13 @@ def audit(rows: int, noise: float) -> None:
     train_seconds = time.perf_counter() - clock
     engine = local_engine(model)
     clock = time.perf_counter()
-    self_influence, loss = self_influence_and_loss(engine, work / "gradients", GradientIndexConfig())
+    self_influence, loss = self_influence_and_loss(engine, work / f"gradients-{rows}", GradientIndexConfig())
     rank_seconds = time.perf_counter() - clock
     report = audit_report(engine.examples, self_influence, loss, flipped, 0, {"rows": rows, "noise": noise})
     report.ranked = report.ranked[:50]  # the JSON keeps the top of the list; the CLI exports all of it
     report.summary["audit_combined_top10_recall"] = report.top10_recall["combined"]  # issue 26's name
-    _save(report, "audit", {"train_seconds": train_seconds, "rank_seconds": rank_seconds})
+    name = "audit" if rows == DEFAULT_AUDIT_ROWS else f"audit_{rows}_rows"  # the default keeps its name
+    _save(report, name, {"train_seconds": train_seconds, "rank_seconds": rank_seconds})
 
 
 def influence_map() -> None:
@@ -263,7 +274,7 @@ def main() -> None:
     parser.add_argument("--small-test-points", type=int, default=20)
     parser.add_argument("--small-subsets", type=int, default=32)
     parser.add_argument("--view-points", type=int, default=100, help="views: dev sentences")
-    parser.add_argument("--audit-rows", type=int, default=5000)
+    parser.add_argument("--audit-rows", type=int, default=DEFAULT_AUDIT_ROWS)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     parts = args.parts.split(",")

@@ -26,7 +26,7 @@ from cli.common import (
     run_task,
     training_for,
 )
-from interpret.config import EvaluationConfig
+from interpret.config import AuditRanking, EvaluationConfig
 
 APPLICATIONS = ARTIFACTS / "applications"
 DEFAULTS = EvaluationConfig()
@@ -50,6 +50,10 @@ def audit(
         int, typer.Option(min=1, help="With --inject-noise: training rows of the noisy subset.")
     ] = 5000,
     seed: int = 0,
+    rank_by: Annotated[
+        AuditRanking,
+        typer.Option(help="Order of the list: loss, self_influence, or combined (their rank average)."),
+    ] = DEFAULTS.rank_by,
     out: ReportFolder = APPLICATIONS,
     work: Annotated[Path, typer.Option(help="Noisy data, its model and gradient shards, reused.")] = (
         APPLICATIONS / "audit-work"
@@ -60,7 +64,7 @@ def audit(
     train_max_examples: TrainMaxExamples = None,
     id_column: IdColumn = None,
 ) -> None:
-    """Rank training rows by self-influence (and loss): the first rows to check for wrong labels."""
+    """Rank training rows by loss, self-influence or both: the first rows to check for wrong labels."""
     from engine.pipeline import local_engine
     from interpret.checkpoint import read_card
     from tasks.applications import retrain_with_noise
@@ -88,7 +92,7 @@ def audit(
         "audit",
         engine,
         out,
-        config=EvaluationConfig(seed=seed),
+        config=EvaluationConfig(seed=seed, rank_by=rank_by),
         work_dir=work / "gradients",
         flipped=flipped,
         settings=config,

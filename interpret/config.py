@@ -442,6 +442,10 @@ EvaluationTask = typing.Literal["loo", "lds_head", "recall", "influence_map", "a
 """What ``influence evaluate`` and the applications run (``tasks.evaluation``, ``tasks.applications``)."""
 
 
+AuditRanking = typing.Literal["loss", "self_influence", "combined"]
+"""How the audit orders training rows: by loss, by self-influence, or by their rank average."""
+
+
 class EvaluationConfig(Config):
     """Sizes and seeds of an evaluation or application run; the defaults fit 2 CPU cores (README)."""
 
@@ -470,6 +474,11 @@ class EvaluationConfig(Config):
         2e-5, gt=0, le=1, description="error_correction: learning rate of the brief fine-tune."
     )
     limit: int = Field(1000, ge=1, le=1_000_000, description="audit: rows of the ranked list returned.")
+    rank_by: AuditRanking = Field(
+        "loss",
+        description="audit: the order of the ranked list: loss, self_influence, or combined (their mean rank "
+        "percentile). Loss by default: it found the most flipped labels on SST-2 (README).",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- saliency

@@ -163,7 +163,7 @@ def run_recall(inputs: TaskInputs) -> RecallReport:
 
 
 def run_audit(inputs: TaskInputs) -> AuditReport:
-    """Training rows ranked by self-influence (and loss)."""
+    """Training rows ranked by loss, self-influence or both (``config.rank_by``)."""
     engine = inputs.engine
     if inputs.work_dir is None:
         raise ValueError("audit needs a work_dir for its gradient shards")
@@ -172,7 +172,13 @@ def run_audit(inputs: TaskInputs) -> AuditReport:
         engine, work_dir, GradientIndexConfig(), inputs.progress("gradients")
     )
     report = applications.audit_report(
-        engine.training_examples(), self_influence, loss, inputs.flipped, inputs.config.seed, inputs.settings
+        engine.training_examples(),
+        self_influence,
+        loss,
+        inputs.flipped,
+        inputs.config.seed,
+        inputs.settings,
+        inputs.config.rank_by,
     )
     if not inputs.whole_ranking:
         report.ranked = report.ranked[: inputs.config.limit]

@@ -64,11 +64,12 @@ class RankedRow(BaseModel):
 
 
 class AuditReport(BaseModel):
-    """Training rows ranked by self-influence (and by loss); with injected noise, what each finds."""
+    """Training rows ranked by loss, self-influence or both; with injected noise, what each finds."""
 
     kind: Literal["audit"] = "audit"
     config: dict
-    ranked: list[RankedRow] = Field(description="Every row, highest self-influence first.")
+    rank_by: str = Field("loss", description="The ranking that orders ``ranked``.")
+    ranked: list[RankedRow] = Field(description="Every row, highest rank_by score first.")
     curves: dict[str, list[float]] = Field(
         default_factory=dict, description="Ranking -> share of flipped labels found in its top 1%, 2%, ..."
     )

@@ -354,9 +354,12 @@ def test_self_influence_is_each_rows_score_against_itself(engine_dirs, tmp_path)
     flipped[np.argsort(-loss)[:5]] = True
     report = audit_report(engine.examples, self_influence, loss, flipped)
     assert report.summary["loss_auc"] == 1.0 and set(report.top10_recall) >= {"combined", "random"}
-    assert report.top10_recall["loss"] == 1.0 and next(r.row for r in report.ranked) == int(
-        np.argmax(self_influence)
-    )
+    assert report.top10_recall["loss"] == 1.0 and report.ranked[0].row == int(np.argmax(loss))
+    by_self = audit_report(engine.examples, self_influence, loss, flipped, rank_by="self_influence")
+    assert by_self.ranked[0].row == int(np.argmax(self_influence)) and by_self.summary == report.summary
+    combined = audit_report(engine.examples, self_influence, loss, rank_by="combined")
+    best = int(np.argmax(rank_average(self_influence, loss)))
+    assert combined.ranked[0].row == best and combined.rank_by == "combined"
     write_report(report, tmp_path, "audit")
     assert (tmp_path / "audit.png").is_file()
 

@@ -294,6 +294,10 @@ def test_evaluate_jobs_check_their_inputs_and_return_typed_reports(http, setting
     audit = client.submit_job(evaluate_request("audit", limit=5), kind="evaluate")
     ranked = client.wait_job(audit.id, poll_s=0.05, timeout=120, progress=False).result
     assert ranked.kind == "audit" and len(ranked.ranked) == 5
+    assert ranked.rank_by == "loss"  # the default: it found the most flipped labels (README)
+    assert [r.loss for r in ranked.ranked] == sorted((r.loss for r in ranked.ranked), reverse=True)
+    audit = client.submit_job(evaluate_request("audit", limit=5, rank_by="self_influence"), kind="evaluate")
+    ranked = client.wait_job(audit.id, poll_s=0.05, timeout=120, progress=False).result
     assert [r.self_influence for r in ranked.ranked] == sorted(
         (r.self_influence for r in ranked.ranked), reverse=True
     )
