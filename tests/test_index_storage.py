@@ -3,6 +3,7 @@ exact scores, a compressed storage's recall is measured and recorded, memory is 
 allocated, and a folder whose storage does not match its manifest is refused."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -113,6 +114,16 @@ def test_the_rescoring_rows_are_read_from_the_file_in_any_order(tmp_path):
     assert (rows.shape, rows.dtype, len(rows)) == ((50, 6), np.float16, 50)
     for pick in ([7, 3, 4, 5, 49, 0, 3], [], list(range(50))):
         np.testing.assert_array_equal(rows[np.asarray(pick, dtype=np.int64)], stored[pick])
+
+
+def test_a_truncated_rescoring_copy_is_refused_when_the_index_loads(tmp_path):
+    vectors = _vectors(2)
+    _write(tmp_path / "pca", "pca-sq8", vectors, pca_dim=8)
+    path = tmp_path / "pca" / RESCORE_FILE
+    os.truncate(path, path.stat().st_size - 100)  # numpy's header check sees it: never a short read later
+    refusal = r"vectors\.f16\.npy: unreadable re-scoring vectors .*; rebuild the index"
+    with pytest.raises(IndexMismatchError, match=refusal):
+        _load(tmp_path / "pca")
 
 
 def test_principal_directions_are_the_top_right_singular_vectors():
