@@ -190,11 +190,12 @@ class GradientIndex:
     def test_norm(self, query: np.ndarray) -> float:
         """The test gradient's norm, taken as the rows' are (``manifest.norms``): ``||A^-1/2 g~_test||`` =
         ``sqrt(|g~_test . A^-1 g~_test|)``, or ``||g~_test||`` for ``plain`` norms."""
-        vector = np.asarray(query, dtype=np.float64).ravel()
+        vector = np.asarray(query, dtype=np.float32).ravel()
         if self.manifest.norms == "preconditioned":
             assert self.inverse is not None  # loaded with the index (load_gradient_index)
-            return float(np.sqrt(abs(vector @ (np.asarray(self.inverse, np.float64) @ vector))))
-        return float(np.linalg.norm(vector))
+            solved = np.asarray(self.inverse, dtype=np.float32) @ vector  # float32 as stored: no d x d copy
+            return float(np.sqrt(abs(np.dot(vector.astype(np.float64), solved.astype(np.float64)))))
+        return float(np.linalg.norm(vector.astype(np.float64)))
 
     def search(
         self, test_gradient: np.ndarray, top: int, normalize: bool = False
