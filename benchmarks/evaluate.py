@@ -182,24 +182,22 @@ def views(points: int, rows: int, test_points: int, subsets: int) -> None:
     ensure_indexes(small, list(VIEWS_LDS), SMALL)
     test_rows = sample_rows(len(dev), test_points, 0)
     report = lds_tracked(small, model, dev, test_rows, list(VIEWS_LDS), SMALL / "retrains", subsets, 0.5, 0)
-    summary = {
+    summary = {  # issue 26's names; the harmful side, the normalised LDS and the points are beside it
         "raw_label_agreement_helpful": agreement["raw"]["label_agreement_helpful"],
         "normalized_label_agreement_helpful": agreement["normalized"]["label_agreement_helpful"],
-        "raw_label_disagreement_harmful": agreement["raw"]["label_disagreement_harmful"],
-        "normalized_label_disagreement_harmful": agreement["normalized"]["label_disagreement_harmful"],
         "lds_tracked_gradient": report.lds["gradient"],
-        "lds_tracked_gradient_normalized": report.lds["gradient_normalized"],
         "lds_tracked_ci_halfwidth": report.summary["lds_tracked_ci_halfwidth"],
         "lds_retrains": subsets,
         "lds_test_points": test_points,
-        "view_points": points,
     }
     write_result(
         "views",
         {
             "command": COMMAND,
             "summary": summary,
+            "lds_tracked_gradient_normalized": report.lds["gradient_normalized"],
             "label_agreement": agreement,
+            "label_agreement_points": points,
             "label_agreement_seconds": agreement_seconds,
             "shown": {"text": SHOWN, **shown},
             "lds": report.model_dump(mode="json"),

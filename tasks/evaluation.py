@@ -204,11 +204,11 @@ def method_scores(
     """A method's influence scores ``[T, N]`` of every training row on each test point's *true* label;
     rows a method does not score (fastif's non-candidates) get 0, i.e. "no influence"."""
     scores = np.zeros((len(test_rows), engine.num_examples))
+    query = evaluated_query(config or QueryConfig(), method)
     for position, row in enumerate(test_rows):
         text = test.texts[row]
         pair = test.pairs[row] if test.pairs is not None else None
         label = int(test.labels[row])
-        query = evaluated_query(config or QueryConfig(), method)
         if query.method == "gradient":
             if engine.gradient_index is None:
                 raise ValueError(
@@ -218,8 +218,7 @@ def method_scores(
             gradient = engine.backend.projected_test_gradient(
                 text, pair, label, engine.gradient_index.projection, context
             )
-            found, _ = engine.gradient_index.search(gradient, engine.num_examples, query.normalize)
-            rows, values = found
+            (rows, values), _ = engine.gradient_index.search(gradient, engine.num_examples, query.normalize)
         else:
             answer = answer_query(engine, text, pair, label, query, cache=cache, context=context)
             rows, values = answer.candidate_rows, answer.candidate_scores
