@@ -50,7 +50,7 @@ from engine.builds import build_gradient_index, build_knn_index, fit_projection,
 from engine.pipeline import answer_query, local_engine
 from index.gradient import read_gradient_manifest, record_fidelity
 from index.store import IndexMismatchError, read_manifest
-from interpret.config import GradientIndexConfig, QueryConfig
+from interpret.config import FAST_RERANK, GradientIndexConfig, QueryConfig
 from interpret.data import load_examples, sst2_spec
 from interpret.influence import metrics
 from interpret.influence.cg import cg_s_test
@@ -60,6 +60,10 @@ from interpret.influence.scoring import score_rows
 
 CACHE = Path("artifacts/bench-gradient")
 RECALL_AT = (10, 100)
+RERANK_SWEEP = (150, FAST_RERANK, 500, 1000)
+"""The K of each side that the rerank sweep rescores (``rerank_sweep``)."""
+AGREEMENT_SEED = 1
+"""The seed of the second CG reference's rows (the first's is 0): an equally good reference."""
 
 
 def top_rows(scores: np.ndarray, rows: np.ndarray, m: int, side: str) -> np.ndarray:
@@ -73,6 +77,13 @@ def recalls(reference: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> dict
 
 def mean_of(dicts: list[dict]) -> dict:
     return {key: float(np.mean([d[key] for d in dicts])) for key in dicts[0]}
+
+
+def candidate_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the top ``k`` of each side of one query's scores over every row: what ``rerank=k``
+    rescores."""
+    every = np.arange(len(scores))
+    return np.union1d(*(top_rows(scores, every, k, side) for side in ("helpful", "harmful")))
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -119,12 +130,16 @@ def scaling_stage(engine, sizes: list[int]) -> list[dict]:
     return out
 
 
-def reference_s_tests(args, engine, queries: list[str]) -> tuple[np.ndarray, list[int], list[dict]]:
-    """CG ``s_test`` of each query (cached), its label (the predicted one) and its CG report."""
+def reference_s_tests(
+    args, engine, queries: list[str], seed: int = 0
+) -> tuple[np.ndarray, list[int], list[dict]]:
+    """CG ``s_test`` of each query over ``args.cg_rows`` rows drawn with ``seed`` (cached), its label (the
+    predicted one) and its CG report."""
     explainer = engine.backend.explainer
     vectors, labels, reports = [], [], []
     for q, text in enumerate(queries):
-        path = CACHE / f"s_test_cg_{args.cg_rows}_{q}.npy"
+        seeded = "" if seed == 0 else f"seed{seed}_"
+        path = CACHE / f"s_test_cg_{args.cg_rows}_{seeded}{q}.npy"
         point = explainer.prepare(text, None, None)
         labels.append(point.label)
         if path.is_file():
@@ -133,9 +148,8 @@ def reference_s_tests(args, engine, queries: list[str]) -> tuple[np.ndarray, lis
             continue
         v = torch.from_numpy(explainer.test_gradient(text, None, point.label))
         start = time.perf_counter()
-        result = cg_s_test(
-            explainer.tracked, explainer.theta, v, explainer.checkpoint.train, 5.0, args.cg_rows, 1e-4
-        )
+        train = explainer.checkpoint.train
+        result = cg_s_test(explainer.tracked, explainer.theta, v, train, 5.0, args.cg_rows, 1e-4, seed=seed)
         seconds = time.perf_counter() - start
         report = {"residual": result.relative_residual, "iterations": result.iterations, "seconds": seconds}
         print(f"query {q}: CG {report}", flush=True)
@@ -194,12 +208,7 @@ def candidate_quality(engine, queries, reference, gradient_scores, seed: int = 0
     rng = np.random.default_rng(seed)
     per_side = []
     for q in range(len(queries)):
-        rows = np.union1d(
-            *(
-                top_rows(gradient_scores[q], np.arange(reference.shape[1]), 1000, side)
-                for side in ("helpful", "harmful")
-            )
-        )
+        rows = candidate_rows(gradient_scores[q], 1000)
         per_side.append(recalls(reference[q], reference[q][rows], rows))
     out["gradient_top1000_per_side"] = mean_of(per_side)
     for k in (1000, 10000):
@@ -224,6 +233,37 @@ def rerank_quality(engine, queries, labels, reference, rerank: int = 1000) -> di
         per_query.append(recalls(reference[q], answer.candidate_scores, answer.candidate_rows))
         print(f"rerank query {q}: {answer.solver}, {seconds[-1]:.1f} s {per_query[-1]}", flush=True)
     return {"solver": answer.solver, "per_query": per_query, "seconds": seconds, **mean_of(per_query)}
+
+
+def rerank_sweep(engine, queries, labels, reference, gradient_scores, second: np.ndarray) -> dict:
+    """The exact rerank (the ``index`` solver's ``s_test``, each candidate's exact gradient) at each K of
+    ``RERANK_SWEEP``, from one scoring of the index's top ``max(K)`` rows per side: a smaller K rescores a
+    subset of the same rows with the same scores, as a query with that K does.
+
+    ``second`` (a CG reference over other seeded rows, as good as the first) is scored on the same rows:
+    its recall against the first is how far the reference agrees with itself, the most any method can
+    show against it (on these rows; a full scan could only find it more rows to miss)."""
+    explainer = engine.backend.explainer
+    curvature, train = engine.gradient_index.curvature, explainer.checkpoint.train
+    per_k: dict[int, list[dict]] = {k: [] for k in RERANK_SWEEP}
+    agreement = []
+    for q, text in enumerate(queries):
+        rows = candidate_rows(gradient_scores[q], max(RERANK_SWEEP))
+        index_s = explainer.index_solve(
+            text, None, labels[q], curvature.projection, curvature.inverse, curvature.damping
+        )
+        s_tests = torch.from_numpy(np.stack([index_s, second[q]])).to(explainer.theta.dtype)
+        scores = score_rows(explainer.tracked, explainer.theta, s_tests, train, rows)
+        for k in RERANK_SWEEP:
+            keep = np.isin(rows, candidate_rows(gradient_scores[q], k))
+            per_k[k].append(recalls(reference[q], scores[0][keep], rows[keep]))
+        agreement.append(recalls(reference[q], scores[1], rows))
+        print(f"sweep query {q}: {per_k[FAST_RERANK][-1]} agreement {agreement[-1]}", flush=True)
+    return {
+        "solver": "index",
+        "recall_by_k": {str(k): mean_of(found) for k, found in per_k.items()},
+        "reference_agreement": mean_of(agreement) | {"rows": f"the index's top {max(RERANK_SWEEP)} per side"},
+    }
 
 
 def table_stage(engine, queries, labels, reference, rows: int, ranks: list[int]) -> list[dict]:
@@ -261,6 +301,87 @@ def table_stage(engine, queries, labels, reference, rows: int, ranks: list[int])
     return out
 
 
+def nested_coordinates(projector: Projector, ranks: list[int]) -> np.ndarray:
+    """The coordinates of a wide ``kfac`` projection that hold a narrower one with rank ``ranks[l]`` on
+    layer ``l``: its first ``k`` out and in directions. ``kfac`` bases are nested (each side's top-k
+    eigenvectors of the same factor), so a narrower index is a sub-grid of a wider one's gradients; a side
+    the wide projection keeps whole must be narrower than every rank asked for (MiniLM's classifier output,
+    2 wide)."""
+    out, start = [], 0
+    for slot, rank in zip(projector.slots, ranks, strict=True):
+        k_out, k_in = min(rank, slot.k_out), min(rank, slot.k_in)
+        out.append((start + np.arange(k_out)[:, None] * slot.k_in + np.arange(k_in)[None, :]).ravel())
+        start += slot.dim
+    return np.concatenate(out)
+
+
+def share_ranks(projector: Projector, gradients: torch.Tensor, dim: int, power: float, top: int) -> list[int]:
+    """Per-layer ranks whose dims ``k^2`` follow each layer's share of the squared gradient norm raised to
+    ``power`` (1: in proportion; 0.5: flatter), adding up to about ``dim``, each in ``[1, top]``."""
+    start, shares = 0, []
+    for slot in projector.slots:
+        shares.append(float((gradients[:, start : start + slot.dim].double() ** 2).sum()))
+        start += slot.dim
+    weights = np.array(shares) ** power
+    return [int(k) for k in np.clip(np.round(np.sqrt(dim * weights / weights.sum())), 1, top)]
+
+
+def curvature_table(engine, queries, labels, reference, rows: int, wide: int = 64) -> list[dict]:
+    """Index-alone quality on the first ``rows`` rows (reference restricted to them) for projections and
+    curvatures at about today's bytes per row, all cut from one rank-``wide`` ``kfac`` pass:
+
+    * ``uniform``: every layer at one rank (16 is today's index), with the damping swept;
+    * ``share``: per-layer ranks by each layer's share of the squared gradient norm (``share_ranks``), the
+      same total dim as rank 16;
+    * ``wider Fisher``: the Fisher and its inverse taken in the rank-32 subspace, the stored vector
+      ``[(F_32 + damping I)^-1 g~_32]`` kept only on the rank-16 coordinates (today's bytes): the test
+      gradient's rank-16 part meets a curvature that saw the wider subspace."""
+    explainer = engine.backend.explainer
+    projection = fit_projection(engine, CACHE / f"table-kfac-{wide}", GradientIndexConfig(rank=wide))
+    projector = explainer.projector(projection)
+    subset = np.arange(rows)
+    gradients = torch.from_numpy(explainer.gradient_shard(subset, projection))
+    tests = torch.stack(
+        [
+            torch.from_numpy(explainer.projected_test_gradient(t, None, labels[q], projection))
+            for q, t in enumerate(queries)
+        ]
+    ).double()
+    layers = len(projector.slots)
+    base = nested_coordinates(projector, [16] * layers)
+
+    inverses: dict[tuple[bytes, float], torch.Tensor] = {}  # rank 32's is 13,376 wide: solved once
+
+    def measured(name: str, keep: np.ndarray, damping: float, fisher_on: np.ndarray | None = None) -> dict:
+        wider = keep if fisher_on is None else fisher_on
+        block = gradients[:, wider].double()
+        key = (wider.tobytes(), damping)
+        if key not in inverses:
+            inverses[key] = inverse_damped(second_moment(block) / len(block), damping)
+        inverse = inverses[key]
+        position = torch.from_numpy(np.searchsorted(wider, keep)) if fisher_on is not None else None
+        per_query = []
+        for q in range(len(queries)):
+            test = tests[q, keep]
+            solved = inverse @ test if position is None else inverse[:, position] @ test
+            scores = -(block @ solved).numpy()
+            ref = reference[q][subset]
+            per_query.append({**recalls(ref, scores, subset), "spearman_all": spearmanr(ref, scores)[0]})
+        row = {"variant": name, "dim": len(keep), "bytes_per_row": 4 * len(keep), "damping": damping}
+        print(row | mean_of(per_query), flush=True)
+        return row | mean_of(per_query)
+
+    out = [measured("uniform rank 16", base, damping) for damping in (1.0, 2.0, 5.0, 10.0, 20.0)]
+    for power in (1.0, 0.5):
+        ranks = share_ranks(projector, gradients, len(base), power, wide)
+        keep = nested_coordinates(projector, ranks)
+        out.append(measured(f"share^{power} ranks {ranks}", keep, 5.0))
+    wider = nested_coordinates(projector, [32] * layers)
+    out.append(measured("wider Fisher (rank 32), rank 16 stored", np.sort(base), 5.0, fisher_on=wider))
+    out.append(measured("uniform rank 32 (4x bytes)", wider, 5.0))
+    return out
+
+
 def layer_norm_share(engine, rows: int = 256) -> float:
     """Share of the squared gradient norm the index drops with the LayerNorms (exact per-example)."""
     explainer = engine.backend.explainer
@@ -282,14 +403,15 @@ def serve(args) -> tuple[str, object]:
     from service.core import InfluenceService
     from service.settings import Settings
 
+    index = args.index if args.index.is_dir() else None  # --rerank-only builds no kNN index
     settings = Settings(
         model_dir=args.model,
-        index_dir=args.index,
+        index_dir=index,
         gradient_index_dir=args.gradient_index,
         max_in_flight=4,
         deadline_s=3600,
     )
-    engine = local_engine(args.model, index_dir=args.index, gradient_index_dir=args.gradient_index)
+    engine = local_engine(args.model, index_dir=index, gradient_index_dir=args.gradient_index)
     app = create_app(settings, InfluenceService(settings, engine))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -301,7 +423,8 @@ def serve(args) -> tuple[str, object]:
     return f"http://127.0.0.1:{port}", server
 
 
-def rest_stage(args, queries, reference) -> dict:
+def rest_stage(args, queries, reference, only: tuple[str, ...] | None = None) -> dict:
+    """Each run's p50 / p95 seconds through REST and the recall@100 of its answers (``only``: those runs)."""
     from clients import InfluenceClient
 
     url, server = serve(args)
@@ -316,7 +439,9 @@ def rest_stage(args, queries, reference) -> dict:
             {"method": "gradient", "rerank": 1000, "solver": "lissa"},
             range(2 * n, 3 * n),
         ),
+        "gradient_rerank_fast": ({"method": "gradient", "rerank": FAST_RERANK}, range(3 * n, 5 * n)),
     }
+    runs = {name: run for name, run in runs.items() if only is None or name in only}
     out = {}
     with InfluenceClient(url, timeout=3600) as client:
         client.influence(queries[0], top=100, method="gradient")  # warm-up: first-call costs
@@ -365,6 +490,12 @@ def main() -> None:
     parser.add_argument("--ranks", default="8,16,32", help="of the table; empty: keep the last run's table")
     parser.add_argument("--sizes", default="2000,8000")
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument(
+        "--only",
+        choices=("rerank", "curvature"),
+        help="measure one part again and keep the rest of the last full run (same index): rerank (the "
+        "index alone, the reranks, the reference's agreement, REST's gradient runs) or curvature (its table)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 2))
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -373,78 +504,129 @@ def main() -> None:
     picks = np.sort(np.random.default_rng(0).choice(len(dev), args.queries, replace=False))
     queries = [dev.texts[i] for i in picks]
 
-    build = build_stage(args, engine)
-    print({k: v for k, v in build.items() if k != "manifest"}, flush=True)
-    engine = local_engine(args.model, index_dir=args.index, gradient_index_dir=args.gradient_index)
-    scaling = scaling_stage(engine, [int(n) for n in args.sizes.split(",")])
-    scaling.append(
-        {"rows": 67349, "seconds": build["build_seconds"], "note": "the whole build, fit and write"}
-    )
+    previous = json.loads((RESULTS / "gradient_index.json").read_text()) if args.only else None
+    if previous is None:
+        build = build_stage(args, engine)
+        print({k: v for k, v in build.items() if k != "manifest"}, flush=True)
+    else:  # the index must be the one measured before: same model and spec
+        build = previous["build"]
+        if read_gradient_manifest(args.gradient_index).spec != build["manifest"]["spec"]:
+            raise SystemExit("--only needs the index of the last full run: run without it")
+    knn = args.index if previous is None else None
+    engine = local_engine(args.model, index_dir=knn, gradient_index_dir=args.gradient_index)
     s_tests, labels, cg_reports = reference_s_tests(args, engine, queries)
     reference, check = reference_scores(args, engine, s_tests)
+    result = dict(previous or {}) | {
+        "command": "python benchmarks/gradient_index.py " + " ".join(sys.argv[1:]),
+        "build": build,
+    }
+    if previous is not None:  # what this run did not measure is the last full run's
+        result["kept_from"] = previous.get("kept_from", previous["command"])
+    if args.only in (None, "rerank"):
+        result |= rerank_parts(args, engine, queries, labels, reference, previous)
+        result["reference"] = {
+            "cg_rows": args.cg_rows,
+            "damping": 5.0,
+            "tolerance": 1e-4,
+            "cg": cg_reports,
+            "scan_check": check,
+            "queries": queries,
+            "labels": labels,
+        }
+    if previous is None:
+        scaling = scaling_stage(engine, [int(n) for n in args.sizes.split(",")])
+        scaling.append(
+            {"rows": 67349, "seconds": build["build_seconds"], "note": "the whole build, fit and write"}
+        )
+        result["build_scaling"] = scaling
+        if args.ranks:
+            ranks = [int(r) for r in args.ranks.split(",")]
+            table = table_stage(engine, queries, labels, reference, args.table_rows, ranks)
+            result["table_rank_x_preconditioner"] = table
+        result["layer_norm_share_of_squared_gradient_norm"] = layer_norm_share(engine)
+    if args.only in (None, "curvature"):
+        result["table_curvature"] = curvature_table(engine, queries, labels, reference, args.table_rows)
+    result["default_config"] = GradientIndexConfig().model_dump()
+    result["query_default"] = QueryConfig().model_dump()
+    record_fidelity(args.gradient_index, fidelity(args, result))
+    result["summary"] = summary(result, len(queries))
+    write_result("gradient_index", {k: v for k, v in result.items() if k not in BENCHMARK_HEADER})
+
+
+BENCHMARK_HEADER = ("benchmark", "created_at", "environment")
+"""Keys ``write_result`` sets itself."""
+
+
+def rerank_parts(args, engine, queries, labels, reference, previous: dict | None) -> dict:
+    """The index alone, the reranks (the sweep over K, ``FAST_RERANK`` and 1000 through the pipeline), the
+    reference's agreement with a second one, the candidate sets, and the REST runs (with ``previous``, only
+    the gradient runs are measured again: kNN and LiSSA's are kept)."""
+    second, _, _ = reference_s_tests(args, engine, queries, seed=AGREEMENT_SEED)
     per_query, gradient_scores = gradient_quality(engine, engine.gradient_index, queries, labels, reference)
-    gradient = mean_of(per_query)
-    candidates = candidate_quality(engine, queries, reference, gradient_scores)
-    reranked = rerank_quality(engine, queries, labels, reference)
-    if args.ranks:
-        ranks = [int(r) for r in args.ranks.split(",")]
-        table = table_stage(engine, queries, labels, reference, args.table_rows, ranks)
-    else:  # measured by an earlier run on the same reference (its cache): kept as it was
-        table = json.loads((RESULTS / "gradient_index.json").read_text())["table_rank_x_preconditioner"]
-    norm_share = layer_norm_share(engine)
-    rest = rest_stage(args, queries, reference)
-    fidelity = {
+    out = {"gradient": {"mean": mean_of(per_query), "per_query": per_query}}
+    out["rerank_sweep"] = rerank_sweep(engine, queries, labels, reference, gradient_scores, second)
+    out[f"rerank_{FAST_RERANK}_all_queries"] = rerank_quality(
+        engine, queries, labels, reference, rerank=FAST_RERANK
+    )
+    if previous is None:
+        out["candidate_sets_scored_with_reference_s_test"] = candidate_quality(
+            engine, queries, reference, gradient_scores
+        )
+        out["rerank_1000_all_queries"] = rerank_quality(engine, queries, labels, reference)
+        out["rest"] = rest_stage(args, queries, reference)
+    else:
+        again = ("gradient", "gradient_rerank_1000", "gradient_rerank_fast")
+        out["rest"] = previous["rest"] | rest_stage(args, queries, reference, only=again)
+        out["rerank_1000_all_queries"] = previous["rerank_1000_all_queries"]
+    out["speedup_gradient_vs_fastif_p50"] = (
+        out["rest"]["fastif_k1000"]["p50_s"] / out["rest"]["gradient"]["p50_s"]
+    )
+    return out
+
+
+def fidelity(args, result: dict) -> dict:
+    """What the index's manifest records of its measured quality (queries report it)."""
+    gradient, fast = result["gradient"]["mean"], result[f"rerank_{FAST_RERANK}_all_queries"]
+    reranked = result["rerank_1000_all_queries"]
+    return {
         "recall_at_100_helpful": gradient["recall_at_100_helpful"],
         "recall_at_100_harmful": gradient["recall_at_100_harmful"],
         "spearman_all": gradient["spearman_all"],
         "recall_at_100_helpful_rerank_1000": reranked["recall_at_100_helpful"],
         "recall_at_100_harmful_rerank_1000": reranked["recall_at_100_harmful"],
-        "reference": f"CG s_test (M={args.cg_rows}, residual 1e-4), exact full scan, {len(queries)} "
-        "SST-2 dev sentences: benchmarks/results/gradient_index.json",
+        f"recall_at_100_helpful_rerank_{FAST_RERANK}": fast["recall_at_100_helpful"],
+        f"recall_at_100_harmful_rerank_{FAST_RERANK}": fast["recall_at_100_harmful"],
+        "reference": f"CG s_test (M={args.cg_rows}, residual 1e-4), exact full scan, "
+        f"{len(result['reference']['queries'])} SST-2 dev sentences: benchmarks/results/gradient_index.json",
     }
-    record_fidelity(args.gradient_index, fidelity)
-    summary = {
+
+
+def summary(result: dict, num_queries: int) -> dict:
+    """The headline numbers (issue 26's names among them)."""
+    rest, gradient = result["rest"], result["gradient"]["mean"]
+    fast, reranked = result[f"rerank_{FAST_RERANK}_all_queries"], result["rerank_1000_all_queries"]
+    agreement = result["rerank_sweep"]["reference_agreement"]
+    fastif = result["candidate_sets_scored_with_reference_s_test"]["fastif_k1000"]
+    return {
         "gradient_query_p50_s": rest["gradient"]["p50_s"],
         "gradient_rerank_query_p50_s": rest["gradient_rerank_1000"]["p50_s"],
+        "gradient_rerank_fast_query_p50_s": rest["gradient_rerank_fast"]["p50_s"],
         "fastif_query_p50_s": rest["fastif_k1000"]["p50_s"],
         "recall_at_100_helpful": gradient["recall_at_100_helpful"],
         "recall_at_100_harmful": gradient["recall_at_100_harmful"],
         "recall_at_100_helpful_rerank": reranked["recall_at_100_helpful"],
         "recall_at_100_harmful_rerank": reranked["recall_at_100_harmful"],
-        "fastif_recall_at_100_helpful": candidates["fastif_k1000"]["recall_at_100_helpful"],
-        "fastif_recall_at_100_harmful": candidates["fastif_k1000"]["recall_at_100_harmful"],
+        "recall_at_100_helpful_rerank_fast": fast["recall_at_100_helpful"],
+        "recall_at_100_harmful_rerank_fast": fast["recall_at_100_harmful"],
+        "reference_agreement_recall_at_100_helpful": agreement["recall_at_100_helpful"],
+        "reference_agreement_recall_at_100_harmful": agreement["recall_at_100_harmful"],
+        "fastif_recall_at_100_helpful": fastif["recall_at_100_helpful"],
+        "fastif_recall_at_100_harmful": fastif["recall_at_100_harmful"],
         "spearman_all": gradient["spearman_all"],
-        "build_seconds": build["build_seconds"],
-        "index_bytes": build["index_bytes"],
-        "num_queries": len(queries),
+        "build_seconds": result["build"]["build_seconds"],
+        "index_bytes": result["build"]["index_bytes"],
+        "num_queries": num_queries,
     }
-    write_result(
-        "gradient_index",
-        {
-            "command": "python benchmarks/gradient_index.py " + " ".join(sys.argv[1:]),
-            "summary": summary,
-            "speedup_gradient_vs_fastif_p50": rest["fastif_k1000"]["p50_s"] / rest["gradient"]["p50_s"],
-            "build": build,
-            "build_scaling": scaling,
-            "reference": {
-                "cg_rows": args.cg_rows,
-                "damping": 5.0,
-                "tolerance": 1e-4,
-                "cg": cg_reports,
-                "scan_check": check,
-                "queries": queries,
-                "labels": labels,
-            },
-            "gradient": {"mean": gradient, "per_query": per_query},
-            "candidate_sets_scored_with_reference_s_test": candidates,
-            "rerank_1000_all_queries": reranked,
-            "rest": rest,
-            "table_rank_x_preconditioner": table,
-            "layer_norm_share_of_squared_gradient_norm": norm_share,
-            "default_config": GradientIndexConfig().model_dump(),
-            "query_default": QueryConfig().model_dump(),
-        },
-    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from cli.common import (
     train_spec_of,
 )
 from interpret.cancellation import DEFAULT_DEADLINE_S
-from interpret.config import FASTIF_PRESET, IndexKind, QueryConfig, QueryMethod, Solver
+from interpret.config import FAST_RERANK, FASTIF_PRESET, IndexKind, QueryConfig, QueryMethod, Solver
 
 if TYPE_CHECKING:
     from index.gradient import GradientManifest
@@ -192,6 +192,18 @@ def tracked_command(
     console.print(f"{tracked.num_parameters:,} of {total:,} parameters tracked ({share:.2f}%)")
 
 
+def rerank_size(value: str | None) -> int | None:
+    """``--rerank``'s K: a positive number, or ``fast`` for :data:`FAST_RERANK`."""
+    if value is None or value == "fast":
+        return None if value is None else FAST_RERANK
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter(
+            f"{value!r} is neither a number of candidates per side (e.g. 1000) nor 'fast' ({FAST_RERANK})",
+            param_hint="--rerank",
+        )
+    return int(value)
+
+
 def _print_answer(result: dict, text: str) -> None:
     """A human view of one ``InfluenceResult`` (as a dict: local, or from a server)."""
     prediction, quality = result["prediction"], result["quality"]
@@ -245,7 +257,12 @@ def query(
         "top"
     ),
     rerank: Annotated[
-        int | None, typer.Option(help="gradient: rescore the top K of each side with s_test.")
+        str | None,
+        typer.Option(
+            metavar="K|fast",
+            help=f"gradient: rescore the top K of each side with s_test; fast: K={FAST_RERANK} (2-3 s "
+            "on full SST-2), 1000: the most precise.",
+        ),
     ] = None,
     solver: Annotated[
         Solver | None,
@@ -320,7 +337,7 @@ def query(
         method=method,
         k=k,
         top=top,
-        rerank=rerank,
+        rerank=rerank_size(rerank),
         solver=solver,
         cg_rows=cg_rows,
         lissa=lissa,

@@ -13,11 +13,12 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from cli import app
-from cli.commands import main
+from cli.commands import main, rerank_size
 from clients import BadRequestError, InfluenceClient
 from clients import TrainingDataMissingError as ClientTrainingDataMissing
 from engine.pipeline import local_engine
 from interpret.checkpoint import TrainingDataMissingError, load_checkpoint
+from interpret.config import FAST_RERANK
 from interpret.models import label_names, load_classifier, set_label_names
 from service.app import create_app
 from service.core import InfluenceService
@@ -359,6 +360,7 @@ def test_a_save_pretrained_folder_of_any_family_gets_everything(family, data_dir
     queries = {
         "gradient": ("--top", "3"),
         "rerank": ("--top", "3", "--rerank", "10", *SMALL_LISSA),
+        "rerank_fast": ("--top", "3", "--rerank", "fast", *SMALL_LISSA),
         "fastif": ("--top", "3", "--method", "fastif", "--k", "40", *SMALL_LISSA),
     }
     given = {}
@@ -366,6 +368,7 @@ def test_a_save_pretrained_folder_of_any_family_gets_everything(family, data_dir
         given[name] = ok("query", "--text", TEXT, *indexes, *arguments, "--json", "--train", train)
         assert len(given[name]["helpful"]) == 3 and given[name]["label_used_name"] in NAMES, name
     assert given["fastif"]["quality"]["candidates"] == 40
+    assert given["rerank_fast"]["quality"]["rerank"] == FAST_RERANK
 
     other = _invoke("query", "--text", TEXT, *indexes, *model_option, "--train", str(data_dir / "dev.tsv"))
     assert "was built for data fingerprint" in str(other.exception)  # --train data is checked like the card's
@@ -374,6 +377,15 @@ def test_a_save_pretrained_folder_of_any_family_gets_everything(family, data_dir
     for name, arguments in queries.items():  # the card names the data: the same answers without --train
         bare = ok("query", "--text", TEXT, *indexes, *arguments, "--json")
         assert [e["id"] for e in bare["helpful"]] == [e["id"] for e in given[name]["helpful"]], name
+
+
+def test_rerank_takes_a_number_of_candidates_or_fast():
+    import typer
+
+    assert rerank_size(None) is None and rerank_size("fast") == FAST_RERANK and rerank_size("1000") == 1000
+    for wrong in ("0", "-5", "quick", "2.5"):
+        with pytest.raises(typer.BadParameter, match="nor 'fast'"):
+            rerank_size(wrong)
 
 
 def test_an_unexpected_error_is_one_line_naming_the_command_and_the_model(plain_dir, monkeypatch, capsys):

@@ -147,7 +147,7 @@ def _quoted_numbers() -> list[tuple[str, str]]:
     summary = index["summary"]
     phrases += [
         (f"query takes {summary['gradient_query_p50_s']:.2f} s through REST (p50", "gradient_index.json"),
-        (f"the default preset {summary['fastif_query_p50_s']:.0f} s in the same run", "gradient_index.json"),
+        (f"the default preset {summary['fastif_query_p50_s']:.0f} s in the last full", "gradient_index.json"),
         (
             f"finds {summary['recall_at_100_helpful']:.2f} of the reference's top 100 helpful and "
             f"{summary['recall_at_100_harmful']:.2f} of the top 100 harmful examples, Spearman "
@@ -160,9 +160,24 @@ def _quoted_numbers() -> list[tuple[str, str]]:
             f"{summary['gradient_rerank_query_p50_s']:.0f} s",
             "gradient_index.json",
         ),
+        (
+            f"finds {summary['recall_at_100_helpful_rerank_fast']:.2f} / "
+            f"{summary['recall_at_100_harmful_rerank_fast']:.2f} in "
+            f"{summary['gradient_rerank_fast_query_p50_s']:.1f} s",
+            "gradient_index.json",
+        ),
+        (
+            f"finds only {summary['reference_agreement_recall_at_100_helpful']:.2f} / "
+            f"{summary['reference_agreement_recall_at_100_harmful']:.2f} of the first one's top 100",
+            "gradient_index.json",
+        ),
         (f"({summary['build_seconds'] / 60:.1f} min in all for SST-2", "gradient_index.json"),
         (f"example ({summary['index_bytes'] / 1e6:.0f} MB for SST-2", "gradient_index.json"),
     ]
+    sweep = index["rerank_sweep"]["recall_by_k"]  # "K = 150, 250 ... find a / b, c / d ... and y / z"
+    pairs = [f"{r['recall_at_100_helpful']:.2f} / {r['recall_at_100_harmful']:.2f}" for r in sweep.values()]
+    listed = ", ".join(pairs[:-1]) + " and " + pairs[-1]
+    phrases.append((f"K = {', '.join(sweep)} find {listed}", "gradient_index.json"))
     shown = [("random", 16), ("random", 32), ("kfac", 8), ("kfac", 16), ("kfac", 32)]  # the README's rows
     for kind, rank in shown:
         row = table[kind, rank]

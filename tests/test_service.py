@@ -26,6 +26,7 @@ from clients import (
     influence_request,
 )
 from engine.pipeline import answer_query, local_engine
+from interpret.config import FAST_RERANK
 from interpret.influence import LissaConfig, QueryConfig
 from service.app import create_app
 from service.core import InfluenceService
@@ -249,6 +250,7 @@ def test_predict_models_health_and_metrics(http):
     metrics = http.get("/metrics").text
     assert 'influence_requests_total{route="/v1/predict",status="200"}' in metrics
     assert "/docs" in http.get("/").text and http.get("/openapi.json").status_code == 200
+    assert f'<option value="{FAST_RERANK}" label="fast">' in http.get("/").text  # the page's fast rerank
     script = http.get("/static/page.js")  # the page's own script and style, served as they are
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert http.get("/static/page.css").status_code == 200
