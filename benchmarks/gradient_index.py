@@ -1,6 +1,7 @@
 """The gradient index on full SST-2 against a converged full scan, and its query latency through REST.
 
     python benchmarks/gradient_index.py [--queries 20] [--cg-rows 500] [--rest-queries 4] [--table-rows 8000]
+    python benchmarks/gradient_index.py --only rerank|curvature   # one part again, the rest kept
 
 Needs ``artifacts/model`` (``benchmarks/train_sst2.py``); builds ``artifacts/index`` (kNN) and
 ``artifacts/gradient-index`` when missing or stale. Everything expensive is cached under
@@ -19,11 +20,15 @@ what changed. Stages, on the default tracked set (last 2 layers + pooler + class
    gradient index's top 1,000 per side, the ceiling of ``rerank=1000``); ``rerank=1000`` itself (the
    default ``index`` solver) through the query pipeline on every query; a table of projection kinds x
    ranks x preconditioners on the first ``--table-rows`` rows.
+   The rerank sweep: the ``index`` solver's rerank at K = 150, ``FAST_RERANK`` (250), 500 and 1000 from one
+   scoring of the top 1000 per side, and a second CG reference (other seeded rows) scored on the same rows:
+   how far the reference agrees with itself. ``table_curvature``: damping, per-layer ranks by gradient-norm
+   share and a Fisher over a wider subspace, at today's bytes per row, all cut from one rank-64 pass.
 4. **REST**: one in-process server on loopback answers ``gradient`` (all queries), ``gradient`` with
    ``rerank=1000`` (default solver: the index's curvature; and with ``solver=lissa``) and ``fastif``
-   (k=1,000, the default LiSSA preset) for ``--rest-queries`` queries each (different sentences, so none
-   finds another's ``s_test`` in the service's cache), side by side; recall@100 of each answer is read
-   from its reply.
+   (k=1,000, the default LiSSA preset) for ``--rest-queries`` queries each, and the fast rerank
+   (``rerank=250``) for twice as many (different sentences, so none finds another's ``s_test`` in the
+   service's cache), side by side; recall@100 of each answer is read from its reply.
 """
 
 from __future__ import annotations

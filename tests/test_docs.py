@@ -178,6 +178,11 @@ def _quoted_numbers() -> list[tuple[str, str]]:
     pairs = [f"{r['recall_at_100_helpful']:.2f} / {r['recall_at_100_harmful']:.2f}" for r in sweep.values()]
     listed = ", ".join(pairs[:-1]) + " and " + pairs[-1]
     phrases.append((f"K = {', '.join(sweep)} find {listed}", "gradient_index.json"))
+    for row in index["table_curvature"]:  # the README's curvature table, every row
+        cells = [row["recall_at_100_helpful"], row["recall_at_100_harmful"], row["spearman_all"]]
+        rendered = " | ".join(f"{value + 1e-9:.2f}" for value in cells)
+        name = f"{row['variant']}, damping {row['damping']:g}"
+        phrases.append((f"| {name} | {row['dim']:,} | {rendered} |", "gradient_index.json"))
     shown = [("random", 16), ("random", 32), ("kfac", 8), ("kfac", 16), ("kfac", 32)]  # the README's rows
     for kind, rank in shown:
         row = table[kind, rank]
