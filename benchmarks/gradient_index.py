@@ -271,6 +271,19 @@ def rerank_sweep(engine, queries, labels, reference, gradient_scores, second: np
     }
 
 
+def candidate_overlap(gradient_scores: np.ndarray, k: int) -> dict:
+    """How much the queries' ``rerank=k`` candidates overlap, in query order: the share of each query's
+    candidates that an earlier query had already scored (what the frozen cache can serve), and the distinct
+    rows all of them touched."""
+    seen: set[int] = set()
+    shares = []
+    for scores in gradient_scores:
+        rows = set(candidate_rows(scores, k).tolist())
+        shares.append(len(rows & seen) / len(rows))
+        seen |= rows
+    return {"k": k, "seen_before_share": shares, "distinct_rows": len(seen)}
+
+
 def table_stage(engine, queries, labels, reference, rows: int, ranks: list[int]) -> list[dict]:
     """Projection kinds x ranks x preconditioners on the first ``rows`` training rows (reference restricted
     to them); ``kfac`` bases are fitted on the build's seeded 2,000-row sample of the whole set."""
@@ -570,6 +583,7 @@ def rerank_parts(args, engine, queries, labels, reference, previous: dict | None
     per_query, gradient_scores = gradient_quality(engine, engine.gradient_index, queries, labels, reference)
     out = {"gradient": {"mean": mean_of(per_query), "per_query": per_query}}
     out["rerank_sweep"] = rerank_sweep(engine, queries, labels, reference, gradient_scores, second)
+    out["candidate_overlap"] = candidate_overlap(gradient_scores, FAST_RERANK)
     out[f"rerank_{FAST_RERANK}_all_queries"] = rerank_quality(
         engine, queries, labels, reference, rerank=FAST_RERANK
     )

@@ -260,7 +260,7 @@ def query(
         str | None,
         typer.Option(
             metavar="K|fast",
-            help=f"gradient: rescore the top K of each side with s_test; fast: K={FAST_RERANK} (2-3 s "
+            help=f"gradient: rescore the top K of each side with s_test; fast: K={FAST_RERANK} (about 2 s "
             "on full SST-2), 1000: the most precise.",
         ),
     ] = None,

@@ -137,9 +137,19 @@ SCORE_BATCH_SIZE = 128
 """Candidates scored per forward-mode pass (``interpret.influence.scoring``): bounds a scoring shard's
 memory, not its result."""
 
+FROZEN_CACHE_BYTES = 256 * 2**20
+"""Training rows' frozen-bottom outputs a scorer keeps between queries (``ExampleStates``' cache, least
+recently used out; about 30 kB a row at MiniLM's width). Reranks score the same rows again and again:
+``benchmarks/gradient_index.py`` measures how much the candidates of successive queries overlap."""
+
+MAX_CACHED_SCORING_ROWS = 10_000
+"""A scoring call over more rows than this (a full scan) bypasses the cache: it would only push the rows
+that queries share out of it."""
+
 FAST_RERANK = 250
 """The interactive ``rerank``: the index's top 250 of each side rescored exactly. On full SST-2 (2 CPU
-cores) it answers in 2-3 s (REST p50 2.6 s) and finds nearly what ``rerank=1000`` finds with 4 times the
+cores) it answers in 1.8 s through REST (p50, the frozen cache warm; 2.6 s with none) and finds nearly what
+``rerank=1000`` finds with 4 times the
 scoring (their recall@100 against the CG reference differs by about 0.01), because the rows a rerank
 promotes into the top 100 already sit near the top of the index's own list. ``benchmarks/gradient_index.py``
 measures the sweep over K; ``influence query --rerank fast`` and the page's "fast" choice name it."""
@@ -174,7 +184,7 @@ class QueryConfig(Config):
         None,
         ge=1,
         description="gradient: rescore the top K of each side with s_test (solver), best of the 2K; "
-        f"{FAST_RERANK} answers in 2-3 s on full SST-2, 1000 is the most precise (about 4x the cost).",
+        f"{FAST_RERANK} answers in about 2 s on full SST-2, 1000 is the most precise (about 4x the cost).",
     )
     solver: Solver | None = Field(
         None,

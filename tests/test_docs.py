@@ -8,6 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer.main
 
@@ -163,7 +164,7 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         (
             f"finds {summary['recall_at_100_helpful_rerank_fast']:.2f} / "
             f"{summary['recall_at_100_harmful_rerank_fast']:.2f} in "
-            f"{summary['gradient_rerank_fast_query_p50_s']:.1f} s",
+            f"{summary['gradient_rerank_fast_query_p50_s']:.1f} s\n  through REST",
             "gradient_index.json",
         ),
         (
@@ -174,6 +175,14 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         (f"({summary['build_seconds'] / 60:.1f} min in all for SST-2", "gradient_index.json"),
         (f"example ({summary['index_bytes'] / 1e6:.0f} MB for SST-2", "gradient_index.json"),
     ]
+    overlap = index["candidate_overlap"]
+    phrases.append(
+        (
+            f"touch only {overlap['distinct_rows']:,} distinct rows, and the last 10 found "
+            f"{np.mean(overlap['seen_before_share'][-10:]):.0%} of their",
+            "gradient_index.json",
+        )
+    )
     sweep = index["rerank_sweep"]["recall_by_k"]  # "K = 150, 250 ... find a / b, c / d ... and y / z"
     pairs = [f"{r['recall_at_100_helpful']:.2f} / {r['recall_at_100_harmful']:.2f}" for r in sweep.values()]
     listed = ", ".join(pairs[:-1]) + " and " + pairs[-1]

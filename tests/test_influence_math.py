@@ -273,3 +273,47 @@ def test_conjugate_gradient_reaches_the_exact_solve_and_reports_its_residual(tin
     assert gap <= kappa * relative_residual + same_solution_tolerance(damped), (gap, kappa)
     coarse = cg_s_test(tracked, theta, v, train, damping=0.05, num_rows=60, tolerance=1e-2, seed=1)
     assert coarse.iterations < result.iterations and 0 < coarse.relative_residual < 1e-2
+
+
+@pytest.mark.parametrize("tracked_layers", [1, "classifier"])
+def test_cached_states_give_the_scores_of_fresh_ones_within_the_budget(tiny64, train_set, tracked_layers):
+    """Candidates scored again take their frozen states from the cache (unpadded rows, padded again with
+    zeros): the scores of a fresh forward, with hits and misses in one block, and with a budget too small
+    for every row (least recently used out)."""
+    tracked = TrackedModel(*tiny64, tracked_layers=tracked_layers)
+    theta = tracked.parameters()
+    fresh = ExampleStates(tracked, train_set, cache_bytes=0)
+    assert fresh.cache is None
+    rows = np.random.default_rng(1).permutation(len(train_set))[:40]
+    s_test = torch.randn(tracked.num_parameters, dtype=theta.dtype)
+    reference = score_rows(tracked, theta, s_test, fresh, rows, block_size=16)
+
+    cached = ExampleStates(tracked, train_set)
+    first = score_rows(tracked, theta, s_test, cached, rows[:25], block_size=16)
+    assert len(cached.cache) == 25
+    again = score_rows(tracked, theta, s_test, cached, rows, block_size=16)  # 25 hits, 15 misses
+    assert len(cached.cache) == 40
+    np.testing.assert_allclose(first, reference[:25], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(again, reference, rtol=0, atol=1e-12)
+
+    small = ExampleStates(tracked, train_set, cache_bytes=cached.cache.nbytes // 4)
+    for _ in range(2):
+        np.testing.assert_allclose(
+            score_rows(tracked, theta, s_test, small, rows, block_size=16), reference, rtol=0, atol=1e-12
+        )
+    assert 0 < len(small.cache) < 40 and small.cache.nbytes <= small.cache.max_bytes
+
+
+def test_a_full_scan_and_the_generic_path_leave_the_cache_alone(tiny64, train_set, monkeypatch):
+    from interpret.influence import scoring
+
+    tracked = TrackedModel(*tiny64, tracked_layers=1)
+    theta, train = tracked.parameters(), ExampleStates(tracked, train_set)
+    s_test = torch.randn(tracked.num_parameters, dtype=theta.dtype)
+    monkeypatch.setattr(scoring, "MAX_CACHED_SCORING_ROWS", 10)
+    score_rows(tracked, theta, s_test, train, np.arange(20))  # a "full scan": more rows than the cap
+    assert train.cache is not None and len(train.cache) == 0
+    score_rows(tracked, theta, s_test, train, np.arange(5))
+    assert len(train.cache) == 5
+    generic = TrackedModel(*tiny64, tracked_layers=1, generic=True)
+    assert ExampleStates(generic, train_set).cache is None  # its state is the ids: nothing frozen to keep

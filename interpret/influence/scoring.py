@@ -22,6 +22,7 @@ from torch.func import jvp, vmap
 from tqdm.auto import tqdm
 
 from interpret.cancellation import checkpoint
+from interpret.config import MAX_CACHED_SCORING_ROWS
 from interpret.data import Rows
 from interpret.influence.batches import ExampleStates
 from interpret.influence.objective import per_example_gradients, per_example_losses
@@ -67,7 +68,8 @@ def score_rows(
     rows = np.asarray(rows, dtype=np.int64)  # one copy, indexed by block positions below
     out = np.empty((*s_test.shape[:-1], len(rows)), dtype=np.float64)
     bar = tqdm(total=len(rows), desc="score", unit="ex", disable=not progress)
-    for positions, states, labels in train.iter_blocks(rows, block_size):
+    cached = len(rows) <= MAX_CACHED_SCORING_ROWS  # candidates, not a full scan
+    for positions, states, labels in train.iter_blocks(rows, block_size, cached):
         checkpoint()
         out[..., positions] = (
             influence_scores(tracked, theta, s_test, states, labels, method).cpu().double().numpy()
