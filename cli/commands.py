@@ -194,8 +194,10 @@ def tracked_command(
 
 def rerank_size(value: str | None) -> int | None:
     """``--rerank``'s K: a positive number, or ``fast`` for :data:`FAST_RERANK`."""
-    if value is None or value == "fast":
-        return None if value is None else FAST_RERANK
+    if value is None:
+        return None
+    if value == "fast":
+        return FAST_RERANK
     if not value.isdigit() or int(value) < 1:
         raise typer.BadParameter(
             f"{value!r} is neither a number of candidates per side (e.g. 1000) nor 'fast' ({FAST_RERANK})",

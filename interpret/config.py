@@ -148,11 +148,11 @@ that queries share out of it."""
 
 FAST_RERANK = 250
 """The interactive ``rerank``: the index's top 250 of each side rescored exactly. On full SST-2 (2 CPU
-cores) it answers in 1.8 s through REST (p50, the frozen cache warm; 2.6 s with none) and finds nearly what
-``rerank=1000`` finds with 4 times the
-scoring (their recall@100 against the CG reference differs by about 0.01), because the rows a rerank
-promotes into the top 100 already sit near the top of the index's own list. ``benchmarks/gradient_index.py``
-measures the sweep over K; ``influence query --rerank fast`` and the page's "fast" choice name it."""
+cores) it answers in 1.8 s through REST (p50, the frozen cache warm; 2.6 s with none) and finds nearly
+what ``rerank=1000`` finds with 4 times the scoring (their recall@100 against the CG reference differs by
+about 0.01), because the rows a rerank promotes into the top 100 already sit near the top of the index's
+own list. ``benchmarks/gradient_index.py`` measures the sweep over K; ``influence query --rerank fast`` and
+the page's "fast" choice name it."""
 
 FASTIF_PRESET = LissaConfig()
 """B=1, J=1000, T=1: the default; see ``benchmarks/influence_query.py`` for the depth/batch trade-off."""
