@@ -622,7 +622,6 @@ def summary(result: dict, num_queries: int) -> dict:
     """The headline numbers (issue 26's names among them)."""
     rest, gradient = result["rest"], result["gradient"]["mean"]
     fast, reranked = result[f"rerank_{FAST_RERANK}_all_queries"], result["rerank_1000_all_queries"]
-    agreement = result["rerank_sweep"]["reference_agreement"]
     fastif = result["candidate_sets_scored_with_reference_s_test"]["fastif_k1000"]
     return {
         "gradient_query_p50_s": rest["gradient"]["p50_s"],
@@ -635,8 +634,6 @@ def summary(result: dict, num_queries: int) -> dict:
         "recall_at_100_harmful_rerank": reranked["recall_at_100_harmful"],
         "recall_at_100_helpful_rerank_fast": fast["recall_at_100_helpful"],
         "recall_at_100_harmful_rerank_fast": fast["recall_at_100_harmful"],
-        "reference_agreement_recall_at_100_helpful": agreement["recall_at_100_helpful"],
-        "reference_agreement_recall_at_100_harmful": agreement["recall_at_100_harmful"],
         "fastif_recall_at_100_helpful": fastif["recall_at_100_helpful"],
         "fastif_recall_at_100_harmful": fastif["recall_at_100_harmful"],
         "spearman_all": gradient["spearman_all"],

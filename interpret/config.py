@@ -139,8 +139,9 @@ memory, not its result."""
 
 FROZEN_CACHE_BYTES = 256 * 2**20
 """Training rows' frozen-bottom outputs a scorer keeps between queries (``ExampleStates``' cache, least
-recently used out; about 30 kB a row at MiniLM's width). Reranks score the same rows again and again:
-``benchmarks/gradient_index.py`` measures how much the candidates of successive queries overlap."""
+recently used out; a row holds tokens x hidden float32s, 1.5 kB a token at MiniLM's width). Reranks score
+the same rows again and again: ``benchmarks/gradient_index.py`` measures how much the candidates of
+successive queries overlap."""
 
 MAX_CACHED_SCORING_ROWS = 10_000
 """A scoring call over more rows than this (a full scan) bypasses the cache: it would only push the rows

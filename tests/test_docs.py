@@ -145,7 +145,7 @@ def _quoted_numbers() -> list[tuple[str, str]]:
             "architectures.json",
         )
     )
-    summary = index["summary"]
+    summary, agreement = index["summary"], index["rerank_sweep"]["reference_agreement"]
     phrases += [
         (f"query takes {summary['gradient_query_p50_s']:.2f} s through REST (p50", "gradient_index.json"),
         (f"the default preset {summary['fastif_query_p50_s']:.0f} s in the last full", "gradient_index.json"),
@@ -168,8 +168,8 @@ def _quoted_numbers() -> list[tuple[str, str]]:
             "gradient_index.json",
         ),
         (
-            f"finds only {summary['reference_agreement_recall_at_100_helpful']:.2f} / "
-            f"{summary['reference_agreement_recall_at_100_harmful']:.2f} of the first one's top 100",
+            f"finds only {agreement['recall_at_100_helpful']:.2f} / "
+            f"{agreement['recall_at_100_harmful']:.2f} of the first one's top 100",
             "gradient_index.json",
         ),
         (f"({summary['build_seconds'] / 60:.1f} min in all for SST-2", "gradient_index.json"),
