@@ -16,6 +16,23 @@ SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"`
   random in their top 5% / 10%; ``audit.json``.
 * ``map``: the influence map of the dev errors (gradient index); ``influence_map.json``.
 * ``correction``: error correction on the dev set over 3 seeds; ``error_correction.json``.
+* ``simulate``: FastIF section 6.1 on the demo's full SST-2 model: a simulator trained on 4,000 training
+  rows labelled by the model takes one step on each of ``--simulate-points`` seeded dev sentences' 10
+  most helpful rows, 10 random rows, 10 random rows of the model's label and 10 most harmful rows; the
+  change of its probability of the model's label. The summary is the default run (raw scores, rows
+  shown with their data labels); ``variants`` adds the normalised view and the rows labelled by the
+  model; ``simulatability.json``.
+* ``augment``: FastIF section 6.3's augmentation under a shift from phrases to sentences. SST-2's training
+  rows are mostly phrases of the treebank (median 7 words), its dev set whole review sentences (median
+  19). A model is trained, with the demo's recipe, on ``--shift-rows`` seeded training rows of at most
+  6 words, so it has seen no sentence; the pool is ``--pool-rows`` seeded training rows of at least 15
+  words (never trained on), the anchors 200 seeded dev sentences and the test set the other 672. Per
+  seed (``--augment-seeds 5``), 20 anchors are drawn and the model fine-tuned for one epoch at
+  ``--augment-learning-rate 1e-4`` on their ``--augment-top 50`` pool rows each (the union), on as many
+  random pool rows, or on the 20 anchors; the change of test accuracy. The summary is raw influence;
+  ``variants`` adds the normalised view and the command's defaults (5 rows per anchor, rate 2e-5).
+  ``shift`` records the model's accuracy on unseen short rows against the test set;
+  ``augmentation.json``.
 """
 
 from __future__ import annotations
@@ -30,7 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, write_result
-from interpret.config import FASTIF_PRESET, GradientIndexConfig, QueryConfig
+from interpret.config import FASTIF_PRESET, EvaluationConfig, GradientIndexConfig, QueryConfig
 from interpret.data import load_examples, sst2_spec
 
 ARTIFACTS = Path("artifacts")
@@ -258,9 +275,175 @@ def correction(seeds: int) -> None:
     _save(report, "error_correction", {"seconds": time.perf_counter() - clock})
 
 
+def simulate(points: int) -> None:
+    from engine.pipeline import local_engine
+    from tasks.applications import simulatability, simulation_training, train_simulator
+    from tasks.evaluation import sample_rows
+
+    engine = local_engine(ARTIFACTS / "model", gradient_index_dir=ARTIFACTS / "gradient-index")
+    dev = load_examples(sst2_spec("dev"))
+    rows = sample_rows(len(dev), points, 0)
+    clock = time.perf_counter()
+    simulator, taken = train_simulator(engine, EvaluationConfig().simulator_rows, seed=0)
+    train_seconds = time.perf_counter() - clock
+    runs = {}
+    for name, normalize, labels in (
+        ("raw", False, "data"),
+        ("normalized", True, "data"),
+        ("raw_model_labels", False, "model"),
+    ):
+        clock = time.perf_counter()
+        report = simulatability(
+            engine,
+            simulator,
+            dev,
+            rows,
+            10,
+            simulation_training(rows=10),
+            QueryConfig(normalize=normalize),
+            labels=labels,
+        )
+        changes = {n: np.asarray(v) - np.asarray(report.before) for n, v in report.after.items()}
+        beyond = changes["helpful"] - changes["same_label"]  # paired: what the rows show beyond their label
+        runs[name] = {
+            "report": report,
+            "deltas": report.summary,
+            "ci_halfwidth": {n: float(1.96 * c.std(ddof=1) / np.sqrt(len(c))) for n, c in changes.items()},
+            "helpful_over_same_label": {
+                "mean": float(beyond.mean()),
+                "ci_halfwidth": float(1.96 * beyond.std(ddof=1) / np.sqrt(len(beyond))),
+                "share_of_points": float((beyond > 0).mean()),
+            },
+            "seconds": time.perf_counter() - clock,
+        }
+        print(name, runs[name]["deltas"], flush=True)
+    report = runs["raw"]["report"]
+    report.config.update(simulator_rows=len(taken), normalize=False)
+    variants = {name: {k: v for k, v in run.items() if k != "report"} for name, run in runs.items()}
+    _save(report, "simulatability", {"train_seconds": train_seconds, "variants": variants})
+
+
+SHIFT = ARTIFACTS / "evaluate-shift"
+SHORT_WORDS, LONG_WORDS, ANCHOR_ROWS = 6, 15, 200
+
+
+def _write_rows(examples, rows: np.ndarray, path: Path) -> Path:
+    """Rows of ``examples`` as a TSV with ids (the source's), written once."""
+    import csv
+
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.tmp")
+        with scratch.open("w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
+            writer.writerow(["id", "text", "label"])
+            for row in rows:
+                writer.writerow([examples.ids[row], examples.texts[row], int(examples.labels[row])])
+        scratch.replace(path)
+    return path
+
+
+def shifted_sets(shift_rows: int, pool_rows: int) -> dict[str, Path]:
+    """The phrases the shifted model trains on, unseen phrases, the pool of long rows, the dev split."""
+    train, dev = load_examples(sst2_spec("train")), load_examples(sst2_spec("dev"))
+    words = np.array([len(text.split()) for text in train.texts])
+    rng = np.random.default_rng(0)
+    short = rng.permutation(np.flatnonzero(words <= SHORT_WORDS))
+    long = rng.permutation(np.flatnonzero(words >= LONG_WORDS))
+    order = rng.permutation(len(dev))
+    return {
+        "phrases": _write_rows(train, np.sort(short[:shift_rows]), SHIFT / f"phrases-{shift_rows}.tsv"),
+        "unseen_phrases": _write_rows(
+            train, np.sort(short[shift_rows : shift_rows + 1000]), SHIFT / "unseen.tsv"
+        ),
+        "pool": _write_rows(train, np.sort(long[:pool_rows]), SHIFT / f"pool-{pool_rows}.tsv"),
+        "anchors": _write_rows(dev, np.sort(order[:ANCHOR_ROWS]), SHIFT / "anchors.tsv"),
+        "test": _write_rows(dev, np.sort(order[ANCHOR_ROWS:]), SHIFT / "test.tsv"),
+    }
+
+
+def shifted_model(phrases: Path) -> tuple[Path, Path]:
+    """The demo's recipe on the phrases (cached), and its gradient index (cached)."""
+    from engine.builds import build_gradient_index
+    from engine.pipeline import local_engine
+    from interpret.checkpoint import read_card
+    from interpret.data import DataSpec
+    from interpret.training import TrainConfig, save_classifier, train_classifier
+
+    model, index = SHIFT / f"model-{phrases.stem}", SHIFT / f"gradient-index-{phrases.stem}"
+    if not (model / "card.json").is_file():
+        demo = read_card(ARTIFACTS / "model")
+        spec = DataSpec(str(phrases), id_column="id")
+        config = TrainConfig(**demo["train_config"])
+        examples = load_examples(spec)
+        tracked, report = train_classifier(demo["base_model"], examples, demo["tracked_layers"], config)
+        save_classifier(model, tracked, demo["base_model"], examples, config, report, spec)
+    if not (index / "manifest.json").is_file():
+        build_gradient_index(local_engine(model), index, GradientIndexConfig())
+    return model, index
+
+
+def augment(shift_rows: int, pool_rows: int, seeds: int, top: int, learning_rate: float) -> None:
+    from engine.pipeline import local_engine
+    from interpret.data import DataSpec
+    from interpret.training import accuracy
+    from tasks.applications import augmentation, correction_training
+    from tasks.registry import tracked_copy
+
+    files = shifted_sets(shift_rows, pool_rows)
+    clock = time.perf_counter()
+    model, index = shifted_model(files["phrases"])
+    build_seconds = time.perf_counter() - clock
+    engine = local_engine(model, gradient_index_dir=index)
+    sets = {name: load_examples(DataSpec(str(path), id_column="id")) for name, path in files.items()}
+    copy = tracked_copy(engine, model)
+    shift = {
+        "unseen_phrases_accuracy": accuracy(copy, sets["unseen_phrases"]),
+        "test_accuracy": accuracy(copy, sets["test"]),
+        "median_words": {name: float(np.median([len(t.split()) for t in sets[name].texts])) for name in sets},
+    }
+    print("shift", shift, flush=True)
+    config = EvaluationConfig()
+    runs = {}
+    for name, normalize, per_anchor, rate in (
+        ("raw", False, top, learning_rate),
+        ("normalized", True, top, learning_rate),
+        ("raw_command_defaults", False, config.top, config.learning_rate),
+    ):
+        clock = time.perf_counter()
+        report = augmentation(
+            engine,
+            copy,
+            sets["anchors"],
+            sets["pool"],
+            sets["test"],
+            list(range(seeds)),
+            config.anchor_count,
+            per_anchor,
+            correction_training(rate),
+            normalize,
+        )
+        report.config.update(files={n: str(path) for n, path in files.items()}, model=str(model))
+        runs[name] = {"report": report, "seconds": time.perf_counter() - clock}
+        print(name, report.summary, report.budgets, flush=True)
+    variants = {
+        name: {
+            "summary": run["report"].summary,
+            "deltas": run["report"].deltas,
+            "budgets": run["report"].budgets,
+            "learning_rate": run["report"].config["train"]["learning_rate"],
+            "top": run["report"].config["top"],
+            "seconds": run["seconds"],
+        }
+        for name, run in runs.items()
+    }
+    extra = {"shift": shift, "build_seconds": build_seconds, "variants": variants}
+    _save(runs["raw"]["report"], "augmentation", extra)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", default="head,tracked,views,audit,map,correction")
+    parser.add_argument("--parts", default="head,tracked,views,audit,map,correction,simulate,augment")
     parser.add_argument("--test-points", type=int, default=100, help="head: test points of the LDS")
     parser.add_argument("--subsets", type=int, default=100, help="head: subsets of the LDS")
     parser.add_argument(
@@ -274,6 +457,17 @@ def main() -> None:
     parser.add_argument("--view-points", type=int, default=100, help="views: dev sentences")
     parser.add_argument("--audit-rows", type=int, default=DEFAULT_AUDIT_ROWS)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--simulate-points", type=int, default=50, help="simulate: dev sentences")
+    parser.add_argument("--shift-rows", type=int, default=8000, help="augment: phrases the model trains on")
+    parser.add_argument("--pool-rows", type=int, default=4000, help="augment: long rows in the pool")
+    parser.add_argument("--augment-seeds", type=int, default=5, help="augment: draws of the anchors")
+    parser.add_argument("--augment-top", type=int, default=50, help="augment: pool rows per anchor")
+    parser.add_argument(
+        "--augment-learning-rate",
+        type=float,
+        default=1e-4,
+        help="augment: the fine-tune's rate (the demo's training rate); a run at the command's default too",
+    )
     args = parser.parse_args()
     parts = args.parts.split(",")
     if "head" in parts:
@@ -288,6 +482,12 @@ def main() -> None:
         influence_map()
     if "correction" in parts:
         correction(args.seeds)
+    if "simulate" in parts:
+        simulate(args.simulate_points)
+    if "augment" in parts:
+        augment(
+            args.shift_rows, args.pool_rows, args.augment_seeds, args.augment_top, args.augment_learning_rate
+        )
 
 
 if __name__ == "__main__":

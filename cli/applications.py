@@ -26,7 +26,7 @@ from cli.common import (
     run_task,
     training_for,
 )
-from interpret.config import AuditRanking, EvaluationConfig
+from interpret.config import AuditRanking, EvaluationConfig, SimulationLabels
 
 APPLICATIONS = ARTIFACTS / "applications"
 DEFAULTS = EvaluationConfig()
@@ -155,3 +155,133 @@ def correct(
     test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
     engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
     run_task("error_correction", engine, out, config=config, test=test, model_dir=model)
+
+
+@app.command()
+def simulate(
+    model: ModelDir = ARTIFACTS / "model",
+    train_data: TrainData = None,
+    gradient_index: GradientIndex = ARTIFACTS / "gradient-index",
+    index: Annotated[Path, typer.Option(help="kNN index, for fastif.")] = ARTIFACTS / "index",
+    eval_data: EvalData = None,
+    points: Annotated[
+        int, typer.Option(min=1, help="Seeded test points of the evaluation set (all of them if fewer).")
+    ] = 50,
+    top: Annotated[int, typer.Option(help="Rows per strategy per test point.")] = DEFAULTS.top,
+    simulator_rows: Annotated[
+        int, typer.Option(help="Training rows, labelled by the model, the simulator learns from.")
+    ] = DEFAULTS.simulator_rows,
+    labels: Annotated[
+        SimulationLabels,
+        typer.Option(
+            help="Labels on the rows shown: data (as an answer shows them) or model (its predictions)."
+        ),
+    ] = DEFAULTS.simulation_labels,
+    learning_rate: Annotated[
+        float, typer.Option(help="Of the simulator's fine-tune per point.")
+    ] = DEFAULTS.simulation_learning_rate,
+    normalize: Annotated[
+        bool, typer.Option(help="Rows from the normalised view (cosine in the preconditioned space).")
+    ] = DEFAULTS.normalize,
+    seed: int = 0,
+    out: ReportFolder = APPLICATIONS,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
+) -> None:
+    """Do the influential rows explain the model? A simulator learns each point's rows; does it move to the
+    model's prediction (FastIF 6.1)?"""
+    from interpret.config import QueryConfig
+    from interpret.data import load_examples
+    from tasks.evaluation import sample_rows
+
+    config = checked_options(
+        EvaluationConfig,
+        top=top,
+        simulator_rows=simulator_rows,
+        simulation_labels=labels,
+        simulation_learning_rate=learning_rate,
+        seed=seed,
+    )
+    train = training_for(
+        model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
+    )
+    test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
+    engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
+    run_task(
+        "simulatability",
+        engine,
+        out,
+        config=config,
+        test=test,
+        rows=sample_rows(len(test), points, seed),
+        query=QueryConfig(normalize=normalize),
+    )
+
+
+@app.command()
+def augment(
+    anchors: Annotated[
+        str, typer.Option(help="A few labelled examples of the shifted distribution (file or hub:...).")
+    ],
+    pool: Annotated[
+        str, typer.Option(help="Labelled rows the model never trained on, to choose from (file or hub:...).")
+    ],
+    model: ModelDir = ARTIFACTS / "model",
+    train_data: TrainData = None,
+    gradient_index: Annotated[
+        Path, typer.Option(help="Gradient index: its projection and curvature score the pool.")
+    ] = ARTIFACTS / "gradient-index",
+    eval_data: Annotated[
+        str | None, typer.Option("--eval", help="The shifted test set, held out [SST-2 dev].")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Draws of the anchors (seeds 0..n-1).")] = DEFAULTS.seeds,
+    anchor_count: Annotated[int, typer.Option(help="Anchors drawn per seed.")] = DEFAULTS.anchor_count,
+    top: Annotated[int, typer.Option(help="Most helpful pool rows per anchor.")] = DEFAULTS.top,
+    learning_rate: Annotated[float, typer.Option(help="Of the brief fine-tune.")] = DEFAULTS.learning_rate,
+    normalize: Annotated[
+        bool, typer.Option(help="Rank the pool by the normalised view (cosine in the preconditioned space).")
+    ] = DEFAULTS.normalize,
+    out: ReportFolder = APPLICATIONS,
+    text_column: TextColumn = "text",
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = "label",
+    train_max_examples: TrainMaxExamples = None,
+    id_column: IdColumn = None,
+) -> None:
+    """Augment from a pool by influence on a few anchors of a shifted set; against random rows and the
+    anchors alone (FastIF 6.3)."""
+    from interpret.config import QueryConfig
+    from interpret.data import load_examples
+
+    if not gradient_index.exists():
+        raise typer.BadParameter(
+            f"{gradient_index} does not exist: the pool is scored with a gradient index, build one with "
+            "`influence index build --kind gradient`",
+            param_hint="--gradient-index",
+        )
+    config = checked_options(
+        EvaluationConfig, seeds=seeds, anchor_count=anchor_count, top=top, learning_rate=learning_rate
+    )
+    train = training_for(
+        model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
+    )
+    sets = {
+        name: load_examples(data_spec(source, "eval", text_column, pair_column, label_column))
+        for name, source in (("anchors", anchors), ("pool", pool), ("test", eval_data))
+    }
+    engine = engine_for(model, None, gradient_index, train=train)
+    run_task(
+        "augmentation",
+        engine,
+        out,
+        config=config,
+        test=sets["test"],
+        anchors=sets["anchors"],
+        pool=sets["pool"],
+        model_dir=model,
+        query=QueryConfig(normalize=normalize),
+        settings={"anchors_data": anchors, "pool_data": pool},
+    )

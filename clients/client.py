@@ -186,8 +186,8 @@ def add_request(rows: Sequence[AddedRow | dict]) -> IndexAddRequest:
 
 def evaluate_request(task: EvaluationTask, inputs: Inputs = (), **fields) -> EvaluateRequest:
     """A ``kind="evaluate"`` run: ``task`` (loo, lds_head, recall, influence_map, audit,
-    error_correction), its test points, and the rest of ``EvaluateRequest`` by name (``m``, ``subsets``,
-    ``damping``, ``top``, ``seeds``, ``methods``, ...)."""
+    error_correction, simulatability), its test points, and the rest of ``EvaluateRequest`` by name
+    (``m``, ``subsets``, ``damping``, ``top``, ``seeds``, ``methods``, ...)."""
     return EvaluateRequest(task=task, inputs=_as_inputs(inputs) if inputs else [], **fields)
 
 

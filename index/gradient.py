@@ -187,6 +187,21 @@ class GradientIndex:
                 "normalize",
             )
 
+    def precondition(self, gradients: np.ndarray) -> np.ndarray:
+        """``u = (C + damping I)^-1 g~`` for each row of ``gradients`` ``[n, d]``: what the index stores
+        for a training row, so ``g~_test . u`` scores rows it never held (``index.growth`` adds rows so)."""
+        inverse = self.inverse if self.inverse is not None else getattr(self.curvature, "inverse", None)
+        vectors = np.asarray(gradients, dtype=np.float64)
+        if inverse is not None:
+            return vectors @ np.asarray(inverse, dtype=np.float64)  # symmetric: rows times A^-1
+        if self.manifest.norms == "plain":  # stored as given: no preconditioner
+            return vectors
+        raise MethodUnavailableError(
+            "scoring rows outside the index needs its preconditioner, which an index built before it kept "
+            "its norms does not load: rebuild it with `influence index build --kind gradient`",
+            "gradient_index",
+        )
+
     def test_norm(self, query: np.ndarray) -> float:
         """The test gradient's norm, taken as the rows' are (``manifest.norms``): ``||A^-1/2 g~_test||`` =
         ``sqrt(|g~_test . A^-1 g~_test|)``, or ``||g~_test||`` for ``plain`` norms."""

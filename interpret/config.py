@@ -457,9 +457,21 @@ def evaluated_query(config: QueryConfig, method: EvaluatedMethod) -> QueryConfig
     )
 
 
-EvaluationTask = typing.Literal["loo", "lds_head", "recall", "influence_map", "audit", "error_correction"]
+EvaluationTask = typing.Literal[
+    "loo",
+    "lds_head",
+    "recall",
+    "influence_map",
+    "audit",
+    "error_correction",
+    "simulatability",
+    "augmentation",
+]
 """What ``influence evaluate`` and the applications run (``tasks.evaluation``, ``tasks.applications``)."""
 
+
+SimulationLabels = typing.Literal["data", "model"]
+"""Which labels a simulator sees on the rows it is shown: the training data's, or the model's predictions."""
 
 AuditRanking = typing.Literal["loss", "self_influence", "combined"]
 """How the audit orders training rows: by loss, by self-influence, or by their rank average."""
@@ -484,13 +496,46 @@ class EvaluationConfig(Config):
         5,
         ge=1,
         le=100,
-        description="influence_map: rows per side per test point; error_correction: helpful rows per error.",
+        description="influence_map: rows per side per test point; error_correction: helpful rows per error; "
+        "simulatability: rows per strategy per test point; augmentation: pool rows per anchor.",
     )
     seeds: int = Field(
-        3, ge=1, le=20, description="error_correction: random splits of the test points (seeds 0..n-1)."
+        3,
+        ge=1,
+        le=20,
+        description="error_correction: random splits of the test points; augmentation: random draws of the "
+        "anchors (seeds 0..n-1).",
+    )
+    anchor_count: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="augmentation: anchors drawn per seed (all of them if fewer are given).",
     )
     learning_rate: float = Field(
-        2e-5, gt=0, le=1, description="error_correction: learning rate of the brief fine-tune."
+        2e-5, gt=0, le=1, description="error_correction, augmentation: learning rate of the brief fine-tune."
+    )
+    normalize: bool = Field(
+        False,
+        description="influence_map, error_correction, simulatability, augmentation: rank rows by the "
+        "normalised view (cosine in the preconditioned space) instead of raw influence; needs the gradient "
+        "index.",
+    )
+    simulator_rows: int = Field(
+        4000,
+        ge=10,
+        le=100_000,
+        description="simulatability: training rows, labelled by the model, that the simulator learns from "
+        "(4,000: on SST-2 the simulator then agrees with the model on 0.89 of dev sentences, 1,000: 0.5).",
+    )
+    simulation_learning_rate: float = Field(
+        1e-4, gt=0, le=1, description="simulatability: learning rate of the simulator's fine-tune per point."
+    )
+    simulation_labels: SimulationLabels = Field(
+        "data",
+        description="simulatability: the labels on the rows the simulator is shown: data (each row with its "
+        "label, as an answer shows it) or model (the model's prediction; raw influence's top rows are often "
+        "rows the model gets wrong, so they then teach the opposite label: README).",
     )
     limit: int = Field(1000, ge=1, le=1_000_000, description="audit: rows of the ranked list returned.")
     rank_by: AuditRanking = Field(

@@ -79,7 +79,7 @@ from service.schemas import (
     SaliencyResponse,
 )
 from service.settings import Settings
-from tasks.registry import TASKS, HeadCache, run_job
+from tasks.registry import QUERYING_TASKS, TASKS, HeadCache, run_job
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -532,8 +532,23 @@ class InfluenceService:
                         f"task={task} is measured on true labels: give inputs[{position}].label",
                         {"field": f"inputs[{position}].label"},
                     )
-        if task == "error_correction":
+        if request.normalize:
+            self._check_normalized_evaluation(task)
+        if task == "augmentation":
+            self._check_augmentation(request)
+        elif request.anchors or request.pool:
+            raise LimitExceededError(
+                f"task={task} takes no anchors or pool (only task=augmentation does)", {"field": "pool"}
+            )
+        if task in ("error_correction", "simulatability", "augmentation"):  # each trains: gated like a build
             self._check_builds_allowed(self.settings.gradient_index_dir, "INFLUENCE_GRADIENT_INDEX_DIR")
+        if task == "simulatability" and self.engine.identity.tracked_layers == "lora":
+            raise LimitExceededError(
+                "task=simulatability trains a simulator on the tracked layers, and a LoRA adapter has none: "
+                "serve the merged model to run it",
+                {"field": "task", "value": task},
+            )
+
         if task == "recall":  # compares with a full scan of every training row
             check_full_scan(self.settings, self.engine.num_examples, "task")
         for method in request.methods if task == "recall" else []:
@@ -545,6 +560,46 @@ class InfluenceService:
                     gradient_index.require_norms()
             except MethodUnavailableError as error:
                 raise LimitExceededError(str(error), {"field": "methods", "value": method}) from None
+
+    def _check_normalized_evaluation(self, task: str) -> None:
+        """``normalize`` is read where rows are ranked for test points, from an index that keeps norms."""
+        if task not in QUERYING_TASKS:
+            raise LimitExceededError(
+                f"normalize is read by the tasks {', '.join(QUERYING_TASKS)}, not by task={task}: "
+                "leave it out",
+                {"field": "normalize"},
+            )
+        gradient_index = self.engine.gradient_index
+        if gradient_index is None:
+            raise LimitExceededError(
+                "normalize=true ranks rows by the gradient index's normalised view, and none is loaded: "
+                "build one (kind=index_build, index_kind=gradient) or leave normalize out",
+                {"field": "normalize"},
+            )
+        try:
+            gradient_index.require_norms()
+        except MethodUnavailableError as error:
+            raise LimitExceededError(str(error), {"field": "normalize"}) from None
+
+    def _check_augmentation(self, request) -> None:
+        """Anchors and a pool, each row labelled and checked like an input; a gradient index to score them."""
+        if self.engine.gradient_index is None:
+            raise LimitExceededError(
+                "task=augmentation scores the pool with the gradient index, and none is loaded: build one "
+                "(kind=index_build, index_kind=gradient)",
+                {"field": "task", "value": "augmentation"},
+            )
+        for name in ("anchors", "pool"):
+            rows = getattr(request, name)
+            if not rows:
+                raise LimitExceededError(f"task=augmentation needs labelled rows in {name}", {"field": name})
+            for position, item in enumerate(rows):
+                check_text(item, self.settings, self.tokenizer, self.engine.identity, f"{name}[{position}]")
+                if item.label is None:
+                    raise LimitExceededError(
+                        f"task=augmentation fine-tunes on labelled rows: give {name}[{position}].label",
+                        {"field": f"{name}[{position}].label"},
+                    )
 
     def evaluate(self, request, progress: Progress, context: RequestContext | None = None):
         """Run one evaluation or application (``tasks.registry.run_job``)."""

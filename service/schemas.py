@@ -359,14 +359,29 @@ def _gradient_only() -> list[RecallMethod]:
 
 
 class EvaluateRequest(EvaluationConfig):
-    """An evaluation (loo, lds_head, recall) or an application (influence_map, audit, error_correction):
+    """An evaluation (loo, lds_head, recall) or an application (influence_map, audit, error_correction,
+    simulatability, augmentation):
     the library's sizes and seeds, the task and its test points."""
 
     task: EvaluationTask = Field(description="Which run.")
     inputs: list[TextInput] = Field(
         default_factory=list,
-        description="Test points. loo, lds_head, recall and error_correction need each one's true label; "
-        "influence_map explains each input's given or predicted label; audit takes none.",
+        description="Test points. loo, lds_head, recall, error_correction and augmentation need each one's "
+        "true label; "
+        "influence_map and simulatability explain each input's predicted label (influence_map: its given "
+        "label if any); audit takes none.",
+    )
+    anchors: list[TextInput] = Field(
+        default_factory=list,
+        max_length=MAX_ADDED_ROWS,
+        description="augmentation: labelled examples of the shifted distribution (inputs are its held-out "
+        "test points); `anchor_count` of them are drawn per seed.",
+    )
+    pool: list[TextInput] = Field(
+        default_factory=list,
+        max_length=MAX_ADDED_ROWS,
+        description="augmentation: labelled rows the model never trained on, scored by their influence on "
+        "the anchors.",
     )
     methods: list[RecallMethod] = Field(
         default_factory=_gradient_only,

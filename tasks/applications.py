@@ -26,12 +26,29 @@ import torch
 from engine.builds import fit_inverse, fit_projection, gradient_spec, over_examples, projected_gradients
 from engine.pipeline import Engine, answer_query
 from interpret.cancellation import checkpoint as step_boundary
-from interpret.config import AuditRanking, EvaluationConfig, GradientIndexConfig, QueryConfig
+from interpret.checkpoint import DEFAULT_MAX_LENGTH
+from interpret.config import (
+    AuditRanking,
+    EvaluationConfig,
+    GradientIndexConfig,
+    MethodUnavailableError,
+    QueryConfig,
+    SimulationLabels,
+)
 from interpret.data import ExampleSet
 from interpret.influence.query import InfluentialExample
-from interpret.models import TrackedModel
-from interpret.training import TrainConfig, accuracy, fine_tune
-from tasks.reports import AuditReport, CorrectionReport, InfluenceMapReport, MapEdge, MapNode, RankedRow
+from interpret.models import TrackedModel, length_sorted_batches
+from interpret.training import TrainConfig, accuracy, fine_tune, predict_labels
+from tasks.reports import (
+    AuditReport,
+    AugmentationReport,
+    CorrectionReport,
+    InfluenceMapReport,
+    MapEdge,
+    MapNode,
+    RankedRow,
+    SimulatabilityReport,
+)
 
 
 # ----------------------------------------------------------------------------------------------- audit
@@ -351,3 +368,255 @@ def _restore(tracked, theta: torch.Tensor) -> None:
     named = dict(tracked.model.named_parameters())
     for name, value in tracked.unflatten(theta).items():
         named[name].copy_(value)
+
+
+# ---------------------------------------------------------------------------------------- simulatability
+SIMULATION_EPOCHS = 1
+"""Passes of the simulator over a test point's rows (one batch each). One: more passes drive the
+simulator's probability to 1 on any rows of the label (SST-2: 5 passes gave the helpful rows +0.159 and
+random rows of the model's label +0.156), so what the rows show beyond their label no longer shows."""
+
+
+def model_labelled(engine: Engine, examples: ExampleSet) -> ExampleSet:
+    """``examples`` with each label replaced by the model's prediction (what a simulator learns from)."""
+    predicted = over_examples(engine.backend.predict, examples).argmax(axis=1).astype(np.int64)
+    return replace(examples, labels=predicted, source=f"{examples.source} (labelled by the model)")
+
+
+@torch.no_grad()
+def label_probability(tracked: TrackedModel, examples: ExampleSet) -> np.ndarray:
+    """``p(label | text)`` under ``tracked`` for each example's own label."""
+    probabilities = np.empty(len(examples), dtype=np.float64)
+    for rows in length_sorted_batches(examples.texts, 64, examples.pairs):
+        pairs = [examples.pairs[i] for i in rows] if examples.pairs is not None else None
+        logits = tracked.predict_logits(tracked.encode([examples.texts[i] for i in rows], pairs))
+        chosen = torch.softmax(logits.double(), dim=-1)[torch.arange(len(rows)), examples.labels[rows]]
+        probabilities[rows] = chosen.cpu().numpy()
+    return probabilities
+
+
+def simulation_training(
+    learning_rate: float = EvaluationConfig().simulation_learning_rate, rows: int = EvaluationConfig().top
+) -> TrainConfig:
+    """How the simulator learns from a test point's ``rows`` rows: one step on them as one batch, at a
+    constant rate."""
+    return TrainConfig(
+        epochs=SIMULATION_EPOCHS, batch_size=rows, learning_rate=learning_rate, warmup_ratio=0.0
+    )
+
+
+def train_simulator(
+    engine: Engine, rows: int, seed: int, progress: bool = False
+) -> tuple[TrackedModel, np.ndarray]:
+    """FastIF section 6.1's simulator: ``rows`` seeded training rows labelled by the model's predictions
+    rather than the truth, learnt with the model's tracked set and training recipe (its card) from the
+    model's base (the card's ``base_model``; for a checkpoint trained elsewhere, the model itself with a
+    fresh head). So it imitates the model, and how far a few rows move it toward the model's label measures
+    how well they explain the model. Returns the simulator and the rows it learnt from."""
+    from interpret.training import train_classifier
+
+    card, tracked_layers = engine.card, engine.identity.tracked_layers
+    if tracked_layers == "lora":
+        raise ValueError("simulatability trains a simulator on the tracked layers: a LoRA adapter has none")
+    examples = engine.training_examples("simulatability")
+    sample = np.random.default_rng(seed).choice(len(examples), min(rows, len(examples)), replace=False)
+    taken = np.sort(sample)
+    simulator, _ = train_classifier(
+        card.get("base_model") or engine.model_dir,
+        model_labelled(engine, examples.subset(taken)),
+        tracked_layers,
+        replace(TrainConfig(**card.get("train_config", {})), seed=seed),
+        num_labels=engine.identity.num_labels,
+        max_length=card.get("max_length", DEFAULT_MAX_LENGTH),
+        progress=progress,
+    )
+    return simulator, taken
+
+
+def simulatability(
+    engine: Engine,
+    simulator: TrackedModel,
+    test: ExampleSet,
+    rows: np.ndarray,
+    top: int = EvaluationConfig().top,
+    train_config: TrainConfig | None = None,
+    config: QueryConfig | None = None,
+    seed: int = 0,
+    labels: SimulationLabels = "data",
+    progress=None,
+) -> SimulatabilityReport:
+    """FastIF section 6.1 (after Hase and Bansal 2020): do a test point's influential rows explain the
+    model's prediction to someone who learns from them? For each test point ``t`` with the model's label
+    ``y = f(t)``: fine-tune the simulator on (a) the ``top`` rows most helpful for ``y``, (b) ``top``
+    random rows, (c) ``top`` random rows labelled ``y`` in the data (the control: helpful rows mostly carry
+    ``y``, so this is what their label alone teaches), (d) the ``top`` most harmful rows, and measure the
+    change of the simulator's ``p(y | t)``; the simulator is restored after each run. ``labels``: the rows
+    carry their data labels (as an answer shows them) or the model's predictions."""
+    train_config = train_config or simulation_training(rows=top)
+    config = (config or QueryConfig()).replace(top=top)
+    examples = engine.training_examples("simulatability")
+    points = model_labelled(engine, test.subset(rows))
+    original = simulator.parameters().clone()
+    before = label_probability(simulator, points)
+    after: dict[str, list[float]] = {"helpful": [], "random": [], "same_label": [], "harmful": []}
+    for position in range(len(points)):
+        rng = np.random.default_rng([seed, position])  # a point's random rows do not depend on the others
+        step_boundary()
+        pair = points.pairs[position] if points.pairs is not None else None
+        label = int(points.labels[position])
+        answer = answer_query(engine, points.texts[position], pair, label, config)
+        of_label = np.flatnonzero(examples.labels == label)
+        chosen = {
+            "helpful": np.array([example.row for example in answer.helpful], dtype=np.int64),
+            "random": rng.choice(len(examples), top, replace=False),
+            "same_label": rng.choice(of_label, min(top, len(of_label)), replace=False),
+            "harmful": np.array([example.row for example in answer.harmful], dtype=np.int64),
+        }
+        for name, training_rows in chosen.items():
+            if len(training_rows) == 0:
+                after[name].append(float(before[position]))
+                continue
+            shown = examples.subset(training_rows)
+            fine_tune(
+                simulator,
+                model_labelled(engine, shown) if labels == "model" else shown,
+                None,
+                replace(train_config, seed=seed + position),
+                progress=False,
+            )
+            after[name].append(float(label_probability(simulator, points.subset([position]))[0]))
+            _restore(simulator, original)
+        if progress is not None:
+            progress(position + 1, len(points))
+    summary = {
+        f"simulatability_delta_{name}": float(np.mean(np.asarray(values) - before))
+        for name, values in after.items()
+    }
+    summary["simulator_agreement"] = float(np.mean(predict_labels(simulator, points) == points.labels))
+    summary["simulator_probability"] = float(np.mean(before))
+    settings = {"top": top, "train": train_config.__dict__, "test_points": len(points), "labels": labels}
+    return SimulatabilityReport(
+        config=settings,
+        test_rows=[int(row) for row in rows],
+        model_labels=points.labels.tolist(),
+        before=before.tolist(),
+        after=after,
+        summary=summary,
+    )
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+def pool_scores(
+    engine: Engine, anchors: ExampleSet, pool: ExampleSet, normalize: bool = False, progress=None
+) -> np.ndarray:
+    """``[len(pool), len(anchors)]``: how much training on pool row ``z`` (with its label) would lower the
+    loss of anchor ``a``, ``g~_a . u_z`` with ``u_z = (C + damping I)^-1 g~_z`` in the gradient index's
+    projection and curvature: the index's own score for a row it never held (positive = helpful).
+    ``normalize``: divided by ``||A^-1/2 g~_z|| = sqrt(g~_z . u_z)``, the normalised view's order (each
+    anchor's own norm is one constant per column)."""
+    index = engine.gradient_index
+    if index is None:
+        raise MethodUnavailableError(
+            "augmentation scores the pool with the gradient index: build one with "
+            "`influence index build --kind gradient`",
+            "gradient_index",
+        )
+
+    def gradients(examples: ExampleSet, offset: int) -> np.ndarray:
+        rows = []
+        for row in range(len(examples)):
+            step_boundary()
+            pair = examples.pairs[row] if examples.pairs is not None else None
+            label = int(examples.labels[row])
+            rows.append(
+                engine.backend.projected_test_gradient(examples.texts[row], pair, label, index.projection)
+            )
+            if progress is not None:
+                progress(offset + row + 1, len(anchors) + len(pool))
+        return np.stack(rows).astype(np.float64)
+
+    anchor_gradients = gradients(anchors, 0)
+    pool_gradients = gradients(pool, len(anchors))
+    preconditioned = index.precondition(pool_gradients)
+    scores = preconditioned @ anchor_gradients.T
+    if normalize:
+        norms = np.sqrt(np.abs((pool_gradients * preconditioned).sum(axis=1)))
+        scores = scores / np.where(norms > 0, norms, 1.0)[:, None]
+    return scores
+
+
+def augmentation(
+    engine: Engine,
+    tracked: TrackedModel,
+    anchors: ExampleSet,
+    pool: ExampleSet,
+    test: ExampleSet,
+    seeds: list[int],
+    anchor_count: int = EvaluationConfig().anchor_count,
+    top: int = EvaluationConfig().top,
+    train_config: TrainConfig | None = None,
+    normalize: bool = False,
+    progress=None,
+    scoring_progress=None,
+) -> AugmentationReport:
+    """FastIF section 6.3, its second half: a model meets a shifted distribution; a few labelled ``anchors``
+    from it and a ``pool`` of labelled rows it never trained on are at hand. Per seed, draw
+    ``anchor_count`` anchors and fine-tune a fresh copy of the tracked parameters on (a) each anchor's
+    ``top`` most helpful pool rows (their union), (b) as many random pool rows, (c) the anchors
+    themselves; report the change of accuracy on ``test`` (the shifted side, held out), and the share of
+    the helpful and random rows the model got wrong before (``*_rows_misclassified``). ``normalize``:
+    the pool ranked by the normalised view. ``tracked`` is a separate copy of the model, restored after
+    every run. ``progress`` counts seeds, ``scoring_progress`` the anchors' and pool rows' gradients."""
+    train_config = train_config or correction_training()
+    scores = pool_scores(engine, anchors, pool, normalize, scoring_progress)
+    original = tracked.parameters().clone()
+    baseline = accuracy(tracked, test)
+    deltas: dict[str, list[float]] = {"helpful": [], "random": [], "anchors": []}
+    misclassified: dict[str, list[float]] = {"helpful": [], "random": []}
+    budgets: list[int] = []
+    drawn: list[list[int]] = []
+    for number, seed in enumerate(seeds):
+        step_boundary()
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(len(anchors), min(anchor_count, len(anchors)), replace=False))
+        ranked = np.argsort(-scores[:, chosen], axis=0, kind="stable")[:top]  # [top, anchors]
+        helpful = np.unique(ranked)
+        budget = len(helpful)
+        runs = {
+            "helpful": pool.subset(helpful),
+            "random": pool.subset(np.sort(rng.choice(len(pool), budget, replace=False))),
+            "anchors": anchors.subset(chosen),
+        }
+        for name in ("helpful", "random"):  # raw influence favours rows with large loss gradients
+            wrong = predict_labels(tracked, runs[name]) != runs[name].labels
+            misclassified[name].append(float(wrong.mean()))
+        for name, rows in runs.items():
+            fine_tune(tracked, rows, None, replace(train_config, seed=seed), progress=False)
+            deltas[name].append(accuracy(tracked, test) - baseline)
+            _restore(tracked, original)
+        budgets.append(budget)
+        drawn.append(chosen.tolist())
+        if progress is not None:
+            progress(number + 1, len(seeds))
+    summary = {f"augmentation_delta_{name}": float(np.mean(values)) for name, values in deltas.items()}
+    summary["baseline_accuracy"] = baseline
+    for name, shares in misclassified.items():
+        summary[f"{name}_rows_misclassified"] = float(np.mean(shares))
+    settings = {
+        "top": top,
+        "anchors": anchor_count,
+        "normalize": normalize,
+        "train": train_config.__dict__,
+        "pool_rows": len(pool),
+        "test_rows": len(test),
+        "anchor_rows": len(anchors),
+    }
+    return AugmentationReport(
+        config=settings,
+        seeds=list(seeds),
+        baseline_accuracy=baseline,
+        anchors=drawn,
+        deltas=deltas,
+        budgets=budgets,
+        summary=summary,
+    )

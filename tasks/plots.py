@@ -57,8 +57,10 @@ def plot_report(report, path: str | Path) -> None:
         "audit": _audit,
         "influence_map": _influence_map,
         "error_correction": _correction,
+        "simulatability": _simulatability,
+        "augmentation": _augmentation,
     }
-    plt, figure, axes = _figure(2 if report.kind in ("lds", "audit") else 1)
+    plt, figure, axes = _figure(2 if report.kind in ("lds", "audit", "simulatability") else 1)
     drawers[report.kind](report, axes)
     _save(plt, figure, Path(path))
 
@@ -132,11 +134,42 @@ def _influence_map(report, axes) -> None:
     axis.set_title("Influence map (green helpful, red harmful)")
 
 
+def _augmentation(report, axes) -> None:
+    _strategy_bars(report.deltas, axes[0])
+    axes[0].set_ylabel("accuracy change on the shifted test set")
+    axes[0].set_title(
+        f"Augmentation over {len(report.seeds)} seeds (from {report.baseline_accuracy:.3f}, "
+        f"{int(np.mean(report.budgets))} pool rows)"
+    )
+
+
+def _strategy_bars(deltas: dict[str, list[float]], axis) -> None:
+    """Each strategy's mean change, with the spread over seeds."""
+    names = list(deltas)
+    means = [float(np.mean(deltas[n])) for n in names]
+    spreads = [float(np.std(deltas[n])) for n in names]
+    axis.bar(names, means, yerr=spreads, capsize=4, color="#8172b2")
+    axis.axhline(0, color="grey", lw=0.8)
+
+
 def _correction(report, axes) -> None:
-    names = list(report.deltas)
-    means = [float(np.mean(report.deltas[n])) for n in names]
-    spreads = [float(np.std(report.deltas[n])) for n in names]
-    axes[0].bar(names, means, yerr=spreads, capsize=4, color="#8172b2")
-    axes[0].axhline(0, color="grey", lw=0.8)
+    _strategy_bars(report.deltas, axes[0])
     axes[0].set_ylabel("accuracy change on held-out dev")
     axes[0].set_title(f"Error correction over {len(report.seeds)} seeds")
+
+
+def _simulatability(report, axes) -> None:
+    before = np.asarray(report.before)
+    names = list(report.after)
+    changes = [np.asarray(report.after[name]) - before for name in names]
+    errors = [float(c.std(ddof=1) / np.sqrt(len(c))) if len(c) > 1 else 0.0 for c in changes]
+    axes[0].bar(names, [float(c.mean()) for c in changes], yerr=errors, capsize=4, color="#dd8452")
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("change of the simulator's p(model's label)")
+    axes[0].set_title(f"Simulatability, {len(before)} test points ({report.config.get('labels')} labels)")
+    for name in names:
+        axes[1].scatter(before, report.after[name], s=10, alpha=0.7, label=name)
+    axes[1].plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    axes[1].set_xlabel("before fine-tuning")
+    axes[1].set_ylabel("after fine-tuning on the point's rows")
+    axes[1].legend()

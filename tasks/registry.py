@@ -33,11 +33,13 @@ from interpret.models import TrackedModel, load_classifier
 from tasks import applications, evaluation
 from tasks.reports import (
     AuditReport,
+    AugmentationReport,
     CorrectionReport,
     InfluenceMapReport,
     LdsReport,
     LooReport,
     RecallReport,
+    SimulatabilityReport,
 )
 
 Progress = Callable[[int, int], None]
@@ -74,7 +76,8 @@ class TaskInputs:
     rows: np.ndarray | None = None
     """Positions in ``test`` evaluated. ``None``: all of them; for influence_map, the model's errors."""
     query: QueryConfig = field(default_factory=QueryConfig)
-    """recall, influence_map, error_correction: how each test point is queried."""
+    """recall, influence_map, error_correction, simulatability: how each test point is queried;
+    augmentation: whether the pool is ranked by the normalised view."""
     methods: Sequence[EvaluatedMethod] = ("gradient",)
     """recall: the methods measured."""
     reference: EvaluatedMethod = "full"
@@ -89,6 +92,10 @@ class TaskInputs:
     """audit: where its gradient shards are kept (a rerun resumes from them)."""
     model_dir: Path | None = None
     """error_correction: the model folder a fresh copy is loaded from."""
+    anchors: ExampleSet | None = None
+    """augmentation: labelled examples of the shifted distribution, a few drawn per seed."""
+    pool: ExampleSet | None = None
+    """augmentation: labelled rows the model never trained on, scored by influence on the anchors."""
     flipped: np.ndarray | None = None
     """audit: which training rows had their label flipped (a noise-injection check)."""
     settings: dict = field(default_factory=dict)
@@ -222,6 +229,53 @@ def run_error_correction(inputs: TaskInputs) -> CorrectionReport:
     )
 
 
+def run_simulatability(inputs: TaskInputs) -> SimulatabilityReport:
+    """Train a simulator on the model's predictions; fine-tune it on each point's helpful, random and
+    harmful rows; how far each moves it toward the model's label."""
+    config = inputs.config
+    simulator, taken = applications.train_simulator(inputs.engine, config.simulator_rows, config.seed)
+    report = applications.simulatability(
+        inputs.engine,
+        simulator,
+        inputs.test_points(),
+        inputs.test_rows(),
+        config.top,
+        applications.simulation_training(config.simulation_learning_rate, config.top),
+        inputs.query,
+        config.seed,
+        config.simulation_labels,
+        inputs.progress("test points"),
+    )
+    report.config.update(simulator_rows=len(taken), **inputs.settings)
+    return report
+
+
+def run_augmentation(inputs: TaskInputs) -> AugmentationReport:
+    """Fine-tune on the pool rows most helpful for a few anchors, on random pool rows, or on the anchors;
+    the change of accuracy on the test points (the shifted side, held out)."""
+    if inputs.model_dir is None:
+        raise ValueError("augmentation needs the model folder (model_dir) for its fresh copy")
+    if inputs.anchors is None or inputs.pool is None:
+        raise ValueError("augmentation needs anchors and a pool")
+    config = inputs.config
+    report = applications.augmentation(
+        inputs.engine,
+        tracked_copy(inputs.engine, inputs.model_dir),
+        inputs.anchors,
+        inputs.pool,
+        inputs.test_points(),
+        list(range(config.seeds)),
+        config.anchor_count,
+        config.top,
+        applications.correction_training(config.learning_rate),
+        inputs.query.normalize,
+        inputs.progress("seeds"),
+        inputs.progress("gradients"),
+    )
+    report.config.update(inputs.settings)
+    return report
+
+
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
@@ -231,8 +285,12 @@ TASKS: dict[str, Task] = {
         Task("influence_map", InfluenceMapReport, False, True, run_influence_map),
         Task("audit", AuditReport, False, False, run_audit),
         Task("error_correction", CorrectionReport, True, True, run_error_correction),
+        Task("simulatability", SimulatabilityReport, False, True, run_simulatability),
+        Task("augmentation", AugmentationReport, True, True, run_augmentation),
     )
 }
+QUERYING_TASKS = ("influence_map", "error_correction", "simulatability", "augmentation")
+"""The tasks that rank training rows for their points, so read ``normalize`` (``EvaluationConfig``)."""
 if set(TASKS) != set(get_args(EvaluationTask)):  # the wire schema's list and this one are the same tasks
     raise RuntimeError(f"tasks {sorted(TASKS)} != EvaluationTask {sorted(get_args(EvaluationTask))}")
 
@@ -270,8 +328,11 @@ def run_job(
         None if test is None else np.arange(len(test)),  # every input (a map explains each, not errors)
         methods=tuple(request.methods),
         heads=heads,
+        anchors=examples_from_inputs(engine, request.anchors) if request.anchors else None,
+        pool=examples_from_inputs(engine, request.pool) if request.pool else None,
         work_dir=scratch_dir / "audit-gradients",
         model_dir=model_dir,
+        query=QueryConfig(normalize=request.normalize),
         settings={"task": task.name},
         progress=(lambda _stage: progress) if progress is not None else _no_progress,
     )

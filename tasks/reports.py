@@ -116,5 +116,43 @@ class CorrectionReport(BaseModel):
     summary: dict[str, float]
 
 
-TaskReport = LooReport | LdsReport | RecallReport | AuditReport | InfluenceMapReport | CorrectionReport
+class SimulatabilityReport(BaseModel):
+    """FastIF section 6.1: how far a simulator of the model moves toward the model's prediction on a test
+    point after a brief fine-tune on that point's influential (or random, or harmful) rows."""
+
+    kind: Literal["simulatability"] = "simulatability"
+    config: dict
+    test_rows: list[int]
+    model_labels: list[int] = Field(description="The model's prediction on each test point (simulated).")
+    before: list[float] = Field(description="The simulator's probability of the model's label, per point.")
+    after: dict[str, list[float]] = Field(
+        description="Strategy -> that probability after fine-tuning on the point's rows, per point."
+    )
+    summary: dict[str, float]
+
+
+class AugmentationReport(BaseModel):
+    """FastIF section 6.3: fine-tune on the pool rows most helpful for a few anchors of a shifted set, on
+    random pool rows, or on the anchors; the change of accuracy on the shifted set."""
+
+    kind: Literal["augmentation"] = "augmentation"
+    config: dict
+    seeds: list[int]
+    baseline_accuracy: float = Field(description="Accuracy on the shifted test set before any fine-tune.")
+    anchors: list[list[int]] = Field(description="The anchor rows drawn, per seed.")
+    deltas: dict[str, list[float]] = Field(description="Strategy -> accuracy change, per seed.")
+    budgets: list[int] = Field(description="Pool rows fine-tuned on, per seed (helpful and random alike).")
+    summary: dict[str, float]
+
+
+TaskReport = (
+    LooReport
+    | LdsReport
+    | RecallReport
+    | AuditReport
+    | InfluenceMapReport
+    | CorrectionReport
+    | SimulatabilityReport
+    | AugmentationReport
+)
 """What a task returns (``tasks.registry``): one report model per task, each naming its ``kind``."""

@@ -48,7 +48,7 @@ def test_request_schemas_take_defaults_and_bounds_from_the_library_configs():
             assert field.metadata == spec.metadata, (model, name)  # the ge / gt / le bounds
 
     agrees(schemas.InfluenceRequest, QueryConfig, {"inputs"})
-    agrees(schemas.EvaluateRequest, EvaluationConfig, {"task", "inputs", "methods"})
+    agrees(schemas.EvaluateRequest, EvaluationConfig, {"task", "inputs", "methods", "anchors", "pool"})
     lissa = schemas.InfluenceRequest.model_fields["lissa"]
     assert lissa.annotation is LissaConfig and lissa.get_default(call_default_factory=True) == FASTIF_PRESET
     gradient = schemas.JobRequest.model_fields["gradient"].annotation

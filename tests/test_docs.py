@@ -199,6 +199,48 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         name = f"**{kind} {rank}** (default)" if (kind, rank) == ("kfac", 16) else f"{kind} {rank}"
         rendered = " | ".join(f"{value + 1e-9:.2f}" for value in cells)  # half up: 0.905 -> 0.91
         phrases.append((f"| {name} | {row['dim']:,} | {rendered} |", "gradient_index.json"))
+    phrases += _application_phrases()
+    return phrases
+
+
+def _application_phrases() -> list[tuple[str, str]]:
+    """The README's augmentation table and shift, and its simulatability numbers."""
+    augmentation = _results("augmentation.json")
+    shift = augmentation["shift"]
+    phrases = [
+        (
+            f"It scores {shift['unseen_phrases_accuracy']:.3f} on 1,000 unseen short rows and "
+            f"{shift['test_accuracy']:.3f} on 672 dev sentences",
+            "augmentation.json",
+        )
+    ]
+    simulatability = _results("simulatability.json")
+    for variant in ("raw", "normalized", "raw_model_labels"):  # the simulatability table's rows
+        deltas = simulatability["variants"][variant]["deltas"]
+        strategies = ("helpful", "random", "same_label", "harmful")
+        cells = " | ".join(f"{deltas[f'simulatability_delta_{name}']:+.3f}" for name in strategies)
+        phrases.append((f"| {cells} |", "simulatability.json"))
+    beyond = simulatability["variants"]["raw"]["helpful_over_same_label"]
+    phrases.append(
+        (
+            f"helpful rows add {beyond['mean']:+.3f} (95% interval +-{beyond['ci_halfwidth']:.3f}, paired "
+            f"over the 50 points; better on {beyond['share_of_points']:.0%} of them)",
+            "simulatability.json",
+        )
+    )
+    beyond = simulatability["variants"]["normalized"]["helpful_over_same_label"]
+    phrases.append(
+        (
+            f"normalised view's {beyond['mean']:+.3f} (+-{beyond['ci_halfwidth']:.3f}; better on "
+            f"{beyond['share_of_points']:.0%} of the points)",
+            "simulatability.json",
+        )
+    )
+    for variant in ("raw", "normalized", "raw_command_defaults"):  # the table's rows, in points
+        summary = augmentation["variants"][variant]["summary"]
+        deltas = [summary[f"augmentation_delta_{side}"] * 100 for side in ("helpful", "random", "anchors")]
+        cells = " | ".join(f"{value:+.2f}" for value in deltas)
+        phrases.append((f"| {cells} | {summary['helpful_rows_misclassified']:.0%} |", "augmentation.json"))
     return phrases
 
 

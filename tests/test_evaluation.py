@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from engine.pipeline import local_engine
+from engine.pipeline import answer_query, local_engine
 from interpret.evaluation.convex import ConvexHead, augment, fit, objective_gradient, objective_hessian
 from interpret.evaluation.metrics import (
     bootstrap_interval,
@@ -404,6 +404,133 @@ def test_error_correction_spends_the_same_budget_on_each_strategy(trained_tiny, 
     write_report(report, tmp_path, "correction")
 
 
+def test_simulatability_moves_the_simulator_by_the_rows_shown_and_restores_it(
+    trained_tiny, data_dir, tmp_path
+):
+    """Each strategy's value is the simulator's ``p(model's label)`` after fine-tuning a fresh copy on that
+    point's rows: redone here by hand for one point. The simulator learnt the model's labels, and is
+    returned as it was."""
+    from dataclasses import replace
+
+    from engine.builds import build_gradient_index
+    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.data import DataSpec, load_examples
+    from interpret.training import fine_tune, predict_labels
+    from tasks.applications import (
+        label_probability,
+        model_labelled,
+        simulatability,
+        simulation_training,
+        train_simulator,
+    )
+
+    engine = local_engine(trained_tiny)
+    build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
+    engine = local_engine(trained_tiny, gradient_index_dir=tmp_path / "gi")
+    simulator, taken = train_simulator(engine, 40, seed=3)
+    assert len(taken) == 40 and len(set(taken)) == 40
+    learnt = model_labelled(engine, engine.training_examples().subset(taken))
+    assert (learnt.labels == engine.backend.predict(learnt.texts, None).argmax(axis=1)).all()
+    before = simulator.parameters().clone()
+    test = load_examples(DataSpec(str(data_dir / "dev.tsv")))
+    rows = np.array([0, 3, 5])
+    training = simulation_training(1e-3, 3)
+    report = simulatability(engine, simulator, test, rows, top=3, train_config=training, seed=1)
+    torch.testing.assert_close(simulator.parameters(), before, rtol=0, atol=0)
+    assert report.model_labels == model_labelled(engine, test.subset(rows)).labels.tolist()
+    assert set(report.after) == {"helpful", "random", "same_label", "harmful"}
+    assert all(len(values) == 3 for values in report.after.values())
+    agreement = np.mean(
+        predict_labels(simulator, model_labelled(engine, test.subset(rows))) == report.model_labels
+    )
+    assert report.summary["simulator_agreement"] == pytest.approx(agreement)
+
+    point = model_labelled(engine, test.subset([rows[1]]))  # by hand: the second point's helpful rows
+    answer = answer_query(engine, point.texts[0], None, int(point.labels[0]), QueryConfig(top=3))
+    shown = engine.training_examples().subset([example.row for example in answer.helpful])
+    copy, _ = train_simulator(engine, 40, seed=3)
+    assert label_probability(copy, point)[0] == pytest.approx(report.before[1], abs=1e-6)
+    fine_tune(copy, shown, None, replace(training, seed=1 + 1), progress=False)
+    assert label_probability(copy, point)[0] == pytest.approx(report.after["helpful"][1], abs=1e-6)
+    expected = np.mean(np.asarray(report.after["helpful"]) - report.before)
+    assert report.summary["simulatability_delta_helpful"] == pytest.approx(expected)
+
+    modelled = simulatability(engine, simulator, test, rows, 3, training, seed=1, labels="model")
+    assert modelled.before == report.before and modelled.config["labels"] == "model"
+    write_report(report, tmp_path, "simulatability")
+    assert (tmp_path / "simulatability.png").stat().st_size > 0
+
+
+def test_pool_rows_score_as_the_index_scores_the_rows_it_holds(trained_tiny, data_dir, tmp_path):
+    """A pool row's score is the index's own score for it: with training rows as the pool, ``pool_scores``
+    gives ``g~_test . u_z`` of the stored vectors (the index answers ``-ip``), for each anchor; normalised,
+    the normalised view's cosine times the anchor's norm."""
+    from engine.builds import build_gradient_index
+    from interpret.config import GradientIndexConfig
+    from interpret.data import DataSpec, load_examples
+    from tasks.applications import pool_scores
+
+    engine = local_engine(trained_tiny)
+    build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
+    engine = local_engine(trained_tiny, gradient_index_dir=tmp_path / "gi")
+    index = engine.gradient_index
+    anchors = load_examples(DataSpec(str(data_dir / "dev.tsv"))).subset([0, 1, 2])
+    rows = np.array([4, 17, 30, 55])
+    scores = pool_scores(engine, anchors, engine.training_examples().subset(rows))
+    normalized = pool_scores(engine, anchors, engine.training_examples().subset(rows), normalize=True)
+    assert scores.shape == normalized.shape == (4, 3)
+    for column in range(3):
+        test = engine.backend.projected_test_gradient(
+            anchors.texts[column], None, int(anchors.labels[column]), index.projection
+        )
+        expected = index.vectors()[rows].astype(np.float64) @ test.astype(np.float64)
+        np.testing.assert_allclose(scores[:, column], expected, rtol=1e-4, atol=1e-6)
+        (helpful, helpful_scores), _ = index.search(test, len(engine.training_examples()))
+        by_row = dict(zip(helpful.tolist(), (-helpful_scores).tolist(), strict=True))
+        np.testing.assert_allclose(scores[:, column], [by_row[row] for row in rows], rtol=1e-4, atol=1e-6)
+        (helpful, cosines), _ = index.search(test, len(engine.training_examples()), normalize=True)
+        by_row = dict(zip(helpful.tolist(), (-cosines).tolist(), strict=True))
+        expected = np.array([by_row[row] for row in rows]) * index.test_norm(test)  # the view's order
+        np.testing.assert_allclose(normalized[:, column], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_augmentation_spends_one_budget_on_helpful_and_random_rows(trained_tiny, data_dir, tmp_path):
+    """Per seed: each anchor's top pool rows (their union) set the budget, random pool rows match it, the
+    anchors are drawn as the seed says; the share of chosen rows the model got wrong is theirs; the model
+    copy is restored after every run."""
+    from engine.builds import build_gradient_index
+    from interpret.config import GradientIndexConfig
+    from interpret.data import DataSpec, load_examples
+    from interpret.models import load_classifier
+    from interpret.training import accuracy, predict_labels
+    from tasks.applications import augmentation, pool_scores
+
+    engine = local_engine(trained_tiny)
+    build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
+    engine = local_engine(trained_tiny, gradient_index_dir=tmp_path / "gi")
+    copy = TrackedModel(*load_classifier(str(trained_tiny)), tracked_layers=1, max_length=32)
+    before = copy.parameters().clone()
+    dev = load_examples(DataSpec(str(data_dir / "dev.tsv")))
+    anchors, test = dev.subset(range(16)), dev.subset(range(16, 48))
+    pool = engine.training_examples()
+    report = augmentation(engine, copy, anchors, pool, test, [0, 1], anchor_count=5, top=3)
+    torch.testing.assert_close(copy.parameters(), before, rtol=0, atol=0)
+    scores = pool_scores(engine, anchors, pool)
+    wrong = []
+    for seed, drawn, budget in zip(report.seeds, report.anchors, report.budgets, strict=True):
+        expected = np.sort(np.random.default_rng(seed).choice(16, 5, replace=False))
+        assert drawn == expected.tolist()
+        tops = {int(row) for anchor in drawn for row in np.argsort(-scores[:, anchor], kind="stable")[:3]}
+        assert budget == len(tops) and 3 <= budget <= 15
+        chosen = pool.subset(sorted(tops))
+        wrong.append(float(np.mean(predict_labels(copy, chosen) != chosen.labels)))
+    assert report.summary["helpful_rows_misclassified"] == pytest.approx(np.mean(wrong))
+    assert set(report.deltas) == {"helpful", "random", "anchors"}
+    assert report.baseline_accuracy == pytest.approx(accuracy(copy, test))
+    write_report(report, tmp_path, "augmentation")
+    assert (tmp_path / "augmentation.png").stat().st_size > 0
+
+
 def test_self_influence_ranks_planted_flips_above_clean_rows():
     """A separable toy set with 4 labels flipped: the flipped rows have the highest self-influence."""
     rng = np.random.default_rng(5)
@@ -492,6 +619,8 @@ def test_every_task_runs_from_the_cli_and_the_job_path_gives_the_same_report(eng
     the same test points as inputs (``tasks.registry.run_job``, what the service runs) measures the same
     numbers: the two paths assemble a task in one place."""
     from cli import app
+    from engine.builds import build_gradient_index
+    from interpret.config import GradientIndexConfig
     from interpret.data import DataSpec, load_examples
     from service.schemas import EvaluateRequest, TextInput
     from tasks.evaluation import sample_rows
@@ -499,6 +628,8 @@ def test_every_task_runs_from_the_cli_and_the_job_path_gives_the_same_report(eng
 
     model, index = engine_dirs
     dev = str(data_dir / "dev.tsv")
+    gradient_index = tmp_path / "gradient-index"
+    build_gradient_index(local_engine(model), gradient_index, GradientIndexConfig(rank=4, damping=0.1))
     common = ["--model", str(model), "--eval", dev, "--out", str(tmp_path), "--index", str(index)]
     no_gradient = ["--gradient-index", str(tmp_path / "none")]  # fastif, from the kNN index
     commands = {
@@ -518,7 +649,34 @@ def test_every_task_runs_from_the_cli_and_the_job_path_gives_the_same_report(eng
         ],
         "influence_map": ["map", *common, *no_gradient],
         "error_correction": ["correct", "--seeds", "1", *common, *no_gradient],
+        "simulatability": [
+            "simulate",
+            "--points",
+            "2",
+            "--top",
+            "3",
+            "--simulator-rows",
+            "24",
+            *common,
+            *no_gradient,
+        ],
         "audit": ["audit", "--model", str(model), "--out", str(tmp_path), "--work", str(tmp_path / "w")],
+        "augmentation": [
+            "augment",
+            "--anchors",
+            dev,
+            "--pool",
+            str(data_dir / "train.tsv"),
+            "--seeds",
+            "2",
+            "--anchor-count",
+            "4",
+            "--top",
+            "3",
+            *[argument for argument in common if argument not in ("--index", str(index))],
+            "--gradient-index",
+            str(gradient_index),
+        ],
     }
     assert set(commands) == set(TASKS)
     reports = {}
@@ -544,3 +702,26 @@ def test_every_task_runs_from_the_cli_and_the_job_path_gives_the_same_report(eng
         np.testing.assert_allclose(mine.actual, theirs["actual"], rtol=1e-6)
     audit = run_job(engine, EvaluateRequest(task="audit", limit=5), HeadCache(), tmp_path, model)
     assert [r.row for r in audit.ranked] == [r["row"] for r in reports["audit"]["ranked"][:5]]
+    points = sample_rows(len(test), 2, 0)  # --points 2, seed 0
+    inputs = [TextInput(text=test.texts[r]) for r in points]  # no labels: the model's prediction is simulated
+    request = EvaluateRequest(task="simulatability", inputs=inputs, top=3, simulator_rows=24)
+    simulated = run_job(engine, request, HeadCache(), tmp_path, model)
+    np.testing.assert_allclose(simulated.before, reports["simulatability"]["before"], rtol=1e-6)
+    for name, after in simulated.after.items():
+        np.testing.assert_allclose(after, reports["simulatability"]["after"][name], rtol=1e-6)
+    train = load_examples(DataSpec(str(data_dir / "train.tsv")))
+    labelled = [
+        TextInput(text=text, label=int(label)) for text, label in zip(test.texts, test.labels, strict=True)
+    ]
+    pool = [
+        TextInput(text=text, label=int(label)) for text, label in zip(train.texts, train.labels, strict=True)
+    ]
+    request = EvaluateRequest(
+        task="augmentation", inputs=labelled, anchors=labelled, pool=pool, seeds=2, anchor_count=4, top=3
+    )
+    engine = local_engine(model, gradient_index_dir=gradient_index)
+    augmented = run_job(engine, request, HeadCache(), tmp_path, model)
+    assert augmented.anchors == reports["augmentation"]["anchors"]
+    assert augmented.budgets == reports["augmentation"]["budgets"]
+    for name, deltas in augmented.deltas.items():
+        np.testing.assert_allclose(deltas, reports["augmentation"]["deltas"][name], atol=1e-9)

@@ -303,6 +303,17 @@ def test_evaluate_jobs_check_their_inputs_and_return_typed_reports(http, setting
     assert [r.self_influence for r in ranked.ranked] == sorted(
         (r.self_influence for r in ranked.ranked), reverse=True
     )
+    simulated = client.submit_job(
+        evaluate_request("simulatability", [QUERY], top=2, simulator_rows=20), kind="evaluate"
+    )
+    simulation = client.wait_job(simulated.id, poll_s=0.05, timeout=120, progress=False).result
+    assert simulation.kind == "simulatability" and len(simulation.before) == 1
+    assert {name: len(values) for name, values in simulation.after.items()} == {
+        "helpful": 1,
+        "random": 1,
+        "same_label": 1,
+        "harmful": 1,
+    }
     # the audit's gradient shards live in the scratch folder, never beside the served indexes (issue 23)
     assert list((settings.job_scratch_dir / "audit-gradients.shards").glob("shard-*.npy"))
     assert not [path for path in settings.index_dir.parent.iterdir() if "audit" in path.name]
@@ -314,6 +325,16 @@ def test_evaluate_jobs_check_their_inputs_and_return_typed_reports(http, setting
         client.submit_job(evaluate_request("recall", labelled), kind="evaluate")
     response = http.post("/v1/jobs", json={"kind": "evaluate", "evaluate": {"task": "loo", "m": 0}})
     assert response.status_code == 422 and "m" in response.text
+    with pytest.raises(BadRequestError, match="none is loaded"):  # this server has no gradient index
+        client.submit_job(
+            evaluate_request("augmentation", labelled, anchors=labelled, pool=labelled), kind="evaluate"
+        )
+    with pytest.raises(BadRequestError, match="takes no anchors or pool"):
+        client.submit_job(evaluate_request("influence_map", [QUERY], pool=labelled), kind="evaluate")
+    with pytest.raises(BadRequestError, match="not by task=loo"):
+        client.submit_job(evaluate_request("loo", labelled, normalize=True), kind="evaluate")
+    with pytest.raises(BadRequestError, match="normalised view, and none is loaded"):
+        client.submit_job(evaluate_request("influence_map", [QUERY], normalize=True), kind="evaluate")
 
 
 def test_a_gradient_index_job_makes_gradient_the_default_method(settings, engine_dirs, tmp_path):
@@ -353,6 +374,24 @@ def test_a_gradient_index_job_makes_gradient_the_default_method(settings, engine
         assert lissa.solver == "lissa" and lissa.lissa is not None
         fastif = client.influence(QUERY, k=30, top=3, lissa=LISSA, method="fastif").results[0].quality
         assert fastif.method == "fastif" and fastif.candidates == 30
+        rows = [{"text": text, "label": label} for text, label in (("fine and warm", 1), ("a dull mess", 0))]
+        pool = [*rows, {"text": "bright , funny", "label": 1}, {"text": "tedious", "label": 0}]
+        shifted = evaluate_request(
+            "augmentation", rows, anchors=rows, pool=pool, anchor_count=2, top=1, seeds=1
+        )
+        augmented = client.wait_job(client.submit_job(shifted, kind="evaluate").id, poll_s=0.05, timeout=120)
+        assert augmented.result.kind == "augmentation" and augmented.result.anchors == [[0, 1]]
+        assert set(augmented.result.deltas) == {"helpful", "random", "anchors"}
+        normalized = evaluate_request("simulatability", [QUERY], top=2, simulator_rows=20, normalize=True)
+        simulation = client.wait_job(
+            client.submit_job(normalized, kind="evaluate").id, poll_s=0.05, timeout=120
+        )
+        assert simulation.result.kind == "simulatability" and len(simulation.result.after["helpful"]) == 1
+        unlabelled = [*pool, {"text": "no label here"}]
+        with pytest.raises(BadRequestError, match=r"pool\[4\]\.label"):
+            client.submit_job(
+                evaluate_request("augmentation", rows, anchors=rows, pool=unlabelled), kind="evaluate"
+            )
         models = client.models().models[0]
         assert models.gradient_index_manifest["spec"]["rank"] == 4
         assert quality.gradient_index.storage == "float32" and quality.gradient_index.storage_recall is None
