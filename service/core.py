@@ -548,7 +548,6 @@ class InfluenceService:
                 "serve the merged model to run it",
                 {"field": "task", "value": task},
             )
-
         if task == "recall":  # compares with a full scan of every training row
             check_full_scan(self.settings, self.engine.num_examples, "task")
         for method in request.methods if task == "recall" else []:

@@ -230,8 +230,8 @@ def run_error_correction(inputs: TaskInputs) -> CorrectionReport:
 
 
 def run_simulatability(inputs: TaskInputs) -> SimulatabilityReport:
-    """Train a simulator on the model's predictions; fine-tune it on each point's helpful, random and
-    harmful rows; how far each moves it toward the model's label."""
+    """Train a simulator on the model's predictions; one step on each point's helpful rows, random rows,
+    random rows of the model's label and harmful rows; how far each moves it toward the model's label."""
     config = inputs.config
     simulator, taken = applications.train_simulator(inputs.engine, config.simulator_rows, config.seed)
     report = applications.simulatability(

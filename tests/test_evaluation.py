@@ -225,6 +225,17 @@ def trained_tiny(tiny_dir, data_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def indexed_tiny(trained_tiny, tmp_path_factory):
+    """An engine over ``trained_tiny`` with a small gradient index (rank 4), built once for the module."""
+    from engine.builds import build_gradient_index
+    from interpret.config import GradientIndexConfig
+
+    directory = tmp_path_factory.mktemp("gradient-index") / "gi"
+    build_gradient_index(local_engine(trained_tiny), directory, GradientIndexConfig(rank=4, damping=0.1))
+    return local_engine(trained_tiny, gradient_index_dir=directory)
+
+
 def test_retraining_is_seeded_and_cached(trained_tiny, tmp_path):
     engine = local_engine(trained_tiny)
     spec = RetrainSpec.from_card(engine.card)
@@ -385,15 +396,14 @@ def test_influence_map_links_test_points_to_their_top_rows(engine_dirs, data_dir
     assert (tmp_path / "map.png").is_file()
 
 
-def test_error_correction_spends_the_same_budget_on_each_strategy(trained_tiny, data_dir, tmp_path):
-    from engine.builds import build_gradient_index
-    from interpret.config import GradientIndexConfig, QueryConfig
+def test_error_correction_spends_the_same_budget_on_each_strategy(
+    trained_tiny, indexed_tiny, data_dir, tmp_path
+):
+    from interpret.config import QueryConfig
     from interpret.data import DataSpec, load_examples
     from interpret.models import load_classifier
 
-    engine = local_engine(trained_tiny)
-    build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
-    engine = local_engine(trained_tiny, gradient_index_dir=tmp_path / "gi")
+    engine = indexed_tiny
     copy = TrackedModel(*load_classifier(str(trained_tiny)), tracked_layers=1, max_length=32)
     before = copy.parameters().clone()
     test = load_examples(DataSpec(str(data_dir / "dev.tsv")))
@@ -405,15 +415,14 @@ def test_error_correction_spends_the_same_budget_on_each_strategy(trained_tiny, 
 
 
 def test_simulatability_moves_the_simulator_by_the_rows_shown_and_restores_it(
-    trained_tiny, data_dir, tmp_path
+    trained_tiny, indexed_tiny, data_dir, tmp_path
 ):
     """Each strategy's value is the simulator's ``p(model's label)`` after fine-tuning a fresh copy on that
     point's rows: redone here by hand for one point. The simulator learnt the model's labels, and is
     returned as it was."""
     from dataclasses import replace
 
-    from engine.builds import build_gradient_index
-    from interpret.config import GradientIndexConfig, QueryConfig
+    from interpret.config import QueryConfig
     from interpret.data import DataSpec, load_examples
     from interpret.training import fine_tune, predict_labels
     from tasks.applications import (
@@ -424,9 +433,7 @@ def test_simulatability_moves_the_simulator_by_the_rows_shown_and_restores_it(
         train_simulator,
     )
 
-    engine = local_engine(trained_tiny)
-    build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
-    engine = local_engine(trained_tiny, gradient_index_dir=tmp_path / "gi")
+    engine = indexed_tiny
     simulator, taken = train_simulator(engine, 40, seed=3)
     assert len(taken) == 40 and len(set(taken)) == 40
     learnt = model_labelled(engine, engine.training_examples().subset(taken))
@@ -461,18 +468,14 @@ def test_simulatability_moves_the_simulator_by_the_rows_shown_and_restores_it(
     assert (tmp_path / "simulatability.png").stat().st_size > 0
 
 
-def test_pool_rows_score_as_the_index_scores_the_rows_it_holds(trained_tiny, data_dir, tmp_path):
+def test_pool_rows_score_as_the_index_scores_the_rows_it_holds(indexed_tiny, data_dir):
     """A pool row's score is the index's own score for it: with training rows as the pool, ``pool_scores``
     gives ``g~_test . u_z`` of the stored vectors (the index answers ``-ip``), for each anchor; normalised,
     the normalised view's cosine times the anchor's norm."""
-    from engine.builds import build_gradient_index
-    from interpret.config import GradientIndexConfig
     from interpret.data import DataSpec, load_examples
     from tasks.applications import pool_scores
 
-    engine = local_engine(trained_tiny)
-    build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
-    engine = local_engine(trained_tiny, gradient_index_dir=tmp_path / "gi")
+    engine = indexed_tiny
     index = engine.gradient_index
     anchors = load_examples(DataSpec(str(data_dir / "dev.tsv"))).subset([0, 1, 2])
     rows = np.array([4, 17, 30, 55])
@@ -494,20 +497,18 @@ def test_pool_rows_score_as_the_index_scores_the_rows_it_holds(trained_tiny, dat
         np.testing.assert_allclose(normalized[:, column], expected, rtol=1e-4, atol=1e-6)
 
 
-def test_augmentation_spends_one_budget_on_helpful_and_random_rows(trained_tiny, data_dir, tmp_path):
+def test_augmentation_spends_one_budget_on_helpful_and_random_rows(
+    trained_tiny, indexed_tiny, data_dir, tmp_path
+):
     """Per seed: each anchor's top pool rows (their union) set the budget, random pool rows match it, the
     anchors are drawn as the seed says; the share of chosen rows the model got wrong is theirs; the model
     copy is restored after every run."""
-    from engine.builds import build_gradient_index
-    from interpret.config import GradientIndexConfig
     from interpret.data import DataSpec, load_examples
     from interpret.models import load_classifier
     from interpret.training import accuracy, predict_labels
     from tasks.applications import augmentation, pool_scores
 
-    engine = local_engine(trained_tiny)
-    build_gradient_index(engine, tmp_path / "gi", GradientIndexConfig(rank=4, damping=0.1))
-    engine = local_engine(trained_tiny, gradient_index_dir=tmp_path / "gi")
+    engine = indexed_tiny
     copy = TrackedModel(*load_classifier(str(trained_tiny)), tracked_layers=1, max_length=32)
     before = copy.parameters().clone()
     dev = load_examples(DataSpec(str(data_dir / "dev.tsv")))
