@@ -56,12 +56,18 @@ SMALL = ARTIFACTS / "evaluate-small"
 COMMAND = "python benchmarks/evaluate.py " + " ".join(sys.argv[1:])
 
 
-def _save(report, name: str, extra: dict | None = None) -> None:
+def _save(report, name: str, extra: dict | None = None, summary_keys: tuple[str, ...] = ()) -> None:
+    """The report and its plot in ``PLOTS``; a compact copy in ``RESULTS``. With ``summary_keys``, that
+    copy's ``summary`` holds exactly the keys an issue names, and the report's own summary sits beside it
+    as ``report_summary``."""
     from tasks.plots import write_report
 
     payload = report.model_dump(mode="json")
     write_report(report, PLOTS, name)  # the full report and its plot
     compact = {k: v for k, v in payload.items() if k not in ("ranked", "nodes", "edges", "points")}
+    if summary_keys:
+        compact["report_summary"] = compact["summary"]
+        compact["summary"] = {key: compact["report_summary"][key] for key in summary_keys}
     write_result(name, {"command": COMMAND, **compact, **(extra or {})})
 
 
@@ -320,7 +326,8 @@ def simulate(points: int) -> None:
     report = runs["raw"]["report"]
     report.config.update(simulator_rows=len(taken), normalize=False)
     variants = {name: {k: v for k, v in run.items() if k != "report"} for name, run in runs.items()}
-    _save(report, "simulatability", {"train_seconds": train_seconds, "variants": variants})
+    keys = ("simulatability_delta_helpful", "simulatability_delta_random")  # issue 26's names
+    _save(report, "simulatability", {"train_seconds": train_seconds, "variants": variants}, keys)
 
 
 SHIFT = ARTIFACTS / "evaluate-shift"
@@ -438,7 +445,8 @@ def augment(shift_rows: int, pool_rows: int, seeds: int, top: int, learning_rate
         for name, run in runs.items()
     }
     extra = {"shift": shift, "build_seconds": build_seconds, "variants": variants}
-    _save(runs["raw"]["report"], "augmentation", extra)
+    keys = tuple(f"augmentation_delta_{name}" for name in ("helpful", "random", "anchors"))  # issue 26's
+    _save(runs["raw"]["report"], "augmentation", extra, keys)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 
 from index.shards import IndexShard, LocalShards, ShardSearcher, Sides, load_shard, write_shards
 from index.storage import StorageLayout, check_resident, resident_bytes, storage_layout
@@ -38,7 +39,7 @@ from index.vectors import ChunkedVectors
 from interpret.config import DEFAULT_FACTORY, IndexStorage, MethodUnavailableError
 from interpret.data import AddedRows, DataSpec
 from interpret.influence.metrics import recall_at_m
-from interpret.influence.preconditioner import IndexCurvature
+from interpret.influence.preconditioner import IndexCurvature, precondition
 from interpret.influence.projection import Projection, bases_digest
 from interpret.storage import atomic_directory, write_json_atomic
 
@@ -193,7 +194,9 @@ class GradientIndex:
         inverse = self.inverse if self.inverse is not None else getattr(self.curvature, "inverse", None)
         vectors = np.asarray(gradients, dtype=np.float64)
         if inverse is not None:
-            return vectors @ np.asarray(inverse, dtype=np.float64)  # symmetric: rows times A^-1
+            return precondition(
+                torch.from_numpy(vectors), torch.from_numpy(np.asarray(inverse, np.float64))
+            ).numpy()
         if self.manifest.norms == "plain":  # stored as given: no preconditioner
             return vectors
         raise MethodUnavailableError(

@@ -25,6 +25,7 @@ import torch
 
 from engine.builds import fit_inverse, fit_projection, gradient_spec, over_examples, projected_gradients
 from engine.pipeline import Engine, answer_query
+from index.vectors import preconditioned_norms
 from interpret.cancellation import checkpoint as step_boundary
 from interpret.checkpoint import DEFAULT_MAX_LENGTH
 from interpret.config import (
@@ -540,7 +541,7 @@ def pool_scores(
     preconditioned = index.precondition(pool_gradients)
     scores = preconditioned @ anchor_gradients.T
     if normalize:
-        norms = np.sqrt(np.abs((pool_gradients * preconditioned).sum(axis=1)))
+        norms = preconditioned_norms(pool_gradients, preconditioned).astype(np.float64)
         scores = scores / np.where(norms > 0, norms, 1.0)[:, None]
     return scores
 
