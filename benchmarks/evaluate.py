@@ -1,7 +1,7 @@
 """Can the scores be trusted, and what are they good for? ``influence evaluate`` and the applications on
 SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"``) and a PNG beside it.
 
-    python benchmarks/evaluate.py [--parts head,tracked,views,audit,map,correction]
+    python benchmarks/evaluate.py [--parts head,tracked,views,peers,audit,map,correction,simulate,augment]
 
 * ``head``: LOO and LDS of the exact influence on the convex head over all 67,349 rows
   (``artifacts/model`` + its flat kNN index give the features); ``evaluate_head.json``.
@@ -12,6 +12,10 @@ SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"`
   ``--view-points`` seeded dev sentences, the share of the top-10 helpful rows carrying the explained label
   and of the top-10 harmful rows carrying another; then the LDS of each view on the ``tracked`` part's
   retrains (the same model, rows, subsets and test points); ``views.json``.
+* ``peers``: the LDS of the gradient index, raw and with its fast rerank (``gradient_rerank``: the top 250
+  of each side rescored with the index's ``s_test``), beside the peers' EK-FAC computed by Kronfluence
+  (``benchmarks/ekfac_baseline.py``, which says how to install it) at four dampings, on the ``tracked``
+  part's model, retrains and test points; ``lds_peers.json``.
 * ``audit``: 10% of the labels of 5,000 rows flipped, retrained; flips found by self-influence, loss and
   random in their top 5% / 10%; ``audit.json``.
 * ``map``: the influence map of the dev errors (gradient index); ``influence_map.json``.
@@ -224,6 +228,121 @@ def views(points: int, rows: int, test_points: int, subsets: int) -> None:
             "label_agreement_seconds": agreement_seconds,
             "shown": {"text": SHOWN, **shown},
             "lds": report.model_dump(mode="json"),
+            "model_rows": rows,
+        },
+    )
+
+
+PEER_DAMPINGS = {
+    "kronfluence_default": 1e-8,
+    "kronfluence_heuristic": None,
+    "damping_1": 1.0,
+    "damping_5": 5.0,
+}
+"""EK-FAC's dampings: Kronfluence's default, its heuristic (0.1 times the mean eigenvalue), and two fixed
+values, ours (5) among them."""
+INDEX_DAMPINGS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+"""The gradient index's dampings (5, the last, is the default): LDS, unlike recall against a reference
+solved at one damping, can tell which is right."""
+
+
+def _index_at(model: Path, damping: float):
+    """A local engine on the ``tracked`` part's model with its gradient index built at ``damping`` (cached
+    in ``SMALL``; the default damping's is the one the other parts use)."""
+    from engine.builds import build_gradient_index
+    from engine.pipeline import gradient_index_for, local_engine
+
+    engine = local_engine(model)
+    default = damping == GradientIndexConfig().damping
+    folder = SMALL / ("gradient-index" if default else f"gradient-index-damping{damping:g}")
+    engine.gradient_index = gradient_index_for(folder, engine.backend, optional=True)
+    if engine.gradient_index is None:
+        build_gradient_index(engine, folder, GradientIndexConfig(damping=damping))
+        engine.gradient_index = gradient_index_for(folder, engine.backend)
+    return engine
+
+
+def peers(rows: int, test_points: int, subsets: int) -> None:
+    """The gradient index (raw, normalised, with the fast rerank, at each damping) and Kronfluence's EK-FAC
+    (at each of its dampings) on the ``tracked`` part's model and retrains (issue 26 item 3). Every variant
+    is measured on the ``tracked`` part's test points (``selection``); each method's best damping there is
+    then measured on as many other dev points (``held_out``), so no number there was chosen on its points."""
+    from benchmarks.ekfac_baseline import ekfac_scores
+    from interpret.evaluation.metrics import per_test_spearman
+    from interpret.evaluation.retraining import RetrainSpec
+    from tasks.evaluation import lds_tracked, method_scores, sample_rows
+
+    model = small_model(rows)
+    dev = load_examples(sst2_spec("dev"))
+    selection = sample_rows(len(dev), test_points, 0)
+    rest = np.setdiff1d(np.arange(len(dev)), selection)
+    held_out = rest[sample_rows(len(rest), test_points, 1)]
+    points = {"selection": selection, "held_out": held_out}
+    engine = _index_at(model, GradientIndexConfig().damping)
+    spec = RetrainSpec.from_card(engine.card)
+    both = np.concatenate([selection, held_out])
+    found, run = ekfac_scores(
+        model, engine.training_examples(), dev, both, PEER_DAMPINGS, spec.tracked_layers, spec.max_length
+    )
+    ekfac = {
+        name: {"selection": values[: len(selection)], "held_out": values[len(selection) :]}
+        for name, values in found.items()
+    }
+
+    def lds(engine, side: str, methods: list, given: dict | None = None):
+        return lds_tracked(
+            engine, model, dev, points[side], methods, SMALL / "retrains", subsets, 0.5, 0, given_scores=given
+        )
+
+    gradient = method_scores(engine, dev, selection, "gradient")
+    agreement = {  # the same sign and much the same order as the index: a check on the baseline's wiring
+        name: float(np.nanmean(per_test_spearman(values["selection"].T, gradient.T)))
+        for name, values in ekfac.items()
+    }
+    given = {f"ekfac_{name}": values["selection"] for name, values in ekfac.items()}
+    default = lds(engine, "selection", ["gradient", "gradient_rerank"], given)
+    sweep = {}
+    for damping in INDEX_DAMPINGS:
+        report = lds(_index_at(model, damping), "selection", ["gradient", "gradient_normalized"])
+        sweep[f"{damping:g}"] = {"lds": report.lds, "intervals": report.model_dump(mode="json")["intervals"]}
+    best_ekfac = max(ekfac, key=lambda name: default.lds[f"ekfac_{name}"])
+    best = {
+        view: max(sweep, key=lambda d: sweep[d]["lds"][view]) for view in ("gradient", "gradient_normalized")
+    }
+    held = {
+        "default": lds(engine, "held_out", ["gradient", "gradient_normalized", "gradient_rerank"]),
+        "chosen": lds(
+            _index_at(model, float(best["gradient"])),
+            "held_out",
+            ["gradient", "gradient_normalized"],
+            {f"ekfac_{best_ekfac}": ekfac[best_ekfac]["held_out"]},
+        ),
+    }
+    held_out_lds = {
+        name: {"lds": report.lds, "intervals": report.model_dump(mode="json")["intervals"]}
+        for name, report in held.items()
+    }
+    summary = {  # issue 26's names: the product's defaults, and EK-FAC at its best damping, on the selection
+        "lds_tracked_gradient": default.lds["gradient"],
+        "lds_tracked_gradient_rerank": default.lds["gradient_rerank"],
+        "lds_tracked_ekfac": default.lds[f"ekfac_{best_ekfac}"],
+        "lds_tracked_ci_halfwidth": default.summary["lds_tracked_ci_halfwidth"],
+        "lds_retrains": subsets,
+        "lds_test_points": test_points,
+    }
+    write_result(
+        "lds_peers",
+        {
+            "command": COMMAND,
+            "summary": summary,
+            "ekfac_best_damping": best_ekfac,
+            "index_best_damping": best,
+            "index_damping_sweep": sweep,
+            "held_out": held_out_lds,
+            "held_out_rows": [int(r) for r in held_out],
+            "ekfac": run,
+            "spearman_with_gradient_scores": agreement,
+            "lds": default.model_dump(mode="json"),
             "model_rows": rows,
         },
     )
@@ -484,6 +603,8 @@ def main() -> None:
         tracked(args.small_rows, args.small_test_points, args.small_subsets)
     if "views" in parts:
         views(args.view_points, args.small_rows, args.small_test_points, args.small_subsets)
+    if "peers" in parts:
+        peers(args.small_rows, args.small_test_points, args.small_subsets)
     if "audit" in parts:
         audit(args.audit_rows, 0.1)
     if "map" in parts:

@@ -44,7 +44,12 @@ TestPoints = Annotated[int, typer.Option(min=1, help="Test points, a seeded samp
 Seed = Annotated[int, typer.Option(help="Seed of the test-point sample and the subsets.")]
 Damping = Annotated[float, typer.Option(help="The convex head's L2 term = the influence damping.")]
 Methods = Annotated[
-    list[str] | None, typer.Option("--method", help="gradient, fastif, full or exact; repeat for several.")
+    list[str] | None,
+    typer.Option(
+        "--method",
+        help="gradient, gradient_normalized, gradient_rerank (the index's top 250 of each side rescored), "
+        "fastif, full or exact; repeat for several.",
+    ),
 ]
 
 
@@ -59,9 +64,7 @@ def _check_methods(methods: list[str] | None, default: list[EvaluatedMethod]) ->
     known = typing.get_args(EvaluatedMethod)
     unknown = sorted(set(methods or []) - set(known))
     if unknown:
-        raise typer.BadParameter(
-            f"unknown {unknown}: use gradient, fastif, full or exact", param_hint="--method"
-        )
+        raise typer.BadParameter(f"unknown {unknown}: use {', '.join(known)}", param_hint="--method")
     return [typing.cast(EvaluatedMethod, method) for method in methods] if methods else default
 
 

@@ -440,14 +440,19 @@ class GradientIndexConfig(Config):
         return {"rank": self.rank, "seed": self.seed, "projection": self.projection, **kfac}
 
 
-EvaluatedMethod = typing.Literal["gradient", "gradient_normalized", "fastif", "full", "exact"]
+EvaluatedMethod = typing.Literal[
+    "gradient", "gradient_normalized", "gradient_rerank", "fastif", "full", "exact"
+]
 """What an evaluation measures: a query method, ``gradient_normalized`` (the gradient index's normalised
-view) or ``exact`` (the explicit Hessian's influence)."""
+view), ``gradient_rerank`` (the index's scores with its top ``rerank`` of each side, by default
+:data:`FAST_RERANK`, rescored with ``s_test``) or ``exact`` (the explicit Hessian's influence)."""
 
 
 def evaluated_query(config: QueryConfig, method: EvaluatedMethod) -> QueryConfig:
-    """The query that gives an evaluated method's scores of every training row (no rerank; fastif keeps
-    its ``k``)."""
+    """The query that gives an evaluated method's scores of every training row (no rerank but for
+    ``gradient_rerank``; fastif keeps its ``k``)."""
+    if method == "gradient_rerank":
+        return config.replace(method="gradient", rerank=config.rerank or FAST_RERANK, normalize=False)
     if method == "exact":
         return config.replace(method="full", exact=True, k=None, rerank=None, normalize=False)
     if method == "gradient_normalized":

@@ -351,7 +351,7 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-RecallMethod = Literal["gradient", "gradient_normalized", "fastif"]
+RecallMethod = Literal["gradient", "gradient_normalized", "gradient_rerank", "fastif"]
 
 
 def _gradient_only() -> list[RecallMethod]:
@@ -386,7 +386,8 @@ class EvaluateRequest(EvaluationConfig):
     methods: list[RecallMethod] = Field(
         default_factory=_gradient_only,
         min_length=1,
-        description="recall: methods measured (gradient_normalized: the gradient index's normalised view).",
+        description="recall: methods measured (gradient_normalized: the gradient index's normalised view; "
+        "gradient_rerank: its top `rerank` of each side, by default 250, rescored with s_test).",
     )
 
     def config(self) -> EvaluationConfig:

@@ -202,7 +202,8 @@ def method_scores(
     progress: Progress | None = None,
 ) -> np.ndarray:
     """A method's influence scores ``[T, N]`` of every training row on each test point's *true* label;
-    rows a method does not score (fastif's non-candidates) get 0, i.e. "no influence"."""
+    rows a method does not score (fastif's non-candidates) get 0, i.e. "no influence". A gradient rerank
+    keeps the index's scores for the rows it did not rescore."""
     scores = np.zeros((len(test_rows), engine.num_examples))
     query = evaluated_query(config or QueryConfig(), method)
     for position, row in enumerate(test_rows):
@@ -212,17 +213,17 @@ def method_scores(
         if query.method == "gradient":
             if engine.gradient_index is None:
                 raise ValueError(
-                    "method=gradient needs a gradient index: "
+                    f"method={method} needs a gradient index: "
                     "build one with `influence index build --kind gradient`"
                 )
             gradient = engine.backend.projected_test_gradient(
                 text, pair, label, engine.gradient_index.projection, context
             )
             (rows, values), _ = engine.gradient_index.search(gradient, engine.num_examples, query.normalize)
-        else:
+            scores[position, rows] = values
+        if query.method != "gradient" or query.rerank is not None:
             answer = answer_query(engine, text, pair, label, query, cache=cache, context=context)
-            rows, values = answer.candidate_rows, answer.candidate_scores
-        scores[position, rows] = values
+            scores[position, answer.candidate_rows] = answer.candidate_scores
         if progress is not None:
             progress(position + 1, len(test_rows))
     return scores
@@ -281,10 +282,17 @@ def lds_tracked(
     config: QueryConfig | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     mapper: Callable | None = None,
+    given_scores: Mapping[str, np.ndarray] | None = None,
 ) -> LdsReport:
     """LDS of ``methods`` on the model's own tracked set: ``subsets`` retrains of ``influence train`` on
     random ``fraction``s of its training rows (cached in ``cache_dir``), and each method's scores of all
-    rows on the test points' true labels."""
+    rows on the test points' true labels. ``given_scores`` adds methods scored elsewhere (a peer's
+    library, ``[T, N]`` in this product's sign: positive raises the test loss), on the same retrains."""
+    for method, given in (given_scores or {}).items():  # before any retraining
+        if given.shape != (len(test_rows), engine.num_examples):
+            raise ValueError(
+                f"{method}: scores must be [{len(test_rows)}, {engine.num_examples}], got {given.shape}"
+            )
     spec = RetrainSpec.from_card(engine.card)
     masks = random_subsets(engine.num_examples, subsets, fraction, seed)
 
@@ -303,7 +311,8 @@ def lds_tracked(
     measured = test_losses(tracked, thetas, test.subset(test_rows))
     # Test point by test point, every method in turn: fastif and full then share one s_test (the cache
     # holds a few entries, not one per test point).
-    s_test_cache, scores = shared_s_tests(), {}
+    s_test_cache = shared_s_tests()
+    scores: dict[str, np.ndarray] = {}
     for method in methods:
         scores[method], seconds[method] = np.zeros((len(test_rows), engine.num_examples)), 0.0
     for position in range(len(test_rows)):
@@ -313,6 +322,7 @@ def lds_tracked(
             scores[method][position] = method_scores(engine, test, one, method, config, s_test_cache)[0]
             seconds[method] += time.perf_counter() - clock
         stage("scores")(position + 1, len(test_rows))
+    scores.update(given_scores or {})
     lissa = (config or QueryConfig()).lissa
     settings = {
         "subsets": subsets,
@@ -353,7 +363,7 @@ def recall_report(
     return RecallReport(config={"ms": list(ms), **(config or {})}, per_test=per_test, summary=summary)
 
 
-def ensure_indexes(engine: Engine, methods: Iterable[str], directory: str | Path) -> Engine:
+def ensure_indexes(engine: Engine, methods: Iterable[EvaluatedMethod], directory: str | Path) -> Engine:
     """Give the engine the indexes ``methods`` need: loaded from ``directory`` when one there fits the
     model, else built there (an LDS model trained on a few thousand rows builds both in seconds)."""
     from engine.builds import build_gradient_index, build_knn_index
@@ -367,7 +377,9 @@ def ensure_indexes(engine: Engine, methods: Iterable[str], directory: str | Path
         except (IndexMismatchError, FileNotFoundError):
             build_knn_index(engine, directory / "index")
             engine.index = knn_index_for(directory / "index", engine.identity)
-    if {"gradient", "gradient_normalized"} & set(methods) and engine.gradient_index is None:
+    methods = list(methods)
+    searches = any(evaluated_query(QueryConfig(), method).method == "gradient" for method in methods)
+    if searches and engine.gradient_index is None:
         engine.gradient_index = gradient_index_for(
             directory / "gradient-index", engine.backend, optional=True
         )

@@ -200,6 +200,56 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         rendered = " | ".join(f"{value + 1e-9:.2f}" for value in cells)  # half up: 0.905 -> 0.91
         phrases.append((f"| {name} | {row['dim']:,} | {rendered} |", "gradient_index.json"))
     phrases += _application_phrases()
+    phrases += _peer_phrases()
+    return phrases
+
+
+def _peer_phrases() -> list[tuple[str, str]]:
+    """The README's LDS against the peers' EK-FAC: its table, the index's damping sweep and the held-out
+    points, each cell from ``lds_peers.json``."""
+    peers = _results("lds_peers.json")
+
+    def cell(run: dict, method: str) -> str:
+        interval = run["intervals"][method]
+        return f"{run['lds'][method]:.3f} | {interval['low']:.3f}-{interval['high']:.3f}"
+
+    methods = ["gradient", "gradient_rerank"] + [f"ekfac_{name}" for name in peers["ekfac"]["dampings"]]
+    phrases = [(f"| {cell(peers['lds'], method)} |", "lds_peers.json") for method in methods]
+    sweep = peers["index_damping_sweep"]
+    for view, name in (("gradient", "raw"), ("gradient_normalized", "normalised")):
+        cells = " | ".join(f"{run['lds'][view]:.3f}" for run in sweep.values())
+        phrases.append((f"| {name} | {cells} |", "lds_peers.json"))
+    chosen, default = peers["held_out"]["chosen"], peers["held_out"]["default"]
+    ekfac = f"ekfac_{peers['ekfac_best_damping']}"
+    phrases += [
+        (f"| {label} | {cell(run, method)} |", "lds_peers.json")
+        for label, run, method in (
+            (f"index at damping {peers['index_best_damping']['gradient']}, raw", chosen, "gradient"),
+            (
+                f"index at damping {peers['index_best_damping']['gradient']}, normalised",
+                chosen,
+                "gradient_normalized",
+            ),
+            ("EK-FAC at its chosen damping", chosen, ekfac),
+            ("index at the default damping, raw", default, "gradient"),
+            ("index at the default damping, normalised", default, "gradient_normalized"),
+            ("index at the default damping, fast rerank", default, "gradient_rerank"),
+        )
+    ]
+    seconds = peers["ekfac"]["seconds"]
+    scoring = [value for name, value in seconds.items() if name.startswith("scores_")]
+    phrases.append(
+        (
+            f"Kronfluence's factors took {seconds['factors']:.0f} s and each damping's scores "
+            f"{min(scoring):.0f}-{max(scoring):.0f} s",
+            "lds_peers.json",
+        )
+    )
+    agreement = peers["spearman_with_gradient_scores"].values()
+    phrases.append(
+        (f"(mean Spearman over all rows {min(agreement):.2f}-{max(agreement):.2f}", "lds_peers.json")
+    )
+    phrases.append((f"scored the 50 points in {peers['lds']['seconds']['gradient']:.1f} s", "lds_peers.json"))
     return phrases
 
 

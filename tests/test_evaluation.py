@@ -614,6 +614,42 @@ def test_lds_tracked_shares_one_s_test_between_fastif_and_full(trained_tiny, dat
     assert len(started) == 3 and set(report.lds) == {"fastif", "full"}
 
 
+def test_lds_tracked_takes_scores_computed_elsewhere_on_the_same_retrains(trained_tiny, data_dir, tmp_path):
+    """A peer library's scores (``given_scores``) are measured on the same retrains as the product's
+    methods: the gradient index's own scores handed in give its LDS, negated ones its negation, and a
+    matrix of the wrong shape is refused."""
+    from interpret.data import DataSpec, load_examples
+    from tasks.evaluation import ensure_indexes, lds_tracked, method_scores
+
+    engine = ensure_indexes(local_engine(trained_tiny), ["gradient"], tmp_path)
+    test, rows = load_examples(DataSpec(str(data_dir / "dev.tsv"))), np.arange(4)
+    scores = method_scores(engine, test, rows, "gradient")
+    given = {"peer": scores, "peer_negated": -scores}
+    args = (engine, trained_tiny, test, rows, ["gradient"], tmp_path / "r", 4, 0.5, 0)
+    report = lds_tracked(*args, given_scores=given)
+    assert set(report.lds) == {"gradient", "peer", "peer_negated"}
+    assert report.lds["peer"] == pytest.approx(report.lds["gradient"], abs=1e-12)
+    assert report.lds["peer_negated"] == pytest.approx(-report.lds["gradient"], abs=1e-12)
+    assert np.isfinite(report.lds["gradient"])
+    with pytest.raises(ValueError, match=r"peer: scores must be \[4, \d+\]"):
+        lds_tracked(*args, given_scores={"peer": scores[:2]})
+
+
+def test_the_ekfac_baseline_tracks_the_gradient_index_layers(trained_tiny):
+    """The benchmark's EK-FAC (Kronfluence) is given exactly the linear layers the gradient index
+    projects, in its order: the head and the tracked block, no norm."""
+    from benchmarks.ekfac_baseline import tracked_linear_modules
+    from interpret.influence.projection import Projector
+    from interpret.models import TrackedModel, load_classifier
+
+    model, tokenizer = load_classifier(str(trained_tiny))
+    tracked = TrackedModel(model, tokenizer, 1, 32)
+    modules = tracked_linear_modules(tracked)
+    assert modules == [slot.name for slot in Projector(tracked, 4).slots]
+    assert "classifier" in modules and not any("LayerNorm" in name for name in modules)
+    assert all(isinstance(model.get_submodule(name), torch.nn.Linear) for name in modules)
+
+
 @pytest.mark.slow  # six commands end to end on the tiny model: about a minute
 def test_every_task_runs_from_the_cli_and_the_job_path_gives_the_same_report(engine_dirs, data_dir, tmp_path):
     """Each CLI command writes its task's report (JSON and PNG) through the one registry, and a job given

@@ -98,6 +98,27 @@ def test_a_rerank_on_a_kfac_index_solves_with_its_curvature(kfac_engine):
     assert chosen.lissa is not None
 
 
+def test_evaluations_measure_the_rerank_as_a_method(kfac_engine):
+    """``gradient_rerank`` scores every row: the rerank's 2K rows by its ``s_test`` (the answer's own
+    scores), every other row by the index; the fast rerank's K when none is given."""
+    from interpret.config import FAST_RERANK, evaluated_query
+    from tasks.evaluation import method_scores
+
+    examples = kfac_engine.examples
+    label = int(examples.labels[3])
+    config = QueryConfig(rerank=5)
+    scores = method_scores(kfac_engine, examples, np.array([3]), "gradient_rerank", config)[0]
+    index = method_scores(kfac_engine, examples, np.array([3]), "gradient")[0]
+    answer = answer_query(kfac_engine, examples.texts[3], label=label, config=config)
+    reranked = answer.candidate_rows
+    assert 5 < len(reranked) <= 10
+    np.testing.assert_allclose(scores[reranked], answer.candidate_scores, rtol=1e-6)
+    others = np.setdiff1d(np.arange(len(examples)), reranked)
+    np.testing.assert_allclose(scores[others], index[others], rtol=1e-6)
+    assert not np.allclose(scores[reranked], index[reranked], rtol=1e-3)  # rescored, not the index's
+    assert evaluated_query(QueryConfig(), "gradient_rerank").rerank == FAST_RERANK
+
+
 def test_the_index_solver_needs_a_kfac_index(gradient_engine):
     with pytest.raises(MethodUnavailableError, match="projection='kfac'") as raised:
         answer_query(gradient_engine, QUERY, config=QueryConfig(top=3, rerank=5, solver="index"))
