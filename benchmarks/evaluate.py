@@ -15,7 +15,8 @@ SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"`
 * ``peers``: the LDS of the gradient index, raw and with its fast rerank (``gradient_rerank``: the top 250
   of each side rescored with the index's ``s_test``), beside the peers' EK-FAC computed by Kronfluence
   (``benchmarks/ekfac_baseline.py``, which says how to install it) at four dampings, on the ``tracked``
-  part's model, retrains and test points; ``lds_peers.json``.
+  part's model, retrains and test points; the index's damping swept on the same points; each method's
+  best damping measured again on as many held-out dev points; ``lds_peers.json``.
 * ``audit``: 10% of the labels of 5,000 rows flipped, retrained; flips found by self-influence, loss and
   random in their top 5% / 10%; ``audit.json``.
 * ``map``: the influence map of the dev errors (gradient index); ``influence_map.json``.
