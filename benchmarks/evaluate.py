@@ -250,17 +250,12 @@ solved at one damping, can tell which is right."""
 def _index_at(model: Path, damping: float):
     """A local engine on the ``tracked`` part's model with its gradient index built at ``damping`` (cached
     in ``SMALL``; the default damping's is the one the other parts use)."""
-    from engine.builds import build_gradient_index
-    from engine.pipeline import gradient_index_for, local_engine
+    from engine.pipeline import local_engine
+    from tasks.evaluation import ensure_indexes
 
-    engine = local_engine(model)
     default = damping == GradientIndexConfig().damping
-    folder = SMALL / ("gradient-index" if default else f"gradient-index-damping{damping:g}")
-    engine.gradient_index = gradient_index_for(folder, engine.backend, optional=True)
-    if engine.gradient_index is None:
-        build_gradient_index(engine, folder, GradientIndexConfig(damping=damping))
-        engine.gradient_index = gradient_index_for(folder, engine.backend)
-    return engine
+    folder = SMALL if default else SMALL / f"damping{damping:g}"
+    return ensure_indexes(local_engine(model), ["gradient"], folder, GradientIndexConfig(damping=damping))
 
 
 def peers(rows: int, test_points: int, subsets: int) -> None:

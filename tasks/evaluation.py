@@ -28,7 +28,13 @@ from engine.pipeline import Engine, answer_query
 from interpret.cancellation import RequestContext
 from interpret.cancellation import checkpoint as step_boundary
 from interpret.checkpoint import DEFAULT_MAX_LENGTH
-from interpret.config import EvaluatedMethod, EvaluationConfig, QueryConfig, evaluated_query
+from interpret.config import (
+    EvaluatedMethod,
+    EvaluationConfig,
+    GradientIndexConfig,
+    QueryConfig,
+    evaluated_query,
+)
 from interpret.data import ExampleSet
 from interpret.evaluation.convex import ConvexHead
 from interpret.evaluation.metrics import (
@@ -363,27 +369,32 @@ def recall_report(
     return RecallReport(config={"ms": list(ms), **(config or {})}, per_test=per_test, summary=summary)
 
 
-def ensure_indexes(engine: Engine, methods: Iterable[EvaluatedMethod], directory: str | Path) -> Engine:
+def ensure_indexes(
+    engine: Engine,
+    methods: Iterable[EvaluatedMethod],
+    directory: str | Path,
+    gradient: GradientIndexConfig | None = None,
+) -> Engine:
     """Give the engine the indexes ``methods`` need: loaded from ``directory`` when one there fits the
-    model, else built there (an LDS model trained on a few thousand rows builds both in seconds)."""
+    model, else built there (an LDS model trained on a few thousand rows builds both in seconds); a
+    gradient index with ``gradient``'s settings (the defaults when ``None``)."""
     from engine.builds import build_gradient_index, build_knn_index
     from engine.pipeline import gradient_index_for, knn_index_for
     from index.store import IndexMismatchError
 
-    directory = Path(directory)
+    directory, methods = Path(directory), list(methods)
     if "fastif" in methods and engine.index is None:
         try:
             engine.index = knn_index_for(directory / "index", engine.identity)
         except (IndexMismatchError, FileNotFoundError):
             build_knn_index(engine, directory / "index")
             engine.index = knn_index_for(directory / "index", engine.identity)
-    methods = list(methods)
     searches = any(evaluated_query(QueryConfig(), method).method == "gradient" for method in methods)
     if searches and engine.gradient_index is None:
         engine.gradient_index = gradient_index_for(
             directory / "gradient-index", engine.backend, optional=True
         )
         if engine.gradient_index is None:
-            build_gradient_index(engine, directory / "gradient-index")
+            build_gradient_index(engine, directory / "gradient-index", gradient)
             engine.gradient_index = gradient_index_for(directory / "gradient-index", engine.backend)
     return engine
