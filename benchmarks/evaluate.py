@@ -320,7 +320,6 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
     }
     summary = {  # issue 26's names: the product's defaults, and EK-FAC at its best damping, on the selection
         "lds_tracked_gradient": default.lds["gradient"],
-        "lds_tracked_gradient_rerank": default.lds["gradient_rerank"],
         "lds_tracked_ekfac": default.lds[f"ekfac_{best_ekfac}"],
         "lds_tracked_ci_halfwidth": default.summary["lds_tracked_ci_halfwidth"],
         "lds_retrains": subsets,
@@ -331,6 +330,7 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
         {
             "command": COMMAND,
             "summary": summary,
+            "lds_tracked_gradient_rerank": default.lds["gradient_rerank"],  # item 3 names no key for it
             "ekfac_best_damping": best_ekfac,
             "index_best_damping": best,
             "index_damping_sweep": sweep,
