@@ -13,10 +13,11 @@ SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"`
   and of the top-10 harmful rows carrying another; then the LDS of each view on the ``tracked`` part's
   retrains (the same model, rows, subsets and test points); ``views.json``.
 * ``peers``: the LDS of the gradient index, raw and with its fast rerank (``gradient_rerank``: the top 250
-  of each side rescored with the index's ``s_test``), beside the peers' EK-FAC computed by Kronfluence
-  (``benchmarks/ekfac_baseline.py``, which says how to install it) at four dampings, on the ``tracked``
-  part's model, retrains and test points; the index's damping swept on the same points; each method's
-  best damping measured again on as many held-out dev points; ``lds_peers.json``.
+  of each side rescored with the index's ``s_test``), FastIF's path and the full LiSSA scan, beside the
+  peers' EK-FAC computed by Kronfluence (``benchmarks/ekfac_baseline.py``, which says how to install it)
+  at four dampings, on the ``tracked`` part's model, retrains and test points; the index's damping swept
+  on the same points; each method's best damping measured again on as many held-out dev points;
+  ``lds_peers.json``.
 * ``audit``: 10% of the labels of 5,000 rows flipped, retrained; flips found by self-influence, loss and
   random in their top 5% / 10%; ``audit.json``.
 * ``map``: the influence map of the dev errors (gradient index); ``influence_map.json``.
@@ -259,14 +260,16 @@ def _index_at(model: Path, damping: float):
 
 
 def peers(rows: int, test_points: int, subsets: int) -> None:
-    """The gradient index (raw, normalised, with the fast rerank, at each damping) and Kronfluence's EK-FAC
-    (at each of its dampings) on the ``tracked`` part's model and retrains (issue 26 item 3). Every variant
-    is measured on the ``tracked`` part's test points (``selection``); each method's best damping there is
-    then measured on as many other dev points (``held_out``), so no number there was chosen on its points."""
+    """The gradient index (raw, normalised, with the fast rerank, at each damping), FastIF's path and the
+    full LiSSA scan (one ``s_test`` per point serves both), and Kronfluence's EK-FAC (at each of its
+    dampings) on the ``tracked`` part's model and retrains (issue 26 item 3). Every variant is measured on
+    the ``tracked`` part's test points (``selection``); each method's best damping there is then measured
+    on as many other dev points (``held_out``), so no number there was chosen on its points (fastif and
+    full choose nothing, and at ~50 s of LiSSA a point on 2 cores they are measured on the selection only)."""
     from benchmarks.ekfac_baseline import ekfac_scores
     from interpret.evaluation.metrics import per_test_spearman
     from interpret.evaluation.retraining import RetrainSpec
-    from tasks.evaluation import lds_tracked, method_scores, sample_rows
+    from tasks.evaluation import ensure_indexes, lds_tracked, method_scores, sample_rows
 
     model = small_model(rows)
     dev = load_examples(sst2_spec("dev"))
@@ -274,7 +277,7 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
     rest = np.setdiff1d(np.arange(len(dev)), selection)
     held_out = rest[sample_rows(len(rest), test_points, 1)]
     points = {"selection": selection, "held_out": held_out}
-    engine = _index_at(model, GradientIndexConfig().damping)
+    engine = ensure_indexes(_index_at(model, GradientIndexConfig().damping), ["fastif"], SMALL)
     spec = RetrainSpec.from_card(engine.card)
     both = np.concatenate([selection, held_out])
     found, run = ekfac_scores(
@@ -287,7 +290,17 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
 
     def lds(engine, side: str, methods: list, given: dict | None = None):
         return lds_tracked(
-            engine, model, dev, points[side], methods, SMALL / "retrains", subsets, 0.5, 0, given_scores=given
+            engine,
+            model,
+            dev,
+            points[side],
+            methods,
+            SMALL / "retrains",
+            subsets,
+            0.5,
+            0,
+            given_scores=given,
+            progress=lambda stage, done, total: print(f"lds {side} {stage}: {done}/{total}", file=sys.stderr),
         )
 
     gradient = method_scores(engine, dev, selection, "gradient")
@@ -296,7 +309,7 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
         for name, values in ekfac.items()
     }
     given = {f"ekfac_{name}": values["selection"] for name, values in ekfac.items()}
-    default = lds(engine, "selection", ["gradient", "gradient_rerank"], given)
+    default = lds(engine, "selection", ["gradient", "gradient_rerank", "fastif", "full"], given)
     sweep = {}
     for damping in INDEX_DAMPINGS:
         report = lds(_index_at(model, damping), "selection", ["gradient", "gradient_normalized"])
@@ -320,6 +333,7 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
     }
     summary = {  # issue 26's names: the product's defaults, and EK-FAC at its best damping, on the selection
         "lds_tracked_gradient": default.lds["gradient"],
+        "lds_tracked_fastif": default.lds["fastif"],
         "lds_tracked_ekfac": default.lds[f"ekfac_{best_ekfac}"],
         "lds_tracked_ci_halfwidth": default.summary["lds_tracked_ci_halfwidth"],
         "lds_retrains": subsets,
@@ -330,7 +344,8 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
         {
             "command": COMMAND,
             "summary": summary,
-            "lds_tracked_gradient_rerank": default.lds["gradient_rerank"],  # item 3 names no key for it
+            "lds_tracked_gradient_rerank": default.lds["gradient_rerank"],  # item 3 names no key for these
+            "lds_tracked_full": default.lds["full"],
             "ekfac_best_damping": best_ekfac,
             "index_best_damping": best,
             "index_damping_sweep": sweep,

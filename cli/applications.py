@@ -21,8 +21,8 @@ from cli.common import (
     TrainMaxExamples,
     app,
     checked_options,
-    data_spec,
     engine_for,
+    evaluation_set,
     run_task,
     training_for,
 )
@@ -117,13 +117,11 @@ def influence_map_command(
     id_column: IdColumn = None,
 ) -> None:
     """Which training rows drive which test predictions: a bipartite graph over the evaluation errors."""
-    from interpret.data import load_examples
-
     config = checked_options(EvaluationConfig, top=top)
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
-    test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
+    test = evaluation_set(eval_data, text_column, pair_column, label_column)
     engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
     run_task("influence_map", engine, out, config=config, test=test, max_points=max_points)
 
@@ -146,13 +144,11 @@ def correct(
     id_column: IdColumn = None,
 ) -> None:
     """Fine-tune briefly on the errors' most helpful rows; compare with random and harmful rows."""
-    from interpret.data import load_examples
-
     config = checked_options(EvaluationConfig, seeds=seeds, top=top, learning_rate=learning_rate)
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
-    test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
+    test = evaluation_set(eval_data, text_column, pair_column, label_column)
     engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
     run_task("error_correction", engine, out, config=config, test=test, model_dir=model)
 
@@ -194,7 +190,6 @@ def simulate(
     """Do the influential rows explain the model? A simulator learns each point's rows; does it move to the
     model's prediction (FastIF 6.1)?"""
     from interpret.config import QueryConfig
-    from interpret.data import load_examples
     from tasks.evaluation import sample_rows
 
     config = checked_options(
@@ -208,7 +203,7 @@ def simulate(
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
-    test = load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
+    test = evaluation_set(eval_data, text_column, pair_column, label_column)
     engine = engine_for(model, index, gradient_index, gradient_optional=True, train=train)
     run_task(
         "simulatability",
@@ -254,7 +249,6 @@ def augment(
     """Augment from a pool by influence on a few anchors of a shifted set; against random rows and the
     anchors alone (FastIF 6.3)."""
     from interpret.config import QueryConfig
-    from interpret.data import load_examples
 
     if not gradient_index.exists():
         raise typer.BadParameter(
@@ -269,7 +263,7 @@ def augment(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
     sets = {
-        name: load_examples(data_spec(source, "eval", text_column, pair_column, label_column))
+        name: evaluation_set(source, text_column, pair_column, label_column)
         for name, source in (("anchors", anchors), ("pool", pool), ("test", eval_data))
     }
     engine = engine_for(model, None, gradient_index, train=train)

@@ -85,6 +85,14 @@ def data_spec(
     )
 
 
+def evaluation_set(source: str | None, text_column: str, pair_column: str | None, label_column: str):
+    """Rows a command reads beside its training data (``--eval-data``, augment's anchors and pool), from
+    ``source``; SST-2's dev split when it is omitted."""
+    from interpret.data import load_examples
+
+    return load_examples(data_spec(source, "eval", text_column, pair_column, label_column))
+
+
 def train_spec_of(
     train_data: str | None,
     text_column: str = "text",

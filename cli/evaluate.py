@@ -21,8 +21,8 @@ from cli.common import (
     TrainMaxExamples,
     app,
     checked_options,
-    data_spec,
     engine_for,
+    evaluation_set,
     run_task,
     tqdm_progress,
     training_for,
@@ -51,12 +51,6 @@ Methods = Annotated[
         "fastif, full or exact; repeat for several.",
     ),
 ]
-
-
-def _test_set(eval_data, text_column, pair_column, label_column):
-    from interpret.data import load_examples
-
-    return load_examples(data_spec(eval_data, "eval", text_column, pair_column, label_column))
 
 
 def _check_methods(methods: list[str] | None, default: list[EvaluatedMethod]) -> list[EvaluatedMethod]:
@@ -94,7 +88,7 @@ def loo(
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
-    test = _test_set(eval_data, text_column, pair_column, label_column)
+    test = evaluation_set(eval_data, text_column, pair_column, label_column)
     engine = engine_for(model, index, None, train=train)
     rows = sample_rows(len(test), test_points, seed)
     run_task("loo", engine, out, config=config, test=test, rows=rows)
@@ -148,7 +142,7 @@ def lds(
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
-    test = _test_set(eval_data, text_column, pair_column, label_column)
+    test = evaluation_set(eval_data, text_column, pair_column, label_column)
     rows = sample_rows(len(test), test_points, seed)
     if scale == "head":
         engine = engine_for(model, index, None, train=train)
@@ -218,7 +212,7 @@ def recall(
     train = training_for(
         model, train_data, text_column, pair_column, label_column, train_max_examples, id_column
     )
-    test = _test_set(eval_data, text_column, pair_column, label_column)
+    test = evaluation_set(eval_data, text_column, pair_column, label_column)
     rows = sample_rows(len(test), test_points, seed)
     engine = engine_for(model, index, gradient_index, train=train)
     recall_at = tuple(ms or (10, 100))

@@ -213,7 +213,8 @@ def _peer_phrases() -> list[tuple[str, str]]:
         interval = run["intervals"][method]
         return f"{run['lds'][method]:.3f} | {interval['low']:.3f}-{interval['high']:.3f}"
 
-    methods = ["gradient", "gradient_rerank"] + [f"ekfac_{name}" for name in peers["ekfac"]["dampings"]]
+    methods = ["gradient", "gradient_rerank", "fastif", "full"]
+    methods += [f"ekfac_{name}" for name in peers["ekfac"]["dampings"]]
     phrases = [(f"| {cell(peers['lds'], method)} |", "lds_peers.json") for method in methods]
     sweep = peers["index_damping_sweep"]
     for view, name in (("gradient", "raw"), ("gradient_normalized", "normalised")):
@@ -236,6 +237,14 @@ def _peer_phrases() -> list[tuple[str, str]]:
             ("index at the default damping, fast rerank", default, "gradient_rerank"),
         )
     ]
+    lissa = peers["lds"]["seconds"]
+    phrases.append(
+        (
+            f"fastif took {lissa['fastif']:,.0f} s for the 50 points (the LiSSA and its 1,000 candidates) "
+            f"and full {lissa['full']:.0f} s more",
+            "lds_peers.json",
+        )
+    )
     seconds = peers["ekfac"]["seconds"]
     scoring = [value for name, value in seconds.items() if name.startswith("scores_")]
     phrases.append(

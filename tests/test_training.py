@@ -38,6 +38,36 @@ def test_fine_tune_trains_only_tracked_parameters_and_saves_safetensors(tiny_dir
     assert model_fingerprint(load_classifier(str(tmp_path / "out"))[0]) == card["model_fingerprint"]
 
 
+def refused_simulation(model_dir, index_dir, gradient_index_dir, engine) -> None:
+    """The service turns task=simulatability away for a LoRA adapter with a 422 naming ``evaluate.task``
+    and the fix (its simulator trains the tracked layers, and an adapter has none), before any job starts."""
+    from fastapi.testclient import TestClient
+
+    from clients import BadRequestError, InfluenceClient, evaluate_request
+    from service.app import create_app
+    from service.core import InfluenceService
+    from service.settings import Settings
+
+    settings = Settings(
+        _env_file=None,
+        model_dir=model_dir,
+        index_dir=index_dir,
+        gradient_index_dir=gradient_index_dir,
+        workers=1,
+    )
+    service = InfluenceService(settings, engine)
+    try:
+        with TestClient(create_app(settings, service)) as http:
+            client = InfluenceClient(http=http, backoff_s=0.01)
+            request = evaluate_request("simulatability", ["a good fun film"], top=2, simulator_rows=20)
+            with pytest.raises(BadRequestError, match="serve the merged model") as refused:
+                client.submit_job(request, kind="evaluate")
+            assert refused.value.status == 422 and refused.value.detail["field"] == "evaluate.task"
+            assert client.jobs().jobs == []  # refused before a job was queued
+    finally:
+        service.shutdown()
+
+
 def test_train_config_validation():
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig(learning_rate=0)
@@ -128,6 +158,8 @@ def test_train_lora_saves_an_adapter_that_loads_with_its_card_labels_and_answers
     for method in ("simple_gradient", "integrated_gradients"):
         assert np.isfinite(saliency(classifier, "a good fun film", method).scores).all(), method
     assert hotflip(classifier, "a good fun film", max_flips=1).final
+    if family == "bert":  # served, it refuses the one task an adapter cannot run, by name
+        refused_simulation(out, tmp_path / "knn", tmp_path / "grad", engine)
 
     for bad, flag in ((["--lora", "r=4,oops"], "--lora"), (["--lora", "r=0"], "--lora")):
         refused = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "x"), *bad])
