@@ -1,7 +1,8 @@
 """Can the scores be trusted, and what are they good for? ``influence evaluate`` and the applications on
 SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"``) and a PNG beside it.
 
-    python benchmarks/evaluate.py [--parts head,tracked,views,peers,audit,map,correction,simulate,augment]
+    python benchmarks/evaluate.py \
+        [--parts head,tracked,views,peers,projections,audit,map,correction,simulate,augment]
 
 * ``head``: LOO and LDS of the exact influence on the convex head over all 67,349 rows
   (``artifacts/model`` + its flat kNN index give the features); ``evaluate_head.json``.
@@ -18,6 +19,11 @@ SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"`
   at four dampings, on the ``tracked`` part's model, retrains and test points; the index's damping swept
   on the same points; each method's best damping measured again on as many held-out dev points;
   ``lds_peers.json``.
+* ``projections``: the LDS of the gradient index's projection and curvature variants (issue 26 item 2):
+  per-layer ranks uniform (16, today's; 32, four times the bytes) or by each layer's share of the squared
+  gradient norm (today's bytes), each at dampings 0.1, 1 and 5, raw and normalised, all cut from one
+  rank-64 ``kfac`` pass, on the ``peers`` part's model, retrains, selection and held-out points;
+  ``lds_projections.json``.
 * ``audit``: 10% of the labels of 5,000 rows flipped, retrained; flips found by self-influence, loss and
   random in their top 5% / 10%; ``audit.json``.
 * ``map``: the influence map of the dev errors (gradient index); ``influence_map.json``.
@@ -44,6 +50,7 @@ SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"`
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -259,6 +266,16 @@ def _index_at(model: Path, damping: float):
     return ensure_indexes(local_engine(model), ["gradient"], folder, GradientIndexConfig(damping=damping))
 
 
+def peer_points(dev_rows: int, test_points: int) -> dict[str, np.ndarray]:
+    """The dev points the ``peers`` and ``projections`` parts measure on: the ``tracked`` part's
+    (``selection``) and as many others (``held_out``), both seeded."""
+    from tasks.evaluation import sample_rows
+
+    selection = sample_rows(dev_rows, test_points, 0)
+    rest = np.setdiff1d(np.arange(dev_rows), selection)
+    return {"selection": selection, "held_out": rest[sample_rows(len(rest), test_points, 1)]}
+
+
 def peers(rows: int, test_points: int, subsets: int) -> None:
     """The gradient index (raw, normalised, with the fast rerank, at each damping), FastIF's path and the
     full LiSSA scan (one ``s_test`` per point serves both), and Kronfluence's EK-FAC (at each of its
@@ -269,14 +286,12 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
     from benchmarks.ekfac_baseline import ekfac_scores
     from interpret.evaluation.metrics import per_test_spearman
     from interpret.evaluation.retraining import RetrainSpec
-    from tasks.evaluation import ensure_indexes, lds_tracked, method_scores, sample_rows
+    from tasks.evaluation import ensure_indexes, lds_tracked, method_scores
 
     model = small_model(rows)
     dev = load_examples(sst2_spec("dev"))
-    selection = sample_rows(len(dev), test_points, 0)
-    rest = np.setdiff1d(np.arange(len(dev)), selection)
-    held_out = rest[sample_rows(len(rest), test_points, 1)]
-    points = {"selection": selection, "held_out": held_out}
+    points = peer_points(len(dev), test_points)
+    selection, held_out = points["selection"], points["held_out"]
     engine = ensure_indexes(_index_at(model, GradientIndexConfig().damping), ["fastif"], SMALL)
     spec = RetrainSpec.from_card(engine.card)
     both = np.concatenate([selection, held_out])
@@ -354,6 +369,132 @@ def peers(rows: int, test_points: int, subsets: int) -> None:
             "ekfac": run,
             "spearman_with_gradient_scores": agreement,
             "lds": default.model_dump(mode="json"),
+            "model_rows": rows,
+        },
+    )
+
+
+PROJECTION_RANKS = {"uniform 16": 16, "uniform 32": 32}
+"""Uniform per-layer ranks of the ``projections`` part: today's index (16) and four times its bytes (32)."""
+PROJECTION_SHARES = (1.0, 0.5)
+"""The ``projections`` part's per-layer ranks by gradient-norm share: the powers ``share_ranks`` takes."""
+PROJECTION_DAMPINGS = (0.1, 1.0, 5.0)
+"""The ``projections`` part's dampings: the LDS-best of the ``peers`` sweep, one between, the default."""
+PROJECTION_WIDE_RANK = 64
+"""The one ``kfac`` pass every ``projections`` variant is cut from (its bases are nested)."""
+
+
+def variant_scores(gradients, tests, damping: float) -> dict[str, np.ndarray]:
+    """One index variant's scores ``[T, N]`` of every row, raw and normalised, as the index scores them:
+    ``A = F + damping I`` with ``F = G^T G / N`` the Fisher of the rows' projected gradients ``G [N, d]``,
+    raw ``-g~_test . A^-1 g~_z`` and normalised
+    ``-g~_test . A^-1 g~_z / (||A^-1/2 g~_test|| ||A^-1/2 g~_z||)`` (``index.gradient.GradientIndex.search``),
+    in float64."""
+    import torch
+
+    from index.vectors import preconditioned_norms
+    from interpret.influence.preconditioner import inverse_damped, precondition, second_moment
+
+    block = gradients.double()
+    inverse = inverse_damped(second_moment(block) / len(block), damping)
+    stored = precondition(block, inverse)
+    raw = -(tests.double() @ stored.T)
+    rows = torch.from_numpy(preconditioned_norms(block.numpy(), stored.numpy()).astype(np.float64))
+    test_norms = ((tests.double() @ inverse) * tests.double()).sum(1).abs().sqrt()
+    return {"raw": raw.numpy(), "normalized": (raw / test_norms[:, None] / rows[None, :]).numpy()}
+
+
+def projections(rows: int, test_points: int, subsets: int) -> None:
+    """LDS of the index's projection and curvature (issue 26 item 2's tries, which the recall table in
+    ``gradient_index.json`` measures against a reference solved at damping 5): per-layer ranks uniform (16,
+    today's bytes; 32, four times), by each layer's share of the squared gradient norm (about today's
+    bytes), each at ``PROJECTION_DAMPINGS``, raw and normalised. All are cut from one rank-64 ``kfac`` pass
+    on the ``tracked`` part's model and scored on its retrains, on the ``peers`` part's selection and
+    held-out points; the product's own index at its defaults is measured beside them, and must equal the
+    uniform-16 variant at the default damping (the same bases, Fisher and scores)."""
+    import torch
+
+    from benchmarks.gradient_index import nested_coordinates, share_ranks
+    from engine.builds import fit_projection
+    from tasks.evaluation import lds_tracked
+
+    model = small_model(rows)
+    dev = load_examples(sst2_spec("dev"))
+    points = peer_points(len(dev), test_points)
+    engine = _index_at(model, GradientIndexConfig().damping)
+    explainer = engine.backend.explainer
+    wide = fit_projection(
+        engine, SMALL / f"kfac{PROJECTION_WIDE_RANK}", GradientIndexConfig(rank=PROJECTION_WIDE_RANK)
+    )
+    projector = explainer.projector(wide)
+    gradients = torch.from_numpy(explainer.gradient_shard(np.arange(engine.num_examples), wide))
+    layers = len(projector.slots)
+    today = nested_coordinates(projector, [GradientIndexConfig().rank] * layers)
+    keep = {name: nested_coordinates(projector, [rank] * layers) for name, rank in PROJECTION_RANKS.items()}
+    ranks = {name: [rank] * layers for name, rank in PROJECTION_RANKS.items()}
+    for power in PROJECTION_SHARES:
+        ranks[f"share^{power:g}"] = share_ranks(projector, gradients, len(today), power, PROJECTION_WIDE_RANK)
+        keep[f"share^{power:g}"] = nested_coordinates(projector, ranks[f"share^{power:g}"])
+    out: dict[str, dict] = {}
+    for side, test_rows in points.items():
+        tests = torch.stack(
+            [
+                torch.from_numpy(
+                    explainer.projected_test_gradient(dev.texts[r], None, int(dev.labels[r]), wide)
+                )
+                for r in test_rows
+            ]
+        )
+        given = {}
+        for name, coordinates in keep.items():
+            for damping in PROJECTION_DAMPINGS:
+                scores = variant_scores(gradients[:, coordinates], tests[:, coordinates], damping)
+                for view, values in scores.items():
+                    given[f"{name}, damping {damping:g}, {view}"] = values
+        report = lds_tracked(
+            engine,
+            model,
+            dev,
+            test_rows,
+            ["gradient"],
+            SMALL / "retrains",
+            subsets,
+            0.5,
+            0,
+            given_scores=given,
+        )
+        intervals = report.model_dump(mode="json")["intervals"]
+        out[side] = {
+            name: {"lds": value, "low": intervals[name]["low"], "high": intervals[name]["high"]}
+            for name, value in report.lds.items()
+        }
+        print(f"projections {side}: {json.dumps(out[side])}", file=sys.stderr)
+    default = f"uniform {GradientIndexConfig().rank}, damping {GradientIndexConfig().damping:g}, raw"
+    check = {  # the variants' scoring is the index's: its default variant must score as the built index
+        side: abs(out[side][default]["lds"] - out[side]["gradient"]["lds"]) for side in points
+    }
+    selection_lds = {name: row["lds"] for name, row in out["selection"].items() if name != "gradient"}
+    best = max(selection_lds, key=selection_lds.__getitem__)
+    write_result(
+        "lds_projections",
+        {
+            "command": COMMAND,
+            "summary": {
+                "lds_tracked_gradient": out["selection"]["gradient"]["lds"],
+                "lds_default_variant": out["selection"][default]["lds"],
+                "lds_share_ranks_default_damping": out["selection"][
+                    f"share^1, damping {GradientIndexConfig().damping:g}, raw"
+                ]["lds"],
+                "lds_best_variant": selection_lds[best],
+                "best_variant": best,
+                "lds_best_variant_held_out": out["held_out"][best]["lds"],
+                "lds_retrains": subsets,
+                "lds_test_points": test_points,
+            },
+            "ranks": ranks,
+            "dims": {name: len(coordinates) for name, coordinates in keep.items()},
+            "lds": out,
+            "default_variant_minus_index": check,
             "model_rows": rows,
         },
     )
@@ -616,6 +757,8 @@ def main() -> None:
         views(args.view_points, args.small_rows, args.small_test_points, args.small_subsets)
     if "peers" in parts:
         peers(args.small_rows, args.small_test_points, args.small_subsets)
+    if "projections" in parts:
+        projections(args.small_rows, args.small_test_points, args.small_subsets)
     if "audit" in parts:
         audit(args.audit_rows, 0.1)
     if "map" in parts:

@@ -201,6 +201,7 @@ def _quoted_numbers() -> list[tuple[str, str]]:
         phrases.append((f"| {name} | {row['dim']:,} | {rendered} |", "gradient_index.json"))
     phrases += _application_phrases()
     phrases += _peer_phrases()
+    phrases += _projection_phrases()
     return phrases
 
 
@@ -259,6 +260,64 @@ def _peer_phrases() -> list[tuple[str, str]]:
         (f"(mean Spearman over all rows {min(agreement):.2f}-{max(agreement):.2f}", "lds_peers.json")
     )
     phrases.append((f"scored the 50 points in {peers['lds']['seconds']['gradient']:.1f} s", "lds_peers.json"))
+    return phrases
+
+
+PROJECTION_ROWS = {
+    "uniform 16": "uniform 16 (default)",
+    "share^1": "share^1",
+    "share^0.5": "share^0.5",
+    "uniform 32": "uniform 32 (4x bytes)",
+}
+"""The README's rows of the LDS of the index's variants: ``lds_projections.json``'s names -> the README's."""
+
+
+def _projection_phrases() -> list[tuple[str, str]]:
+    """The README's LDS of the index's projection and curvature variants: both tables (selection and
+    held-out points), the share ranks and the ranges its bullets quote, from ``lds_projections.json``."""
+    run = _results("lds_projections.json")
+    lds, dampings, views = run["lds"], ("0.1", "1", "5"), ("raw", "normalized")
+
+    def value(side: str, name: str, damping: str, view: str) -> float:
+        return lds[side][f"{name}, damping {damping}, {view}"]["lds"]
+
+    phrases = []
+    for side in ("selection", "held_out"):
+        for name, label in PROJECTION_ROWS.items():
+            cells = " | ".join(f"{value(side, name, d, v):.3f}" for v in views for d in dampings)
+            phrases.append((f"| {label} | {run['dims'][name]:,} | {cells} |", "lds_projections.json"))
+    for name in ("share^1", "share^0.5"):
+        phrases.append((f"`{name}` {run['ranks'][name]}", "lds_projections.json"))
+    sides = list(lds)
+    share = [
+        value(s, n, d, v) - value(s, "uniform 16", d, v)
+        for s in sides
+        for n in ("share^1", "share^0.5")
+        for d in dampings
+        for v in views
+    ]
+    wide = [
+        value(s, "uniform 32", d, "raw") - value(s, "uniform 16", d, "raw") for s in sides for d in dampings
+    ]
+    lower = {
+        v: [
+            value(s, "uniform 16", d, v) - value(s, "uniform 16", "5", v) for s in sides for d in ("0.1", "1")
+        ]
+        for v in views
+    }
+    phrases += [
+        (f"move the LDS by {min(share):.3f} to +{max(share):.3f}", "lds_projections.json"),
+        (f"(rank 32) gains {min(wide):.3f}-{max(wide):.3f} raw", "lds_projections.json"),
+        (
+            f"+{min(lower['raw']):.3f} to +{max(lower['raw']):.3f} raw and +{min(lower['normalized']):.3f} "
+            f"to +{max(lower['normalized']):.3f} normalised",
+            "lds_projections.json",
+        ),
+        (
+            f"LDS difference {max(run['default_variant_minus_index'].values()):g} on both point sets",
+            "lds_projections.json",
+        ),
+    ]
     return phrases
 
 
