@@ -53,7 +53,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -62,6 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, write_result
 from interpret.config import FASTIF_PRESET, EvaluationConfig, GradientIndexConfig, QueryConfig
 from interpret.data import load_examples, sst2_spec
+
+if TYPE_CHECKING:
+    import torch
 
 ARTIFACTS = Path("artifacts")
 PLOTS = RESULTS / "evaluate"
@@ -404,6 +409,57 @@ def variant_scores(gradients, tests, damping: float) -> dict[str, np.ndarray]:
     return {"raw": raw.numpy(), "normalized": (raw / test_norms[:, None] / rows[None, :]).numpy()}
 
 
+@dataclass
+class ProjectionVariants:
+    """The ``projections`` part's index variants, cut from one rank-64 ``kfac`` pass over every training
+    row: ``gradients [N, D]`` in that projection, each variant's coordinates (``keep``) and per-layer
+    ranks."""
+
+    explainer: object
+    wide: object
+    gradients: torch.Tensor
+    keep: dict[str, np.ndarray]
+    ranks: dict[str, list[int]]
+
+    @classmethod
+    def of(cls, engine) -> ProjectionVariants:
+        import torch
+
+        from benchmarks.gradient_index import nested_coordinates, share_ranks
+        from engine.builds import fit_projection
+
+        explainer = engine.backend.explainer
+        wide = fit_projection(
+            engine, SMALL / f"kfac{PROJECTION_WIDE_RANK}", GradientIndexConfig(rank=PROJECTION_WIDE_RANK)
+        )
+        projector = explainer.projector(wide)
+        gradients = torch.from_numpy(explainer.gradient_shard(np.arange(engine.num_examples), wide))
+        layers = len(projector.slots)
+        today = nested_coordinates(projector, [GradientIndexConfig().rank] * layers)
+        keep = {
+            name: nested_coordinates(projector, [rank] * layers) for name, rank in PROJECTION_RANKS.items()
+        }
+        ranks = {name: [rank] * layers for name, rank in PROJECTION_RANKS.items()}
+        for power in PROJECTION_SHARES:
+            name = f"share^{power:g}"
+            ranks[name] = share_ranks(projector, gradients, len(today), power, PROJECTION_WIDE_RANK)
+            keep[name] = nested_coordinates(projector, ranks[name])
+        return cls(explainer, wide, gradients, keep, ranks)
+
+    def test_gradients(self, dev, rows: np.ndarray) -> torch.Tensor:
+        """``[T, D]`` projected gradients of dev ``rows`` on their true labels."""
+        import torch
+
+        return torch.stack(
+            [
+                torch.from_numpy(
+                    self.explainer.projected_test_gradient(dev.texts[r], None, int(dev.labels[r]), self.wide)
+                )
+                for r in rows
+            ]
+        )
+
+
 def projections(rows: int, test_points: int, subsets: int) -> None:
     """LDS of the index's projection and curvature (issue 26 item 2's tries, which the recall table in
     ``gradient_index.json`` measures against a reference solved at damping 5): per-layer ranks uniform (16,
@@ -412,39 +468,17 @@ def projections(rows: int, test_points: int, subsets: int) -> None:
     on the ``tracked`` part's model and scored on its retrains, on the ``peers`` part's selection and
     held-out points; the product's own index at its defaults is measured beside them, and must equal the
     uniform-16 variant at the default damping (the same bases, Fisher and scores)."""
-    import torch
-
-    from benchmarks.gradient_index import nested_coordinates, share_ranks
-    from engine.builds import fit_projection
     from tasks.evaluation import lds_tracked
 
     model = small_model(rows)
     dev = load_examples(sst2_spec("dev"))
     points = peer_points(len(dev), test_points)
     engine = _index_at(model, GradientIndexConfig().damping)
-    explainer = engine.backend.explainer
-    wide = fit_projection(
-        engine, SMALL / f"kfac{PROJECTION_WIDE_RANK}", GradientIndexConfig(rank=PROJECTION_WIDE_RANK)
-    )
-    projector = explainer.projector(wide)
-    gradients = torch.from_numpy(explainer.gradient_shard(np.arange(engine.num_examples), wide))
-    layers = len(projector.slots)
-    today = nested_coordinates(projector, [GradientIndexConfig().rank] * layers)
-    keep = {name: nested_coordinates(projector, [rank] * layers) for name, rank in PROJECTION_RANKS.items()}
-    ranks = {name: [rank] * layers for name, rank in PROJECTION_RANKS.items()}
-    for power in PROJECTION_SHARES:
-        ranks[f"share^{power:g}"] = share_ranks(projector, gradients, len(today), power, PROJECTION_WIDE_RANK)
-        keep[f"share^{power:g}"] = nested_coordinates(projector, ranks[f"share^{power:g}"])
+    variants = ProjectionVariants.of(engine)
+    keep, ranks, gradients = variants.keep, variants.ranks, variants.gradients
     out: dict[str, dict] = {}
     for side, test_rows in points.items():
-        tests = torch.stack(
-            [
-                torch.from_numpy(
-                    explainer.projected_test_gradient(dev.texts[r], None, int(dev.labels[r]), wide)
-                )
-                for r in test_rows
-            ]
-        )
+        tests = variants.test_gradients(dev, test_rows)
         given = {}
         for name, coordinates in keep.items():
             for damping in PROJECTION_DAMPINGS:

@@ -202,6 +202,7 @@ def _quoted_numbers() -> list[tuple[str, str]]:
     phrases += _application_phrases()
     phrases += _peer_phrases()
     phrases += _projection_phrases()
+    phrases += _exact_curvature_phrases()
     return phrases
 
 
@@ -318,6 +319,62 @@ def _projection_phrases() -> list[tuple[str, str]]:
             "lds_projections.json",
         ),
     ]
+    return phrases
+
+
+def _exact_curvature_phrases() -> list[tuple[str, str]]:
+    """The README's LDS of the exact influence and the index's recall against it, from
+    ``exact_curvature.json``."""
+    run = _results("exact_curvature.json")
+    lds, agreement = run["lds"], run["index_against_exact"]
+    phrases = []
+    for name, label in (("empirical_fisher", "empirical Fisher"), ("gauss_newton", "Gauss-Newton")):
+        cells = " | ".join(
+            f"{lds[side][f'{name}, damping {d}']['lds']:.3f}"
+            for side in ("selection", "held_out")
+            for d in ("0.1", "1", "5")
+        )
+        phrases.append((f"| {label} | {cells} |", "exact_curvature.json"))
+    for damping, shown in (("5", "damping 5 (default)"), ("0.1", "damping 0.1")):
+        for name, label in (("empirical_fisher", "empirical Fisher"), ("gauss_newton", "Gauss-Newton")):
+            row = agreement[f"index at damping {damping} vs exact {name}"]
+            cells = " | ".join(
+                f"{row[key]:.2f}"
+                for key in ("recall_at_100_helpful", "recall_at_100_harmful", "spearman_all")
+            )
+            phrases.append((f"| {shown} vs exact {label} | {cells} |", "exact_curvature.json"))
+    phrases.append((f"{run['gram_seconds']:.0f} s on 2 CPU cores", "exact_curvature.json"))
+    variants = run["variants_against_exact"]
+    for name, label in (
+        ("uniform 16", "uniform 16 (the index)"),
+        ("share^1", "share^1"),
+        ("share^0.5", "share^0.5"),
+        ("uniform 32", "uniform 32 (4x bytes)"),
+    ):
+        cells = " | ".join(
+            f"{variants[f'{name}, damping {d} vs exact empirical_fisher'][key]:.2f}"
+            for d in ("5", "0.1")
+            for key in ("recall_at_100_helpful", "recall_at_100_harmful")
+        )
+        phrases.append((f"| {label} | {cells} |", "exact_curvature.json"))
+    sampled = run["sampled_curvature"]
+    for rows in ("250", "500", "1000"):
+        cells = " | ".join(
+            f"{sampled[c][d][rows][key]['recall_at_100_helpful']:.2f} / "
+            f"{sampled[c][d][rows][key]['recall_at_100_harmful']:.2f}"
+            for d in ("5", "1")
+            for c in ("empirical_fisher", "gauss_newton")
+            for key in ("vs_every_row", "between_two")
+        )
+        phrases.append((f"| {int(rows):,} | {cells} |", "exact_curvature.json"))
+    agreement = _results("gradient_index.json")["rerank_sweep"]["reference_agreement"]
+    phrases.append(
+        (
+            f"the {agreement['recall_at_100_helpful']:.2f} / {agreement['recall_at_100_harmful']:.2f} that "
+            "`gradient_index.py`'s two 500-row Hessian references reach",
+            "gradient_index.json",
+        )
+    )
     return phrases
 
 

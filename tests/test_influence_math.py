@@ -317,3 +317,81 @@ def test_a_full_scan_and_the_generic_path_leave_the_cache_alone(tiny64, train_se
     assert len(train.cache) == 5
     generic = TrackedModel(*tiny64, tracked_layers=1, generic=True)
     assert ExampleStates(generic, train_set).cache is None  # its state is the ids: nothing frozen to keep
+
+
+@pytest.mark.parametrize("curvature", ["gauss_newton", "empirical_fisher"])
+def test_exact_curvature_scores_from_one_gram_equal_the_explicit_solve(tiny64, train_set, curvature):
+    """``benchmarks/exact_curvature.py``: every row's influence at several dampings from the Gram of the
+    ``u = g_1 - g_0`` directions equals ``-g_z . (C + d I)^-1 g_t`` with ``C`` built explicitly: the
+    Gauss-Newton matrix from the logits' Jacobian (``J^T (diag p - p p^T) J``), the empirical Fisher from the
+    true-label gradients, each over every training row and over a few of them (a sampled curvature)."""
+    from torch.func import jacrev
+
+    from benchmarks.exact_curvature import coefficients, curvature_weights, woodbury_scores
+    from interpret.influence.objective import per_example_gradients
+
+    tracked = TrackedModel(*tiny64, tracked_layers=1)
+    theta, train = tracked.parameters(), ExampleStates(tracked, train_set, block_size=32)
+    states, labels = train.load(range(40))
+    tests, test_labels = train.load(range(40, 46))
+    gradients = {c: per_example_gradients(tracked, theta, states, torch.full_like(labels, c)) for c in (0, 1)}
+    test_gradients = {
+        c: per_example_gradients(tracked, theta, tests, torch.full_like(test_labels, c)) for c in (0, 1)
+    }
+    directions = torch.cat([gradients[1] - gradients[0], test_gradients[1] - test_gradients[0]])
+    probabilities = torch.softmax(tracked.logits(theta, states), -1)
+    test_probabilities = torch.softmax(tracked.logits(theta, tests), -1)
+    a_train = coefficients(probabilities.detach().numpy(), labels.numpy())
+    a_test = coefficients(test_probabilities.detach().numpy(), test_labels.numpy())
+    true_label = gradients[1] * (labels[:, None] == 1) + gradients[0] * (labels[:, None] == 0)
+    torch.testing.assert_close(torch.from_numpy(a_train)[:, None] * directions[:40], true_label)
+
+    test_true = test_gradients[1] * (test_labels[:, None] == 1) + test_gradients[0] * (
+        test_labels[:, None] == 0
+    )
+    weights = curvature_weights(probabilities.detach().numpy(), labels.numpy())[curvature]
+    gram = (directions @ directions.T).numpy()
+    for rows in (np.arange(40), np.array([3, 5, 8, 13, 21, 34, 2, 30])):  # every row, then a few
+        if curvature == "gauss_newton":
+            jacobian = jacrev(lambda t, rows=rows: tracked.logits(t, states.select(list(rows))))(theta)
+            p = probabilities.detach()[rows]
+            output_hessian = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+            explicit = torch.einsum("nap,nab,nbq->pq", jacobian, output_hessian, jacobian) / len(rows)
+        else:
+            explicit = true_label[rows].T @ true_label[rows] / len(rows)
+        found = woodbury_scores(gram, a_train, a_test, weights, [0.1, 5.0], curvature_rows=rows)
+        for damping, scores in found.items():
+            eye = torch.eye(len(theta), dtype=theta.dtype)
+            expected = -(true_label @ torch.linalg.solve(explicit + damping * eye, test_true.T)).T
+            np.testing.assert_allclose(
+                scores, expected.numpy(), rtol=1e-7, atol=1e-12 * float(expected.abs().max())
+            )
+
+
+def test_exact_curvature_directions_are_the_exact_gradients_difference(tiny64, train_set):
+    """``write_directions`` (the exact projector's per-example gradients, arranged) gives ``g_1 - g_0`` of
+    each row, the per-example gradients of the loss under each label, and the rows' probabilities."""
+    import math
+
+    from benchmarks.exact_curvature import write_directions
+    from interpret.influence.objective import per_example_gradients
+    from interpret.influence.projection import Projector
+
+    tracked = TrackedModel(*tiny64, tracked_layers=1)
+    theta, train = tracked.parameters(), ExampleStates(tracked, train_set, block_size=32)
+    exact = Projector(tracked, None, layer_norms=True, max_identity_dim=math.inf)
+    assert exact.dim == tracked.num_parameters  # a permutation of the tracked coordinates
+    rows = np.arange(12)
+    out = np.zeros((len(rows), exact.dim))
+    blocks = [(positions, state) for positions, state, _ in train.iter_blocks(rows, 5)]
+    probabilities, worst = write_directions(exact, theta, blocks, out)
+    states, _ = train.load(rows)
+    difference = [
+        per_example_gradients(tracked, theta, states, torch.full((len(rows),), c, dtype=torch.long))
+        for c in (0, 1)
+    ]
+    arranged = torch.stack([exact.project_vector(row) for row in difference[1] - difference[0]])
+    np.testing.assert_allclose(out, arranged.numpy(), rtol=1e-8, atol=1e-12)
+    expected = torch.softmax(tracked.logits(theta, states), -1).detach().numpy()
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-10)
+    assert worst < 1e-8

@@ -1,0 +1,321 @@
+"""The exact influence of every training row on a small binary classifier, at every damping at once, from
+one Gram matrix of unprojected gradients: what the gradient index approximates, with nothing projected.
+
+A softmax classifier's per-example gradients on two classes are multiples of one vector. With
+``g_zc = J_z^T (p_z - e_c)`` the gradient of row ``z``'s cross-entropy under label ``c`` and
+``u_z = g_z1 - g_z0 = J_z^T (e_0 - e_1)``:
+
+    g_z0 = -p_z1 u_z,   g_z1 = p_z0 u_z,   so   g_zy = a_z u_z  with  a_z = p_z0 if y = 1 else -p_z1.
+
+So both curvatures over the ``M`` training rows are rank-one sums of the ``u_z``:
+
+* the Gauss-Newton matrix (a softmax cross-entropy's true Fisher) ``G = (1/M) sum_z p_z0 p_z1 u_z u_z^T``;
+* the empirical Fisher (the index's curvature, there projected) ``F = (1/M) sum_z a_z^2 u_z u_z^T``.
+
+Either is ``C = W^T W`` with ``W = diag(sqrt(w / M)) U`` and weights ``w``, and by Woodbury
+
+    (C + d I)^-1 v = (v - W^T (W W^T + d I)^-1 W v) / d.
+
+Every vector involved is a multiple of some ``u``, so with ``K = U U^T`` over the training rows and test
+points and ``S = diag(sqrt(w / M))``, the influence of row ``z`` on test point ``t`` is
+
+    I(z, t) = -g_z . (C + d I)^-1 g_t = -(a_z a_t / d) (K_zt - K_zn S (S K_nn S + d I)^-1 S K_nt),
+
+and one eigendecomposition ``S K_nn S = E diag(l) E^T`` serves every damping:
+``(S K_nn S + d I)^-1 = E diag(1 / (l + d)) E^T``.
+
+    python benchmarks/exact_curvature.py [--points 50] [--subsets 100]
+
+On the LDS model of ``benchmarks/evaluate.py`` (MiniLM on 2,000 SST-2 rows, default tracked set, 3.7M
+parameters) and its cached retrains: ``u`` of every training row and of the ``peers`` part's selection and
+held-out dev points (true labels), each the difference of two exact per-example gradients (the unprojected
+projector with LayerNorms, as ``gradient_index.py``'s reference scan), written to a float32 file on disk
+(about 31 GB, deleted once the Gram is summed from it in column chunks; the Gram is cached). Then, for
+each curvature and damping: the LDS of the exact influence, and the recall@100 (helpful, harmful) and
+Spearman of the gradient index, at its default damping and at the LDS-best 0.1 of the ``peers`` sweep,
+against the exact influence of the same damping, and of the ``projections`` part's variants (per-layer
+ranks, rank 32) likewise; and the exact influence with the curvature summed over
+250, 500 or 1,000 sampled rows against the one over every row and against a second sample (how much a
+sampled reference, like ``gradient_index.py``'s, moves the answer). ``exact_curvature.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_result
+
+DAMPINGS = (0.1, 1.0, 5.0)
+"""The exact influence's dampings: the index's LDS-best (``lds_peers.json``), one between, its default."""
+CHUNK_COLUMNS = 100_000
+"""Coordinates of ``U`` read at once while the Gram is summed (float32 products over this many terms,
+accumulated in float64)."""
+
+
+def woodbury_scores(
+    gram: np.ndarray,
+    train_coefficients: np.ndarray,
+    test_coefficients: np.ndarray,
+    weights: np.ndarray,
+    dampings: list[float],
+    curvature_rows: np.ndarray | None = None,
+) -> dict[float, np.ndarray]:
+    """``I(z, t) = -g_z . (C + d I)^-1 g_t`` for every training row ``z`` and test point ``t`` and each
+    damping ``d``, from the Gram ``K = U U^T`` (``[N + T, N + T]``, the ``N`` training rows first) of the
+    vectors ``u`` that every gradient is a multiple of (``g = a u``, ``a`` in ``train_coefficients [N]`` and
+    ``test_coefficients [T]``), with ``C = (1/M) sum_m w_m u_m u_m^T`` over the ``M`` training rows
+    ``curvature_rows`` (all by default; ``weights [N]``):
+
+        I(z, t) = -(a_z a_t / d) (K_zt - K_zM S (S K_MM S + d I)^-1 S K_Mt),   S = diag(sqrt(w_M / M)).
+
+    Returns ``{d: [T, N]}`` in float64 (positive: the row raises the test loss)."""
+    n = len(train_coefficients)
+    rows = np.arange(n) if curvature_rows is None else np.asarray(curvature_rows)
+    gram = np.asarray(gram, dtype=np.float64)
+    scale = np.sqrt(np.asarray(weights, dtype=np.float64)[rows] / len(rows))
+    inner = scale[:, None] * gram[np.ix_(rows, rows)] * scale[None, :]
+    eigenvalues, vectors = np.linalg.eigh(0.5 * (inner + inner.T))
+    left = vectors.T @ (scale[:, None] * gram[rows, n:])  # E^T S K_Mt   [M, T]
+    out = {}
+    for damping in dampings:
+        if not damping > 0:
+            raise ValueError(f"damping must be > 0, got {damping!r}")
+        correction = gram[:n, rows] @ (scale[:, None] * (vectors @ (left / (eigenvalues + damping)[:, None])))
+        solved = (gram[:n, n:] - correction) / damping  # [N, T]: u_z . (C + d I)^-1 u_t
+        out[damping] = -(np.outer(test_coefficients, train_coefficients) * solved.T)
+    return out
+
+
+def coefficients(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``a`` with ``g_y = a u`` (``u = g_1 - g_0``): ``p_0`` for label 1, ``-p_1`` for label 0."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return np.where(np.asarray(labels) == 1, probabilities[:, 0], -probabilities[:, 1])
+
+
+def curvature_weights(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row weights ``w`` of the two curvatures as sums of ``w_z u_z u_z^T``: Gauss-Newton
+    ``p_0 p_1`` and the empirical Fisher ``a^2``."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return {
+        "gauss_newton": probabilities[:, 0] * probabilities[:, 1],
+        "empirical_fisher": coefficients(probabilities, labels) ** 2,
+    }
+
+
+def write_directions(exact, theta, blocks, out: np.ndarray) -> tuple[np.ndarray, float]:
+    """Write ``u = g_1 - g_0`` of every row of ``blocks`` (``(positions, state)``, positions into ``out``'s
+    rows) into ``out`` and return the rows' class probabilities ``[R, 2]``, with the largest relative
+    difference between ``g_1`` and ``p_0 u`` (the identity above, checked on real gradients)."""
+    import torch
+
+    probabilities = np.empty((len(out), 2))
+    worst = 0.0
+    for positions, state in blocks:
+        ones = torch.ones(len(positions), dtype=torch.long)
+        gradient_one = exact.gradients(theta, state, ones)
+        direction = gradient_one - exact.gradients(theta, state, torch.zeros_like(ones))
+        with torch.no_grad():
+            p = torch.softmax(exact.tracked.logits(theta, state).double(), dim=-1)
+        expected = p[:, :1].to(direction.dtype) * direction
+        worst = max(worst, float(((gradient_one - expected).norm(dim=1) / gradient_one.norm(dim=1)).max()))
+        out[positions] = direction.numpy()
+        probabilities[positions] = p.numpy()
+    return probabilities, worst
+
+
+def gram_of(directions: np.ndarray) -> np.ndarray:
+    """``K = U U^T`` (float64) of a ``[R, D]`` float32 array read in ``CHUNK_COLUMNS`` column chunks."""
+    gram = np.zeros((len(directions), len(directions)))
+    for start in range(0, directions.shape[1], CHUNK_COLUMNS):
+        chunk = np.ascontiguousarray(directions[:, start : start + CHUNK_COLUMNS])
+        gram += (chunk @ chunk.T).astype(np.float64)
+    return gram
+
+
+SAMPLED_ROWS = (250, 500, 1000)
+"""Sizes of the sampled curvatures compared with the one over every row (two disjoint seeded samples each):
+``gradient_index.py``'s reference solves its Hessian over 500 sampled rows of 67,349."""
+
+
+def agreement(reference: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Mean over test points of recall@10/@100 per side and Spearman over all rows, of ``scores [T, N]``
+    against ``reference [T, N]``."""
+    from scipy.stats import spearmanr
+
+    from interpret.influence import metrics
+
+    rows = np.arange(reference.shape[1])
+    per_point = [
+        metrics.top_lists_recall(reference[t], scores[t], rows)
+        | {"spearman_all": float(spearmanr(reference[t], scores[t])[0])}
+        for t in range(len(reference))
+    ]
+    return {key: float(np.mean([point[key] for point in per_point])) for key in per_point[0]}
+
+
+def sampled_curvature(gram, a_train, a_test, probabilities, labels, exact_scores) -> dict:
+    """How far a curvature summed over ``M`` sampled rows moves the exact influence: for each curvature,
+    damping and ``M`` in ``SAMPLED_ROWS``, two disjoint seeded samples' scores against the scores with every
+    row (``vs_every_row``, the first sample) and against each other (``between_two``: what a check of a
+    sampled reference against a second one sees)."""
+    n = len(a_train)
+    weights = curvature_weights(probabilities, labels)
+    out: dict = {}
+    for m in SAMPLED_ROWS:
+        draw = np.random.default_rng(0).permutation(n)
+        first, second = np.sort(draw[:m]), np.sort(draw[m : 2 * m])
+        for name, by_damping in exact_scores.items():
+            dampings = list(by_damping)
+            one = woodbury_scores(gram, a_train, a_test, weights[name], dampings, first)
+            two = woodbury_scores(gram, a_train, a_test, weights[name], dampings, second)
+            for damping in dampings:
+                out.setdefault(name, {}).setdefault(f"{damping:g}", {})[str(m)] = {
+                    "vs_every_row": agreement(by_damping[damping], one[damping]),
+                    "between_two": agreement(one[damping], two[damping]),
+                }
+    return out
+
+
+def main() -> None:
+    import torch
+
+    from benchmarks.evaluate import (
+        SMALL,
+        ProjectionVariants,
+        _index_at,
+        peer_points,
+        small_model,
+        variant_scores,
+    )
+    from interpret.config import GradientIndexConfig
+    from interpret.data import load_examples, sst2_spec
+    from interpret.influence.projection import Projector
+    from tasks.evaluation import lds_tracked, method_scores
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=2000, help="the LDS model's training rows")
+    parser.add_argument("--points", type=int, default=50, help="dev points in each of the two sets")
+    parser.add_argument("--subsets", type=int, default=100, help="retrains of the LDS")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model = small_model(args.rows)
+    dev = load_examples(sst2_spec("dev"))
+    points = peer_points(len(dev), args.points)
+    test_rows = np.concatenate([points["selection"], points["held_out"]])
+    engine = _index_at(model, GradientIndexConfig().damping)
+    explainer = engine.backend.explainer
+    tracked, theta, train = explainer.tracked, explainer.theta, explainer.checkpoint.train
+    exact = Projector(tracked, None, layer_norms=True, max_identity_dim=math.inf)
+    if (labels := tracked.model.config.num_labels) != 2:
+        raise SystemExit(f"the algebra above is for two classes; this model has {labels}")
+    if exact.dim != tracked.num_parameters:
+        raise SystemExit(f"the exact projector holds {exact.dim} of {tracked.num_parameters} coordinates")
+    n, folder = engine.num_examples, SMALL / "exact"
+    folder.mkdir(exist_ok=True)
+    cached = folder / f"gram_{n}_{len(test_rows)}.npz"
+    clock = time.perf_counter()
+    if not cached.is_file():
+        path = folder / "directions.f32"
+        directions = np.lib.format.open_memmap(path, "w+", np.float32, (n + len(test_rows), exact.dim))
+        train_blocks = ((positions, state) for positions, state, _ in train.iter_blocks(np.arange(n), 32))
+        tests = (
+            (np.array([n + i]), tracked.frozen(tracked.encode([dev.texts[r]], None)))
+            for i, r in enumerate(test_rows)
+        )
+        probabilities, worst = write_directions(
+            exact, theta, itertools.chain(train_blocks, tests), directions
+        )
+        directions.flush()
+        print(f"directions: {time.perf_counter() - clock:.0f} s, identity check {worst:.2e}", file=sys.stderr)
+        gram = gram_of(directions)
+        del directions
+        path.unlink()
+        seconds = time.perf_counter() - clock
+        np.savez(cached, gram=gram, probabilities=probabilities, identity_check=worst, seconds=seconds)
+    saved = np.load(cached)
+    gram, probabilities = saved["gram"], saved["probabilities"]
+    train_labels = np.asarray(engine.training_examples().labels)
+    test_labels = np.asarray(dev.labels)[test_rows]
+    a_train = coefficients(probabilities[:n], train_labels)
+    a_test = coefficients(probabilities[n:], test_labels)
+    exact_scores = {
+        name: woodbury_scores(gram, a_train, a_test, weights, list(DAMPINGS))
+        for name, weights in curvature_weights(probabilities[:n], train_labels).items()
+    }
+    sides = {"selection": slice(0, args.points), "held_out": slice(args.points, 2 * args.points)}
+    lds = {}
+    for side, part in sides.items():
+        given = {
+            f"{name}, damping {damping:g}": scores[part]
+            for name, by_damping in exact_scores.items()
+            for damping, scores in by_damping.items()
+        }
+        report = lds_tracked(
+            engine,
+            model,
+            dev,
+            points[side],
+            ["gradient"],
+            SMALL / "retrains",
+            args.subsets,
+            0.5,
+            0,
+            given_scores=given,
+        )
+        intervals = report.model_dump(mode="json")["intervals"]
+        lds[side] = {
+            name: {"lds": value, "low": intervals[name]["low"], "high": intervals[name]["high"]}
+            for name, value in report.lds.items()
+        }
+        print(f"exact {side}: {lds[side]}", file=sys.stderr)
+    agreement_of, variants_against_exact = {}, {}
+    for damping in (GradientIndexConfig().damping, 0.1):
+        index_scores = method_scores(_index_at(model, damping), dev, test_rows, "gradient")
+        for name, by_damping in exact_scores.items():
+            reference = by_damping[damping]
+            agreement_of[f"index at damping {damping:g} vs exact {name}"] = agreement(reference, index_scores)
+    variants = ProjectionVariants.of(engine)
+    tests = variants.test_gradients(dev, test_rows)
+    for name, coordinates in variants.keep.items():
+        for damping in (GradientIndexConfig().damping, 0.1):
+            scores = variant_scores(variants.gradients[:, coordinates], tests[:, coordinates], damping)["raw"]
+            for curvature, by_damping in exact_scores.items():
+                key = f"{name}, damping {damping:g} vs exact {curvature}"
+                variants_against_exact[key] = agreement(by_damping[damping], scores)
+    sampled = sampled_curvature(gram, a_train, a_test, probabilities[:n], train_labels, exact_scores)
+    best = max(lds["selection"], key=lambda name: lds["selection"][name]["lds"])
+    write_result(
+        "exact_curvature",
+        {
+            "command": "python benchmarks/exact_curvature.py " + " ".join(sys.argv[1:]),
+            "summary": {
+                "lds_exact_best": lds["selection"][best]["lds"],
+                "exact_best": best,
+                "lds_exact_best_held_out": lds["held_out"][best]["lds"],
+                "lds_tracked_gradient": lds["selection"]["gradient"]["lds"],
+                "lds_retrains": args.subsets,
+                "lds_test_points": args.points,
+            },
+            "lds": lds,
+            "index_against_exact": agreement_of,
+            "variants_against_exact": variants_against_exact,
+            "variant_ranks": variants.ranks,
+            "sampled_curvature": sampled,
+            "identity_check_max_relative_difference": float(saved["identity_check"]),
+            "gram_seconds": float(saved["seconds"]),  # the directions and the Gram, when first computed
+            "model_rows": n,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
