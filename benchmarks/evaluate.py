@@ -460,6 +460,21 @@ class ProjectionVariants:
         )
 
 
+def lds_beside_index(engine, model: Path, dev, test_rows: np.ndarray, subsets: int, given: dict) -> dict:
+    """The LDS (and its 95% interval) of the built index (``gradient``) and of ``given`` scores ``[T, N]``,
+    on the ``tracked`` part's retrains: ``{method: {"lds", "low", "high"}}``."""
+    from tasks.evaluation import lds_tracked
+
+    report = lds_tracked(
+        engine, model, dev, test_rows, ["gradient"], SMALL / "retrains", subsets, 0.5, 0, given_scores=given
+    )
+    intervals = report.model_dump(mode="json")["intervals"]
+    return {
+        name: {"lds": value, "low": intervals[name]["low"], "high": intervals[name]["high"]}
+        for name, value in report.lds.items()
+    }
+
+
 def projections(rows: int, test_points: int, subsets: int) -> None:
     """LDS of the index's projection and curvature (issue 26 item 2's tries, which the recall table in
     ``gradient_index.json`` measures against a reference solved at damping 5): per-layer ranks uniform (16,
@@ -468,8 +483,6 @@ def projections(rows: int, test_points: int, subsets: int) -> None:
     on the ``tracked`` part's model and scored on its retrains, on the ``peers`` part's selection and
     held-out points; the product's own index at its defaults is measured beside them, and must equal the
     uniform-16 variant at the default damping (the same bases, Fisher and scores)."""
-    from tasks.evaluation import lds_tracked
-
     model = small_model(rows)
     dev = load_examples(sst2_spec("dev"))
     points = peer_points(len(dev), test_points)
@@ -485,23 +498,7 @@ def projections(rows: int, test_points: int, subsets: int) -> None:
                 scores = variant_scores(gradients[:, coordinates], tests[:, coordinates], damping)
                 for view, values in scores.items():
                     given[f"{name}, damping {damping:g}, {view}"] = values
-        report = lds_tracked(
-            engine,
-            model,
-            dev,
-            test_rows,
-            ["gradient"],
-            SMALL / "retrains",
-            subsets,
-            0.5,
-            0,
-            given_scores=given,
-        )
-        intervals = report.model_dump(mode="json")["intervals"]
-        out[side] = {
-            name: {"lds": value, "low": intervals[name]["low"], "high": intervals[name]["high"]}
-            for name, value in report.lds.items()
-        }
+        out[side] = lds_beside_index(engine, model, dev, test_rows, subsets, given)
         print(f"projections {side}: {json.dumps(out[side])}", file=sys.stderr)
     default = f"uniform {GradientIndexConfig().rank}, damping {GradientIndexConfig().damping:g}, raw"
     check = {  # the variants' scoring is the index's: its default variant must score as the built index

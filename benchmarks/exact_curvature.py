@@ -192,6 +192,7 @@ def main() -> None:
         SMALL,
         ProjectionVariants,
         _index_at,
+        lds_beside_index,
         peer_points,
         small_model,
         variant_scores,
@@ -199,7 +200,7 @@ def main() -> None:
     from interpret.config import GradientIndexConfig
     from interpret.data import load_examples, sst2_spec
     from interpret.influence.projection import Projector
-    from tasks.evaluation import lds_tracked, method_scores
+    from tasks.evaluation import method_scores
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2000, help="the LDS model's training rows")
@@ -259,23 +260,7 @@ def main() -> None:
             for name, by_damping in exact_scores.items()
             for damping, scores in by_damping.items()
         }
-        report = lds_tracked(
-            engine,
-            model,
-            dev,
-            points[side],
-            ["gradient"],
-            SMALL / "retrains",
-            args.subsets,
-            0.5,
-            0,
-            given_scores=given,
-        )
-        intervals = report.model_dump(mode="json")["intervals"]
-        lds[side] = {
-            name: {"lds": value, "low": intervals[name]["low"], "high": intervals[name]["high"]}
-            for name, value in report.lds.items()
-        }
+        lds[side] = lds_beside_index(engine, model, dev, points[side], args.subsets, given)
         print(f"exact {side}: {lds[side]}", file=sys.stderr)
     agreement_of, variants_against_exact = {}, {}
     for damping in (GradientIndexConfig().damping, 0.1):
