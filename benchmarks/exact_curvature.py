@@ -151,27 +151,26 @@ def agreement(reference: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     against ``reference [T, N]``."""
     from scipy.stats import spearmanr
 
-    from interpret.influence import metrics
+    from benchmarks.gradient_index import mean_of, recalls
 
     rows = np.arange(reference.shape[1])
-    per_point = [
-        metrics.top_lists_recall(reference[t], scores[t], rows)
-        | {"spearman_all": float(spearmanr(reference[t], scores[t])[0])}
-        for t in range(len(reference))
-    ]
-    return {key: float(np.mean([point[key] for point in per_point])) for key in per_point[0]}
+    return mean_of(
+        [
+            recalls(reference[t], scores[t], rows)
+            | {"spearman_all": float(spearmanr(reference[t], scores[t])[0])}
+            for t in range(len(reference))
+        ]
+    )
 
 
-def sampled_curvature(gram, a_train, a_test, probabilities, labels, exact_scores) -> dict:
+def sampled_curvature(gram, a_train, a_test, weights: dict[str, np.ndarray], exact_scores) -> dict:
     """How far a curvature summed over ``M`` sampled rows moves the exact influence: for each curvature,
     damping and ``M`` in ``SAMPLED_ROWS``, two disjoint seeded samples' scores against the scores with every
     row (``vs_every_row``, the first sample) and against each other (``between_two``: what a check of a
-    sampled reference against a second one sees)."""
-    n = len(a_train)
-    weights = curvature_weights(probabilities, labels)
+    sampled reference against a second one sees); ``weights`` per curvature (``curvature_weights``)."""
+    draw = np.random.default_rng(0).permutation(len(a_train))  # each M's samples: its first 2M rows
     out: dict = {}
     for m in SAMPLED_ROWS:
-        draw = np.random.default_rng(0).permutation(n)
         first, second = np.sort(draw[:m]), np.sort(draw[m : 2 * m])
         for name, by_damping in exact_scores.items():
             dampings = list(by_damping)
@@ -248,9 +247,9 @@ def main() -> None:
     test_labels = np.asarray(dev.labels)[test_rows]
     a_train = coefficients(probabilities[:n], train_labels)
     a_test = coefficients(probabilities[n:], test_labels)
+    weights = curvature_weights(probabilities[:n], train_labels)
     exact_scores = {
-        name: woodbury_scores(gram, a_train, a_test, weights, list(DAMPINGS))
-        for name, weights in curvature_weights(probabilities[:n], train_labels).items()
+        name: woodbury_scores(gram, a_train, a_test, weights[name], list(DAMPINGS)) for name in weights
     }
     sides = {"selection": slice(0, args.points), "held_out": slice(args.points, 2 * args.points)}
     lds = {}
@@ -276,14 +275,15 @@ def main() -> None:
             for curvature, by_damping in exact_scores.items():
                 key = f"{name}, damping {damping:g} vs exact {curvature}"
                 variants_against_exact[key] = agreement(by_damping[damping], scores)
-    sampled = sampled_curvature(gram, a_train, a_test, probabilities[:n], train_labels, exact_scores)
-    best = max(lds["selection"], key=lambda name: lds["selection"][name]["lds"])
+    sampled = sampled_curvature(gram, a_train, a_test, weights, exact_scores)
+    exact_lds = {name: row["lds"] for name, row in lds["selection"].items() if name != "gradient"}
+    best = max(exact_lds, key=exact_lds.__getitem__)
     write_result(
         "exact_curvature",
         {
             "command": "python benchmarks/exact_curvature.py " + " ".join(sys.argv[1:]),
             "summary": {
-                "lds_exact_best": lds["selection"][best]["lds"],
+                "lds_exact_best": exact_lds[best],
                 "exact_best": best,
                 "lds_exact_best_held_out": lds["held_out"][best]["lds"],
                 "lds_tracked_gradient": lds["selection"]["gradient"]["lds"],
