@@ -510,8 +510,12 @@ def projections(rows: int, test_points: int, subsets: int) -> None:
         "lds_projections",
         {
             "command": COMMAND,
-            "summary": {
+            "summary": {  # issue 26's names; it names none for the variants (``headline``)
                 "lds_tracked_gradient": out["selection"]["gradient"]["lds"],
+                "lds_retrains": subsets,
+                "lds_test_points": test_points,
+            },
+            "headline": {
                 "lds_default_variant": out["selection"][default]["lds"],
                 "lds_share_ranks_default_damping": out["selection"][
                     f"share^1, damping {GradientIndexConfig().damping:g}, raw"
@@ -519,8 +523,6 @@ def projections(rows: int, test_points: int, subsets: int) -> None:
                 "lds_best_variant": selection_lds[best],
                 "best_variant": best,
                 "lds_best_variant_held_out": out["held_out"][best]["lds"],
-                "lds_retrains": subsets,
-                "lds_test_points": test_points,
             },
             "ranks": ranks,
             "dims": {name: len(coordinates) for name, coordinates in keep.items()},
