@@ -24,7 +24,7 @@ points and ``S = diag(sqrt(w / M))``, the influence of row ``z`` on test point `
 and one eigendecomposition ``S K_nn S = E diag(l) E^T`` serves every damping:
 ``(S K_nn S + d I)^-1 = E diag(1 / (l + d)) E^T``.
 
-    python benchmarks/exact_curvature.py [--points 50] [--subsets 100]
+    python benchmarks/exact_curvature.py [--points 50] [--subsets 100] [--hessian-points 20]
 
 On the LDS model of ``benchmarks/evaluate.py`` (MiniLM on 2,000 SST-2 rows, default tracked set, 3.7M
 parameters) and its cached retrains: ``u`` of every training row and of the ``peers`` part's selection and
@@ -36,7 +36,14 @@ Spearman of the gradient index, at its default damping and at the LDS-best 0.1 o
 against the exact influence of the same damping, and of the ``projections`` part's variants (per-layer
 ranks, rank 32) likewise; and the exact influence with the curvature summed over
 250, 500 or 1,000 sampled rows against the one over every row and against a second sample (how much a
-sampled reference, like ``gradient_index.py``'s, moves the answer). ``exact_curvature.json``.
+sampled reference, like ``gradient_index.py``'s, moves the answer).
+
+The fast rerank (the ``index`` solver's ``s_test``, exact gradients of the index's top ``FAST_RERANK`` rows
+per side) against the same exact influence (``rerank_scores``: every row's rerank score from the Gram and
+the projected gradients, checked against the product's own query on a few points), and all of them against
+the exact Hessian on ``--hessian-points`` selection points: ``(H + 5 I)^-1 g_t`` by CG over every training
+row (no sampled rows; about 200 s a point, cached), every row scored in forward mode. The caches live in
+``artifacts/evaluate-small/exact/<model fingerprint>/``. ``exact_curvature.json``.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ from benchmarks.common import write_result
 
 DAMPINGS = (0.1, 1.0, 5.0)
 """The exact influence's dampings: the index's LDS-best (``lds_peers.json``), one between, its default."""
+RERANK_CHECK_POINTS = 3
+"""Points on which ``rerank_scores`` is checked against the product's own fast rerank (about 2 s each)."""
 CHUNK_COLUMNS = 100_000
 """Coordinates of ``U`` read at once while the Gram is summed (float32 products over this many terms,
 accumulated in float64)."""
@@ -141,6 +150,79 @@ def gram_of(directions: np.ndarray) -> np.ndarray:
     return gram
 
 
+def rerank_scores(inner: np.ndarray, gradients, tests, damping: float) -> np.ndarray:
+    """The ``index`` solver's rerank of every row, exact gradients against ``s_t`` of
+    ``interpret.influence.preconditioner.subspace_s_test``
+    (``s_t = g_t / d + R^T ((C + d I)^-1 - I / d) R g_t``):
+
+        -g_z . s_t = -(g_z . g_t / d + (R g_z)^T ((C + d I)^-1 - I / d) (R g_t)),
+
+    from ``inner [T, N]`` (``g_t . g_z``, exact, from the Gram), the projected gradients ``R g`` of the rows
+    (``gradients [N, d]``) and of the points (``tests [T, d]``), and their Fisher ``C = G^T G / N`` (the
+    index's curvature). Inside the subspace the curvature is the index's, outside it is taken as zero
+    (weight ``1 / d``). ``[T, N]`` float64, positive: the row raises the test loss."""
+    import torch
+
+    from interpret.influence.preconditioner import inverse_damped, second_moment
+
+    block, points = gradients.double(), tests.double()
+    inside = inverse_damped(second_moment(block) / len(block), damping)
+    inside -= torch.eye(len(inside), dtype=torch.float64) / damping
+    return -(np.asarray(inner, dtype=np.float64) / damping + (points @ inside @ block.T).numpy())
+
+
+def candidate_agreement(reference: np.ndarray, scores: np.ndarray, shortlist: np.ndarray, k: int) -> dict:
+    """Mean recall@10/@100 per side of ``scores [T, N]`` read only on each point's top ``k`` rows per side
+    of ``shortlist [T, N]`` (what ``rerank=k`` rescores), against ``reference [T, N]``."""
+    from benchmarks.gradient_index import candidate_rows, mean_of, recalls
+
+    found = []
+    for t in range(len(reference)):
+        rows = candidate_rows(shortlist[t], k)
+        found.append(recalls(reference[t], scores[t][rows], rows))
+    return mean_of(found)
+
+
+HESSIAN_DAMPING = 5.0
+"""The damping of the Hessian reference (the index's default, and ``gradient_index.py``'s reference's): CG
+at the LDS-best 0.1 is ill-conditioned and minutes longer per point."""
+
+
+def hessian_s_tests(explainer, dev, rows: np.ndarray, folder: Path) -> tuple[np.ndarray, list[dict]]:
+    """``s_t = (H + d I)^-1 g_t`` of each dev row (true label) with ``H`` the training loss's exact Hessian
+    over every training row (no sampled rows: the only error left is CG's residual, 1e-4), ``d`` =
+    ``HESSIAN_DAMPING``; each cached in ``folder`` (about 200 s a point on 2 cores for 2,000 rows).
+    Returns ``[T, P]`` float32 and each point's CG report."""
+    import torch
+
+    from interpret.influence.cg import cg_s_test
+
+    vectors, reports = [], []
+    for row in rows:
+        path = folder / f"hessian_cg_d{HESSIAN_DAMPING:g}_{row}.npz"
+        if not path.is_file():
+            label = int(dev.labels[row])
+            v = torch.from_numpy(explainer.test_gradient(dev.texts[row], None, label))
+            clock = time.perf_counter()
+            train = explainer.checkpoint.train
+            result = cg_s_test(explainer.tracked, explainer.theta, v, train, HESSIAN_DAMPING, None, 1e-4)
+            seconds = time.perf_counter() - clock
+            np.savez(
+                path,
+                s_test=result.s_test.numpy(),
+                residual=result.relative_residual,
+                iterations=result.iterations,
+                seconds=seconds,
+            )
+            print(
+                f"hessian CG, dev row {row}: {result.iterations} iterations, {seconds:.0f} s", file=sys.stderr
+            )
+        saved = np.load(path)
+        vectors.append(saved["s_test"])
+        reports.append({key: float(saved[key]) for key in ("residual", "iterations", "seconds")})
+    return np.stack(vectors), reports
+
+
 SAMPLED_ROWS = (250, 500, 1000)
 """Sizes of the sampled curvatures compared with the one over every row (two disjoint seeded samples each):
 ``gradient_index.py``'s reference solves its Hessian over 500 sampled rows of 67,349."""
@@ -184,6 +266,120 @@ def sampled_curvature(gram, a_train, a_test, weights: dict[str, np.ndarray], exa
     return out
 
 
+def rerank_part(variants, tests, inner: np.ndarray, exact_scores: dict) -> tuple[dict, dict]:
+    """The ``index`` solver's rerank against the exact influence of the same damping: its ``FAST_RERANK``
+    candidates per side (the index's top rows) and every row rescored (``rerank_scores``), with ``s_test``
+    from today's projection at each of ``DAMPINGS`` and from the rank-32 one (a wider curvature: the rows
+    stored stay as they are) at the default damping. Returns the agreements and, per damping, today's
+    ``(index scores, rerank scores)``."""
+    from benchmarks.evaluate import variant_scores
+    from interpret.config import FAST_RERANK, GradientIndexConfig
+
+    config = GradientIndexConfig()
+    today = f"uniform {config.rank}"
+    out: dict = {}
+    scored: dict = {}
+    for name, dampings in ((today, DAMPINGS), ("uniform 32", (config.damping,))):
+        rows, points = variants.gradients[:, variants.keep[name]], tests[:, variants.keep[name]]
+        for damping in dampings:
+            shortlist = variant_scores(rows, points, damping)["raw"]
+            scores = rerank_scores(inner, rows, points, damping)
+            if name == today:
+                scored[damping] = (shortlist, scores)
+            for curvature, by_damping in exact_scores.items():
+                out[f"{name} s_test, damping {damping:g} vs exact {curvature}"] = {
+                    f"rerank_{FAST_RERANK}": candidate_agreement(
+                        by_damping[damping], scores, shortlist, FAST_RERANK
+                    ),
+                    "every_row": agreement(by_damping[damping], scores),
+                }
+    return out, scored
+
+
+def rerank_check(engine, dev, rows: np.ndarray, shortlist: np.ndarray, scores: np.ndarray) -> dict:
+    """``rerank_scores`` against the product's own ``rerank=FAST_RERANK`` query on dev ``rows`` (true labels):
+    the largest relative difference of the scores on its candidates, and whether its candidates are the
+    index's top rows per side that ``candidate_agreement`` reads."""
+    from benchmarks.gradient_index import candidate_rows
+    from engine.pipeline import answer_query
+    from interpret.config import FAST_RERANK, QueryConfig
+
+    worst, same = 0.0, True
+    for t, row in enumerate(rows):
+        config = QueryConfig(method="gradient", rerank=FAST_RERANK, top=100)
+        answer = answer_query(engine, dev.texts[row], None, int(dev.labels[row]), config)
+        expected = scores[t][answer.candidate_rows]
+        difference = np.abs(np.asarray(answer.candidate_scores) - expected).max() / np.abs(expected).max()
+        worst = max(worst, float(difference))
+        same &= bool(
+            np.array_equal(np.sort(answer.candidate_rows), candidate_rows(shortlist[t], FAST_RERANK))
+        )
+    return {"points": len(rows), "max_relative_difference": worst, "same_candidates": same}
+
+
+def hessian_part(
+    engine, model, dev, rows: np.ndarray, subsets: int, exact_scores: dict, scored: dict, folder: Path
+) -> dict:
+    """The exact-Hessian reference on the first selection ``rows``: every row scored against
+    ``hessian_s_tests`` (forward mode, exact), then the index, its fast rerank and the exact empirical Fisher
+    and Gauss-Newton influence (all at ``HESSIAN_DAMPING``) against it, and their LDS on these points."""
+    import torch
+
+    from benchmarks.evaluate import lds_beside_index
+    from interpret.config import FAST_RERANK
+    from interpret.influence.scoring import score_rows
+
+    explainer, count = engine.backend.explainer, len(rows)
+    s_tests, reports = hessian_s_tests(explainer, dev, rows, folder)
+    clock = time.perf_counter()
+    hessian = score_rows(
+        explainer.tracked,
+        explainer.theta,
+        torch.from_numpy(s_tests),
+        explainer.checkpoint.train,
+        np.arange(engine.num_examples),
+    )
+    scan_seconds = time.perf_counter() - clock
+    shortlist, fast = (scores[:count] for scores in scored[HESSIAN_DAMPING])
+    exact = {name: by_damping[HESSIAN_DAMPING][:count] for name, by_damping in exact_scores.items()}
+    against = {
+        "index": agreement(hessian, shortlist),
+        f"rerank_{FAST_RERANK}": candidate_agreement(hessian, fast, shortlist, FAST_RERANK),
+        "rerank, every row": agreement(hessian, fast),
+        **{f"exact {name}": agreement(hessian, scores) for name, scores in exact.items()},
+    }
+    given = {f"exact hessian, damping {HESSIAN_DAMPING:g}": hessian}
+    given |= {f"exact {name}, damping {HESSIAN_DAMPING:g}": scores for name, scores in exact.items()}
+    return {
+        "points": count,
+        "damping": HESSIAN_DAMPING,
+        "cg": reports,
+        "scan_seconds": scan_seconds,
+        "against_hessian": against,
+        "lds": lds_beside_index(engine, model, dev, rows, subsets, given),
+    }
+
+
+def fast_rerank_headline(reranks: dict, hessian: dict) -> dict[str, float]:
+    """The fast rerank's recall@100 at the default damping against each noise-free reference."""
+    from interpret.config import FAST_RERANK, GradientIndexConfig
+
+    config = GradientIndexConfig()
+    fast = f"rerank_{FAST_RERANK}"
+    rows = {
+        f"exact_{name}": reranks[f"uniform {config.rank} s_test, damping {config.damping:g} vs exact {name}"][
+            fast
+        ]
+        for name in ("empirical_fisher", "gauss_newton")
+    }
+    rows["exact_hessian"] = hessian["against_hessian"][fast]
+    return {
+        f"rerank_fast_vs_{reference}_recall_at_100_{side}": found[f"recall_at_100_{side}"]
+        for reference, found in rows.items()
+        for side in ("helpful", "harmful")
+    }
+
+
 def main() -> None:
     import torch
 
@@ -205,6 +401,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="the LDS model's training rows")
     parser.add_argument("--points", type=int, default=50, help="dev points in each of the two sets")
     parser.add_argument("--subsets", type=int, default=100, help="retrains of the LDS")
+    parser.add_argument(
+        "--hessian-points", type=int, default=20, help="selection points scored against the exact Hessian"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = small_model(args.rows)
@@ -219,8 +418,9 @@ def main() -> None:
         raise SystemExit(f"the algebra above is for two classes; this model has {labels}")
     if exact.dim != tracked.num_parameters:
         raise SystemExit(f"the exact projector holds {exact.dim} of {tracked.num_parameters} coordinates")
-    n, folder = engine.num_examples, SMALL / "exact"
-    folder.mkdir(exist_ok=True)
+    # the caches (the Gram, the Hessian's s_test) belong to this model: a retrained one starts afresh
+    n, folder = engine.num_examples, SMALL / "exact" / engine.identity.model_fingerprint[:16]
+    folder.mkdir(parents=True, exist_ok=True)
     cached = folder / f"gram_{n}_{len(test_rows)}.npz"
     clock = time.perf_counter()
     if not cached.is_file():
@@ -275,6 +475,14 @@ def main() -> None:
             for curvature, by_damping in exact_scores.items():
                 key = f"{name}, damping {damping:g} vs exact {curvature}"
                 variants_against_exact[key] = agreement(by_damping[damping], scores)
+    inner = np.outer(a_test, a_train) * gram[n:, :n]  # g_t . g_z of every point and row, exact
+    reranks, scored = rerank_part(variants, tests, inner, exact_scores)
+    default = GradientIndexConfig().damping
+    check = rerank_check(
+        engine, dev, test_rows[:RERANK_CHECK_POINTS], *(s[:RERANK_CHECK_POINTS] for s in scored[default])
+    )
+    hessian_rows = points["selection"][: args.hessian_points]
+    hessian = hessian_part(engine, model, dev, hessian_rows, args.subsets, exact_scores, scored, folder)
     sampled = sampled_curvature(gram, a_train, a_test, weights, exact_scores)
     exact_lds = {name: row["lds"] for name, row in lds["selection"].items() if name != "gradient"}
     best = max(exact_lds, key=exact_lds.__getitem__)
@@ -291,11 +499,15 @@ def main() -> None:
                 "lds_exact_best": exact_lds[best],
                 "exact_best": best,
                 "lds_exact_best_held_out": lds["held_out"][best]["lds"],
+                **fast_rerank_headline(reranks, hessian),
             },
             "lds": lds,
             "index_against_exact": agreement_of,
             "variants_against_exact": variants_against_exact,
             "variant_ranks": variants.ranks,
+            "rerank_against_exact": reranks,
+            "rerank_check": check,
+            "hessian": hessian,
             "sampled_curvature": sampled,
             "identity_check_max_relative_difference": float(saved["identity_check"]),
             "gram_seconds": float(saved["seconds"]),  # the directions and the Gram, when first computed

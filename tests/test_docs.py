@@ -239,11 +239,11 @@ def _peer_phrases() -> list[tuple[str, str]]:
             ("index at the default damping, fast rerank", default, "gradient_rerank"),
         )
     ]
-    lissa = peers["lds"]["seconds"]
+    lissa, points = peers["lds"]["seconds"], peers["summary"]["lds_test_points"]
     phrases.append(
         (
-            f"fastif took {lissa['fastif']:,.0f} s for the 50 points (the LiSSA and its 1,000 candidates) "
-            f"and full {lissa['full']:.0f} s more",
+            f"fastif took {lissa['fastif']:,.0f} s for the {points} points (the LiSSA and its 1,000 "
+            f"candidates) and full {lissa['full']:.0f} s more",
             "lds_peers.json",
         )
     )
@@ -260,7 +260,8 @@ def _peer_phrases() -> list[tuple[str, str]]:
     phrases.append(
         (f"(mean Spearman over all rows {min(agreement):.2f}-{max(agreement):.2f}", "lds_peers.json")
     )
-    phrases.append((f"scored the 50 points in {peers['lds']['seconds']['gradient']:.1f} s", "lds_peers.json"))
+    seconds = peers["lds"]["seconds"]["gradient"]
+    phrases.append((f"scored the {points} points in {seconds:.1f} s", "lds_peers.json"))
     return phrases
 
 
@@ -375,6 +376,57 @@ def _exact_curvature_phrases() -> list[tuple[str, str]]:
             "gradient_index.json",
         )
     )
+    return phrases + _rerank_against_exact_phrases(run)
+
+
+def _rerank_against_exact_phrases(run: dict) -> list[tuple[str, str]]:
+    """The README's fast rerank against the noise-free references of ``exact_curvature.json``: by ``s_test``
+    and damping against both exact curvatures, and every method against the exact Hessian."""
+
+    def pair(found: dict) -> str:
+        return f"{found['recall_at_100_helpful']:.2f} / {found['recall_at_100_harmful']:.2f}"
+
+    reranks = run["rerank_against_exact"]
+    phrases = []
+    for variant, damping, label in (
+        ("uniform 16", "5", "rank 16 (today's), damping 5"),
+        ("uniform 16", "1", "rank 16, damping 1"),
+        ("uniform 16", "0.1", "rank 16, damping 0.1"),
+        ("uniform 32", "5", "rank 32, damping 5"),
+    ):
+        cells = " | ".join(
+            pair(reranks[f"{variant} s_test, damping {damping} vs exact {curvature}"][part])
+            for curvature in ("empirical_fisher", "gauss_newton")
+            for part in ("rerank_250", "every_row")
+        )
+        phrases.append((f"| {label} | {cells} |", "exact_curvature.json"))
+    hessian = run["hessian"]["against_hessian"]
+    for key, label in (
+        ("index", "the index alone"),
+        ("rerank_250", "fast rerank (250 per side)"),
+        ("rerank, every row", "its `s_test` on every row"),
+        ("exact empirical_fisher", "exact empirical Fisher"),
+        ("exact gauss_newton", "exact Gauss-Newton"),
+    ):
+        spearman = f"{hessian[key]['spearman_all']:.2f}" if "spearman_all" in hessian[key] else "-"
+        phrases.append((f"| {label} | {pair(hessian[key])} | {spearman} |", "exact_curvature.json"))
+    lds = {name: row["lds"] for name, row in run["hessian"]["lds"].items()}
+    phrases += [
+        (
+            f"(Hessian {lds['exact hessian, damping 5']:.3f}, Gauss-Newton "
+            f"{lds['exact gauss_newton, damping 5']:.3f}, empirical Fisher "
+            f"{lds['exact empirical_fisher, damping 5']:.3f}; the index {lds['gradient']:.3f},",
+            "exact_curvature.json",
+        ),
+        (
+            f"({run['hessian']['scan_seconds']:.0f} s for the {run['hessian']['points']})",
+            "exact_curvature.json",
+        ),
+        (
+            f"relative {run['rerank_check']['max_relative_difference']:.0e}".replace("e-0", "e-"),
+            "exact_curvature.json",
+        ),
+    ]
     return phrases
 
 
@@ -399,7 +451,8 @@ def _application_phrases() -> list[tuple[str, str]]:
     phrases.append(
         (
             f"helpful rows add {beyond['mean']:+.3f} (95% interval +-{beyond['ci_halfwidth']:.3f}, paired "
-            f"over the 50 points; better on {beyond['share_of_points']:.0%} of them)",
+            f"over the {simulatability['config']['test_points']} points; better on "
+            f"{beyond['share_of_points']:.0%} of them)",
             "simulatability.json",
         )
     )

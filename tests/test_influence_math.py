@@ -395,3 +395,50 @@ def test_exact_curvature_directions_are_the_exact_gradients_difference(tiny64, t
     expected = torch.softmax(tracked.logits(theta, states), -1).detach().numpy()
     np.testing.assert_allclose(probabilities, expected, rtol=1e-10)
     assert worst < 1e-8
+
+
+def test_rerank_scores_equal_the_index_solvers_s_test_and_the_explicit_solve():
+    """``benchmarks/exact_curvature.py``'s ``rerank_scores`` (every row's rerank score from the Gram's inner
+    products and the projected gradients) equals exact gradients dotted with the product's
+    ``subspace_s_test``, and both equal ``-g_z . (R^T C R + d I)^-1 g_t`` solved explicitly, with ``C`` the
+    projected rows' Fisher and ``R`` orthonormal rows (as the ``kfac`` projection has)."""
+    from benchmarks.exact_curvature import rerank_scores
+    from interpret.influence.preconditioner import inverse_damped, subspace_s_test
+
+    generator = torch.Generator().manual_seed(0)
+    parameters, dim, count = 30, 6, 50
+    basis = torch.linalg.qr(torch.randn(parameters, dim, generator=generator, dtype=torch.float64))[0].T
+    rows = torch.randn(count, parameters, generator=generator, dtype=torch.float64)
+    points = torch.randn(4, parameters, generator=generator, dtype=torch.float64)
+
+    class Subspace:  # the projector's two maps, R and R^T
+        def project_vector(self, vector):
+            return basis @ vector
+
+        def unproject(self, coordinates):
+            return basis.T @ coordinates
+
+    projected = rows @ basis.T
+    fisher = projected.T @ projected / count
+    for damping in (0.1, 5.0):
+        system = basis.T @ fisher @ basis + damping * torch.eye(parameters, dtype=torch.float64)
+        explicit = torch.linalg.solve(system, points.T).T
+        inverse = inverse_damped(fisher, damping)
+        product = torch.stack([subspace_s_test(point, Subspace(), inverse, damping) for point in points])
+        torch.testing.assert_close(product, explicit, rtol=1e-9, atol=1e-12)
+        scores = rerank_scores((points @ rows.T).numpy(), projected, points @ basis.T, damping)
+        np.testing.assert_allclose(scores, -(explicit @ rows.T).numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_candidate_agreement_reads_only_the_shortlists_rows():
+    """A rerank that rescores rows with the reference's own scores finds everything its shortlist holds and
+    nothing it left out."""
+    from benchmarks.exact_curvature import candidate_agreement
+
+    reference = np.random.default_rng(0).standard_normal((2, 400))
+    assert candidate_agreement(reference, reference, reference, 100)["recall_at_100_helpful"] == 1.0
+    shortlist = reference.copy()
+    shortlist[0, np.argsort(reference[0])[:50]] = 0.0  # point 0's 50 most helpful rows (lowest) drop out
+    found = candidate_agreement(reference, reference, shortlist, 100)
+    assert found["recall_at_100_helpful"] == pytest.approx((0.5 + 1.0) / 2)
+    assert found["recall_at_100_harmful"] == 1.0
