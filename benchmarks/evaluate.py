@@ -50,6 +50,7 @@ SST-2, each part writing ``benchmarks/results/<part>.json`` (with a ``"summary"`
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -387,6 +388,14 @@ PROJECTION_DAMPINGS = (0.1, 1.0, 5.0)
 """The ``projections`` part's dampings: the LDS-best of the ``peers`` sweep, one between, the default."""
 PROJECTION_WIDE_RANK = 64
 """The one ``kfac`` pass every ``projections`` variant is cut from (its bases are nested)."""
+PROJECTION_KEPT_WIDTHS = (1, 2)
+"""The ``top`` variants' widths, in multiples of today's: the grid coordinates of largest second moment
+(``GradientIndexConfig.coordinates``) of the rank-64 grids, at today's width (float32: today's bytes) and
+twice it (today's bytes in float16)."""
+
+
+def top_variant(width: int) -> str:
+    return f"top {width} of rank {PROJECTION_WIDE_RANK}"
 
 
 def variant_scores(gradients, tests, damping: float) -> dict[str, np.ndarray]:
@@ -412,14 +421,15 @@ def variant_scores(gradients, tests, damping: float) -> dict[str, np.ndarray]:
 @dataclass
 class ProjectionVariants:
     """The ``projections`` part's index variants, cut from one rank-64 ``kfac`` pass over every training
-    row: ``gradients [N, D]`` in that projection, each variant's coordinates (``keep``) and per-layer
-    ranks."""
+    row: ``gradients [N, D]`` in that projection, each variant's coordinates (``keep``), per-layer ranks
+    (the square-grid variants) and per-layer widths (all of them)."""
 
     explainer: object
     wide: object
     gradients: torch.Tensor
     keep: dict[str, np.ndarray]
     ranks: dict[str, list[int]]
+    widths: dict[str, list[int]]
 
     @classmethod
     def of(cls, engine) -> ProjectionVariants:
@@ -427,6 +437,7 @@ class ProjectionVariants:
 
         from benchmarks.gradient_index import nested_coordinates, share_ranks
         from engine.builds import fit_projection
+        from interpret.influence.cg import cg_rows
 
         explainer = engine.backend.explainer
         wide = fit_projection(
@@ -444,7 +455,17 @@ class ProjectionVariants:
             name = f"share^{power:g}"
             ranks[name] = share_ranks(projector, gradients, len(today), power, PROJECTION_WIDE_RANK)
             keep[name] = nested_coordinates(projector, ranks[name])
-        return cls(explainer, wide, gradients, keep, ranks)
+        fit = cg_rows(engine.num_examples, GradientIndexConfig().fit_rows, GradientIndexConfig().seed)
+        for multiple in PROJECTION_KEPT_WIDTHS:
+            keep[top_variant(multiple * len(today))] = top_grid_coordinates(
+                projector, gradients[fit], multiple * len(today)
+            )
+        starts = np.cumsum([0, *(slot.dim for slot in projector.slots)])
+        widths = {
+            name: [int(((kept >= a) & (kept < b)).sum()) for a, b in itertools.pairwise(starts)]
+            for name, kept in keep.items()
+        }
+        return cls(explainer, wide, gradients, keep, ranks, widths)
 
     def test_gradients(self, dev, rows: np.ndarray) -> torch.Tensor:
         """``[T, D]`` projected gradients of dev ``rows`` on their true labels."""
@@ -458,6 +479,23 @@ class ProjectionVariants:
                 for r in rows
             ]
         )
+
+
+def top_grid_coordinates(projector, gradients, width: int) -> np.ndarray:
+    """The coordinates of a wide ``kfac`` projection's gradients ``[N, D]`` (the fit rows) that the product
+    keeps with ``coordinates=width`` at that rank: ``top_coordinates`` of each layer's grid, offset to the
+    layer's place in ``D``."""
+    from interpret.influence.projection import KEEP_SUFFIX, top_coordinates
+
+    moments, start = {}, 0
+    for slot in projector.slots:
+        moments[slot.name] = (gradients[:, start : start + slot.dim].double() ** 2).mean(0).numpy()
+        start += slot.dim
+    kept = top_coordinates(moments, width)
+    starts = np.cumsum([0, *(slot.dim for slot in projector.slots)])
+    return np.concatenate(
+        [start + kept[slot.name + KEEP_SUFFIX] for slot, start in zip(projector.slots, starts, strict=False)]
+    )
 
 
 def lds_beside_index(engine, model: Path, dev, test_rows: np.ndarray, subsets: int, given: dict) -> dict:

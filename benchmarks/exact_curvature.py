@@ -34,9 +34,11 @@ projector with LayerNorms, as ``gradient_index.py``'s reference scan), written t
 each curvature and damping: the LDS of the exact influence, and the recall@100 (helpful, harmful) and
 Spearman of the gradient index, at its default damping and at the LDS-best 0.1 of the ``peers`` sweep,
 against the exact influence of the same damping, and of the ``projections`` part's variants (per-layer
-ranks, rank 32) likewise; and the exact influence with the curvature summed over
-250, 500 or 1,000 sampled rows against the one over every row and against a second sample (how much a
-sampled reference, like ``gradient_index.py``'s, moves the answer).
+ranks, rank 32, and the ``top`` ones: the rank-64 grid coordinates of largest second moment, at today's
+width and twice it, the first checked against the product's own index built with ``coordinates``)
+likewise, with the LDS of the ``top`` variant at today's width; and the exact influence with the
+curvature summed over 250, 500 or 1,000 sampled rows against the one over every row and against a second
+sample (how much a sampled reference, like ``gradient_index.py``'s, moves the answer).
 
 The fast rerank (the ``index`` solver's ``s_test``, exact gradients of the index's top ``FAST_RERANK`` rows
 per side) against the same exact influence (``rerank_scores``: every row's rerank score from the Gram and
@@ -266,28 +268,43 @@ def sampled_curvature(gram, a_train, a_test, weights: dict[str, np.ndarray], exa
     return out
 
 
-def rerank_part(variants, tests, inner: np.ndarray, exact_scores: dict) -> tuple[dict, dict]:
+def rerank_key(variant: str, damping: float, curvature: str) -> str:
+    """``rerank_against_exact``'s key: one variant's ``s_test`` at one damping against one exact curvature."""
+    return f"{variant} s_test, damping {damping:g} vs exact {curvature}"
+
+
+def rerank_part(
+    variants, tests, inner: np.ndarray, exact_scores: dict, index_scores: dict
+) -> tuple[dict, dict]:
     """The ``index`` solver's rerank against the exact influence of the same damping: its ``FAST_RERANK``
     candidates per side (the index's top rows) and every row rescored (``rerank_scores``), with ``s_test``
-    from today's projection at each of ``DAMPINGS`` and from the rank-32 one (a wider curvature: the rows
-    stored stay as they are) at the default damping. Returns the agreements and, per damping, today's
-    ``(index scores, rerank scores)``."""
-    from benchmarks.evaluate import variant_scores
+    from today's projection at each of ``DAMPINGS``, and at the default damping from the rank-32 one (a
+    wider curvature: the rows stored stay as they are) and from each ``top`` variant (its own rows and
+    curvature). ``index_scores`` holds the variants' scores by ``(variant, damping)`` (those missing are
+    computed and added). Returns the agreements and, by ``(variant, damping)``, ``(index scores, rerank
+    scores)``."""
+    from benchmarks.evaluate import PROJECTION_KEPT_WIDTHS, top_variant, variant_scores
     from interpret.config import FAST_RERANK, GradientIndexConfig
 
     config = GradientIndexConfig()
     today = f"uniform {config.rank}"
+    width = len(variants.keep[today])
+    tops = [top_variant(multiple * width) for multiple in PROJECTION_KEPT_WIDTHS]
     out: dict = {}
     scored: dict = {}
-    for name, dampings in ((today, DAMPINGS), ("uniform 32", (config.damping,))):
+    for name, dampings in (
+        (today, DAMPINGS),
+        *((other, (config.damping,)) for other in ["uniform 32", *tops]),
+    ):
         rows, points = variants.gradients[:, variants.keep[name]], tests[:, variants.keep[name]]
         for damping in dampings:
-            shortlist = variant_scores(rows, points, damping)["raw"]
+            if (name, damping) not in index_scores:
+                index_scores[name, damping] = variant_scores(rows, points, damping)["raw"]
+            shortlist = index_scores[name, damping]
             scores = rerank_scores(inner, rows, points, damping)
-            if name == today:
-                scored[damping] = (shortlist, scores)
+            scored[name, damping] = (shortlist, scores)
             for curvature, by_damping in exact_scores.items():
-                out[f"{name} s_test, damping {damping:g} vs exact {curvature}"] = {
+                out[rerank_key(name, damping, curvature)] = {
                     f"rerank_{FAST_RERANK}": candidate_agreement(
                         by_damping[damping], scores, shortlist, FAST_RERANK
                     ),
@@ -317,16 +334,35 @@ def rerank_check(engine, dev, rows: np.ndarray, shortlist: np.ndarray, scores: n
     return {"points": len(rows), "max_relative_difference": worst, "same_candidates": same}
 
 
+def top_variant_check(model, dev, rows: np.ndarray, expected: np.ndarray, width: int) -> dict:
+    """The product's own index with ``coordinates=width`` at rank 64 (built and cached beside the others)
+    against the ``top`` variant cut from the wide pass: the largest relative difference of their scores on
+    ``rows`` (the same bases, kept coordinates, Fisher and scores, up to float32 storage)."""
+    from benchmarks.evaluate import PROJECTION_WIDE_RANK, SMALL
+    from engine.pipeline import local_engine
+    from interpret.config import GradientIndexConfig
+    from tasks.evaluation import ensure_indexes, method_scores
+
+    config = GradientIndexConfig(rank=PROJECTION_WIDE_RANK, coordinates=width)
+    clock = time.perf_counter()
+    engine = ensure_indexes(local_engine(model), ["gradient"], SMALL / f"top{width}", config)
+    build_seconds = time.perf_counter() - clock
+    built = method_scores(engine, dev, rows, "gradient")
+    difference = float(np.abs(built - expected).max() / np.abs(expected).max())
+    return {"config": config.identity, "max_relative_difference": difference, "seconds": build_seconds}
+
+
 def hessian_part(
     engine, model, dev, rows: np.ndarray, subsets: int, exact_scores: dict, scored: dict, folder: Path
 ) -> dict:
     """The exact-Hessian reference on the first selection ``rows``: every row scored against
-    ``hessian_s_tests`` (forward mode, exact), then the index, its fast rerank and the exact empirical Fisher
-    and Gauss-Newton influence (all at ``HESSIAN_DAMPING``) against it, and their LDS on these points."""
+    ``hessian_s_tests`` (forward mode, exact), then the index, its fast rerank, each ``top`` variant's index
+    and rerank (``scored``, by ``(variant, damping)``) and the exact empirical Fisher and Gauss-Newton
+    influence (all at ``HESSIAN_DAMPING``) against it, and their LDS on these points."""
     import torch
 
     from benchmarks.evaluate import lds_beside_index
-    from interpret.config import FAST_RERANK
+    from interpret.config import FAST_RERANK, GradientIndexConfig
     from interpret.influence.scoring import score_rows
 
     explainer, count = engine.backend.explainer, len(rows)
@@ -340,7 +376,8 @@ def hessian_part(
         np.arange(engine.num_examples),
     )
     scan_seconds = time.perf_counter() - clock
-    shortlist, fast = (scores[:count] for scores in scored[HESSIAN_DAMPING])
+    today = f"uniform {GradientIndexConfig().rank}"
+    shortlist, fast = (scores[:count] for scores in scored[today, HESSIAN_DAMPING])
     exact = {name: by_damping[HESSIAN_DAMPING][:count] for name, by_damping in exact_scores.items()}
     against = {
         "index": agreement(hessian, shortlist),
@@ -349,6 +386,15 @@ def hessian_part(
         **{f"exact {name}": agreement(hessian, scores) for name, scores in exact.items()},
     }
     given = {f"exact hessian, damping {HESSIAN_DAMPING:g}": hessian}
+    for name in [
+        variant for variant, damping in scored if variant.startswith("top ") and damping == HESSIAN_DAMPING
+    ]:
+        top_index, top_rerank = (scores[:count] for scores in scored[name, HESSIAN_DAMPING])
+        against[f"{name}: index"] = agreement(hessian, top_index)
+        against[f"{name}: rerank_{FAST_RERANK}"] = candidate_agreement(
+            hessian, top_rerank, top_index, FAST_RERANK
+        )
+        given[f"{name}, damping {HESSIAN_DAMPING:g}"] = top_index
     given |= {f"exact {name}, damping {HESSIAN_DAMPING:g}": scores for name, scores in exact.items()}
     return {
         "points": count,
@@ -360,22 +406,30 @@ def hessian_part(
     }
 
 
-def fast_rerank_headline(reranks: dict, hessian: dict) -> dict[str, float]:
-    """The fast rerank's recall@100 at the default damping against each noise-free reference."""
+def fast_rerank_headline(reranks: dict, hessian: dict, variants_against: dict, top: str) -> dict[str, float]:
+    """Recall@100 at the default damping against each noise-free reference: the fast rerank's, and the
+    ``top`` variant's index alone (``variants_against_exact``, ``hessian``)."""
     from interpret.config import FAST_RERANK, GradientIndexConfig
 
     config = GradientIndexConfig()
     fast = f"rerank_{FAST_RERANK}"
-    rows = {
-        f"exact_{name}": reranks[f"uniform {config.rank} s_test, damping {config.damping:g} vs exact {name}"][
+    curvatures = ("empirical_fisher", "gauss_newton")
+    found = {
+        f"rerank_fast_vs_exact_{name}": reranks[rerank_key(f"uniform {config.rank}", config.damping, name)][
             fast
         ]
-        for name in ("empirical_fisher", "gauss_newton")
+        for name in curvatures
     }
-    rows["exact_hessian"] = hessian["against_hessian"][fast]
+    found["rerank_fast_vs_exact_hessian"] = hessian["against_hessian"][fast]
+    slug = top.replace(" ", "_")
+    for name in curvatures:
+        found[f"index_{slug}_vs_exact_{name}"] = variants_against[
+            f"{top}, damping {config.damping:g} vs exact {name}"
+        ]
+    found[f"index_{slug}_vs_exact_hessian"] = hessian["against_hessian"][f"{top}: index"]
     return {
-        f"rerank_fast_vs_{reference}_recall_at_100_{side}": found[f"recall_at_100_{side}"]
-        for reference, found in rows.items()
+        f"{name}_recall_at_100_{side}": agreement[f"recall_at_100_{side}"]
+        for name, agreement in found.items()
         for side in ("helpful", "harmful")
     }
 
@@ -390,6 +444,7 @@ def main() -> None:
         lds_beside_index,
         peer_points,
         small_model,
+        top_variant,
         variant_scores,
     )
     from interpret.config import GradientIndexConfig
@@ -451,6 +506,17 @@ def main() -> None:
     exact_scores = {
         name: woodbury_scores(gram, a_train, a_test, weights[name], list(DAMPINGS)) for name in weights
     }
+    variants = ProjectionVariants.of(engine)
+    tests = variants.test_gradients(dev, test_rows)
+    default = GradientIndexConfig().damping
+    index_scores = {  # (variant, damping) -> [T, N]
+        (name, damping): variant_scores(variants.gradients[:, coordinates], tests[:, coordinates], damping)[
+            "raw"
+        ]
+        for name, coordinates in variants.keep.items()
+        for damping in (default, 0.1)
+    }
+    top = top_variant(len(variants.keep[f"uniform {GradientIndexConfig().rank}"]))
     sides = {"selection": slice(0, args.points), "held_out": slice(args.points, 2 * args.points)}
     lds = {}
     for side, part in sides.items():
@@ -459,32 +525,38 @@ def main() -> None:
             for name, by_damping in exact_scores.items()
             for damping, scores in by_damping.items()
         }
+        given |= {
+            f"{top}, damping {damping:g}": index_scores[top, damping][part] for damping in (default, 0.1)
+        }
         lds[side] = lds_beside_index(engine, model, dev, points[side], args.subsets, given)
         print(f"exact {side}: {lds[side]}", file=sys.stderr)
     agreement_of, variants_against_exact = {}, {}
-    for damping in (GradientIndexConfig().damping, 0.1):
-        index_scores = method_scores(_index_at(model, damping), dev, test_rows, "gradient")
+    for damping in (default, 0.1):
+        scores = method_scores(_index_at(model, damping), dev, test_rows, "gradient")
         for name, by_damping in exact_scores.items():
             reference = by_damping[damping]
-            agreement_of[f"index at damping {damping:g} vs exact {name}"] = agreement(reference, index_scores)
-    variants = ProjectionVariants.of(engine)
-    tests = variants.test_gradients(dev, test_rows)
-    for name, coordinates in variants.keep.items():
-        for damping in (GradientIndexConfig().damping, 0.1):
-            scores = variant_scores(variants.gradients[:, coordinates], tests[:, coordinates], damping)["raw"]
-            for curvature, by_damping in exact_scores.items():
-                key = f"{name}, damping {damping:g} vs exact {curvature}"
-                variants_against_exact[key] = agreement(by_damping[damping], scores)
+            agreement_of[f"index at damping {damping:g} vs exact {name}"] = agreement(reference, scores)
+    for (name, damping), scores in index_scores.items():
+        for curvature, by_damping in exact_scores.items():
+            variants_against_exact[f"{name}, damping {damping:g} vs exact {curvature}"] = agreement(
+                by_damping[damping], scores
+            )
+    product = top_variant_check(model, dev, test_rows, index_scores[top, default], len(variants.keep[top]))
     inner = np.outer(a_test, a_train) * gram[n:, :n]  # g_t . g_z of every point and row, exact
-    reranks, scored = rerank_part(variants, tests, inner, exact_scores)
-    default = GradientIndexConfig().damping
+    reranks, scored = rerank_part(variants, tests, inner, exact_scores, index_scores)
+    today = f"uniform {GradientIndexConfig().rank}"
     check = rerank_check(
-        engine, dev, test_rows[:RERANK_CHECK_POINTS], *(s[:RERANK_CHECK_POINTS] for s in scored[default])
+        engine,
+        dev,
+        test_rows[:RERANK_CHECK_POINTS],
+        *(s[:RERANK_CHECK_POINTS] for s in scored[today, default]),
     )
     hessian_rows = points["selection"][: args.hessian_points]
     hessian = hessian_part(engine, model, dev, hessian_rows, args.subsets, exact_scores, scored, folder)
     sampled = sampled_curvature(gram, a_train, a_test, weights, exact_scores)
-    exact_lds = {name: row["lds"] for name, row in lds["selection"].items() if name != "gradient"}
+    exact_lds = {
+        name: row["lds"] for name, row in lds["selection"].items() if name.split(",")[0] in exact_scores
+    }
     best = max(exact_lds, key=exact_lds.__getitem__)
     write_result(
         "exact_curvature",
@@ -499,12 +571,14 @@ def main() -> None:
                 "lds_exact_best": exact_lds[best],
                 "exact_best": best,
                 "lds_exact_best_held_out": lds["held_out"][best]["lds"],
-                **fast_rerank_headline(reranks, hessian),
+                **fast_rerank_headline(reranks, hessian, variants_against_exact, top),
             },
             "lds": lds,
             "index_against_exact": agreement_of,
             "variants_against_exact": variants_against_exact,
             "variant_ranks": variants.ranks,
+            "variant_widths": variants.widths,
+            "top_variant_check": product,
             "rerank_against_exact": reranks,
             "rerank_check": check,
             "hessian": hessian,

@@ -78,6 +78,13 @@ def index_build(
     fit_rows: Annotated[
         int, typer.Option(help="gradient, kfac: training rows the Kronecker factors are fitted on.")
     ] = DEFAULTS.fit_rows,
+    coordinates: Annotated[
+        int | None,
+        typer.Option(
+            help="gradient, kfac: keep only the N grid coordinates of largest second moment, across layers "
+            "(choose from a wide --rank such as 64) [every coordinate]."
+        ),
+    ] = DEFAULTS.coordinates,
     preconditioner: Annotated[
         Preconditioner,
         typer.Option(help="gradient: fisher, identity, or hessian (small tracked sets)."),
@@ -148,6 +155,7 @@ def index_build(
             rank=rank or None,
             projection=projection,
             fit_rows=fit_rows,
+            coordinates=coordinates,
             seed=seed,
             preconditioner=preconditioner,
             damping=damping,

@@ -51,7 +51,7 @@ from interpret.data import DataSpec
 from interpret.influence.cg import cg_rows
 from interpret.influence.exact import MAX_EXACT_PARAMETERS
 from interpret.influence.preconditioner import inverse_damped, precondition, second_moment
-from interpret.influence.projection import Projection, eigen_bases
+from interpret.influence.projection import Projection, eigen_bases, top_coordinates
 
 Progress = Callable[[int, int], None]
 
@@ -136,6 +136,7 @@ def gradient_spec(engine: Engine, config: GradientIndexConfig) -> GradientSpec:
         engine.identity.tracked_layers,
         "kfac" if config.fitted else "random",
         min(config.fit_rows, engine.num_examples) if config.fitted else None,
+        config.coordinates,
     )
 
 
@@ -146,10 +147,12 @@ def _shard_store(engine: Engine, directory: str | Path, config: GradientIndexCon
 
 
 def fit_chunks(engine: Engine, config: GradientIndexConfig) -> int:
-    """Chunks of the ``kfac`` fit sample (0 for a seeded projection)."""
+    """Chunks of the ``kfac`` fit sample (0 for a seeded projection), twice over when ``coordinates`` are
+    chosen (the factors, then the grid's second moments)."""
     if not config.fitted:
         return 0
-    return math.ceil(min(config.fit_rows, engine.num_examples) / FIT_CHUNK)
+    passes = 1 if config.coordinates is None else 2
+    return passes * math.ceil(min(config.fit_rows, engine.num_examples) / FIT_CHUNK)
 
 
 def _offset(progress: Progress | None, before: int, total: int) -> Progress | None:
@@ -168,8 +171,10 @@ def fit_projection(
 ) -> Projection:
     """The build's projection: seeded Gaussian sides (``random``, or no rank), or ``kfac`` bases fitted on a
     seeded sample of ``fit_rows`` training rows (the Kronecker factors summed chunk by chunk over the
-    workers, then :func:`eigen_bases`). Fitted bases are kept beside the shards, so a resumed build reuses
-    them; ``progress(chunks done, chunks)`` as the factor chunks finish."""
+    workers, then :func:`eigen_bases`), and with ``coordinates``, the grid coordinates of largest second
+    moment over the same rows (:func:`top_coordinates`; a second pass, the sample's gradients on the whole
+    grids). Fitted bases are kept beside the shards, so a resumed build reuses them;
+    ``progress(chunks done, chunks)`` as the fit's chunks finish."""
     rank = config.rank
     if not config.fitted or rank is None:  # fitted: kfac with a rank
         return Projection(rank, config.seed)
@@ -177,15 +182,30 @@ def fit_projection(
     if (bases := store.load_bases()) is not None:
         return Projection(rank, config.seed, bases)
     rows = cg_rows(engine.num_examples, config.fit_rows, config.seed)
-    chunks = np.array_split(rows, fit_chunks(engine, config))
+    steps = fit_chunks(engine, config)
+    chunks = np.array_split(rows, math.ceil(len(rows) / FIT_CHUNK))
     total: dict[str, torch.Tensor] = {}
     for number, factors in engine.backend.kfac_factor_shards(chunks, rank, context):
         for name, array in factors.items():
             factor = torch.tensor(array, dtype=torch.float64)  # arrays off a worker are read-only
             total[name] = total[name] + factor if name in total else factor
         if progress is not None:
-            progress(number + 1, len(chunks))
+            progress(number + 1, steps)
     bases = eigen_bases(total, rank)
+    if config.coordinates is not None:
+        grids = Projection(rank, config.seed, bases)
+        layers = engine.backend.projection_layers(grids, context)
+        moments = np.zeros(sum(layer["k_out"] * layer["k_in"] for layer in layers))
+        for number, block in engine.backend.gradient_shards(chunks, grids, context):
+            moments += (block.astype(np.float64) ** 2).sum(axis=0)
+            if progress is not None:
+                progress(len(chunks) + number + 1, steps)
+        ends = np.cumsum([layer["k_out"] * layer["k_in"] for layer in layers])
+        starts = ends - [layer["k_out"] * layer["k_in"] for layer in layers]
+        per_layer = {
+            layer["layer"]: moments[a:b] / len(rows) for layer, a, b in zip(layers, starts, ends, strict=True)
+        }
+        bases |= top_coordinates(per_layer, config.coordinates)
     store.save_bases(bases)
     return Projection(rank, config.seed, bases)
 
@@ -263,11 +283,20 @@ def build_peak_bytes(
     return peak
 
 
-def projected_dim(engine: Engine, rank: int | None, seed: int, context=None) -> int:
+def projected_dim(
+    engine: Engine, rank: int | None, seed: int, context=None, coordinates: int | None = None
+) -> int:
     """``d``: the width of one projected gradient at ``rank`` (a seeded projection has a fitted one's
-    shape), from the backend's tracked model."""
+    shape), from the backend's tracked model; ``coordinates`` of it when only those are kept (refused when
+    the grids hold fewer)."""
     layers = engine.backend.projection_layers(Projection(rank, seed), context)
-    return sum(layer["k_out"] * layer["k_in"] for layer in layers)
+    grid = sum(layer["k_out"] * layer["k_in"] for layer in layers)
+    if coordinates is not None and coordinates > grid:
+        raise ValueError(
+            f"coordinates={coordinates:,} is more than the {grid:,} of the rank-{rank} grids: keep fewer, "
+            "or raise the rank"
+        )
+    return grid if coordinates is None else coordinates
 
 
 def check_index_memory(
@@ -381,6 +410,7 @@ def add_to_gradient_index(
         projection=built.get("projection", "random"),
         seed=built["seed"],
         fit_rows=built.get("fit_rows") or GradientIndexConfig().fit_rows,
+        coordinates=built.get("coordinates"),
         preconditioner=built["preconditioner"],
         damping=built["damping"],
         chunk_rows=chunk_rows,
@@ -415,7 +445,7 @@ def build_gradient_index(
     check_gradient_factory(config.factory)
     engine.training_examples("a gradient index")
     spec = gradient_spec(engine, config)
-    dim = projected_dim(engine, config.rank, config.seed, context)
+    dim = projected_dim(engine, config.rank, config.seed, context, config.coordinates)
     layout, shards = check_index_memory(config, engine.num_examples, dim, max_bytes)
     check_build_memory(engine, config, spec, dim, shards, context)
     # One progress bar over both passes: the factor chunks of the fit, then the gradient chunks.

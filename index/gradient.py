@@ -69,6 +69,8 @@ class GradientSpec:
     """``kfac`` or ``random`` (indexes built before ``kfac`` existed read as ``random``, which they were)."""
     fit_rows: int | None = None
     """``kfac``: training rows its Kronecker factors were summed over."""
+    coordinates: int | None = None
+    """``kfac``: the grid coordinates kept (those of largest second moment), or ``None``: all of them."""
 
 
 @dataclass(frozen=True)

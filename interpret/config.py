@@ -336,6 +336,8 @@ IntegratedGradientsBaseline = typing.Literal["auto", "zero", "mask"]
 ProjectionKind = typing.Literal["kfac", "random"]
 
 
+MAX_KEPT_COORDINATES = 1 << 20
+"""A gradient index's ``coordinates`` at most (4 MiB a row in float32)."""
 DEFAULT_CHUNK_ROWS = 1024
 """Training rows whose gradients a build (or an add) computes and saves at a time."""
 MAX_SHARDS = 1024
@@ -363,6 +365,14 @@ class GradientIndexConfig(Config):
     )
     fit_rows: int = Field(
         2000, ge=1, description="kfac: training rows (seeded sample) the Kronecker factors are summed over."
+    )
+    coordinates: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_KEPT_COORDINATES,
+        description="kfac: keep only this many coordinates of the layers' rank x rank eigenbasis grids, "
+        "those of largest second moment over the fit_rows rows, whichever layer they are in (a wide rank "
+        "such as 64 to choose from); null: every grid coordinate.",
     )
     seed: int = Field(
         0, ge=0, le=SEED_MAX, description="Seed of the random projections and of kfac's sample."
@@ -426,6 +436,11 @@ class GradientIndexConfig(Config):
             )
         if self.pca_dim is not None and self.storage != "pca-sq8":
             raise ValueError(f"pca_dim applies to storage='pca-sq8', not {self.storage!r}: drop pca_dim")
+        if self.coordinates is not None and not self.fitted:
+            raise ValueError(
+                "coordinates chooses among a kfac projection's grid coordinates: set projection='kfac' and a "
+                "rank, or drop coordinates"
+            )
         return self
 
     @property
@@ -437,6 +452,8 @@ class GradientIndexConfig(Config):
     def identity(self) -> dict[str, object]:
         """The settings that change the stored gradients (a resumed build must share them)."""
         kfac = {"fit_rows": self.fit_rows} if self.fitted else {}
+        if self.coordinates is not None:
+            kfac["coordinates"] = self.coordinates
         return {"rank": self.rank, "seed": self.seed, "projection": self.projection, **kfac}
 
 

@@ -209,6 +209,9 @@ class GradientIndexQuality(BaseModel):
     fit_rows: int | None = Field(
         None, description="kfac: training rows the Kronecker factors were fitted on."
     )
+    coordinates: int | None = Field(
+        None, description="kfac: grid coordinates kept (largest second moment); null: every one."
+    )
     seed: int
     preconditioner: str
     damping: float

@@ -169,6 +169,7 @@ def test_the_manifest_refuses_other_weights_data_or_tracked_set(engine_dirs, tmp
         "tracked_layers": 1,
         "projection": "kfac",
         "fit_rows": 96,  # 2,000 asked, the tiny set has 96
+        "coordinates": None,  # every grid coordinate kept
     }
     with pytest.raises(IndexMismatchError, match="not a gradient index"):
         local_engine(engine_dirs[0], gradient_index_dir=engine_dirs[1])
@@ -226,3 +227,44 @@ def test_a_stale_default_folder_is_passed_over_but_an_explicit_one_is_not(engine
 
 
 # ------------------------------------------------------------------------------------------ query
+
+
+def test_a_build_keeping_coordinates_stores_the_top_second_moments_preconditioned_exactly(
+    engine_dirs, tmp_path
+):
+    """``coordinates``: the fit's second pass keeps the grid coordinates of largest ``E[g_c^2]`` over the fit
+    rows (here every row), and the stored vectors are ``(C + d I)^-1 g~_z`` over those coordinates alone,
+    against an explicit float64 solve."""
+    from interpret.influence.projection import KEEP_SUFFIX, top_coordinates
+
+    engine = local_engine(engine_dirs[0], dtype=torch.float64)
+    manifest = _build(engine, tmp_path / "kept", coordinates=30)
+    assert manifest.dim == 30 and manifest.spec["coordinates"] == 30
+    identity = engine.identity
+    index = load_gradient_index(tmp_path / "kept", identity.model_fingerprint, identity.data_fingerprint, 1)
+    bases = index.projection.bases
+    explainer = engine.backend.explainer
+    sides = {name: rows for name, rows in bases.items() if not name.endswith(KEEP_SUFFIX)}
+    whole = Projection(4, 0, sides)
+    grid = explainer.gradient_shard(np.arange(engine.num_examples), whole).astype(np.float64)
+    moments, start = {}, 0
+    for slot in explainer.projector(whole).slots:
+        moments[slot.name] = (grid[:, start : start + slot.dim] ** 2).mean(0)
+        start += slot.dim
+    expected = top_coordinates(moments, 30)
+    assert all(np.array_equal(bases[name], kept) for name, kept in expected.items())
+    projected = torch.from_numpy(explainer.gradient_shard(np.arange(engine.num_examples), index.projection))
+    projected = projected.double()
+    curvature = projected.T @ projected / len(projected) + 0.1 * torch.eye(30, dtype=torch.float64)
+    np.testing.assert_allclose(
+        index.vectors(), torch.linalg.solve(curvature, projected.T).T.numpy(), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_coordinates_beyond_the_grids_or_without_kfac_are_refused_before_any_work(engine_dirs, tmp_path):
+    engine = local_engine(engine_dirs[0])
+    with pytest.raises(ValueError, match="coordinates=100,000 is more than"):
+        _build(engine, tmp_path / "wide", coordinates=100_000)
+    assert not shard_folder(tmp_path / "wide").exists()
+    with pytest.raises(ValueError, match="set projection='kfac' and a rank"):
+        GradientIndexConfig(projection="random", coordinates=10)

@@ -188,3 +188,23 @@ def test_a_changed_added_set_breaks_the_chain_and_is_refused(engine_dirs, new_ro
     with pytest.raises(IndexMismatchError, match="data fingerprint"):
         local_engine(model, gradient_index_dir=tmp_path / "g")
     assert gradient_index_for(tmp_path / "g", engine.backend) is not None  # the engine loaded before edits
+
+
+def test_an_add_projects_the_new_rows_onto_the_kept_coordinates(engine_dirs, new_rows, tmp_path):
+    """An index keeping some grid coordinates (``coordinates``) grows with the same ones: the new shard is
+    the new rows' gradients on them, preconditioned with the kept inverse."""
+    from index.gradient import read_inverse
+
+    model, (added, _) = engine_dirs[0], new_rows
+    config = GradientIndexConfig(rank=4, damping=0.1, coordinates=30, chunk_rows=16)
+    build_gradient_index(local_engine(model, dtype=torch.float64), tmp_path / "g", config)
+    newcomer = local_engine(model, added, dtype=torch.float64)
+    grown = add_to_gradient_index(newcomer, tmp_path / "g", added)
+    assert grown.dim == 30 and grown.spec["coordinates"] == 30
+    engine = local_engine(model, dtype=torch.float64, gradient_index_dir=tmp_path / "g")
+    projection = engine.gradient_index.projection
+    gradients = newcomer.backend.explainer.gradient_shard(np.arange(40), projection).astype(np.float64)
+    inverse = read_inverse(tmp_path / "g", grown).astype(np.float64)
+    np.testing.assert_allclose(
+        engine.gradient_index.vectors()[96:], gradients @ inverse, rtol=1e-4, atol=1e-6
+    )

@@ -15,7 +15,7 @@ from interpret.influence.preconditioner import (
     projected_hessian,
     subspace_s_test,
 )
-from interpret.influence.projection import Projection, Projector, eigen_bases
+from interpret.influence.projection import KEEP_SUFFIX, Projection, Projector, eigen_bases, top_coordinates
 from interpret.models import TrackedModel
 from tests.exactness import (
     assert_equal_up_to_rounding,
@@ -45,13 +45,38 @@ def _kfac_bases(tracked, train_set, rank, rows=range(40)):
     return eigen_bases(Projector(tracked, rank).factors(tracked.parameters(), states, labels), rank)
 
 
+def _grid_moments(projector, gradients):
+    """``E[g_c^2]`` of every grid coordinate, per layer, from ``gradients [N, dim]`` of ``projector``."""
+    moments, start = {}, 0
+    for slot in projector.slots:
+        moments[slot.name] = (gradients[:, start : start + slot.dim] ** 2).mean(0).numpy()
+        start += slot.dim
+    return moments
+
+
+def _kept_bases(tracked, train_set, rank, dim, rows=range(40)):
+    """kfac bases of ``rank`` keeping the ``dim`` grid coordinates of largest second moment over ``rows``,
+    as a build fits them, with the whole grids' projector and those rows' gradients on it."""
+    bases = _kfac_bases(tracked, train_set, rank, rows)
+    states, labels = ExampleStates(tracked, train_set).load(rows)
+    grids = Projector(tracked, rank, bases=bases)
+    gradients = grids.gradients(tracked.parameters(), states, labels)
+    return bases | top_coordinates(_grid_moments(grids, gradients), dim), grids
+
+
 @pytest.mark.parametrize("layer_norms", [False, True])
-@pytest.mark.parametrize(("rank", "kind"), [(None, "random"), (3, "random"), (3, "kfac")])
+@pytest.mark.parametrize(
+    ("rank", "kind"), [(None, "random"), (3, "random"), (3, "kfac"), (3, "kfac, 20 coordinates kept")]
+)
 def test_factored_projection_equals_projecting_the_materialised_gradient(
     tracked_one, train_set, rank, layer_norms, kind
 ):
     states, labels, full = _gradients(tracked_one, train_set, range(12))
-    bases = _kfac_bases(tracked_one, train_set, rank) if kind == "kfac" else None
+    bases = None
+    if kind == "kfac":
+        bases = _kfac_bases(tracked_one, train_set, rank)
+    elif kind.startswith("kfac,"):
+        bases = _kept_bases(tracked_one, train_set, rank, 20)[0]
     projector = Projector(tracked_one, rank, seed=4, layer_norms=layer_norms, bases=bases)
     dense = projector.dense_matrix()
     factored = projector.gradients(tracked_one.parameters(), states, labels)
@@ -130,6 +155,57 @@ def test_a_kfac_projection_has_orthonormal_rows_and_unproject_is_its_transpose(t
     torch.testing.assert_close(dense @ dense.T, torch.eye(len(dense), dtype=dense.dtype), atol=1e-6, rtol=0)
     projected = torch.randn(projector.dim, dtype=torch.float64)
     torch.testing.assert_close(projector.unproject(projected), dense.T @ projected, rtol=1e-9, atol=1e-11)
+
+
+def test_top_coordinates_take_the_largest_second_moments_across_layers():
+    moments = {"a": np.array([1.0, 5.0, 3.0]), "b": np.array([4.0, 2.0]), "c": np.array([0.5])}
+    kept = top_coordinates(moments, 3)
+    assert {name: list(indices) for name, indices in kept.items()} == {
+        "a" + KEEP_SUFFIX: [1, 2],
+        "b" + KEEP_SUFFIX: [0],
+        "c" + KEEP_SUFFIX: [],  # a layer with nothing kept is still named
+    }
+    tied = top_coordinates({"a": np.array([2.0, 1.0]), "b": np.array([2.0])}, 1)
+    assert list(tied["a" + KEEP_SUFFIX]) == [0] and list(tied["b" + KEEP_SUFFIX]) == []
+    for dim in (0, 7):
+        with pytest.raises(ValueError, match="between 1 and 6"):
+            top_coordinates(moments, dim)
+
+
+def test_kept_coordinates_are_the_whole_grids_columns_and_stay_orthonormal(tracked_one, train_set):
+    """A projection keeping some grid coordinates is the whole-grid projection's rows at those coordinates:
+    its gradients are the grid's columns there, its rows stay orthonormal and ``unproject`` is its
+    transpose; the kept ones are the largest ``E[g_c^2]`` over the fit rows, whichever layer."""
+    bases, grids = _kept_bases(tracked_one, train_set, 3, 25)
+    kept = Projector(tracked_one, 3, bases=bases)
+    assert kept.dim == 25 and [s.keep is not None for s in kept.slots] == [True] * len(kept.slots)
+    states, labels = ExampleStates(tracked_one, train_set).load(range(40))
+    whole = grids.gradients(tracked_one.parameters(), states, labels)
+    columns, start = [], 0
+    for slot, kept_slot in zip(grids.slots, kept.slots, strict=True):
+        columns.append(start + kept_slot.keep.numpy())
+        start += slot.dim
+    columns = np.concatenate(columns)
+    moments = (whole**2).mean(0).numpy()
+    assert set(columns) == set(np.argsort(-moments, kind="stable")[:25])
+    torch.testing.assert_close(
+        kept.gradients(tracked_one.parameters(), states, labels), whole[:, columns], rtol=0, atol=0
+    )
+    dense = kept.dense_matrix()
+    torch.testing.assert_close(dense, grids.dense_matrix()[columns], rtol=0, atol=0)
+    torch.testing.assert_close(dense @ dense.T, torch.eye(25, dtype=dense.dtype), atol=1e-6, rtol=0)
+    projected = torch.randn(25, dtype=torch.float64)
+    torch.testing.assert_close(kept.unproject(projected), dense.T @ projected, rtol=1e-9, atol=1e-11)
+    assert sum(layer.get("kept", 0) for layer in kept.describe()) == 25
+
+
+def test_kept_coordinates_outside_the_grid_or_missing_are_refused(tracked_one, train_set):
+    bases, grids = _kept_bases(tracked_one, train_set, 3, 10)
+    first = grids.slots[0].name + KEEP_SUFFIX
+    with pytest.raises(ValueError, match="ascend within"):
+        Projector(tracked_one, 3, bases=bases | {first: np.array([0, grids.slots[0].grid])})
+    with pytest.raises(ValueError, match="name none for"):
+        Projector(tracked_one, 3, bases={k: v for k, v in bases.items() if k != first})
 
 
 def _orthonormal_in_float64(bases):

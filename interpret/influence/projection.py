@@ -66,6 +66,9 @@ class LinearSlot:
     project_in: torch.Tensor | None
     """``[k_in, d_in + 1]`` (the last column acts on the bias input; ``d_in`` without a bias), or
     ``None``: kept whole."""
+    keep: torch.Tensor | None = None
+    """The coordinates of the ``k_out x k_in`` grid (flat, row-major, ascending) that are kept, or ``None``:
+    all of them (:func:`top_coordinates`)."""
 
     @property
     def d_in(self) -> int:
@@ -99,8 +102,12 @@ class LinearSlot:
         return self.in_width if self.project_in is None else self.project_in.shape[0]
 
     @property
-    def dim(self) -> int:
+    def grid(self) -> int:
         return self.k_out * self.k_in
+
+    @property
+    def dim(self) -> int:
+        return self.grid if self.keep is None else len(self.keep)
 
 
 @dataclass
@@ -140,7 +147,9 @@ def is_norm(module: nn.Module) -> bool:
 class Projection:
     """Everything a worker needs to rebuild an index's projection: the rank and seed of the Gaussian sides,
     or the fitted ``kfac`` bases (``"<layer>:out"`` / ``"<layer>:in"`` -> ``[k, width]`` float32 rows; the
-    sides no wider than the rank are kept whole and absent). ``key`` tells projections apart cheaply."""
+    sides no wider than the rank are kept whole and absent), with, when only some coordinates of each
+    layer's ``k_out x k_in`` grid are kept, ``"<layer>:keep"`` -> their flat indices (int64, ascending; one
+    entry for every layer; :func:`top_coordinates`). ``key`` tells projections apart cheaply."""
 
     rank: int | None
     seed: int = 0
@@ -174,6 +183,42 @@ def bases_digest(bases: dict[str, np.ndarray]) -> str:
         digest.update(f"{name}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+KEEP_SUFFIX = ":keep"
+"""The key suffix of a layer's kept grid coordinates among a :class:`Projection`'s bases."""
+
+
+def grid_keys(bases: dict[str, np.ndarray] | None) -> bool:
+    """Whether the bases keep only some coordinates of each layer's grid."""
+    return bases is not None and any(name.endswith(KEEP_SUFFIX) for name in bases)
+
+
+def top_coordinates(second_moments: dict[str, np.ndarray], dim: int) -> dict[str, np.ndarray]:
+    """The ``dim`` grid coordinates of largest second moment ``E[g_c^2]`` over all layers together:
+    ``{"<layer>:keep": flat indices, ascending}`` for every layer of ``second_moments`` (``layer -> [k_out *
+    k_in]``, possibly none kept).
+
+    In the ``kfac`` eigenbasis a coordinate ``c = (i, j)`` is the gradient's component along the outer product
+    of the ``i``-th output and ``j``-th input eigenvectors, and its second moment is the Fisher's diagonal
+    there (EK-FAC's corrected eigenvalue, George et al. 2018). A score ``g_t . (F + d I)^-1 g_z`` gets
+    ``g_t,c g_z,c / (F_cc + d)`` from each coordinate the Fisher nearly diagonalises, so the coordinates
+    with the smallest ``E[g_c^2]`` add the least: a fixed budget goes to the largest, whichever layer and
+    whatever rank pair they come from, not to a square ``k x k`` block per layer. Ties go to the earlier
+    layer and coordinate."""
+    names = list(second_moments)
+    moments = [np.asarray(second_moments[name], dtype=np.float64).ravel() for name in names]
+    total = sum(len(m) for m in moments)
+    if not 1 <= dim <= total:
+        raise ValueError(f"keep {dim} coordinates of {total}: choose between 1 and {total}")
+    order = np.argsort(-np.concatenate(moments), kind="stable")[:dim]
+    chosen = np.zeros(total, dtype=bool)
+    chosen[order] = True
+    bounds = np.cumsum([0, *(len(m) for m in moments)])
+    return {
+        name + KEEP_SUFFIX: np.flatnonzero(chosen[bounds[i] : bounds[i + 1]]).astype(np.int64)
+        for i, name in enumerate(names)
+    }
 
 
 def eigen_bases(factors: dict[str, torch.Tensor], rank: int) -> dict[str, np.ndarray]:
@@ -236,16 +281,18 @@ class Projector:
                 continue  # a norm: kept whole above, or dropped (the module docstring)
             d_in, d_out = linear_widths(module)
             in_width = d_in + (bias_offset is not None)
-            self.slots.append(
-                LinearSlot(
-                    name.removesuffix(".weight"),
-                    module,
-                    offsets[name],
-                    bias_offset,
-                    self._side(f"{name.removesuffix('.weight')}:out", d_out, 2 * index),
-                    self._side(f"{name.removesuffix('.weight')}:in", in_width, 2 * index + 1),
-                )
+            layer = name.removesuffix(".weight")
+            slot = LinearSlot(
+                layer,
+                module,
+                offsets[name],
+                bias_offset,
+                self._side(f"{layer}:out", d_out, 2 * index),
+                self._side(f"{layer}:in", in_width, 2 * index + 1),
             )
+            if grid_keys(bases):
+                slot.keep = self._kept(slot)
+            self.slots.append(slot)
         if not self.slots:
             raise ValueError("the tracked set has no linear layers to build a gradient index from")
         self.dim = sum(slot.dim for slot in self.slots) + sum(norm.dim for norm in self.norms)
@@ -265,6 +312,17 @@ class Projector:
             return torch.from_numpy(np.asarray(self.bases[name])).to(tracked.dtype).to(tracked.device)
         return _gaussian(self.rank, width, self.seed * 1_000_003 + stream, tracked.dtype, tracked.device)
 
+    def _kept(self, slot: LinearSlot) -> torch.Tensor:
+        assert self.bases is not None  # only fitted bases keep part of a grid
+        indices = self.bases.get(slot.name + KEEP_SUFFIX)
+        if indices is None:
+            raise ValueError(f"the fitted bases keep part of each grid but name none for {slot.name}")
+        indices = np.asarray(indices, dtype=np.int64)
+        inside = not len(indices) or (indices.min() >= 0 and indices.max() < slot.grid)
+        if not inside or np.any(np.diff(indices) <= 0):
+            raise ValueError(f"{slot.name}: kept coordinates must ascend within its {slot.grid}-cell grid")
+        return torch.from_numpy(indices).to(self.tracked.device)
+
     def projected_sides(self) -> list[tuple[str, int]]:
         """``(name, width)`` of every projected side (the rest are kept whole): the ones ``kfac`` fits."""
         sides = []
@@ -275,8 +333,12 @@ class Projector:
         return sides
 
     def describe(self) -> list[dict[str, object]]:
-        """Per layer: name and projected shape (the manifest records it)."""
-        return [{"layer": s.name, "k_out": s.k_out, "k_in": s.k_in} for s in self.slots]
+        """Per layer: name and projected shape, and the coordinates kept when not the whole grid (the
+        manifest records it)."""
+        return [
+            {"layer": s.name, "k_out": s.k_out, "k_in": s.k_in} | ({} if s.keep is None else {"kept": s.dim})
+            for s in self.slots
+        ]
 
     # ----------------------------------------------------------------------------- the factored path
 
@@ -370,7 +432,8 @@ class Projector:
             inputs = inputs @ slot.project_in.T
         if slot.project_out is not None:
             grads = grads @ slot.project_out.T
-        return torch.einsum("bto,bti->boi", grads, inputs).reshape(len(inputs), -1)
+        grid = torch.einsum("bto,bti->boi", grads, inputs).reshape(len(inputs), -1)
+        return grid if slot.keep is None else grid[:, slot.keep]
 
     def project_vector(self, vector: torch.Tensor) -> torch.Tensor:
         """``R v`` for a flat tracked-parameter vector (an ``s_test``), factored: ``P_out [W | b] P_in^T``
@@ -386,7 +449,7 @@ class Projector:
                 matrix = slot.project_out @ matrix
             if slot.project_in is not None:
                 matrix = matrix @ slot.project_in.T
-            parts.append(matrix.reshape(-1))
+            parts.append(matrix.reshape(-1) if slot.keep is None else matrix.reshape(-1)[slot.keep])
         for norm in self.norms:
             parts += [vector[offset : offset + norm.width] for offset in norm.coordinates()]
         return torch.cat(parts)
@@ -398,8 +461,11 @@ class Projector:
         out = torch.zeros(tracked.num_parameters, dtype=projected.dtype, device=projected.device)
         start = 0
         for slot in self.slots:
-            matrix = projected[start : start + slot.dim].view(slot.k_out, slot.k_in)
+            part = projected[start : start + slot.dim]
             start += slot.dim
+            if slot.keep is not None:  # the dropped grid coordinates are zero
+                part = projected.new_zeros(slot.grid).index_copy(0, slot.keep, part)
+            matrix = part.view(slot.k_out, slot.k_in)
             if slot.project_out is not None:
                 matrix = slot.project_out.to(projected.dtype).T @ matrix
             if slot.project_in is not None:
@@ -429,13 +495,15 @@ class Projector:
             p_out = eye_out if slot.project_out is None else slot.project_out
             p_in = eye_in if slot.project_in is None else slot.project_in
             block = torch.kron(p_out, p_in)  # columns: (o, i) row-major over [W | b]
+            if slot.keep is not None:
+                block = block[slot.keep]
             columns = block.reshape(slot.dim, d_out, slot.in_width)
             rows = slice(row, row + slot.dim)
             weight = columns[:, :, :d_in]
             if slot.transposed:  # flat coordinates run over [in, out]
                 weight = weight.transpose(1, 2)
             matrix[rows, slot.weight_offset : slot.weight_offset + d_out * d_in] = weight.reshape(
-                slot.dim, -1
+                slot.dim, d_out * d_in
             )
             if slot.bias_offset is not None:
                 matrix[rows, slot.bias_offset : slot.bias_offset + d_out] = columns[:, :, d_in]
