@@ -376,7 +376,79 @@ def _exact_curvature_phrases() -> list[tuple[str, str]]:
             "gradient_index.json",
         )
     )
-    return phrases + _rerank_against_exact_phrases(run)
+    return phrases + _rerank_against_exact_phrases(run) + _top_variant_phrases(run)
+
+
+def _top_variant_phrases(run: dict) -> list[tuple[str, str]]:
+    """The README's ``top`` variants (the grid coordinates of largest second moment) against every exact
+    reference and by LDS, beside today's index, from ``exact_curvature.json`` (and ``lds_projections.json``
+    for rank 32's LDS)."""
+
+    def cell(found: dict) -> str:
+        return (
+            f"{found['recall_at_100_helpful']:.2f} / {found['recall_at_100_harmful']:.2f} "
+            f"({found['spearman_all']:.2f})"
+        )
+
+    variants, hessian = run["variants_against_exact"], run["hessian"]["against_hessian"]
+    source = "exact_curvature.json"
+    phrases = []
+    for name, label, width, bytes_per_row, at_hessian in (
+        ("uniform 16", "uniform 16 (today's index)", 3360, 4 * 3360, "index"),
+        ("top 3360 of rank 64", "top 3,360 of rank 64", 3360, 4 * 3360, "top 3360 of rank 64: index"),
+        (
+            "top 6720 of rank 64",
+            "top 6,720 of rank 64, in float16",
+            6720,
+            2 * 6720,
+            "top 6720 of rank 64: index",
+        ),
+        ("uniform 32", "uniform 32", 13376, 4 * 13376, None),
+    ):
+        assert len(run["variant_widths"][name]) == 14 and sum(run["variant_widths"][name]) == width
+        cells = " | ".join(
+            cell(variants[f"{name}, damping 5 vs exact {curvature}"])
+            for curvature in ("empirical_fisher", "gauss_newton")
+        )
+        against = cell(hessian[at_hessian]) if at_hessian else "-"
+        phrases.append((f"| {label} | {width:,} | {bytes_per_row:,} | {cells} | {against} |", source))
+    lds, twenty = run["lds"], run["hessian"]["lds"]
+    top = "top 3360 of rank 64"
+    projections = _results("lds_projections.json")["lds"]
+    today = " | ".join(
+        f"{lds[side]['gradient']['lds']:.3f} | {projections[side]['uniform 16, damping 0.1, raw']['lds']:.3f}"
+        for side in ("selection", "held_out")
+    )
+    phrases.append((f"| uniform 16 (today's index) | {today} | {twenty['gradient']['lds']:.3f} |", source))
+    cells = " | ".join(
+        f"{lds[side][f'{top}, damping {d}']['lds']:.3f}"
+        for side in ("selection", "held_out")
+        for d in ("5", "0.1")
+    )
+    phrases.append((f"| top 3,360 of rank 64 | {cells} | {twenty[f'{top}, damping 5']['lds']:.3f} |", source))
+    fast = hessian[f"{top}: rerank_250"]
+    phrases.append(
+        (
+            f"{fast['recall_at_100_helpful']:.2f} / {fast['recall_at_100_harmful']:.2f} "
+            "against the exact Hessian (its",
+            source,
+        )
+    )
+    rank32 = " / ".join(
+        f"{projections['selection'][f'uniform 32, damping {d}, raw']['lds']:.3f}" for d in ("5", "0.1")
+    )
+    held32 = " / ".join(
+        f"{projections['held_out'][f'uniform 32, damping {d}, raw']['lds']:.3f}" for d in ("5", "0.1")
+    )
+    phrases.append((f"({rank32} on the selection, {held32} held out,", "lds_projections.json"))
+    check = run["top_variant_check"]
+    phrases.append((f"to a relative {check['max_relative_difference']:.0e}", source))
+    phrases.append((f"{check['seconds']:.0f} s to build on 2 CPU cores", source))
+    widths = run["variant_widths"][top]
+    phrases.append(
+        (f"intermediate layer gets {widths[4]} of the 3,360 and layer 5's output layer {widths[11]}", source)
+    )
+    return phrases
 
 
 def _rerank_against_exact_phrases(run: dict) -> list[tuple[str, str]]:
