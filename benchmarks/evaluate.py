@@ -435,7 +435,7 @@ class ProjectionVariants:
     def of(cls, engine) -> ProjectionVariants:
         import torch
 
-        from benchmarks.gradient_index import nested_coordinates, share_ranks
+        from benchmarks.gradient_index import nested_coordinates, share_ranks, top_grid_coordinates
         from engine.builds import fit_projection
         from interpret.influence.cg import cg_rows
 
@@ -479,23 +479,6 @@ class ProjectionVariants:
                 for r in rows
             ]
         )
-
-
-def top_grid_coordinates(projector, gradients, width: int) -> np.ndarray:
-    """The coordinates of a wide ``kfac`` projection's gradients ``[N, D]`` (the fit rows) that the product
-    keeps with ``coordinates=width`` at that rank: ``top_coordinates`` of each layer's grid, offset to the
-    layer's place in ``D``."""
-    from interpret.influence.projection import KEEP_SUFFIX, top_coordinates
-
-    moments, start = {}, 0
-    for slot in projector.slots:
-        moments[slot.name] = (gradients[:, start : start + slot.dim].double() ** 2).mean(0).numpy()
-        start += slot.dim
-    kept = top_coordinates(moments, width)
-    starts = np.cumsum([0, *(slot.dim for slot in projector.slots)])
-    return np.concatenate(
-        [start + kept[slot.name + KEEP_SUFFIX] for slot, start in zip(projector.slots, starts, strict=False)]
-    )
 
 
 def lds_beside_index(engine, model: Path, dev, test_rows: np.ndarray, subsets: int, given: dict) -> dict:

@@ -1,6 +1,7 @@
 """The gradient index on full SST-2 against a converged full scan, and its query latency through REST.
 
     python benchmarks/gradient_index.py [--queries 20] [--cg-rows 500] [--rest-queries 4] [--table-rows 8000]
+        [--rank 16] [--coordinates N]   # the index measured: today's default, or the top N of a wider grid
     python benchmarks/gradient_index.py --only rerank|curvature   # one part again, the rest kept
 
 Needs ``artifacts/model`` (``benchmarks/train_sst2.py``); builds ``artifacts/index`` (kNN) and
@@ -37,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -58,7 +60,7 @@ from index.store import IndexMismatchError, read_manifest
 from interpret.config import FAST_RERANK, GradientIndexConfig, QueryConfig
 from interpret.data import load_examples, sst2_spec
 from interpret.influence import metrics
-from interpret.influence.cg import cg_s_test
+from interpret.influence.cg import cg_rows, cg_s_test
 from interpret.influence.preconditioner import gradient_index_scores, inverse_damped, second_moment
 from interpret.influence.projection import Projector
 from interpret.influence.scoring import score_rows
@@ -101,17 +103,28 @@ def fresh(read, directory: Path, fingerprint: str) -> bool:
         return False
 
 
+def forget_another_models_cache(fingerprint: str) -> None:
+    """Empty ``CACHE`` when another model filled it (its ``s_test``, reference scores and build seconds are
+    that model's; the cache's file names do not say which), then mark it as this model's."""
+    marker = CACHE / "model_fingerprint.txt"
+    if CACHE.is_dir() and (not marker.is_file() or marker.read_text() != fingerprint):
+        print(f"{CACHE}: another model's cache, emptied", flush=True)
+        shutil.rmtree(CACHE)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+
+
 def build_stage(args, engine) -> dict:
     fingerprint = engine.identity.model_fingerprint
     if not fresh(read_manifest, args.index, fingerprint):
         build_knn_index(engine, args.index)
     out = {}
-    config = GradientIndexConfig(rank=args.rank)
+    config = GradientIndexConfig(rank=args.rank, coordinates=args.coordinates)
     wanted = asdict(gradient_spec(engine, config))
     same_spec = fresh(read_gradient_manifest, args.gradient_index, fingerprint) and (
         read_gradient_manifest(args.gradient_index).spec == wanted
     )
-    if not same_spec or args.rebuild:
+    if not same_spec or args.rebuild or not (CACHE / "build_seconds.txt").is_file():  # timed, or rebuilt
         start = time.perf_counter()
         build_gradient_index(engine, args.gradient_index, config)
         out["build_seconds"] = time.perf_counter() - start
@@ -344,6 +357,23 @@ def share_ranks(projector: Projector, gradients: torch.Tensor, dim: int, power: 
     return [int(k) for k in np.clip(np.round(np.sqrt(dim * weights / weights.sum())), 1, top)]
 
 
+def top_grid_coordinates(projector, gradients, width: int) -> np.ndarray:
+    """The coordinates of a wide ``kfac`` projection's gradients ``[N, D]`` (the fit rows) that the product
+    keeps with ``coordinates=width`` at that rank: ``top_coordinates`` of each layer's grid, offset to the
+    layer's place in ``D``."""
+    from interpret.influence.projection import KEEP_SUFFIX, top_coordinates
+
+    moments, start = {}, 0
+    for slot in projector.slots:
+        moments[slot.name] = (gradients[:, start : start + slot.dim].double() ** 2).mean(0).numpy()
+        start += slot.dim
+    kept = top_coordinates(moments, width)
+    starts = np.cumsum([0, *(slot.dim for slot in projector.slots)])
+    return np.concatenate(
+        [start + kept[slot.name + KEEP_SUFFIX] for slot, start in zip(projector.slots, starts, strict=False)]
+    )
+
+
 def curvature_table(engine, queries, labels, reference, rows: int, wide: int = 64) -> list[dict]:
     """Index-alone quality on the first ``rows`` rows (reference restricted to them) for projections and
     curvatures at about today's bytes per row, all cut from one rank-``wide`` ``kfac`` pass:
@@ -353,7 +383,10 @@ def curvature_table(engine, queries, labels, reference, rows: int, wide: int = 6
       same total dim as rank 16;
     * ``wider Fisher``: the Fisher and its inverse taken in the rank-32 subspace, the stored vector
       ``[(F_32 + damping I)^-1 g~_32]`` kept only on the rank-16 coordinates (today's bytes): the test
-      gradient's rank-16 part meets a curvature that saw the wider subspace."""
+      gradient's rank-16 part meets a curvature that saw the wider subspace;
+    * ``top``: the rank-``wide`` grid coordinates of largest second moment over the product's fit sample
+      (``GradientIndexConfig.coordinates``), at today's width (float32: today's bytes) and twice it
+      (float16: today's bytes)."""
     explainer = engine.backend.explainer
     projection = fit_projection(engine, CACHE / f"table-kfac-{wide}", GradientIndexConfig(rank=wide))
     projector = explainer.projector(projection)
@@ -370,7 +403,9 @@ def curvature_table(engine, queries, labels, reference, rows: int, wide: int = 6
 
     inverses: dict[tuple[bytes, float], torch.Tensor] = {}  # rank 32's is 13,376 wide: solved once
 
-    def measured(name: str, keep: np.ndarray, damping: float, fisher_on: np.ndarray | None = None) -> dict:
+    def measured(
+        name: str, keep: np.ndarray, damping: float, fisher_on: np.ndarray | None = None, value_bytes: int = 4
+    ) -> dict:
         wider = keep if fisher_on is None else fisher_on
         block = gradients[:, wider].double()
         key = (wider.tobytes(), damping)
@@ -385,7 +420,8 @@ def curvature_table(engine, queries, labels, reference, rows: int, wide: int = 6
             scores = -(block @ solved).numpy()
             ref = reference[q][subset]
             per_query.append({**recalls(ref, scores, subset), "spearman_all": spearmanr(ref, scores)[0]})
-        row = {"variant": name, "dim": len(keep), "bytes_per_row": 4 * len(keep), "damping": damping}
+        row = {"variant": name, "dim": len(keep), "bytes_per_row": value_bytes * len(keep)}
+        row["damping"] = damping
         print(row | mean_of(per_query), flush=True)
         return row | mean_of(per_query)
 
@@ -397,6 +433,12 @@ def curvature_table(engine, queries, labels, reference, rows: int, wide: int = 6
     wider = nested_coordinates(projector, [32] * layers)
     out.append(measured("wider Fisher (rank 32), rank 16 stored", np.sort(base), 5.0, fisher_on=wider))
     out.append(measured("uniform rank 32 (4x bytes)", wider, 5.0))
+    fit = cg_rows(engine.num_examples, GradientIndexConfig().fit_rows, GradientIndexConfig().seed)
+    fitted = torch.from_numpy(explainer.gradient_shard(fit, projection))  # the product's fit sample
+    for multiple, value_bytes, storage in ((1, 4, ""), (2, 2, ", float16")):
+        width = multiple * len(base)
+        keep = top_grid_coordinates(projector, fitted, width)
+        out.append(measured(f"top {width} of rank {wide}{storage}", keep, 5.0, value_bytes=value_bytes))
     return out
 
 
@@ -505,6 +547,12 @@ def main() -> None:
     parser.add_argument(
         "--rank", type=int, default=GradientIndexConfig.default("rank"), help="of the full build"
     )
+    parser.add_argument(
+        "--coordinates",
+        type=int,
+        default=GradientIndexConfig.default("coordinates"),
+        help="of the full build: keep this many grid coordinates (with a wide --rank such as 64)",
+    )
     parser.add_argument("--ranks", default="8,16,32", help="of the table; empty: keep the last run's table")
     parser.add_argument("--sizes", default="2000,8000")
     parser.add_argument("--rebuild", action="store_true")
@@ -516,8 +564,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 2))
-    CACHE.mkdir(parents=True, exist_ok=True)
     engine = local_engine(args.model)
+    forget_another_models_cache(engine.identity.model_fingerprint)
     dev = load_examples(sst2_spec("dev"))
     picks = np.sort(np.random.default_rng(0).choice(len(dev), args.queries, replace=False))
     queries = [dev.texts[i] for i in picks]
