@@ -269,15 +269,20 @@ def test_pool_settings_are_validated():
         WorkerSpec("model", dtype="int8")
 
 
-@pytest.mark.parametrize("chunk_rows", [96, 40, 20])  # 1, 3 and 5 shards over 3 workers
-def test_a_gradient_index_built_on_the_pool_equals_the_in_process_one(pool, reference, tmp_path, chunk_rows):
-    """Same arithmetic in another order (chunks projected and factors summed on the workers), so the
-    element-wise tolerance stays tight: it is not a solve compared across BLAS kernels."""
+@pytest.mark.parametrize(  # 1, 3 and 5 shards over 3 workers; and grid coordinates chosen on them
+    ("chunk_rows", "coordinates"), [(96, None), (40, None), (20, None), (40, 30)]
+)
+def test_a_gradient_index_built_on_the_pool_equals_the_in_process_one(
+    pool, reference, tmp_path, chunk_rows, coordinates
+):
+    """Same arithmetic in another order (chunks projected and factors, and with ``coordinates`` the grid's
+    second moments, summed on the workers), so the element-wise tolerance stays tight: it is not a solve
+    compared across BLAS kernels."""
     from engine.builds import build_gradient_index
     from index.gradient import load_gradient_index
     from interpret.config import GradientIndexConfig
 
-    config = GradientIndexConfig(rank=4, damping=0.1, chunk_rows=chunk_rows)
+    config = GradientIndexConfig(rank=4, damping=0.1, chunk_rows=chunk_rows, coordinates=coordinates)
     local = Engine(LocalBackend(Explainer(reference)), reference.examples, None, {})
     pooled = Engine(pool, reference.examples, None, {})
     build_gradient_index(local, tmp_path / "local", config)
@@ -288,6 +293,7 @@ def test_a_gradient_index_built_on_the_pool_equals_the_in_process_one(pool, refe
         for name in ("local", "pool")
     ]
     vectors = [index.vectors() for index in indexes]
+    assert vectors[0].shape[1] == (coordinates or vectors[0].shape[1])
     np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-6)
     assert indexes[0].projection.kind == "kfac"  # the factor fit ran on the workers: the same bases
     for name, basis in indexes[0].projection.bases.items():
