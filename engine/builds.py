@@ -370,13 +370,20 @@ def check_build_memory(
     need, available = peak(dim), available_memory()
     if need <= available:
         return need
-    fits = None
-    rank = config.rank or 256
-    while rank > 1 and fits is None:
-        rank //= 2
-        if peak(projected_dim(engine, rank, config.seed, context)) <= available:
-            fits = rank
-    advice = f"build with --rank {fits} or fewer rows" if fits else "track fewer parameters or use fewer rows"
+    fits, advice = None, "track fewer parameters or use fewer rows"
+    if config.coordinates is not None:  # the width is the coordinates kept, whatever the rank
+        kept = dim
+        while kept > 1 and fits is None:
+            kept //= 2
+            fits = kept if peak(kept) <= available else None
+        advice = f"keep --coordinates {fits} or fewer" if fits else advice
+    else:
+        rank = config.rank or 256
+        while rank > 1 and fits is None:
+            rank //= 2
+            if peak(projected_dim(engine, rank, config.seed, context)) <= available:
+                fits = rank
+        advice = f"build with --rank {fits} or fewer rows" if fits else advice
     raise IndexTooLargeError(
         f"a gradient index of {rows:,} rows x {dim:,} dimensions (rank {config.rank}, {spec.preconditioner}) "
         f"needs about {readable_bytes(need)} at its peak and {readable_bytes(available)} are available: "

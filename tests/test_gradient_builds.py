@@ -85,6 +85,27 @@ def test_a_build_the_machine_cannot_hold_is_refused_before_any_work_naming_a_ran
     assert _build(engine, tmp_path / "fits", rank=8).count == rows
 
 
+def test_a_build_keeping_coordinates_too_wide_to_hold_is_refused_naming_fewer_that_fit(
+    engine_dirs, tmp_path, monkeypatch
+):
+    """With ``coordinates`` the width is what is kept, whatever the rank: the refusal names a number of
+    coordinates that fits, not a rank."""
+    from engine import builds
+
+    engine = local_engine(engine_dirs[0], dtype=torch.float64)
+    rows, tracked = len(engine.examples), engine.identity.num_parameters
+    config = builds.GradientIndexConfig()
+    peaks = {}
+    for dim in (30, 60):
+        held = builds.resident_bytes(builds.storage_layout("float32", rows, dim, "Flat"), rows, dim)
+        peaks[dim] = builds.build_peak_bytes(rows, dim, tracked, "fisher", held, config.chunk_rows)
+    monkeypatch.setattr(builds, "available_memory", lambda: (peaks[30] + peaks[60]) // 2)
+    monkeypatch.setattr(engine.backend.explainer, "kfac_factors", lambda *a: pytest.fail("work was done"))
+    with pytest.raises(builds.IndexTooLargeError, match=r"keep --coordinates 30 or fewer"):
+        _build(engine, tmp_path / "big", coordinates=60)
+    assert not (tmp_path / "big").exists() and not shard_folder(tmp_path / "big").exists()
+
+
 def test_an_interrupted_build_resumes_from_its_shards(engine_dirs, tmp_path, monkeypatch):
     engine = local_engine(engine_dirs[0], dtype=torch.float64)
     _build(engine, tmp_path / "reference", chunk_rows=20)

@@ -189,7 +189,7 @@ KEEP_SUFFIX = ":keep"
 """The key suffix of a layer's kept grid coordinates among a :class:`Projection`'s bases."""
 
 
-def grid_keys(bases: dict[str, np.ndarray] | None) -> bool:
+def keeps_part_of_grids(bases: dict[str, np.ndarray] | None) -> bool:
     """Whether the bases keep only some coordinates of each layer's grid."""
     return bases is not None and any(name.endswith(KEEP_SUFFIX) for name in bases)
 
@@ -290,7 +290,7 @@ class Projector:
                 self._side(f"{layer}:out", d_out, 2 * index),
                 self._side(f"{layer}:in", in_width, 2 * index + 1),
             )
-            if grid_keys(bases):
+            if keeps_part_of_grids(bases):
                 slot.keep = self._kept(slot)
             self.slots.append(slot)
         if not self.slots:
