@@ -268,6 +268,11 @@ def sampled_curvature(gram, a_train, a_test, weights: dict[str, np.ndarray], exa
     return out
 
 
+def variant_key(variant: str, damping: float, curvature: str) -> str:
+    """``variants_against_exact``'s key: one index variant at one damping against one exact curvature."""
+    return f"{variant}, damping {damping:g} vs exact {curvature}"
+
+
 def rerank_key(variant: str, damping: float, curvature: str) -> str:
     """``rerank_against_exact``'s key: one variant's ``s_test`` at one damping against one exact curvature."""
     return f"{variant} s_test, damping {damping:g} vs exact {curvature}"
@@ -423,9 +428,7 @@ def fast_rerank_headline(reranks: dict, hessian: dict, variants_against: dict, t
     found["rerank_fast_vs_exact_hessian"] = hessian["against_hessian"][fast]
     slug = top.replace(" ", "_")
     for name in curvatures:
-        found[f"index_{slug}_vs_exact_{name}"] = variants_against[
-            f"{top}, damping {config.damping:g} vs exact {name}"
-        ]
+        found[f"index_{slug}_vs_exact_{name}"] = variants_against[variant_key(top, config.damping, name)]
     found[f"index_{slug}_vs_exact_hessian"] = hessian["against_hessian"][f"{top}: index"]
     return {
         f"{name}_recall_at_100_{side}": agreement[f"recall_at_100_{side}"]
@@ -538,7 +541,7 @@ def main() -> None:
             agreement_of[f"index at damping {damping:g} vs exact {name}"] = agreement(reference, scores)
     for (name, damping), scores in index_scores.items():
         for curvature, by_damping in exact_scores.items():
-            variants_against_exact[f"{name}, damping {damping:g} vs exact {curvature}"] = agreement(
+            variants_against_exact[variant_key(name, damping, curvature)] = agreement(
                 by_damping[damping], scores
             )
     product = top_variant_check(model, dev, test_rows, index_scores[top, default], len(variants.keep[top]))
