@@ -62,6 +62,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result
+from interpret.config import GradientIndexConfig
+
+TODAY = f"uniform {GradientIndexConfig().rank}"
+"""The variant that scores as the built index (the ``projections`` part's name for it)."""
 
 DAMPINGS = (0.1, 1.0, 5.0)
 """The exact influence's dampings: the index's LDS-best (``lds_peers.json``), one between, its default."""
@@ -289,16 +293,15 @@ def rerank_part(
     computed and added). Returns the agreements and, by ``(variant, damping)``, ``(index scores, rerank
     scores)``."""
     from benchmarks.evaluate import PROJECTION_KEPT_WIDTHS, top_variant, variant_scores
-    from interpret.config import FAST_RERANK, GradientIndexConfig
+    from interpret.config import FAST_RERANK
 
     config = GradientIndexConfig()
-    today = f"uniform {config.rank}"
-    width = len(variants.keep[today])
+    width = len(variants.keep[TODAY])
     tops = [top_variant(multiple * width) for multiple in PROJECTION_KEPT_WIDTHS]
     out: dict = {}
     scored: dict = {}
     for name, dampings in (
-        (today, DAMPINGS),
+        (TODAY, DAMPINGS),
         *((other, (config.damping,)) for other in ["uniform 32", *tops]),
     ):
         rows, points = variants.gradients[:, variants.keep[name]], tests[:, variants.keep[name]]
@@ -345,7 +348,6 @@ def top_variant_check(model, dev, rows: np.ndarray, expected: np.ndarray, width:
     ``rows`` (the same bases, kept coordinates, Fisher and scores, up to float32 storage)."""
     from benchmarks.evaluate import PROJECTION_WIDE_RANK, SMALL
     from engine.pipeline import local_engine
-    from interpret.config import GradientIndexConfig
     from tasks.evaluation import ensure_indexes, method_scores
 
     config = GradientIndexConfig(rank=PROJECTION_WIDE_RANK, coordinates=width)
@@ -367,7 +369,7 @@ def hessian_part(
     import torch
 
     from benchmarks.evaluate import lds_beside_index
-    from interpret.config import FAST_RERANK, GradientIndexConfig
+    from interpret.config import FAST_RERANK
     from interpret.influence.scoring import score_rows
 
     explainer, count = engine.backend.explainer, len(rows)
@@ -381,8 +383,7 @@ def hessian_part(
         np.arange(engine.num_examples),
     )
     scan_seconds = time.perf_counter() - clock
-    today = f"uniform {GradientIndexConfig().rank}"
-    shortlist, fast = (scores[:count] for scores in scored[today, HESSIAN_DAMPING])
+    shortlist, fast = (scores[:count] for scores in scored[TODAY, HESSIAN_DAMPING])
     exact = {name: by_damping[HESSIAN_DAMPING][:count] for name, by_damping in exact_scores.items()}
     against = {
         "index": agreement(hessian, shortlist),
@@ -414,15 +415,13 @@ def hessian_part(
 def fast_rerank_headline(reranks: dict, hessian: dict, variants_against: dict, top: str) -> dict[str, float]:
     """Recall@100 at the default damping against each noise-free reference: the fast rerank's, and the
     ``top`` variant's index alone (``variants_against_exact``, ``hessian``)."""
-    from interpret.config import FAST_RERANK, GradientIndexConfig
+    from interpret.config import FAST_RERANK
 
     config = GradientIndexConfig()
     fast = f"rerank_{FAST_RERANK}"
     curvatures = ("empirical_fisher", "gauss_newton")
     found = {
-        f"rerank_fast_vs_exact_{name}": reranks[rerank_key(f"uniform {config.rank}", config.damping, name)][
-            fast
-        ]
+        f"rerank_fast_vs_exact_{name}": reranks[rerank_key(TODAY, config.damping, name)][fast]
         for name in curvatures
     }
     found["rerank_fast_vs_exact_hessian"] = hessian["against_hessian"][fast]
@@ -450,7 +449,6 @@ def main() -> None:
         top_variant,
         variant_scores,
     )
-    from interpret.config import GradientIndexConfig
     from interpret.data import load_examples, sst2_spec
     from interpret.influence.projection import Projector
     from tasks.evaluation import method_scores
@@ -519,7 +517,7 @@ def main() -> None:
         for name, coordinates in variants.keep.items()
         for damping in (default, 0.1)
     }
-    top = top_variant(len(variants.keep[f"uniform {GradientIndexConfig().rank}"]))
+    top = top_variant(len(variants.keep[TODAY]))
     sides = {"selection": slice(0, args.points), "held_out": slice(args.points, 2 * args.points)}
     lds = {}
     for side, part in sides.items():
@@ -547,12 +545,11 @@ def main() -> None:
     product = top_variant_check(model, dev, test_rows, index_scores[top, default], len(variants.keep[top]))
     inner = np.outer(a_test, a_train) * gram[n:, :n]  # g_t . g_z of every point and row, exact
     reranks, scored = rerank_part(variants, tests, inner, exact_scores, index_scores)
-    today = f"uniform {GradientIndexConfig().rank}"
     check = rerank_check(
         engine,
         dev,
         test_rows[:RERANK_CHECK_POINTS],
-        *(s[:RERANK_CHECK_POINTS] for s in scored[today, default]),
+        *(s[:RERANK_CHECK_POINTS] for s in scored[TODAY, default]),
     )
     hessian_rows = points["selection"][: args.hessian_points]
     hessian = hessian_part(engine, model, dev, hessian_rows, args.subsets, exact_scores, scored, folder)

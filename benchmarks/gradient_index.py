@@ -363,11 +363,8 @@ def top_grid_coordinates(projector, gradients, width: int) -> np.ndarray:
     layer's place in ``D``."""
     from interpret.influence.projection import KEEP_SUFFIX, top_coordinates
 
-    moments, start = {}, 0
-    for slot in projector.slots:
-        moments[slot.name] = (gradients[:, start : start + slot.dim].double() ** 2).mean(0).numpy()
-        start += slot.dim
-    kept = top_coordinates(moments, width)
+    moments = (gradients.double() ** 2).mean(0).numpy()
+    kept = top_coordinates(moments, {slot.name: slot.dim for slot in projector.slots}, width)
     starts = np.cumsum([0, *(slot.dim for slot in projector.slots)])
     return np.concatenate(
         [start + kept[slot.name + KEEP_SUFFIX] for slot, start in zip(projector.slots, starts, strict=False)]
@@ -420,8 +417,12 @@ def curvature_table(engine, queries, labels, reference, rows: int, wide: int = 6
             scores = -(block @ solved).numpy()
             ref = reference[q][subset]
             per_query.append({**recalls(ref, scores, subset), "spearman_all": spearmanr(ref, scores)[0]})
-        row = {"variant": name, "dim": len(keep), "bytes_per_row": value_bytes * len(keep)}
-        row["damping"] = damping
+        row = {
+            "variant": name,
+            "dim": len(keep),
+            "bytes_per_row": value_bytes * len(keep),
+            "damping": damping,
+        }
         print(row | mean_of(per_query), flush=True)
         return row | mean_of(per_query)
 

@@ -194,18 +194,16 @@ def fit_projection(
     bases = eigen_bases(total, rank)
     if config.coordinates is not None:
         grids = Projection(rank, config.seed, bases)
-        layers = engine.backend.projection_layers(grids, context)
-        moments = np.zeros(sum(layer["k_out"] * layer["k_in"] for layer in layers))
+        cells = {
+            layer["layer"]: layer["k_out"] * layer["k_in"]
+            for layer in engine.backend.projection_layers(grids, context)
+        }
+        squares = np.zeros(sum(cells.values()))
         for number, block in engine.backend.gradient_shards(chunks, grids, context):
-            moments += (block.astype(np.float64) ** 2).sum(axis=0)
+            squares += (block.astype(np.float64) ** 2).sum(axis=0)
             if progress is not None:
                 progress(len(chunks) + number + 1, steps)
-        ends = np.cumsum([layer["k_out"] * layer["k_in"] for layer in layers])
-        starts = ends - [layer["k_out"] * layer["k_in"] for layer in layers]
-        per_layer = {
-            layer["layer"]: moments[a:b] / len(rows) for layer, a, b in zip(layers, starts, ends, strict=True)
-        }
-        bases |= top_coordinates(per_layer, config.coordinates)
+        bases |= top_coordinates(squares / len(rows), cells, config.coordinates)
     store.save_bases(bases)
     return Projection(rank, config.seed, bases)
 

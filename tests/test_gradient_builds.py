@@ -268,11 +268,8 @@ def test_a_build_keeping_coordinates_stores_the_top_second_moments_preconditione
     sides = {name: rows for name, rows in bases.items() if not name.endswith(KEEP_SUFFIX)}
     whole = Projection(4, 0, sides)
     grid = explainer.gradient_shard(np.arange(engine.num_examples), whole).astype(np.float64)
-    moments, start = {}, 0
-    for slot in explainer.projector(whole).slots:
-        moments[slot.name] = (grid[:, start : start + slot.dim] ** 2).mean(0)
-        start += slot.dim
-    expected = top_coordinates(moments, 30)
+    cells = {slot.name: slot.dim for slot in explainer.projector(whole).slots}
+    expected = top_coordinates((grid**2).mean(0), cells, 30)
     assert all(np.array_equal(bases[name], kept) for name, kept in expected.items())
     projected = torch.from_numpy(explainer.gradient_shard(np.arange(engine.num_examples), index.projection))
     projected = projected.double()

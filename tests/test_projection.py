@@ -45,15 +45,6 @@ def _kfac_bases(tracked, train_set, rank, rows=range(40)):
     return eigen_bases(Projector(tracked, rank).factors(tracked.parameters(), states, labels), rank)
 
 
-def _grid_moments(projector, gradients):
-    """``E[g_c^2]`` of every grid coordinate, per layer, from ``gradients [N, dim]`` of ``projector``."""
-    moments, start = {}, 0
-    for slot in projector.slots:
-        moments[slot.name] = (gradients[:, start : start + slot.dim] ** 2).mean(0).numpy()
-        start += slot.dim
-    return moments
-
-
 def _kept_bases(tracked, train_set, rank, dim, rows=range(40)):
     """kfac bases of ``rank`` keeping the ``dim`` grid coordinates of largest second moment over ``rows``,
     as a build fits them, with the whole grids' projector and those rows' gradients on it."""
@@ -61,7 +52,8 @@ def _kept_bases(tracked, train_set, rank, dim, rows=range(40)):
     states, labels = ExampleStates(tracked, train_set).load(rows)
     grids = Projector(tracked, rank, bases=bases)
     gradients = grids.gradients(tracked.parameters(), states, labels)
-    return bases | top_coordinates(_grid_moments(grids, gradients), dim), grids
+    cells = {slot.name: slot.dim for slot in grids.slots}
+    return bases | top_coordinates((gradients**2).mean(0).numpy(), cells, dim), grids
 
 
 @pytest.mark.parametrize("layer_norms", [False, True])
@@ -158,18 +150,20 @@ def test_a_kfac_projection_has_orthonormal_rows_and_unproject_is_its_transpose(t
 
 
 def test_top_coordinates_take_the_largest_second_moments_across_layers():
-    moments = {"a": np.array([1.0, 5.0, 3.0]), "b": np.array([4.0, 2.0]), "c": np.array([0.5])}
-    kept = top_coordinates(moments, 3)
+    moments, cells = np.array([1.0, 5.0, 3.0, 4.0, 2.0, 0.5]), {"a": 3, "b": 2, "c": 1}
+    kept = top_coordinates(moments, cells, 3)
     assert {name: list(indices) for name, indices in kept.items()} == {
         "a" + KEEP_SUFFIX: [1, 2],
         "b" + KEEP_SUFFIX: [0],
         "c" + KEEP_SUFFIX: [],  # a layer with nothing kept is still named
     }
-    tied = top_coordinates({"a": np.array([2.0, 1.0]), "b": np.array([2.0])}, 1)
+    tied = top_coordinates(np.array([2.0, 1.0, 2.0]), {"a": 2, "b": 1}, 1)
     assert list(tied["a" + KEEP_SUFFIX]) == [0] and list(tied["b" + KEEP_SUFFIX]) == []
     for dim in (0, 7):
         with pytest.raises(ValueError, match="between 1 and 6"):
-            top_coordinates(moments, dim)
+            top_coordinates(moments, cells, dim)
+    with pytest.raises(ValueError, match="5 second moments for grids of 6 cells"):
+        top_coordinates(moments[:5], cells, 3)
 
 
 def test_kept_coordinates_are_the_whole_grids_columns_and_stay_orthonormal(tracked_one, train_set):

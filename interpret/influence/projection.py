@@ -194,10 +194,11 @@ def keeps_part_of_grids(bases: dict[str, np.ndarray] | None) -> bool:
     return bases is not None and any(name.endswith(KEEP_SUFFIX) for name in bases)
 
 
-def top_coordinates(second_moments: dict[str, np.ndarray], dim: int) -> dict[str, np.ndarray]:
+def top_coordinates(second_moments: np.ndarray, grids: dict[str, int], dim: int) -> dict[str, np.ndarray]:
     """The ``dim`` grid coordinates of largest second moment ``E[g_c^2]`` over all layers together:
-    ``{"<layer>:keep": flat indices, ascending}`` for every layer of ``second_moments`` (``layer -> [k_out *
-    k_in]``, possibly none kept).
+    ``{"<layer>:keep": flat indices into the layer's grid, ascending}`` for every layer of ``grids`` (``layer
+    -> k_out * k_in`` cells, in the order ``second_moments`` runs over them: one projected gradient's
+    coordinates), possibly none kept.
 
     In the ``kfac`` eigenbasis a coordinate ``c = (i, j)`` is the gradient's component along the outer product
     of the ``i``-th output and ``j``-th input eigenvectors, and its second moment is the Fisher's diagonal
@@ -206,18 +207,18 @@ def top_coordinates(second_moments: dict[str, np.ndarray], dim: int) -> dict[str
     with the smallest ``E[g_c^2]`` add the least: a fixed budget goes to the largest, whichever layer and
     whatever rank pair they come from, not to a square ``k x k`` block per layer. Ties go to the earlier
     layer and coordinate."""
-    names = list(second_moments)
-    moments = [np.asarray(second_moments[name], dtype=np.float64).ravel() for name in names]
-    total = sum(len(m) for m in moments)
+    moments = np.asarray(second_moments, dtype=np.float64).ravel()
+    total = sum(grids.values())
+    if len(moments) != total:
+        raise ValueError(f"{len(moments)} second moments for grids of {total} cells")
     if not 1 <= dim <= total:
         raise ValueError(f"keep {dim} coordinates of {total}: choose between 1 and {total}")
-    order = np.argsort(-np.concatenate(moments), kind="stable")[:dim]
     chosen = np.zeros(total, dtype=bool)
-    chosen[order] = True
-    bounds = np.cumsum([0, *(len(m) for m in moments)])
+    chosen[np.argsort(-moments, kind="stable")[:dim]] = True
+    ends = np.cumsum(list(grids.values()))
     return {
-        name + KEEP_SUFFIX: np.flatnonzero(chosen[bounds[i] : bounds[i + 1]]).astype(np.int64)
-        for i, name in enumerate(names)
+        name + KEEP_SUFFIX: np.flatnonzero(chosen[end - cells : end]).astype(np.int64)
+        for (name, cells), end in zip(grids.items(), ends, strict=True)
     }
 
 
