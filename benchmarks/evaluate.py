@@ -441,7 +441,9 @@ class ProjectionVariants:
 
         explainer = engine.backend.explainer
         wide = fit_projection(
-            engine, SMALL / f"kfac{PROJECTION_WIDE_RANK}", GradientIndexConfig(rank=PROJECTION_WIDE_RANK)
+            engine,
+            SMALL / f"kfac{PROJECTION_WIDE_RANK}",
+            GradientIndexConfig(rank=PROJECTION_WIDE_RANK, grid_rank=PROJECTION_WIDE_RANK),
         )
         projector = explainer.projector(wide)
         gradients = torch.from_numpy(explainer.gradient_shard(np.arange(engine.num_examples), wide))

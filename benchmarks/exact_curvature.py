@@ -64,8 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_result
 from interpret.config import GradientIndexConfig
 
-TODAY = f"uniform {GradientIndexConfig().rank}"
-"""The variant that scores as the built index (the ``projections`` part's name for it)."""
+UNIFORM = f"uniform {GradientIndexConfig().rank}"
+"""The uniform variant: every coordinate of the default rank's grids (the default index before the ``top``
+coordinates; the ``projections`` part's name for it)."""
 
 DAMPINGS = (0.1, 1.0, 5.0)
 """The exact influence's dampings: the index's LDS-best (``lds_peers.json``), one between, its default."""
@@ -296,12 +297,12 @@ def rerank_part(
     from interpret.config import FAST_RERANK
 
     config = GradientIndexConfig()
-    width = len(variants.keep[TODAY])
+    width = len(variants.keep[UNIFORM])
     tops = [top_variant(multiple * width) for multiple in PROJECTION_KEPT_WIDTHS]
     out: dict = {}
     scored: dict = {}
     for name, dampings in (
-        (TODAY, DAMPINGS),
+        (UNIFORM, DAMPINGS),
         *((other, (config.damping,)) for other in ["uniform 32", *tops]),
     ):
         rows, points = variants.gradients[:, variants.keep[name]], tests[:, variants.keep[name]]
@@ -350,7 +351,7 @@ def top_variant_check(model, dev, rows: np.ndarray, expected: np.ndarray, width:
     from engine.pipeline import local_engine
     from tasks.evaluation import ensure_indexes, method_scores
 
-    config = GradientIndexConfig(rank=PROJECTION_WIDE_RANK, coordinates=width)
+    config = GradientIndexConfig(grid_rank=PROJECTION_WIDE_RANK, coordinates=width)
     clock = time.perf_counter()
     engine = ensure_indexes(local_engine(model), ["gradient"], SMALL / f"top{width}", config)
     build_seconds = time.perf_counter() - clock
@@ -383,7 +384,7 @@ def hessian_part(
         np.arange(engine.num_examples),
     )
     scan_seconds = time.perf_counter() - clock
-    shortlist, fast = (scores[:count] for scores in scored[TODAY, HESSIAN_DAMPING])
+    shortlist, fast = (scores[:count] for scores in scored[UNIFORM, HESSIAN_DAMPING])
     exact = {name: by_damping[HESSIAN_DAMPING][:count] for name, by_damping in exact_scores.items()}
     against = {
         "index": agreement(hessian, shortlist),
@@ -421,7 +422,7 @@ def fast_rerank_headline(reranks: dict, hessian: dict, variants_against: dict, t
     fast = f"rerank_{FAST_RERANK}"
     curvatures = ("empirical_fisher", "gauss_newton")
     found = {
-        f"rerank_fast_vs_exact_{name}": reranks[rerank_key(TODAY, config.damping, name)][fast]
+        f"rerank_fast_vs_exact_{name}": reranks[rerank_key(UNIFORM, config.damping, name)][fast]
         for name in curvatures
     }
     found["rerank_fast_vs_exact_hessian"] = hessian["against_hessian"][fast]
@@ -517,7 +518,7 @@ def main() -> None:
         for name, coordinates in variants.keep.items()
         for damping in (default, 0.1)
     }
-    top = top_variant(len(variants.keep[TODAY]))
+    top = top_variant(len(variants.keep[UNIFORM]))
     sides = {"selection": slice(0, args.points), "held_out": slice(args.points, 2 * args.points)}
     lds = {}
     for side, part in sides.items():
@@ -549,7 +550,7 @@ def main() -> None:
         engine,
         dev,
         test_rows[:RERANK_CHECK_POINTS],
-        *(s[:RERANK_CHECK_POINTS] for s in scored[TODAY, default]),
+        *(s[:RERANK_CHECK_POINTS] for s in scored[UNIFORM, default]),
     )
     hessian_rows = points["selection"][: args.hessian_points]
     hessian = hessian_part(engine, model, dev, hessian_rows, args.subsets, exact_scores, scored, folder)

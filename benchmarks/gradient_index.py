@@ -1,7 +1,8 @@
 """The gradient index on full SST-2 against a converged full scan, and its query latency through REST.
 
     python benchmarks/gradient_index.py [--queries 20] [--cg-rows 500] [--rest-queries 4] [--table-rows 8000]
-        [--rank 16] [--coordinates N]   # the index measured: today's default, or the top N of a wider grid
+        [--rank 16] [--grid-rank 64] [--coordinates N]   # the index measured: by default rank
+                                        # 16's width chosen from rank-64 grids (--grid-rank 16: uniform)
     python benchmarks/gradient_index.py --only rerank|curvature   # one part again, the rest kept
 
 Needs ``artifacts/model`` (``benchmarks/train_sst2.py``); builds ``artifacts/index`` (kNN) and
@@ -119,7 +120,7 @@ def build_stage(args, engine) -> dict:
     if not fresh(read_manifest, args.index, fingerprint):
         build_knn_index(engine, args.index)
     out = {}
-    config = GradientIndexConfig(rank=args.rank, coordinates=args.coordinates)
+    config = GradientIndexConfig(rank=args.rank, grid_rank=args.grid_rank, coordinates=args.coordinates)
     wanted = asdict(gradient_spec(engine, config))
     same_spec = fresh(read_gradient_manifest, args.gradient_index, fingerprint) and (
         read_gradient_manifest(args.gradient_index).spec == wanted
@@ -304,7 +305,8 @@ def table_stage(engine, queries, labels, reference, rows: int, ranks: list[int])
     for kind in ("random", "kfac"):
         for rank in ranks:
             start = time.perf_counter()
-            config = GradientIndexConfig(rank=rank, projection=kind)
+            uniform = rank if kind == "kfac" else None  # every coordinate of rank x rank grids
+            config = GradientIndexConfig(rank=rank, projection=kind, grid_rank=uniform)
             projection = fit_projection(engine, CACHE / f"table-{kind}-{rank}", config)
             fit_seconds = time.perf_counter() - start
             start = time.perf_counter()
@@ -385,7 +387,8 @@ def curvature_table(engine, queries, labels, reference, rows: int, wide: int = 6
       (``GradientIndexConfig.coordinates``), at today's width (float32: today's bytes) and twice it
       (float16: today's bytes)."""
     explainer = engine.backend.explainer
-    projection = fit_projection(engine, CACHE / f"table-kfac-{wide}", GradientIndexConfig(rank=wide))
+    whole = GradientIndexConfig(rank=wide, grid_rank=wide)
+    projection = fit_projection(engine, CACHE / f"table-kfac-{wide}", whole)
     projector = explainer.projector(projection)
     subset = np.arange(rows)
     gradients = torch.from_numpy(explainer.gradient_shard(subset, projection))
@@ -549,10 +552,16 @@ def main() -> None:
         "--rank", type=int, default=GradientIndexConfig.default("rank"), help="of the full build"
     )
     parser.add_argument(
+        "--grid-rank",
+        type=int,
+        default=GradientIndexConfig.default("grid_rank"),
+        help="of the full build: the eigenbasis grids its coordinates are chosen from (--rank: uniform)",
+    )
+    parser.add_argument(
         "--coordinates",
         type=int,
         default=GradientIndexConfig.default("coordinates"),
-        help="of the full build: keep this many grid coordinates (with a wide --rank such as 64)",
+        help="of the full build: keep exactly this many grid coordinates instead of --rank's width",
     )
     parser.add_argument("--ranks", default="8,16,32", help="of the table; empty: keep the last run's table")
     parser.add_argument("--sizes", default="2000,8000")

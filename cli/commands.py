@@ -507,7 +507,7 @@ def demo(
     """Quickstart: fine-tune MiniLM on SST-2, build the kNN and the gradient index (each once, then
     cached), answer one query with the gradient index, then serve the API on localhost."""
     from cli.indexes import index_build
-    from index.gradient import read_gradient_manifest
+    from index.gradient import GradientManifest, read_gradient_manifest
     from index.store import IndexMismatchError, read_manifest
     from interpret.checkpoint import read_card
     from interpret.data import sst2_spec
@@ -536,8 +536,12 @@ def demo(
     )
     for kind, directory, read in indexes:
         try:
-            fresh = read(directory).model_fingerprint == fingerprint
+            cached_index = read(directory)
+            fresh = cached_index.model_fingerprint == fingerprint
         except IndexMismatchError:
+            fresh = False
+        if fresh and isinstance(cached_index, GradientManifest) and not _default_grids(cached_index):
+            console.print(f"the gradient index in {directory} was built on other grids than today's default")
             fresh = False
         if fresh:
             console.print(f"using the cached {kind} index in {directory}")
@@ -545,6 +549,16 @@ def demo(
             index_build(model=model_dir, kind=kind, out=directory)
     query(text=text, model=model_dir, index=index_dir, gradient_index=gradient_dir)
     serve(model=model_dir, index=index_dir, gradient_index=gradient_dir, port=port)
+
+
+def _default_grids(manifest: GradientManifest) -> bool:
+    """Whether a gradient index has the default's width and grids (one built before the default chose its
+    coordinates from wider grids has none recorded: its grids are its rank's)."""
+    from interpret.config import GradientIndexConfig
+
+    default, spec = GradientIndexConfig(), manifest.spec
+    grid_rank = spec.get("grid_rank") or spec.get("rank")
+    return spec.get("rank") == default.rank and grid_rank == default.basis_rank
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -67,7 +67,10 @@ def index_build(
     metric: Annotated[Metric, typer.Option(help="knn: the distance.")] = DEFAULT_KNN_METRIC,
     rank: Annotated[
         int,
-        typer.Option(help="gradient: projection rank per side of each linear layer; 0: none (tiny models)."),
+        typer.Option(
+            help="gradient: the index's width, as many coordinates as rank x rank grids of the tracked "
+            "linear layers hold; 0: none (tiny models)."
+        ),
     ] = DEFAULTS.rank or 0,
     projection: Annotated[
         ProjectionKind,
@@ -78,12 +81,17 @@ def index_build(
     fit_rows: Annotated[
         int, typer.Option(help="gradient, kfac: training rows the Kronecker factors are fitted on.")
     ] = DEFAULTS.fit_rows,
-    coordinates: Annotated[
+    grid_rank: Annotated[
         int | None,
         typer.Option(
-            help="gradient, kfac: keep only the N grid coordinates of largest second moment, across layers "
-            "(choose from a wide --rank such as 64) [every coordinate]."
+            help="gradient, kfac: the eigenbasis rank per side whose grid coordinates of largest second "
+            "moment, across layers, the index keeps; --grid-rank equal to --rank: every coordinate of "
+            "uniform grids [4 x rank, at most 256]."
         ),
+    ] = DEFAULTS.grid_rank,
+    coordinates: Annotated[
+        int | None,
+        typer.Option(help="gradient, kfac: keep exactly N grid coordinates instead of --rank's width."),
     ] = DEFAULTS.coordinates,
     preconditioner: Annotated[
         Preconditioner,
@@ -155,6 +163,7 @@ def index_build(
             rank=rank or None,
             projection=projection,
             fit_rows=fit_rows,
+            grid_rank=grid_rank,
             coordinates=coordinates,
             seed=seed,
             preconditioner=preconditioner,

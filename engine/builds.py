@@ -127,7 +127,7 @@ def resolved_preconditioner(requested: str, tracked_parameters: int) -> str:
     return requested
 
 
-def gradient_spec(engine: Engine, config: GradientIndexConfig) -> GradientSpec:
+def gradient_spec(engine: Engine, config: GradientIndexConfig, context=None) -> GradientSpec:
     return GradientSpec(
         config.rank,
         config.seed,
@@ -136,7 +136,8 @@ def gradient_spec(engine: Engine, config: GradientIndexConfig) -> GradientSpec:
         engine.identity.tracked_layers,
         "kfac" if config.fitted else "random",
         min(config.fit_rows, engine.num_examples) if config.fitted else None,
-        config.coordinates,
+        kept_coordinates(engine, config, context),
+        config.basis_rank if config.fitted else None,
     )
 
 
@@ -146,12 +147,12 @@ def _shard_store(engine: Engine, directory: str | Path, config: GradientIndexCon
     return ShardStore(shard_folder(directory), keys)
 
 
-def fit_chunks(engine: Engine, config: GradientIndexConfig) -> int:
-    """Chunks of the ``kfac`` fit sample (0 for a seeded projection), twice over when ``coordinates`` are
-    chosen (the factors, then the grid's second moments)."""
+def fit_chunks(engine: Engine, config: GradientIndexConfig, context=None) -> int:
+    """Chunks of the ``kfac`` fit sample (0 for a seeded projection), twice over when only some grid
+    coordinates are kept (the factors, then the grids' second moments)."""
     if not config.fitted:
         return 0
-    passes = 1 if config.coordinates is None else 2
+    passes = 1 if kept_coordinates(engine, config, context) is None else 2
     return passes * math.ceil(min(config.fit_rows, engine.num_examples) / FIT_CHUNK)
 
 
@@ -171,18 +172,18 @@ def fit_projection(
 ) -> Projection:
     """The build's projection: seeded Gaussian sides (``random``, or no rank), or ``kfac`` bases fitted on a
     seeded sample of ``fit_rows`` training rows (the Kronecker factors summed chunk by chunk over the
-    workers, then :func:`eigen_bases`), and with ``coordinates``, the grid coordinates of largest second
-    moment over the same rows (:func:`top_coordinates`; a second pass, the sample's gradients on the whole
-    grids). Fitted bases are kept beside the shards, so a resumed build reuses them;
-    ``progress(chunks done, chunks)`` as the fit's chunks finish."""
-    rank = config.rank
+    workers, then :func:`eigen_bases` at ``grid_rank``), and when its grids are wider than the index, the
+    :func:`kept_coordinates` of largest second moment over the same rows (:func:`top_coordinates`; a second
+    pass, the sample's gradients on the whole grids). Fitted bases are kept beside the shards, so a resumed
+    build reuses them; ``progress(chunks done, chunks)`` as the fit's chunks finish."""
+    rank = config.basis_rank
     if not config.fitted or rank is None:  # fitted: kfac with a rank
         return Projection(rank, config.seed)
     store = _shard_store(engine, directory, config)
     if (bases := store.load_bases()) is not None:
         return Projection(rank, config.seed, bases)
     rows = cg_rows(engine.num_examples, config.fit_rows, config.seed)
-    steps = fit_chunks(engine, config)
+    steps, kept = fit_chunks(engine, config, context), kept_coordinates(engine, config, context)
     chunks = np.array_split(rows, math.ceil(len(rows) / FIT_CHUNK))
     total: dict[str, torch.Tensor] = {}
     for number, factors in engine.backend.kfac_factor_shards(chunks, rank, context):
@@ -192,7 +193,7 @@ def fit_projection(
         if progress is not None:
             progress(number + 1, steps)
     bases = eigen_bases(total, rank)
-    if config.coordinates is not None:
+    if kept is not None:
         grids = Projection(rank, config.seed, bases)
         cells = {
             layer["layer"]: layer["k_out"] * layer["k_in"]
@@ -203,7 +204,7 @@ def fit_projection(
             squares += (block.astype(np.float64) ** 2).sum(axis=0)
             if progress is not None:
                 progress(len(chunks) + number + 1, steps)
-        bases |= top_coordinates(squares / len(rows), cells, config.coordinates)
+        bases |= top_coordinates(squares / len(rows), cells, kept)
     store.save_bases(bases)
     return Projection(rank, config.seed, bases)
 
@@ -281,20 +282,34 @@ def build_peak_bytes(
     return peak
 
 
-def projected_dim(
-    engine: Engine, rank: int | None, seed: int, context=None, coordinates: int | None = None
-) -> int:
-    """``d``: the width of one projected gradient at ``rank`` (a seeded projection has a fitted one's
-    shape), from the backend's tracked model; ``coordinates`` of it when only those are kept (refused when
-    the grids hold fewer)."""
+def projected_dim(engine: Engine, rank: int | None, seed: int, context=None) -> int:
+    """``d``: the width of one projected gradient on whole ``rank x rank`` grids (a seeded projection has a
+    fitted one's shape), from the backend's tracked model."""
     layers = engine.backend.projection_layers(Projection(rank, seed), context)
-    grid = sum(layer["k_out"] * layer["k_in"] for layer in layers)
-    if coordinates is not None and coordinates > grid:
+    return sum(layer["k_out"] * layer["k_in"] for layer in layers)
+
+
+def kept_coordinates(engine: Engine, config: GradientIndexConfig, context=None) -> int | None:
+    """How many of its ``grid_rank`` grids' coordinates a ``kfac`` index keeps: ``coordinates``, else as many
+    as ``rank x rank`` grids hold; ``None`` when that is every one (a uniform index, a seeded one, or a
+    model whose layers are no wider than the rank). More than the grids hold is refused."""
+    grid = config.basis_rank
+    if not config.fitted or (grid == config.rank and config.coordinates is None):
+        return None
+    total = projected_dim(engine, grid, config.seed, context)
+    kept = config.coordinates or projected_dim(engine, config.rank, config.seed, context)
+    if kept > total:
         raise ValueError(
-            f"coordinates={coordinates:,} is more than the {grid:,} of the rank-{rank} grids: keep fewer, "
-            "or raise the rank"
+            f"coordinates={kept:,} is more than the {total:,} of the rank-{grid} grids: keep fewer, or raise "
+            "grid_rank"
         )
-    return grid if coordinates is None else coordinates
+    return None if kept == total else kept
+
+
+def index_width(engine: Engine, config: GradientIndexConfig, context=None) -> int:
+    """``d``: the width of one of the index's projected gradients (its kept coordinates, or whole grids)."""
+    kept = kept_coordinates(engine, config, context)
+    return kept if kept is not None else projected_dim(engine, config.basis_rank, config.seed, context)
 
 
 def check_index_memory(
@@ -410,11 +425,14 @@ def add_to_gradient_index(
     inverse = torch.from_numpy(read_inverse(directory, manifest)).double()
     projection, _ = read_projection(directory, manifest)
     built = manifest.spec
+    fitted = built.get("projection") == "kfac" and built["rank"] is not None
     config = GradientIndexConfig(
         rank=built["rank"],
         projection=built.get("projection", "random"),
         seed=built["seed"],
         fit_rows=built.get("fit_rows") or GradientIndexConfig().fit_rows,
+        # indexes built before their grids could be wider than the index have grids of their own rank
+        grid_rank=built.get("grid_rank") or built["rank"] if fitted else None,
         coordinates=built.get("coordinates"),
         preconditioner=built["preconditioner"],
         damping=built["damping"],
@@ -449,12 +467,12 @@ def build_gradient_index(
     config = config or GradientIndexConfig()
     check_gradient_factory(config.factory)
     engine.training_examples("a gradient index")
-    spec = gradient_spec(engine, config)
-    dim = projected_dim(engine, config.rank, config.seed, context, config.coordinates)
+    spec = gradient_spec(engine, config, context)
+    dim = index_width(engine, config, context)
     layout, shards = check_index_memory(config, engine.num_examples, dim, max_bytes)
     check_build_memory(engine, config, spec, dim, shards, context)
     # One progress bar over both passes: the factor chunks of the fit, then the gradient chunks.
-    fit, chunks = fit_chunks(engine, config), math.ceil(engine.num_examples / config.chunk_rows)
+    fit, chunks = fit_chunks(engine, config, context), math.ceil(engine.num_examples / config.chunk_rows)
     work = Path(scratch) / Path(directory).name if scratch is not None else directory
     projection = fit_projection(engine, work, config, _offset(progress, 0, fit + chunks), context)
     gradients = projected_gradients(

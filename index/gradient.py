@@ -71,6 +71,9 @@ class GradientSpec:
     """``kfac``: training rows its Kronecker factors were summed over."""
     coordinates: int | None = None
     """``kfac``: the grid coordinates kept (those of largest second moment), or ``None``: all of them."""
+    grid_rank: int | None = None
+    """``kfac``: the rank per side of the eigenbasis grids (the projection's own rank), or ``None``: ``rank``
+    (indexes built before the grids could be wider than the index)."""
 
 
 @dataclass(frozen=True)
@@ -526,7 +529,7 @@ def read_projection(
         return Projection(spec.get("rank"), spec.get("seed", 0)), None
     bases = _read_checked(Path(directory) / PROJECTION_FILE, manifest.projection_sha256, "projection bases")
     inverse = bases.pop(INVERSE_KEY)
-    projection = Projection(spec.get("rank"), spec.get("seed", 0), bases)
+    projection = Projection(spec.get("grid_rank") or spec.get("rank"), spec.get("seed", 0), bases)
     damping = float(spec["damping"])
     return projection, IndexCurvature(projection, inverse, damping, manifest.projection_sha256)
 

@@ -202,7 +202,9 @@ class CGQuality(BaseModel):
 class GradientIndexQuality(BaseModel):
     dim: int = Field(description="Width of the projected gradients.")
     count: int
-    rank: int | None = Field(description="Projection rank per side of each linear layer.")
+    rank: int | None = Field(
+        description="The index's width as a rank: as many coordinates as rank x rank grids per linear layer."
+    )
     projection: str = Field(
         "random", description="kfac (Kronecker-factor eigenvectors, fitted) or random (seeded Gaussian)."
     )
@@ -211,6 +213,9 @@ class GradientIndexQuality(BaseModel):
     )
     coordinates: int | None = Field(
         None, description="kfac: grid coordinates kept (largest second moment); null: every one."
+    )
+    grid_rank: int | None = Field(
+        None, description="kfac: the eigenbasis rank per side the coordinates were chosen from; null: rank."
     )
     seed: int
     preconditioner: str

@@ -138,6 +138,21 @@ def test_the_readme_and_the_demo_show_the_gradient_method(tmp_path, monkeypatch)
     assert dict(calls)["serve"]["port"] == 8123
 
 
+def test_the_demo_rebuilds_a_cached_gradient_index_built_on_other_grids_than_the_default():
+    """An index from before the default chose its coordinates from wider grids records no grid_rank (its
+    grids are its rank's): the demo rebuilds it, so it shows the default; the default's own is kept."""
+    from types import SimpleNamespace
+
+    from cli.commands import _default_grids
+
+    default = GradientIndexConfig()
+    built = {"rank": default.rank, "grid_rank": default.basis_rank, "coordinates": 3360}
+    assert _default_grids(SimpleNamespace(spec=built))
+    assert not _default_grids(SimpleNamespace(spec={"rank": default.rank, "coordinates": None}))
+    assert not _default_grids(SimpleNamespace(spec={**built, "grid_rank": default.rank}))
+    assert not _default_grids(SimpleNamespace(spec={**built, "rank": 32}))
+
+
 def _loaded_after(statement: str) -> set[str]:
     code = f"import sys, json; {statement}; print(json.dumps(sorted(sys.modules)))"
     output = subprocess.run(

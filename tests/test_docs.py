@@ -196,7 +196,7 @@ def _quoted_numbers() -> list[tuple[str, str]]:
     for kind, rank in shown:
         row = table[kind, rank]
         cells = [row["recall_at_100_helpful"], row["recall_at_100_harmful"], row["spearman_all"]]
-        name = f"**{kind} {rank}** (default)" if (kind, rank) == ("kfac", 16) else f"{kind} {rank}"
+        name = f"{kind} {rank} (the earlier default)" if (kind, rank) == ("kfac", 16) else f"{kind} {rank}"
         rendered = " | ".join(f"{value + 1e-9:.2f}" for value in cells)  # half up: 0.905 -> 0.91
         phrases.append((f"| {name} | {row['dim']:,} | {rendered} |", "gradient_index.json"))
     phrases += _application_phrases()
@@ -266,7 +266,7 @@ def _peer_phrases() -> list[tuple[str, str]]:
 
 
 PROJECTION_ROWS = {
-    "uniform 16": "uniform 16 (default)",
+    "uniform 16": "uniform 16 (the earlier default)",
     "share^1": "share^1",
     "share^0.5": "share^0.5",
     "uniform 32": "uniform 32 (4x bytes)",
@@ -347,7 +347,7 @@ def _exact_curvature_phrases() -> list[tuple[str, str]]:
     phrases.append((f"{run['gram_seconds']:.0f} s on 2 CPU cores", "exact_curvature.json"))
     variants = run["variants_against_exact"]
     for name, label in (
-        ("uniform 16", "uniform 16 (the index)"),
+        ("uniform 16", "uniform 16 (the earlier index)"),
         ("share^1", "share^1"),
         ("share^0.5", "share^0.5"),
         ("uniform 32", "uniform 32 (4x bytes)"),
@@ -380,9 +380,9 @@ def _exact_curvature_phrases() -> list[tuple[str, str]]:
 
 
 def _top_variant_phrases(run: dict) -> list[tuple[str, str]]:
-    """The README's ``top`` variants (the grid coordinates of largest second moment) against every exact
-    reference and by LDS, beside today's index, from ``exact_curvature.json`` (and ``lds_projections.json``
-    for rank 32's LDS)."""
+    """The README's ``top`` variants (the grid coordinates of largest second moment, the default) against
+    every exact reference and by LDS, beside the earlier default, from ``exact_curvature.json`` (and
+    ``lds_projections.json`` for rank 32's LDS)."""
 
     def cell(found: dict) -> str:
         return (
@@ -394,8 +394,14 @@ def _top_variant_phrases(run: dict) -> list[tuple[str, str]]:
     source = "exact_curvature.json"
     phrases = []
     for name, label, width, bytes_per_row, at_hessian in (
-        ("uniform 16", "uniform 16 (today's index)", 3360, 4 * 3360, "index"),
-        ("top 3360 of rank 64", "top 3,360 of rank 64", 3360, 4 * 3360, "top 3360 of rank 64: index"),
+        ("uniform 16", "uniform 16 (the earlier default)", 3360, 4 * 3360, "index"),
+        (
+            "top 3360 of rank 64",
+            "top 3,360 of rank 64 (the default)",
+            3360,
+            4 * 3360,
+            "top 3360 of rank 64: index",
+        ),
         (
             "top 6720 of rank 64",
             "top 6,720 of rank 64, in float16",
@@ -419,13 +425,20 @@ def _top_variant_phrases(run: dict) -> list[tuple[str, str]]:
         f"{lds[side]['gradient']['lds']:.3f} | {projections[side]['uniform 16, damping 0.1, raw']['lds']:.3f}"
         for side in ("selection", "held_out")
     )
-    phrases.append((f"| uniform 16 (today's index) | {today} | {twenty['gradient']['lds']:.3f} |", source))
+    phrases.append(
+        (f"| uniform 16 (the earlier default) | {today} | {twenty['gradient']['lds']:.3f} |", source)
+    )
     cells = " | ".join(
         f"{lds[side][f'{top}, damping {d}']['lds']:.3f}"
         for side in ("selection", "held_out")
         for d in ("5", "0.1")
     )
-    phrases.append((f"| top 3,360 of rank 64 | {cells} | {twenty[f'{top}, damping 5']['lds']:.3f} |", source))
+    phrases.append(
+        (
+            f"| top 3,360 of rank 64 (the default) | {cells} | {twenty[f'{top}, damping 5']['lds']:.3f} |",
+            source,
+        )
+    )
     fast = hessian[f"{top}: rerank_250"]
     phrases.append(
         (
@@ -461,7 +474,7 @@ def _rerank_against_exact_phrases(run: dict) -> list[tuple[str, str]]:
     reranks = run["rerank_against_exact"]
     phrases = []
     for variant, damping, label in (
-        ("uniform 16", "5", "rank 16 (today's), damping 5"),
+        ("uniform 16", "5", "rank 16 (the earlier default), damping 5"),
         ("uniform 16", "1", "rank 16, damping 1"),
         ("uniform 16", "0.1", "rank 16, damping 0.1"),
         ("uniform 32", "5", "rank 32, damping 5"),

@@ -113,7 +113,7 @@ def test_an_interrupted_build_resumes_from_its_shards(engine_dirs, tmp_path, mon
     real = explainer.gradient_shard
 
     def failing(rows, *args):
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise KeyboardInterrupt("interrupted")
         calls.append(len(rows))
         return real(rows, *args)
@@ -121,7 +121,8 @@ def test_an_interrupted_build_resumes_from_its_shards(engine_dirs, tmp_path, mon
     monkeypatch.setattr(explainer, "gradient_shard", failing)
     with pytest.raises(KeyboardInterrupt):
         _build(engine, tmp_path / "resumed", chunk_rows=20)
-    assert calls == [20, 19] and len(list(shard_folder(tmp_path / "resumed").glob("*.npy"))) == 2
+    # the fit's second moments of the grid coordinates over its 96-row sample, then two shards
+    assert calls == [96, 20, 19] and len(list(shard_folder(tmp_path / "resumed").glob("*.npy"))) == 2
     assert (shard_folder(tmp_path / "resumed") / "bases.safetensors").is_file()  # the kfac fit, kept
     assert not (tmp_path / "resumed").exists()  # nothing half-written where the index goes
     calls.clear()
@@ -130,7 +131,7 @@ def test_an_interrupted_build_resumes_from_its_shards(engine_dirs, tmp_path, mon
     )
     monkeypatch.setattr(explainer, "kfac_factors", lambda *a: pytest.fail("the fit was redone"))
     _build(engine, tmp_path / "resumed", chunk_rows=20)
-    assert calls == [19, 19, 19]  # 96 rows in 5 shards: only the 3 not finished before
+    assert calls == [19, 19, 19]  # 96 rows in 5 shards: only the 3 not finished before, and no fit again
     np.testing.assert_allclose(
         _vectors(tmp_path / "resumed", engine), _vectors(tmp_path / "reference", engine)
     )
@@ -143,8 +144,8 @@ def test_a_build_given_a_scratch_folder_keeps_its_shards_there(engine_dirs, tmp_
     served = tmp_path / "served" / "gradient-index"
     explainer, real = engine.backend.explainer, engine.backend.explainer.gradient_shard
 
-    def cancelled_after_two(rows, *args, done=[]):  # noqa: B006 (the count of shards computed)
-        if len(done) == 2:
+    def cancelled_after_two(rows, *args, done=[]):  # noqa: B006 (the fit's second moments, then shards)
+        if len(done) == 3:
             raise RequestCancelled("the job was deleted")
         done.append(rows)
         return real(rows, *args)
@@ -190,7 +191,8 @@ def test_the_manifest_refuses_other_weights_data_or_tracked_set(engine_dirs, tmp
         "tracked_layers": 1,
         "projection": "kfac",
         "fit_rows": 96,  # 2,000 asked, the tiny set has 96
-        "coordinates": None,  # every grid coordinate kept
+        "coordinates": 120,  # as many as rank-4 grids hold, chosen from the rank-16 grids
+        "grid_rank": 16,
     }
     with pytest.raises(IndexMismatchError, match="not a gradient index"):
         local_engine(engine_dirs[0], gradient_index_dir=engine_dirs[1])
@@ -266,7 +268,7 @@ def test_a_build_keeping_coordinates_stores_the_top_second_moments_preconditione
     bases = index.projection.bases
     explainer = engine.backend.explainer
     sides = {name: rows for name, rows in bases.items() if not name.endswith(KEEP_SUFFIX)}
-    whole = Projection(4, 0, sides)
+    whole = Projection(manifest.spec["grid_rank"], 0, sides)
     grid = explainer.gradient_shard(np.arange(engine.num_examples), whole).astype(np.float64)
     cells = {slot.name: slot.dim for slot in explainer.projector(whole).slots}
     expected = top_coordinates((grid**2).mean(0), cells, 30)
@@ -286,3 +288,27 @@ def test_coordinates_beyond_the_grids_or_without_kfac_are_refused_before_any_wor
     assert not shard_folder(tmp_path / "wide").exists()
     with pytest.raises(ValueError, match="set projection='kfac' and a rank"):
         GradientIndexConfig(projection="random", coordinates=10)
+
+
+def test_the_default_keeps_the_rank_s_width_chosen_from_grids_four_times_as_wide(engine_dirs):
+    """``grid_rank``: null is 4 x rank; equal to the rank (or grids no wider than the rank's, or a seeded
+    projection) keeps every coordinate; ``coordinates`` overrides the width; below the rank is refused."""
+    from engine.builds import index_width, kept_coordinates, projected_dim
+
+    engine = local_engine(engine_dirs[0])
+
+    def kept(**settings):
+        return kept_coordinates(engine, GradientIndexConfig(**settings))
+
+    width = projected_dim(engine, 4, 0)
+    assert GradientIndexConfig(rank=4).basis_rank == 16 and GradientIndexConfig(rank=64).basis_rank == 256
+    assert kept(rank=4) == width < projected_dim(engine, 16, 0)
+    assert index_width(engine, GradientIndexConfig(rank=4)) == width
+    assert kept(rank=4, grid_rank=4) is None and kept(rank=4, projection="random") is None
+    assert kept(rank=4, coordinates=30) == 30
+    assert kept(rank=64) is None  # the tiny model's layers are whole at rank 64
+    assert index_width(engine, GradientIndexConfig(rank=64)) == projected_dim(engine, 64, 0)
+    with pytest.raises(ValueError, match="grid_rank=4 is below rank=8"):
+        GradientIndexConfig(rank=8, grid_rank=4)
+    with pytest.raises(ValueError, match="set projection='kfac' and a rank, or drop grid_rank"):
+        GradientIndexConfig(projection="random", grid_rank=16)
