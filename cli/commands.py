@@ -554,11 +554,11 @@ def demo(
 def _default_grids(manifest: GradientManifest) -> bool:
     """Whether a gradient index has the default's width and grids (one built before the default chose its
     coordinates from wider grids has none recorded: its grids are its rank's)."""
+    from index.gradient import built_grid_rank
     from interpret.config import GradientIndexConfig
 
     default, spec = GradientIndexConfig(), manifest.spec
-    grid_rank = spec.get("grid_rank") or spec.get("rank")
-    return spec.get("rank") == default.rank and grid_rank == default.basis_rank
+    return spec.get("rank") == default.rank and built_grid_rank(spec) == default.basis_rank
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -20,6 +20,7 @@ from index.gradient import (
     GradientManifest,
     GradientSpec,
     ShardStore,
+    built_grid_rank,
     check_built_for,
     read_gradient_manifest,
     read_inverse,
@@ -431,8 +432,7 @@ def add_to_gradient_index(
         projection=built.get("projection", "random"),
         seed=built["seed"],
         fit_rows=built.get("fit_rows") or GradientIndexConfig().fit_rows,
-        # indexes built before their grids could be wider than the index have grids of their own rank
-        grid_rank=built.get("grid_rank") or built["rank"] if fitted else None,
+        grid_rank=built_grid_rank(built) if fitted else None,
         coordinates=built.get("coordinates"),
         preconditioner=built["preconditioner"],
         damping=built["damping"],

@@ -518,6 +518,12 @@ def read_shard(directory: str | Path, manifest: GradientManifest, number: int) -
     return load_shard(directory, manifest.shards, number, count, dim, manifest.layout, hidden, normed)
 
 
+def built_grid_rank(spec: dict[str, Any]) -> int | None:
+    """A manifest's projection rank per side: its ``grid_rank``, or for an index built before the grids could
+    be wider than the index (none recorded), its ``rank``."""
+    return spec.get("grid_rank") or spec.get("rank")
+
+
 def read_projection(
     directory: str | Path, manifest: GradientManifest
 ) -> tuple[Projection, IndexCurvature | None]:
@@ -529,7 +535,7 @@ def read_projection(
         return Projection(spec.get("rank"), spec.get("seed", 0)), None
     bases = _read_checked(Path(directory) / PROJECTION_FILE, manifest.projection_sha256, "projection bases")
     inverse = bases.pop(INVERSE_KEY)
-    projection = Projection(spec.get("grid_rank") or spec.get("rank"), spec.get("seed", 0), bases)
+    projection = Projection(built_grid_rank(spec), spec.get("seed", 0), bases)
     damping = float(spec["damping"])
     return projection, IndexCurvature(projection, inverse, damping, manifest.projection_sha256)
 
